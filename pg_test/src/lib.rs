@@ -1,0 +1,1 @@
+//! Helpers for the integration tests live in tests/common.

@@ -1,0 +1,46 @@
+-- Views and comments of dbconn_guard's read-only surface.
+-- The rows come from set-returning functions written in Rust (src/views.rs), which read
+-- pg_stat_activity / pg_locks once per call as the calling role.
+
+CREATE VIEW connection_analysis AS
+SELECT datname, usename, application_name, client_addr::inet AS client_addr, state,
+       connection_count, avg_age_seconds, max_age_seconds, oldest_xact_age_seconds, pids
+  FROM @extschema@._connection_analysis();
+
+CREATE VIEW blocking_pairs AS
+SELECT * FROM @extschema@._blocking_pairs();
+
+CREATE VIEW utilization AS
+SELECT * FROM @extschema@._utilization();
+
+CREATE VIEW leak_suspects AS
+SELECT datname, usename, application_name, client_addr::inet AS client_addr,
+       idle_count, avg_idle_seconds, max_idle_seconds, pids
+  FROM @extschema@._leak_suspects();
+
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+GRANT SELECT ON connection_analysis, blocking_pairs, utilization, leak_suspects TO PUBLIC;
+
+COMMENT ON SCHEMA @extschema@ IS 'dbconn_guard: connection analysis, blocking chains, health checks and leak suspects';
+
+COMMENT ON VIEW connection_analysis IS
+  'Client backends grouped by (datname, usename, application_name, client_addr, state): count, mean and max age in the state (now - state_change, seconds), oldest open transaction age, and pids (longest in state first). Shows what pg_stat_activity shows the caller.';
+COMMENT ON VIEW blocking_pairs IS
+  'One row per (blocked, blocking) pair, exactly as pg_blocking_pids() reports them (soft blocks in the lock queue and parallel groups included), with both sides'' user, application, state, ages and query, and the lock waited for.';
+COMMENT ON VIEW utilization IS
+  'Connection slots: max_connections, reserved slots, client backends by state, other and hidden backends, slots left for ordinary roles, and client backends as a percentage of max_connections.';
+COMMENT ON VIEW leak_suspects IS
+  'Clients (datname, usename, application_name, client_addr) holding idle sessions older than dbconn_guard.leak_idle_age, oldest first in pids.';
+
+COMMENT ON FUNCTION blocking_chains() IS
+  'Every waiting backend with each root blocker it ultimately waits for (a session that blocks others and waits for no lock), the depth and path to it, and how many sessions that root holds up. Largest pile-up first: the first row''s root_pid is the one session to look at.';
+COMMENT ON FUNCTION utilization_pct() IS
+  'Client backends (backend_type = ''client backend'') as a percentage of max_connections.';
+COMMENT ON FUNCTION health() IS
+  'Health checks (utilization, idle_sessions, idle_in_transaction, lock_waits, oldest_transaction), each ok, warning or critical, with value, threshold and detail; thresholds from the dbconn_guard.* settings.';
+COMMENT ON FUNCTION health_status() IS
+  'The worst status of health(): ok, warning or critical.';
+COMMENT ON FUNCTION _connection_analysis() IS 'Internal: rows of the connection_analysis view.';
+COMMENT ON FUNCTION _blocking_pairs() IS 'Internal: rows of the blocking_pairs view.';
+COMMENT ON FUNCTION _utilization() IS 'Internal: rows of the utilization view.';
+COMMENT ON FUNCTION _leak_suspects() IS 'Internal: rows of the leak_suspects view.';

@@ -1,0 +1,13 @@
+//! The functional core of dbconn_guard.
+//!
+//! Everything in here is plain Rust over plain data: no PostgreSQL calls, no globals, no I/O.
+//! The pgrx layer (`crate::snapshot`, `crate::views`) reads PostgreSQL state once per call into
+//! these structs, calls a function from here, and turns the result into rows.
+//! That keeps every policy decision unit-testable without a server.
+
+pub mod analysis;
+pub mod blocking;
+pub mod health;
+pub mod leaks;
+pub mod session;
+pub mod utilization;

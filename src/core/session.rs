@@ -1,0 +1,147 @@
+//! The plain-data picture of the server's backends that every view and rule works from.
+
+/// A PostgreSQL `timestamptz`: microseconds since 2000-01-01 00:00:00 UTC.
+pub type Micros = i64;
+
+/// `backend_type` of an ordinary client connection in `pg_stat_activity`.
+pub const CLIENT_BACKEND: &str = "client backend";
+
+/// One row of `pg_stat_activity`, as the calling role sees it.
+///
+/// Columns the role may not see are `None` (PostgreSQL hides state, times, query text and even
+/// `backend_type` of other roles' sessions unless the caller has `pg_read_all_stats`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Backend {
+    pub pid: i32,
+    pub leader_pid: Option<i32>,
+    pub datname: Option<String>,
+    pub usename: Option<String>,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub backend_type: Option<String>,
+    pub state: Option<String>,
+    pub backend_start: Option<Micros>,
+    pub xact_start: Option<Micros>,
+    pub query_start: Option<Micros>,
+    pub state_change: Option<Micros>,
+    pub wait_event_type: Option<String>,
+    pub wait_event: Option<String>,
+    pub query: Option<String>,
+}
+
+impl Backend {
+    /// An ordinary client connection (not a background worker, autovacuum, walsender, ...).
+    pub fn is_client(&self) -> bool {
+        self.backend_type.as_deref() == Some(CLIENT_BACKEND)
+    }
+
+    /// PostgreSQL hid this backend's details from the calling role.
+    pub fn is_hidden(&self) -> bool {
+        self.backend_type.is_none()
+    }
+
+    /// Seconds since the backend entered its current state (`now - state_change`), never negative.
+    /// Falls back to `backend_start` for a backend that has not reported a state yet.
+    pub fn state_age(&self, now: Micros) -> f64 {
+        age_seconds(now, self.state_change.or(self.backend_start)).unwrap_or(0.0)
+    }
+
+    /// Seconds since the backend's current transaction started, if it has one.
+    pub fn xact_age(&self, now: Micros) -> Option<f64> {
+        age_seconds(now, self.xact_start)
+    }
+
+    /// Waiting on a heavyweight lock (what `pg_blocking_pids` can explain).
+    pub fn is_waiting_on_lock(&self) -> bool {
+        self.wait_event_type.as_deref() == Some("Lock")
+    }
+
+    pub fn has_state(&self, state: &str) -> bool {
+        self.state.as_deref() == Some(state)
+    }
+}
+
+/// Every backend, read at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// When the snapshot was read; all ages are measured against it.
+    pub now: Micros,
+    pub backends: Vec<Backend>,
+}
+
+impl Snapshot {
+    pub fn clients(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().filter(|b| b.is_client())
+    }
+
+    pub fn by_pid(&self, pid: i32) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.pid == pid)
+    }
+}
+
+/// Seconds from `then` to `now`, clamped at zero (clocks and snapshots are read at slightly
+/// different moments, so a few microseconds "in the future" must not turn into negative ages).
+pub fn age_seconds(now: Micros, then: Option<Micros>) -> Option<f64> {
+    then.map(|t| (now.saturating_sub(t)).max(0) as f64 / 1_000_000.0)
+}
+
+pub const SECOND: Micros = 1_000_000;
+
+#[cfg(test)]
+pub mod fixtures {
+    //! Small builders for the unit tests of every core module.
+    use super::*;
+
+    pub const NOW: Micros = 1_000_000 * SECOND;
+
+    pub fn client(pid: i32, state: &str, age_s: i64) -> Backend {
+        Backend {
+            pid,
+            datname: Some("app".into()),
+            usename: Some("web".into()),
+            application_name: Some("api".into()),
+            client_addr: Some("10.0.0.1".into()),
+            backend_type: Some(CLIENT_BACKEND.into()),
+            state: Some(state.into()),
+            backend_start: Some(NOW - (age_s + 60) * SECOND),
+            state_change: Some(NOW - age_s * SECOND),
+            query: Some(format!("select {pid}")),
+            ..Default::default()
+        }
+    }
+
+    pub fn snapshot(backends: Vec<Backend>) -> Snapshot {
+        Snapshot { now: NOW, backends }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn ages_are_seconds_and_never_negative() {
+        let b = client(1, "idle", 90);
+        assert_eq!(b.state_age(NOW), 90.0);
+        assert_eq!(age_seconds(NOW, Some(NOW + 5)), Some(0.0));
+        assert_eq!(age_seconds(NOW, None), None);
+    }
+
+    #[test]
+    fn state_age_falls_back_to_backend_start() {
+        let mut b = client(1, "idle", 90);
+        b.state_change = None;
+        assert_eq!(b.state_age(NOW), 150.0);
+    }
+
+    #[test]
+    fn hidden_and_client_classification() {
+        let mut b = client(1, "idle", 1);
+        assert!(b.is_client() && !b.is_hidden());
+        b.backend_type = None;
+        assert!(!b.is_client() && b.is_hidden());
+        b.backend_type = Some("autovacuum worker".into());
+        assert!(!b.is_client() && !b.is_hidden());
+    }
+}
