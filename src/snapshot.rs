@@ -32,7 +32,10 @@ fn ts(v: Option<TimestampWithTimeZone>) -> Option<Micros> {
 }
 
 fn read_activity(table: SpiTupleTable) -> Result<Snapshot, spi::Error> {
-    let mut snap = Snapshot { now: 0, backends: Vec::with_capacity(table.len()) };
+    let mut snap = Snapshot {
+        now: 0,
+        backends: Vec::with_capacity(table.len()),
+    };
     for row in table {
         if snap.now == 0 {
             snap.now = ts(row.get(16)?).unwrap_or(0);

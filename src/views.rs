@@ -138,7 +138,13 @@ fn health() -> TableIterator<
     ),
 > {
     TableIterator::new(health_checks().into_iter().map(|c| {
-        (c.name.to_string(), c.status.as_str().to_string(), round2(c.value), c.threshold, c.detail)
+        (
+            c.name.to_string(),
+            c.status.as_str().to_string(),
+            round2(c.value),
+            c.threshold,
+            c.detail,
+        )
     }))
 }
 
@@ -156,7 +162,9 @@ fn describe(snap: &Snapshot, pid: i32) -> (Text, Text, Text, Text, Secs, Secs) {
             b.application_name.clone(),
             b.state.clone(),
             b.query.clone(),
-            b.backend_type.as_ref().map(|_| round2(b.state_age(snap.now))),
+            b.backend_type
+                .as_ref()
+                .map(|_| round2(b.state_age(snap.now))),
             b.xact_age(snap.now).map(round2),
         ),
         None => (None, None, None, None, None, None),
@@ -258,7 +266,22 @@ fn blocking_chains() -> TableIterator<
                 Some(r) => describe(&snap, r),
                 None => (None, None, None, None, None, None),
             };
-            (c.pid, c.root_pid, c.depth, c.path, c.root_blocked_count, u, a, q, ru, ra, rs, rage, rx, rq)
+            (
+                c.pid,
+                c.root_pid,
+                c.depth,
+                c.path,
+                c.root_blocked_count,
+                u,
+                a,
+                q,
+                ru,
+                ra,
+                rs,
+                rage,
+                rx,
+                rq,
+            )
         })
         .collect();
     TableIterator::new(rows)

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 pub fn config(user: &str, application_name: &str) -> Config {
     let port: u16 = std::env::var("DBCONN_GUARD_TEST_PORT")
-        .expect("DBCONN_GUARD_TEST_PORT is not set: run the integration tests through ./dev.sh test")
+        .expect(
+            "DBCONN_GUARD_TEST_PORT is not set: run the integration tests through ./dev.sh test",
+        )
         .parse()
         .expect("DBCONN_GUARD_TEST_PORT must be a port number");
     let host = std::env::var("DBCONN_GUARD_TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
@@ -30,7 +32,9 @@ pub fn connect(application_name: &str) -> Client {
 }
 
 pub fn connect_as(user: &str, application_name: &str) -> Client {
-    config(user, application_name).connect(NoTls).unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+    config(user, application_name)
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
 }
 
 /// A session's backend pid.
@@ -56,7 +60,11 @@ pub fn idle_in_transaction(app: &str, sql: &str) -> (Client, i32) {
 
 /// Runs `sql` on a new session in a thread; returns the pid at once and the thread, which ends
 /// when the statement does (or its session is terminated).
-pub fn in_background(app: &str, setup: &str, sql: &str) -> (i32, JoinHandle<Result<(), postgres::Error>>) {
+pub fn in_background(
+    app: &str,
+    setup: &str,
+    sql: &str,
+) -> (i32, JoinHandle<Result<(), postgres::Error>>) {
     let mut c = connect(app);
     let p = pid(&mut c);
     if !setup.is_empty() {
@@ -87,7 +95,11 @@ pub fn wait_until(c: &mut Client, sql: &str, timeout: Duration) {
 
 /// Waits until each pid is waiting on a heavyweight lock.
 pub fn wait_for_lock_waits(c: &mut Client, pids: &[i32]) {
-    let list = pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    let list = pids
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     wait_until(
         c,
         &format!(

@@ -49,13 +49,20 @@ pub(crate) fn group<'a>(
 ) -> Vec<ConnectionGroup> {
     let mut members: HashMap<GroupKey, Vec<&Backend>> = HashMap::new();
     for b in backends {
-        members.entry(GroupKey::of(b, with_state)).or_default().push(b);
+        members
+            .entry(GroupKey::of(b, with_state))
+            .or_default()
+            .push(b);
     }
     let mut groups: Vec<ConnectionGroup> = members
         .into_iter()
         .map(|(key, mut bs)| {
             // oldest state_change first; pid breaks ties so the order is stable
-            bs.sort_by(|a, b| b.state_age(now).total_cmp(&a.state_age(now)).then(a.pid.cmp(&b.pid)));
+            bs.sort_by(|a, b| {
+                b.state_age(now)
+                    .total_cmp(&a.state_age(now))
+                    .then(a.pid.cmp(&b.pid))
+            });
             let ages: Vec<f64> = bs.iter().map(|b| b.state_age(now)).collect();
             ConnectionGroup {
                 key,

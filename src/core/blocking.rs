@@ -43,10 +43,17 @@ pub fn pairs(waits: &[LockWait]) -> Vec<Pair> {
     // one pid may (with parallel workers) appear in two LockWait rows: keep the first row
     let mut out: Vec<Pair> = Vec::with_capacity(seen.len());
     for (blocked_pid, blocking_pid, wait) in seen {
-        if out.last().is_some_and(|p: &Pair| p.blocked_pid == blocked_pid && p.blocking_pid == blocking_pid) {
+        if out
+            .last()
+            .is_some_and(|p: &Pair| p.blocked_pid == blocked_pid && p.blocking_pid == blocking_pid)
+        {
             continue;
         }
-        out.push(Pair { blocked_pid, blocking_pid, wait });
+        out.push(Pair {
+            blocked_pid,
+            blocking_pid,
+            wait,
+        });
     }
     out
 }
@@ -78,10 +85,17 @@ pub fn chains(waits: &[LockWait]) -> Vec<Chain> {
     let mut blocks: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut waiting: BTreeSet<i32> = BTreeSet::new();
     for e in &edges {
-        blocks.entry(e.blocking_pid).or_default().push(e.blocked_pid);
+        blocks
+            .entry(e.blocking_pid)
+            .or_default()
+            .push(e.blocked_pid);
         waiting.insert(e.blocked_pid);
     }
-    let roots: BTreeSet<i32> = blocks.keys().copied().filter(|p| !waiting.contains(p)).collect();
+    let roots: BTreeSet<i32> = blocks
+        .keys()
+        .copied()
+        .filter(|p| !waiting.contains(p))
+        .collect();
 
     // per waiter: root -> (depth, next hop towards the root)
     let mut reach: BTreeMap<i32, Vec<(i32, i32, i32)>> = BTreeMap::new();
@@ -127,7 +141,13 @@ pub fn chains(waits: &[LockWait]) -> Vec<Chain> {
                     });
                 }
             }
-            None => out.push(Chain { pid, root_pid: None, depth: None, path: vec![pid], root_blocked_count: 0 }),
+            None => out.push(Chain {
+                pid,
+                root_pid: None,
+                depth: None,
+                path: vec![pid],
+                root_blocked_count: 0,
+            }),
         }
     }
     out.sort_by(|a, b| {
@@ -145,7 +165,11 @@ mod tests {
     use super::*;
 
     fn w(pid: i32, blocked_by: &[i32]) -> LockWait {
-        LockWait { pid, blocked_by: blocked_by.to_vec(), ..Default::default() }
+        LockWait {
+            pid,
+            blocked_by: blocked_by.to_vec(),
+            ..Default::default()
+        }
     }
 
     fn pair_ids(ps: &[Pair]) -> Vec<(i32, i32)> {
@@ -190,7 +214,11 @@ mod tests {
         let cs = chains(&waits);
         assert_eq!(cs[0].root_pid, Some(1));
         assert_eq!(cs[0].root_blocked_count, 3);
-        let roots_of_13: Vec<_> = cs.iter().filter(|c| c.pid == 13).map(|c| c.root_pid).collect();
+        let roots_of_13: Vec<_> = cs
+            .iter()
+            .filter(|c| c.pid == 13)
+            .map(|c| c.root_pid)
+            .collect();
         assert_eq!(roots_of_13, vec![Some(1), Some(2)]);
         let last = cs.last().unwrap();
         assert_eq!((last.root_pid, last.root_blocked_count), (Some(2), 2));
@@ -201,7 +229,9 @@ mod tests {
         // 1 holds; 2 waits for 1; 3 waits for 1 and (soft) for 2; 4 waits for 1, 2, 3
         let waits = [w(2, &[1]), w(3, &[1, 2]), w(4, &[1, 2, 3])];
         let cs = chains(&waits);
-        assert!(cs.iter().all(|c| c.depth == Some(1) && c.root_pid == Some(1)));
+        assert!(cs
+            .iter()
+            .all(|c| c.depth == Some(1) && c.root_pid == Some(1)));
         assert_eq!(cs.iter().find(|c| c.pid == 4).unwrap().path, vec![4, 1]);
     }
 
@@ -217,9 +247,13 @@ mod tests {
     fn large_queue_is_linear_in_edges() {
         // 1 root, 1000 waiters each soft-blocked by every waiter ahead of it: ~500k edges
         let n = 1000;
-        let waits: Vec<LockWait> = (2..=n + 1).map(|p| w(p, &(1..p).collect::<Vec<_>>())).collect();
+        let waits: Vec<LockWait> = (2..=n + 1)
+            .map(|p| w(p, &(1..p).collect::<Vec<_>>()))
+            .collect();
         let cs = chains(&waits);
         assert_eq!(cs.len(), n as usize);
-        assert!(cs.iter().all(|c| c.root_blocked_count == n as i64 && c.depth == Some(1)));
+        assert!(cs
+            .iter()
+            .all(|c| c.root_blocked_count == n as i64 && c.depth == Some(1)));
     }
 }

@@ -110,7 +110,12 @@ pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<
         status,
         value: old_idle.len() as f64,
         threshold,
-        detail: format!("{} sessions idle for more than {}; warning above {}", old_idle.len(), fmt_s(t.idle_age), t.idle_count),
+        detail: format!(
+            "{} sessions idle for more than {}; warning above {}",
+            old_idle.len(),
+            fmt_s(t.idle_age),
+            t.idle_count
+        ),
     });
 
     let in_xact: Vec<_> = snapshot
@@ -121,7 +126,11 @@ pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<
         })
         .collect();
     let oldest = in_xact.iter().map(|b| b.state_age(now)).fold(0.0, f64::max);
-    let status = if in_xact.is_empty() { Status::Ok } else { Status::Warning };
+    let status = if in_xact.is_empty() {
+        Status::Ok
+    } else {
+        Status::Warning
+    };
     checks.push(Check {
         name: "idle_in_transaction",
         status,
@@ -131,16 +140,28 @@ pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<
             "{} sessions idle in transaction for more than {}{}",
             in_xact.len(),
             fmt_s(t.idle_in_transaction_age),
-            if in_xact.is_empty() { String::new() } else { format!(" (longest {}, pids {})", fmt_s(oldest), pid_list(&in_xact)) }
+            if in_xact.is_empty() {
+                String::new()
+            } else {
+                format!(" (longest {}, pids {})", fmt_s(oldest), pid_list(&in_xact))
+            }
         ),
     });
 
-    let waiters: Vec<_> = snapshot.clients().filter(|b| b.is_waiting_on_lock()).collect();
+    let waiters: Vec<_> = snapshot
+        .clients()
+        .filter(|b| b.is_waiting_on_lock())
+        .collect();
     let longest_wait = waiters.iter().map(|b| b.state_age(now)).fold(0.0, f64::max);
     let (status, threshold) = if waiters.is_empty() {
         (Status::Ok, t.lock_wait_warning)
     } else {
-        grade(longest_wait, t.lock_wait_warning, t.lock_wait_critical, false)
+        grade(
+            longest_wait,
+            t.lock_wait_warning,
+            t.lock_wait_critical,
+            false,
+        )
     };
     checks.push(Check {
         name: "lock_waits",
@@ -153,16 +174,30 @@ pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<
             fmt_s(longest_wait),
             fmt_s(t.lock_wait_warning),
             fmt_s(t.lock_wait_critical),
-            if waiters.is_empty() { String::new() } else { format!(" (pids {}; see dbconn_guard.blocking_chains())", pid_list(&waiters)) }
+            if waiters.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (pids {}; see dbconn_guard.blocking_chains())",
+                    pid_list(&waiters)
+                )
+            }
         ),
     });
 
-    let oldest_xact = snapshot.clients().filter_map(|b| b.xact_age(now).map(|a| (a, b.pid))).max_by(|a, b| a.0.total_cmp(&b.0));
+    let oldest_xact = snapshot
+        .clients()
+        .filter_map(|b| b.xact_age(now).map(|a| (a, b.pid)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
     let age = oldest_xact.map_or(0.0, |(a, _)| a);
     let (status, threshold) = if t.xact_age_warning <= 0.0 && t.xact_age_critical <= 0.0 {
         (Status::Ok, 0.0)
     } else {
-        let warning = if t.xact_age_warning > 0.0 { t.xact_age_warning } else { f64::INFINITY };
+        let warning = if t.xact_age_warning > 0.0 {
+            t.xact_age_warning
+        } else {
+            f64::INFINITY
+        };
         grade(age, warning, t.xact_age_critical, false)
     };
     checks.push(Check {
@@ -213,7 +248,14 @@ mod tests {
 
     fn run(backends: Vec<crate::core::session::Backend>, max: i32, t: &Thresholds) -> Vec<Check> {
         let snap = snapshot(backends);
-        let u = utilization(&snap, Limits { max_connections: max, superuser_reserved_connections: 3, reserved_connections: None });
+        let u = utilization(
+            &snap,
+            Limits {
+                max_connections: max,
+                superuser_reserved_connections: 3,
+                reserved_connections: None,
+            },
+        );
         evaluate(&snap, &u, t)
     }
 
@@ -233,19 +275,44 @@ mod tests {
     fn utilization_grades_at_thresholds() {
         let t = Thresholds::default();
         let clients = |n| (1..=n).map(|p| client(p, "active", 0)).collect::<Vec<_>>();
-        assert_eq!(get(&run(clients(79), 100, &t), "utilization").status, Status::Ok);
+        assert_eq!(
+            get(&run(clients(79), 100, &t), "utilization").status,
+            Status::Ok
+        );
         let c = run(clients(80), 100, &t);
-        assert_eq!((get(&c, "utilization").status, get(&c, "utilization").threshold), (Status::Warning, 80.0));
+        assert_eq!(
+            (
+                get(&c, "utilization").status,
+                get(&c, "utilization").threshold
+            ),
+            (Status::Warning, 80.0)
+        );
         let c = run(clients(90), 100, &t);
-        assert_eq!((get(&c, "utilization").status, get(&c, "utilization").threshold), (Status::Critical, 90.0));
+        assert_eq!(
+            (
+                get(&c, "utilization").status,
+                get(&c, "utilization").threshold
+            ),
+            (Status::Critical, 90.0)
+        );
         assert_eq!(worst(&c), Status::Critical);
     }
 
     #[test]
     fn idle_sessions_warn_above_count() {
-        let t = Thresholds { idle_count: 2, ..Default::default() };
+        let t = Thresholds {
+            idle_count: 2,
+            ..Default::default()
+        };
         let old = |p| client(p, "idle", 301);
-        assert_eq!(get(&run(vec![old(1), old(2), client(3, "idle", 10)], 100, &t), "idle_sessions").status, Status::Ok);
+        assert_eq!(
+            get(
+                &run(vec![old(1), old(2), client(3, "idle", 10)], 100, &t),
+                "idle_sessions"
+            )
+            .status,
+            Status::Ok
+        );
         let c = run(vec![old(1), old(2), old(3)], 100, &t);
         assert_eq!(get(&c, "idle_sessions").status, Status::Warning);
         assert_eq!(get(&c, "idle_sessions").value, 3.0);
@@ -254,7 +321,14 @@ mod tests {
     #[test]
     fn idle_in_transaction_warns_and_names_pids() {
         let t = Thresholds::default();
-        let c = run(vec![client(7, "idle in transaction (aborted)", 61), client(8, "idle in transaction", 5)], 100, &t);
+        let c = run(
+            vec![
+                client(7, "idle in transaction (aborted)", 61),
+                client(8, "idle in transaction", 5),
+            ],
+            100,
+            &t,
+        );
         let check = get(&c, "idle_in_transaction");
         assert_eq!((check.status, check.value), (Status::Warning, 1.0));
         assert!(check.detail.contains("pids 7"), "{}", check.detail);
@@ -268,10 +342,19 @@ mod tests {
             b.wait_event_type = Some("Lock".into());
             b
         };
-        assert_eq!(get(&run(vec![waiting(1, 5)], 100, &t), "lock_waits").status, Status::Ok);
-        assert_eq!(get(&run(vec![waiting(1, 11)], 100, &t), "lock_waits").status, Status::Warning);
+        assert_eq!(
+            get(&run(vec![waiting(1, 5)], 100, &t), "lock_waits").status,
+            Status::Ok
+        );
+        assert_eq!(
+            get(&run(vec![waiting(1, 11)], 100, &t), "lock_waits").status,
+            Status::Warning
+        );
         let c = run(vec![waiting(1, 61), waiting(2, 1)], 100, &t);
-        assert_eq!((get(&c, "lock_waits").status, get(&c, "lock_waits").value), (Status::Critical, 2.0));
+        assert_eq!(
+            (get(&c, "lock_waits").status, get(&c, "lock_waits").value),
+            (Status::Critical, 2.0)
+        );
     }
 
     #[test]
@@ -280,12 +363,28 @@ mod tests {
         b.xact_start = Some(NOW - 4000 * SECOND);
         let c = run(vec![b.clone()], 100, &Thresholds::default());
         let check = get(&c, "oldest_transaction");
-        assert_eq!((check.status, check.value, check.threshold), (Status::Critical, 4000.0, 3600.0));
+        assert_eq!(
+            (check.status, check.value, check.threshold),
+            (Status::Critical, 4000.0, 3600.0)
+        );
         assert!(check.detail.contains("pid 4"));
-        let off = Thresholds { xact_age_warning: 0.0, xact_age_critical: 0.0, ..Default::default() };
-        assert_eq!(get(&run(vec![b.clone()], 100, &off), "oldest_transaction").status, Status::Ok);
-        let warn_only = Thresholds { xact_age_critical: 0.0, ..Default::default() };
-        assert_eq!(get(&run(vec![b], 100, &warn_only), "oldest_transaction").status, Status::Warning);
+        let off = Thresholds {
+            xact_age_warning: 0.0,
+            xact_age_critical: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            get(&run(vec![b.clone()], 100, &off), "oldest_transaction").status,
+            Status::Ok
+        );
+        let warn_only = Thresholds {
+            xact_age_critical: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            get(&run(vec![b], 100, &warn_only), "oldest_transaction").status,
+            Status::Warning
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub type LeakSuspect = ConnectionGroup;
 /// The group key's `state` is always `None`.
 pub fn leak_suspects(snapshot: &Snapshot, idle_age: f64) -> Vec<LeakSuspect> {
     let now = snapshot.now;
-    let stale = snapshot.clients().filter(|b| b.has_state("idle") && b.state_age(now) > idle_age);
+    let stale = snapshot
+        .clients()
+        .filter(|b| b.has_state("idle") && b.state_age(now) > idle_age);
     group(now, stale, false)
 }
 

@@ -40,7 +40,10 @@ pub struct Utilization {
 }
 
 pub fn utilization(snapshot: &Snapshot, limits: Limits) -> Utilization {
-    let mut u = Utilization { limits, ..Default::default() };
+    let mut u = Utilization {
+        limits,
+        ..Default::default()
+    };
     for b in &snapshot.backends {
         if b.is_hidden() {
             u.hidden_backends += 1;
@@ -59,8 +62,10 @@ pub fn utilization(snapshot: &Snapshot, limits: Limits) -> Utilization {
             _ => u.other_states += 1,
         }
     }
-    let reserved = i64::from(limits.superuser_reserved_connections) + i64::from(limits.reserved_connections.unwrap_or(0));
-    u.available_connections = (i64::from(limits.max_connections) - reserved - u.client_backends).max(0);
+    let reserved = i64::from(limits.superuser_reserved_connections)
+        + i64::from(limits.reserved_connections.unwrap_or(0));
+    u.available_connections =
+        (i64::from(limits.max_connections) - reserved - u.client_backends).max(0);
     u.utilization_pct = percent(u.client_backends, limits.max_connections);
     u
 }
@@ -97,10 +102,21 @@ mod tests {
             hidden,
             starting,
         ]);
-        let limits = Limits { max_connections: 20, superuser_reserved_connections: 3, reserved_connections: Some(2) };
+        let limits = Limits {
+            max_connections: 20,
+            superuser_reserved_connections: 3,
+            reserved_connections: Some(2),
+        };
         let u = utilization(&snap, limits);
         assert_eq!(
-            (u.client_backends, u.active, u.idle, u.idle_in_transaction, u.idle_in_transaction_aborted, u.other_states),
+            (
+                u.client_backends,
+                u.active,
+                u.idle,
+                u.idle_in_transaction,
+                u.idle_in_transaction_aborted,
+                u.other_states
+            ),
             (6, 1, 2, 1, 1, 1)
         );
         assert_eq!((u.other_backends, u.hidden_backends), (1, 1));
@@ -111,7 +127,14 @@ mod tests {
     #[test]
     fn available_never_negative_and_pct_safe_on_zero() {
         let snap = snapshot((1..=5).map(|p| client(p, "idle", 1)).collect());
-        let u = utilization(&snap, Limits { max_connections: 5, superuser_reserved_connections: 3, reserved_connections: None });
+        let u = utilization(
+            &snap,
+            Limits {
+                max_connections: 5,
+                superuser_reserved_connections: 3,
+                reserved_connections: None,
+            },
+        );
         assert_eq!(u.available_connections, 0);
         assert_eq!(u.utilization_pct, 100.0);
         assert_eq!(percent(3, 0), 0.0);
