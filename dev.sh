@@ -224,7 +224,7 @@ run_integration_tests() {
     psql_on "$v" "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
     log "integration tests (pg_test/) on PostgreSQL $v, port $port"
     local rc=0
-    DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") \
+    DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" \
         cargo test -p dbconn_guard_integration -- --test-threads=1 || rc=$?
     if [ $rc -ne 0 ]; then
         log "server log of $name (last 60 lines):"
@@ -238,7 +238,7 @@ cmd_test() {
     setup
     local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 18"}
     for v in $versions; do
-        run_pg_tests "$v"
+        [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v"
         run_integration_tests "$v"
     done
     log "all tests passed on PostgreSQL $versions"

@@ -6,9 +6,12 @@
 //! the ranges below with its usual message, keeping the old value.
 
 use crate::core::health::Thresholds;
+use crate::core::patterns::PatternList;
+use crate::core::policy::{Policy, Scope};
+use crate::core::session::Micros;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use pgrx::pg_sys;
-use std::ffi::CStr;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
 
 pub static WARNING_PCT: GucSetting<i32> = GucSetting::<i32>::new(80);
 pub static CRITICAL_PCT: GucSetting<i32> = GucSetting::<i32>::new(90);
@@ -20,6 +23,28 @@ pub static LOCK_WAIT_CRITICAL_AGE: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static TRANSACTION_AGE_WARNING: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static TRANSACTION_AGE_CRITICAL: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub static LEAK_IDLE_AGE: GucSetting<i32> = GucSetting::<i32>::new(600);
+
+// The guard's policy (PGC_SIGHUP: postgresql.conf or ALTER SYSTEM + pg_reload_conf()).
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static DRY_RUN: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10 * 60 * 1000);
+pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5 * 60 * 1000);
+pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static EXCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static EXCLUDE_USERS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static EXCLUDE_DATABASES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static LEAK_TREND_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
+// PGC_POSTMASTER
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// Longest age setting accepted: 30 days, in seconds.
 const MAX_AGE_S: i32 = 30 * 24 * 3600;
@@ -50,8 +75,178 @@ fn seconds(name: &'static CStr, short: &'static CStr, setting: &'static GucSetti
     );
 }
 
+fn sighup_bool(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<bool>) {
+    GucRegistry::define_bool_guc(
+        name,
+        short,
+        c"",
+        setting,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+fn sighup_ms(
+    name: &'static CStr,
+    short: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+    max: i32,
+) {
+    GucRegistry::define_int_guc(
+        name,
+        short,
+        c"",
+        setting,
+        min,
+        max,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// Check hook of the name-list settings: a malformed list is refused whole, with the reason.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_pattern_list(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    match PatternList::parse(&value) {
+        Ok(_) => true,
+        Err(why) => {
+            let detail = format!(
+                "{why}. Expected a comma-separated list of names, * as a wildcard, double quotes around a name with a comma."
+            );
+            let detail = CString::new(detail.replace('\0', " ")).unwrap_or_default();
+            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+            false
+        }
+    }
+}
+
+fn pattern_list(
+    name: &'static CStr,
+    short: &'static CStr,
+    setting: &'static GucSetting<Option<CString>>,
+) {
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            name,
+            short,
+            c"Comma-separated names; * matches any run of characters; double-quote a name that holds a comma.",
+            setting,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_pattern_list),
+            None,
+            None,
+        )
+    };
+}
+
 /// Registers every setting. Called once from `_PG_init`.
 pub fn define() {
+    sighup_bool(
+        c"dbconn_guard.enabled",
+        c"Whether the background worker ends stale sessions.",
+        &ENABLED,
+    );
+    sighup_bool(
+        c"dbconn_guard.dry_run",
+        c"When on, the worker records and logs the sessions it would end, and ends none.",
+        &DRY_RUN,
+    );
+    sighup_ms(
+        c"dbconn_guard.idle_timeout",
+        c"Ends sessions idle for longer than this (0: never).",
+        &IDLE_TIMEOUT,
+        0,
+        i32::MAX,
+    );
+    sighup_ms(
+        c"dbconn_guard.idle_in_transaction_timeout",
+        c"Ends sessions idle in transaction (or aborted transaction) for longer than this (0: never).",
+        &IDLE_IN_TRANSACTION_TIMEOUT,
+        0,
+        i32::MAX,
+    );
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.min_utilization_pct",
+        c"Idle sessions are ended only while connection utilization is at or above this percentage.",
+        c"Idle-in-transaction sessions are always subject to their timeout.",
+        &MIN_UTILIZATION_PCT,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    pattern_list(
+        c"dbconn_guard.include_applications",
+        c"When set, only sessions of these application_names are ever ended.",
+        &INCLUDE_APPLICATIONS,
+    );
+    pattern_list(
+        c"dbconn_guard.exclude_applications",
+        c"Sessions of these application_names are never ended.",
+        &EXCLUDE_APPLICATIONS,
+    );
+    pattern_list(
+        c"dbconn_guard.exclude_users",
+        c"Sessions of these users are never ended.",
+        &EXCLUDE_USERS,
+    );
+    pattern_list(
+        c"dbconn_guard.exclude_databases",
+        c"Sessions connected to these databases are never ended.",
+        &EXCLUDE_DATABASES,
+    );
+    sighup_bool(
+        c"dbconn_guard.terminate_superusers",
+        c"Whether sessions of superusers may be ended too.",
+        &TERMINATE_SUPERUSERS,
+    );
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.max_terminations_per_cycle",
+        c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
+        c"",
+        &MAX_TERMINATIONS_PER_CYCLE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    sighup_ms(
+        c"dbconn_guard.naptime",
+        c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
+        &NAPTIME,
+        100,
+        3_600_000,
+    );
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.leak_trend_samples",
+        c"Samples (one per naptime) over which a growing idle count makes a leak suspect.",
+        c"",
+        &LEAK_TREND_SAMPLES,
+        2,
+        crate::shared::MAX_SAMPLES as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dbconn_guard.database",
+        c"Database the background worker connects to; the extension must be created there.",
+        c"",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -132,4 +327,84 @@ pub fn thresholds() -> Thresholds {
         xact_age_warning: s(&TRANSACTION_AGE_WARNING),
         xact_age_critical: s(&TRANSACTION_AGE_CRITICAL),
     }
+}
+
+fn list(setting: &GucSetting<Option<CString>>) -> PatternList {
+    let text = setting
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // the check hook refused anything malformed, so this cannot fail
+    PatternList::parse(&text).unwrap_or_default()
+}
+
+fn ms(v: i32) -> Micros {
+    Micros::from(v) * 1000
+}
+
+/// Who may be ended at all, under the settings in force.
+pub fn scope() -> Scope {
+    Scope {
+        include_applications: list(&INCLUDE_APPLICATIONS),
+        exclude_applications: list(&EXCLUDE_APPLICATIONS),
+        exclude_users: list(&EXCLUDE_USERS),
+        exclude_databases: list(&EXCLUDE_DATABASES),
+        terminate_superusers: TERMINATE_SUPERUSERS.get(),
+    }
+}
+
+/// The termination policy in force.
+pub fn policy() -> Policy {
+    Policy {
+        scope: scope(),
+        idle_timeout: ms(IDLE_TIMEOUT.get()),
+        idle_in_transaction_timeout: ms(IDLE_IN_TRANSACTION_TIMEOUT.get()),
+        min_utilization_pct: f64::from(MIN_UTILIZATION_PCT.get()),
+        max_terminations_per_cycle: MAX_TERMINATIONS_PER_CYCLE.get().max(1) as usize,
+    }
+}
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// The policy in force as a JSON object of the settings' displayed values, for worker_status().
+pub fn policy_summary() -> String {
+    let show = |name: &str| unsafe {
+        let cname = CString::new(name).unwrap_or_default();
+        let v = pg_sys::GetConfigOptionByName(cname.as_ptr(), std::ptr::null_mut(), true);
+        if v.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(v).to_string_lossy().into_owned()
+        }
+    };
+    let names = [
+        "enabled",
+        "dry_run",
+        "idle_timeout",
+        "idle_in_transaction_timeout",
+        "min_utilization_pct",
+        "include_applications",
+        "exclude_applications",
+        "exclude_users",
+        "exclude_databases",
+        "terminate_superusers",
+        "max_terminations_per_cycle",
+        "naptime",
+        "database",
+    ];
+    let map: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                serde_json::Value::String(show(&format!("dbconn_guard.{n}"))),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }

@@ -2,24 +2,35 @@
 //!
 //! * `core`     — the functional core: plain Rust over plain data, unit-tested without a server.
 //! * `snapshot` — reads PostgreSQL state (pg_stat_activity, pg_locks, settings) into the core's structs.
-//! * `views`    — the SQL functions behind the views in `sql/views.sql`.
+//! * `views`    — the SQL functions behind the views in `sql/finalize.sql`.
 //! * `guc`      — the `dbconn_guard.*` settings.
+//! * `worker`   — the background worker; `guard` acts on its plans (and `terminate_idle()`'s);
+//!   `shared` is what it publishes in shared memory; `admin` the guard's SQL functions.
 
 use pgrx::prelude::*;
 
+mod admin;
 pub mod core;
+mod guard;
 mod guc;
+mod shared;
 mod snapshot;
 mod views;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
-extension_sql_file!("../sql/views.sql", name = "views", finalize);
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        shared::init();
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -10,10 +10,10 @@ use crate::core::utilization::Limits;
 use pgrx::prelude::*;
 use pgrx::spi::SpiTupleTable;
 
-const ACTIVITY: &str = "SELECT pid, leader_pid, datname::text, usename::text, application_name, \
-     host(client_addr), backend_type, state, backend_start, xact_start, query_start, state_change, \
-     wait_event_type, wait_event, query, pg_catalog.clock_timestamp() \
-     FROM pg_catalog.pg_stat_activity";
+const ACTIVITY: &str = "SELECT a.pid, a.leader_pid, a.datname::text, a.usename::text, a.application_name, \
+     pg_catalog.host(a.client_addr), a.backend_type, a.state, a.backend_start, a.xact_start, a.query_start, \
+     a.state_change, a.wait_event_type, a.wait_event, a.query, pg_catalog.clock_timestamp(), r.rolsuper \
+     FROM pg_catalog.pg_stat_activity a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.usesysid";
 
 const LOCK_WAITS: &str = "SELECT l.pid, l.locktype, l.mode, \
      CASE WHEN l.relation IS NULL THEN NULL \
@@ -56,6 +56,7 @@ fn read_activity(table: SpiTupleTable) -> Result<Snapshot, spi::Error> {
             wait_event_type: row.get(13)?,
             wait_event: row.get(14)?,
             query: row.get(15)?,
+            is_superuser: row.get(17)?,
         });
     }
     Ok(snap)

@@ -1,9 +1,12 @@
-//! The read-only SQL surface: set-returning functions behind the views in `sql/views.sql`,
+//! The read-only SQL surface: set-returning functions behind the views in `sql/finalize.sql`,
 //! and the scalar/table functions DBAs call directly. Each reads PostgreSQL state once
 //! (`crate::snapshot`), hands it to the core, and returns rows.
 
+// pgrx spells a set-returning function's columns in its return type (`name!(...)`).
+#![allow(clippy::type_complexity)]
+
 use crate::core::{analysis, blocking, health, leaks, session::Snapshot, utilization};
-use crate::{guc, snapshot};
+use crate::{guc, shared, snapshot};
 use pgrx::prelude::*;
 
 type Text = Option<String>;
@@ -58,22 +61,39 @@ fn leak_suspect_rows() -> TableIterator<
         name!(avg_idle_seconds, f64),
         name!(max_idle_seconds, f64),
         name!(pids, Vec<i32>),
+        name!(trend, &'static str),
+        name!(reason, &'static str),
     ),
 > {
     let snap = snapshot::activity();
     let age = f64::from(guc::LEAK_IDLE_AGE.get());
-    TableIterator::new(leaks::leak_suspects(&snap, age).into_iter().map(|g| {
-        (
-            g.key.datname,
-            g.key.usename,
-            g.key.application_name,
-            g.key.client_addr,
-            g.connection_count,
-            round2(g.avg_age_seconds),
-            round2(g.max_age_seconds),
-            g.pids,
-        )
-    }))
+    let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
+    let shared = shared::available().then(|| *shared::SHARED.share());
+    let samples_of = |k: &analysis::GroupKey| {
+        shared
+            .as_ref()
+            .and_then(|s| s.samples_of(leaks::group_hash(k)).map(<[u32]>::to_vec))
+            .unwrap_or_default()
+    };
+    TableIterator::new(
+        leaks::suspects_with_trend(&snap, age, window, samples_of)
+            .into_iter()
+            .map(|r| {
+                let g = r.group;
+                (
+                    g.key.datname,
+                    g.key.usename,
+                    g.key.application_name,
+                    g.key.client_addr,
+                    g.connection_count,
+                    round2(g.avg_age_seconds),
+                    round2(g.max_age_seconds),
+                    g.pids,
+                    r.trend.as_str(),
+                    r.reason,
+                )
+            }),
+    )
 }
 
 #[pg_extern(name = "_utilization")]

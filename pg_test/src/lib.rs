@@ -9,6 +9,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub fn config(user: &str, application_name: &str) -> Config {
+    config_db(user, "postgres", application_name)
+}
+
+pub fn config_db(user: &str, dbname: &str, application_name: &str) -> Config {
     let port: u16 = std::env::var("DBCONN_GUARD_TEST_PORT")
         .expect(
             "DBCONN_GUARD_TEST_PORT is not set: run the integration tests through ./dev.sh test",
@@ -20,7 +24,7 @@ pub fn config(user: &str, application_name: &str) -> Config {
     c.host(&host)
         .port(port)
         .user(user)
-        .dbname("postgres")
+        .dbname(dbname)
         .application_name(application_name)
         .connect_timeout(Duration::from_secs(10));
     c
@@ -35,6 +39,13 @@ pub fn connect_as(user: &str, application_name: &str) -> Client {
     config(user, application_name)
         .connect(NoTls)
         .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+}
+
+/// A session of `user` in database `dbname`.
+pub fn connect_to(user: &str, dbname: &str, application_name: &str) -> Client {
+    config_db(user, dbname, application_name)
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect as {user} to {dbname}: {e}"))
 }
 
 /// A session's backend pid.
@@ -115,4 +126,109 @@ pub fn terminate(c: &mut Client, pids: &[i32]) {
     for p in pids {
         c.execute("SELECT pg_terminate_backend($1)", &[p]).unwrap();
     }
+}
+
+/// Sets `dbconn_guard.*` (or any) settings with ALTER SYSTEM, reloads, and waits until the
+/// background worker applies them (its published policy matches what a new session shows).
+pub fn alter_system(c: &mut Client, settings: &[(&str, &str)]) {
+    for (name, value) in settings {
+        c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .unwrap_or_else(|e| panic!("{name} = {value}: {e}"));
+    }
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for_worker_policy(settings);
+}
+
+/// ALTER SYSTEM RESET ALL, reload, and wait for the worker to apply the defaults.
+pub fn reset_system(c: &mut Client) {
+    c.batch_execute("ALTER SYSTEM RESET ALL").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for_worker_policy(&[
+        ("dbconn_guard.idle_timeout", ""),
+        ("dbconn_guard.dry_run", ""),
+    ]);
+}
+
+fn wait_for_worker_policy(settings: &[(&str, &str)]) {
+    let start = Instant::now();
+    'outer: loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "worker did not apply {settings:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+        let mut fresh = connect("it_policy_probe");
+        for (name, _) in settings {
+            let Some(short) = name.strip_prefix("dbconn_guard.") else {
+                continue;
+            };
+            if matches!(
+                short,
+                "warning_pct" | "critical_pct" | "leak_idle_age" | "leak_trend_samples"
+            ) || short.ends_with("_age")
+                || short.starts_with("transaction_age")
+                || short == "idle_warning_count"
+            {
+                continue; // not part of the worker's published policy
+            }
+            let same: bool = fresh
+                .query_one(
+                    "SELECT coalesce((SELECT policy->>$1 FROM dbconn_guard.worker_status()) = current_setting($2), false)",
+                    &[&short, name],
+                )
+                .unwrap()
+                .get(0);
+            if !same {
+                continue 'outer;
+            }
+        }
+        return;
+    }
+}
+
+/// Is a backend with this pid still there?
+pub fn alive(c: &mut Client, pid: i32) -> bool {
+    c.query_one(
+        "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1",
+        &[&pid],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Waits until the backend is gone; panics after `timeout`.
+pub fn wait_gone(c: &mut Client, pid: i32, timeout: Duration) {
+    wait_until(
+        c,
+        &format!("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = {pid}"),
+        timeout,
+    );
+}
+
+/// The worker's pid (waits until it runs).
+pub fn worker_pid(c: &mut Client) -> i32 {
+    wait_until(
+        c,
+        "SELECT running AND extension_ready FROM dbconn_guard.worker_status()",
+        Duration::from_secs(30),
+    );
+    c.query_one("SELECT pid FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Creates a LOGIN role (no superuser) if it does not exist.
+pub fn ensure_role(c: &mut Client, role: &str, extra: &str) {
+    c.batch_execute(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF; END $$; {extra}"
+    ))
+    .unwrap();
+}
+
+/// A session of `user` left idle in transaction.
+pub fn idle_in_transaction_as(user: &str, app: &str) -> (Client, i32) {
+    let mut c = connect_as(user, app);
+    let p = pid(&mut c);
+    c.batch_execute("BEGIN; SELECT 1").unwrap();
+    (c, p)
 }

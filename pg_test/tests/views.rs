@@ -7,6 +7,9 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
 
+/// (pid, root_pid, depth, path, root_blocked_count, root_application) of blocking_chains().
+type ChainRow = (i32, Option<i32>, Option<i32>, Vec<i32>, i64, Option<String>);
+
 fn admin() -> Client {
     connect("it_admin")
 }
@@ -214,7 +217,7 @@ fn three_deep_lock_chain() {
     assert_eq!(r.get::<_, Option<String>>(11), None);
     assert_eq!(r.get::<_, String>(12), "postgres");
 
-    let chains: Vec<(i32, Option<i32>, Option<i32>, Vec<i32>, i64, Option<String>)> = a
+    let chains: Vec<ChainRow> = a
         .query(
             "SELECT pid, root_pid, depth, path, root_blocked_count, root_application FROM dbconn_guard.blocking_chains() \
               WHERE pid = ANY($1)",

@@ -4,7 +4,7 @@ use super::session::{Backend, Micros, Snapshot};
 use std::collections::HashMap;
 
 /// The grouping key: who connected, from where, to which database, and in what state.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
     pub datname: Option<String>,
     pub usename: Option<String>,

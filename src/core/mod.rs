@@ -9,5 +9,7 @@ pub mod analysis;
 pub mod blocking;
 pub mod health;
 pub mod leaks;
+pub mod patterns;
+pub mod policy;
 pub mod session;
 pub mod utilization;

@@ -27,6 +27,8 @@ pub struct Backend {
     pub wait_event_type: Option<String>,
     pub wait_event: Option<String>,
     pub query: Option<String>,
+    /// Whether the session's role is a superuser; `None` when unknown (treated as protected).
+    pub is_superuser: Option<bool>,
 }
 
 impl Backend {
@@ -106,6 +108,7 @@ pub mod fixtures {
             backend_start: Some(NOW - (age_s + 60) * SECOND),
             state_change: Some(NOW - age_s * SECOND),
             query: Some(format!("select {pid}")),
+            is_superuser: Some(false),
             ..Default::default()
         }
     }

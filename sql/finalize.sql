@@ -15,7 +15,7 @@ SELECT * FROM @extschema@._utilization();
 
 CREATE VIEW leak_suspects AS
 SELECT datname, usename, application_name, client_addr::inet AS client_addr,
-       idle_count, avg_idle_seconds, max_idle_seconds, pids
+       idle_count, avg_idle_seconds, max_idle_seconds, pids, trend, reason
   FROM @extschema@._leak_suspects();
 
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
@@ -30,7 +30,7 @@ COMMENT ON VIEW blocking_pairs IS
 COMMENT ON VIEW utilization IS
   'Connection slots: max_connections, reserved slots, client backends by state, other and hidden backends, slots left for ordinary roles, and client backends as a percentage of max_connections.';
 COMMENT ON VIEW leak_suspects IS
-  'Clients (datname, usename, application_name, client_addr) holding idle sessions older than dbconn_guard.leak_idle_age, oldest first in pids.';
+  'Clients (datname, usename, application_name, client_addr) holding idle sessions older than dbconn_guard.leak_idle_age (reason idle_age), or whose idle count grew over the worker''s last dbconn_guard.leak_trend_samples samples (reason growing); trend: growing, steady, shrinking or unknown.';
 
 COMMENT ON FUNCTION blocking_chains() IS
   'Every waiting backend with each root blocker it ultimately waits for (a session that blocks others and waits for no lock), the depth and path to it, and how many sessions that root holds up. Largest pile-up first: the first row''s root_pid is the one session to look at.';
@@ -44,3 +44,15 @@ COMMENT ON FUNCTION _connection_analysis() IS 'Internal: rows of the connection_
 COMMENT ON FUNCTION _blocking_pairs() IS 'Internal: rows of the blocking_pairs view.';
 COMMENT ON FUNCTION _utilization() IS 'Internal: rows of the utilization view.';
 COMMENT ON FUNCTION _leak_suspects() IS 'Internal: rows of the leak_suspects view.';
+
+COMMENT ON FUNCTION worker_status() IS
+  'The background worker: running, pid, last cycle (start, wall and CPU time, sessions examined, terminations), totals, next wake-up, last error, and the policy it applies (jsonb).';
+COMMENT ON FUNCTION recent_terminations() IS
+  'The latest terminations on this server (worker and manual, newest first), kept in shared memory: on a hot standby the only record, since the terminations table cannot be written there (persisted = false).';
+COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean) IS
+  'Ends client sessions in the given states (default: idle and both idle-in-transaction states) for at least older_than, optionally of one application_name, with the worker''s protections; each is recorded in dbconn_guard.terminations. dry_run only reports. Returns every matched session with what was done.';
+
+REVOKE EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) TO dbconn_guard_admin;
+REVOKE EXECUTE ON FUNCTION recent_terminations() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION recent_terminations() TO dbconn_guard_admin, pg_read_all_stats;
