@@ -225,6 +225,7 @@ run_integration_tests() {
     log "integration tests (pg_test/) on PostgreSQL $v, port $port"
     local rc=0
     DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" \
+        DBCONN_GUARD_TEST_STATE="$(state_dir)" \
         cargo test -p dbconn_guard_integration -- --test-threads=1 || rc=$?
     if [ $rc -ne 0 ]; then
         log "server log of $name (last 60 lines):"

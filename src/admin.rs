@@ -127,9 +127,7 @@ const STATES: [&str; 3] = [IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTE
 
 /// Does the calling role have the privileges of `role` (by name)?
 fn caller_has_privs_of(role: &str) -> bool {
-    Spi::get_one_with_args::<bool>("SELECT pg_catalog.pg_has_role($1, 'USAGE')", &[role.into()])
-        .ok()
-        .flatten()
+    snapshot::select_one::<bool>("SELECT pg_catalog.pg_has_role($1, 'USAGE')", &[role.into()])
         .unwrap_or(false)
 }
 
@@ -192,10 +190,7 @@ fn terminate_idle(
     let caller_can_signal = caller_is_superuser || caller_has_privs_of("pg_signal_backend");
     let actor = format!(
         "manual:{}",
-        Spi::get_one::<String>("SELECT current_user::text")
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        snapshot::select_one::<String>("SELECT current_user::text", &[]).unwrap_or_default()
     );
 
     let mut rows = Vec::new();

@@ -109,3 +109,21 @@ pub fn limits() -> Limits {
     };
     read().unwrap_or_else(|e| error!("dbconn_guard: could not read connection settings: {e}"))
 }
+
+/// The first column of the first row of a read-only query, `None` for no row or NULL.
+///
+/// Never `Spi::get_one`: pgrx runs that in read-write mode, which assigns a transaction id —
+/// an error on a hot standby, and a wasted xid (and WAL) per call on a primary.
+pub fn select_one<T: FromDatum + IntoDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<T> {
+    Spi::connect(|client| {
+        let table = client.select(query, Some(1), args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        table.first().get_one::<T>()
+    })
+    .unwrap_or_else(|e: spi::Error| error!("dbconn_guard: query failed: {e}"))
+}

@@ -182,10 +182,11 @@ fn cycle(state: &mut State) -> Duration {
 }
 
 fn extension_exists() -> bool {
-    Spi::get_one::<bool>("SELECT true FROM pg_catalog.pg_extension WHERE extname = 'dbconn_guard'")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    snapshot::select_one::<bool>(
+        "SELECT true FROM pg_catalog.pg_extension WHERE extname = 'dbconn_guard'",
+        &[],
+    )
+    .unwrap_or(false)
 }
 
 fn check(state: &mut State) -> CycleReport {

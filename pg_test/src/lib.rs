@@ -12,13 +12,22 @@ pub fn config(user: &str, application_name: &str) -> Config {
     config_db(user, "postgres", application_name)
 }
 
-pub fn config_db(user: &str, dbname: &str, application_name: &str) -> Config {
-    let port: u16 = std::env::var("DBCONN_GUARD_TEST_PORT")
+/// The test cluster's port.
+pub fn test_port() -> u16 {
+    std::env::var("DBCONN_GUARD_TEST_PORT")
         .expect(
             "DBCONN_GUARD_TEST_PORT is not set: run the integration tests through ./dev.sh test",
         )
         .parse()
-        .expect("DBCONN_GUARD_TEST_PORT must be a port number");
+        .expect("DBCONN_GUARD_TEST_PORT must be a port number")
+}
+
+pub fn config_db(user: &str, dbname: &str, application_name: &str) -> Config {
+    config_at(test_port(), user, dbname, application_name)
+}
+
+/// A session of another server on this machine (a standby), by port.
+pub fn config_at(port: u16, user: &str, dbname: &str, application_name: &str) -> Config {
     let host = std::env::var("DBCONN_GUARD_TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let mut c = Config::new();
     c.host(&host)

@@ -1,0 +1,153 @@
+//! A hot standby of the test cluster: the views answer there, and the worker still ends stale
+//! sessions, keeping its record in shared memory since the audit table is read-only.
+
+use dbconn_guard_integration::*;
+use postgres::Client;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+struct Standby {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Standby {
+    fn pg(&self, program: &str, args: &[&str]) {
+        let out = Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(primary_port: u16) -> Standby {
+        let bin = PathBuf::from(std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"));
+        let state = PathBuf::from(
+            std::env::var("DBCONN_GUARD_TEST_STATE").expect("DBCONN_GUARD_TEST_STATE"),
+        );
+        let s = Standby {
+            bin,
+            data: state.join(format!("standby-{primary_port}")),
+            port: primary_port + 100,
+        };
+        let _ = Command::new("rm").arg("-rf").arg(&s.data).status();
+        let data = s.data.to_str().unwrap().to_string();
+        let port = primary_port.to_string();
+        s.pg(
+            "pg_basebackup",
+            &[
+                "-D",
+                &data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        let opts = format!("-p {} -c hot_standby=on", s.port);
+        let log = format!("{data}/server.log");
+        s.pg(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &opts, "-w", "start"],
+        );
+        s
+    }
+
+    fn connect(&self, user: &str, app: &str) -> Client {
+        config_at(self.port, user, "postgres", app)
+            .connect(postgres::NoTls)
+            .unwrap()
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let data = self.data.to_str().unwrap().to_string();
+        let _ = Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = Command::new("rm").arg("-rf").arg(&self.data).status();
+    }
+}
+
+#[test]
+fn views_and_worker_work_on_a_hot_standby() {
+    let primary_port = test_port();
+    let mut p = connect("it_admin");
+    ensure_role(&mut p, "it_w_app", "");
+    reset_system(&mut p);
+    let standby = Standby::start(primary_port);
+    let mut s = standby.connect("postgres", "it_standby_admin");
+    assert!(s
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+
+    for sql in [
+        "SELECT count(*) FROM dbconn_guard.connection_analysis",
+        "SELECT count(*) FROM dbconn_guard.blocking_pairs",
+        "SELECT count(*) FROM dbconn_guard.blocking_chains()",
+        "SELECT count(*) FROM dbconn_guard.utilization",
+        "SELECT count(*) FROM dbconn_guard.leak_suspects",
+        "SELECT count(*) FROM dbconn_guard.health()",
+        "SELECT dbconn_guard.health_status(), dbconn_guard.utilization_pct()",
+    ] {
+        s.query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("on the standby, {sql}: {e}"));
+    }
+    wait_until(
+        &mut s,
+        "SELECT running AND extension_ready FROM dbconn_guard.worker_status()",
+        Duration::from_secs(30),
+    );
+
+    // ALTER SYSTEM writes a file, so it works on a standby too
+    s.batch_execute("ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '1s'")
+        .unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until(
+        &mut s,
+        "SELECT policy->>'idle_in_transaction_timeout' = '1s' FROM dbconn_guard.worker_status()",
+        Duration::from_secs(10),
+    );
+    let mut victim = standby.connect("it_w_app", "it_standby_victim");
+    let victim_pid = pid(&mut victim);
+    victim.batch_execute("BEGIN; SELECT 1").unwrap();
+    wait_gone(&mut s, victim_pid, Duration::from_secs(10));
+    let (persisted, rule): (bool, String) = {
+        let r = s
+            .query_one(
+                "SELECT persisted, rule FROM dbconn_guard.recent_terminations() WHERE pid = $1",
+                &[&victim_pid],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (persisted, rule.as_str()),
+        (false, "idle_in_transaction_timeout")
+    );
+    let errors: Option<String> = s
+        .query_one("SELECT last_error FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(errors, None, "no failed write on the standby");
+    s.batch_execute("ALTER SYSTEM RESET ALL").unwrap();
+}
