@@ -4,6 +4,7 @@
 #   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
 #                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
 #   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15 and 18
+#   ./dev.sh bench   benchmarks at scale on PostgreSQL 15; writes BENCHMARKS.md
 #   ./dev.sh stop    stop the clusters this script started
 #   ./dev.sh clean   stop them and delete their data
 #   ./dev.sh psql    open psql on the `run` cluster
@@ -182,12 +183,16 @@ psql_on() {
 # ---------------------------------------------------------------------------------------------
 # commands
 
-cmd_run() {
-    setup_packages
-    setup_cargo_pgrx
+setup_pgrx_init_15() {
     if [ ! -f "${PGRX_HOME:-$HOME/.pgrx}/config.toml" ] || ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
         cargo pgrx init --pg15 "$PG15_BIN/pg_config" >/dev/null
     fi
+}
+
+cmd_run() {
+    setup_packages
+    setup_cargo_pgrx
+    setup_pgrx_init_15
     install_ext 15 --release
     start_cluster run-pg15 15 "$RUN_PORT"
     PGOPTIONS="-c client_min_messages=warning" psql_on 15 "$RUN_PORT" -q -c "CREATE EXTENSION IF NOT EXISTS dbconn_guard" -c "ALTER EXTENSION dbconn_guard UPDATE" >/dev/null
@@ -227,6 +232,10 @@ run_integration_tests() {
     DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" \
         DBCONN_GUARD_TEST_STATE="$(state_dir)" \
         cargo test -p dbconn_guard_integration -- --test-threads=1 || rc=$?
+    if [ $rc -eq 0 ]; then
+        log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"
+        DBCONN_GUARD_TEST_PORT=$port cargo run -q -p dbconn_guard_integration --bin bench -- --check || rc=$?
+    fi
     if [ $rc -ne 0 ]; then
         log "server log of $name (last 60 lines):"
         tail -n 60 "$(state_dir)/$name/server.log" >&2 || true
@@ -245,9 +254,30 @@ cmd_test() {
     log "all tests passed on PostgreSQL $versions"
 }
 
+cmd_bench() {
+    setup_packages
+    setup_cargo_pgrx
+    setup_pgrx_init_15
+    local port=$((TEST_PORT_BASE + 50)) name=bench-pg15
+    install_ext 15 --release
+    stop_cluster "$name" 15
+    as_root rm -rf "$(state_dir)/$name"
+    start_cluster "$name" 15 "$port" "max_connections = 2300" "shared_buffers = '256MB'"
+    psql_on 15 "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    log "benchmarks on PostgreSQL 15, port $port (about 10 minutes); results go to BENCHMARKS.md"
+    local rc=0
+    DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$PG15_BIN DBCONN_GUARD_BENCH_DATA="$(state_dir)/$name" \
+        DBCONN_GUARD_BENCH_OUT="$ROOT/BENCHMARKS.md" \
+        cargo run --release -q -p dbconn_guard_integration --bin bench || rc=$?
+    stop_cluster "$name" 15
+    return $rc
+}
+
 cmd_stop() {
     stop_cluster run-pg15 15
     stop_cluster it-pg15 15
+    stop_cluster bench-pg15 15
     [ -x "$PG18_BIN/pg_ctl" ] && stop_cluster it-pg18 18
     return 0
 }
@@ -263,9 +293,10 @@ cmd_clean() {
 case "${1:-}" in
     run) cmd_run ;;
     test) cmd_test ;;
+    bench) cmd_bench ;;
     stop) cmd_stop ;;
     clean) cmd_clean ;;
     psql) shift; psql_on 15 "$RUN_PORT" "$@" ;;
     setup) setup ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -183,7 +183,7 @@ fn terminate_idle(
     }
     let dry_run = dry_run.unwrap_or(false);
 
-    let snap = snapshot::activity();
+    let snap = snapshot::activity(snapshot::Extras::default());
     let scope = guc::scope();
     let me = unsafe { pg_sys::MyProcPid };
     let caller_is_superuser = unsafe { pg_sys::superuser() };

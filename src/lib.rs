@@ -1,7 +1,8 @@
 //! dbconn_guard: an in-database guard against PostgreSQL connection trouble.
 //!
 //! * `core`     — the functional core: plain Rust over plain data, unit-tested without a server.
-//! * `snapshot` — reads PostgreSQL state (pg_stat_activity, pg_locks, settings) into the core's structs.
+//! * `snapshot` — reads PostgreSQL state (backend status, pg_locks, settings) into the core's
+//!   structs; `backend_status` reads the backend status array directly.
 //! * `views`    — the SQL functions behind the views in `sql/finalize.sql`.
 //! * `guc`      — the `dbconn_guard.*` settings.
 //! * `worker`   — the background worker; `guard` acts on its plans (and `terminate_idle()`'s);
@@ -10,6 +11,7 @@
 use pgrx::prelude::*;
 
 mod admin;
+mod backend_status;
 pub mod core;
 mod guard;
 mod guc;

@@ -5,9 +5,12 @@
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
 
-use crate::core::{analysis, blocking, health, leaks, session::Snapshot, utilization};
+use crate::core::session::{Backend, Snapshot};
+use crate::core::{analysis, blocking, health, leaks, utilization};
+use crate::snapshot::Extras;
 use crate::{guc, shared, snapshot};
 use pgrx::prelude::*;
+use std::collections::HashMap;
 
 type Text = Option<String>;
 type Secs = Option<f64>;
@@ -32,7 +35,7 @@ fn connection_analysis_rows() -> TableIterator<
         name!(pids, Vec<i32>),
     ),
 > {
-    let snap = snapshot::activity();
+    let snap = snapshot::activity(Extras::default());
     TableIterator::new(analysis::connection_analysis(&snap).into_iter().map(|g| {
         (
             g.key.datname,
@@ -65,7 +68,7 @@ fn leak_suspect_rows() -> TableIterator<
         name!(reason, &'static str),
     ),
 > {
-    let snap = snapshot::activity();
+    let snap = snapshot::activity(Extras::default());
     let age = f64::from(guc::LEAK_IDLE_AGE.get());
     let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
     let shared = shared::available().then(|| *shared::SHARED.share());
@@ -115,7 +118,7 @@ fn utilization_rows() -> TableIterator<
         name!(utilization_pct, f64),
     ),
 > {
-    let u = utilization::utilization(&snapshot::activity(), snapshot::limits());
+    let u = utilization::utilization(&snapshot::activity(Extras::default()), snapshot::limits());
     TableIterator::once((
         u.limits.max_connections,
         u.limits.superuser_reserved_connections,
@@ -136,11 +139,16 @@ fn utilization_rows() -> TableIterator<
 /// Client backends as a percentage of `max_connections`.
 #[pg_extern]
 fn utilization_pct() -> f64 {
-    utilization::utilization(&snapshot::activity(), snapshot::limits()).utilization_pct
+    utilization::utilization(&snapshot::activity(Extras::default()), snapshot::limits())
+        .utilization_pct
 }
 
 fn health_checks() -> Vec<health::Check> {
-    let snap = snapshot::activity();
+    // lock waits are judged from wait events
+    let snap = snapshot::activity(Extras {
+        wait_events: true,
+        query: false,
+    });
     let util = utilization::utilization(&snap, snapshot::limits());
     health::evaluate(&snap, &util, &guc::thresholds())
 }
@@ -174,9 +182,11 @@ fn health_status() -> &'static str {
     health::worst(&health_checks()).as_str()
 }
 
+type ByPid<'a> = HashMap<i32, &'a Backend>;
+
 /// (user, application, state, query, state age, transaction age) of a pid, as the caller sees it.
-fn describe(snap: &Snapshot, pid: i32) -> (Text, Text, Text, Text, Secs, Secs) {
-    match snap.by_pid(pid) {
+fn describe(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> (Text, Text, Text, Text, Secs, Secs) {
+    match by_pid.get(&pid) {
         Some(b) => (
             b.usename.clone(),
             b.application_name.clone(),
@@ -216,20 +226,24 @@ fn blocking_pair_rows() -> TableIterator<
     ),
 > {
     let waits = snapshot::lock_waits();
-    let snap = snapshot::activity();
+    let snap = snapshot::activity(Extras {
+        wait_events: false,
+        query: true,
+    });
+    let by_pid = snap.index();
     let rows: Vec<_> = blocking::pairs(&waits)
         .into_iter()
         .map(|p| {
             let w = &waits[p.wait];
-            let (bu, ba, bs, bq, bage, bx) = describe(&snap, p.blocked_pid);
-            let datname = snap.by_pid(p.blocked_pid).and_then(|b| b.datname.clone());
+            let (bu, ba, bs, bq, bage, bx) = describe(&snap, &by_pid, p.blocked_pid);
+            let datname = by_pid.get(&p.blocked_pid).and_then(|b| b.datname.clone());
             let wait = w
                 .wait_start
-                .or_else(|| snap.by_pid(p.blocked_pid).and_then(|b| b.state_change))
+                .or_else(|| by_pid.get(&p.blocked_pid).and_then(|b| b.state_change))
                 .and_then(|t| crate::core::session::age_seconds(snap.now, Some(t)))
                 .map(round2)
                 .or(bage);
-            let (ku, ka, ks, kq, kage, kx) = describe(&snap, p.blocking_pid);
+            let (ku, ka, ks, kq, kage, kx) = describe(&snap, &by_pid, p.blocking_pid);
             (
                 p.blocked_pid,
                 bu,
@@ -277,13 +291,17 @@ fn blocking_chains() -> TableIterator<
     ),
 > {
     let waits = snapshot::lock_waits();
-    let snap = snapshot::activity();
+    let snap = snapshot::activity(Extras {
+        wait_events: false,
+        query: true,
+    });
+    let by_pid = snap.index();
     let rows: Vec<_> = blocking::chains(&waits)
         .into_iter()
         .map(|c| {
-            let (u, a, _, q, _, _) = describe(&snap, c.pid);
+            let (u, a, _, q, _, _) = describe(&snap, &by_pid, c.pid);
             let (ru, ra, rs, rq, rage, rx) = match c.root_pid {
-                Some(r) => describe(&snap, r),
+                Some(r) => describe(&snap, &by_pid, r),
                 None => (None, None, None, None, None, None),
             };
             (

@@ -181,14 +181,6 @@ fn cycle(state: &mut State) -> Duration {
     }
 }
 
-fn extension_exists() -> bool {
-    snapshot::select_one::<bool>(
-        "SELECT true FROM pg_catalog.pg_extension WHERE extname = 'dbconn_guard'",
-        &[],
-    )
-    .unwrap_or(false)
-}
-
 fn check(state: &mut State) -> CycleReport {
     let mut report = CycleReport {
         examined: 0,
@@ -197,7 +189,7 @@ fn check(state: &mut State) -> CycleReport {
         extension_ready: false,
         next_deadline: None,
     };
-    if !extension_exists() {
+    if !snapshot::extension_exists() {
         if !state.said_missing_extension {
             log!(
                 "dbconn_guard worker: extension \"dbconn_guard\" does not exist in database \"{}\"; waiting for CREATE EXTENSION dbconn_guard there",
@@ -213,7 +205,7 @@ fn check(state: &mut State) -> CycleReport {
     }
     report.extension_ready = true;
 
-    let snap = snapshot::activity();
+    let snap = snapshot::activity_all();
     let util = utilization::utilization(&snap, snapshot::limits());
     report.examined = snap.clients().count() as i64;
 

@@ -76,8 +76,9 @@ impl Snapshot {
         self.backends.iter().filter(|b| b.is_client())
     }
 
-    pub fn by_pid(&self, pid: i32) -> Option<&Backend> {
-        self.backends.iter().find(|b| b.pid == pid)
+    /// Backends by pid, for looking up many pids (blocking pairs) in O(1) each.
+    pub fn index(&self) -> std::collections::HashMap<i32, &Backend> {
+        self.backends.iter().map(|b| (b.pid, b)).collect()
     }
 }
 

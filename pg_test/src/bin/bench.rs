@@ -1,0 +1,662 @@
+//! dbconn_guard benchmarks: `./dev.sh bench` starts a throwaway cluster and runs this.
+//!
+//! Every comparison is measured side by side in the same run, and reported as medians and
+//! ratios. Nothing here fails on speed; it fails only on wrong results (a blocking pair set that
+//! differs from pg_blocking_pids(), a stale session the worker did not end).
+//!
+//! `--check` runs a small version (a few dozen sessions) for the test suite.
+
+use dbconn_guard_integration::*;
+use postgres::Client;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+type Bg = (i32, JoinHandle<Result<(), postgres::Error>>);
+
+struct Ctx {
+    check: bool,
+    out: String,
+    admin: Client,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Wall time of `sql` on `c`, in ms, median of `runs`.
+fn time_query(c: &mut Client, sql: &str, runs: usize) -> f64 {
+    c.batch_execute(sql).unwrap(); // warm up
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                c.batch_execute(sql).unwrap();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    )
+}
+
+fn set(c: &mut Client, settings: &[(&str, &str)]) {
+    alter_system(c, settings);
+}
+
+/// The cron + psql job of the runbook, in one statement (with the worker's protections).
+const CRON_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+      AND ((state = 'idle' AND state_change < now() - interval '10 minutes') \
+        OR (state IN ('idle in transaction', 'idle in transaction (aborted)') AND state_change < now() - interval '5 minutes')) \
+      AND usename NOT IN (SELECT rolname FROM pg_roles WHERE rolsuper)";
+
+const SEED_BLOCKING: &str = "SELECT blocked_locks.pid AS blocked_pid, blocking_locks.pid AS blocking_pid \
+    FROM pg_catalog.pg_locks blocked_locks \
+    JOIN pg_catalog.pg_stat_activity blocked_activity ON blocked_activity.pid = blocked_locks.pid \
+    JOIN pg_catalog.pg_locks blocking_locks ON blocking_locks.locktype = blocked_locks.locktype \
+        AND blocking_locks.database IS NOT DISTINCT FROM blocked_locks.database \
+        AND blocking_locks.relation IS NOT DISTINCT FROM blocked_locks.relation \
+        AND blocking_locks.page IS NOT DISTINCT FROM blocked_locks.page \
+        AND blocking_locks.tuple IS NOT DISTINCT FROM blocked_locks.tuple \
+        AND blocking_locks.virtualxid IS NOT DISTINCT FROM blocked_locks.virtualxid \
+        AND blocking_locks.transactionid IS NOT DISTINCT FROM blocked_locks.transactionid \
+        AND blocking_locks.classid IS NOT DISTINCT FROM blocked_locks.classid \
+        AND blocking_locks.objid IS NOT DISTINCT FROM blocked_locks.objid \
+        AND blocking_locks.objsubid IS NOT DISTINCT FROM blocked_locks.objsubid \
+        AND blocking_locks.pid != blocked_locks.pid \
+    JOIN pg_catalog.pg_stat_activity blocking_activity ON blocking_activity.pid = blocking_locks.pid \
+    WHERE NOT blocked_locks.granted";
+
+const PG_BLOCKING_PIDS: &str =
+    "SELECT pid AS blocked_pid, unnest(pg_blocking_pids(pid)) AS blocking_pid FROM pg_locks WHERE NOT granted";
+
+/// N client sessions of an ordinary role: 70% idle, 20% idle in transaction, 10% active.
+struct Sessions {
+    idle: Vec<Client>,
+    active: Vec<Bg>,
+}
+
+impl Sessions {
+    fn open(n: usize) -> Sessions {
+        let mut s = Sessions {
+            idle: Vec::new(),
+            active: Vec::new(),
+        };
+        s.grow(n);
+        s
+    }
+
+    fn len(&self) -> usize {
+        self.idle.len() + self.active.len()
+    }
+
+    fn grow(&mut self, n: usize) {
+        while self.len() < n {
+            let i = self.len();
+            if i % 10 == 9 {
+                self.active.push(in_background_as(
+                    "bench_app",
+                    "bench_active",
+                    "SELECT pg_sleep(3600)",
+                ));
+            } else {
+                let mut c = connect_as("bench_app", "bench_pool");
+                if i % 10 >= 7 {
+                    c.batch_execute("BEGIN; SELECT 1").unwrap();
+                }
+                self.idle.push(c);
+            }
+        }
+    }
+
+    fn close(self, admin: &mut Client) {
+        let pids: Vec<i32> = self.active.iter().map(|(p, _)| *p).collect();
+        terminate(admin, &pids);
+        for (_, h) in self.active {
+            let _ = h.join();
+        }
+        drop(self.idle);
+    }
+}
+
+fn in_background_as(user: &str, app: &str, sql: &str) -> Bg {
+    let mut c = connect_as(user, app);
+    let p = pid(&mut c);
+    let sql = sql.to_string();
+    (p, thread::spawn(move || c.batch_execute(&sql)))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| format!("{:.0} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let cores = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores ({cpu}), {mem} RAM")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn worker_cycle(ctx: &mut Ctx, scales: &[usize]) {
+    let a = &mut ctx.admin;
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "100ms"),
+            ("dbconn_guard.idle_timeout", "1h"),
+            ("dbconn_guard.idle_in_transaction_timeout", "1h"),
+        ],
+    );
+    let mut t = String::from(
+        "| sessions | worker cycle CPU (ms) | worker cycle wall (ms) | cron SQL on an open connection (ms) | cron job: connect + SQL (ms) | SQL / worker | connect+SQL / worker |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut sessions = Sessions::open(0);
+    for &n in scales {
+        sessions.grow(n);
+        thread::sleep(Duration::from_millis(500));
+        let mut cpu = Vec::new();
+        let mut wall = Vec::new();
+        let mut last = -1i64;
+        let start = Instant::now();
+        while cpu.len() < 30 && start.elapsed() < Duration::from_secs(30) {
+            let r = a.query_one("SELECT cycles, last_cycle_cpu_ms, last_cycle_ms FROM dbconn_guard.worker_status()", &[]).unwrap();
+            let c: i64 = r.get(0);
+            if c != last && last >= 0 {
+                cpu.push(r.get::<_, f64>(1));
+                wall.push(r.get::<_, f64>(2));
+            }
+            last = c;
+            thread::sleep(Duration::from_millis(110));
+        }
+        let sql = time_query(a, CRON_SQL, 30);
+        let connect_sql = median(
+            (0..10)
+                .map(|_| {
+                    let t = Instant::now();
+                    let mut c = connect("bench_cron");
+                    c.batch_execute(CRON_SQL).unwrap();
+                    drop(c);
+                    t.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect(),
+        );
+        let (mc, mw) = (median(cpu), median(wall));
+        writeln!(
+            t,
+            "| {} | {mc:.3} | {mw:.3} | {sql:.3} | {connect_sql:.3} | {:.1}× | {:.1}× |",
+            sessions.len(),
+            sql / mc,
+            connect_sql / mc
+        )
+        .unwrap();
+        println!("worker cycle at {} sessions: cpu {mc:.3} ms, wall {mw:.3} ms; cron SQL {sql:.3} ms; connect+SQL {connect_sql:.3} ms", sessions.len());
+    }
+
+    // views at the largest scale, against a plain count(*) over pg_stat_activity
+    let mut v = String::from("| query | median (ms) | × count(*) |\n|---|---|---|\n");
+    let base = time_query(a, "SELECT count(*) FROM pg_stat_activity", 30);
+    writeln!(
+        v,
+        "| `SELECT count(*) FROM pg_stat_activity` | {base:.3} | 1.0× |"
+    )
+    .unwrap();
+    for q in [
+        "SELECT * FROM dbconn_guard.connection_analysis",
+        "SELECT * FROM dbconn_guard.utilization",
+        "SELECT dbconn_guard.utilization_pct()",
+        "SELECT * FROM dbconn_guard.health()",
+        "SELECT * FROM dbconn_guard.leak_suspects",
+    ] {
+        let ms = time_query(a, q, 30);
+        writeln!(v, "| `{q}` | {ms:.3} | {:.1}× |", ms / base).unwrap();
+    }
+    sessions.close(a);
+    writeln!(ctx.out, "## 1. Worker cycle cost\n\nCPU time of one check, from the worker's own counter (`worker_status().last_cycle_cpu_ms`, median of 30 cycles at naptime 100ms; no session due, so this is the cost of looking), against what a cron + psql job runs once per cycle: the same policy as one SQL statement over `pg_stat_activity` (median of 30, on an open connection) and the same with a new connection each time, as `psql -c` does (median of 10). Sessions: 70% idle, 20% idle in transaction, 10% running `pg_sleep`.\n\n{t}\nTargets at 2000 sessions: worker ≤ 2 ms, and ≥ 10× cheaper than the SQL.\n").unwrap();
+    writeln!(ctx.out, "## 5. Views at {} sessions\n\nMedian wall time of 30 runs on an open connection, against a plain `count(*)` over `pg_stat_activity`. Target: at most 2×.\n\n{v}", scales.last().unwrap()).unwrap();
+}
+
+fn latency(ctx: &mut Ctx, n: usize) {
+    let a = &mut ctx.admin;
+    let timeout_s = 5.0;
+    let spread = Duration::from_millis(if ctx.check { 1000 } else { 4000 });
+    // the worker, deadline-driven
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "10s"),
+            ("dbconn_guard.idle_in_transaction_timeout", "5s"),
+            ("dbconn_guard.idle_timeout", "0"),
+        ],
+    );
+    let worker = stale_sessions(n, spread);
+    let worker_pids: Vec<i32> = worker.iter().map(|(_, p)| *p).collect();
+    let changed = state_changes(a, &worker_pids);
+    assert_eq!(
+        changed.len(),
+        n,
+        "every session was still there after {spread:?}"
+    );
+    let worker_lat = collect_worker_latency(a, &worker, &changed, timeout_s);
+    drop(worker);
+    // a fixed-interval poller at the same naptime, with the worker off
+    set(a, &[("dbconn_guard.enabled", "off")]);
+    let polled = stale_sessions(n, spread);
+    let pids: Vec<i32> = polled.iter().map(|(_, p)| *p).collect();
+    let mut poller = connect("bench_poller");
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while lat.len() < n && start.elapsed() < Duration::from_secs(60) {
+        let rows = poller
+            .query(
+                // MATERIALIZED: the filter must run before pg_terminate_backend() sees any row
+                "WITH due AS MATERIALIZED (SELECT a.pid, a.state_change FROM pg_stat_activity a \
+                   WHERE a.pid = ANY($1) AND a.state = 'idle in transaction' \
+                     AND a.state_change < clock_timestamp() - make_interval(secs => $2)) \
+                 SELECT pid, extract(epoch FROM clock_timestamp() - state_change)::float8 - $2 FROM due \
+                  WHERE pg_terminate_backend(pid)",
+                &[&pids, &timeout_s],
+            )
+            .unwrap();
+        lat.extend(rows.iter().map(|r| r.get::<_, f64>(1) * 1000.0));
+        thread::sleep(Duration::from_secs(10));
+    }
+    drop(polled);
+    set(
+        a,
+        &[
+            ("dbconn_guard.enabled", "on"),
+            ("dbconn_guard.idle_in_transaction_timeout", "1h"),
+        ],
+    );
+    assert_eq!(
+        worker_lat.len(),
+        n,
+        "the worker ended {} of {n} stale sessions",
+        worker_lat.len()
+    );
+    let row = |name: &str, v: &Vec<f64>| {
+        format!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} |\n",
+            v.len(),
+            pct(v.clone(), 0.5),
+            pct(v.clone(), 0.99),
+            pct(v.clone(), 1.0)
+        )
+    };
+    let t =
+        format!(
+        "| guard | sessions ended | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---|---|---|\n{}{}",
+        row("dbconn_guard worker (deadline-driven, naptime 10s)", &worker_lat),
+        row("fixed-interval poller (every 10s)", &lat)
+    );
+    println!("{t}");
+    writeln!(ctx.out, "## 2. Reaction latency\n\n{n} sessions go idle in transaction, spread over {:.0}s; `idle_in_transaction_timeout` = 5s, naptime 10s. Latency = moment of termination − (state_change + 5s). Target: p99 ≤ 250 ms.\n\n{t}", spread.as_secs_f64()).unwrap();
+}
+
+/// n ordinary sessions going idle in transaction, spread over `spread`.
+fn stale_sessions(n: usize, spread: Duration) -> Vec<(Client, i32)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = connect_as("bench_app", "bench_stale");
+        let p = pid(&mut c);
+        c.batch_execute("BEGIN; SELECT 1").unwrap();
+        out.push((c, p));
+        if i + 1 < n {
+            thread::sleep(spread / n as u32);
+        }
+    }
+    out
+}
+
+/// Each session's state_change (epoch seconds), read right after the sessions were made.
+fn state_changes(a: &mut Client, pids: &[i32]) -> Vec<(i32, f64)> {
+    a.query("SELECT pid, extract(epoch FROM state_change)::float8 FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Milliseconds from each session's deadline (state_change + timeout) to its audit row.
+fn collect_worker_latency(
+    a: &mut Client,
+    sessions: &[(Client, i32)],
+    changed: &[(i32, f64)],
+    timeout_s: f64,
+) -> Vec<f64> {
+    let pids: Vec<i32> = sessions.iter().map(|(_, p)| *p).collect();
+    let start = Instant::now();
+    loop {
+        let left: i64 = a
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 || start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let ended: Vec<(i32, f64)> = a
+        .query(
+            "SELECT pid, extract(epoch FROM terminated_at)::float8 FROM dbconn_guard.terminations \
+              WHERE pid = ANY($1) AND actor = 'worker' AND NOT dry_run",
+            &[&pids],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ended
+        .iter()
+        .filter_map(|(p, at)| {
+            changed
+                .iter()
+                .find(|(q, _)| q == p)
+                .map(|(_, sc)| (at - sc - timeout_s) * 1000.0)
+        })
+        .collect()
+}
+
+fn blocking(ctx: &mut Ctx, scales: &[usize]) {
+    let a = &mut ctx.admin;
+    a.batch_execute("DROP TABLE IF EXISTS bench_lock; CREATE TABLE bench_lock (id int); GRANT ALL ON bench_lock TO bench_app").unwrap();
+    let mut t = String::from(
+        "| waiters | queue | pairs | `blocking_pairs` (ms) | `blocking_chains()` (ms) | seed pg_locks self-join (ms) | `pg_blocking_pids()` per waiter (ms) | seed / view | view / pg_blocking_pids |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &w in scales {
+        for mixed in [false, true] {
+            let (mut root, _) = {
+                let mut c = connect_as("bench_app", "bench_root");
+                let p = pid(&mut c);
+                c.batch_execute("BEGIN; LOCK TABLE bench_lock IN ACCESS EXCLUSIVE MODE")
+                    .unwrap();
+                (c, p)
+            };
+            let mut waiters = Vec::new();
+            for i in 0..w {
+                let sql = if mixed && i % 2 == 1 {
+                    "BEGIN; LOCK TABLE bench_lock IN ACCESS EXCLUSIVE MODE; COMMIT"
+                } else {
+                    "SELECT count(*) FROM bench_lock"
+                };
+                waiters.push(in_background_as("bench_app", "bench_waiter", sql));
+            }
+            let wpids: Vec<i32> = waiters.iter().map(|(p, _)| *p).collect();
+            wait_for_lock_waits(a, &wpids);
+            let ours: BTreeSet<(i32, i32)> = a
+                .query(
+                    "SELECT blocked_pid, blocking_pid FROM dbconn_guard.blocking_pairs",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let theirs: BTreeSet<(i32, i32)> = a
+                .query(PG_BLOCKING_PIDS, &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            assert_eq!(
+                ours, theirs,
+                "blocking_pairs differs from pg_blocking_pids() at {w} waiters"
+            );
+            let runs = if w >= 1000 { 5 } else { 15 };
+            let view = time_query(a, "SELECT count(*) FROM dbconn_guard.blocking_pairs", runs);
+            let chains = time_query(
+                a,
+                "SELECT count(*) FROM dbconn_guard.blocking_chains()",
+                runs,
+            );
+            let seed = time_query(
+                a,
+                &format!("SELECT count(*) FROM ({SEED_BLOCKING}) s"),
+                if w >= 1000 { 3 } else { runs },
+            );
+            let pbp = time_query(
+                a,
+                &format!("SELECT count(*) FROM ({PG_BLOCKING_PIDS}) s"),
+                runs,
+            );
+            let queue = if mixed {
+                "shared and exclusive alternating (soft blocks)"
+            } else {
+                "all shared behind one exclusive"
+            };
+            writeln!(t, "| {w} | {queue} | {} | {view:.2} | {chains:.2} | {seed:.2} | {pbp:.2} | {:.1}× | {:.2}× |", ours.len(), seed / view, view / pbp).unwrap();
+            println!("blocking at {w} waiters ({queue}): {} pairs; view {view:.2} ms, chains {chains:.2}, seed {seed:.2}, pg_blocking_pids {pbp:.2}", ours.len());
+            root.batch_execute("ROLLBACK").unwrap();
+            for (_, h) in waiters {
+                h.join().unwrap().unwrap();
+            }
+        }
+    }
+    writeln!(ctx.out, "## 4. Blocking views under long lock queues\n\nOne session holds `ACCESS EXCLUSIVE` on a table; W sessions queue behind it. Every run first checks that `blocking_pairs` holds exactly the pairs of `pg_blocking_pids()` (a mismatch fails the run). Medians of 15 runs (5 at 1000 waiters, 3 for the seed query there). Targets at W = 1000: ≥ 20× faster than the seed query, no slower than `pg_blocking_pids()` per waiter.\n\n{t}").unwrap();
+}
+
+fn rss_anon_kb(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn memory(ctx: &mut Ctx, n: usize, seconds: u64) {
+    let a = &mut ctx.admin;
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "100ms"),
+            ("dbconn_guard.idle_timeout", "1h"),
+            ("dbconn_guard.idle_in_transaction_timeout", "1h"),
+        ],
+    );
+    let sessions = Sessions::open(n);
+    let wpid = worker_pid(a);
+    let cycles = |a: &mut Client| -> i64 {
+        a.query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
+            .unwrap()
+            .get(0)
+    };
+    thread::sleep(Duration::from_secs(3));
+    let (c0, r0) = (cycles(a), rss_anon_kb(wpid));
+    let mut samples = vec![(0u64, c0, r0)];
+    let step = seconds / 4;
+    for i in 1..=4 {
+        thread::sleep(Duration::from_secs(step));
+        samples.push((i * step, cycles(a), rss_anon_kb(wpid)));
+    }
+    sessions.close(a);
+    let mut t = String::from("| elapsed (s) | cycles | worker RssAnon (kB) |\n|---|---|---|\n");
+    for (s, c, r) in &samples {
+        writeln!(t, "| {s} | {} | {r} |", c - c0).unwrap();
+    }
+    let growth = samples.last().unwrap().2 - samples[1].2;
+    println!("{t}");
+    writeln!(ctx.out, "## 6. Worker memory\n\n{n} sessions, naptime 100ms, {} cycles (an hour at the default 10s naptime is 360). Anonymous resident memory of the worker process (`RssAnon` in /proc; shared memory excluded). Growth after the first sample: {growth} kB.\n\n{t}", samples.last().unwrap().1 - c0).unwrap();
+}
+
+fn pgbench(ctx: &mut Ctx) {
+    let bin = std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN");
+    let data = std::env::var("DBCONN_GUARD_BENCH_DATA").expect("DBCONN_GUARD_BENCH_DATA");
+    let port = test_port().to_string();
+    let pg = |prog: &str, args: &[&str]| -> String {
+        let out = Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{bin}/{prog}"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{prog} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let restart = |preload: bool| {
+        let opts = if preload {
+            String::new()
+        } else {
+            "-c shared_preload_libraries=''".to_string()
+        };
+        pg(
+            "pg_ctl",
+            &["-D", &data, "-m", "fast", "-w", "-o", &opts, "restart"],
+        );
+    };
+    pg(
+        "pgbench",
+        &[
+            "-i",
+            "-q",
+            "-s",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+    );
+    let run = |script: &str| -> f64 {
+        let mut args = vec![
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+        ];
+        if script == "select-only" {
+            args.push("-S");
+        }
+        args.push("postgres");
+        let out = pg("pgbench", &args);
+        out.lines()
+            .find(|l| l.starts_with("tps = "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mut t = String::from("| workload | worker at defaults: TPS (A runs) | not preloaded: TPS (B runs) | median A / median B |\n|---|---|---|---|\n");
+    for script in ["select-only", "tpcb-like"] {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            restart(true);
+            with.push(run(script));
+            restart(false);
+            without.push(run(script));
+        }
+        restart(true);
+        let fmt = |v: &Vec<f64>| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            t,
+            "| {script} | {} | {} | {:.3} |",
+            fmt(&with),
+            fmt(&without),
+            median(with.clone()) / median(without.clone())
+        )
+        .unwrap();
+    }
+    println!("{t}");
+    writeln!(ctx.out, "## 3. Overhead on real work\n\npgbench (scale 10, 4 clients, 2 threads, 10 s a run), alternating A/B/A/B: A with the extension preloaded and its worker at default settings, B with `shared_preload_libraries` emptied. Target: within 1%.\n\n{t}").unwrap();
+}
+
+fn main() {
+    let check = std::env::args().any(|a| a == "--check");
+    let max_n: usize = std::env::var("DBCONN_GUARD_BENCH_MAX_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let mut admin = connect("bench_admin");
+    ensure_role(&mut admin, "bench_app", "");
+    reset_system(&mut admin);
+    let mut ctx = Ctx {
+        check,
+        out: String::new(),
+        admin,
+    };
+    if check {
+        // small and quick: results must be right, timings are not judged
+        worker_cycle(&mut ctx, &[20, 50]);
+        blocking(&mut ctx, &[10, 40]);
+        latency(&mut ctx, 20);
+        reset_system(&mut ctx.admin);
+        println!("bench: 3 passed, 0 failed");
+        return;
+    }
+    let started = Instant::now();
+    let scales: Vec<usize> = [100, 500, 2000]
+        .into_iter()
+        .filter(|&n| n <= max_n)
+        .collect();
+    worker_cycle(&mut ctx, &scales);
+    latency(&mut ctx, 200);
+    blocking(&mut ctx, &[10, 100, 1000]);
+    memory(&mut ctx, 500, 60);
+    pgbench(&mut ctx);
+    reset_system(&mut ctx.admin);
+    let server: String = ctx.admin.query_one("SELECT version()", &[]).unwrap().get(0);
+    let header = format!(
+        "# dbconn_guard benchmarks\n\nGenerated by `./dev.sh bench` (pg_test/src/bin/bench.rs) in {:.0} s. Machine: {}. Server: {server}, `max_connections` = {}. Largest session count reached: {}.\n\nRatios are the contract; absolute times are context. Every comparison below was measured in the same run.\n\n",
+        started.elapsed().as_secs_f64(),
+        machine(),
+        ctx.admin.query_one("SHOW max_connections", &[]).unwrap().get::<_, String>(0),
+        scales.last().unwrap_or(&0),
+    );
+    let path = std::env::var("DBCONN_GUARD_BENCH_OUT").unwrap_or_else(|_| "BENCHMARKS.md".into());
+    let notes = std::fs::read_to_string(format!("{path}.notes")).unwrap_or_default();
+    std::fs::write(&path, format!("{header}{}{notes}", ctx.out)).unwrap();
+    println!("wrote {path}");
+}

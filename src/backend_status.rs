@@ -1,0 +1,218 @@
+//! Reads PostgreSQL's backend status array directly — the data behind `pg_stat_activity` —
+//! into the core's `Snapshot`, without SQL.
+//!
+//! Why: the worker checks every few seconds, and the views are queried by dashboards at
+//! hundreds to thousands of sessions. `SELECT … FROM pg_stat_activity` through SPI builds a
+//! tuple per backend, converts every column to text or datums, joins `pg_database`/`pg_authid`,
+//! and parses and plans the query each time; reading the same local status copy
+//! (`pgstat_read_current_status`, which `pg_stat_activity` itself uses) costs a fraction of that
+//! (BENCHMARKS.md, section 1).
+//!
+//! Visibility is PostgreSQL's own rule for `pg_stat_activity` (`HAS_PGSTAT_PERMISSIONS` in
+//! pgstatfuncs.c): a role sees state, times, query, wait event, client address and backend type
+//! of a backend only if it has the privileges of that backend's role or of `pg_read_all_stats`;
+//! pid, database, user and application name are visible to all, and the query text of others
+//! reads `<insufficient privilege>`. The worker reads with full visibility.
+
+use crate::core::session::{Backend, Micros, Snapshot};
+use pgrx::pg_sys;
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+/// What to read besides the basics (pid, type, state, times, database, user, application,
+/// client address, superuser flag). Each costs extra per backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras {
+    /// `wait_event_type`, `wait_event`, `leader_pid` (a PGPROC lookup per backend).
+    pub wait_events: bool,
+    /// The query text (a clipped copy per backend).
+    pub query: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// As `pg_stat_activity` shows the current role.
+    Caller,
+    /// Everything (the background worker).
+    All,
+}
+
+unsafe fn cstr(p: *const std::ffi::c_char) -> Option<String> {
+    if p.is_null() {
+        None
+    } else {
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+}
+
+fn ts(v: pg_sys::TimestampTz) -> Option<Micros> {
+    (v != 0).then_some(v)
+}
+
+fn state_name(s: pg_sys::BackendState::Type) -> Option<&'static str> {
+    use pg_sys::BackendState::*;
+    match s {
+        STATE_IDLE => Some("idle"),
+        STATE_RUNNING => Some("active"),
+        STATE_IDLEINTRANSACTION => Some("idle in transaction"),
+        STATE_FASTPATH => Some("fastpath function call"),
+        STATE_IDLEINTRANSACTION_ABORTED => Some("idle in transaction (aborted)"),
+        STATE_DISABLED => Some("disabled"),
+        _ => None,
+    }
+}
+
+/// The client's address as `host(client_addr)` shows it; `None` for Unix sockets and
+/// background processes.
+fn client_addr(addr: &pg_sys::SockAddr) -> Option<String> {
+    if addr.salen == 0 {
+        return None;
+    }
+    let raw = &addr.addr as *const pg_sys::sockaddr_storage as *const u8;
+    let family = addr.addr.ss_family as i32;
+    // sockaddr_in: family(2) port(2) addr(4); sockaddr_in6: family(2) port(2) flow(4) addr(16)
+    unsafe {
+        match family {
+            2 => {
+                let b = std::slice::from_raw_parts(raw.add(4), 4);
+                Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string())
+            }
+            10 => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(std::slice::from_raw_parts(raw.add(8), 16));
+                Some(std::net::Ipv6Addr::from(o).to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+unsafe fn local_entry(i: i32) -> *mut pg_sys::LocalPgBackendStatus {
+    unsafe { pg_sys::pgstat_fetch_stat_local_beentry(i) }
+}
+
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+unsafe fn local_entry(i: i32) -> *mut pg_sys::LocalPgBackendStatus {
+    unsafe { pg_sys::pgstat_get_local_beentry_by_index(i) }
+}
+
+/// Per-call caches of catalog look-ups, keyed by oid.
+#[derive(Default)]
+struct Names {
+    databases: HashMap<pg_sys::Oid, Option<String>>,
+    roles: HashMap<pg_sys::Oid, (Option<String>, bool)>,
+    visible: HashMap<pg_sys::Oid, bool>,
+}
+
+impl Names {
+    fn database(&mut self, oid: pg_sys::Oid) -> Option<String> {
+        if oid == pg_sys::InvalidOid {
+            return None;
+        }
+        self.databases
+            .entry(oid)
+            .or_insert_with(|| unsafe { cstr(pg_sys::get_database_name(oid)) })
+            .clone()
+    }
+
+    /// (name, is superuser)
+    fn role(&mut self, oid: pg_sys::Oid) -> (Option<String>, Option<bool>) {
+        if oid == pg_sys::InvalidOid {
+            return (None, None);
+        }
+        let (name, su) = self
+            .roles
+            .entry(oid)
+            .or_insert_with(|| unsafe {
+                (
+                    cstr(pg_sys::GetUserNameFromId(oid, true)),
+                    pg_sys::superuser_arg(oid),
+                )
+            })
+            .clone();
+        (name, Some(su))
+    }
+}
+
+/// Every backend, read once, as `visibility` allows.
+pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
+    let mut names = Names::default();
+    let me = unsafe { pg_sys::GetUserId() };
+    let sees_all = visibility == Visibility::All
+        || unsafe {
+            pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+        };
+    unsafe { pg_sys::pgstat_clear_snapshot() };
+    let n = unsafe { pg_sys::pgstat_fetch_stat_numbackends() };
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut backends = Vec::with_capacity(n.max(0) as usize);
+    for i in 1..=n {
+        let local = unsafe { local_entry(i) };
+        if local.is_null() {
+            continue;
+        }
+        let be = unsafe { &(*local).backendStatus };
+        if be.st_procpid <= 0 {
+            continue;
+        }
+        let (usename, is_superuser) = names.role(be.st_userid);
+        let mut b = Backend {
+            pid: be.st_procpid,
+            datname: names.database(be.st_databaseid),
+            usename,
+            application_name: unsafe { cstr(be.st_appname) },
+            is_superuser,
+            ..Default::default()
+        };
+        let permitted = sees_all
+            || *names
+                .visible
+                .entry(be.st_userid)
+                .or_insert_with(|| unsafe { pg_sys::has_privs_of_role(me, be.st_userid) });
+        if !permitted {
+            b.query = Some("<insufficient privilege>".into());
+            backends.push(b);
+            continue;
+        }
+        b.backend_type = unsafe {
+            if be.st_backendType == pg_sys::BackendType::B_BG_WORKER {
+                cstr(pg_sys::GetBackgroundWorkerTypeByPid(be.st_procpid))
+            } else {
+                cstr(pg_sys::GetBackendTypeDesc(be.st_backendType))
+            }
+        };
+        b.state = state_name(be.st_state).map(str::to_string);
+        b.backend_start = ts(be.st_proc_start_timestamp);
+        b.xact_start = ts(be.st_xact_start_timestamp);
+        b.query_start = ts(be.st_activity_start_timestamp);
+        b.state_change = ts(be.st_state_start_timestamp);
+        b.client_addr = client_addr(&be.st_clientaddr);
+        if extras.query {
+            b.query = unsafe {
+                let clipped = pg_sys::pgstat_clip_activity(be.st_activity_raw);
+                let q = cstr(clipped);
+                if !clipped.is_null() {
+                    pg_sys::pfree(clipped.cast());
+                }
+                q
+            };
+        }
+        if extras.wait_events {
+            let proc_ = unsafe { pg_sys::BackendPidGetProc(be.st_procpid) };
+            if !proc_.is_null() {
+                unsafe {
+                    let info = std::ptr::read_volatile(&(*proc_).wait_event_info);
+                    b.wait_event_type = cstr(pg_sys::pgstat_get_wait_event_type(info));
+                    b.wait_event = cstr(pg_sys::pgstat_get_wait_event(info));
+                    let leader = (*proc_).lockGroupLeader;
+                    if !leader.is_null() && leader != proc_ {
+                        b.leader_pid = Some((*leader).pid);
+                    }
+                }
+            }
+        }
+        backends.push(b);
+    }
+    Snapshot { now, backends }
+}
