@@ -15,6 +15,7 @@ mod backend_status;
 pub mod core;
 mod guard;
 mod guc;
+mod locks;
 mod shared;
 mod snapshot;
 mod views;

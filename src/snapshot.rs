@@ -1,28 +1,17 @@
 //! Reads PostgreSQL's state into the core's plain structs, once per call.
 //!
 //! Backends come from the backend status array (`backend_status`), with `pg_stat_activity`'s
-//! visibility rule for the calling role; lock waits from `pg_locks` and `pg_blocking_pids()`
-//! through SPI as the calling role; limits from the server's settings. Nothing here ever writes
+//! visibility rule for the calling role; lock waits from the lock manager (`locks`), with
+//! `pg_blocking_pids()`'s semantics (lock data is public: `pg_locks` shows it to every role);
+//! limits from the server's settings. Nothing here ever writes
 //! (the views work on a hot standby).
 
 pub use crate::backend_status::Extras;
 use crate::backend_status::{self, Visibility};
 use crate::core::blocking::LockWait;
-use crate::core::session::{Micros, Snapshot};
+use crate::core::session::Snapshot;
 use crate::core::utilization::Limits;
 use pgrx::prelude::*;
-
-const LOCK_WAITS: &str = "SELECT l.pid, l.locktype, l.mode, \
-     CASE WHEN l.relation IS NULL THEN NULL \
-          WHEN l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
-          THEN l.relation::pg_catalog.regclass::text \
-          ELSE l.relation::text END, \
-     l.waitstart, pg_catalog.pg_blocking_pids(l.pid) \
-     FROM pg_catalog.pg_locks l WHERE NOT l.granted AND l.pid IS NOT NULL";
-
-fn ts(v: Option<TimestampWithTimeZone>) -> Option<Micros> {
-    v.map(|t| t.into_inner())
-}
 
 /// A fresh picture of every backend, as the caller may see it in `pg_stat_activity`.
 ///
@@ -38,26 +27,9 @@ pub fn activity_all() -> Snapshot {
     backend_status::read(Visibility::All, Extras::default())
 }
 
-/// Every backend waiting for a heavyweight lock, with `pg_blocking_pids()` for each.
+/// Every backend waiting for a heavyweight lock, with what `pg_blocking_pids()` says of it.
 pub fn lock_waits() -> Vec<LockWait> {
-    let read = || -> Result<Vec<LockWait>, spi::Error> {
-        Spi::connect(|client| {
-            let table = client.select(LOCK_WAITS, None, &[])?;
-            let mut out = Vec::with_capacity(table.len());
-            for row in table {
-                out.push(LockWait {
-                    pid: row.get(1)?.unwrap_or(0),
-                    locktype: row.get(2)?,
-                    mode: row.get(3)?,
-                    relation: row.get(4)?,
-                    wait_start: ts(row.get(5)?),
-                    blocked_by: row.get::<Vec<i32>>(6)?.unwrap_or_default(),
-                });
-            }
-            Ok(out)
-        })
-    };
-    read().unwrap_or_else(|e| error!("dbconn_guard: could not read pg_locks: {e}"))
+    crate::locks::lock_waits()
 }
 
 /// The server's connection limits, from its settings.

@@ -21,6 +21,68 @@ pub struct LockWait {
     pub wait_start: Option<Micros>,
 }
 
+/// One process's entry (PROCLOCK) on one lock object: what it holds and what it waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: i32,
+    /// Its lock group's leader (itself outside parallel query).
+    pub leader_pid: i32,
+    /// Bit `m` set: holds mode `m`.
+    pub hold_mask: u32,
+    /// The mode it waits for; 0 (NoLock) when not waiting.
+    pub wait_mode: i32,
+}
+
+/// Everything that decides who blocks whom on one lock object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LockQueue {
+    pub instances: Vec<LockHolder>,
+    /// The waiting pids in queue order, front first.
+    pub queue: Vec<i32>,
+    /// `conflicts[m]`: bit mask of the modes that conflict with mode `m` (the lock method's table).
+    pub conflicts: Vec<u32>,
+}
+
+/// For every waiter on the lock, the pids blocking it, by `pg_blocking_pids()`'s rules: a hard
+/// block is an entry holding a mode that conflicts with the waiter's request; a soft block is an
+/// entry waiting, ahead in the queue, for a conflicting mode; an entry never blocks itself nor
+/// a member of its own lock group; blockers are named by their group leader's pid.
+pub fn blockers_on(q: &LockQueue) -> Vec<(i32, Vec<i32>)> {
+    let position: HashMap<i32, usize> = q.queue.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    let mut out = Vec::new();
+    for (wi, w) in q
+        .instances
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.wait_mode != 0)
+    {
+        let mask = q.conflicts.get(w.wait_mode as usize).copied().unwrap_or(0);
+        let mut blockers = Vec::new();
+        let mut counted = vec![false; q.instances.len()];
+        for (hi, h) in q.instances.iter().enumerate() {
+            if hi != wi && h.leader_pid != w.leader_pid && mask & h.hold_mask != 0 {
+                blockers.push(h.leader_pid);
+                counted[hi] = true;
+            }
+        }
+        // soft blocks: only entries ahead of the waiter in the queue
+        if let Some(&mine) = position.get(&w.pid) {
+            for (ai, a) in q.instances.iter().enumerate() {
+                if ai == wi || counted[ai] || a.wait_mode == 0 || a.leader_pid == w.leader_pid {
+                    continue;
+                }
+                if mask & (1u32 << a.wait_mode) != 0
+                    && position.get(&a.pid).is_some_and(|&p| p < mine)
+                {
+                    blockers.push(a.leader_pid);
+                }
+            }
+        }
+        out.push((w.pid, blockers));
+    }
+    out
+}
+
 /// A (blocked, blocking) pair; `wait` indexes the blocked side's entry in the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Pair {
@@ -181,6 +243,94 @@ mod tests {
         let waits = [w(30, &[10, 20, 10]), w(20, &[10]), w(40, &[40])];
         assert_eq!(pair_ids(&pairs(&waits)), vec![(20, 10), (30, 10), (30, 20)]);
         assert_eq!(pairs(&waits)[0].wait, 1);
+    }
+
+    // PostgreSQL's table-lock conflict matrix (lock.c): modes 1..=8 =
+    // AccessShare, RowShare, RowExclusive, ShareUpdateExclusive, Share, ShareRowExclusive,
+    // Exclusive, AccessExclusive.
+    fn table_conflicts() -> Vec<u32> {
+        let bit = |m: u32| 1u32 << m;
+        vec![
+            0,
+            bit(8),
+            bit(7) | bit(8),
+            bit(5) | bit(6) | bit(7) | bit(8),
+            bit(4) | bit(5) | bit(6) | bit(7) | bit(8),
+            bit(3) | bit(4) | bit(6) | bit(7) | bit(8),
+            bit(3) | bit(4) | bit(5) | bit(6) | bit(7) | bit(8),
+            bit(2) | bit(3) | bit(4) | bit(5) | bit(6) | bit(7) | bit(8),
+            bit(1) | bit(2) | bit(3) | bit(4) | bit(5) | bit(6) | bit(7) | bit(8),
+        ]
+    }
+
+    fn holder(pid: i32, holds: &[u32], waits: i32) -> LockHolder {
+        LockHolder {
+            pid,
+            leader_pid: pid,
+            hold_mask: holds.iter().fold(0, |m, b| m | (1 << b)),
+            wait_mode: waits,
+        }
+    }
+
+    fn sorted(mut v: Vec<(i32, Vec<i32>)>) -> Vec<(i32, Vec<i32>)> {
+        v.iter_mut().for_each(|(_, b)| b.sort());
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hard_and_soft_blocks_follow_the_queue() {
+        // 1 reads (AccessShare); 2 wants AccessExclusive; 3 wants AccessShare behind 2
+        let q = LockQueue {
+            instances: vec![holder(1, &[1], 0), holder(2, &[], 8), holder(3, &[], 1)],
+            queue: vec![2, 3],
+            conflicts: table_conflicts(),
+        };
+        assert_eq!(sorted(blockers_on(&q)), vec![(2, vec![1]), (3, vec![2])]);
+    }
+
+    #[test]
+    fn shared_waiters_do_not_block_each_other() {
+        let q = LockQueue {
+            instances: vec![holder(1, &[8], 0), holder(2, &[], 1), holder(3, &[], 1)],
+            queue: vec![2, 3],
+            conflicts: table_conflicts(),
+        };
+        assert_eq!(sorted(blockers_on(&q)), vec![(2, vec![1]), (3, vec![1])]);
+    }
+
+    #[test]
+    fn a_waiter_behind_is_no_blocker_and_upgrades_block_by_hold() {
+        // 1 holds RowExclusive and waits for AccessExclusive (upgrade); 2 holds AccessShare;
+        // 3, queued after 1, wants RowExclusive: blocked by 1's request? 1 is ahead: soft block.
+        let q = LockQueue {
+            instances: vec![holder(1, &[3], 8), holder(2, &[1], 0), holder(3, &[], 3)],
+            queue: vec![1, 3],
+            conflicts: table_conflicts(),
+        };
+        assert_eq!(sorted(blockers_on(&q)), vec![(1, vec![2]), (3, vec![1])]);
+        // the same, with 3 ahead of 1: 3 is not blocked by 1's request, but 1 is by 3's
+        let q2 = LockQueue {
+            queue: vec![3, 1],
+            ..q
+        };
+        assert_eq!(sorted(blockers_on(&q2)), vec![(1, vec![2, 3]), (3, vec![])]);
+    }
+
+    #[test]
+    fn lock_group_members_never_block_each_other_and_report_the_leader() {
+        let mut worker = holder(11, &[1], 0);
+        worker.leader_pid = 10;
+        let mut leader_waits = holder(10, &[], 8);
+        leader_waits.leader_pid = 10;
+        let mut other_worker = holder(21, &[1], 0);
+        other_worker.leader_pid = 20;
+        let q = LockQueue {
+            instances: vec![worker, leader_waits, other_worker],
+            queue: vec![10],
+            conflicts: table_conflicts(),
+        };
+        assert_eq!(blockers_on(&q), vec![(10, vec![20])]);
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! Lock waits with `pg_blocking_pids()`'s exact semantics, read once per waited-on lock instead
+//! of once per waiter.
+//!
+//! `pg_blocking_pids(pid)` calls `GetBlockerStatusData(pid)`, which locks every lock-manager
+//! partition and copies every PROCLOCK of the lock `pid` waits for plus the wait queue ahead of
+//! it; then it applies the lock method's conflict table. Called once per waiter, a queue of W
+//! waiters on one table costs W such calls of O(W) each. Here `GetBlockerStatusData` is called
+//! for the *last* waiter of each waited-on lock — whose "waiters ahead" is the whole queue, in
+//! order — and the core (`core::blocking::blockers_on`) applies the same rules to every waiter
+//! of that lock at once: hard blocks (a conflicting lock held), soft blocks (a conflicting
+//! request ahead in the queue), lock-group members never blocking each other, blockers reported
+//! by their group leader's pid, and a group member's result covering its whole waiting group.
+//! The integration tests and the benchmark check the result against `pg_blocking_pids()` itself.
+
+use crate::core::blocking::{blockers_on, LockHolder, LockQueue, LockWait};
+use pgrx::pg_sys;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CStr;
+
+/// (pid, leader pid, the LOCK it waits on) of every process waiting for a heavyweight lock,
+/// read racily from the PGPROC array; `GetBlockerStatusData` re-reads everything under lock.
+fn waiting_procs() -> Vec<(i32, i32, usize)> {
+    let mut out = Vec::new();
+    unsafe {
+        let hdr = pg_sys::ProcGlobal;
+        if hdr.is_null() {
+            return out;
+        }
+        for i in 0..(*hdr).allProcCount as usize {
+            let p = (*hdr).allProcs.add(i);
+            let pid = std::ptr::read_volatile(&(*p).pid);
+            let lock = std::ptr::read_volatile(&(*p).waitLock);
+            if pid != 0 && !lock.is_null() {
+                let leader = std::ptr::read_volatile(&(*p).lockGroupLeader);
+                let leader_pid = if leader.is_null() { pid } else { (*leader).pid };
+                out.push((pid, leader_pid, lock as usize));
+            }
+        }
+    }
+    out
+}
+
+/// What one `GetBlockerStatusData(pid)` call says about the lock `pid` waits for.
+struct LockRead {
+    instances: Vec<pg_sys::LockInstanceData>,
+    /// pids ahead of `pid` in the wait queue, front first
+    ahead: Vec<i32>,
+}
+
+fn read_lock(pid: i32) -> Option<LockRead> {
+    unsafe {
+        let data = pg_sys::GetBlockerStatusData(pid);
+        if data.is_null() {
+            return None;
+        }
+        let d = &*data;
+        for i in 0..d.nprocs as usize {
+            let bproc = &*d.procs.add(i);
+            if bproc.pid != pid || bproc.num_locks <= 0 {
+                continue;
+            }
+            let instances = std::slice::from_raw_parts(
+                d.locks.add(bproc.first_lock as usize),
+                bproc.num_locks as usize,
+            )
+            .to_vec();
+            let ahead = if bproc.num_waiters > 0 {
+                std::slice::from_raw_parts(
+                    d.waiter_pids.add(bproc.first_waiter as usize),
+                    bproc.num_waiters as usize,
+                )
+                .to_vec()
+            } else {
+                Vec::new()
+            };
+            return Some(LockRead { instances, ahead });
+        }
+        None
+    }
+}
+
+/// Reads the lock `candidates` wait on until the read comes from the last waiter in its queue
+/// (so the queue is complete). Each step moves to a waiter behind the previous one.
+fn read_whole_queue(candidates: &[i32]) -> Option<(LockRead, i32)> {
+    let mut pid = *candidates.last()?;
+    for _ in 0..=candidates.len() {
+        let read = read_lock(pid)?;
+        let covered: HashSet<i32> = read.ahead.iter().copied().chain([pid]).collect();
+        let behind = read
+            .instances
+            .iter()
+            .filter(|i| i.waitLockMode != pg_sys::NoLock as i32 && !covered.contains(&i.pid))
+            .map(|i| i.pid)
+            .next();
+        match behind {
+            None => return Some((read, pid)),
+            Some(next) => pid = next,
+        }
+    }
+    None
+}
+
+fn conflicts_of(tag: &pg_sys::LOCKTAG) -> Vec<u32> {
+    unsafe {
+        let method = pg_sys::GetLockTagsMethodTable(tag);
+        if method.is_null() {
+            return Vec::new();
+        }
+        let n = (*method).numLockModes as usize;
+        (0..=n)
+            .map(|m| *(*method).conflictTab.add(m) as u32)
+            .collect()
+    }
+}
+
+fn locktype_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
+    unsafe {
+        let p = *pg_sys::LockTagTypeNames
+            .as_ptr()
+            .add(tag.locktag_type as usize);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+fn mode_name(tag: &pg_sys::LOCKTAG, mode: i32) -> Option<String> {
+    unsafe {
+        let p = pg_sys::GetLockmodeName(tag.locktag_lockmethodid as _, mode);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// As `pg_locks.relation` shows it, named (`regclass`) when in the current database.
+fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
+    use pg_sys::LockTagType::*;
+    let t = tag.locktag_type as u32;
+    if ![
+        LOCKTAG_RELATION,
+        LOCKTAG_RELATION_EXTEND,
+        LOCKTAG_PAGE,
+        LOCKTAG_TUPLE,
+    ]
+    .contains(&t)
+    {
+        return None;
+    }
+    let (db, rel) = (
+        pg_sys::Oid::from(tag.locktag_field1),
+        pg_sys::Oid::from(tag.locktag_field2),
+    );
+    if db != unsafe { pg_sys::MyDatabaseId } {
+        return Some(u32::from(rel).to_string());
+    }
+    unsafe {
+        pgrx::direct_function_call_as_datum(pg_sys::regclassout, &[Some(pg_sys::Datum::from(rel))])
+            .map(|d| {
+                CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+    }
+}
+
+/// Every backend waiting for a heavyweight lock, with exactly what `pg_blocking_pids()` would
+/// return for it (order aside).
+pub fn lock_waits() -> Vec<LockWait> {
+    let procs = waiting_procs();
+    let mut by_lock: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
+    for (pid, _, lock) in &procs {
+        by_lock.entry(*lock).or_default().push(*pid);
+    }
+    let mut direct: BTreeMap<i32, LockWait> = BTreeMap::new();
+    let mut leader_of: HashMap<i32, i32> = HashMap::new();
+    for pids in by_lock.values() {
+        let Some((read, last)) = read_whole_queue(pids) else {
+            continue;
+        };
+        let Some(first) = read.instances.first() else {
+            continue;
+        };
+        let tag = first.locktag;
+        let queue = LockQueue {
+            instances: read
+                .instances
+                .iter()
+                .map(|i| LockHolder {
+                    pid: i.pid,
+                    leader_pid: i.leaderPid,
+                    hold_mask: i.holdMask as u32,
+                    wait_mode: i.waitLockMode,
+                })
+                .collect(),
+            queue: read.ahead.iter().copied().chain([last]).collect(),
+            conflicts: conflicts_of(&tag),
+        };
+        for (pid, blockers) in blockers_on(&queue) {
+            let inst = read.instances.iter().find(|i| i.pid == pid);
+            leader_of.insert(pid, inst.map_or(pid, |i| i.leaderPid));
+            direct.insert(
+                pid,
+                LockWait {
+                    pid,
+                    blocked_by: blockers,
+                    locktype: locktype_name(&tag),
+                    mode: inst.and_then(|i| mode_name(&tag, i.waitLockMode)),
+                    relation: relation_name(&tag),
+                    wait_start: inst.and_then(|i| (i.waitStart != 0).then_some(i.waitStart)),
+                },
+            );
+        }
+    }
+    // pg_blocking_pids(pid) of a lock-group member reports the blockers of every waiting member
+    let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (pid, leader) in &leader_of {
+        by_leader.entry(*leader).or_default().push(*pid);
+    }
+    let merged: Vec<LockWait> = direct
+        .values()
+        .map(|w| {
+            let leader = leader_of.get(&w.pid).copied().unwrap_or(w.pid);
+            let members = by_leader.get(&leader).map(Vec::as_slice).unwrap_or(&[]);
+            if members.len() <= 1 {
+                return w.clone();
+            }
+            let mut all = w.clone();
+            all.blocked_by = members
+                .iter()
+                .filter_map(|m| direct.get(m))
+                .flat_map(|m| m.blocked_by.iter().copied())
+                .collect();
+            all
+        })
+        .collect();
+    merged
+}
