@@ -257,19 +257,12 @@ fn latency(ctx: &mut Ctx, n: usize) {
             ("dbconn_guard.idle_timeout", "0"),
         ],
     );
-    let worker = stale_sessions(n, spread);
-    let worker_pids: Vec<i32> = worker.iter().map(|(_, p)| *p).collect();
-    let changed = state_changes(a, &worker_pids);
-    assert_eq!(
-        changed.len(),
-        n,
-        "every session was still there after {spread:?}"
-    );
+    let (worker, changed) = stale_sessions(a, n, spread);
     let worker_lat = collect_worker_latency(a, &worker, &changed, timeout_s);
     drop(worker);
     // a fixed-interval poller at the same naptime, with the worker off
     set(a, &[("dbconn_guard.enabled", "off")]);
-    let polled = stale_sessions(n, spread);
+    let (polled, _) = stale_sessions(a, n, spread);
     let pids: Vec<i32> = polled.iter().map(|(_, p)| *p).collect();
     let mut poller = connect("bench_poller");
     let mut lat = Vec::new();
@@ -322,28 +315,32 @@ fn latency(ctx: &mut Ctx, n: usize) {
     writeln!(ctx.out, "## 2. Reaction latency\n\n{n} sessions go idle in transaction, spread over {:.0}s; `idle_in_transaction_timeout` = 5s, naptime 10s. Latency = moment of termination − (state_change + 5s). Target: p99 ≤ 250 ms.\n\n{t}", spread.as_secs_f64()).unwrap();
 }
 
-/// n ordinary sessions going idle in transaction, spread over `spread`.
-fn stale_sessions(n: usize, spread: Duration) -> Vec<(Client, i32)> {
+/// n ordinary sessions going idle in transaction, spread over `spread`, with the
+/// state_change (epoch seconds) each had right after it went idle.
+fn stale_sessions(
+    a: &mut Client,
+    n: usize,
+    spread: Duration,
+) -> (Vec<(Client, i32)>, Vec<(i32, f64)>) {
     let mut out = Vec::new();
+    let mut changed = Vec::new();
+    let start = Instant::now();
     for i in 0..n {
         let mut c = connect_as("bench_app", "bench_stale");
         let p = pid(&mut c);
         c.batch_execute("BEGIN; SELECT 1").unwrap();
+        let sc: f64 = a
+            .query_one("SELECT extract(epoch FROM state_change)::float8 FROM pg_stat_activity WHERE pid = $1", &[&p])
+            .unwrap()
+            .get(0);
+        changed.push((p, sc));
         out.push((c, p));
-        if i + 1 < n {
-            thread::sleep(spread / n as u32);
+        let due = spread.mul_f64((i + 1) as f64 / n as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
         }
     }
-    out
-}
-
-/// Each session's state_change (epoch seconds), read right after the sessions were made.
-fn state_changes(a: &mut Client, pids: &[i32]) -> Vec<(i32, f64)> {
-    a.query("SELECT pid, extract(epoch FROM state_change)::float8 FROM pg_stat_activity WHERE pid = ANY($1)", &[&pids])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    (out, changed)
 }
 
 /// Milliseconds from each session's deadline (state_change + timeout) to its audit row.
