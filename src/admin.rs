@@ -226,7 +226,7 @@ fn terminate_idle(
             b.datname.clone(),
             b.application_name.clone(),
             b.client_addr.clone(),
-            b.state.clone(),
+            b.state.map(str::to_string),
             (b.state_age(snap.now) * 100.0).round() / 100.0,
             b.xact_age(snap.now).map(|x| (x * 100.0).round() / 100.0),
             skip.clone().unwrap_or_default(),

@@ -16,6 +16,7 @@
 
 use crate::core::session::{Backend, Micros, Snapshot};
 use pgrx::pg_sys;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CStr;
 
@@ -42,6 +43,18 @@ unsafe fn cstr(p: *const std::ffi::c_char) -> Option<String> {
         None
     } else {
         Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+}
+
+/// A string PostgreSQL keeps for the life of the process (a literal in its binary).
+///
+/// # Safety
+/// `p` must be null or point to such a string, as `GetBackendTypeDesc()`'s results do.
+unsafe fn static_cstr(p: *const std::ffi::c_char) -> Option<&'static str> {
+    if p.is_null() {
+        None
+    } else {
+        unsafe { CStr::from_ptr(p) }.to_str().ok()
     }
 }
 
@@ -177,12 +190,12 @@ pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
         }
         b.backend_type = unsafe {
             if be.st_backendType == pg_sys::BackendType::B_BG_WORKER {
-                cstr(pg_sys::GetBackgroundWorkerTypeByPid(be.st_procpid))
+                cstr(pg_sys::GetBackgroundWorkerTypeByPid(be.st_procpid)).map(Cow::Owned)
             } else {
-                cstr(pg_sys::GetBackendTypeDesc(be.st_backendType))
+                static_cstr(pg_sys::GetBackendTypeDesc(be.st_backendType)).map(Cow::Borrowed)
             }
         };
-        b.state = state_name(be.st_state).map(str::to_string);
+        b.state = state_name(be.st_state);
         b.backend_start = ts(be.st_proc_start_timestamp);
         b.xact_start = ts(be.st_xact_start_timestamp);
         b.query_start = ts(be.st_activity_start_timestamp);

@@ -54,8 +54,7 @@ fn fresh_status() {
 
 fn unchanged_args(t: &Target) -> Option<[DatumWithOid<'static>; 4]> {
     let b = &t.backend;
-    let (Some(start), Some(state), Some(change)) =
-        (b.backend_start, b.state.clone(), b.state_change)
+    let (Some(start), Some(state), Some(change)) = (b.backend_start, b.state, b.state_change)
     else {
         return None;
     };
@@ -125,7 +124,7 @@ fn act(
                 b.datname.clone().into(),
                 b.application_name.clone().into(),
                 b.client_addr.clone().into(),
-                b.state.clone().into(),
+                b.state.into(),
                 state_age.into(),
                 xact_age.into(),
                 b.backend_start.and_then(ts).into(),

@@ -80,18 +80,20 @@ fn read_lock(pid: i32) -> Option<LockRead> {
 }
 
 /// Reads the lock `candidates` wait on until the read comes from the last waiter in its queue
-/// (so the queue is complete). Each step moves to a waiter behind the previous one.
+/// (so the queue is complete). Each step moves to a waiter behind the previous one — the latest
+/// to start waiting — so a FIFO queue takes at most two reads.
 fn read_whole_queue(candidates: &[i32]) -> Option<(LockRead, i32)> {
     let mut pid = *candidates.last()?;
     for _ in 0..=candidates.len() {
         let read = read_lock(pid)?;
         let covered: HashSet<i32> = read.ahead.iter().copied().chain([pid]).collect();
+        // everyone not covered waits behind `pid`: jump to the one that started waiting last
         let behind = read
             .instances
             .iter()
             .filter(|i| i.waitLockMode != pg_sys::NoLock as i32 && !covered.contains(&i.pid))
-            .map(|i| i.pid)
-            .next();
+            .max_by_key(|i| i.waitStart)
+            .map(|i| i.pid);
         match behind {
             None => return Some((read, pid)),
             Some(next) => pid = next,

@@ -184,13 +184,26 @@ fn health_status() -> &'static str {
 
 type ByPid<'a> = HashMap<i32, &'a Backend>;
 
+/// What the blocking views read: every lock wait, then the backends (with query text) to
+/// describe both sides.
+fn blocking_inputs() -> (Vec<blocking::LockWait>, Snapshot) {
+    let waits = snapshot::lock_waits();
+    (
+        waits,
+        snapshot::activity(Extras {
+            wait_events: false,
+            query: true,
+        }),
+    )
+}
+
 /// (user, application, state, query, state age, transaction age) of a pid, as the caller sees it.
 fn describe(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> (Text, Text, Text, Text, Secs, Secs) {
     match by_pid.get(&pid) {
         Some(b) => (
             b.usename.clone(),
             b.application_name.clone(),
-            b.state.clone(),
+            b.state.map(str::to_string),
             b.query.clone(),
             b.backend_type
                 .as_ref()
@@ -225,11 +238,7 @@ fn blocking_pair_rows() -> TableIterator<
         name!(relation, Text),
     ),
 > {
-    let waits = snapshot::lock_waits();
-    let snap = snapshot::activity(Extras {
-        wait_events: false,
-        query: true,
-    });
+    let (waits, snap) = blocking_inputs();
     let by_pid = snap.index();
     let rows: Vec<_> = blocking::pairs(&waits)
         .into_iter()
@@ -290,11 +299,7 @@ fn blocking_chains() -> TableIterator<
         name!(root_query, Text),
     ),
 > {
-    let waits = snapshot::lock_waits();
-    let snap = snapshot::activity(Extras {
-        wait_events: false,
-        query: true,
-    });
+    let (waits, snap) = blocking_inputs();
     let by_pid = snap.index();
     let rows: Vec<_> = blocking::chains(&waits)
         .into_iter()

@@ -210,15 +210,20 @@ fn check(state: &mut State) -> CycleReport {
     report.examined = snap.clients().count() as i64;
 
     // forget sessions that are gone
-    state.acted.retain(|k, _| {
-        snap.backends.iter().any(|b| {
-            (
-                b.pid,
-                b.backend_start.unwrap_or(0),
-                b.state_change.unwrap_or(0),
-            ) == *k
-        })
-    });
+    if !state.acted.is_empty() {
+        let present: std::collections::HashSet<(i32, Micros, Micros)> = snap
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.pid,
+                    b.backend_start.unwrap_or(0),
+                    b.state_change.unwrap_or(0),
+                )
+            })
+            .collect();
+        state.acted.retain(|k, _| present.contains(k));
+    }
 
     if guc::ENABLED.get() {
         let pol = guc::policy();
@@ -259,9 +264,14 @@ fn check(state: &mut State) -> CycleReport {
 fn sample_leaks(state: &mut State, snap: &crate::core::session::Snapshot) {
     let naptime_us = Micros::from(guc::NAPTIME.get()) * 1000;
     let window = (guc::LEAK_TREND_SAMPLES.get().max(2) as usize).min(MAX_SAMPLES);
-    if snap.now - state.last_sample >= naptime_us.max(SECOND / 10) {
-        state.last_sample = snap.now;
-        state.history.observe(&leaks::idle_counts(snap), window);
+    // one sample per naptime, however often deadlines wake the worker
+    if snap.now - state.last_sample < naptime_us.max(SECOND / 10) {
+        return;
+    }
+    state.last_sample = snap.now;
+    state.history.observe(&leaks::idle_counts(snap), window);
+    {
+        // publish the samples; the lock is released before anything is logged
         let mut s = SHARED.exclusive();
         let mut n = 0;
         for (key, samples) in state.history.groups().take(MAX_GROUPS) {

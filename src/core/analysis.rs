@@ -27,18 +27,6 @@ pub struct ConnectionGroup {
     pub pids: Vec<i32>,
 }
 
-impl GroupKey {
-    fn of(b: &Backend, with_state: bool) -> GroupKey {
-        GroupKey {
-            datname: b.datname.clone(),
-            usename: b.usename.clone(),
-            application_name: b.application_name.clone(),
-            client_addr: b.client_addr.clone(),
-            state: if with_state { b.state.clone() } else { None },
-        }
-    }
-}
-
 /// Groups `backends` by (datname, usename, application_name, client_addr[, state]), with
 /// counts, ages and pids, largest and oldest groups first. Shared by `connection_analysis`
 /// (with state) and the leak rules (without).
@@ -47,32 +35,57 @@ pub(crate) fn group<'a>(
     backends: impl Iterator<Item = &'a Backend>,
     with_state: bool,
 ) -> Vec<ConnectionGroup> {
-    let mut members: HashMap<GroupKey, Vec<&Backend>> = HashMap::new();
+    // keyed by borrowed strings: the owned key is built once per group, not once per backend
+    type Borrowed<'b> = (
+        Option<&'b str>,
+        Option<&'b str>,
+        Option<&'b str>,
+        Option<&'b str>,
+        Option<&'b str>,
+    );
+    let mut members: HashMap<Borrowed<'a>, Vec<&'a Backend>> = HashMap::new();
     for b in backends {
-        members
-            .entry(GroupKey::of(b, with_state))
-            .or_default()
-            .push(b);
+        let key = (
+            b.datname.as_deref(),
+            b.usename.as_deref(),
+            b.application_name.as_deref(),
+            b.client_addr.as_deref(),
+            if with_state { b.state.as_deref() } else { None },
+        );
+        members.entry(key).or_default().push(b);
     }
+    let owned = |s: Option<&str>| s.map(str::to_string);
     let mut groups: Vec<ConnectionGroup> = members
         .into_iter()
-        .map(|(key, mut bs)| {
-            // oldest state_change first; pid breaks ties so the order is stable
-            bs.sort_by(|a, b| {
-                b.state_age(now)
-                    .total_cmp(&a.state_age(now))
-                    .then(a.pid.cmp(&b.pid))
-            });
-            let ages: Vec<f64> = bs.iter().map(|b| b.state_age(now)).collect();
-            ConnectionGroup {
-                key,
-                connection_count: bs.len() as i64,
-                avg_age_seconds: ages.iter().sum::<f64>() / ages.len() as f64,
-                max_age_seconds: ages.iter().copied().fold(0.0, f64::max),
-                oldest_xact_age_seconds: bs.iter().filter_map(|b| b.xact_age(now)).reduce(f64::max),
-                pids: bs.iter().map(|b| b.pid).collect(),
-            }
-        })
+        .map(
+            |((datname, usename, application_name, client_addr, state), mut bs)| {
+                let key = GroupKey {
+                    datname: owned(datname),
+                    usename: owned(usename),
+                    application_name: owned(application_name),
+                    client_addr: owned(client_addr),
+                    state: owned(state),
+                };
+                // oldest state_change first; pid breaks ties so the order is stable
+                bs.sort_by(|a, b| {
+                    b.state_age(now)
+                        .total_cmp(&a.state_age(now))
+                        .then(a.pid.cmp(&b.pid))
+                });
+                let ages: Vec<f64> = bs.iter().map(|b| b.state_age(now)).collect();
+                ConnectionGroup {
+                    key,
+                    connection_count: bs.len() as i64,
+                    avg_age_seconds: ages.iter().sum::<f64>() / ages.len() as f64,
+                    max_age_seconds: ages.iter().copied().fold(0.0, f64::max),
+                    oldest_xact_age_seconds: bs
+                        .iter()
+                        .filter_map(|b| b.xact_age(now))
+                        .reduce(f64::max),
+                    pids: bs.iter().map(|b| b.pid).collect(),
+                }
+            },
+        )
         .collect();
     groups.sort_by(|a, b| {
         b.connection_count

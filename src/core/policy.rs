@@ -81,18 +81,20 @@ impl Scope {
         if b.is_superuser != Some(false) && !self.terminate_superusers {
             return Some(Protection::Superuser);
         }
-        let s = |v: &Option<String>| v.clone().unwrap_or_default();
-        if self.exclude_databases.matches(&s(&b.datname)) {
+        fn s(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("")
+        }
+        if !self.exclude_databases.is_empty() && self.exclude_databases.matches(s(&b.datname)) {
             return Some(Protection::ExcludedDatabase);
         }
-        if self.exclude_users.matches(&s(&b.usename)) {
+        if !self.exclude_users.is_empty() && self.exclude_users.matches(s(&b.usename)) {
             return Some(Protection::ExcludedUser);
         }
         let app = s(&b.application_name);
-        if self.exclude_applications.matches(&app) {
+        if !self.exclude_applications.is_empty() && self.exclude_applications.matches(app) {
             return Some(Protection::ExcludedApplication);
         }
-        if !self.include_applications.is_empty() && !self.include_applications.matches(&app) {
+        if !self.include_applications.is_empty() && !self.include_applications.matches(app) {
             return Some(Protection::NotIncludedApplication);
         }
         None

@@ -1,5 +1,7 @@
 //! The plain-data picture of the server's backends that every view and rule works from.
 
+use std::borrow::Cow;
+
 /// A PostgreSQL `timestamptz`: microseconds since 2000-01-01 00:00:00 UTC.
 pub type Micros = i64;
 
@@ -18,8 +20,10 @@ pub struct Backend {
     pub usename: Option<String>,
     pub application_name: Option<String>,
     pub client_addr: Option<String>,
-    pub backend_type: Option<String>,
-    pub state: Option<String>,
+    /// `None` when hidden. Usually a static name; a background worker's type is its own.
+    pub backend_type: Option<Cow<'static, str>>,
+    /// One of PostgreSQL's fixed state names (`active`, `idle`, ...).
+    pub state: Option<&'static str>,
     pub backend_start: Option<Micros>,
     pub xact_start: Option<Micros>,
     pub query_start: Option<Micros>,
@@ -59,7 +63,7 @@ impl Backend {
     }
 
     pub fn has_state(&self, state: &str) -> bool {
-        self.state.as_deref() == Some(state)
+        self.state == Some(state)
     }
 }
 
@@ -97,7 +101,7 @@ pub mod fixtures {
 
     pub const NOW: Micros = 1_000_000 * SECOND;
 
-    pub fn client(pid: i32, state: &str, age_s: i64) -> Backend {
+    pub fn client(pid: i32, state: &'static str, age_s: i64) -> Backend {
         Backend {
             pid,
             datname: Some("app".into()),
@@ -105,7 +109,7 @@ pub mod fixtures {
             application_name: Some("api".into()),
             client_addr: Some("10.0.0.1".into()),
             backend_type: Some(CLIENT_BACKEND.into()),
-            state: Some(state.into()),
+            state: Some(state),
             backend_start: Some(NOW - (age_s + 60) * SECOND),
             state_change: Some(NOW - age_s * SECOND),
             query: Some(format!("select {pid}")),

@@ -533,9 +533,13 @@ fn pgbench(ctx: &mut Ctx) {
         } else {
             "-c shared_preload_libraries=''".to_string()
         };
+        // -l: the server must not inherit this process's stdout pipe, or output() never returns
+        let log = format!("{data}/server.log");
         pg(
             "pg_ctl",
-            &["-D", &data, "-m", "fast", "-w", "-o", &opts, "restart"],
+            &[
+                "-D", &data, "-l", &log, "-m", "fast", "-w", "-o", &opts, "restart",
+            ],
         );
     };
     pg(
