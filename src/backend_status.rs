@@ -2,11 +2,11 @@
 //! into the core's `Snapshot`, without SQL.
 //!
 //! Why: the worker checks every few seconds, and the views are queried by dashboards at
-//! hundreds to thousands of sessions. `SELECT … FROM pg_stat_activity` through SPI builds a
-//! tuple per backend, converts every column to text or datums, joins `pg_database`/`pg_authid`,
-//! and parses and plans the query each time; reading the same local status copy
-//! (`pgstat_read_current_status`, which `pg_stat_activity` itself uses) costs a fraction of that
-//! (BENCHMARKS.md, section 1).
+//! hundreds to thousands of sessions. `SELECT … FROM pg_stat_activity` copies every slot of the
+//! array with its query buffer into a per-transaction snapshot (`pgstat_read_current_status`),
+//! then builds a tuple per backend, converting every column; here each live entry is read in
+//! place under PostgreSQL's change-count protocol and only the fields used are kept
+//! (BENCHMARKS.md, sections 1 and 5).
 //!
 //! Visibility is PostgreSQL's own rule for `pg_stat_activity` (`HAS_PGSTAT_PERMISSIONS` in
 //! pgstatfuncs.c): a role sees state, times, query, wait event, client address and backend type
@@ -110,6 +110,103 @@ unsafe fn local_entry(i: i32) -> *mut pg_sys::LocalPgBackendStatus {
     unsafe { pg_sys::pgstat_get_local_beentry_by_index(i) }
 }
 
+/// The shared backend status array, found from this process's own entry (`MyBEEntry` is
+/// `&BackendStatusArray[MyBackendId - 1]` before PostgreSQL 17, `[MyProcNumber]` since), and
+/// its number of slots (`NumBackendStatSlots`).
+fn shared_array() -> Option<(*const pg_sys::PgBackendStatus, usize)> {
+    unsafe {
+        let mine = pg_sys::MyBEEntry;
+        if mine.is_null() {
+            return None;
+        }
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        let (index, aux) = (
+            pg_sys::MyBackendId as isize - 1,
+            pg_sys::AuxProcType::NUM_AUXPROCTYPES as usize,
+        );
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        let (index, aux) = (
+            pg_sys::MyProcNumber as isize,
+            pg_sys::NUM_AUXILIARY_PROCS as usize,
+        );
+        if index < 0 || index >= pg_sys::MaxBackends as isize {
+            return None;
+        }
+        Some((
+            mine.offset(-index) as *const pg_sys::PgBackendStatus,
+            pg_sys::MaxBackends as usize + aux,
+        ))
+    }
+}
+
+/// One entry copied out of shared memory under PostgreSQL's change-count protocol
+/// (`pgstat_begin_read_activity` / `pgstat_end_read_activity`): retried until the writer was
+/// not in the middle of an update, exactly as `pgstat_read_current_status()` does.
+struct Copied {
+    status: pg_sys::PgBackendStatus,
+    appname: Option<String>,
+    query: Option<String>,
+}
+
+unsafe fn copy_bounded(p: *const std::ffi::c_char, max: usize) -> Option<Vec<u8>> {
+    if p.is_null() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for i in 0..max {
+        let b = unsafe { std::ptr::read_volatile(p.add(i)) } as u8;
+        if b == 0 {
+            break;
+        }
+        out.push(b);
+    }
+    Some(out)
+}
+
+fn utf8_prefix(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            // a multibyte character cut by the buffer's end: keep the whole ones before it
+            let valid = e.utf8_error().valid_up_to();
+            let mut b = e.into_bytes();
+            b.truncate(valid);
+            String::from_utf8(b).unwrap_or_default()
+        }
+    }
+}
+
+unsafe fn copy_entry(entry: *const pg_sys::PgBackendStatus, query: bool) -> Option<Copied> {
+    use std::sync::atomic::{fence, Ordering};
+    let activity_max = unsafe { pg_sys::pgstat_track_activity_query_size }.max(1) as usize;
+    for _ in 0..1000 {
+        let before = unsafe { std::ptr::read_volatile(&(*entry).st_changecount) };
+        fence(Ordering::Acquire);
+        let pid = unsafe { std::ptr::read_volatile(&(*entry).st_procpid) };
+        if pid <= 0 {
+            return None;
+        }
+        let status = unsafe { std::ptr::read_volatile(entry) };
+        let appname = unsafe { copy_bounded(status.st_appname, pg_sys::NAMEDATALEN as usize) };
+        let activity = if query {
+            unsafe { copy_bounded(status.st_activity_raw, activity_max) }
+        } else {
+            None
+        };
+        fence(Ordering::Acquire);
+        let after = unsafe { std::ptr::read_volatile(&(*entry).st_changecount) };
+        if before == after && before & 1 == 0 {
+            return Some(Copied {
+                status,
+                appname: appname.map(utf8_prefix),
+                query: activity.map(utf8_prefix),
+            });
+        }
+        std::hint::spin_loop();
+    }
+    None
+}
+
 /// Per-call caches of catalog look-ups, keyed by oid.
 #[derive(Default)]
 struct Names {
@@ -149,32 +246,73 @@ impl Names {
 }
 
 /// Every backend, read once, as `visibility` allows.
+///
+/// Reads the shared status array in place, entry by entry, copying only what is used — no
+/// per-call copy of every entry and query buffer as `pg_stat_activity` makes. Falls back to
+/// PostgreSQL's local snapshot if this process has no status entry of its own.
 pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut entries: Vec<Copied> = Vec::new();
+    match shared_array() {
+        Some((base, slots)) => {
+            for i in 0..slots {
+                if let Some(c) = unsafe { copy_entry(base.add(i), extras.query) } {
+                    entries.push(c);
+                }
+            }
+        }
+        None => {
+            unsafe { pg_sys::pgstat_clear_snapshot() };
+            let n = unsafe { pg_sys::pgstat_fetch_stat_numbackends() };
+            for i in 1..=n {
+                let local = unsafe { local_entry(i) };
+                if local.is_null() {
+                    continue;
+                }
+                let status = unsafe { (*local).backendStatus };
+                if status.st_procpid <= 0 {
+                    continue;
+                }
+                let appname = unsafe { cstr(status.st_appname) };
+                let query = if extras.query {
+                    unsafe { cstr(status.st_activity_raw) }
+                } else {
+                    None
+                };
+                entries.push(Copied {
+                    status,
+                    appname,
+                    query,
+                });
+            }
+        }
+    }
+    Snapshot {
+        now,
+        backends: describe(entries, visibility, extras),
+    }
+}
+
+fn describe(entries: Vec<Copied>, visibility: Visibility, extras: Extras) -> Vec<Backend> {
     let mut names = Names::default();
     let me = unsafe { pg_sys::GetUserId() };
     let sees_all = visibility == Visibility::All
         || unsafe {
             pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
         };
-    unsafe { pg_sys::pgstat_clear_snapshot() };
-    let n = unsafe { pg_sys::pgstat_fetch_stat_numbackends() };
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let mut backends = Vec::with_capacity(n.max(0) as usize);
-    for i in 1..=n {
-        let local = unsafe { local_entry(i) };
-        if local.is_null() {
-            continue;
-        }
-        let be = unsafe { &(*local).backendStatus };
-        if be.st_procpid <= 0 {
-            continue;
-        }
+    let mut backends = Vec::with_capacity(entries.len());
+    for Copied {
+        status: be,
+        appname,
+        query,
+    } in entries
+    {
         let (usename, is_superuser) = names.role(be.st_userid);
         let mut b = Backend {
             pid: be.st_procpid,
             datname: names.database(be.st_databaseid),
             usename,
-            application_name: unsafe { cstr(be.st_appname) },
+            application_name: appname,
             is_superuser,
             ..Default::default()
         };
@@ -202,14 +340,7 @@ pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
         b.state_change = ts(be.st_state_start_timestamp);
         b.client_addr = client_addr(&be.st_clientaddr);
         if extras.query {
-            b.query = unsafe {
-                let clipped = pg_sys::pgstat_clip_activity(be.st_activity_raw);
-                let q = cstr(clipped);
-                if !clipped.is_null() {
-                    pg_sys::pfree(clipped.cast());
-                }
-                q
-            };
+            b.query = query;
         }
         if extras.wait_events {
             let proc_ = unsafe { pg_sys::BackendPidGetProc(be.st_procpid) };
@@ -227,5 +358,5 @@ pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
         }
         backends.push(b);
     }
-    Snapshot { now, backends }
+    backends
 }
