@@ -24,8 +24,6 @@ use std::ffi::CStr;
 /// client address, superuser flag). Each costs extra per backend.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Extras {
-    /// `wait_event_type`, `wait_event`, `leader_pid` (a PGPROC lookup per backend).
-    pub wait_events: bool,
     /// The query text (a clipped copy per backend).
     pub query: bool,
 }
@@ -341,20 +339,6 @@ fn describe(entries: Vec<Copied>, visibility: Visibility, extras: Extras) -> Vec
         b.client_addr = client_addr(&be.st_clientaddr);
         if extras.query {
             b.query = query;
-        }
-        if extras.wait_events {
-            let proc_ = unsafe { pg_sys::BackendPidGetProc(be.st_procpid) };
-            if !proc_.is_null() {
-                unsafe {
-                    let info = std::ptr::read_volatile(&(*proc_).wait_event_info);
-                    b.wait_event_type = cstr(pg_sys::pgstat_get_wait_event_type(info));
-                    b.wait_event = cstr(pg_sys::pgstat_get_wait_event(info));
-                    let leader = (*proc_).lockGroupLeader;
-                    if !leader.is_null() && leader != proc_ {
-                        b.leader_pid = Some((*leader).pid);
-                    }
-                }
-            }
         }
         backends.push(b);
     }

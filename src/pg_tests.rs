@@ -83,3 +83,42 @@ fn no_waits_no_pairs() {
     assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM dbconn_guard.blocking_pairs").unwrap(), Some(0));
     assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM dbconn_guard.blocking_chains()").unwrap(), Some(0));
 }
+
+/// The session the worker judged must be the one it signals: same pid, backend start, state and
+/// state_change. A target read before the session did something else is left alone.
+#[pg_test]
+fn a_session_that_changed_since_it_was_read_is_not_ended() {
+    use crate::core::policy::{Rule, Target};
+    use crate::guard::{self, Action};
+    Spi::run("CREATE EXTENSION IF NOT EXISTS dblink").unwrap();
+    Spi::run(
+        "SELECT dblink_connect('guard_race', format('host=%s port=%s dbname=%s user=%s', \
+           split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'), \
+           current_database(), current_user))",
+    )
+    .unwrap();
+    let pid = Spi::get_one::<i32>("SELECT pid FROM dblink('guard_race', 'SELECT pg_backend_pid()') AS t(pid int)")
+        .unwrap()
+        .unwrap();
+    let snap = crate::snapshot::activity_all();
+    let live = snap.backends.iter().find(|b| b.pid == pid).expect("the dblink session").clone();
+    assert_eq!(live.state, Some("idle"));
+    let alive = || {
+        Spi::get_one::<bool>(&format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {pid}")).unwrap().unwrap()
+    };
+
+    // read a moment "earlier": its state_change no longer matches
+    let mut stale = live.clone();
+    stale.state_change = stale.state_change.map(|t| t - 1);
+    let target = |b| Target { backend: b, rule: Rule::Manual, deadline: snap.now };
+    let acted = guard::execute(&[target(stale)], snap.now, "pg_test", None, false);
+    assert_eq!(acted, vec![Action::Changed]);
+    assert!(alive());
+
+    // the same session as it really is: ended, and recorded
+    let acted = guard::execute(&[target(live)], snap.now, "pg_test", None, false);
+    assert_eq!(acted, vec![Action::Terminated]);
+    let rows = Spi::get_one::<i64>(&format!("SELECT count(*) FROM dbconn_guard.terminations WHERE pid = {pid} AND actor = 'pg_test'"))
+        .unwrap();
+    assert_eq!(rows, Some(1));
+}

@@ -144,13 +144,10 @@ fn utilization_pct() -> f64 {
 }
 
 fn health_checks() -> Vec<health::Check> {
-    // lock waits are judged from wait events
-    let snap = snapshot::activity(Extras {
-        wait_events: true,
-        query: false,
-    });
+    let waits = snapshot::lock_waits();
+    let snap = snapshot::activity(Extras::default());
     let util = utilization::utilization(&snap, snapshot::limits());
-    health::evaluate(&snap, &util, &guc::thresholds())
+    health::evaluate(&snap, &util, &waits, &guc::thresholds())
 }
 
 /// Every health check with its status (`ok`, `warning`, `critical`), value and threshold.
@@ -188,13 +185,7 @@ type ByPid<'a> = HashMap<i32, &'a Backend>;
 /// describe both sides.
 fn blocking_inputs() -> (Vec<blocking::LockWait>, Snapshot) {
     let waits = snapshot::lock_waits();
-    (
-        waits,
-        snapshot::activity(Extras {
-            wait_events: false,
-            query: true,
-        }),
-    )
+    (waits, snapshot::activity(Extras { query: true }))
 }
 
 /// (user, application, state, query, state age, transaction age) of a pid, as the caller sees it.

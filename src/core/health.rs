@@ -1,6 +1,7 @@
 //! Health rules: a handful of checks a DBA looks at first, each `ok`, `warning` or `critical`.
 
-use super::session::Snapshot;
+use super::blocking::LockWait;
+use super::session::{age_seconds, Snapshot};
 use super::utilization::Utilization;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,8 +79,14 @@ fn fmt_s(seconds: f64) -> String {
     format!("{seconds:.0}s")
 }
 
-/// Evaluates every check over one snapshot. `util` must come from the same snapshot.
-pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<Check> {
+/// Evaluates every check over one snapshot. `util` must come from the same snapshot;
+/// `lock_waits` are the backends waiting for heavyweight locks.
+pub fn evaluate(
+    snapshot: &Snapshot,
+    util: &Utilization,
+    lock_waits: &[LockWait],
+    t: &Thresholds,
+) -> Vec<Check> {
     let now = snapshot.now;
     let mut checks = Vec::with_capacity(5);
 
@@ -143,17 +150,32 @@ pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<
             if in_xact.is_empty() {
                 String::new()
             } else {
-                format!(" (longest {}, pids {})", fmt_s(oldest), pid_list(&in_xact))
+                format!(
+                    " (longest {}, pids {})",
+                    fmt_s(oldest),
+                    pid_list(&in_xact.iter().map(|b| b.pid).collect::<Vec<_>>())
+                )
             }
         ),
     });
 
-    let waiters: Vec<_> = snapshot
-        .clients()
-        .filter(|b| b.is_waiting_on_lock())
+    // how long each waiter has waited for its lock (pg_locks.waitstart; the statement's start
+    // when the lock manager has not stamped it yet)
+    let waits: Vec<(i32, f64)> = lock_waits
+        .iter()
+        .map(|w| {
+            let since = w.wait_start.or_else(|| {
+                snapshot
+                    .backends
+                    .iter()
+                    .find(|b| b.pid == w.pid)
+                    .and_then(|b| b.state_change)
+            });
+            (w.pid, age_seconds(now, since).unwrap_or(0.0))
+        })
         .collect();
-    let longest_wait = waiters.iter().map(|b| b.state_age(now)).fold(0.0, f64::max);
-    let (status, threshold) = if waiters.is_empty() {
+    let longest_wait = waits.iter().map(|w| w.1).fold(0.0, f64::max);
+    let (status, threshold) = if waits.is_empty() {
         (Status::Ok, t.lock_wait_warning)
     } else {
         grade(
@@ -163,23 +185,24 @@ pub fn evaluate(snapshot: &Snapshot, util: &Utilization, t: &Thresholds) -> Vec<
             false,
         )
     };
+    let waiter_pids: Vec<i32> = waits.iter().map(|w| w.0).collect();
     checks.push(Check {
         name: "lock_waits",
         status,
-        value: waiters.len() as f64,
+        value: waits.len() as f64,
         threshold,
         detail: format!(
             "{} sessions waiting on locks, longest for {}; warning after {}, critical after {}{}",
-            waiters.len(),
+            waits.len(),
             fmt_s(longest_wait),
             fmt_s(t.lock_wait_warning),
             fmt_s(t.lock_wait_critical),
-            if waiters.is_empty() {
+            if waits.is_empty() {
                 String::new()
             } else {
                 format!(
                     " (pids {}; see dbconn_guard.blocking_chains())",
-                    pid_list(&waiters)
+                    pid_list(&waiter_pids)
                 )
             }
         ),
@@ -226,9 +249,9 @@ fn hidden_note(hidden: i64) -> String {
     }
 }
 
-fn pid_list(bs: &[&super::session::Backend]) -> String {
-    let mut pids: Vec<String> = bs.iter().take(10).map(|b| b.pid.to_string()).collect();
-    if bs.len() > 10 {
+fn pid_list(all: &[i32]) -> String {
+    let mut pids: Vec<String> = all.iter().take(10).map(|p| p.to_string()).collect();
+    if all.len() > 10 {
         pids.push("...".into());
     }
     pids.join(",")
@@ -247,16 +270,23 @@ mod tests {
     use crate::core::utilization::{utilization, Limits};
 
     fn run(backends: Vec<crate::core::session::Backend>, max: i32, t: &Thresholds) -> Vec<Check> {
+        run_waits(backends, &[], max, t)
+    }
+
+    fn run_waits(
+        backends: Vec<crate::core::session::Backend>,
+        waits: &[LockWait],
+        max: i32,
+        t: &Thresholds,
+    ) -> Vec<Check> {
         let snap = snapshot(backends);
-        let u = utilization(
-            &snap,
-            Limits {
-                max_connections: max,
-                superuser_reserved_connections: 3,
-                reserved_connections: None,
-            },
-        );
-        evaluate(&snap, &u, t)
+        let limits = Limits {
+            max_connections: max,
+            superuser_reserved_connections: 3,
+            reserved_connections: None,
+        };
+        let u = utilization(&snap, limits);
+        evaluate(&snap, &u, waits, t)
     }
 
     fn get<'a>(cs: &'a [Check], name: &str) -> &'a Check {
@@ -337,24 +367,32 @@ mod tests {
     #[test]
     fn lock_waits_grade_by_longest_wait() {
         let t = Thresholds::default();
-        let waiting = |p, age| {
-            let mut b = client(p, "active", age);
-            b.wait_event_type = Some("Lock".into());
-            b
+        let waiting = |pid, waited_s: i64| LockWait {
+            pid,
+            wait_start: Some(NOW - waited_s * SECOND),
+            ..Default::default()
         };
-        assert_eq!(
-            get(&run(vec![waiting(1, 5)], 100, &t), "lock_waits").status,
-            Status::Ok
-        );
-        assert_eq!(
-            get(&run(vec![waiting(1, 11)], 100, &t), "lock_waits").status,
-            Status::Warning
-        );
-        let c = run(vec![waiting(1, 61), waiting(2, 1)], 100, &t);
-        assert_eq!(
-            (get(&c, "lock_waits").status, get(&c, "lock_waits").value),
-            (Status::Critical, 2.0)
-        );
+        let status =
+            |waits: &[LockWait]| get(&run_waits(vec![], waits, 100, &t), "lock_waits").status;
+        assert_eq!(status(&[]), Status::Ok);
+        assert_eq!(status(&[waiting(1, 5)]), Status::Ok);
+        assert_eq!(status(&[waiting(1, 11)]), Status::Warning);
+        let c = run_waits(vec![], &[waiting(1, 61), waiting(2, 1)], 100, &t);
+        let check = get(&c, "lock_waits");
+        assert_eq!((check.status, check.value), (Status::Critical, 2.0));
+        assert!(check.detail.contains("pids 1,2"), "{}", check.detail);
+    }
+
+    #[test]
+    fn a_wait_not_yet_stamped_counts_from_the_statement_start() {
+        let t = Thresholds::default();
+        let unstamped = LockWait {
+            pid: 3,
+            wait_start: None,
+            ..Default::default()
+        };
+        let c = run_waits(vec![client(3, "active", 20)], &[unstamped], 100, &t);
+        assert_eq!(get(&c, "lock_waits").status, Status::Warning);
     }
 
     #[test]

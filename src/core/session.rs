@@ -15,7 +15,6 @@ pub const CLIENT_BACKEND: &str = "client backend";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Backend {
     pub pid: i32,
-    pub leader_pid: Option<i32>,
     pub datname: Option<String>,
     pub usename: Option<String>,
     pub application_name: Option<String>,
@@ -28,8 +27,6 @@ pub struct Backend {
     pub xact_start: Option<Micros>,
     pub query_start: Option<Micros>,
     pub state_change: Option<Micros>,
-    pub wait_event_type: Option<String>,
-    pub wait_event: Option<String>,
     pub query: Option<String>,
     /// Whether the session's role is a superuser; `None` when unknown (treated as protected).
     pub is_superuser: Option<bool>,
@@ -55,11 +52,6 @@ impl Backend {
     /// Seconds since the backend's current transaction started, if it has one.
     pub fn xact_age(&self, now: Micros) -> Option<f64> {
         age_seconds(now, self.xact_start)
-    }
-
-    /// Waiting on a heavyweight lock (what `pg_blocking_pids` can explain).
-    pub fn is_waiting_on_lock(&self) -> bool {
-        self.wait_event_type.as_deref() == Some("Lock")
     }
 
     pub fn has_state(&self, state: &str) -> bool {
