@@ -206,7 +206,8 @@ Connect with:
 First look (SELECT * FROM dbconn_guard.connection_analysis):
 EOF
     psql_on 15 "$RUN_PORT" -c "SELECT * FROM dbconn_guard.connection_analysis" \
-        -c "SELECT * FROM dbconn_guard.health()"
+        -c "SELECT * FROM dbconn_guard.health()" \
+        -c "SELECT running, pid, backend_type, policy->>'idle_timeout' AS idle_timeout, policy->>'idle_in_transaction_timeout' AS idle_in_transaction_timeout FROM dbconn_guard.worker_status()"
     echo "Stop it with ./dev.sh stop; delete it with ./dev.sh clean."
 }
 
