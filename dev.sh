@@ -248,11 +248,19 @@ run_integration_tests() {
 cmd_test() {
     setup
     local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 18"}
+    local out
+    out=$(mktemp)
     for v in $versions; do
-        [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v"
-        run_integration_tests "$v"
+        [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v" 2>&1 | tee -a "$out"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "tests failed on PostgreSQL $v"; }
+        run_integration_tests "$v" 2>&1 | tee -a "$out"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "integration tests failed on PostgreSQL $v"; }
     done
     log "all tests passed on PostgreSQL $versions"
+    # one closing tally of every runner above (cargo's "test result" lines and the bench check)
+    awk '/^test result:/ { p += $4; f += $6 } /^bench: [0-9]+ passed/ { p += $2; f += $4 }
+         END { printf "all: %d passed, %d failed\n", p, f }' "$out"
+    rm -f "$out"
 }
 
 cmd_bench() {
