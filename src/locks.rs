@@ -17,9 +17,11 @@ use pgrx::pg_sys;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CStr;
 
-/// (pid, leader pid, the LOCK it waits on) of every process waiting for a heavyweight lock,
-/// read racily from the PGPROC array; `GetBlockerStatusData` re-reads everything under lock.
-fn waiting_procs() -> Vec<(i32, i32, usize)> {
+/// (pid, leader pid, the LOCK it waits on, when the wait began) of every process waiting for a
+/// heavyweight lock, read racily from the PGPROC array; `GetBlockerStatusData` re-reads the
+/// lock under lock. The wait start comes from here (`PGPROC.waitStart`, what `pg_locks.waitstart`
+/// shows): `GetBlockerStatusData` leaves `LockInstanceData.waitStart` unset.
+fn waiting_procs() -> Vec<(i32, i32, usize, i64)> {
     let mut out = Vec::new();
     unsafe {
         let hdr = pg_sys::ProcGlobal;
@@ -33,7 +35,8 @@ fn waiting_procs() -> Vec<(i32, i32, usize)> {
             if pid != 0 && !lock.is_null() {
                 let leader = std::ptr::read_volatile(&(*p).lockGroupLeader);
                 let leader_pid = if leader.is_null() { pid } else { (*leader).pid };
-                out.push((pid, leader_pid, lock as usize));
+                let wait_start = std::ptr::read_volatile(&(*p).waitStart.value) as i64;
+                out.push((pid, leader_pid, lock as usize, wait_start));
             }
         }
     }
@@ -82,8 +85,14 @@ fn read_lock(pid: i32) -> Option<LockRead> {
 /// Reads the lock `candidates` wait on until the read comes from the last waiter in its queue
 /// (so the queue is complete). Each step moves to a waiter behind the previous one — the latest
 /// to start waiting — so a FIFO queue takes at most two reads.
-fn read_whole_queue(candidates: &[i32]) -> Option<(LockRead, i32)> {
-    let mut pid = *candidates.last()?;
+fn read_whole_queue(
+    candidates: &[i32],
+    wait_start_of: &HashMap<i32, i64>,
+) -> Option<(LockRead, i32)> {
+    // start from the waiter that began waiting last: in a FIFO queue, the last one
+    let mut pid = *candidates
+        .iter()
+        .max_by_key(|p| wait_start_of.get(p).copied().unwrap_or(i64::MAX))?;
     for _ in 0..=candidates.len() {
         let read = read_lock(pid)?;
         let covered: HashSet<i32> = read.ahead.iter().copied().chain([pid]).collect();
@@ -92,7 +101,7 @@ fn read_whole_queue(candidates: &[i32]) -> Option<(LockRead, i32)> {
             .instances
             .iter()
             .filter(|i| i.waitLockMode != pg_sys::NoLock as i32 && !covered.contains(&i.pid))
-            .max_by_key(|i| i.waitStart)
+            .max_by_key(|i| wait_start_of.get(&i.pid).copied().unwrap_or(i64::MAX))
             .map(|i| i.pid);
         match behind {
             None => return Some((read, pid)),
@@ -167,13 +176,17 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
 pub fn lock_waits() -> Vec<LockWait> {
     let procs = waiting_procs();
     let mut by_lock: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
-    for (pid, _, lock) in &procs {
+    let mut wait_start_of: HashMap<i32, i64> = HashMap::new();
+    for (pid, _, lock, since) in &procs {
         by_lock.entry(*lock).or_default().push(*pid);
+        if *since != 0 {
+            wait_start_of.insert(*pid, *since);
+        }
     }
     let mut direct: BTreeMap<i32, LockWait> = BTreeMap::new();
     let mut leader_of: HashMap<i32, i32> = HashMap::new();
     for pids in by_lock.values() {
-        let Some((read, last)) = read_whole_queue(pids) else {
+        let Some((read, last)) = read_whole_queue(pids, &wait_start_of) else {
             continue;
         };
         let Some(first) = read.instances.first() else {
@@ -205,7 +218,7 @@ pub fn lock_waits() -> Vec<LockWait> {
                     locktype: locktype_name(&tag),
                     mode: inst.and_then(|i| mode_name(&tag, i.waitLockMode)),
                     relation: relation_name(&tag),
-                    wait_start: inst.and_then(|i| (i.waitStart != 0).then_some(i.waitStart)),
+                    wait_start: wait_start_of.get(&pid).copied(),
                 },
             );
         }
