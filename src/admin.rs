@@ -4,7 +4,7 @@
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
 
-use crate::core::policy::{Target, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED};
+use crate::core::policy::{Rule, Target, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED};
 use crate::core::session::Micros;
 use crate::shared::{self, SHARED};
 use crate::worker::BACKEND_TYPE;
@@ -196,7 +196,7 @@ fn terminate_idle(
     let mut rows = Vec::new();
     let mut targets: Vec<(usize, Target)> = Vec::new();
     for b in snap.clients() {
-        let Some(state) = b.state.as_deref() else {
+        let Some(state) = b.state else {
             continue;
         };
         if !wanted.iter().any(|w| w == state) {
@@ -236,7 +236,7 @@ fn terminate_idle(
                 rows.len(),
                 Target {
                     backend: b.clone(),
-                    rule: guard::MANUAL,
+                    rule: Rule::Manual,
                     deadline: snap.now,
                 },
             ));

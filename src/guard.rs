@@ -2,7 +2,7 @@
 //! and `dbconn_guard.terminate_idle()`, so both follow the same protections and leave the same
 //! audit rows and log lines.
 
-use crate::core::policy::{Rule, Target};
+use crate::core::policy::Target;
 use crate::core::session::{age_seconds, Micros};
 use crate::shared::{self, FixedText, TerminationRecord};
 use pgrx::datum::DatumWithOid;
@@ -168,7 +168,7 @@ fn act(
         log!(
             "dbconn_guard: {verb} pid {} ({} for {}; rule {}): user={} database={} application={} client={} transaction_age={} actor={}",
             b.pid,
-            b.state.as_deref().unwrap_or("?"),
+            b.state.unwrap_or("?"),
             human(state_age),
             t.rule.as_str(),
             b.usename.as_deref().unwrap_or(""),
@@ -214,11 +214,8 @@ fn remember(
         rule: FixedText::empty(),
         actor: FixedText::empty(),
     };
-    rec.state.set(b.state.as_deref().unwrap_or(""));
+    rec.state.set(b.state.unwrap_or(""));
     rec.rule.set(t.rule.as_str());
     rec.actor.set(actor);
     shared::SHARED.exclusive().push_recent(rec);
 }
-
-/// The rule name of a manual call, for callers that build targets by hand.
-pub const MANUAL: Rule = Rule::Manual;

@@ -41,11 +41,11 @@ impl<const N: usize> FixedText<N> {
         self.len = end as u16;
     }
 
+    /// `None` and `""` are both stored empty and read back as `None`.
     pub fn from_opt(s: Option<&str>) -> Self {
         let mut t = Self::empty();
         if let Some(s) = s {
             t.set(s);
-            // an empty-but-present value is kept apart from NULL by a marker length
         }
         t
     }

@@ -50,7 +50,7 @@ pub(crate) fn group<'a>(
             b.usename.as_deref(),
             b.application_name.as_deref(),
             b.client_addr.as_deref(),
-            if with_state { b.state.as_deref() } else { None },
+            if with_state { b.state } else { None },
         );
         members.entry(key).or_default().push(b);
     }

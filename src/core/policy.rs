@@ -170,7 +170,7 @@ pub fn plan(snapshot: &Snapshot, utilization_pct: f64, policy: &Policy, own_pid:
     let mut expired: Vec<Target> = Vec::new();
     for b in snapshot.clients() {
         out.examined += 1;
-        let Some((rule, timeout)) = rule_for(b.state.as_deref(), policy, idle_allowed) else {
+        let Some((rule, timeout)) = rule_for(b.state, policy, idle_allowed) else {
             continue;
         };
         let Some(since) = b.state_change else {

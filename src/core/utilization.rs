@@ -54,7 +54,7 @@ pub fn utilization(snapshot: &Snapshot, limits: Limits) -> Utilization {
             continue;
         }
         u.client_backends += 1;
-        match b.state.as_deref() {
+        match b.state {
             Some("active") => u.active += 1,
             Some("idle") => u.idle += 1,
             Some("idle in transaction") => u.idle_in_transaction += 1,

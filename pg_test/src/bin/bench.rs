@@ -15,6 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 type Bg = (i32, JoinHandle<Result<(), postgres::Error>>);
+/// Sessions made stale, and the state_change (epoch seconds) each had.
+type Stale = (Vec<(Client, i32)>, Vec<(i32, f64)>);
 
 struct Ctx {
     check: bool,
@@ -28,7 +30,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    if v.len() % 2 == 0 {
+    if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -322,11 +324,7 @@ fn latency(ctx: &mut Ctx, n: usize) {
 
 /// n ordinary sessions going idle in transaction, spread over `spread`, with the
 /// state_change (epoch seconds) each had right after it went idle.
-fn stale_sessions(
-    a: &mut Client,
-    n: usize,
-    spread: Duration,
-) -> (Vec<(Client, i32)>, Vec<(i32, f64)>) {
+fn stale_sessions(a: &mut Client, n: usize, spread: Duration) -> Stale {
     let mut out = Vec::new();
     let mut changed = Vec::new();
     let start = Instant::now();
