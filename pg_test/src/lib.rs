@@ -241,3 +241,39 @@ pub fn idle_in_transaction_as(user: &str, app: &str) -> (Client, i32) {
     c.batch_execute("BEGIN; SELECT 1").unwrap();
     (c, p)
 }
+
+/// Runs a PostgreSQL program (`pg_ctl`, `pg_basebackup`, `pgbench`, ...) from `bin` as the
+/// `postgres` OS user; panics with its stderr when it fails; returns its stdout.
+pub fn run_as_postgres(bin: &std::path::Path, program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("sudo")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join(program))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One query over every view and function of the read-only surface.
+pub const EVERY_VIEW: [&str; 7] = [
+    "SELECT count(*) FROM dbconn_guard.connection_analysis",
+    "SELECT count(*) FROM dbconn_guard.blocking_pairs",
+    "SELECT count(*) FROM dbconn_guard.blocking_chains()",
+    "SELECT count(*) FROM dbconn_guard.utilization",
+    "SELECT count(*) FROM dbconn_guard.leak_suspects",
+    "SELECT count(*) FROM dbconn_guard.health()",
+    "SELECT dbconn_guard.health_status(), dbconn_guard.utilization_pct()",
+];
+
+/// Runs every query of `EVERY_VIEW`; panics, naming `context` and the query, on an error.
+pub fn query_every_view(c: &mut Client, context: &str) {
+    for sql in EVERY_VIEW {
+        c.query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("{context}: {sql}: {e}"));
+    }
+}

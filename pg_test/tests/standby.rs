@@ -15,17 +15,7 @@ struct Standby {
 
 impl Standby {
     fn pg(&self, program: &str, args: &[&str]) {
-        let out = Command::new("sudo")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join(program))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_as_postgres(&self.bin, program, args);
     }
 
     fn start(primary_port: u16) -> Standby {
@@ -100,18 +90,7 @@ fn views_and_worker_work_on_a_hot_standby() {
         .unwrap()
         .get::<_, bool>(0));
 
-    for sql in [
-        "SELECT count(*) FROM dbconn_guard.connection_analysis",
-        "SELECT count(*) FROM dbconn_guard.blocking_pairs",
-        "SELECT count(*) FROM dbconn_guard.blocking_chains()",
-        "SELECT count(*) FROM dbconn_guard.utilization",
-        "SELECT count(*) FROM dbconn_guard.leak_suspects",
-        "SELECT count(*) FROM dbconn_guard.health()",
-        "SELECT dbconn_guard.health_status(), dbconn_guard.utilization_pct()",
-    ] {
-        s.query_one(sql, &[])
-            .unwrap_or_else(|e| panic!("on the standby, {sql}: {e}"));
-    }
+    query_every_view(&mut s, "on the standby");
     wait_until(
         &mut s,
         "SELECT running AND extension_ready FROM dbconn_guard.worker_status()",

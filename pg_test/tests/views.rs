@@ -536,18 +536,7 @@ fn views_never_write() {
     let mut a = admin();
     a.batch_execute("SET default_transaction_read_only = on; BEGIN READ ONLY")
         .unwrap();
-    for sql in [
-        "SELECT count(*) FROM dbconn_guard.connection_analysis",
-        "SELECT count(*) FROM dbconn_guard.blocking_pairs",
-        "SELECT count(*) FROM dbconn_guard.blocking_chains()",
-        "SELECT count(*) FROM dbconn_guard.utilization",
-        "SELECT count(*) FROM dbconn_guard.leak_suspects",
-        "SELECT count(*) FROM dbconn_guard.health()",
-        "SELECT dbconn_guard.health_status(), dbconn_guard.utilization_pct()",
-    ] {
-        a.query_one(sql, &[])
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    query_every_view(&mut a, "in a read-only transaction");
     a.batch_execute("COMMIT").unwrap();
 }
 

@@ -10,7 +10,6 @@ use dbconn_guard_integration::*;
 use postgres::Client;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::process::Command;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -516,20 +515,8 @@ fn pgbench(ctx: &mut Ctx) {
     let bin = std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN");
     let data = std::env::var("DBCONN_GUARD_BENCH_DATA").expect("DBCONN_GUARD_BENCH_DATA");
     let port = test_port().to_string();
-    let pg = |prog: &str, args: &[&str]| -> String {
-        let out = Command::new("sudo")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{bin}/{prog}"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{prog} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let bin = std::path::PathBuf::from(bin);
+    let pg = |prog: &str, args: &[&str]| -> String { run_as_postgres(&bin, prog, args) };
     let restart = |preload: bool| {
         let opts = if preload {
             String::new()
