@@ -195,7 +195,18 @@ cmd_run() {
     setup_pgrx_init_15
     install_ext 15 --release
     start_cluster run-pg15 15 "$RUN_PORT"
-    PGOPTIONS="-c client_min_messages=warning" psql_on 15 "$RUN_PORT" -q -c "CREATE EXTENSION IF NOT EXISTS dbconn_guard" -c "ALTER EXTENSION dbconn_guard UPDATE" >/dev/null
+    # Same version, new build: if the extension's SQL changed since the last run, recreate it
+    # (this is a throwaway cluster: its audit rows go too).
+    local script sum_file sum
+    script="$("$PG15_BIN/pg_config" --sharedir)/extension/dbconn_guard--$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1).sql"
+    sum_file="$(state_dir)/run-pg15.sql.md5"
+    sum=$(md5sum "$script" | cut -d' ' -f1)
+    if [ -f "$sum_file" ] && [ "$(cat "$sum_file")" != "$sum" ]; then
+        log "the extension's SQL changed since the last run: recreating the extension"
+        PGOPTIONS="-c client_min_messages=warning" psql_on 15 "$RUN_PORT" -q -c "DROP EXTENSION IF EXISTS dbconn_guard CASCADE" >/dev/null
+    fi
+    PGOPTIONS="-c client_min_messages=warning" psql_on 15 "$RUN_PORT" -q -c "CREATE EXTENSION IF NOT EXISTS dbconn_guard" >/dev/null
+    echo "$sum" >"$sum_file"
     cat <<EOF
 
 dbconn_guard is running on PostgreSQL 15 (data in $(state_dir)/run-pg15, log in server.log there).
