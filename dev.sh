@@ -14,7 +14,7 @@
 #   DBCONN_GUARD_PORT       port of the `run` cluster            (default 55432)
 #   DBCONN_GUARD_PG18_HOME  where PostgreSQL 18 is unpacked       (default /opt/dbconn_guard/pg18)
 #   DBCONN_GUARD_STATE      clusters' data (must be reachable by the postgres user;
-#                           default target/dbconn_guard, or /var/tmp/dbconn_guard-<uid> when not)
+#                           default target/dbconn_guard, or /var/tmp/dbconn_guard-<n> when not)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -318,5 +318,5 @@ case "${1:-}" in
     clean) cmd_clean ;;
     psql) shift; psql_on 15 "$RUN_PORT" "$@" ;;
     setup) setup ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
