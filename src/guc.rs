@@ -42,6 +42,7 @@ pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(fals
 pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static LEAK_TREND_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
+pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 // PGC_POSTMASTER
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -239,6 +240,16 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.audit_retention",
+        c"The worker deletes rows of dbconn_guard.terminations older than this, hourly (0: keep all).",
+        c"",
+        &AUDIT_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"dbconn_guard.database",
         c"Database the background worker connects to; the extension must be created there.",
@@ -395,6 +406,7 @@ pub fn policy_summary() -> String {
         "terminate_superusers",
         "max_terminations_per_cycle",
         "naptime",
+        "audit_retention",
         "database",
     ];
     let map: serde_json::Map<String, serde_json::Value> = names

@@ -49,6 +49,8 @@ struct State {
     acted: HashMap<(i32, Micros, Micros), Micros>,
     said_missing_extension: bool,
     terminations_total: i64,
+    /// When audit rows were last purged (0: at the next check, e.g. after a reload).
+    last_purge: Micros,
 }
 
 fn now() -> Micros {
@@ -96,6 +98,7 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
             publish_policy();
+            state.last_purge = 0;
         }
         sleep = cycle(&mut state);
         SHARED.exclusive().next_wakeup = now() + sleep.as_micros() as Micros;
@@ -258,7 +261,37 @@ fn check(state: &mut State) -> CycleReport {
     }
 
     sample_leaks(state, &snap);
+    purge_audit(state, snap.now);
     report
+}
+
+const PURGE_EVERY: Micros = 3600 * SECOND;
+
+/// Deletes audit rows older than `dbconn_guard.audit_retention`, hourly and after each reload
+/// (not on a standby, where the table is read-only).
+fn purge_audit(state: &mut State, now: Micros) {
+    let retention_s = guc::AUDIT_RETENTION.get();
+    if retention_s <= 0
+        || now - state.last_purge < PURGE_EVERY
+        || unsafe { pg_sys::RecoveryInProgress() }
+    {
+        return;
+    }
+    state.last_purge = now;
+    let deleted = Spi::connect_mut(|client| {
+        client
+            .update(
+                "DELETE FROM dbconn_guard.terminations \
+                  WHERE terminated_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1) RETURNING 1",
+                None,
+                &[f64::from(retention_s).into()],
+            )
+            .map(|t| t.len())
+    })
+    .unwrap_or_else(|e| error!("dbconn_guard: could not purge old audit rows: {e}"));
+    if deleted > 0 {
+        log!("dbconn_guard worker: deleted {deleted} rows of dbconn_guard.terminations older than dbconn_guard.audit_retention ({retention_s}s)");
+    }
 }
 
 fn sample_leaks(state: &mut State, snap: &crate::core::session::Snapshot) {

@@ -640,3 +640,32 @@ fn unprivileged_role_cannot_end_anyone() {
         .unwrap();
     assert!(alive(&mut a, victim));
 }
+
+#[test]
+fn audit_rows_past_their_retention_are_purged() {
+    let mut a = admin();
+    a.batch_execute(
+        "INSERT INTO dbconn_guard.terminations (terminated_at, pid, state, state_age_seconds, rule, dry_run, actor) \
+         VALUES (now() - interval '3 days', -1, 'idle', 1, 'manual', true, 'it_purge_old'), \
+                (now() - interval '1 hour', -2, 'idle', 1, 'manual', true, 'it_purge_recent')",
+    )
+    .unwrap();
+    // a reload makes the worker purge at its next check (then hourly)
+    alter_system(&mut a, &[("dbconn_guard.audit_retention", "2d")]);
+    wait_until(
+        &mut a,
+        "SELECT count(*) = 0 FROM dbconn_guard.terminations WHERE actor = 'it_purge_old'",
+        Duration::from_secs(15),
+    );
+    let recent: i64 = a
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.terminations WHERE actor = 'it_purge_recent'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(recent, 1, "rows within the retention stay");
+    a.batch_execute("DELETE FROM dbconn_guard.terminations WHERE actor = 'it_purge_recent'")
+        .unwrap();
+    reset_system(&mut a);
+}
