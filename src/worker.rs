@@ -118,7 +118,9 @@ struct CycleReport {
 
 /// One check, in its own transaction; returns how long to sleep.
 fn cycle(state: &mut State) -> Duration {
-    let naptime_us = policy::longest_sleep(Micros::from(guc::NAPTIME.get()) * 1000, &guc::policy());
+    // the policy in force, read once per check
+    let pol = guc::policy();
+    let naptime_us = policy::longest_sleep(Micros::from(guc::NAPTIME.get()) * 1000, &pol);
     let started = now();
     let cpu_before = cpu_time_us();
     let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
@@ -131,7 +133,7 @@ fn cycle(state: &mut State) -> Duration {
                 c"dbconn_guard: checking sessions".as_ptr(),
             );
         }
-        let report = check(state);
+        let report = check(state, &pol);
         unsafe {
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
@@ -184,7 +186,7 @@ fn cycle(state: &mut State) -> Duration {
     }
 }
 
-fn check(state: &mut State) -> CycleReport {
+fn check(state: &mut State, pol: &policy::Policy) -> CycleReport {
     let mut report = CycleReport {
         examined: 0,
         terminated: 0,
@@ -229,8 +231,7 @@ fn check(state: &mut State) -> CycleReport {
     }
 
     if guc::ENABLED.get() {
-        let pol = guc::policy();
-        let plan = policy::plan(&snap, util.utilization_pct, &pol, unsafe {
+        let plan = policy::plan(&snap, util.utilization_pct, pol, unsafe {
             pg_sys::MyProcPid
         });
         let key = |t: &Target| {

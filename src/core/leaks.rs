@@ -39,6 +39,11 @@ pub fn suspects_with_trend(
     samples_of: impl Fn(&GroupKey) -> Vec<u32>,
 ) -> Vec<SuspectRow> {
     let now = snapshot.now;
+    // the old idle sessions of each group, grouped once (not re-filtered per group)
+    let mut old: HashMap<GroupKey, ConnectionGroup> = leak_suspects(snapshot, idle_age)
+        .into_iter()
+        .map(|g| (g.key.clone(), g))
+        .collect();
     let mut rows = Vec::new();
     for all_idle in group(
         now,
@@ -47,14 +52,7 @@ pub fn suspects_with_trend(
     ) {
         let samples = samples_of(&all_idle.key);
         let t = trend(&samples);
-        let old: Vec<_> = snapshot
-            .clients()
-            .filter(|b| {
-                b.has_state("idle") && b.state_age(now) > idle_age && all_idle.pids.contains(&b.pid)
-            })
-            .collect();
-        if !old.is_empty() {
-            let g = group(now, old.into_iter(), false).remove(0);
+        if let Some(g) = old.remove(&all_idle.key) {
             rows.push(SuspectRow {
                 group: g,
                 trend: t,
