@@ -5,7 +5,7 @@
 #![allow(clippy::type_complexity)]
 
 use crate::core::policy::{Rule, Target, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED};
-use crate::core::session::Micros;
+use crate::core::session::{owned, Micros};
 use crate::shared::{self, SHARED};
 use crate::worker::BACKEND_TYPE;
 use crate::{guard, guc, snapshot};
@@ -207,7 +207,7 @@ fn terminate_idle(
         }
         if application_name
             .as_ref()
-            .is_some_and(|a| b.application_name.as_ref() != Some(a))
+            .is_some_and(|a| b.application_name.as_deref() != Some(a.as_str()))
         {
             continue;
         }
@@ -222,10 +222,10 @@ fn terminate_idle(
         };
         let row = (
             b.pid,
-            b.usename.clone(),
-            b.datname.clone(),
-            b.application_name.clone(),
-            b.client_addr.clone(),
+            owned(&b.usename),
+            owned(&b.datname),
+            owned(&b.application_name),
+            owned(&b.client_addr),
             b.state.map(str::to_string),
             (b.state_age(snap.now) * 100.0).round() / 100.0,
             b.xact_age(snap.now).map(|x| (x * 100.0).round() / 100.0),

@@ -14,10 +14,10 @@
 //! pid, database, user and application name are visible to all, and the query text of others
 //! reads `<insufficient privilege>`. The worker reads with full visibility.
 
-use crate::core::session::{Backend, Micros, Snapshot};
+use crate::core::fasthash::FastMap;
+use crate::core::session::{Backend, Micros, Name, Snapshot};
 use pgrx::pg_sys;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::ffi::CStr;
 
 /// What to read besides the basics (pid, type, state, times, database, user, application,
@@ -73,28 +73,38 @@ fn state_name(s: pg_sys::BackendState::Type) -> Option<&'static str> {
     }
 }
 
-/// The client's address as `host(client_addr)` shows it; `None` for Unix sockets and
+/// A client address as raw bytes: (address family, address). `None` for Unix sockets and
 /// background processes.
-fn client_addr(addr: &pg_sys::SockAddr) -> Option<String> {
-    if addr.salen == 0 {
-        return None;
-    }
-    let raw = &addr.addr as *const pg_sys::sockaddr_storage as *const u8;
-    let family = addr.addr.ss_family as i32;
+type RawAddr = Option<(u16, [u8; 16])>;
+
+/// The address bytes of `st_clientaddr`, read in place.
+///
+/// # Safety
+/// `addr` must point to a `SockAddr` (in shared memory, under the change-count protocol).
+unsafe fn raw_addr(addr: *const pg_sys::SockAddr) -> RawAddr {
     // sockaddr_in: family(2) port(2) addr(4); sockaddr_in6: family(2) port(2) flow(4) addr(16)
     unsafe {
-        match family {
-            2 => {
-                let b = std::slice::from_raw_parts(raw.add(4), 4);
-                Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string())
-            }
-            10 => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(std::slice::from_raw_parts(raw.add(8), 16));
-                Some(std::net::Ipv6Addr::from(o).to_string())
-            }
-            _ => None,
+        if std::ptr::read_volatile(&(*addr).salen) == 0 {
+            return None;
         }
+        let raw = &(*addr).addr as *const pg_sys::sockaddr_storage as *const u8;
+        let family = std::ptr::read_volatile(&(*addr).addr.ss_family);
+        let mut out = [0u8; 16];
+        match family {
+            2 => std::ptr::copy_nonoverlapping(raw.add(4), out.as_mut_ptr(), 4),
+            10 => std::ptr::copy_nonoverlapping(raw.add(8), out.as_mut_ptr(), 16),
+            _ => return None,
+        }
+        Some((family, out))
+    }
+}
+
+/// The client's address as `host(client_addr)` shows it.
+fn addr_text((family, b): (u16, [u8; 16])) -> String {
+    if family == 2 {
+        std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+    } else {
+        std::net::Ipv6Addr::from(b).to_string()
     }
 }
 
@@ -137,125 +147,195 @@ fn shared_array() -> Option<(*const pg_sys::PgBackendStatus, usize)> {
     }
 }
 
-/// One entry copied out of shared memory under PostgreSQL's change-count protocol
-/// (`pgstat_begin_read_activity` / `pgstat_end_read_activity`): retried until the writer was
-/// not in the middle of an update, exactly as `pgstat_read_current_status()` does.
-struct Copied {
-    status: pg_sys::PgBackendStatus,
-    appname: Option<String>,
-    query: Option<String>,
+/// The fields of one entry a snapshot uses, copied under PostgreSQL's change-count protocol
+/// (`pgstat_begin_read_activity` / `pgstat_end_read_activity`); the application name and (when
+/// asked for) the query go into the reader's reusable buffers.
+struct Raw {
+    pid: i32,
+    backend_type: pg_sys::BackendType::Type,
+    state: pg_sys::BackendState::Type,
+    backend_start: pg_sys::TimestampTz,
+    xact_start: pg_sys::TimestampTz,
+    query_start: pg_sys::TimestampTz,
+    state_change: pg_sys::TimestampTz,
+    database: pg_sys::Oid,
+    user: pg_sys::Oid,
+    addr: RawAddr,
+    app_len: usize,
+    query_len: usize,
 }
 
-unsafe fn copy_bounded(p: *const std::ffi::c_char, max: usize) -> Option<Vec<u8>> {
-    if p.is_null() {
-        return None;
-    }
-    let mut out = Vec::new();
-    for i in 0..max {
-        let b = unsafe { std::ptr::read_volatile(p.add(i)) } as u8;
-        if b == 0 {
-            break;
-        }
-        out.push(b);
-    }
-    Some(out)
+const APPNAME_MAX: usize = pg_sys::NAMEDATALEN as usize;
+
+/// Buffers reused for every entry of one read.
+struct Buffers {
+    app: [u8; APPNAME_MAX],
+    /// Empty unless the query text is read.
+    query: Vec<u8>,
 }
 
-fn utf8_prefix(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            // a multibyte character cut by the buffer's end: keep the whole ones before it
-            let valid = e.utf8_error().valid_up_to();
-            let mut b = e.into_bytes();
-            b.truncate(valid);
-            String::from_utf8(b).unwrap_or_default()
-        }
+/// Copies the NUL-terminated string at `p` (a buffer of `buf.len()` bytes) into `buf`;
+/// returns its length. A torn copy is caught by the caller's change-count check.
+///
+/// # Safety
+/// `p` must be null or point to at least `buf.len()` readable bytes.
+unsafe fn copy_cstr(p: *const std::ffi::c_char, buf: &mut [u8]) -> usize {
+    if p.is_null() || buf.is_empty() {
+        return 0;
     }
+    unsafe { std::ptr::copy_nonoverlapping(p as *const u8, buf.as_mut_ptr(), buf.len()) };
+    buf.iter().position(|&b| b == 0).unwrap_or(buf.len())
 }
 
-unsafe fn copy_entry(entry: *const pg_sys::PgBackendStatus, query: bool) -> Option<Copied> {
+/// Reads one entry, retrying while its writer is mid-update exactly as
+/// `pgstat_read_current_status()` does. `None` for an unused slot.
+///
+/// # Safety
+/// `entry` must point to a `PgBackendStatus` of the backend status array (or a local copy).
+unsafe fn read_entry(entry: *const pg_sys::PgBackendStatus, buf: &mut Buffers) -> Option<Raw> {
+    use std::ptr::{addr_of, read_volatile};
     use std::sync::atomic::{fence, Ordering};
-    let activity_max = unsafe { pg_sys::pgstat_track_activity_query_size }.max(1) as usize;
     for _ in 0..1000 {
-        let before = unsafe { std::ptr::read_volatile(&(*entry).st_changecount) };
-        fence(Ordering::Acquire);
-        let pid = unsafe { std::ptr::read_volatile(&(*entry).st_procpid) };
-        if pid <= 0 {
-            return None;
-        }
-        let status = unsafe { std::ptr::read_volatile(entry) };
-        let appname = unsafe { copy_bounded(status.st_appname, pg_sys::NAMEDATALEN as usize) };
-        let activity = if query {
-            unsafe { copy_bounded(status.st_activity_raw, activity_max) }
-        } else {
-            None
-        };
-        fence(Ordering::Acquire);
-        let after = unsafe { std::ptr::read_volatile(&(*entry).st_changecount) };
-        if before == after && before & 1 == 0 {
-            return Some(Copied {
-                status,
-                appname: appname.map(utf8_prefix),
-                query: activity.map(utf8_prefix),
-            });
+        unsafe {
+            let before = read_volatile(addr_of!((*entry).st_changecount));
+            fence(Ordering::Acquire);
+            let pid = read_volatile(addr_of!((*entry).st_procpid));
+            if pid <= 0 {
+                return None;
+            }
+            let raw = Raw {
+                pid,
+                backend_type: read_volatile(addr_of!((*entry).st_backendType)),
+                state: read_volatile(addr_of!((*entry).st_state)),
+                backend_start: read_volatile(addr_of!((*entry).st_proc_start_timestamp)),
+                xact_start: read_volatile(addr_of!((*entry).st_xact_start_timestamp)),
+                query_start: read_volatile(addr_of!((*entry).st_activity_start_timestamp)),
+                state_change: read_volatile(addr_of!((*entry).st_state_start_timestamp)),
+                database: read_volatile(addr_of!((*entry).st_databaseid)),
+                user: read_volatile(addr_of!((*entry).st_userid)),
+                addr: raw_addr(addr_of!((*entry).st_clientaddr)),
+                app_len: copy_cstr(
+                    read_volatile(addr_of!((*entry).st_appname)).cast_const(),
+                    &mut buf.app,
+                ),
+                query_len: copy_cstr(
+                    read_volatile(addr_of!((*entry).st_activity_raw)).cast_const(),
+                    &mut buf.query,
+                ),
+            };
+            fence(Ordering::Acquire);
+            let after = read_volatile(addr_of!((*entry).st_changecount));
+            if before == after && before & 1 == 0 {
+                return Some(raw);
+            }
         }
         std::hint::spin_loop();
     }
     None
 }
 
-/// Per-call caches of catalog look-ups, keyed by oid.
+/// Text from a buffer, keeping the whole characters of a multibyte one cut by its end.
+fn utf8_prefix(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    }
+}
+
+/// Per-read caches: each distinct database, role, application name and client address is
+/// looked up (or formatted) once and shared by every session that has it.
 #[derive(Default)]
 struct Names {
-    databases: HashMap<pg_sys::Oid, Option<String>>,
-    roles: HashMap<pg_sys::Oid, (Option<String>, bool)>,
-    visible: HashMap<pg_sys::Oid, bool>,
+    databases: FastMap<pg_sys::Oid, Option<Name>>,
+    roles: FastMap<pg_sys::Oid, (Option<Name>, bool)>,
+    visible: FastMap<pg_sys::Oid, bool>,
+    apps: FastMap<Box<[u8]>, Name>,
+    addrs: FastMap<(u16, [u8; 16]), Name>,
+    backend_types: FastMap<pg_sys::BackendType::Type, Option<&'static str>>,
 }
 
 impl Names {
-    fn database(&mut self, oid: pg_sys::Oid) -> Option<String> {
+    fn database(&mut self, oid: pg_sys::Oid) -> Option<Name> {
         if oid == pg_sys::InvalidOid {
             return None;
         }
         self.databases
             .entry(oid)
-            .or_insert_with(|| unsafe { cstr(pg_sys::get_database_name(oid)) })
+            .or_insert_with(|| unsafe { cstr(pg_sys::get_database_name(oid)) }.map(Name::from))
             .clone()
     }
 
     /// (name, is superuser)
-    fn role(&mut self, oid: pg_sys::Oid) -> (Option<String>, Option<bool>) {
+    fn role(&mut self, oid: pg_sys::Oid) -> (Option<Name>, Option<bool>) {
         if oid == pg_sys::InvalidOid {
             return (None, None);
         }
-        let (name, su) = self
-            .roles
-            .entry(oid)
-            .or_insert_with(|| unsafe {
-                (
-                    cstr(pg_sys::GetUserNameFromId(oid, true)),
-                    pg_sys::superuser_arg(oid),
-                )
-            })
-            .clone();
-        (name, Some(su))
+        let (name, su) = self.roles.entry(oid).or_insert_with(|| unsafe {
+            (
+                cstr(pg_sys::GetUserNameFromId(oid, true)).map(Name::from),
+                pg_sys::superuser_arg(oid),
+            )
+        });
+        (name.clone(), Some(*su))
+    }
+
+    fn app(&mut self, bytes: &[u8]) -> Name {
+        if let Some(n) = self.apps.get(bytes) {
+            return n.clone();
+        }
+        let n = Name::from(utf8_prefix(bytes));
+        self.apps.insert(bytes.into(), n.clone());
+        n
+    }
+
+    /// `pg_stat_activity.backend_type`; a background worker's is its own.
+    fn backend_type(
+        &mut self,
+        t: pg_sys::BackendType::Type,
+        pid: i32,
+    ) -> Option<Cow<'static, str>> {
+        if t == pg_sys::BackendType::B_BG_WORKER {
+            return unsafe { cstr(pg_sys::GetBackgroundWorkerTypeByPid(pid)) }.map(Cow::Owned);
+        }
+        self.backend_types
+            .entry(t)
+            .or_insert_with(|| unsafe { static_cstr(pg_sys::GetBackendTypeDesc(t)) })
+            .map(Cow::Borrowed)
+    }
+
+    fn addr(&mut self, addr: RawAddr) -> Option<Name> {
+        let a = addr?;
+        Some(
+            self.addrs
+                .entry(a)
+                .or_insert_with(|| Name::from(addr_text(a)))
+                .clone(),
+        )
     }
 }
 
 /// Every backend, read once, as `visibility` allows.
 ///
-/// Reads the shared status array in place, entry by entry, copying only what is used — no
+/// Reads the shared status array in place, entry by entry, copying only the fields used — no
 /// per-call copy of every entry and query buffer as `pg_stat_activity` makes. Falls back to
 /// PostgreSQL's local snapshot if this process has no status entry of its own.
 pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let mut entries: Vec<Copied> = Vec::new();
+    let query_max = if extras.query {
+        unsafe { pg_sys::pgstat_track_activity_query_size }.max(1) as usize
+    } else {
+        0
+    };
+    let mut buf = Buffers {
+        app: [0; APPNAME_MAX],
+        query: vec![0; query_max],
+    };
+    let mut reader = Describer::new(visibility, extras);
     match shared_array() {
         Some((base, slots)) => {
             for i in 0..slots {
-                if let Some(c) = unsafe { copy_entry(base.add(i), extras.query) } {
-                    entries.push(c);
+                if let Some(raw) = unsafe { read_entry(base.add(i), &mut buf) } {
+                    reader.push(&raw, &buf);
                 }
             }
         }
@@ -267,80 +347,76 @@ pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
                 if local.is_null() {
                     continue;
                 }
-                let status = unsafe { (*local).backendStatus };
-                if status.st_procpid <= 0 {
-                    continue;
+                // the local copy's strings are NUL-terminated copies at least as long as read
+                if let Some(raw) = unsafe { read_entry(&(*local).backendStatus, &mut buf) } {
+                    reader.push(&raw, &buf);
                 }
-                let appname = unsafe { cstr(status.st_appname) };
-                let query = if extras.query {
-                    unsafe { cstr(status.st_activity_raw) }
-                } else {
-                    None
-                };
-                entries.push(Copied {
-                    status,
-                    appname,
-                    query,
-                });
             }
         }
     }
     Snapshot {
         now,
-        backends: describe(entries, visibility, extras),
+        backends: reader.backends,
     }
 }
 
-fn describe(entries: Vec<Copied>, visibility: Visibility, extras: Extras) -> Vec<Backend> {
-    let mut names = Names::default();
-    let me = unsafe { pg_sys::GetUserId() };
-    let sees_all = visibility == Visibility::All
-        || unsafe {
-            pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
-        };
-    let mut backends = Vec::with_capacity(entries.len());
-    for Copied {
-        status: be,
-        appname,
-        query,
-    } in entries
-    {
-        let (usename, is_superuser) = names.role(be.st_userid);
+/// Turns raw entries into the core's `Backend`s, applying `pg_stat_activity`'s visibility rule.
+struct Describer {
+    names: Names,
+    me: pg_sys::Oid,
+    sees_all: bool,
+    extras: Extras,
+    backends: Vec<Backend>,
+}
+
+impl Describer {
+    fn new(visibility: Visibility, extras: Extras) -> Self {
+        let me = unsafe { pg_sys::GetUserId() };
+        let sees_all = visibility == Visibility::All
+            || unsafe {
+                pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
+            };
+        Describer {
+            names: Names::default(),
+            me,
+            sees_all,
+            extras,
+            backends: Vec::with_capacity(unsafe { pg_sys::MaxBackends } as usize),
+        }
+    }
+
+    fn push(&mut self, be: &Raw, buf: &Buffers) {
+        let (usename, is_superuser) = self.names.role(be.user);
         let mut b = Backend {
-            pid: be.st_procpid,
-            datname: names.database(be.st_databaseid),
+            pid: be.pid,
+            datname: self.names.database(be.database),
             usename,
-            application_name: appname,
+            application_name: Some(self.names.app(&buf.app[..be.app_len])),
             is_superuser,
             ..Default::default()
         };
-        let permitted = sees_all
-            || *names
+        let me = self.me;
+        let permitted = self.sees_all
+            || *self
+                .names
                 .visible
-                .entry(be.st_userid)
-                .or_insert_with(|| unsafe { pg_sys::has_privs_of_role(me, be.st_userid) });
+                .entry(be.user)
+                .or_insert_with(|| unsafe { pg_sys::has_privs_of_role(me, be.user) });
         if !permitted {
             b.query = Some("<insufficient privilege>".into());
-            backends.push(b);
-            continue;
+            self.backends.push(b);
+            return;
         }
-        b.backend_type = unsafe {
-            if be.st_backendType == pg_sys::BackendType::B_BG_WORKER {
-                cstr(pg_sys::GetBackgroundWorkerTypeByPid(be.st_procpid)).map(Cow::Owned)
-            } else {
-                static_cstr(pg_sys::GetBackendTypeDesc(be.st_backendType)).map(Cow::Borrowed)
-            }
-        };
-        b.state = state_name(be.st_state);
-        b.backend_start = ts(be.st_proc_start_timestamp);
-        b.xact_start = ts(be.st_xact_start_timestamp);
-        b.query_start = ts(be.st_activity_start_timestamp);
-        b.state_change = ts(be.st_state_start_timestamp);
-        b.client_addr = client_addr(&be.st_clientaddr);
-        if extras.query {
-            b.query = query;
+        b.backend_type = self.names.backend_type(be.backend_type, be.pid);
+        b.state = state_name(be.state);
+        b.backend_start = ts(be.backend_start);
+        b.xact_start = ts(be.xact_start);
+        b.query_start = ts(be.query_start);
+        b.state_change = ts(be.state_change);
+        b.client_addr = self.names.addr(be.addr);
+        if self.extras.query {
+            b.query = Some(utf8_prefix(&buf.query[..be.query_len]).to_owned());
         }
-        backends.push(b);
+        self.backends.push(b);
     }
-    backends
 }

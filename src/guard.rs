@@ -3,7 +3,7 @@
 //! audit rows and log lines.
 
 use crate::core::policy::Target;
-use crate::core::session::{age_seconds, Micros};
+use crate::core::session::{age_seconds, Micros, Name};
 use crate::shared::{self, FixedText, TerminationRecord};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -120,10 +120,10 @@ fn act(
         } else {
             let rec: [DatumWithOid; 13] = [
                 b.pid.into(),
-                b.usename.clone().into(),
-                b.datname.clone().into(),
-                b.application_name.clone().into(),
-                b.client_addr.clone().into(),
+                b.usename.as_deref().into(),
+                b.datname.as_deref().into(),
+                b.application_name.as_deref().into(),
+                b.client_addr.as_deref().into(),
                 b.state.into(),
                 state_age.into(),
                 xact_age.into(),
@@ -197,7 +197,7 @@ fn remember(
         return;
     }
     let b = &t.backend;
-    let text = |s: &Option<String>| FixedText::from_opt(s.as_deref());
+    let text = |s: &Option<Name>| FixedText::from_opt(s.as_deref());
     let mut rec = TerminationRecord {
         at: now,
         pid: b.pid,

@@ -5,7 +5,7 @@
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
 
-use crate::core::session::{Backend, Snapshot};
+use crate::core::session::{owned, Backend, Snapshot};
 use crate::core::{analysis, blocking, health, leaks, utilization};
 use crate::snapshot::Extras;
 use crate::{guc, shared, snapshot};
@@ -192,8 +192,8 @@ fn blocking_inputs() -> (Vec<blocking::LockWait>, Snapshot) {
 fn describe(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> (Text, Text, Text, Text, Secs, Secs) {
     match by_pid.get(&pid) {
         Some(b) => (
-            b.usename.clone(),
-            b.application_name.clone(),
+            owned(&b.usename),
+            owned(&b.application_name),
             b.state.map(str::to_string),
             b.query.clone(),
             b.backend_type
@@ -236,7 +236,7 @@ fn blocking_pair_rows() -> TableIterator<
         .map(|p| {
             let w = &waits[p.wait];
             let (bu, ba, bs, bq, bage, bx) = describe(&snap, &by_pid, p.blocked_pid);
-            let datname = by_pid.get(&p.blocked_pid).and_then(|b| b.datname.clone());
+            let datname = by_pid.get(&p.blocked_pid).and_then(|b| owned(&b.datname));
             let wait = w
                 .wait_start
                 .or_else(|| by_pid.get(&p.blocked_pid).and_then(|b| b.state_change))

@@ -1,7 +1,7 @@
 //! `connection_analysis`: client connections grouped the way a DBA reads a pool.
 
+use super::fasthash::FastMap;
 use super::session::{Backend, Micros, Snapshot};
-use std::collections::HashMap;
 
 /// The grouping key: who connected, from where, to which database, and in what state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,6 +27,39 @@ pub struct ConnectionGroup {
     pub pids: Vec<i32>,
 }
 
+/// A group key borrowed from a backend: grouping hashes these, and the owned `GroupKey` is
+/// built once per group, not once per backend.
+pub(crate) type Borrowed<'b> = (
+    Option<&'b str>,
+    Option<&'b str>,
+    Option<&'b str>,
+    Option<&'b str>,
+    Option<&'b str>,
+);
+
+pub(crate) fn borrowed_key(b: &Backend, with_state: bool) -> Borrowed<'_> {
+    (
+        b.datname.as_deref(),
+        b.usename.as_deref(),
+        b.application_name.as_deref(),
+        b.client_addr.as_deref(),
+        if with_state { b.state } else { None },
+    )
+}
+
+pub(crate) fn owned_key(
+    (datname, usename, application_name, client_addr, state): Borrowed<'_>,
+) -> GroupKey {
+    let owned = |s: Option<&str>| s.map(str::to_string);
+    GroupKey {
+        datname: owned(datname),
+        usename: owned(usename),
+        application_name: owned(application_name),
+        client_addr: owned(client_addr),
+        state: owned(state),
+    }
+}
+
 /// Groups `backends` by (datname, usename, application_name, client_addr[, state]), with
 /// counts, ages and pids, largest and oldest groups first. Shared by `connection_analysis`
 /// (with state) and the leak rules (without).
@@ -35,57 +68,33 @@ pub(crate) fn group<'a>(
     backends: impl Iterator<Item = &'a Backend>,
     with_state: bool,
 ) -> Vec<ConnectionGroup> {
-    // keyed by borrowed strings: the owned key is built once per group, not once per backend
-    type Borrowed<'b> = (
-        Option<&'b str>,
-        Option<&'b str>,
-        Option<&'b str>,
-        Option<&'b str>,
-        Option<&'b str>,
-    );
-    let mut members: HashMap<Borrowed<'a>, Vec<&'a Backend>> = HashMap::new();
+    let mut members: FastMap<Borrowed<'a>, Vec<&'a Backend>> = FastMap::default();
     for b in backends {
-        let key = (
-            b.datname.as_deref(),
-            b.usename.as_deref(),
-            b.application_name.as_deref(),
-            b.client_addr.as_deref(),
-            if with_state { b.state } else { None },
-        );
-        members.entry(key).or_default().push(b);
+        members
+            .entry(borrowed_key(b, with_state))
+            .or_default()
+            .push(b);
     }
-    let owned = |s: Option<&str>| s.map(str::to_string);
     let mut groups: Vec<ConnectionGroup> = members
         .into_iter()
-        .map(
-            |((datname, usename, application_name, client_addr, state), mut bs)| {
-                let key = GroupKey {
-                    datname: owned(datname),
-                    usename: owned(usename),
-                    application_name: owned(application_name),
-                    client_addr: owned(client_addr),
-                    state: owned(state),
-                };
-                // oldest state_change first; pid breaks ties so the order is stable
-                bs.sort_by(|a, b| {
-                    b.state_age(now)
-                        .total_cmp(&a.state_age(now))
-                        .then(a.pid.cmp(&b.pid))
-                });
-                let ages: Vec<f64> = bs.iter().map(|b| b.state_age(now)).collect();
-                ConnectionGroup {
-                    key,
-                    connection_count: bs.len() as i64,
-                    avg_age_seconds: ages.iter().sum::<f64>() / ages.len() as f64,
-                    max_age_seconds: ages.iter().copied().fold(0.0, f64::max),
-                    oldest_xact_age_seconds: bs
-                        .iter()
-                        .filter_map(|b| b.xact_age(now))
-                        .reduce(f64::max),
-                    pids: bs.iter().map(|b| b.pid).collect(),
-                }
-            },
-        )
+        .map(|(key, bs)| {
+            // oldest state_change first; pid breaks ties so the order is stable
+            let mut aged: Vec<(f64, &Backend)> =
+                bs.iter().map(|b| (b.state_age(now), *b)).collect();
+            aged.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.pid.cmp(&b.1.pid)));
+            let n = aged.len();
+            ConnectionGroup {
+                key: owned_key(key),
+                connection_count: n as i64,
+                avg_age_seconds: aged.iter().map(|(a, _)| a).sum::<f64>() / n as f64,
+                max_age_seconds: aged.first().map_or(0.0, |(a, _)| *a),
+                oldest_xact_age_seconds: aged
+                    .iter()
+                    .filter_map(|(_, b)| b.xact_age(now))
+                    .reduce(f64::max),
+                pids: aged.iter().map(|(_, b)| b.pid).collect(),
+            }
+        })
         .collect();
     groups.sort_by(|a, b| {
         b.connection_count

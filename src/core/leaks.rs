@@ -1,7 +1,8 @@
 //! Connection-leak suspects: a client (database, user, application, address) holding idle
 //! sessions far longer than any healthy pool would.
 
-use super::analysis::{group, ConnectionGroup, GroupKey};
+use super::analysis::{borrowed_key, group, owned_key, Borrowed, ConnectionGroup, GroupKey};
+use super::fasthash::FastMap;
 use super::session::Snapshot;
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -70,16 +71,13 @@ pub fn suspects_with_trend(
 }
 
 /// Idle client sessions per (datname, usename, application_name, client_addr), now.
+/// Counted in one pass over borrowed keys (the worker samples this every naptime).
 pub fn idle_counts(snapshot: &Snapshot) -> HashMap<GroupKey, u32> {
-    let mut counts = HashMap::new();
-    for g in group(
-        snapshot.now,
-        snapshot.clients().filter(|b| b.has_state("idle")),
-        false,
-    ) {
-        counts.insert(g.key, g.connection_count as u32);
+    let mut counts: FastMap<Borrowed<'_>, u32> = FastMap::default();
+    for b in snapshot.clients().filter(|b| b.has_state("idle")) {
+        *counts.entry(borrowed_key(b, false)).or_default() += 1;
     }
-    counts
+    counts.into_iter().map(|(k, n)| (owned_key(k), n)).collect()
 }
 
 /// How a group's idle count moved over the recent samples.

@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod blocking;
+pub mod fasthash;
 pub mod health;
 pub mod leaks;
 pub mod patterns;

@@ -5,7 +5,7 @@
 //! further session can cross its timeout, so the worker can sleep exactly until then.
 
 use super::patterns::PatternList;
-use super::session::{Backend, Micros, Snapshot};
+use super::session::{Backend, Micros, Name, Snapshot};
 
 pub const IDLE: &str = "idle";
 pub const IDLE_IN_TRANSACTION: &str = "idle in transaction";
@@ -81,7 +81,7 @@ impl Scope {
         if b.is_superuser != Some(false) && !self.terminate_superusers {
             return Some(Protection::Superuser);
         }
-        fn s(v: &Option<String>) -> &str {
+        fn s(v: &Option<Name>) -> &str {
             v.as_deref().unwrap_or("")
         }
         if !self.exclude_databases.is_empty() && self.exclude_databases.matches(s(&b.datname)) {
@@ -343,7 +343,7 @@ mod tests {
         let mut batch = client(2, "idle", 10_000);
         batch.application_name = Some("batch-7".into());
         let mut no_app = client(3, "idle", 10_000);
-        no_app.application_name = Some(String::new());
+        no_app.application_name = Some("".into());
         let snap = snapshot(vec![client(1, "idle", 10_000), batch, no_app]);
         let mut pol = policy();
         pol.scope.include_applications = PatternList::parse("batch-*").unwrap();

@@ -1,6 +1,12 @@
 //! The plain-data picture of the server's backends that every view and rule works from.
 
 use std::borrow::Cow;
+use std::rc::Rc;
+
+/// A name many sessions share (database, role, application, client address): read once per
+/// distinct value and shared, so a snapshot of thousands of sessions of one pool allocates a
+/// handful of strings, not thousands.
+pub type Name = Rc<str>;
 
 /// A PostgreSQL `timestamptz`: microseconds since 2000-01-01 00:00:00 UTC.
 pub type Micros = i64;
@@ -15,10 +21,10 @@ pub const CLIENT_BACKEND: &str = "client backend";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Backend {
     pub pid: i32,
-    pub datname: Option<String>,
-    pub usename: Option<String>,
-    pub application_name: Option<String>,
-    pub client_addr: Option<String>,
+    pub datname: Option<Name>,
+    pub usename: Option<Name>,
+    pub application_name: Option<Name>,
+    pub client_addr: Option<Name>,
     /// `None` when hidden. Usually a static name; a background worker's type is its own.
     pub backend_type: Option<Cow<'static, str>>,
     /// One of PostgreSQL's fixed state names (`active`, `idle`, ...).
@@ -57,6 +63,11 @@ impl Backend {
     pub fn has_state(&self, state: &str) -> bool {
         self.state == Some(state)
     }
+}
+
+/// An owned copy of a shared name, for a result row.
+pub fn owned(n: &Option<Name>) -> Option<String> {
+    n.as_deref().map(str::to_owned)
 }
 
 /// Every backend, read at one moment.
