@@ -108,7 +108,7 @@ fn addr_text((family, b): (u16, [u8; 16])) -> String {
     }
 }
 
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+#[cfg(any(feature = "pg15", feature = "pg16"))]
 unsafe fn local_entry(i: i32) -> *mut pg_sys::LocalPgBackendStatus {
     unsafe { pg_sys::pgstat_fetch_stat_local_beentry(i) }
 }
@@ -127,7 +127,7 @@ fn shared_array() -> Option<(*const pg_sys::PgBackendStatus, usize)> {
         if mine.is_null() {
             return None;
         }
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
         let (index, aux) = (
             pg_sys::MyBackendId as isize - 1,
             pg_sys::AuxProcType::NUM_AUXPROCTYPES as usize,

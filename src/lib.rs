@@ -16,10 +16,14 @@ pub mod core;
 mod guard;
 mod guc;
 mod locks;
+mod rows;
 mod shared;
 mod snapshot;
 mod views;
 mod worker;
+
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+compile_error!("dbconn_guard needs PostgreSQL 15 or later (it fills result sets with InitMaterializedSRF)");
 
 ::pgrx::pg_module_magic!();
 

@@ -13,6 +13,7 @@
 //! The integration tests and the benchmark check the result against `pg_blocking_pids()` itself.
 
 use crate::core::blocking::{blockers_on, LockHolder, LockQueue, LockWait};
+use crate::core::fasthash::FastMap;
 use pgrx::pg_sys;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CStr;
@@ -207,17 +208,21 @@ pub fn lock_waits() -> Vec<LockWait> {
             queue: read.ahead.iter().copied().chain([last]).collect(),
             conflicts: conflicts_of(&tag),
         };
+        // the same for every waiter of this lock
+        let (locktype, relation) = (locktype_name(&tag), relation_name(&tag));
+        let instance_of: FastMap<i32, &pg_sys::LockInstanceData> =
+            read.instances.iter().map(|i| (i.pid, i)).collect();
         for (pid, blockers) in blockers_on(&queue) {
-            let inst = read.instances.iter().find(|i| i.pid == pid);
+            let inst = instance_of.get(&pid);
             leader_of.insert(pid, inst.map_or(pid, |i| i.leaderPid));
             direct.insert(
                 pid,
                 LockWait {
                     pid,
                     blocked_by: blockers,
-                    locktype: locktype_name(&tag),
+                    locktype: locktype.clone(),
                     mode: inst.and_then(|i| mode_name(&tag, i.waitLockMode)),
-                    relation: relation_name(&tag),
+                    relation: relation.clone(),
                     wait_start: wait_start_of.get(&pid).copied(),
                 },
             );

@@ -34,7 +34,7 @@ pub fn lock_waits() -> Vec<LockWait> {
 
 /// The server's connection limits, from its settings.
 pub fn limits() -> Limits {
-    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    #[cfg(feature = "pg15")]
     let (superuser_reserved, reserved) = (unsafe { pg_sys::ReservedBackends }, None);
     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
     let (superuser_reserved, reserved) = unsafe {

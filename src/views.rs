@@ -5,8 +5,10 @@
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
 
+use crate::core::fasthash::FastMap;
 use crate::core::session::{owned, Backend, Snapshot};
 use crate::core::{analysis, blocking, health, leaks, utilization};
+use crate::rows::{self, Cell};
 use crate::snapshot::Extras;
 use crate::{guc, shared, snapshot};
 use pgrx::prelude::*;
@@ -205,69 +207,140 @@ fn describe(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> (Text, Text, Text, Tex
     }
 }
 
-#[pg_extern(name = "_blocking_pairs")]
-fn blocking_pair_rows() -> TableIterator<
-    'static,
-    (
-        name!(blocked_pid, i32),
-        name!(blocked_user, Text),
-        name!(blocked_application, Text),
-        name!(blocked_datname, Text),
-        name!(blocked_state, Text),
-        name!(blocked_wait_seconds, Secs),
-        name!(blocked_xact_age_seconds, Secs),
-        name!(blocked_query, Text),
-        name!(blocking_pid, i32),
-        name!(blocking_user, Text),
-        name!(blocking_application, Text),
-        name!(blocking_state, Text),
-        name!(blocking_state_age_seconds, Secs),
-        name!(blocking_xact_age_seconds, Secs),
-        name!(blocking_query, Text),
-        name!(locktype, Text),
-        name!(mode, Text),
-        name!(relation, Text),
-    ),
-> {
+/// The cells `blocking_pairs` shows of one backend, built once however many pairs it is in.
+struct SideCells {
+    user: Cell,
+    application: Cell,
+    datname: Cell,
+    state: Cell,
+    query: Cell,
+    state_age: Cell,
+    xact_age: Cell,
+    state_change: Option<crate::core::session::Micros>,
+}
+
+fn side_cells(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> SideCells {
+    let Some(b) = by_pid.get(&pid) else {
+        return SideCells {
+            user: None,
+            application: None,
+            datname: None,
+            state: None,
+            query: None,
+            state_age: None,
+            xact_age: None,
+            state_change: None,
+        };
+    };
+    SideCells {
+        user: rows::text(b.usename.as_deref()),
+        application: rows::text(b.application_name.as_deref()),
+        datname: rows::text(b.datname.as_deref()),
+        state: rows::text(b.state),
+        query: rows::text(b.query.as_deref()),
+        state_age: rows::float8(
+            b.backend_type
+                .as_ref()
+                .map(|_| round2(b.state_age(snap.now))),
+        ),
+        xact_age: rows::float8(b.xact_age(snap.now).map(round2)),
+        state_change: b.state_change,
+    }
+}
+
+/// Rows of the `blocking_pairs` view (declared in SQL below): every (blocked, blocking) pair.
+///
+/// Filled in one call into the executor's tuplestore, each backend's and each lock's text
+/// converted once (a queue of 1000 alternating shared and exclusive requests has 375,750 pairs;
+/// BENCHMARKS.md, section 4).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn dbconn_guard_blocking_pairs(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 18) };
     let (waits, snap) = blocking_inputs();
     let by_pid = snap.index();
-    let rows: Vec<_> = blocking::pairs(&waits)
-        .into_iter()
-        .map(|p| {
+    // every pid on either side of a pair: the waiters and what blocks them
+    let mut sides: FastMap<i32, SideCells> = FastMap::default();
+    for w in &waits {
+        for pid in std::iter::once(w.pid).chain(w.blocked_by.iter().copied()) {
+            sides
+                .entry(pid)
+                .or_insert_with(|| side_cells(&snap, &by_pid, pid));
+        }
+    }
+    // per wait: (locktype, mode, relation, wait seconds), built at its first pair
+    let mut lock_cells: Vec<Option<[Cell; 4]>> = vec![None; waits.len()];
+    for p in blocking::pairs(&waits) {
+        let b = &sides[&p.blocked_pid];
+        let k = &sides[&p.blocking_pid];
+        let [locktype, mode, relation, wait] = *lock_cells[p.wait].get_or_insert_with(|| {
             let w = &waits[p.wait];
-            let (bu, ba, bs, bq, bage, bx) = describe(&snap, &by_pid, p.blocked_pid);
-            let datname = by_pid.get(&p.blocked_pid).and_then(|b| owned(&b.datname));
             let wait = w
                 .wait_start
-                .or_else(|| by_pid.get(&p.blocked_pid).and_then(|b| b.state_change))
+                .or(b.state_change)
                 .and_then(|t| crate::core::session::age_seconds(snap.now, Some(t)))
-                .map(round2)
-                .or(bage);
-            let (ku, ka, ks, kq, kage, kx) = describe(&snap, &by_pid, p.blocking_pid);
-            (
-                p.blocked_pid,
-                bu,
-                ba,
-                datname,
-                bs,
-                wait,
-                bx,
-                bq,
-                p.blocking_pid,
-                ku,
-                ka,
-                ks,
-                kage,
-                kx,
-                kq,
-                w.locktype.clone(),
-                w.mode.clone(),
-                w.relation.clone(),
-            )
-        })
-        .collect();
-    TableIterator::new(rows)
+                .map(round2);
+            [
+                rows::text(w.locktype.as_deref()),
+                rows::text(w.mode.as_deref()),
+                rows::text(w.relation.as_deref()),
+                rows::float8(wait).or(b.state_age),
+            ]
+        });
+        out.push(&[
+            rows::int4(p.blocked_pid),
+            b.user,
+            b.application,
+            b.datname,
+            b.state,
+            wait,
+            b.xact_age,
+            b.query,
+            rows::int4(p.blocking_pid),
+            k.user,
+            k.application,
+            k.state,
+            k.state_age,
+            k.xact_age,
+            k.query,
+            locktype,
+            mode,
+            relation,
+        ]);
+    }
+    pg_sys::Datum::from(0)
 }
+rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_pairs);
+
+extension_sql!(
+    r#"
+CREATE FUNCTION _blocking_pairs(
+    OUT blocked_pid integer,
+    OUT blocked_user text,
+    OUT blocked_application text,
+    OUT blocked_datname text,
+    OUT blocked_state text,
+    OUT blocked_wait_seconds double precision,
+    OUT blocked_xact_age_seconds double precision,
+    OUT blocked_query text,
+    OUT blocking_pid integer,
+    OUT blocking_user text,
+    OUT blocking_application text,
+    OUT blocking_state text,
+    OUT blocking_state_age_seconds double precision,
+    OUT blocking_xact_age_seconds double precision,
+    OUT blocking_query text,
+    OUT locktype text,
+    OUT mode text,
+    OUT relation text)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_pairs';
+"#,
+    name = "blocking_pairs_function"
+);
 
 /// Every waiting backend traced to the root blocker(s) of its lock chain.
 #[pg_extern]

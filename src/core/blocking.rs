@@ -4,6 +4,7 @@
 //! blocks (a waiter queued behind another waiter whose request conflicts) and reports parallel
 //! workers under their leader's pid. Nothing here re-derives lock conflicts.
 
+use super::fasthash::FastMap;
 use super::session::Micros;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -48,7 +49,7 @@ pub struct LockQueue {
 /// entry waiting, ahead in the queue, for a conflicting mode; an entry never blocks itself nor
 /// a member of its own lock group; blockers are named by their group leader's pid.
 pub fn blockers_on(q: &LockQueue) -> Vec<(i32, Vec<i32>)> {
-    let position: HashMap<i32, usize> = q.queue.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    let position: FastMap<i32, usize> = q.queue.iter().enumerate().map(|(i, p)| (*p, i)).collect();
     let mut out = Vec::new();
     for (wi, w) in q
         .instances
@@ -94,30 +95,26 @@ pub struct Pair {
 /// Every distinct (blocked, blocking) pair, ordered by blocked pid then blocking pid.
 /// A pid listed twice (parallel groups) yields one pair; a waiter never blocks itself.
 pub fn pairs(waits: &[LockWait]) -> Vec<Pair> {
-    let mut seen = BTreeSet::new();
+    let mut all: Vec<Pair> = Vec::with_capacity(waits.iter().map(|w| w.blocked_by.len()).sum());
     for (i, w) in waits.iter().enumerate() {
-        for &b in &w.blocked_by {
-            if b != w.pid {
-                seen.insert((w.pid, b, i));
-            }
-        }
+        let start = all.len();
+        all.extend(w.blocked_by.iter().filter(|&&b| b != w.pid).map(|&b| Pair {
+            blocked_pid: w.pid,
+            blocking_pid: b,
+            wait: i,
+        }));
+        all[start..].sort_unstable();
     }
-    // one pid may (with parallel workers) appear in two LockWait rows: keep the first row
-    let mut out: Vec<Pair> = Vec::with_capacity(seen.len());
-    for (blocked_pid, blocking_pid, wait) in seen {
-        if out
-            .last()
-            .is_some_and(|p: &Pair| p.blocked_pid == blocked_pid && p.blocking_pid == blocking_pid)
-        {
-            continue;
-        }
-        out.push(Pair {
-            blocked_pid,
-            blocking_pid,
-            wait,
-        });
+    // waits come in pid order (then the pieces are already in order); otherwise, or when one
+    // pid (with parallel workers) has two LockWait rows, sort the whole
+    if !all.is_sorted() {
+        all.sort_unstable();
     }
-    out
+    // a blocker may be listed twice, and a pid may have two rows: keep the first of each pair
+    all.dedup_by(|next, kept| {
+        next.blocked_pid == kept.blocked_pid && next.blocking_pid == kept.blocking_pid
+    });
+    all
 }
 
 /// A waiting backend traced to one root blocker.
@@ -243,6 +240,22 @@ mod tests {
         let waits = [w(30, &[10, 20, 10]), w(20, &[10]), w(40, &[40])];
         assert_eq!(pair_ids(&pairs(&waits)), vec![(20, 10), (30, 10), (30, 20)]);
         assert_eq!(pairs(&waits)[0].wait, 1);
+    }
+
+    #[test]
+    fn pairs_from_waits_in_pid_order_and_a_pid_with_two_rows() {
+        // in pid order: each waiter's blockers are sorted in place, no global sort
+        let ordered = [w(20, &[15, 10]), w(30, &[20, 10, 25])];
+        assert_eq!(
+            pair_ids(&pairs(&ordered)),
+            vec![(20, 10), (20, 15), (30, 10), (30, 20), (30, 25)]
+        );
+        // a parallel group's pid in two rows (lock waits of leader and worker): one pair each,
+        // from the first row
+        let twice = [w(30, &[20]), w(30, &[20, 10])];
+        let ps = pairs(&twice);
+        assert_eq!(pair_ids(&ps), vec![(30, 10), (30, 20)]);
+        assert_eq!(ps[1].wait, 0);
     }
 
     // PostgreSQL's table-lock conflict matrix (lock.c): modes 1..=8 =
