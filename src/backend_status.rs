@@ -242,16 +242,47 @@ fn utf8_prefix(bytes: &[u8]) -> &str {
     }
 }
 
+/// A per-read cache with its last hit kept in front: sessions of one pool come in runs with the
+/// same database, role and address, so most look-ups end at one comparison, not a hash.
+struct Memo<K, V> {
+    last: Option<(K, V)>,
+    map: FastMap<K, V>,
+}
+
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo {
+            last: None,
+            map: FastMap::default(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V: Clone> Memo<K, V> {
+    fn get(&mut self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some((k, v)) = &self.last {
+            if *k == key {
+                return v.clone();
+            }
+        }
+        let v = self.map.entry(key).or_insert_with(make).clone();
+        self.last = Some((key, v.clone()));
+        v
+    }
+}
+
 /// Per-read caches: each distinct database, role, application name and client address is
 /// looked up (or formatted) once and shared by every session that has it.
 #[derive(Default)]
 struct Names {
-    databases: FastMap<pg_sys::Oid, Option<Name>>,
-    roles: FastMap<pg_sys::Oid, (Option<Name>, bool)>,
-    visible: FastMap<pg_sys::Oid, bool>,
+    databases: Memo<pg_sys::Oid, Option<Name>>,
+    roles: Memo<pg_sys::Oid, (Option<Name>, bool)>,
+    visible: Memo<pg_sys::Oid, bool>,
+    /// by the name's bytes; the last one compared first
     apps: FastMap<Box<[u8]>, Name>,
-    addrs: FastMap<(u16, [u8; 16]), Name>,
-    backend_types: FastMap<pg_sys::BackendType::Type, Option<&'static str>>,
+    last_app: Option<Name>,
+    addrs: Memo<(u16, [u8; 16]), Name>,
+    backend_types: Memo<pg_sys::BackendType::Type, Option<&'static str>>,
 }
 
 impl Names {
@@ -259,10 +290,9 @@ impl Names {
         if oid == pg_sys::InvalidOid {
             return None;
         }
-        self.databases
-            .entry(oid)
-            .or_insert_with(|| unsafe { cstr(pg_sys::get_database_name(oid)) }.map(Name::from))
-            .clone()
+        self.databases.get(oid, || {
+            unsafe { cstr(pg_sys::get_database_name(oid)) }.map(Name::from)
+        })
     }
 
     /// (name, is superuser)
@@ -270,21 +300,33 @@ impl Names {
         if oid == pg_sys::InvalidOid {
             return (None, None);
         }
-        let (name, su) = self.roles.entry(oid).or_insert_with(|| unsafe {
+        let (name, su) = self.roles.get(oid, || unsafe {
             (
                 cstr(pg_sys::GetUserNameFromId(oid, true)).map(Name::from),
                 pg_sys::superuser_arg(oid),
             )
         });
-        (name.clone(), Some(*su))
+        (name, Some(su))
     }
 
     fn app(&mut self, bytes: &[u8]) -> Name {
-        if let Some(n) = self.apps.get(bytes) {
-            return n.clone();
+        if let Some(last) = &self.last_app {
+            if last.as_bytes() == bytes {
+                return last.clone();
+            }
         }
-        let n = Name::from(utf8_prefix(bytes));
-        self.apps.insert(bytes.into(), n.clone());
+        let n = match self.apps.get(bytes) {
+            Some(n) => n.clone(),
+            None => {
+                let n = Name::from(utf8_prefix(bytes));
+                self.apps.insert(bytes.into(), n.clone());
+                n
+            }
+        };
+        // a name cut inside a multibyte character is shorter than its bytes: compare by map
+        if n.len() == bytes.len() {
+            self.last_app = Some(n.clone());
+        }
         n
     }
 
@@ -298,19 +340,13 @@ impl Names {
             return unsafe { cstr(pg_sys::GetBackgroundWorkerTypeByPid(pid)) }.map(Cow::Owned);
         }
         self.backend_types
-            .entry(t)
-            .or_insert_with(|| unsafe { static_cstr(pg_sys::GetBackendTypeDesc(t)) })
+            .get(t, || unsafe { static_cstr(pg_sys::GetBackendTypeDesc(t)) })
             .map(Cow::Borrowed)
     }
 
     fn addr(&mut self, addr: RawAddr) -> Option<Name> {
         let a = addr?;
-        Some(
-            self.addrs
-                .entry(a)
-                .or_insert_with(|| Name::from(addr_text(a)))
-                .clone(),
-        )
+        Some(self.addrs.get(a, || Name::from(addr_text(a))))
     }
 }
 
@@ -396,12 +432,12 @@ impl Describer {
             ..Default::default()
         };
         let me = self.me;
+        let user = be.user;
         let permitted = self.sees_all
-            || *self
+            || self
                 .names
                 .visible
-                .entry(be.user)
-                .or_insert_with(|| unsafe { pg_sys::has_privs_of_role(me, be.user) });
+                .get(user, || unsafe { pg_sys::has_privs_of_role(me, user) });
         if !permitted {
             b.query = Some("<insufficient privilege>".into());
             self.backends.push(b);

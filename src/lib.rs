@@ -23,7 +23,9 @@ mod views;
 mod worker;
 
 #[cfg(any(feature = "pg13", feature = "pg14"))]
-compile_error!("dbconn_guard needs PostgreSQL 15 or later (it fills result sets with InitMaterializedSRF)");
+compile_error!(
+    "dbconn_guard needs PostgreSQL 15 or later (it fills result sets with InitMaterializedSRF)"
+);
 
 ::pgrx::pg_module_magic!();
 

@@ -50,9 +50,15 @@ pub fn limits() -> Limits {
     }
 }
 
-/// Does the extension exist in the current database?
+/// Is the extension installed in the current database? Checked through the catalog caches:
+/// its schema and its audit table (created with it, dropped with it) — the worker's check runs
+/// every cycle, and a `pg_extension` scan cost more than reading 2000 sessions' status.
 pub fn extension_exists() -> bool {
-    unsafe { pg_sys::get_extension_oid(c"dbconn_guard".as_ptr(), true) != pg_sys::InvalidOid }
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"dbconn_guard".as_ptr(), true);
+        ns != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"terminations".as_ptr(), ns) != pg_sys::InvalidOid
+    }
 }
 
 /// The first column of the first row of a read-only query, `None` for no row or NULL.
