@@ -423,14 +423,8 @@ impl Describer {
 
     fn push(&mut self, be: &Raw, buf: &Buffers) {
         let (usename, is_superuser) = self.names.role(be.user);
-        let mut b = Backend {
-            pid: be.pid,
-            datname: self.names.database(be.database),
-            usename,
-            application_name: Some(self.names.app(&buf.app[..be.app_len])),
-            is_superuser,
-            ..Default::default()
-        };
+        let datname = self.names.database(be.database);
+        let application_name = Some(self.names.app(&buf.app[..be.app_len]));
         let me = self.me;
         let user = be.user;
         let permitted = self.sees_all
@@ -439,20 +433,35 @@ impl Describer {
                 .visible
                 .get(user, || unsafe { pg_sys::has_privs_of_role(me, user) });
         if !permitted {
-            b.query = Some("<insufficient privilege>".into());
-            self.backends.push(b);
+            self.backends.push(Backend {
+                pid: be.pid,
+                datname,
+                usename,
+                application_name,
+                is_superuser,
+                query: Some("<insufficient privilege>".into()),
+                ..Default::default()
+            });
             return;
         }
-        b.backend_type = self.names.backend_type(be.backend_type, be.pid);
-        b.state = state_name(be.state);
-        b.backend_start = ts(be.backend_start);
-        b.xact_start = ts(be.xact_start);
-        b.query_start = ts(be.query_start);
-        b.state_change = ts(be.state_change);
-        b.client_addr = self.names.addr(be.addr);
-        if self.extras.query {
-            b.query = Some(utf8_prefix(&buf.query[..be.query_len]).to_owned());
-        }
-        self.backends.push(b);
+        // built in place: one move of the finished record, not a record patched field by field
+        self.backends.push(Backend {
+            pid: be.pid,
+            datname,
+            usename,
+            application_name,
+            client_addr: self.names.addr(be.addr),
+            backend_type: self.names.backend_type(be.backend_type, be.pid),
+            state: state_name(be.state),
+            backend_start: ts(be.backend_start),
+            xact_start: ts(be.xact_start),
+            query_start: ts(be.query_start),
+            state_change: ts(be.state_change),
+            query: self
+                .extras
+                .query
+                .then(|| utf8_prefix(&buf.query[..be.query_len]).to_owned()),
+            is_superuser,
+        });
     }
 }

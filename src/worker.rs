@@ -212,7 +212,7 @@ fn check(state: &mut State, pol: &policy::Policy) -> CycleReport {
 
     let snap = snapshot::activity_all();
     let util = utilization::utilization(&snap, snapshot::limits());
-    report.examined = snap.clients().count() as i64;
+    report.examined = util.client_backends;
 
     // forget sessions that are gone
     if !state.acted.is_empty() {

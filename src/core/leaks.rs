@@ -3,8 +3,9 @@
 
 use super::analysis::{borrowed_key, group, owned_key, Borrowed, ConnectionGroup, GroupKey};
 use super::fasthash::FastMap;
-use super::session::Snapshot;
+use super::session::{Backend, Name, Snapshot};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 
 /// A group of idle client sessions older than the leak threshold.
 pub type LeakSuspect = ConnectionGroup;
@@ -71,13 +72,42 @@ pub fn suspects_with_trend(
 }
 
 /// Idle client sessions per (datname, usename, application_name, client_addr), now.
-/// Counted in one pass over borrowed keys (the worker samples this every naptime).
+/// Counted in one pass, in runs of sessions with the same key (a pool's sessions mostly sit
+/// side by side, and share their names, so a run continues on a pointer comparison): the
+/// worker samples this every naptime.
 pub fn idle_counts(snapshot: &Snapshot) -> HashMap<GroupKey, u32> {
     let mut counts: FastMap<Borrowed<'_>, u32> = FastMap::default();
+    let mut run: Option<(&Backend, u32)> = None;
     for b in snapshot.clients().filter(|b| b.has_state("idle")) {
-        *counts.entry(borrowed_key(b, false)).or_default() += 1;
+        match &mut run {
+            Some((first, n)) if same_client(first, b) => *n += 1,
+            _ => {
+                if let Some((first, n)) = run.replace((b, 1)) {
+                    *counts.entry(borrowed_key(first, false)).or_default() += n;
+                }
+            }
+        }
+    }
+    if let Some((first, n)) = run {
+        *counts.entry(borrowed_key(first, false)).or_default() += n;
     }
     counts.into_iter().map(|(k, n)| (owned_key(k), n)).collect()
+}
+
+/// Same (datname, usename, application_name, client_addr)? Shared names compare by pointer
+/// first.
+fn same_client(a: &Backend, b: &Backend) -> bool {
+    fn same(x: &Option<Name>, y: &Option<Name>) -> bool {
+        match (x, y) {
+            (Some(x), Some(y)) => Rc::ptr_eq(x, y) || x == y,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    same(&a.datname, &b.datname)
+        && same(&a.usename, &b.usename)
+        && same(&a.application_name, &b.application_name)
+        && same(&a.client_addr, &b.client_addr)
 }
 
 /// How a group's idle count moved over the recent samples.
@@ -247,6 +277,34 @@ pub fn group_hash(key: &GroupKey) -> u64 {
 mod tests {
     use super::*;
     use crate::core::session::fixtures::*;
+
+    #[test]
+    fn idle_counts_count_interleaved_runs_and_equal_names_of_separate_reads() {
+        let mut other = client(3, "idle", 5);
+        other.application_name = Some("batch".into());
+        // same text, a different allocation: still the same group
+        let mut copy = client(5, "idle", 5);
+        copy.application_name = Some(String::from("api").into());
+        let snap = snapshot(vec![
+            client(1, "idle", 5),
+            client(2, "idle", 5),
+            other,
+            client(4, "active", 5),
+            copy,
+            client(6, "idle in transaction", 5),
+            client(7, "idle", 5),
+        ]);
+        let counts = idle_counts(&snap);
+        let of = |app: &str| {
+            counts
+                .iter()
+                .find(|(k, _)| k.application_name.as_deref() == Some(app))
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert_eq!(of("api"), Some(4));
+        assert_eq!(of("batch"), Some(1));
+    }
 
     #[test]
     fn only_idle_sessions_past_the_threshold_count() {
