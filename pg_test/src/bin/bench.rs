@@ -395,6 +395,10 @@ fn collect_worker_latency(
 fn blocking(ctx: &mut Ctx, scales: &[usize]) {
     let a = &mut ctx.admin;
     a.batch_execute("DROP TABLE IF EXISTS bench_lock; CREATE TABLE bench_lock (id int); GRANT ALL ON bench_lock TO bench_app").unwrap();
+    let most_chains = scales.iter().max().map_or(1, |w| (w / 10).max(1));
+    for i in 0..most_chains {
+        a.batch_execute(&format!("DROP TABLE IF EXISTS bench_chain_{i}; CREATE TABLE bench_chain_{i} (id int); GRANT ALL ON bench_chain_{i} TO bench_app")).unwrap();
+    }
     let mut t = String::from(
         "| waiters | queue | pairs | `blocking_pairs` (ms) | `blocking_chains()` (ms) | seed pg_locks self-join (ms) | `pg_blocking_pids()` per waiter (ms) | the same with both sides described (ms) | seed / view | view / pg_blocking_pids | view / described |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -408,7 +412,29 @@ fn blocking(ctx: &mut Ctx, scales: &[usize]) {
                 (c, p)
             };
             let mut waiters = Vec::new();
-            for i in 0..w {
+            // the pile-up of the issue: one root, the rest waiting, plus chains — W/10 waiters
+            // each hold a table of their own that one more session waits for (depth 2)
+            let chains = if mixed { 0 } else { (w / 10).max(1) };
+            for i in 0..chains {
+                waiters.push(in_background_as(
+                    "bench_app",
+                    "bench_chain_head",
+                    &format!("BEGIN; LOCK TABLE bench_chain_{i} IN ACCESS EXCLUSIVE MODE; SELECT count(*) FROM bench_lock; COMMIT"),
+                ));
+            }
+            let heads: Vec<i32> = waiters.iter().map(|(p, _)| *p).collect();
+            if !heads.is_empty() {
+                // each head holds its table once it waits for the root's
+                wait_for_lock_waits(a, &heads);
+            }
+            for i in 0..chains {
+                waiters.push(in_background_as(
+                    "bench_app",
+                    "bench_chain_tail",
+                    &format!("SELECT count(*) FROM bench_chain_{i}"),
+                ));
+            }
+            for i in waiters.len()..w {
                 let sql = if mixed && i % 2 == 1 {
                     "BEGIN; LOCK TABLE bench_lock IN ACCESS EXCLUSIVE MODE; COMMIT"
                 } else {
@@ -462,7 +488,7 @@ fn blocking(ctx: &mut Ctx, scales: &[usize]) {
             let queue = if mixed {
                 "shared and exclusive alternating (soft blocks)"
             } else {
-                "all shared behind one exclusive"
+                "one root, shared waiters, and W/10 chains of depth 2"
             };
             writeln!(t, "| {w} | {queue} | {} | {view:.2} | {chains:.2} | {seed:.2} | {pbp:.2} | {described:.2} | {:.1}× | {:.2}× | {:.2}× |", ours.len(), seed / view, view / pbp, view / described).unwrap();
             println!("blocking at {w} waiters ({queue}): {} pairs; view {view:.2} ms, chains {chains:.2}, seed {seed:.2}, pg_blocking_pids {pbp:.2}, described {described:.2}", ours.len());
@@ -472,7 +498,7 @@ fn blocking(ctx: &mut Ctx, scales: &[usize]) {
             }
         }
     }
-    writeln!(ctx.out, "## 4. Blocking views under long lock queues\n\nOne session holds `ACCESS EXCLUSIVE` on a table; W sessions queue behind it. Every run first checks that `blocking_pairs` holds exactly the pairs of `pg_blocking_pids()` (a mismatch fails the run). Medians of 15 runs (5 at 1000 waiters, 3 for the seed query there). Targets at W = 1000: ≥ 20× faster than the seed query, no slower than `pg_blocking_pids()` per waiter. That baseline returns two integers per pair; the column after it returns what `blocking_pairs` shows (both sides' user, application, state, ages and query, and the lock) from `pg_stat_activity` and `pg_locks`.\n\n{t}").unwrap();
+    writeln!(ctx.out, "## 4. Blocking views under long lock queues\n\nOne session holds `ACCESS EXCLUSIVE` on a table; W sessions queue behind it: either the pile-up of the issue — shared requests, plus W/10 chains (a waiter holding a table of its own that one more session waits for) — or, as a stress shape, shared and exclusive requests alternating, where every exclusive request soft-blocks everything queued behind it (about 3W²/8 pairs). Every run first checks that `blocking_pairs` holds exactly the pairs of `pg_blocking_pids()` (a mismatch fails the run). Medians of 15 runs (5 at 1000 waiters, 3 for the seed query there). Targets at W = 1000: ≥ 20× faster than the seed query, no slower than `pg_blocking_pids()` per waiter. That baseline returns two integers per pair; the column after it returns what `blocking_pairs` shows (both sides' user, application, state, ages and query, and the lock) from `pg_stat_activity` and `pg_locks`.\n\n{t}").unwrap();
 }
 
 fn rss_anon_kb(pid: i32) -> i64 {
