@@ -190,24 +190,37 @@ fn blocking_inputs() -> (Vec<blocking::LockWait>, Snapshot) {
     (waits, snapshot::activity(Extras { query: true }))
 }
 
+/// (state age, transaction age) of a backend, rounded; the state age only when its state is
+/// visible to the caller.
+fn ages(snap: &Snapshot, b: &Backend) -> (Secs, Secs) {
+    (
+        b.backend_type
+            .as_ref()
+            .map(|_| round2(b.state_age(snap.now))),
+        b.xact_age(snap.now).map(round2),
+    )
+}
+
 /// (user, application, state, query, state age, transaction age) of a pid, as the caller sees it.
 fn describe(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> (Text, Text, Text, Text, Secs, Secs) {
     match by_pid.get(&pid) {
-        Some(b) => (
-            owned(&b.usename),
-            owned(&b.application_name),
-            b.state.map(str::to_string),
-            b.query.clone(),
-            b.backend_type
-                .as_ref()
-                .map(|_| round2(b.state_age(snap.now))),
-            b.xact_age(snap.now).map(round2),
-        ),
+        Some(b) => {
+            let (state_age, xact_age) = ages(snap, b);
+            (
+                owned(&b.usename),
+                owned(&b.application_name),
+                b.state.map(str::to_string),
+                b.query.clone(),
+                state_age,
+                xact_age,
+            )
+        }
         None => (None, None, None, None, None, None),
     }
 }
 
 /// The cells `blocking_pairs` shows of one backend, built once however many pairs it is in.
+#[derive(Default)]
 struct SideCells {
     user: Cell,
     application: Cell,
@@ -221,29 +234,17 @@ struct SideCells {
 
 fn side_cells(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> SideCells {
     let Some(b) = by_pid.get(&pid) else {
-        return SideCells {
-            user: None,
-            application: None,
-            datname: None,
-            state: None,
-            query: None,
-            state_age: None,
-            xact_age: None,
-            state_change: None,
-        };
+        return SideCells::default();
     };
+    let (state_age, xact_age) = ages(snap, b);
     SideCells {
         user: rows::text(b.usename.as_deref()),
         application: rows::text(b.application_name.as_deref()),
         datname: rows::text(b.datname.as_deref()),
         state: rows::text(b.state),
         query: rows::text(b.query.as_deref()),
-        state_age: rows::float8(
-            b.backend_type
-                .as_ref()
-                .map(|_| round2(b.state_age(snap.now))),
-        ),
-        xact_age: rows::float8(b.xact_age(snap.now).map(round2)),
+        state_age: rows::float8(state_age),
+        xact_age: rows::float8(xact_age),
         state_change: b.state_change,
     }
 }
