@@ -174,8 +174,10 @@ struct Buffers {
     query: Vec<u8>,
 }
 
-/// Copies the NUL-terminated string at `p` (a buffer of `buf.len()` bytes) into `buf`;
-/// returns its length. A torn copy is caught by the caller's change-count check.
+/// Copies the NUL-terminated string at `p` (in a buffer of `buf.len()` bytes) into `buf`;
+/// returns its length. Only the string is read and copied, not the rest of its buffer (the
+/// query buffer is `track_activity_query_size` bytes per session, up to 1 MB). A torn read is
+/// caught by the caller's change-count check.
 ///
 /// # Safety
 /// `p` must be null or point to at least `buf.len()` readable bytes.
@@ -183,8 +185,10 @@ unsafe fn copy_cstr(p: *const std::ffi::c_char, buf: &mut [u8]) -> usize {
     if p.is_null() || buf.is_empty() {
         return 0;
     }
-    unsafe { std::ptr::copy_nonoverlapping(p as *const u8, buf.as_mut_ptr(), buf.len()) };
-    buf.iter().position(|&b| b == 0).unwrap_or(buf.len())
+    let src = unsafe { std::slice::from_raw_parts(p as *const u8, buf.len()) };
+    let len = src.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    buf[..len].copy_from_slice(&src[..len]);
+    len
 }
 
 /// Reads one entry, retrying while its writer is mid-update exactly as

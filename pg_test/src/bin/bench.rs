@@ -553,7 +553,8 @@ fn cpu_seconds(pid: i32) -> f64 {
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the parenthesis
+    // utime and stime are fields 14 and 15 of the line (proc(5)); `rest` starts at field 3,
+    // so they are at indexes 11 and 12; in clock ticks of 1/100 s (Linux's USER_HZ)
     (ticks(11) + ticks(12)) / 100.0
 }
 
