@@ -4,11 +4,13 @@
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
 
-use crate::core::policy::{Rule, Target, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED};
+use crate::core::policy::{self, IDLE_STATES};
 use crate::core::session::{owned, Micros};
-use crate::shared::{self, SHARED};
+use crate::guard::Outcome;
+use crate::shared::{self, RequestTarget, POLICY_TEXT, SHARED};
 use crate::worker::BACKEND_TYPE;
-use crate::{guard, guc, snapshot};
+use crate::{guc, requests, snapshot};
+use crate::encoding::DbText;
 use pgrx::prelude::*;
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
@@ -24,6 +26,8 @@ fn require_preloaded(what: &str) {
         );
     }
 }
+
+const NOT_PRELOADED: &str = "dbconn_guard is not in shared_preload_libraries, so there is no worker: add it there (ALTER SYSTEM SET shared_preload_libraries = 'dbconn_guard') and restart the server";
 
 /// Is `pid` the live dbconn_guard worker?
 fn worker_alive(pid: i32) -> bool {
@@ -54,7 +58,29 @@ fn worker_status() -> TableIterator<
         name!(policy, pgrx::JsonB),
     ),
 > {
-    require_preloaded("worker_status()");
+    if !shared::available() {
+        // no worker to report on: say how to get one, and show the policy it would apply
+        let policy = policy::summary_json(&guc::policy_values(), POLICY_TEXT);
+        return TableIterator::once((
+            false,
+            None,
+            BACKEND_TYPE,
+            None,
+            false,
+            0,
+            None,
+            0.0,
+            0.0,
+            0,
+            0,
+            0,
+            0,
+            None,
+            Some(NOT_PRELOADED.to_string()),
+            None,
+            pgrx::JsonB(serde_json::from_str(&policy).unwrap_or(serde_json::Value::Null)),
+        ));
+    }
     let s = *SHARED.share();
     let running = worker_alive(s.pid);
     let policy = serde_json::from_str(s.policy.get()).unwrap_or(serde_json::Value::Null);
@@ -99,6 +125,7 @@ fn recent_terminations() -> TableIterator<
         name!(dry_run, bool),
         name!(actor, Option<String>),
         name!(persisted, bool),
+        name!(signal_window_us, Option<i64>),
     ),
 > {
     require_preloaded("recent_terminations()");
@@ -119,20 +146,25 @@ fn recent_terminations() -> TableIterator<
             r.dry_run,
             r.actor.opt(),
             r.persisted,
+            (r.signal_window_us >= 0).then_some(r.signal_window_us),
         )
     }))
 }
 
-const STATES: [&str; 3] = [IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED];
-
-/// Does the calling role have the privileges of `role` (by name)?
+/// Does the calling role have the privileges of the role named `role`?
 fn caller_has_privs_of(role: &str) -> bool {
-    snapshot::select_one::<bool>("SELECT pg_catalog.pg_has_role($1, 'USAGE')", &[role.into()])
-        .unwrap_or(false)
+    let Ok(name) = std::ffi::CString::new(role) else {
+        return false;
+    };
+    unsafe {
+        let oid = pg_sys::get_role_oid(name.as_ptr(), true);
+        oid != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), oid)
+    }
 }
 
 /// Ends sessions idle (in the given states) for at least `older_than`, with the worker's
-/// protections, recording each in `dbconn_guard.terminations`.
+/// protections, recording each in `dbconn_guard.terminations`. The sessions are handed to the
+/// background worker, which records each (committed) before it signals it; see `requests`.
 #[pg_extern(volatile)]
 fn terminate_idle(
     older_than: Option<Interval>,
@@ -146,14 +178,14 @@ fn terminate_idle(
     'static,
     (
         name!(pid, i32),
-        name!(usename, Option<String>),
-        name!(datname, Option<String>),
-        name!(application_name, Option<String>),
+        name!(usename, Option<DbText>),
+        name!(datname, Option<DbText>),
+        name!(application_name, Option<DbText>),
         name!(client_addr, Option<String>),
         name!(state, Option<String>),
         name!(state_age_seconds, f64),
         name!(xact_age_seconds, Option<f64>),
-        name!(action, String),
+        name!(action, DbText),
     ),
 > {
     let Some(older_than) = older_than else {
@@ -174,7 +206,7 @@ fn terminate_idle(
     let mut wanted = Vec::new();
     for s in states {
         match s {
-            Some(s) if STATES.contains(&s.as_str()) => wanted.push(s),
+            Some(s) if IDLE_STATES.contains(&s.as_str()) => wanted.push(s),
             other => error!(
                 "dbconn_guard.terminate_idle: unknown state {:?}; allowed: idle, idle in transaction, idle in transaction (aborted)",
                 other.unwrap_or_else(|| "NULL".into())
@@ -182,19 +214,24 @@ fn terminate_idle(
         }
     }
     let dry_run = dry_run.unwrap_or(false);
+    if let Err(why) = requests::worker_ready() {
+        error!("dbconn_guard.terminate_idle: nothing was ended: {why}");
+    }
 
-    let snap = snapshot::activity(snapshot::Extras::default());
+    let snap = snapshot::activity();
     let scope = guc::scope();
     let me = unsafe { pg_sys::MyProcPid };
     let caller_is_superuser = unsafe { pg_sys::superuser() };
     let caller_can_signal = caller_is_superuser || caller_has_privs_of("pg_signal_backend");
+    let role = unsafe { pg_sys::GetUserId() };
     let actor = format!(
         "manual:{}",
-        snapshot::select_one::<String>("SELECT current_user::text", &[]).unwrap_or_default()
+        unsafe { crate::encoding::cstr_to_rust(pg_sys::GetUserNameFromId(role, true)) }
+            .unwrap_or_default()
     );
 
     let mut rows = Vec::new();
-    let mut targets: Vec<(usize, Target)> = Vec::new();
+    let mut asked: Vec<(usize, RequestTarget)> = Vec::new();
     for b in snap.clients() {
         let Some(state) = b.state else {
             continue;
@@ -211,6 +248,9 @@ fn terminate_idle(
         {
             continue;
         }
+        // PostgreSQL's rule for pg_terminate_backend(): a superuser's session only for a
+        // superuser; others for pg_signal_backend or a member of the session's role. The
+        // worker signals as this role, so PostgreSQL checks it again.
         let skip = if let Some(p) = scope.protection(b, me) {
             Some(format!("skipped: protected ({})", p.as_str()))
         } else if b.is_superuser != Some(false) && !caller_is_superuser {
@@ -222,31 +262,51 @@ fn terminate_idle(
         };
         let row = (
             b.pid,
-            owned(&b.usename),
-            owned(&b.datname),
-            owned(&b.application_name),
+            b.usename.as_deref().map(DbText::from),
+            b.datname.as_deref().map(DbText::from),
+            b.application_name.as_deref().map(DbText::from),
             owned(&b.client_addr),
             b.state.map(str::to_string),
             (b.state_age(snap.now) * 100.0).round() / 100.0,
             b.xact_age(snap.now).map(|x| (x * 100.0).round() / 100.0),
-            skip.clone().unwrap_or_default(),
+            DbText(skip.clone().unwrap_or_default()),
         );
         if skip.is_none() {
-            targets.push((
-                rows.len(),
-                Target {
-                    backend: b.clone(),
-                    rule: Rule::Manual,
-                    deadline: snap.now,
-                },
-            ));
+            let target = b.slot.zip(b.backend_start).zip(b.state_change);
+            match target {
+                Some(((slot, backend_start), state_change)) => asked.push((
+                    rows.len(),
+                    RequestTarget {
+                        pid: b.pid,
+                        slot,
+                        backend_start,
+                        state_change,
+                        state: IDLE_STATES.iter().position(|s| *s == state).unwrap_or(0) as u8,
+                    },
+                )),
+                None => {
+                    rows.push(row);
+                    let last = rows.len() - 1;
+                    rows[last].8 = DbText::from(
+                        "skipped: session changed or ended before it could be ended (its status could not be read)",
+                    );
+                    continue;
+                }
+            }
         }
         rows.push(row);
     }
-    let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
-    let actions = guard::execute(&only, snap.now, &actor, None, dry_run);
-    for ((i, _), a) in targets.iter().zip(actions) {
-        rows[*i].8 = a.as_str().to_string();
+    let only: Vec<RequestTarget> = asked.iter().map(|(_, t)| *t).collect();
+    let (outcomes, error) = requests::hand_over(&only, role, &actor, dry_run);
+    for ((i, _), o) in asked.iter().zip(&outcomes) {
+        rows[*i].8 = DbText(o.action());
+    }
+    if let Some(e) = error {
+        if outcomes.iter().any(|o| *o == Outcome::NotRecorded) {
+            warning!("dbconn_guard.terminate_idle: some sessions were not ended because their audit rows could not be written: {e}");
+        } else {
+            warning!("dbconn_guard.terminate_idle: {e}");
+        }
     }
     TableIterator::new(rows)
 }

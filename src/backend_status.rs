@@ -15,18 +15,10 @@
 //! reads `<insufficient privilege>`. The worker reads with full visibility.
 
 use crate::core::fasthash::FastMap;
-use crate::core::session::{Backend, Micros, Name, Snapshot};
+use crate::core::session::{Backend, Kind, Micros, Name, Snapshot};
 use pgrx::pg_sys;
 use std::borrow::Cow;
 use std::ffi::CStr;
-
-/// What to read besides the basics (pid, type, state, times, database, user, application,
-/// client address, superuser flag). Each costs extra per backend.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Extras {
-    /// The query text (a clipped copy per backend).
-    pub query: bool,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Visibility {
@@ -36,12 +28,9 @@ pub enum Visibility {
     All,
 }
 
+/// A catalog name (database, role), in the database encoding, as UTF-8.
 unsafe fn cstr(p: *const std::ffi::c_char) -> Option<String> {
-    if p.is_null() {
-        None
-    } else {
-        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
-    }
+    unsafe { crate::encoding::cstr_to_rust(p) }
 }
 
 /// A string PostgreSQL keeps for the life of the process (a literal in its binary).
@@ -69,6 +58,8 @@ fn state_name(s: pg_sys::BackendState::Type) -> Option<&'static str> {
         STATE_FASTPATH => Some("fastpath function call"),
         STATE_IDLEINTRANSACTION_ABORTED => Some("idle in transaction (aborted)"),
         STATE_DISABLED => Some("disabled"),
+        #[cfg(feature = "pg18")]
+        STATE_STARTING => Some("starting"),
         _ => None,
     }
 }
@@ -174,6 +165,20 @@ struct Buffers {
     query: Vec<u8>,
 }
 
+impl Buffers {
+    fn new(with_query: bool) -> Self {
+        let query_max = if with_query {
+            unsafe { pg_sys::pgstat_track_activity_query_size }.max(1) as usize
+        } else {
+            0
+        };
+        Buffers {
+            app: [0; APPNAME_MAX],
+            query: vec![0; query_max],
+        }
+    }
+}
+
 /// Copies the NUL-terminated string at `p` (in a buffer of `buf.len()` bytes) into `buf`;
 /// returns its length. Only the string is read and copied, not the rest of its buffer (the
 /// query buffer is `track_activity_query_size` bytes per session, up to 1 MB). A torn read is
@@ -191,21 +196,44 @@ unsafe fn copy_cstr(p: *const std::ffi::c_char, buf: &mut [u8]) -> usize {
     len
 }
 
-/// Reads one entry, retrying while its writer is mid-update exactly as
-/// `pgstat_read_current_status()` does. `None` for an unused slot.
+/// What reading one status entry found.
+enum Entry {
+    /// No backend uses the slot.
+    Unused,
+    /// The entry was still being rewritten after every retry: a backend is there, but what it
+    /// is doing could not be read. Never taken for "unused".
+    Torn,
+    Read(Raw),
+}
+
+/// Retries of one entry before it counts as torn; PostgreSQL's own reader retries for ever.
+const READ_RETRIES: usize = 1000;
+
+/// Reads one entry, retrying while its writer is mid-update, as
+/// `pgstat_read_current_status()` does: the change count is read (atomically, with acquire
+/// ordering) before and after the fields, and the copy is kept only if both counts are equal
+/// and even (no write was in progress or happened in between).
 ///
 /// # Safety
 /// `entry` must point to a `PgBackendStatus` of the backend status array (or a local copy).
-unsafe fn read_entry(entry: *const pg_sys::PgBackendStatus, buf: &mut Buffers) -> Option<Raw> {
+unsafe fn read_entry(entry: *const pg_sys::PgBackendStatus, buf: &mut Buffers) -> Entry {
     use std::ptr::{addr_of, read_volatile};
-    use std::sync::atomic::{fence, Ordering};
-    for _ in 0..1000 {
+    use std::sync::atomic::{fence, AtomicI32, Ordering};
+    // the writer (pgstat_begin/end_write_activity) bumps st_changecount around every update
+    let count = unsafe { AtomicI32::from_ptr(addr_of!((*entry).st_changecount).cast_mut()) };
+    for _ in 0..READ_RETRIES {
         unsafe {
-            let before = read_volatile(addr_of!((*entry).st_changecount));
-            fence(Ordering::Acquire);
+            let before = count.load(Ordering::Acquire);
             let pid = read_volatile(addr_of!((*entry).st_procpid));
-            if pid <= 0 {
-                return None;
+            if before & 1 == 0 && pid <= 0 {
+                // pid 0 read under an even count: as unused as PostgreSQL's reader sees it,
+                // provided the count did not move meanwhile
+                fence(Ordering::Acquire);
+                if count.load(Ordering::Relaxed) == before {
+                    return Entry::Unused;
+                }
+                std::hint::spin_loop();
+                continue;
             }
             let raw = Raw {
                 pid,
@@ -227,23 +255,16 @@ unsafe fn read_entry(entry: *const pg_sys::PgBackendStatus, buf: &mut Buffers) -
                     &mut buf.query,
                 ),
             };
+            // the field reads above complete before the second count is read
             fence(Ordering::Acquire);
-            let after = read_volatile(addr_of!((*entry).st_changecount));
+            let after = count.load(Ordering::Relaxed);
             if before == after && before & 1 == 0 {
-                return Some(raw);
+                return Entry::Read(raw);
             }
         }
         std::hint::spin_loop();
     }
-    None
-}
-
-/// Text from a buffer, keeping the whole characters of a multibyte one cut by its end.
-fn utf8_prefix(bytes: &[u8]) -> &str {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
-    }
+    Entry::Torn
 }
 
 /// A per-read cache with its last hit kept in front: sessions of one pool come in runs with the
@@ -322,13 +343,14 @@ impl Names {
         let n = match self.apps.get(bytes) {
             Some(n) => n.clone(),
             None => {
-                let n = Name::from(utf8_prefix(bytes));
+                let n = Name::from(crate::encoding::to_rust(bytes).as_ref());
                 self.apps.insert(bytes.into(), n.clone());
                 n
             }
         };
-        // a name cut inside a multibyte character is shorter than its bytes: compare by map
-        if n.len() == bytes.len() {
+        // a name cut inside a multibyte character, or converted from another encoding, differs
+        // from its bytes: compare those by map
+        if n.as_bytes() == bytes {
             self.last_app = Some(n.clone());
         }
         n
@@ -354,28 +376,24 @@ impl Names {
     }
 }
 
-/// Every backend, read once, as `visibility` allows.
+/// Every backend, read once, as `visibility` allows (without query text: see `read_queries`).
 ///
 /// Reads the shared status array in place, entry by entry, copying only the fields used — no
 /// per-call copy of every entry and query buffer as `pg_stat_activity` makes. Falls back to
 /// PostgreSQL's local snapshot if this process has no status entry of its own.
-pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
+pub fn read(visibility: Visibility) -> Snapshot {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let query_max = if extras.query {
-        unsafe { pg_sys::pgstat_track_activity_query_size }.max(1) as usize
-    } else {
-        0
-    };
-    let mut buf = Buffers {
-        app: [0; APPNAME_MAX],
-        query: vec![0; query_max],
-    };
-    let mut reader = Describer::new(visibility, extras);
+    let mut buf = Buffers::new(false);
+    let mut reader = Describer::new(visibility);
+    let mut backends = Vec::with_capacity(unsafe { pg_sys::MaxBackends } as usize);
+    let mut torn = 0;
     match shared_array() {
         Some((base, slots)) => {
             for i in 0..slots {
-                if let Some(raw) = unsafe { read_entry(base.add(i), &mut buf) } {
-                    reader.push(&raw, &buf);
+                match unsafe { read_entry(base.add(i), &mut buf) } {
+                    Entry::Unused => {}
+                    Entry::Torn => torn += 1,
+                    Entry::Read(raw) => backends.push(reader.describe(Some(i as u32), &raw, &buf)),
                 }
             }
         }
@@ -387,16 +405,69 @@ pub fn read(visibility: Visibility, extras: Extras) -> Snapshot {
                 if local.is_null() {
                     continue;
                 }
-                // the local copy's strings are NUL-terminated copies at least as long as read
-                if let Some(raw) = unsafe { read_entry(&(*local).backendStatus, &mut buf) } {
-                    reader.push(&raw, &buf);
+                // the local copy's strings are NUL-terminated copies at least as long as read;
+                // a copy has no slot to re-read later
+                match unsafe { read_entry(&(*local).backendStatus, &mut buf) } {
+                    Entry::Unused => {}
+                    Entry::Torn => torn += 1,
+                    Entry::Read(raw) => backends.push(reader.describe(None, &raw, &buf)),
                 }
             }
         }
     }
     Snapshot {
         now,
-        backends: reader.backends,
+        backends,
+        torn,
+    }
+}
+
+/// What a fresh read of one status entry found.
+pub enum Slot {
+    Unused,
+    Torn,
+    Read(Backend),
+}
+
+/// Reads the entry at `slot` of the status array once more, in place, with full visibility:
+/// the guard's last look at a session before signalling it. Costs one entry, whatever the
+/// number of sessions.
+pub fn read_slot(slot: u32) -> Slot {
+    let Some((base, slots)) = shared_array() else {
+        return Slot::Torn;
+    };
+    if slot as usize >= slots {
+        return Slot::Unused;
+    }
+    let mut buf = Buffers::new(false);
+    match unsafe { read_entry(base.add(slot as usize), &mut buf) } {
+        Entry::Unused => Slot::Unused,
+        Entry::Torn => Slot::Torn,
+        Entry::Read(raw) => Slot::Read(Describer::new(Visibility::All).describe(Some(slot), &raw, &buf)),
+    }
+}
+
+/// Fills in the query text of the backends of `snapshot` whose pid `wanted` says, re-reading
+/// just their entries: only the sessions a view shows are copied, never every session's
+/// `track_activity_query_size` buffer. A backend that is no longer the same session keeps no
+/// text; one whose details the caller may not see keeps `<insufficient privilege>`.
+pub fn read_queries(snapshot: &mut Snapshot, wanted: impl Fn(i32) -> bool) {
+    let Some((base, slots)) = shared_array() else {
+        return;
+    };
+    let mut buf = Buffers::new(true);
+    for b in snapshot.backends.iter_mut() {
+        if b.is_hidden() || !wanted(b.pid) {
+            continue;
+        }
+        let Some(slot) = b.slot.filter(|&s| (s as usize) < slots) else {
+            continue;
+        };
+        if let Entry::Read(raw) = unsafe { read_entry(base.add(slot as usize), &mut buf) } {
+            if raw.pid == b.pid && ts(raw.backend_start) == b.backend_start {
+                b.query = Some(crate::encoding::to_rust(&buf.query[..raw.query_len]).into_owned());
+            }
+        }
     }
 }
 
@@ -405,12 +476,10 @@ struct Describer {
     names: Names,
     me: pg_sys::Oid,
     sees_all: bool,
-    extras: Extras,
-    backends: Vec<Backend>,
 }
 
 impl Describer {
-    fn new(visibility: Visibility, extras: Extras) -> Self {
+    fn new(visibility: Visibility) -> Self {
         let me = unsafe { pg_sys::GetUserId() };
         let sees_all = visibility == Visibility::All
             || unsafe {
@@ -420,12 +489,10 @@ impl Describer {
             names: Names::default(),
             me,
             sees_all,
-            extras,
-            backends: Vec::with_capacity(unsafe { pg_sys::MaxBackends } as usize),
         }
     }
 
-    fn push(&mut self, be: &Raw, buf: &Buffers) {
+    fn describe(&mut self, slot: Option<u32>, be: &Raw, buf: &Buffers) -> Backend {
         let (usename, is_superuser) = self.names.role(be.user);
         let datname = self.names.database(be.database);
         let application_name = Some(self.names.app(&buf.app[..be.app_len]));
@@ -437,20 +504,29 @@ impl Describer {
                 .visible
                 .get(user, || unsafe { pg_sys::has_privs_of_role(me, user) });
         if !permitted {
-            self.backends.push(Backend {
+            return Backend {
                 pid: be.pid,
+                slot,
+                kind: Kind::Hidden,
                 datname,
                 usename,
                 application_name,
                 is_superuser,
                 query: Some("<insufficient privilege>".into()),
                 ..Default::default()
-            });
-            return;
+            };
         }
+        // decided by PostgreSQL's backend type, not by the name shown for it
+        let kind = if be.backend_type == pg_sys::BackendType::B_BACKEND {
+            Kind::Client
+        } else {
+            Kind::Background
+        };
         // built in place: one move of the finished record, not a record patched field by field
-        self.backends.push(Backend {
+        Backend {
             pid: be.pid,
+            slot,
+            kind,
             datname,
             usename,
             application_name,
@@ -461,11 +537,8 @@ impl Describer {
             xact_start: ts(be.xact_start),
             query_start: ts(be.query_start),
             state_change: ts(be.state_change),
-            query: self
-                .extras
-                .query
-                .then(|| utf8_prefix(&buf.query[..be.query_len]).to_owned()),
+            query: None,
             is_superuser,
-        });
+        }
     }
 }

@@ -1,69 +1,178 @@
-//! Acting on a plan: re-check each session, record it, end it. Shared by the background worker
-//! and `dbconn_guard.terminate_idle()`, so both follow the same protections and leave the same
-//! audit rows and log lines.
+//! The kill path. Every session the guard ends — by one of the worker's rules or by
+//! `terminate_idle()` — goes through `carry_out`, in the background worker, in this order:
+//!
+//! 1. **Record** (one transaction): for each session, a fresh in-place read of its status
+//!    entry must still show it unchanged and unprotected; then its audit row is inserted (each
+//!    in a subtransaction: a row that cannot be written drops that session only). The
+//!    transaction first takes its lock on `dbconn_guard.terminations`, waiting no longer than
+//!    the worker's `lock_timeout`: when the table cannot be written, nobody is ended. The rows
+//!    are committed before any signal is sent.
+//! 2. **Signal** (interrupts held, nothing that can wait): for each recorded session, one more
+//!    in-place read of its status entry, the protections applied to that read, and at once
+//!    `pg_terminate_backend()` — as the calling role for `terminate_idle()`, so PostgreSQL's own
+//!    permission rules decide.
+//! 3. **Withdraw**: the rows of sessions spared at that last look (they ran a query in
+//!    between, or ended) are deleted, so a row that says "terminated" exists only for a
+//!    session that was signalled. A deletion that fails is retried by the worker later (the ids
+//!    wait in shared memory, surviving a worker restart).
+//!
+//! On a hot standby the table is read-only: the record is the shared-memory ring and the LOG
+//! line only.
 
-use crate::core::policy::Target;
+use crate::backend_status::{self, Slot};
+use crate::core::policy::{Scope, Target};
+use crate::core::quote::{quoted, quoted_or};
+use crate::core::recheck::{self, Fresh, Verdict};
 use crate::core::session::{age_seconds, Micros, Name};
 use crate::shared::{self, FixedText, TerminationRecord};
+use crate::xact::{self, HeldInterrupts};
+use crate::{guc, snapshot};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::IntoDatum;
+use std::time::Instant;
 
-/// What happened to one target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Terminated,
-    WouldTerminate,
-    /// The session ended, ran a query, or changed state since it was read: left alone.
-    Changed,
+/// Who acts.
+#[derive(Clone, Debug)]
+pub enum Actor {
+    /// One of the worker's rules, in its check number `cycle`.
+    Worker { cycle: i64 },
+    /// `terminate_idle()`, called by `role` (named `name`).
+    Manual { role: pg_sys::Oid, name: String },
 }
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
+impl Actor {
+    pub fn label(&self) -> String {
         match self {
-            Action::Terminated => "terminated",
-            Action::WouldTerminate => "dry run: would terminate",
-            Action::Changed => "skipped: session changed or ended before it could be ended",
+            Actor::Worker { .. } => "worker".into(),
+            Actor::Manual { name, .. } => format!("manual:{name}"),
+        }
+    }
+
+    fn cycle(&self) -> Option<i64> {
+        match self {
+            Actor::Worker { cycle } => Some(*cycle),
+            Actor::Manual { .. } => None,
         }
     }
 }
 
-/// Same pid, same backend start, same state since the same moment: still the session that was
-/// judged. Run right before the signal, in the same statement, after a fresh status read.
-const TERMINATE_IF_UNCHANGED: &str = "SELECT pg_catalog.pg_terminate_backend(a.pid) \
-     FROM pg_catalog.pg_stat_get_activity($1) a \
-     WHERE a.pid = $1 AND a.backend_start = $2 AND a.state = $3 AND a.state_change = $4";
+/// What happened to one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded, then signalled `window_us` microseconds after its last status read began.
+    Terminated { window_us: u32 },
+    /// Dry run: recorded, not signalled.
+    WouldTerminate,
+    /// Neither recorded nor signalled: the look before recording said so.
+    Spared(Verdict),
+    /// Recorded, then spared at the last look; its row was withdrawn.
+    Withdrawn(Verdict),
+    /// Its audit row could not be written: not signalled.
+    NotRecorded,
+    /// `pg_terminate_backend()` refused or failed; its row was withdrawn.
+    SignalFailed,
+}
 
-const STILL_UNCHANGED: &str = "SELECT true FROM pg_catalog.pg_stat_get_activity($1) a \
-     WHERE a.pid = $1 AND a.backend_start = $2 AND a.state = $3 AND a.state_change = $4";
+impl Outcome {
+    /// What `terminate_idle()` reports.
+    pub fn action(self) -> String {
+        match self {
+            Outcome::Terminated { .. } => "terminated".into(),
+            Outcome::WouldTerminate => "dry run: would terminate".into(),
+            Outcome::Spared(Verdict::Protected(p)) | Outcome::Withdrawn(Verdict::Protected(p)) => {
+                format!("skipped: protected ({})", p.as_str())
+            }
+            Outcome::Spared(v) | Outcome::Withdrawn(v) => format!(
+                "skipped: session changed or ended before it could be ended ({})",
+                v.as_str()
+            ),
+            Outcome::NotRecorded => {
+                "skipped: its record could not be written, so it was not ended".into()
+            }
+            Outcome::SignalFailed => "skipped: permission denied or signal failed".into(),
+        }
+    }
+
+    pub fn ended(self) -> bool {
+        matches!(self, Outcome::Terminated { .. })
+    }
+
+    /// One byte for the request mailbox of `terminate_idle()`.
+    pub fn code(self) -> u8 {
+        use crate::core::policy::Protection as P;
+        match self {
+            Outcome::Terminated { .. } => 1,
+            Outcome::WouldTerminate => 2,
+            Outcome::NotRecorded => 3,
+            Outcome::SignalFailed => 4,
+            Outcome::Spared(v) | Outcome::Withdrawn(v) => match v {
+                Verdict::Proceed | Verdict::Gone => 10,
+                Verdict::Unreadable => 11,
+                Verdict::Changed => 12,
+                Verdict::Protected(p) => {
+                    20 + match p {
+                        P::NotAClientBackend => 0,
+                        P::OwnSession => 1,
+                        P::Superuser => 2,
+                        P::ClientTool => 3,
+                        P::ExcludedDatabase => 4,
+                        P::ExcludedUser => 5,
+                        P::ExcludedApplication => 6,
+                        P::NotIncludedApplication => 7,
+                    }
+                }
+            },
+        }
+    }
+
+    pub fn from_code(c: u8) -> Outcome {
+        use crate::core::policy::Protection as P;
+        match c {
+            1 => Outcome::Terminated { window_us: 0 },
+            2 => Outcome::WouldTerminate,
+            3 => Outcome::NotRecorded,
+            4 => Outcome::SignalFailed,
+            11 => Outcome::Spared(Verdict::Unreadable),
+            12 => Outcome::Spared(Verdict::Changed),
+            20..=27 => Outcome::Spared(Verdict::Protected(
+                [
+                    P::NotAClientBackend,
+                    P::OwnSession,
+                    P::Superuser,
+                    P::ClientTool,
+                    P::ExcludedDatabase,
+                    P::ExcludedUser,
+                    P::ExcludedApplication,
+                    P::NotIncludedApplication,
+                ][usize::from(c - 20)],
+            )),
+            _ => Outcome::Spared(Verdict::Gone),
+        }
+    }
+}
+
+/// What `carry_out` did.
+pub struct Report {
+    /// One per target, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Why rows could not be written (the whole batch, or some rows), if they could not.
+    pub error: Option<String>,
+}
+
+const LOCK_AUDIT: &str = "LOCK TABLE dbconn_guard.terminations IN ROW EXCLUSIVE MODE";
 
 const RECORD: &str = "INSERT INTO dbconn_guard.terminations \
      (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
       xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle) \
-     VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::inet, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id";
+     VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8, $9, $10, $11, $12, $13) \
+     RETURNING id";
 
-const UNRECORD: &str = "DELETE FROM dbconn_guard.terminations WHERE id = $1";
+const WITHDRAW: &str =
+    "DELETE FROM dbconn_guard.terminations WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(v).ok()
-}
-
-fn fresh_status() {
-    // the backend-status snapshot is cached per transaction: drop it so the check sees now
-    unsafe { pg_sys::pgstat_clear_snapshot() };
-}
-
-fn unchanged_args(t: &Target) -> Option<[DatumWithOid<'static>; 4]> {
-    let b = &t.backend;
-    let (Some(start), Some(state), Some(change)) = (b.backend_start, b.state, b.state_change)
-    else {
-        return None;
-    };
-    Some([
-        b.pid.into(),
-        ts(start).into(),
-        state.into(),
-        ts(change).into(),
-    ])
 }
 
 fn human(seconds: f64) -> String {
@@ -76,136 +185,314 @@ fn human(seconds: f64) -> String {
     }
 }
 
-/// Ends (or, in a dry run, only records) each target that is still unchanged, in order.
-/// `now` is the time the targets were judged at; `actor` is `worker` (with its `cycle`) or
-/// `manual:<role>`.
-/// Errors (a failed audit insert, a permission error) propagate: the caller's transaction is
-/// aborted, and the session whose row could not be written is not signalled.
-pub fn execute(
-    targets: &[Target],
-    now: Micros,
-    actor: &str,
-    cycle: Option<i64>,
-    dry_run: bool,
-) -> Vec<Action> {
-    let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
-    targets
-        .iter()
-        .map(|t| act(t, now, actor, cycle, dry_run, in_recovery))
-        .collect()
+/// The last look at a target: its status entry read once more, in place, and judged.
+fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
+    let read = match t.backend.slot {
+        Some(slot) => backend_status::read_slot(slot),
+        None => Slot::Torn,
+    };
+    let fresh = match &read {
+        Slot::Unused => Fresh::Gone,
+        Slot::Torn => Fresh::Unreadable,
+        Slot::Read(b) => Fresh::Read(b),
+    };
+    recheck::last_word(&t.backend, fresh, scope, me)
 }
 
-fn act(
-    t: &Target,
-    now: Micros,
-    actor: &str,
-    cycle: Option<i64>,
-    dry_run: bool,
-    in_recovery: bool,
-) -> Action {
-    let Some(args) = unchanged_args(t) else {
-        return Action::Changed;
-    };
-    let b = &t.backend;
-    let state_age = age_seconds(now, b.state_change).unwrap_or(0.0);
-    let xact_age = age_seconds(now, b.xact_start);
-
-    let result: Result<Action, spi::Error> = Spi::connect_mut(|client| {
-        fresh_status();
-        if client.select(STILL_UNCHANGED, Some(1), &args)?.is_empty() {
-            return Ok(Action::Changed);
-        }
-        let row_id: Option<i64> = if in_recovery {
-            None
-        } else {
-            let rec: [DatumWithOid; 13] = [
-                b.pid.into(),
-                b.usename.as_deref().into(),
-                b.datname.as_deref().into(),
-                b.application_name.as_deref().into(),
-                b.client_addr.as_deref().into(),
-                b.state.into(),
-                state_age.into(),
-                xact_age.into(),
-                b.backend_start.and_then(ts).into(),
-                t.rule.as_str().into(),
-                dry_run.into(),
-                actor.into(),
-                cycle.into(),
-            ];
-            client
-                .update(RECORD, Some(1), &rec)?
-                .first()
-                .get::<i64>(1)?
+/// Records, then ends (or in a dry run only records) each target still unchanged; see the
+/// module comment for the order and guarantees. `judged_at` is when the targets were read.
+/// Runs in the background worker, outside any transaction.
+pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: bool) -> Report {
+    let scope = guc::scope();
+    let me = unsafe { pg_sys::MyProcPid };
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    let label = actor.label();
+    let mut outcomes = vec![Outcome::NotRecorded; targets.len()];
+    let mut row_ids: Vec<Option<i64>> = vec![None; targets.len()];
+    let mut row_errors: Vec<String> = Vec::new();
+    if targets.is_empty() {
+        return Report {
+            outcomes,
+            error: None,
         };
-        if dry_run {
-            return Ok(Action::WouldTerminate);
-        }
-        fresh_status();
-        let signalled = client
-            .select(TERMINATE_IF_UNCHANGED, Some(1), &args)?
-            .first()
-            .get::<bool>(1)
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-        if !signalled {
-            if let Some(id) = row_id {
-                client.update(UNRECORD, None, &[id.into()])?;
-            }
-            return Ok(Action::Changed);
-        }
-        Ok(Action::Terminated)
-    });
-    let action =
-        result.unwrap_or_else(|e| error!("dbconn_guard: could not end pid {}: {e}", b.pid));
-    if action != Action::Changed {
-        let verb = if action == Action::Terminated {
-            "terminated"
-        } else {
-            "dry run: would terminate"
-        };
-        log!(
-            "dbconn_guard: {verb} pid {} ({} for {}; rule {}): user={} database={} application={} client={} transaction_age={} actor={}",
-            b.pid,
-            b.state.unwrap_or("?"),
-            human(state_age),
-            t.rule.as_str(),
-            b.usename.as_deref().unwrap_or(""),
-            b.datname.as_deref().unwrap_or(""),
-            b.application_name.as_deref().unwrap_or(""),
-            b.client_addr.as_deref().unwrap_or("local"),
-            xact_age.map(human).unwrap_or_else(|| "-".into()),
-            actor,
-        );
-        remember(t, now, actor, dry_run, !in_recovery, state_age, xact_age);
     }
-    action
+
+    // 1. record, and commit
+    let recorded = xact::transaction(c"dbconn_guard: recording terminations", || {
+        if standby {
+            for (i, t) in targets.iter().enumerate() {
+                let v = last_look(t, &scope, me);
+                outcomes[i] = if v == Verdict::Proceed {
+                    Outcome::WouldTerminate
+                } else {
+                    Outcome::Spared(v)
+                };
+            }
+            return;
+        }
+        if snapshot::audit_table().is_none() {
+            error!(
+                "dbconn_guard.terminations in database \"{}\" is not the table of the extension dbconn_guard: nothing is written to it, and no session is ended",
+                guc::database()
+            );
+        }
+        Spi::connect_mut(|client| {
+            // the one wait of this transaction, bounded by the worker's lock_timeout
+            client.update(LOCK_AUDIT, None, &[])?;
+            for (i, t) in targets.iter().enumerate() {
+                let v = last_look(t, &scope, me);
+                if v != Verdict::Proceed {
+                    outcomes[i] = Outcome::Spared(v);
+                    continue;
+                }
+                let b = &t.backend;
+                let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
+                let rec: [DatumWithOid; 13] = [
+                    b.pid.into(),
+                    b.usename.as_deref().into(),
+                    b.datname.as_deref().into(),
+                    b.application_name.as_deref().into(),
+                    b.client_addr.as_deref().into(),
+                    b.state.into(),
+                    state_age.into(),
+                    age_seconds(judged_at, b.xact_start).into(),
+                    b.backend_start.and_then(ts).into(),
+                    t.rule.as_str().into(),
+                    dry_run.into(),
+                    label.as_str().into(),
+                    actor.cycle().into(),
+                ];
+                let row = xact::subtransaction(|| {
+                    client
+                        .update(RECORD, Some(1), &rec)
+                        .and_then(|r| r.first().get::<i64>(1))
+                });
+                match row {
+                    Ok(Ok(Some(id))) => {
+                        row_ids[i] = Some(id);
+                        outcomes[i] = Outcome::WouldTerminate;
+                    }
+                    Ok(Ok(None)) => row_errors.push(format!("pid {}: no row id", b.pid)),
+                    Ok(Err(e)) => row_errors.push(format!("pid {}: {e}", b.pid)),
+                    Err(f) => row_errors.push(format!("pid {}: {f}", b.pid)),
+                }
+            }
+            Ok::<(), spi::Error>(())
+        })
+        .unwrap_or_else(|e| error!("{e}"));
+    });
+    if let Err(f) = &recorded {
+        let msg = format!("could not record terminations, so none was carried out: {f}");
+        return Report {
+            outcomes: vec![Outcome::NotRecorded; targets.len()],
+            error: Some(msg),
+        };
+    }
+    let persisted = !standby;
+
+    // 2. signal: the recorded sessions, each after one more look at it
+    let mut withdraw: Vec<i64> = Vec::new();
+    if !dry_run {
+        let as_role = match actor {
+            Actor::Manual { role, .. } => Some(*role),
+            Actor::Worker { .. } => None,
+        };
+        let signalled = xact::transaction(c"dbconn_guard: ending sessions", || {
+            let held = HeldInterrupts::hold();
+            for (i, t) in targets.iter().enumerate() {
+                if outcomes[i] != Outcome::WouldTerminate {
+                    continue;
+                }
+                #[cfg(feature = "test_hooks")]
+                {
+                    let ms = guc::TEST_DELAY_BEFORE_SIGNAL.get();
+                    if ms > 0 {
+                        unsafe { pg_sys::pg_usleep((i64::from(ms) * 1000) as _) };
+                    }
+                }
+                let start = Instant::now();
+                let v = last_look(t, &scope, me);
+                if v != Verdict::Proceed {
+                    outcomes[i] = Outcome::Withdrawn(v);
+                    withdraw.extend(row_ids[i]);
+                    continue;
+                }
+                let sent = terminate(t.backend.pid, as_role);
+                let window_us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                held.restore();
+                outcomes[i] = match sent {
+                    Ok(true) => Outcome::Terminated { window_us },
+                    Ok(false) => Outcome::Withdrawn(Verdict::Gone),
+                    Err(e) => {
+                        row_errors.push(format!("pid {}: {e}", t.backend.pid));
+                        Outcome::SignalFailed
+                    }
+                };
+                if !outcomes[i].ended() {
+                    withdraw.extend(row_ids[i]);
+                }
+            }
+            drop(held);
+            // 3. withdraw the rows of the sessions spared at the last moment
+            if !withdraw.is_empty() && !standby {
+                if let Err(f) = xact::subtransaction(|| delete_rows(&withdraw)) {
+                    stash_withdrawals(&withdraw, &f.message);
+                }
+            }
+        });
+        if let Err(f) = signalled {
+            // the signals sent stand; only the withdrawal can have failed
+            if !withdraw.is_empty() && !standby {
+                stash_withdrawals(&withdraw, &f.message);
+            }
+        }
+    }
+
+    for (t, o) in targets.iter().zip(&outcomes) {
+        log_outcome(t, *o, judged_at, &label, dry_run);
+        if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
+            remember(t, *o, judged_at, &label, dry_run, persisted);
+        }
+    }
+    Report {
+        outcomes,
+        error: (!row_errors.is_empty()).then(|| row_errors.join("; ")),
+    }
+}
+
+/// `pg_terminate_backend(pid)` (not waiting for the backend to exit), as `role` when given —
+/// PostgreSQL's own permission rules — or as the worker.
+fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> Result<bool, String> {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        if let Some(r) = role {
+            pg_sys::SetUserIdAndSecContext(
+                r,
+                saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+    }
+    let r = xact::subtransaction(|| unsafe {
+        pgrx::direct_function_call::<bool>(
+            pg_sys::pg_terminate_backend,
+            &[pid.into_datum(), 0i64.into_datum()],
+        )
+        .unwrap_or(false)
+    });
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    r.map_err(|f| f.message)
+}
+
+fn delete_rows(ids: &[i64]) {
+    Spi::connect_mut(|client| {
+        client
+            .update(WITHDRAW, None, &[ids.to_vec().into()])
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| error!("{e}"));
+}
+
+/// Keeps audit row ids to delete later, in shared memory (the worker retries every check).
+fn stash_withdrawals(ids: &[i64], why: &str) {
+    warning!(
+        "dbconn_guard: could not withdraw the audit rows {ids:?} of sessions spared at the last moment, will retry: {why}"
+    );
+    if !shared::available() {
+        return;
+    }
+    let mut s = shared::SHARED.exclusive();
+    for id in ids {
+        let n = s.withdraw_len as usize;
+        if n < s.withdraw.len() {
+            s.withdraw[n] = *id;
+            s.withdraw_len += 1;
+        }
+    }
+}
+
+/// Deletes the audit rows waiting in shared memory (see `stash_withdrawals`); called by the
+/// worker in a transaction of its own.
+pub fn withdraw_pending() {
+    if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let ids: Vec<i64> = {
+        let s = shared::SHARED.share();
+        s.withdraw[..s.withdraw_len as usize].to_vec()
+    };
+    if ids.is_empty() || snapshot::audit_table().is_none() {
+        return;
+    }
+    delete_rows(&ids);
+    let mut s = shared::SHARED.exclusive();
+    s.withdraw_len = 0;
+    drop(s);
+    log!(
+        "dbconn_guard: withdrew the audit rows {ids:?} of sessions that were spared at the last moment"
+    );
+}
+
+fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: bool) {
+    let b = &t.backend;
+    let verb = match o {
+        Outcome::Terminated { .. } => "terminated",
+        Outcome::WouldTerminate if dry_run => "dry run: would terminate",
+        Outcome::Withdrawn(v) => {
+            log!(
+                "dbconn_guard: spared pid {} at the last moment ({}): its audit row is withdrawn",
+                b.pid,
+                v.as_str()
+            );
+            return;
+        }
+        _ => return,
+    };
+    let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
+    let xact_age = age_seconds(judged_at, b.xact_start);
+    log!(
+        "dbconn_guard: {verb} pid {} ({} for {}; rule {}): user={} database={} application={} client={} transaction_age={} actor={}",
+        b.pid,
+        b.state.unwrap_or("?"),
+        human(state_age),
+        t.rule.as_str(),
+        quoted_or(b.usename.as_deref(), "-"),
+        quoted_or(b.datname.as_deref(), "-"),
+        quoted_or(b.application_name.as_deref(), "-"),
+        b.client_addr.as_deref().map_or_else(|| "local".to_string(), quoted),
+        xact_age.map(human).unwrap_or_else(|| "-".into()),
+        quoted(actor),
+    );
 }
 
 /// Keeps the record in shared memory too: on a standby that is the only record.
 fn remember(
     t: &Target,
-    now: Micros,
+    o: Outcome,
+    judged_at: Micros,
     actor: &str,
     dry_run: bool,
     persisted: bool,
-    state_age: f64,
-    xact_age: Option<f64>,
 ) {
     if !shared::available() {
         return;
     }
     let b = &t.backend;
     let text = |s: &Option<Name>| FixedText::from_opt(s.as_deref());
+    let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
     let mut rec = TerminationRecord {
-        at: now,
+        at: judged_at,
         pid: b.pid,
         backend_start: b.backend_start.unwrap_or(0),
         state_age_ms: (state_age * 1000.0) as i64,
-        xact_age_ms: xact_age.map_or(-1, |x| (x * 1000.0) as i64),
+        xact_age_ms: age_seconds(judged_at, b.xact_start).map_or(-1, |x| (x * 1000.0) as i64),
         dry_run,
         persisted,
+        signal_window_us: match o {
+            Outcome::Terminated { window_us } => i64::from(window_us),
+            _ => -1,
+        },
         usename: text(&b.usename),
         datname: text(&b.datname),
         application_name: text(&b.application_name),

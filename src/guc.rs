@@ -1,9 +1,12 @@
 //! The `dbconn_guard.*` settings.
 //!
-//! All are `PGC_SUSET`: set them in postgresql.conf or with
-//! `ALTER SYSTEM SET dbconn_guard.… ; SELECT pg_reload_conf();`, or per session by a superuser.
+//! The thresholds of the views are `PGC_SUSET` (postgresql.conf, `ALTER SYSTEM`, or `SET` by a
+//! superuser); the worker's policy is `PGC_SIGHUP` (postgresql.conf or `ALTER SYSTEM` + reload);
+//! `dbconn_guard.database` is `PGC_POSTMASTER` and exists only when the library is preloaded.
 //! PostgreSQL's GUC machinery does the parsing (units like `'10min'`) and refuses values outside
 //! the ranges below with its usual message, keeping the old value.
+//!
+//! Every duration takes PostgreSQL's time units, and a bare number is **seconds**.
 
 use crate::core::health::Thresholds;
 use crate::core::patterns::PatternList;
@@ -27,8 +30,9 @@ pub static LEAK_IDLE_AGE: GucSetting<i32> = GucSetting::<i32>::new(600);
 // The guard's policy (PGC_SIGHUP: postgresql.conf or ALTER SYSTEM + pg_reload_conf()).
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static DRY_RUN: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10 * 60 * 1000);
-pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5 * 60 * 1000);
+// Off until a DBA sets them: preloading the library and creating the extension end nothing.
+pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
@@ -39,8 +43,10 @@ pub static EXCLUDE_USERS: GucSetting<Option<CString>> =
 pub static EXCLUDE_DATABASES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static EXCLUDE_CLIENT_TOOLS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(100);
-pub static NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Seconds (a `real`, so `'100ms'` is 0.1).
+pub static NAPTIME: GucSetting<f64> = GucSetting::<f64>::new(10.0);
 pub static LEAK_TREND_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
 pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 // PGC_POSTMASTER
@@ -49,6 +55,11 @@ pub static DATABASE: GucSetting<Option<CString>> =
 
 /// Longest age setting accepted: 30 days, in seconds.
 const MAX_AGE_S: i32 = 30 * 24 * 3600;
+
+/// Test builds only: milliseconds the guard waits between recording a session and its last
+/// look before signalling, to let a test start a query inside that window.
+#[cfg(feature = "test_hooks")]
+pub static TEST_DELAY_BEFORE_SIGNAL: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 fn percent(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>) {
     GucRegistry::define_int_guc(
@@ -87,22 +98,17 @@ fn sighup_bool(name: &'static CStr, short: &'static CStr, setting: &'static GucS
     );
 }
 
-fn sighup_ms(
-    name: &'static CStr,
-    short: &'static CStr,
-    setting: &'static GucSetting<i32>,
-    min: i32,
-    max: i32,
-) {
+/// A policy timeout: seconds when no unit is given, 0 turns the rule off.
+fn sighup_timeout(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>) {
     GucRegistry::define_int_guc(
         name,
         short,
-        c"",
+        c"0 turns the rule off; a bare number is seconds.",
         setting,
-        min,
-        max,
+        0,
+        MAX_AGE_S,
         GucContext::Sighup,
-        GucFlags::UNIT_MS,
+        GucFlags::UNIT_S,
     );
 }
 
@@ -164,19 +170,15 @@ pub fn define() {
         c"When on, the worker records and logs the sessions it would end, and ends none.",
         &DRY_RUN,
     );
-    sighup_ms(
+    sighup_timeout(
         c"dbconn_guard.idle_timeout",
         c"Ends sessions idle for longer than this (0: never).",
         &IDLE_TIMEOUT,
-        0,
-        i32::MAX,
     );
-    sighup_ms(
+    sighup_timeout(
         c"dbconn_guard.idle_in_transaction_timeout",
         c"Ends sessions idle in transaction (or aborted transaction) for longer than this (0: never).",
         &IDLE_IN_TRANSACTION_TIMEOUT,
-        0,
-        i32::MAX,
     );
     GucRegistry::define_int_guc(
         c"dbconn_guard.min_utilization_pct",
@@ -213,6 +215,11 @@ pub fn define() {
         c"Whether sessions of superusers may be ended too.",
         &TERMINATE_SUPERUSERS,
     );
+    sighup_bool(
+        c"dbconn_guard.exclude_client_tools",
+        c"Never end sessions of PostgreSQL's own client programs (pg_dump, pg_restore, pg_basebackup, vacuumdb, ...), by application_name.",
+        &EXCLUDE_CLIENT_TOOLS,
+    );
     GucRegistry::define_int_guc(
         c"dbconn_guard.max_terminations_per_cycle",
         c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
@@ -223,12 +230,15 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    sighup_ms(
+    GucRegistry::define_float_guc(
         c"dbconn_guard.naptime",
         c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
+        c"A bare number is seconds; at least 100ms.",
         &NAPTIME,
-        100,
-        3_600_000,
+        0.1,
+        3600.0,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"dbconn_guard.leak_trend_samples",
@@ -250,13 +260,28 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_string_guc(
-        c"dbconn_guard.database",
-        c"Database the background worker connects to; the extension must be created there.",
+    // A PGC_POSTMASTER setting can only be created while the postmaster loads the library:
+    // defining it later (CREATE EXTENSION or LOAD without the preload) is a FATAL error.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"dbconn_guard.database",
+            c"Database the background worker connects to; the extension must be created there.",
+            c"",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    #[cfg(feature = "test_hooks")]
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.test_delay_before_signal",
+        c"Test builds only: delay between recording a session and the last look before signalling it.",
         c"",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
+        &TEST_DELAY_BEFORE_SIGNAL,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS | GucFlags::NO_SHOW_ALL,
     );
     percent(
         c"dbconn_guard.warning_pct",
@@ -349,8 +374,13 @@ fn list(setting: &GucSetting<Option<CString>>) -> PatternList {
     PatternList::parse(&text).unwrap_or_default()
 }
 
-fn ms(v: i32) -> Micros {
-    Micros::from(v) * 1000
+fn seconds_us(v: i32) -> Micros {
+    Micros::from(v) * 1_000_000
+}
+
+/// The longest sleep between the worker's checks, in microseconds.
+pub fn naptime_us() -> Micros {
+    (NAPTIME.get() * 1e6).round() as Micros
 }
 
 /// Who may be ended at all, under the settings in force.
@@ -361,6 +391,7 @@ pub fn scope() -> Scope {
         exclude_users: list(&EXCLUDE_USERS),
         exclude_databases: list(&EXCLUDE_DATABASES),
         terminate_superusers: TERMINATE_SUPERUSERS.get(),
+        exclude_client_tools: EXCLUDE_CLIENT_TOOLS.get(),
     }
 }
 
@@ -368,8 +399,8 @@ pub fn scope() -> Scope {
 pub fn policy() -> Policy {
     Policy {
         scope: scope(),
-        idle_timeout: ms(IDLE_TIMEOUT.get()),
-        idle_in_transaction_timeout: ms(IDLE_IN_TRANSACTION_TIMEOUT.get()),
+        idle_timeout: seconds_us(IDLE_TIMEOUT.get()),
+        idle_in_transaction_timeout: seconds_us(IDLE_IN_TRANSACTION_TIMEOUT.get()),
         min_utilization_pct: f64::from(MIN_UTILIZATION_PCT.get()),
         max_terminations_per_cycle: MAX_TERMINATIONS_PER_CYCLE.get().max(1) as usize,
     }
@@ -382,41 +413,36 @@ pub fn database() -> String {
         .unwrap_or_else(|| "postgres".into())
 }
 
-/// The policy in force as a JSON object of the settings' displayed values, for worker_status().
-pub fn policy_summary() -> String {
+/// The settings `worker_status().policy` shows, as `SHOW` displays them.
+pub const POLICY_SETTINGS: [&str; 15] = [
+    "enabled",
+    "dry_run",
+    "idle_timeout",
+    "idle_in_transaction_timeout",
+    "min_utilization_pct",
+    "include_applications",
+    "exclude_applications",
+    "exclude_users",
+    "exclude_databases",
+    "exclude_client_tools",
+    "terminate_superusers",
+    "max_terminations_per_cycle",
+    "naptime",
+    "audit_retention",
+    "database",
+];
+
+/// The policy in force as `(setting, value as SHOW displays it)`; "" for a setting that does not
+/// exist in this process (`database` without the preload).
+pub fn policy_values() -> Vec<(&'static str, String)> {
     let show = |name: &str| unsafe {
-        let cname = CString::new(name).unwrap_or_default();
-        let v = pg_sys::GetConfigOptionByName(cname.as_ptr(), std::ptr::null_mut(), true);
+        let cname = CString::new(format!("dbconn_guard.{name}")).unwrap_or_default();
+        let v = pg_sys::GetConfigOption(cname.as_ptr(), true, false);
         if v.is_null() {
             String::new()
         } else {
-            CStr::from_ptr(v).to_string_lossy().into_owned()
+            crate::encoding::cstr_to_rust(v).unwrap_or_default()
         }
     };
-    let names = [
-        "enabled",
-        "dry_run",
-        "idle_timeout",
-        "idle_in_transaction_timeout",
-        "min_utilization_pct",
-        "include_applications",
-        "exclude_applications",
-        "exclude_users",
-        "exclude_databases",
-        "terminate_superusers",
-        "max_terminations_per_cycle",
-        "naptime",
-        "audit_retention",
-        "database",
-    ];
-    let map: serde_json::Map<String, serde_json::Value> = names
-        .iter()
-        .map(|n| {
-            (
-                n.to_string(),
-                serde_json::Value::String(show(&format!("dbconn_guard.{n}"))),
-            )
-        })
-        .collect();
-    serde_json::Value::Object(map).to_string()
+    POLICY_SETTINGS.iter().map(|n| (*n, show(n))).collect()
 }

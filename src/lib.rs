@@ -5,22 +5,28 @@
 //!   structs; `backend_status` reads the backend status array directly.
 //! * `views`    — the SQL functions behind the views in `sql/finalize.sql`.
 //! * `guc`      — the `dbconn_guard.*` settings.
-//! * `worker`   — the background worker; `guard` acts on its plans (and `terminate_idle()`'s);
-//!   `shared` is what it publishes in shared memory; `admin` the guard's SQL functions.
+//! * `worker`   — the background worker; `guard` is the one kill path (record, last look,
+//!   signal), which the worker's rules and `terminate_idle()`'s requests (`requests`) take;
+//!   `shared` is what it publishes in shared memory; `admin` the guard's SQL functions;
+//!   `xact` its transactions.
+//! * `encoding` — text between the database encoding and Rust's UTF-8.
 
 use pgrx::prelude::*;
 
 mod admin;
 mod backend_status;
 pub mod core;
+mod encoding;
 mod guard;
 mod guc;
 mod locks;
+mod requests;
 mod rows;
 mod shared;
 mod snapshot;
 mod views;
 mod worker;
+mod xact;
 
 #[cfg(any(feature = "pg13", feature = "pg14"))]
 compile_error!(

@@ -84,12 +84,14 @@ fn no_waits_no_pairs() {
     assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM dbconn_guard.blocking_chains()").unwrap(), Some(0));
 }
 
-/// The session the worker judged must be the one it signals: same pid, backend start, state and
-/// state_change. A target read before the session did something else is left alone.
+/// The last look before a signal reads the target's own status entry again, in place: a session
+/// that ran anything since it was judged is seen to have changed, however recently, and one
+/// that did not is seen unchanged. Every read here is fresh (no per-transaction cache is in
+/// the way: this test's transaction is open throughout).
 #[pg_test]
-fn a_session_that_changed_since_it_was_read_is_not_ended() {
-    use crate::core::policy::{Rule, Target};
-    use crate::guard::{self, Action};
+fn the_last_look_sees_a_session_that_ran_a_query_since_it_was_judged() {
+    use crate::backend_status::{read_slot, Slot};
+    use crate::core::recheck::{last_word, Fresh, Verdict};
     Spi::run("CREATE EXTENSION IF NOT EXISTS dblink").unwrap();
     Spi::run(
         "SELECT dblink_connect('guard_race', format('host=%s port=%s dbname=%s user=%s', \
@@ -100,25 +102,68 @@ fn a_session_that_changed_since_it_was_read_is_not_ended() {
     let pid = Spi::get_one::<i32>("SELECT pid FROM dblink('guard_race', 'SELECT pg_backend_pid()') AS t(pid int)")
         .unwrap()
         .unwrap();
-    let snap = crate::snapshot::activity_all();
-    let live = snap.backends.iter().find(|b| b.pid == pid).expect("the dblink session").clone();
-    assert_eq!(live.state, Some("idle"));
-    let alive = || {
-        Spi::get_one::<bool>(&format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {pid}")).unwrap().unwrap()
+    let judge = || {
+        let snap = crate::snapshot::activity_all();
+        snap.backends.iter().find(|b| b.pid == pid).expect("the dblink session").clone()
     };
+    let look = |judged: &crate::core::session::Backend| {
+        let read = read_slot(judged.slot.expect("read in place"));
+        let fresh = match &read {
+            Slot::Unused => Fresh::Gone,
+            Slot::Torn => Fresh::Unreadable,
+            Slot::Read(b) => Fresh::Read(b),
+        };
+        last_word(judged, fresh, &crate::core::policy::Scope { terminate_superusers: true, ..Default::default() }, 0)
+    };
+    let judged = judge();
+    assert_eq!(judged.state, Some("idle"));
+    assert_eq!(look(&judged), Verdict::Proceed, "nothing happened since");
+    // the session runs a statement after it was judged
+    Spi::run("SELECT * FROM dblink('guard_race', 'SELECT 1') AS t(x int)").unwrap();
+    assert_eq!(look(&judged), Verdict::Changed);
+    let again = judge();
+    assert!(again.state_change > judged.state_change);
+    assert_eq!(look(&again), Verdict::Proceed);
+    // it ends: its slot is empty, or holds another backend
+    Spi::run("SELECT dblink_disconnect('guard_race')").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while look(&again) != Verdict::Gone {
+        assert!(std::time::Instant::now() < deadline, "the ended session still looks alive");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
 
-    // read a moment "earlier": its state_change no longer matches
-    let mut stale = live.clone();
-    stale.state_change = stale.state_change.map(|t| t - 1);
-    let target = |b| Target { backend: b, rule: Rule::Manual, deadline: snap.now };
-    let acted = guard::execute(&[target(stale)], snap.now, "pg_test", None, false);
-    assert_eq!(acted, vec![Action::Changed]);
-    assert!(alive());
+/// The query text is read only for the pids asked for.
+#[pg_test]
+fn query_text_is_read_only_for_the_sessions_asked_for() {
+    let me = unsafe { pg_sys::MyProcPid };
+    let snap = crate::snapshot::activity_with_queries(|pid| pid == me);
+    let mine = snap.backends.iter().find(|b| b.pid == me).unwrap();
+    assert!(mine.query.as_deref().is_some_and(|q| !q.is_empty()), "{mine:?}");
+    assert!(snap.backends.iter().filter(|b| b.pid != me && !b.is_hidden()).all(|b| b.query.is_none()));
+}
 
-    // the same session as it really is: ended, and recorded
-    let acted = guard::execute(&[target(live)], snap.now, "pg_test", None, false);
-    assert_eq!(acted, vec![Action::Terminated]);
-    let rows = Spi::get_one::<i64>(&format!("SELECT count(*) FROM dbconn_guard.terminations WHERE pid = {pid} AND actor = 'pg_test'"))
-        .unwrap();
-    assert_eq!(rows, Some(1));
+#[pg_test]
+fn client_backends_are_told_by_backend_type_not_by_name() {
+    use crate::core::session::Kind;
+    let me = unsafe { pg_sys::MyProcPid };
+    Spi::run("SELECT pg_stat_clear_snapshot()").unwrap();
+    let listed = Spi::get_one::<pgrx::JsonB>(
+        "SELECT jsonb_object_agg(pid::text, backend_type = 'client backend') FROM pg_stat_activity",
+    )
+    .unwrap()
+    .unwrap()
+    .0;
+    let snap = crate::snapshot::activity_all();
+    assert_eq!(snap.backends.iter().find(|b| b.pid == me).unwrap().kind, Kind::Client);
+    let mut compared = 0;
+    // backends may come and go between the two reads: compare those in both
+    for b in &snap.backends {
+        if let Some(client) = listed.get(b.pid.to_string()).and_then(|v| v.as_bool()) {
+            assert_eq!(b.is_client(), client, "{b:?}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "the background processes and this session: {compared}");
+    assert_eq!(snap.torn, 0);
 }

@@ -13,13 +13,9 @@ use pgrx::IntoDatum;
 /// One cell of a row: `None` is SQL NULL.
 pub type Cell = Option<pg_sys::Datum>;
 
-/// A `text` datum, allocated in the current memory context.
+/// A `text` datum in the database encoding, allocated in the current memory context.
 pub fn text(s: Option<&str>) -> Cell {
-    let s = s?;
-    let len = i32::try_from(s.len()).ok()?;
-    Some(pg_sys::Datum::from(unsafe {
-        pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), len)
-    }))
+    crate::encoding::text_datum(s?)
 }
 
 pub fn float8(v: Option<f64>) -> Cell {

@@ -1,7 +1,8 @@
-//! What the worker shares with every backend, in shared memory (one LWLock-protected block):
-//! its status counters, the idle-count samples behind `leak_suspects.trend`, and a ring of the
-//! latest terminations — the only record of them on a hot standby, where the audit table
-//! cannot be written.
+//! What the worker shares with every backend, in shared memory: its status counters, the
+//! idle-count samples behind `leak_suspects.trend`, and a ring of the latest terminations — the
+//! only record of them on a hot standby, where the audit table cannot be written (`SHARED`);
+//! and the mailbox through which `terminate_idle()` hands its sessions to the worker, which
+//! alone records and ends sessions (`REQUESTS`).
 //!
 //! Everything here is fixed-size and `Copy`, as shared memory requires.
 
@@ -13,9 +14,11 @@ use pgrx::shmem::PGRXSharedMemory;
 pub const MAX_SAMPLES: usize = 16;
 pub const MAX_GROUPS: usize = 256;
 pub const RECENT: usize = 128;
+/// Audit rows awaiting withdrawal (see `Shared::withdraw`).
+pub const WITHDRAW: usize = 256;
 const TEXT: usize = 64;
 const ERROR_TEXT: usize = 512;
-const POLICY_TEXT: usize = 1024;
+pub const POLICY_TEXT: usize = 8192;
 
 /// A fixed-capacity UTF-8 string (truncated on a character boundary).
 #[derive(Clone, Copy)]
@@ -70,6 +73,9 @@ pub struct TerminationRecord {
     pub xact_age_ms: i64,
     pub dry_run: bool,
     pub persisted: bool,
+    /// Microseconds from the last read of the session's status to the signal; -1 when none
+    /// was sent (dry run).
+    pub signal_window_us: i64,
     pub usename: FixedText<TEXT>,
     pub datname: FixedText<TEXT>,
     pub application_name: FixedText<TEXT>,
@@ -89,6 +95,7 @@ impl TerminationRecord {
             xact_age_ms: -1,
             dry_run: false,
             persisted: false,
+            signal_window_us: -1,
             usename: FixedText::empty(),
             datname: FixedText::empty(),
             application_name: FixedText::empty(),
@@ -126,6 +133,9 @@ impl GroupSamples {
 pub struct Shared {
     /// Worker pid while it runs, 0 otherwise.
     pub pid: i32,
+    /// Address of the worker's latch (`MyProc->procLatch`, in shared memory), 0 when it is not
+    /// running: `terminate_idle()` sets it to hand over a request.
+    pub latch: usize,
     pub started_at: Micros,
     pub cycles: i64,
     pub last_cycle_start: Micros,
@@ -137,6 +147,11 @@ pub struct Shared {
     pub deferred_last_cycle: i64,
     pub next_wakeup: Micros,
     pub extension_ready: bool,
+    /// Audit rows written for sessions that then were not signalled (they changed in the last
+    /// moment), whose deletion failed: the worker deletes them at its next chance, even after a
+    /// restart.
+    pub withdraw_len: u16,
+    pub withdraw: [i64; WITHDRAW],
     pub last_error_at: Micros,
     pub last_error: FixedText<ERROR_TEXT>,
     pub policy: FixedText<POLICY_TEXT>,
@@ -151,6 +166,7 @@ impl Shared {
     pub const fn new() -> Self {
         Shared {
             pid: 0,
+            latch: 0,
             started_at: 0,
             cycles: 0,
             last_cycle_start: 0,
@@ -162,6 +178,8 @@ impl Shared {
             deferred_last_cycle: 0,
             next_wakeup: 0,
             extension_ready: false,
+            withdraw_len: 0,
+            withdraw: [0; WITHDRAW],
             last_error_at: 0,
             last_error: FixedText::empty(),
             policy: FixedText::empty(),
@@ -202,6 +220,7 @@ impl Default for Shared {
 unsafe impl PGRXSharedMemory for Shared {}
 
 pub static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"dbconn_guard") };
+pub static REQUESTS: PgLwLock<Requests> = unsafe { PgLwLock::new(c"dbconn_guard_requests") };
 
 /// Whether the library was preloaded, so that `SHARED` exists.
 pub fn available() -> bool {
@@ -219,4 +238,107 @@ pub fn init() {
         PRELOADED = true;
     }
     pgrx::pg_shmem_init!(SHARED = Shared::new());
+    pgrx::pg_shmem_init!(REQUESTS = Requests::new());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The mailbox of `terminate_idle()`.
+
+/// Concurrent `terminate_idle()` calls served at once; more wait for a free slot.
+pub const REQUEST_SLOTS: usize = 4;
+/// Sessions per round trip; a call with more makes several.
+pub const REQUEST_TARGETS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestState {
+    Free,
+    /// Filled by a caller, waiting for the worker.
+    Submitted,
+    /// The worker is carrying it out.
+    Working,
+    /// Carried out; the caller reads the outcomes and frees the slot.
+    Done,
+    /// The caller gave up waiting (cancelled); the worker frees the slot when done.
+    Abandoned,
+}
+
+/// One session a caller asks the worker to end: who it is and what state it was judged in.
+/// The worker re-reads the session itself; nothing here is taken on trust but the identity
+/// to compare with.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestTarget {
+    pub pid: i32,
+    pub slot: u32,
+    pub backend_start: Micros,
+    pub state_change: Micros,
+    /// Index into `policy::IDLE_STATES`.
+    pub state: u8,
+}
+
+#[derive(Clone, Copy)]
+pub struct Request {
+    pub state: RequestState,
+    pub ticket: u64,
+    /// Address of the caller's latch, set by the worker when the request is done.
+    pub caller_latch: usize,
+    /// The calling role: the worker signals as this role, so PostgreSQL's own permission
+    /// rules for `pg_terminate_backend()` apply.
+    pub role: u32,
+    pub actor: FixedText<TEXT_ACTOR>,
+    pub dry_run: bool,
+    pub len: u16,
+    pub targets: [RequestTarget; REQUEST_TARGETS],
+    /// `guard::Outcome` codes, one per target, when done.
+    pub outcomes: [u8; REQUEST_TARGETS],
+    /// Why the request failed as a whole (nothing recorded), or why some rows failed.
+    pub error: FixedText<ERROR_TEXT>,
+}
+
+/// "manual:" and a role name (at most NAMEDATALEN - 1 bytes).
+pub const TEXT_ACTOR: usize = 80;
+
+impl Request {
+    const fn new() -> Self {
+        Request {
+            state: RequestState::Free,
+            ticket: 0,
+            caller_latch: 0,
+            role: 0,
+            actor: FixedText::empty(),
+            dry_run: false,
+            len: 0,
+            targets: [RequestTarget {
+                pid: 0,
+                slot: 0,
+                backend_start: 0,
+                state_change: 0,
+                state: 0,
+            }; REQUEST_TARGETS],
+            outcomes: [0; REQUEST_TARGETS],
+            error: FixedText::empty(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Requests {
+    pub next_ticket: u64,
+    pub slots: [Request; REQUEST_SLOTS],
+}
+
+impl Requests {
+    pub const fn new() -> Self {
+        Requests {
+            next_ticket: 1,
+            slots: [Request::new(); REQUEST_SLOTS],
+        }
+    }
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+unsafe impl PGRXSharedMemory for Requests {}

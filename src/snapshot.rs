@@ -6,25 +6,32 @@
 //! limits from the server's settings. Nothing here ever writes
 //! (the views work on a hot standby).
 
-pub use crate::backend_status::Extras;
 use crate::backend_status::{self, Visibility};
 use crate::core::blocking::LockWait;
 use crate::core::session::Snapshot;
 use crate::core::utilization::Limits;
-use pgrx::prelude::*;
+use pgrx::pg_sys;
 
 /// A fresh picture of every backend, as the caller may see it in `pg_stat_activity`.
 ///
 /// PostgreSQL caches backend status for the rest of a transaction on first use; the cache is
 /// dropped first (as `pg_stat_clear_snapshot()` does) so every call sees the present, and ages
 /// are measured against the clock at the moment of reading.
-pub fn activity(extras: Extras) -> Snapshot {
-    backend_status::read(Visibility::Caller, extras)
+pub fn activity() -> Snapshot {
+    backend_status::read(Visibility::Caller)
+}
+
+/// `activity()`, with the query text of the backends whose pid `wanted` says (as the caller
+/// may see it), read for those alone.
+pub fn activity_with_queries(wanted: impl Fn(i32) -> bool) -> Snapshot {
+    let mut snap = activity();
+    backend_status::read_queries(&mut snap, wanted);
+    snap
 }
 
 /// Every backend with nothing hidden: the background worker's view.
 pub fn activity_all() -> Snapshot {
-    backend_status::read(Visibility::All, Extras::default())
+    backend_status::read(Visibility::All)
 }
 
 /// Every backend waiting for a heavyweight lock, with what `pg_blocking_pids()` says of it.
@@ -50,10 +57,13 @@ pub fn limits() -> Limits {
     }
 }
 
-/// Is the extension installed in the current database? Checked through the catalog caches:
-/// its schema and its audit table (created with it, dropped with it) — the worker's check runs
-/// every cycle, and a `pg_extension` scan cost more than reading 2000 sessions' status.
-pub fn extension_exists() -> bool {
+/// Does the current database look like it has the extension: a schema `dbconn_guard` holding a
+/// relation `terminations`? Checked through the catalog caches, cheaply enough for every cycle
+/// (a `pg_extension` scan cost more than reading 2000 sessions' status). Any role with CREATE
+/// on the database can make this true by planting the pair, so it is only good for "waiting
+/// for CREATE EXTENSION"; before writing anything, `audit_table()` proves the table is the
+/// extension's own.
+pub fn extension_present() -> bool {
     unsafe {
         let ns = pg_sys::get_namespace_oid(c"dbconn_guard".as_ptr(), true);
         ns != pg_sys::InvalidOid
@@ -61,20 +71,26 @@ pub fn extension_exists() -> bool {
     }
 }
 
-/// The first column of the first row of a read-only query, `None` for no row or NULL.
-///
-/// Never `Spi::get_one`: pgrx runs that in read-write mode, which assigns a transaction id —
-/// an error on a hot standby, and a wasted xid (and WAL) per call on a primary.
-pub fn select_one<T: FromDatum + IntoDatum>(
-    query: &str,
-    args: &[pgrx::datum::DatumWithOid],
-) -> Option<T> {
-    Spi::connect(|client| {
-        let table = client.select(query, Some(1), args)?;
-        if table.is_empty() {
-            return Ok(None);
+/// The oid of `dbconn_guard.terminations` if it is a member of the installed extension
+/// `dbconn_guard` (its `pg_depend` entry says so; only the extension's owner, a superuser, can
+/// add objects to it). `None` otherwise: no extension, or a table someone else planted under
+/// that name.
+pub fn audit_table() -> Option<pg_sys::Oid> {
+    unsafe {
+        let ext = pg_sys::get_extension_oid(c"dbconn_guard".as_ptr(), true);
+        if ext == pg_sys::InvalidOid {
+            return None;
         }
-        table.first().get_one::<T>()
-    })
-    .unwrap_or_else(|e: spi::Error| error!("dbconn_guard: query failed: {e}"))
+        let ns = pg_sys::get_namespace_oid(c"dbconn_guard".as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return None;
+        }
+        let rel = pg_sys::get_relname_relid(c"terminations".as_ptr(), ns);
+        if rel == pg_sys::InvalidOid
+            || pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, rel) != ext
+        {
+            return None;
+        }
+        Some(rel)
+    }
 }

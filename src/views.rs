@@ -6,15 +6,16 @@
 #![allow(clippy::type_complexity)]
 
 use crate::core::fasthash::FastMap;
-use crate::core::session::{owned, Backend, Snapshot};
+use crate::core::session::{Backend, Name, Snapshot};
+use crate::encoding::DbText;
 use crate::core::{analysis, blocking, health, leaks, utilization};
 use crate::rows::{self, Cell};
-use crate::snapshot::Extras;
 use crate::{guc, shared, snapshot};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
-type Text = Option<String>;
+/// A text column, in the database encoding.
+type Text = Option<DbText>;
 type Secs = Option<f64>;
 
 fn round2(v: f64) -> f64 {
@@ -37,14 +38,14 @@ fn connection_analysis_rows() -> TableIterator<
         name!(pids, Vec<i32>),
     ),
 > {
-    let snap = snapshot::activity(Extras::default());
+    let snap = snapshot::activity();
     TableIterator::new(analysis::connection_analysis(&snap).into_iter().map(|g| {
         (
-            g.key.datname,
-            g.key.usename,
-            g.key.application_name,
-            g.key.client_addr,
-            g.key.state,
+            g.key.datname.map(DbText),
+            g.key.usename.map(DbText),
+            g.key.application_name.map(DbText),
+            g.key.client_addr.map(DbText),
+            g.key.state.map(DbText),
             g.connection_count,
             round2(g.avg_age_seconds),
             round2(g.max_age_seconds),
@@ -70,7 +71,7 @@ fn leak_suspect_rows() -> TableIterator<
         name!(reason, &'static str),
     ),
 > {
-    let snap = snapshot::activity(Extras::default());
+    let snap = snapshot::activity();
     let age = f64::from(guc::LEAK_IDLE_AGE.get());
     let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
     let shared = shared::available().then(|| *shared::SHARED.share());
@@ -86,10 +87,10 @@ fn leak_suspect_rows() -> TableIterator<
             .map(|r| {
                 let g = r.group;
                 (
-                    g.key.datname,
-                    g.key.usename,
-                    g.key.application_name,
-                    g.key.client_addr,
+                    g.key.datname.map(DbText),
+                    g.key.usename.map(DbText),
+                    g.key.application_name.map(DbText),
+                    g.key.client_addr.map(DbText),
                     g.connection_count,
                     round2(g.avg_age_seconds),
                     round2(g.max_age_seconds),
@@ -120,7 +121,7 @@ fn utilization_rows() -> TableIterator<
         name!(utilization_pct, f64),
     ),
 > {
-    let u = utilization::utilization(&snapshot::activity(Extras::default()), snapshot::limits());
+    let u = utilization::utilization(&snapshot::activity(), snapshot::limits());
     TableIterator::once((
         u.limits.max_connections,
         u.limits.superuser_reserved_connections,
@@ -141,13 +142,13 @@ fn utilization_rows() -> TableIterator<
 /// Client backends as a percentage of `max_connections`.
 #[pg_extern]
 fn utilization_pct() -> f64 {
-    utilization::utilization(&snapshot::activity(Extras::default()), snapshot::limits())
+    utilization::utilization(&snapshot::activity(), snapshot::limits())
         .utilization_pct
 }
 
 fn health_checks() -> Vec<health::Check> {
     let waits = snapshot::lock_waits();
-    let snap = snapshot::activity(Extras::default());
+    let snap = snapshot::activity();
     let util = utilization::utilization(&snap, snapshot::limits());
     health::evaluate(&snap, &util, &waits, &guc::thresholds())
 }
@@ -161,7 +162,7 @@ fn health() -> TableIterator<
         name!(status, String),
         name!(value, f64),
         name!(threshold, f64),
-        name!(detail, String),
+        name!(detail, DbText),
     ),
 > {
     TableIterator::new(health_checks().into_iter().map(|c| {
@@ -170,7 +171,7 @@ fn health() -> TableIterator<
             c.status.as_str().to_string(),
             round2(c.value),
             c.threshold,
-            c.detail,
+            DbText(c.detail),
         )
     }))
 }
@@ -183,11 +184,21 @@ fn health_status() -> &'static str {
 
 type ByPid<'a> = HashMap<i32, &'a Backend>;
 
-/// What the blocking views read: every lock wait, then the backends (with query text) to
-/// describe both sides.
+/// What the blocking views read: every lock wait, then the backends to describe both sides,
+/// with the query text of those in a pair only (never every session's).
 fn blocking_inputs() -> (Vec<blocking::LockWait>, Snapshot) {
     let waits = snapshot::lock_waits();
-    (waits, snapshot::activity(Extras { query: true }))
+    let mut sides: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    for w in &waits {
+        sides.insert(w.pid);
+        sides.extend(w.blocked_by.iter().copied());
+    }
+    let snap = snapshot::activity_with_queries(|pid| sides.contains(&pid));
+    (waits, snap)
+}
+
+fn text_of(n: &Option<Name>) -> Text {
+    n.as_deref().map(DbText::from)
 }
 
 /// (state age, transaction age) of a backend, rounded; the state age only when its state is
@@ -207,10 +218,10 @@ fn describe(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> (Text, Text, Text, Tex
         Some(b) => {
             let (state_age, xact_age) = ages(snap, b);
             (
-                owned(&b.usename),
-                owned(&b.application_name),
-                b.state.map(str::to_string),
-                b.query.clone(),
+                text_of(&b.usename),
+                text_of(&b.application_name),
+                b.state.map(DbText::from),
+                b.query.as_deref().map(DbText::from),
                 state_age,
                 xact_age,
             )

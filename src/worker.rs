@@ -1,29 +1,55 @@
 //! The background worker: wakes at the next session deadline (at most every naptime), plans with
-//! the pure policy core, acts through `guard`, samples idle counts for leak detection, and
-//! publishes what it did in shared memory.
+//! the pure policy core, acts through `guard` (the one kill path, which `terminate_idle()`'s
+//! requests take too), samples idle counts for leak detection, and publishes what it did in
+//! shared memory.
 //!
-//! Failure model: each cycle runs in its own transaction inside a PgTry block; an ERROR aborts
-//! that transaction, is logged and shown in `worker_status().last_error`, and the next cycle
-//! retries. If the process dies anyway, the postmaster restarts it after `RESTART_AFTER`.
+//! Signals are PostgreSQL's: SIGHUP reloads the configuration, SIGTERM is `die` (the worker
+//! exits at the next interrupt check, even in the middle of a lock wait), and a cancel
+//! (`pg_cancel_backend`) aborts the check in progress, if any, and nothing else.
+//!
+//! Settings of the worker's database and role (`ALTER DATABASE ... SET`) do not reach it: the
+//! settings its SQL depends on are pinned after it connects (`PINNED`).
+//!
+//! Failure model: each step runs in its own transaction; an ERROR aborts that transaction, is
+//! logged and shown in `worker_status().last_error`, and the next check retries. If the process
+//! dies anyway, the postmaster restarts it after `RESTART_AFTER`.
 
 use crate::core::leaks::{self, LeakHistory, Reason};
-use crate::core::policy::{self, Target};
+use crate::core::policy::{self, Load, Target};
+use crate::core::quote::{quoted, quoted_or};
 use crate::core::session::{Micros, SECOND};
 use crate::core::utilization;
-use crate::shared::{GroupSamples, MAX_GROUPS, MAX_SAMPLES, SHARED};
-use crate::{guard, guc, snapshot};
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use crate::guard::{self, Actor, Outcome};
+use crate::shared::{GroupSamples, MAX_GROUPS, MAX_SAMPLES, POLICY_TEXT, SHARED};
+use crate::{guc, requests, snapshot, xact};
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
+use std::ffi::CStr;
 use std::time::Duration;
 
 pub const BACKEND_TYPE: &str = "dbconn_guard";
 const RESTART_AFTER: Duration = Duration::from_secs(5);
-/// Wake a little after a deadline, so the session is past it when the worker looks.
-const DEADLINE_SLACK_US: Micros = 2_000;
+
+/// Settings every SQL statement of the worker runs under, whatever `ALTER DATABASE` or
+/// `ALTER ROLE` says for its database and role: no schema but `pg_catalog` (and, last, its own
+/// `pg_temp`) can supply a function or operator; transactions are read-write and READ
+/// COMMITTED (a database default of read-only or SERIALIZABLE would fail every check, the
+/// latter on a standby); no wait on a lock lasts more than a second, no statement more than a
+/// minute; the audit commits wait for the local WAL flush only, never for a synchronous
+/// standby that may be down.
+const PINNED: [(&CStr, &CStr); 10] = [
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"default_transaction_read_only", c"off"),
+    (c"default_transaction_isolation", c"read committed"),
+    (c"default_transaction_deferrable", c"off"),
+    (c"lock_timeout", c"1s"),
+    (c"statement_timeout", c"1min"),
+    (c"idle_in_transaction_session_timeout", c"0"),
+    (c"synchronous_commit", c"local"),
+    (c"transform_null_equals", c"off"),
+    (c"session_replication_role", c"origin"),
+];
 
 /// Registers the worker; called from `_PG_init` during `shared_preload_libraries` processing.
 pub fn register() {
@@ -44,8 +70,8 @@ struct State {
     history: LeakHistory,
     last_sample: Micros,
     /// Sessions already acted on, by (pid, backend_start, state_change): a terminated backend
-    /// stays in pg_stat_activity for a moment while it exits, and a dry run must not record the
-    /// same session every cycle.
+    /// stays in the status array for a moment while it exits, and a dry run must not record
+    /// the same session every cycle.
     acted: HashMap<(i32, Micros, Micros), Micros>,
     said_missing_extension: bool,
     terminations_total: i64,
@@ -57,216 +83,327 @@ fn now() -> Micros {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+fn pin_settings() {
+    let pinned = xact::transaction(c"dbconn_guard: pinning settings", || {
+        #[allow(unused_mut)]
+        let mut all: Vec<(&CStr, &CStr)> = PINNED.to_vec();
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        all.push((c"transaction_timeout", c"0"));
+        for (name, value) in all {
+            let ok = unsafe {
+                pg_sys::set_config_option(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_SUSET,
+                    pg_sys::GucSource::PGC_S_OVERRIDE,
+                    pg_sys::GucAction::GUC_ACTION_SET,
+                    true,
+                    pg_sys::WARNING as i32,
+                    false,
+                )
+            };
+            if ok <= 0 {
+                warning!(
+                    "dbconn_guard worker: could not pin {} = {}",
+                    name.to_string_lossy(),
+                    value.to_string_lossy()
+                );
+            }
+        }
+    });
+    if let Err(f) = pinned {
+        warning!("dbconn_guard worker: could not pin its settings: {f}");
+    }
+}
+
 fn publish_policy() {
-    let text = guc::policy_summary();
+    let text = policy::summary_json(&guc::policy_values(), POLICY_TEXT);
     SHARED.exclusive().policy.set(&text);
+}
+
+/// Says once, at start and after each reload, what the worker will do.
+fn announce_policy(pol: &policy::Policy) {
+    for w in policy::warnings(pol) {
+        warning!("{w}");
+    }
+    let rules: Vec<String> = [
+        ("idle_in_transaction_timeout", pol.idle_in_transaction_timeout),
+        ("idle_timeout", pol.idle_timeout),
+    ]
+    .iter()
+    .filter(|(_, t)| *t > 0)
+    .map(|(n, t)| format!("{n} = {}s", t / SECOND))
+    .collect();
+    if !guc::ENABLED.get() {
+        log!("dbconn_guard worker: dbconn_guard.enabled is off: it ends no session");
+    } else if rules.is_empty() {
+        log!(
+            "dbconn_guard worker: no termination rule is set (dbconn_guard.idle_timeout and dbconn_guard.idle_in_transaction_timeout are 0): it ends no session, and only watches"
+        );
+    } else {
+        log!(
+            "dbconn_guard worker: ending sessions by {}{}",
+            rules.join(", "),
+            if guc::DRY_RUN.get() {
+                " (dry run: recording only)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn clear_pid(_code: i32, _arg: pg_sys::Datum) {
     let mut s = SHARED.exclusive();
     s.pid = 0;
+    s.latch = 0;
     s.next_wakeup = 0;
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    unsafe {
+        // PostgreSQL's own handlers: a reload flag, and `die` for SIGTERM — the FATAL exit at
+        // the next CHECK_FOR_INTERRUPTS, which lock waits and latch waits both reach
+        #[cfg(not(feature = "pg18"))]
+        {
+            pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+            pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        }
+        #[cfg(feature = "pg18")]
+        {
+            pg_sys::pqsignal_be(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+            pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(die));
+        }
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
     let database = guc::database();
-    log!("dbconn_guard worker: connecting to database \"{database}\" (dbconn_guard.database)");
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!(
+        "dbconn_guard worker: connecting to database {} (dbconn_guard.database)",
+        quoted(&database)
+    );
+    pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    pin_settings();
     {
         let mut s = SHARED.exclusive();
         s.pid = unsafe { pg_sys::MyProcPid };
+        s.latch = unsafe { std::ptr::addr_of_mut!((*pg_sys::MyProc).procLatch) } as usize;
         s.started_at = now();
         s.extension_ready = false;
     }
     unsafe { pg_sys::before_shmem_exit(Some(clear_pid), pg_sys::Datum::from(0)) };
+    requests::after_restart();
     publish_policy();
-    log!("dbconn_guard worker started in database \"{database}\"");
+    log!(
+        "dbconn_guard worker started in database {}",
+        quoted(&database)
+    );
+    announce_policy(&guc::policy());
 
     let mut state = State {
         terminations_total: SHARED.share().terminations_total,
         ..Default::default()
     };
-    let mut sleep = Duration::ZERO;
-    while BackgroundWorker::wait_latch(Some(sleep)) {
-        if BackgroundWorker::sighup_received() {
+    let mut sleep: Micros = 0;
+    loop {
+        wait(sleep);
+        if unsafe { pg_sys::ConfigReloadPending } != 0 {
             unsafe {
                 pg_sys::ConfigReloadPending = 0;
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
+            pin_settings();
             publish_policy();
+            announce_policy(&guc::policy());
             state.last_purge = 0;
         }
+        requests::serve(&mut state.terminations_total);
         sleep = cycle(&mut state);
-        SHARED.exclusive().next_wakeup = now() + sleep.as_micros() as Micros;
+        SHARED.exclusive().next_wakeup = now() + sleep;
     }
-    log!("dbconn_guard worker exiting on request; the postmaster restarts it unless the server is shutting down");
-    // a non-zero exit code asks the postmaster to restart the worker after RESTART_AFTER
-    unsafe { pg_sys::proc_exit(1) };
 }
 
-struct CycleReport {
-    examined: i64,
-    terminated: i64,
-    deferred: i64,
-    extension_ready: bool,
-    next_deadline: Option<Micros>,
-}
-
-/// One check, in its own transaction; returns how long to sleep.
-fn cycle(state: &mut State) -> Duration {
-    // the policy in force, read once per check
-    let pol = guc::policy();
-    let naptime_us = policy::longest_sleep(Micros::from(guc::NAPTIME.get()) * 1000, &pol);
-    let started = now();
-    let cpu_before = cpu_time_us();
-    let outcome = PgTryBuilder::new(AssertUnwindSafe(|| {
+/// Sleeps `us` microseconds, or until the latch is set (a reload, a request, a signal);
+/// then acts on pending interrupts: SIGTERM ends the process here. A cancel of the idle worker
+/// has nothing to cancel and is dropped.
+fn wait(us: Micros) {
+    if us > 0 {
         unsafe {
-            pg_sys::SetCurrentStatementStartTimestamp();
-            pg_sys::StartTransactionCommand();
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            pg_sys::pgstat_report_activity(
-                pg_sys::BackendState::STATE_RUNNING,
-                c"dbconn_guard: checking sessions".as_ptr(),
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                ((us + 999) / 1000).max(1) as _,
+                pg_sys::PG_WAIT_EXTENSION,
             );
         }
-        let report = check(state, &pol);
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
-            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
+    }
+    unsafe {
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        if pg_sys::QueryCancelPending != 0 && pg_sys::ProcDiePending == 0 {
+            pg_sys::QueryCancelPending = 0;
+            log!("dbconn_guard worker: cancel request ignored (no check was running)");
         }
-        Ok(report)
-    }))
-    .catch_others(|e| {
-        unsafe {
-            pg_sys::AbortCurrentTransaction();
-            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
+    }
+    pgrx::check_for_interrupts!();
+}
+
+struct Planned {
+    extension_ready: bool,
+    examined: i64,
+    targets: Vec<Target>,
+    deferred: i64,
+    next_deadline: Option<Micros>,
+    judged_at: Micros,
+}
+
+/// One check: read and plan in one transaction, act through the kill path, purge; returns how
+/// long to sleep.
+fn cycle(state: &mut State) -> Micros {
+    // the policy in force, read once per check
+    let pol = guc::policy();
+    let longest = policy::longest_sleep(guc::naptime_us(), &pol);
+    let started = now();
+    let cpu_before = cpu_time_us();
+    let cycle_no = SHARED.share().cycles + 1;
+
+    let planned = xact::transaction(c"dbconn_guard: checking sessions", || plan(state, &pol));
+    let mut error = None;
+    let mut terminated = 0;
+    let mut next_deadline = None;
+    let mut extension_ready = false;
+    let (mut examined, mut deferred) = (0, 0);
+    match planned {
+        Ok(p) => {
+            extension_ready = p.extension_ready;
+            examined = p.examined;
+            deferred = p.deferred;
+            next_deadline = p.next_deadline;
+            if !p.targets.is_empty() {
+                let report = guard::carry_out(
+                    &p.targets,
+                    p.judged_at,
+                    &Actor::Worker { cycle: cycle_no },
+                    guc::DRY_RUN.get(),
+                );
+                for (t, o) in p.targets.iter().zip(&report.outcomes) {
+                    if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
+                        state.acted.insert(key(&t.backend), p.judged_at);
+                    }
+                    if o.ended() {
+                        terminated += 1;
+                    }
+                }
+                error = report.error;
+            }
         }
-        let msg = match &e {
-            pg_sys::panic::CaughtError::PostgresError(r)
-            | pg_sys::panic::CaughtError::ErrorReport(r)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
-        };
-        Err(msg)
-    })
-    .execute();
+        Err(f) => error = Some(f.message),
+    }
+    if extension_ready {
+        if let Err(f) = xact::transaction(c"dbconn_guard: housekeeping", || {
+            guard::withdraw_pending();
+            purge_audit(state, now());
+        }) {
+            error.get_or_insert(format!("housekeeping: {f}"));
+        }
+    }
 
     let finished = now();
     let mut s = SHARED.exclusive();
-    s.cycles += 1;
+    s.cycles = cycle_no;
     s.last_cycle_start = started;
     s.last_cycle_us = finished - started;
     s.last_cycle_cpu_us = cpu_time_us() - cpu_before;
-    match outcome {
-        Ok(r) => {
-            s.extension_ready = r.extension_ready;
-            s.sessions_examined = r.examined;
-            s.terminations_last_cycle = r.terminated;
-            s.deferred_last_cycle = r.deferred;
-            state.terminations_total += r.terminated;
-            s.terminations_total = state.terminations_total;
-            drop(s);
-            let wake = match r.next_deadline {
-                Some(d) => (d + DEADLINE_SLACK_US - finished).clamp(0, naptime_us),
-                None => naptime_us,
-            };
-            Duration::from_micros(wake as u64)
+    s.extension_ready = extension_ready;
+    s.sessions_examined = examined;
+    s.terminations_last_cycle = terminated;
+    s.deferred_last_cycle = deferred;
+    state.terminations_total += terminated;
+    s.terminations_total = state.terminations_total;
+    if let Some(msg) = &error {
+        s.last_error.set(msg);
+        s.last_error_at = finished;
+    }
+    drop(s);
+    match error {
+        Some(msg) => {
+            warning!("dbconn_guard worker: check {cycle_no}: {msg}; retrying within a naptime");
+            policy::sleep_after(None, finished, guc::naptime_us())
         }
-        Err(msg) => {
-            s.last_error.set(&msg);
-            s.last_error_at = finished;
-            drop(s);
-            warning!("dbconn_guard worker: check failed, retrying in one naptime: {msg}");
-            Duration::from_micros(naptime_us as u64)
-        }
+        None => policy::sleep_after(next_deadline, finished, longest),
     }
 }
 
-fn check(state: &mut State, pol: &policy::Policy) -> CycleReport {
-    let mut report = CycleReport {
-        examined: 0,
-        terminated: 0,
-        deferred: 0,
+fn key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
+    (
+        b.pid,
+        b.backend_start.unwrap_or(0),
+        b.state_change.unwrap_or(0),
+    )
+}
+
+/// Reads every backend and plans (inside the check's first transaction).
+fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
+    let mut out = Planned {
         extension_ready: false,
+        examined: 0,
+        targets: Vec::new(),
+        deferred: 0,
         next_deadline: None,
+        judged_at: 0,
     };
-    if !snapshot::extension_exists() {
+    if !snapshot::extension_present() {
         if !state.said_missing_extension {
             log!(
-                "dbconn_guard worker: extension \"dbconn_guard\" does not exist in database \"{}\"; waiting for CREATE EXTENSION dbconn_guard there",
-                guc::database()
+                "dbconn_guard worker: extension \"dbconn_guard\" does not exist in database {}; waiting for CREATE EXTENSION dbconn_guard there",
+                quoted(&guc::database())
             );
             state.said_missing_extension = true;
         }
-        return report;
+        return out;
     }
     if state.said_missing_extension {
         log!("dbconn_guard worker: extension found, guarding sessions");
         state.said_missing_extension = false;
     }
-    report.extension_ready = true;
+    out.extension_ready = true;
 
     let snap = snapshot::activity_all();
+    out.judged_at = snap.now;
     let util = utilization::utilization(&snap, snapshot::limits());
-    report.examined = util.client_backends;
+    out.examined = util.client_backends;
 
-    // forget sessions that are gone
-    if !state.acted.is_empty() {
-        let present: std::collections::HashSet<(i32, Micros, Micros)> = snap
-            .backends
-            .iter()
-            .map(|b| {
-                (
-                    b.pid,
-                    b.backend_start.unwrap_or(0),
-                    b.state_change.unwrap_or(0),
-                )
-            })
-            .collect();
+    // forget sessions that are gone — only on a complete read: a status entry that could not
+    // be read is no proof that its session ended
+    if !state.acted.is_empty() && snap.torn == 0 {
+        let present: std::collections::HashSet<(i32, Micros, Micros)> =
+            snap.backends.iter().map(key).collect();
         state.acted.retain(|k, _| present.contains(k));
     }
 
     if guc::ENABLED.get() {
-        let plan = policy::plan(&snap, util.utilization_pct, pol, unsafe {
-            pg_sys::MyProcPid
-        });
-        let key = |t: &Target| {
-            (
-                t.backend.pid,
-                t.backend.backend_start.unwrap_or(0),
-                t.backend.state_change.unwrap_or(0),
-            )
+        let load = Load {
+            client_backends: util.client_backends,
+            max_connections: util.limits.max_connections,
         };
-        let targets: Vec<Target> = plan
-            .targets
-            .into_iter()
-            .filter(|t| !state.acted.contains_key(&key(t)))
-            .collect();
-        let dry_run = guc::DRY_RUN.get();
-        let cycle = SHARED.share().cycles + 1;
-        let actions = guard::execute(&targets, snap.now, "worker", Some(cycle), dry_run);
-        for (t, a) in targets.iter().zip(&actions) {
-            if *a != guard::Action::Changed {
-                state.acted.insert(key(t), snap.now);
-            }
-            if *a == guard::Action::Terminated {
-                report.terminated += 1;
-            }
-        }
-        report.deferred = plan.deferred as i64;
-        report.next_deadline = plan.next_deadline;
+        let acted = &state.acted;
+        let plan = policy::plan(&snap, load, pol, unsafe { pg_sys::MyProcPid }, |b| {
+            acted.contains_key(&key(b))
+        });
+        out.targets = plan.targets;
+        out.deferred = plan.deferred as i64;
+        out.next_deadline = plan.next_deadline;
     }
 
     sample_leaks(state, &snap);
-    purge_audit(state, snap.now);
-    report
+    out
 }
 
 const PURGE_EVERY: Micros = 3600 * SECOND;
+/// Rows deleted per statement when purging: a long backlog goes in steps, each well within the
+/// worker's statement_timeout.
+const PURGE_BATCH: i64 = 10_000;
 
 /// Deletes audit rows older than `dbconn_guard.audit_retention`, hourly and after each reload
 /// (not on a standby, where the table is read-only).
@@ -279,24 +416,37 @@ fn purge_audit(state: &mut State, now: Micros) {
         return;
     }
     state.last_purge = now;
-    let deleted = Spi::connect_mut(|client| {
-        client
-            .update(
-                "DELETE FROM dbconn_guard.terminations \
-                  WHERE terminated_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1) RETURNING 1",
-                None,
-                &[f64::from(retention_s).into()],
-            )
-            .map(|t| t.len())
-    })
-    .unwrap_or_else(|e| error!("dbconn_guard: could not purge old audit rows: {e}"));
+    if snapshot::audit_table().is_none() {
+        return;
+    }
+    let mut deleted = 0;
+    loop {
+        let n = Spi::connect_mut(|client| {
+            client
+                .update(
+                    "DELETE FROM dbconn_guard.terminations WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY( \
+                       SELECT id FROM dbconn_guard.terminations \
+                        WHERE terminated_at OPERATOR(pg_catalog.<) \
+                              pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1) \
+                        LIMIT $2))",
+                    None,
+                    &[f64::from(retention_s).into(), PURGE_BATCH.into()],
+                )
+                .map(|t| t.len())
+        })
+        .unwrap_or_else(|e| error!("could not purge old audit rows: {e}"));
+        deleted += n;
+        if (n as i64) < PURGE_BATCH {
+            break;
+        }
+    }
     if deleted > 0 {
         log!("dbconn_guard worker: deleted {deleted} rows of dbconn_guard.terminations older than dbconn_guard.audit_retention ({retention_s}s)");
     }
 }
 
 fn sample_leaks(state: &mut State, snap: &crate::core::session::Snapshot) {
-    let naptime_us = Micros::from(guc::NAPTIME.get()) * 1000;
+    let naptime_us = guc::naptime_us();
     let window = (guc::LEAK_TREND_SAMPLES.get().max(2) as usize).min(MAX_SAMPLES);
     // one sample per naptime, however often deadlines wake the worker
     if snap.now - state.last_sample < naptime_us.max(SECOND / 10) {
@@ -337,10 +487,10 @@ fn sample_leaks(state: &mut State, snap: &crate::core::session::Snapshot) {
         };
         warning!(
             "dbconn_guard: connection leak suspect: database={} user={} application={} client={} holds {} idle sessions; {why}",
-            k.datname.as_deref().unwrap_or(""),
-            k.usename.as_deref().unwrap_or(""),
-            k.application_name.as_deref().unwrap_or(""),
-            k.client_addr.as_deref().unwrap_or("local"),
+            quoted_or(k.datname.as_deref(), "-"),
+            quoted_or(k.usename.as_deref(), "-"),
+            quoted_or(k.application_name.as_deref(), "-"),
+            k.client_addr.as_deref().map_or_else(|| "local".to_string(), quoted),
             note.idle_count,
         );
     }
@@ -365,4 +515,11 @@ struct Timespec {
 
 unsafe extern "C" {
     fn clock_gettime(clk: i32, tp: *mut Timespec) -> i32;
+}
+
+// PostgreSQL's signal handlers themselves (pgrx's `pg_sys` items are guarded Rust wrappers,
+// which cannot be installed as handlers).
+unsafe extern "C-unwind" {
+    fn die(postgres_signal_arg: std::ffi::c_int);
+    fn SignalHandlerForConfigReload(postgres_signal_arg: std::ffi::c_int);
 }

@@ -126,6 +126,7 @@ mod tests {
         let mut in_xact = client(5, "idle in transaction", 30);
         in_xact.xact_start = Some(NOW - 40 * SECOND);
         let mut autovac = client(6, "active", 1000);
+        autovac.kind = Kind::Background;
         autovac.backend_type = Some("autovacuum worker".into());
         let snap = snapshot(vec![
             client(1, "idle", 100),
@@ -154,6 +155,7 @@ mod tests {
     #[test]
     fn hidden_sessions_are_not_counted() {
         let mut hidden = client(9, "idle", 5);
+        hidden.kind = Kind::Hidden;
         hidden.backend_type = None;
         hidden.state = None;
         let groups = connection_analysis(&snapshot(vec![hidden]));

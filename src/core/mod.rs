@@ -12,5 +12,7 @@ pub mod health;
 pub mod leaks;
 pub mod patterns;
 pub mod policy;
+pub mod quote;
+pub mod recheck;
 pub mod session;
 pub mod utilization;

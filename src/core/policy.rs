@@ -1,15 +1,36 @@
 //! The termination policy: which sessions the guard ends, why, and when it must look again.
 //!
-//! Pure: given a snapshot, the server's utilization and the policy, `plan` returns the sessions
-//! to end (most urgent first, at most `max_terminations_per_cycle`), and the earliest moment a
-//! further session can cross its timeout, so the worker can sleep exactly until then.
+//! Pure: given a snapshot, the server's connection load and the policy, `plan` returns the
+//! sessions to end (most urgent first, at most `max_terminations_per_cycle`), and the earliest
+//! moment a further session can cross its timeout, so the worker can sleep exactly until then.
+//! Sessions the caller has already handled (a dry run records a session once) are left out
+//! entirely: they count neither toward the cap nor toward the next deadline.
 
 use super::patterns::PatternList;
 use super::session::{Backend, Micros, Name, Snapshot};
+use super::utilization::percent;
 
 pub const IDLE: &str = "idle";
 pub const IDLE_IN_TRANSACTION: &str = "idle in transaction";
 pub const IDLE_IN_TRANSACTION_ABORTED: &str = "idle in transaction (aborted)";
+/// The states a session can be ended in.
+pub const IDLE_STATES: [&str; 3] = [IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED];
+
+/// `application_name`s of PostgreSQL's own client programs, protected while
+/// `dbconn_guard.exclude_client_tools` is on: `pg_dump -j` keeps its leader idle in a
+/// transaction for the whole parallel phase, and none of these should die half-way.
+pub const CLIENT_TOOLS: [&str; 10] = [
+    "pg_dump",
+    "pg_dumpall",
+    "pg_restore",
+    "pg_basebackup",
+    "pg_upgrade",
+    "pg_rewind",
+    "pg_amcheck",
+    "vacuumdb",
+    "reindexdb",
+    "clusterdb",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rule {
@@ -37,6 +58,7 @@ pub enum Protection {
     NotAClientBackend,
     OwnSession,
     Superuser,
+    ClientTool,
     ExcludedDatabase,
     ExcludedUser,
     ExcludedApplication,
@@ -49,6 +71,9 @@ impl Protection {
             Protection::NotAClientBackend => "not a client backend",
             Protection::OwnSession => "own session",
             Protection::Superuser => "superuser (dbconn_guard.terminate_superusers is off)",
+            Protection::ClientTool => {
+                "PostgreSQL client tool (dbconn_guard.exclude_client_tools is on)"
+            }
             Protection::ExcludedDatabase => "database in dbconn_guard.exclude_databases",
             Protection::ExcludedUser => "user in dbconn_guard.exclude_users",
             Protection::ExcludedApplication => "application in dbconn_guard.exclude_applications",
@@ -67,6 +92,7 @@ pub struct Scope {
     pub exclude_users: PatternList,
     pub exclude_databases: PatternList,
     pub terminate_superusers: bool,
+    pub exclude_client_tools: bool,
 }
 
 impl Scope {
@@ -84,13 +110,16 @@ impl Scope {
         fn s(v: &Option<Name>) -> &str {
             v.as_deref().unwrap_or("")
         }
+        let app = s(&b.application_name);
+        if self.exclude_client_tools && CLIENT_TOOLS.contains(&app) {
+            return Some(Protection::ClientTool);
+        }
         if !self.exclude_databases.is_empty() && self.exclude_databases.matches(s(&b.datname)) {
             return Some(Protection::ExcludedDatabase);
         }
         if !self.exclude_users.is_empty() && self.exclude_users.matches(s(&b.usename)) {
             return Some(Protection::ExcludedUser);
         }
-        let app = s(&b.application_name);
         if !self.exclude_applications.is_empty() && self.exclude_applications.matches(app) {
             return Some(Protection::ExcludedApplication);
         }
@@ -111,6 +140,13 @@ pub struct Policy {
     /// Plain idle sessions are ended only while utilization is at or above this percentage.
     pub min_utilization_pct: f64,
     pub max_terminations_per_cycle: usize,
+}
+
+/// How many client backends hold slots, out of how many.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    pub client_backends: i64,
+    pub max_connections: i32,
 }
 
 /// A session to end, with the facts the audit row and the re-check need.
@@ -163,9 +199,38 @@ pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
         .fold(naptime, Micros::min)
 }
 
-pub fn plan(snapshot: &Snapshot, utilization_pct: f64, policy: &Policy, own_pid: i32) -> Plan {
+/// The shortest sleep between two checks, whatever the plan says: nothing can make the worker
+/// spin.
+pub const MIN_SLEEP: Micros = 10_000;
+/// Wake a little after a deadline, so the session is past it when the worker looks.
+pub const DEADLINE_SLACK: Micros = 2_000;
+
+/// How long to sleep after a check that finished at `now`: until just past the next deadline,
+/// at least `MIN_SLEEP`, at most `longest` (see `longest_sleep`).
+pub fn sleep_after(next_deadline: Option<Micros>, now: Micros, longest: Micros) -> Micros {
+    let longest = longest.max(MIN_SLEEP);
+    match next_deadline {
+        Some(d) => d
+            .saturating_add(DEADLINE_SLACK)
+            .saturating_sub(now)
+            .clamp(MIN_SLEEP, longest),
+        None => longest,
+    }
+}
+
+/// Plans one check. `handled` says which sessions were already acted on (a dry run records
+/// each session once; a terminated backend lingers in the status array while it exits).
+pub fn plan(
+    snapshot: &Snapshot,
+    load: Load,
+    policy: &Policy,
+    own_pid: i32,
+    handled: impl Fn(&Backend) -> bool,
+) -> Plan {
     let now = snapshot.now;
-    let idle_allowed = utilization_pct >= policy.min_utilization_pct;
+    let gate = policy.min_utilization_pct > 0.0;
+    let idle_allowed =
+        !gate || percent(load.client_backends, load.max_connections) >= policy.min_utilization_pct;
     let mut out = Plan::default();
     let mut expired: Vec<Target> = Vec::new();
     for b in snapshot.clients() {
@@ -176,7 +241,7 @@ pub fn plan(snapshot: &Snapshot, utilization_pct: f64, policy: &Policy, own_pid:
         let Some(since) = b.state_change else {
             continue;
         };
-        if policy.scope.protection(b, own_pid).is_some() {
+        if policy.scope.protection(b, own_pid).is_some() || handled(b) {
             continue;
         }
         let deadline = since.saturating_add(timeout);
@@ -199,6 +264,19 @@ pub fn plan(snapshot: &Snapshot, utilization_pct: f64, policy: &Policy, own_pid:
             .then(a.deadline.cmp(&b.deadline))
             .then(a.backend.pid.cmp(&b.backend.pid))
     });
+    if gate {
+        // each session ended frees a slot: stop ending idle ones once utilization would fall
+        // below the threshold (idle in transaction goes whatever the utilization)
+        let mut clients = load.client_backends;
+        expired.retain(|t| {
+            let keep = t.rule != Rule::IdleTimeout
+                || percent(clients, load.max_connections) >= policy.min_utilization_pct;
+            if keep {
+                clients -= 1;
+            }
+            keep
+        });
+    }
     if expired.len() > policy.max_terminations_per_cycle {
         out.deferred = expired.len() - policy.max_terminations_per_cycle;
         expired.truncate(policy.max_terminations_per_cycle);
@@ -206,6 +284,72 @@ pub fn plan(snapshot: &Snapshot, utilization_pct: f64, policy: &Policy, own_pid:
     }
     out.targets = expired;
     out
+}
+
+/// Below this, a timeout ends sessions in ordinary use: an application that runs a few
+/// statements in a transaction and does some work of its own in between is idle in transaction
+/// for a moment each time.
+pub const SHORT_TIMEOUT: Micros = 10 * 1_000_000;
+
+/// WARNING texts for a policy whose timeouts are short enough to end sessions in ordinary use.
+pub fn warnings(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, t, what) in [
+        (
+            "idle_in_transaction_timeout",
+            policy.idle_in_transaction_timeout,
+            "transactions that wait on their client between statements",
+        ),
+        (
+            "idle_timeout",
+            policy.idle_timeout,
+            "pooled connections between two uses",
+        ),
+    ] {
+        if t > 0 && t < SHORT_TIMEOUT {
+            out.push(format!(
+                "dbconn_guard.{name} is {:.0}s: {what} are ended; values under {}s are meant for tests",
+                t as f64 / 1e6,
+                SHORT_TIMEOUT / 1_000_000
+            ));
+        }
+    }
+    out
+}
+
+/// The policy as a JSON object of `(setting, displayed value)`, at most `capacity` bytes and
+/// always valid: when it would not fit, the longest values (name lists) are replaced, one by
+/// one, by a note saying how long they are and where to see them whole.
+pub fn summary_json(values: &[(&str, String)], capacity: usize) -> String {
+    let mut shown: Vec<(String, String)> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let render = |shown: &[(String, String)]| {
+        let map: serde_json::Map<String, serde_json::Value> = shown
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    };
+    let mut json = render(&shown);
+    let mut replaced = vec![false; shown.len()];
+    while json.len() > capacity {
+        let Some(i) = (0..shown.len())
+            .filter(|&i| !replaced[i])
+            .max_by_key(|&i| shown[i].1.len())
+        else {
+            return "{}".to_string();
+        };
+        replaced[i] = true;
+        let (k, v) = &shown[i];
+        shown[i].1 = format!(
+            "({} bytes, too long to show here: SHOW dbconn_guard.{k})",
+            v.len()
+        );
+        json = render(&shown);
+    }
+    json
 }
 
 #[cfg(test)]
@@ -224,6 +368,18 @@ mod tests {
         }
     }
 
+    /// A plan at `pct` utilization (of 100 slots), nothing handled before.
+    fn plan_at(snap: &Snapshot, pct: f64, pol: &Policy, own_pid: i32) -> Plan {
+        plan(snap, load(pct), pol, own_pid, |_| false)
+    }
+
+    fn load(pct: f64) -> Load {
+        Load {
+            client_backends: pct.round() as i64,
+            max_connections: 100,
+        }
+    }
+
     fn pids(p: &Plan) -> Vec<i32> {
         p.targets.iter().map(|t| t.backend.pid).collect()
     }
@@ -238,7 +394,7 @@ mod tests {
             client(5, "active", 100_000),
             client(6, "fastpath function call", 100_000),
         ]);
-        let p = plan(&snap, 50.0, &policy(), 0);
+        let p = plan_at(&snap, 50.0, &policy(), 0);
         assert_eq!(
             pids(&p),
             vec![4, 3, 1],
@@ -260,8 +416,7 @@ mod tests {
             client(1, "idle", 10_000),
             client(2, "idle in transaction", 10_000),
         ]);
-        let p = plan(
-            &snap,
+        let p = plan_at(&snap,
             0.0,
             &Policy {
                 idle_timeout: 0,
@@ -270,8 +425,7 @@ mod tests {
             0,
         );
         assert_eq!(pids(&p), vec![2]);
-        let p = plan(
-            &snap,
+        let p = plan_at(&snap,
             0.0,
             &Policy {
                 idle_in_transaction_timeout: 0,
@@ -292,8 +446,10 @@ mod tests {
             min_utilization_pct: 80.0,
             ..policy()
         };
-        assert_eq!(pids(&plan(&snap, 79.9, &pol, 0)), vec![2]);
-        assert_eq!(pids(&plan(&snap, 80.0, &pol, 0)), vec![2, 1]);
+        assert_eq!(pids(&plan_at(&snap, 79.0, &pol, 0)), vec![2]);
+        // ending the idle-in-transaction one first brings 80 down to 79
+        assert_eq!(pids(&plan_at(&snap, 80.0, &pol, 0)), vec![2]);
+        assert_eq!(pids(&plan_at(&snap, 81.0, &pol, 0)), vec![2, 1]);
     }
 
     #[test]
@@ -304,10 +460,13 @@ mod tests {
         let mut unknown_role = old(2);
         unknown_role.is_superuser = None;
         let mut walsender = old(3);
+        walsender.kind = Kind::Background;
         walsender.backend_type = Some("walsender".into());
         let mut worker = old(4);
+        worker.kind = Kind::Background;
         worker.backend_type = Some("dbconn_guard".into());
         let mut hidden = old(5);
+        hidden.kind = Kind::Hidden;
         hidden.backend_type = None;
         let mut excluded_db = old(6);
         excluded_db.datname = Some("critical_db".into());
@@ -333,9 +492,9 @@ mod tests {
         pol.scope.exclude_databases = PatternList::parse("critical_*").unwrap();
         pol.scope.exclude_users = PatternList::parse("replicator").unwrap();
         pol.scope.exclude_applications = PatternList::parse("pg_dump*, psql").unwrap();
-        assert_eq!(pids(&plan(&snap, 0.0, &pol, 9)), vec![10]);
+        assert_eq!(pids(&plan_at(&snap, 0.0, &pol, 9)), vec![10]);
         pol.scope.terminate_superusers = true;
-        assert_eq!(pids(&plan(&snap, 0.0, &pol, 9)), vec![1, 2, 10]);
+        assert_eq!(pids(&plan_at(&snap, 0.0, &pol, 9)), vec![1, 2, 10]);
     }
 
     #[test]
@@ -347,7 +506,7 @@ mod tests {
         let snap = snapshot(vec![client(1, "idle", 10_000), batch, no_app]);
         let mut pol = policy();
         pol.scope.include_applications = PatternList::parse("batch-*").unwrap();
-        assert_eq!(pids(&plan(&snap, 0.0, &pol, 0)), vec![2]);
+        assert_eq!(pids(&plan_at(&snap, 0.0, &pol, 0)), vec![2]);
         let b = &snap.backends[0];
         assert_eq!(
             pol.scope.protection(b, 0),
@@ -366,7 +525,7 @@ mod tests {
             max_terminations_per_cycle: 10,
             ..policy()
         };
-        let p = plan(&snap, 0.0, &pol, 0);
+        let p = plan_at(&snap, 0.0, &pol, 0);
         assert_eq!(p.targets.len(), 10);
         assert_eq!(p.deferred, 40);
         assert_eq!(
@@ -396,15 +555,14 @@ mod tests {
 
     #[test]
     fn nothing_pending_means_no_deadline() {
-        let p = plan(&snapshot(vec![client(1, "active", 5)]), 0.0, &policy(), 0);
+        let p = plan_at(&snapshot(vec![client(1, "active", 5)]), 0.0, &policy(), 0);
         assert!(p.targets.is_empty());
         assert_eq!(p.next_deadline, None);
     }
 
     #[test]
     fn below_min_utilization_idle_sessions_set_no_deadline() {
-        let p = plan(
-            &snapshot(vec![client(1, "idle", 5)]),
+        let p = plan_at(&snapshot(vec![client(1, "idle", 5)]),
             10.0,
             &Policy {
                 min_utilization_pct: 50.0,
@@ -413,5 +571,121 @@ mod tests {
             0,
         );
         assert_eq!(p.next_deadline, None);
+    }
+
+    #[test]
+    fn handled_sessions_count_neither_toward_the_cap_nor_the_deadline() {
+        // a dry run past the cap: the first two are recorded; the next plan must move on to
+        // the others, not pick the same two, filter them out and ask to look again at once
+        let snap = snapshot((1..=5).map(|p| client(p, "idle", 1000 - i64::from(p))).collect());
+        let pol = Policy {
+            max_terminations_per_cycle: 2,
+            ..policy()
+        };
+        let first = plan_at(&snap, 0.0, &pol, 0);
+        assert_eq!(pids(&first), vec![1, 2]);
+        assert_eq!(first.deferred, 3);
+        let done = pids(&first);
+        let second = plan(&snap, load(0.0), &pol, 0, |b| done.contains(&b.pid));
+        assert_eq!(pids(&second), vec![3, 4]);
+        let done = [1, 2, 3, 4];
+        let third = plan(&snap, load(0.0), &pol, 0, |b| done.contains(&b.pid));
+        assert_eq!(pids(&third), vec![5]);
+        assert_eq!(third.deferred, 0);
+        assert_eq!(third.next_deadline, None, "nothing left: no immediate re-check");
+        let all = plan(&snap, load(0.0), &pol, 0, |_| true);
+        assert!(all.targets.is_empty());
+        assert_eq!(all.next_deadline, None);
+    }
+
+    #[test]
+    fn idle_sessions_are_ended_only_while_utilization_stays_at_the_threshold() {
+        // 83 of 100 slots taken, threshold 80: ending 4 idle sessions brings it to 79
+        let snap = snapshot((1..=10).map(|p| client(p, "idle", 1000 + i64::from(p))).collect());
+        let pol = Policy {
+            min_utilization_pct: 80.0,
+            ..policy()
+        };
+        let p = plan_at(&snap, 83.0, &pol, 0);
+        assert_eq!(pids(&p), vec![10, 9, 8, 7], "longest idle first, then stop");
+        assert_eq!(p.deferred, 0);
+        // idle in transaction goes first and frees slots too
+        let mut mixed = snap.clone();
+        mixed.backends[0].state = Some(IDLE_IN_TRANSACTION);
+        mixed.backends[1].state = Some(IDLE_IN_TRANSACTION);
+        let p = plan_at(&mixed, 83.0, &pol, 0);
+        assert_eq!(pids(&p), vec![2, 1, 10, 9], "{p:?}");
+        // below the threshold: only idle in transaction
+        let p = plan_at(&mixed, 79.0, &pol, 0);
+        assert_eq!(pids(&p), vec![2, 1]);
+    }
+
+    #[test]
+    fn postgresql_client_tools_are_protected_while_exclude_client_tools_is_on() {
+        let mut dump = client(1, "idle in transaction", 10_000);
+        dump.application_name = Some("pg_dump".into());
+        let mut lookalike = client(2, "idle in transaction", 10_000);
+        lookalike.application_name = Some("pg_dump_helper".into());
+        let snap = snapshot(vec![dump, lookalike]);
+        let mut pol = policy();
+        pol.scope.exclude_client_tools = true;
+        assert_eq!(pids(&plan_at(&snap, 0.0, &pol, 0)), vec![2], "exact names only");
+        assert_eq!(
+            pol.scope.protection(&snap.backends[0], 0),
+            Some(Protection::ClientTool)
+        );
+        pol.scope.exclude_client_tools = false;
+        assert_eq!(pids(&plan_at(&snap, 0.0, &pol, 0)), vec![1, 2]);
+    }
+
+    #[test]
+    fn the_worker_never_sleeps_less_than_the_minimum_nor_more_than_the_longest() {
+        let longest = 10 * SECOND;
+        assert_eq!(sleep_after(None, NOW, longest), longest);
+        assert_eq!(
+            sleep_after(Some(NOW + SECOND), NOW, longest),
+            SECOND + DEADLINE_SLACK
+        );
+        assert_eq!(sleep_after(Some(NOW), NOW, longest), MIN_SLEEP, "deferred work");
+        assert_eq!(sleep_after(Some(NOW - SECOND), NOW, longest), MIN_SLEEP);
+        assert_eq!(sleep_after(Some(NOW + 3600 * SECOND), NOW, longest), longest);
+        assert_eq!(sleep_after(None, NOW, 0), MIN_SLEEP);
+    }
+
+    #[test]
+    fn short_timeouts_are_warned_about() {
+        let p = Policy {
+            idle_in_transaction_timeout: 2 * SECOND,
+            idle_timeout: 0,
+            ..policy()
+        };
+        let w = warnings(&p);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("dbconn_guard.idle_in_transaction_timeout is 2s"), "{w:?}");
+        assert!(warnings(&policy()).is_empty());
+    }
+
+    #[test]
+    fn the_policy_summary_is_always_valid_json_and_says_what_it_left_out() {
+        let long = (0..500).map(|i| format!("app-{i}")).collect::<Vec<_>>().join(", ");
+        let values = vec![
+            ("enabled", "on".to_string()),
+            ("exclude_applications", long.clone()),
+            ("exclude_users", "etl".to_string()),
+        ];
+        let whole = summary_json(&values, 100_000);
+        let v: serde_json::Value = serde_json::from_str(&whole).unwrap();
+        assert_eq!(v["exclude_applications"], long.as_str());
+        let cut = summary_json(&values, 300);
+        assert!(cut.len() <= 300, "{}", cut.len());
+        let v: serde_json::Value = serde_json::from_str(&cut).unwrap();
+        assert_eq!(v["enabled"], "on");
+        assert_eq!(v["exclude_users"], "etl");
+        let note = v["exclude_applications"].as_str().unwrap();
+        assert!(
+            note.contains("too long") && note.contains("SHOW dbconn_guard.exclude_applications"),
+            "{note}"
+        );
+        assert_eq!(summary_json(&values, 1), "{}");
     }
 }

@@ -14,6 +14,19 @@ pub type Micros = i64;
 /// `backend_type` of an ordinary client connection in `pg_stat_activity`.
 pub const CLIENT_BACKEND: &str = "client backend";
 
+/// What kind of process a backend is, decided from PostgreSQL's backend type (`B_BACKEND` is a
+/// client connection), never from the displayed name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// An ordinary client connection (`backend_type = 'client backend'`).
+    Client,
+    /// Anything else: background workers, autovacuum, walsenders, checkpointer, ...
+    #[default]
+    Background,
+    /// PostgreSQL hides the backend's type (and state) from the calling role.
+    Hidden,
+}
+
 /// One row of `pg_stat_activity`, as the calling role sees it.
 ///
 /// Columns the role may not see are `None` (PostgreSQL hides state, times, query text and even
@@ -21,6 +34,10 @@ pub const CLIENT_BACKEND: &str = "client backend";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Backend {
     pub pid: i32,
+    /// Index of the backend's entry in PostgreSQL's backend status array, for re-reading just
+    /// that entry (`None` when read from a copy).
+    pub slot: Option<u32>,
+    pub kind: Kind,
     pub datname: Option<Name>,
     pub usename: Option<Name>,
     pub application_name: Option<Name>,
@@ -41,12 +58,12 @@ pub struct Backend {
 impl Backend {
     /// An ordinary client connection (not a background worker, autovacuum, walsender, ...).
     pub fn is_client(&self) -> bool {
-        self.backend_type.as_deref() == Some(CLIENT_BACKEND)
+        self.kind == Kind::Client
     }
 
     /// PostgreSQL hid this backend's details from the calling role.
     pub fn is_hidden(&self) -> bool {
-        self.backend_type.is_none()
+        self.kind == Kind::Hidden
     }
 
     /// Seconds since the backend entered its current state (`now - state_change`), never negative.
@@ -76,6 +93,10 @@ pub struct Snapshot {
     /// When the snapshot was read; all ages are measured against it.
     pub now: Micros,
     pub backends: Vec<Backend>,
+    /// Status entries that were still being rewritten after the reader's retries: their
+    /// backends exist but could not be read. A snapshot with `torn > 0` is incomplete, so it
+    /// is no proof that a session is gone.
+    pub torn: usize,
 }
 
 impl Snapshot {
@@ -100,6 +121,7 @@ pub const SECOND: Micros = 1_000_000;
 #[cfg(test)]
 pub mod fixtures {
     //! Small builders for the unit tests of every core module.
+    pub use super::Kind;
     use super::*;
 
     pub const NOW: Micros = 1_000_000 * SECOND;
@@ -111,6 +133,7 @@ pub mod fixtures {
             usename: Some("web".into()),
             application_name: Some("api".into()),
             client_addr: Some("10.0.0.1".into()),
+            kind: Kind::Client,
             backend_type: Some(CLIENT_BACKEND.into()),
             state: Some(state),
             backend_start: Some(NOW - (age_s + 60) * SECOND),
@@ -122,7 +145,11 @@ pub mod fixtures {
     }
 
     pub fn snapshot(backends: Vec<Backend>) -> Snapshot {
-        Snapshot { now: NOW, backends }
+        Snapshot {
+            now: NOW,
+            backends,
+            torn: 0,
+        }
     }
 }
 
@@ -150,9 +177,12 @@ mod tests {
     fn hidden_and_client_classification() {
         let mut b = client(1, "idle", 1);
         assert!(b.is_client() && !b.is_hidden());
-        b.backend_type = None;
+        b.kind = Kind::Hidden;
         assert!(!b.is_client() && b.is_hidden());
-        b.backend_type = Some("autovacuum worker".into());
+        b.kind = Kind::Background;
         assert!(!b.is_client() && !b.is_hidden());
+        // the displayed name decides nothing: a worker may call itself anything
+        b.backend_type = Some(CLIENT_BACKEND.into());
+        assert!(!b.is_client());
     }
 }

@@ -87,8 +87,10 @@ mod tests {
     #[test]
     fn counts_clients_by_state_and_keeps_other_backends_apart() {
         let mut worker = client(10, "active", 1);
+        worker.kind = Kind::Background;
         worker.backend_type = Some("background worker".into());
         let mut hidden = client(11, "idle", 1);
+        hidden.kind = Kind::Hidden;
         hidden.backend_type = None;
         let mut starting = client(12, "idle", 1);
         starting.state = None;

@@ -1,0 +1,57 @@
+//! Client-chosen text in log lines.
+//!
+//! Application names, role and database names and client addresses go into the guard's LOG and
+//! WARNING lines as `key=value` fields. A client may call itself anything — say
+//! `x client=10.0.0.9 actor=manual:alice` — so every such value is written double-quoted, with
+//! quotes, backslashes and control characters escaped, and cannot pose as another field or line.
+
+use std::fmt::Write;
+
+/// `value` in double quotes, with `"` and `\` escaped and every control character written as
+/// `\n`, `\t`, `\r` or `\u{..}`; other characters (letters of any script) are kept.
+pub fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `quoted`, or a bare word for an absent value (`-`, or what the caller says).
+pub fn quoted_or(value: Option<&str>, absent: &str) -> String {
+    value.map_or_else(|| absent.to_string(), quoted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_name_cannot_forge_fields_or_lines() {
+        let forged = "x client=10.0.0.9 actor=manual:alice";
+        assert_eq!(quoted(forged), "\"x client=10.0.0.9 actor=manual:alice\"");
+        assert_eq!(quoted("a\" actor=\"x"), r#""a\" actor=\"x""#);
+        assert_eq!(
+            quoted("line\nLOG:  fake"),
+            "\"line\\nLOG:  fake\"",
+            "no new line in the log"
+        );
+        assert_eq!(quoted("tab\there\\"), r#""tab\there\\""#);
+        assert_eq!(quoted("bell\u{7}"), r#""bell\u{7}""#);
+        assert_eq!(quoted("café"), "\"café\"");
+        assert_eq!(quoted(""), "\"\"");
+        assert_eq!(quoted_or(None, "local"), "local");
+    }
+}

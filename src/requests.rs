@@ -1,0 +1,282 @@
+//! `terminate_idle()`'s sessions are ended by the background worker, not by the caller.
+//!
+//! Why: an audit row written in the caller's transaction is lost when that transaction rolls
+//! back (`BEGIN; SELECT dbconn_guard.terminate_idle('0'); ROLLBACK;`) or fails after the signals
+//! went out, while the sessions stay ended. The worker records in transactions of its own,
+//! commits before it signals, and is the one writer of `dbconn_guard.terminations`. It signals
+//! as the calling role, so PostgreSQL's permission rules for `pg_terminate_backend()` apply.
+//!
+//! The caller puts the sessions it chose (pid, status slot, backend start, state and since
+//! when) in a slot of the `REQUESTS` mailbox in shared memory and sets the worker's latch; the
+//! worker re-reads each session itself, carries them out through the kill path
+//! (`guard::carry_out`), writes one outcome per session back, and sets the caller's latch.
+//! Like `pg_terminate_backend()`, what is done is done: it does not depend on the caller's
+//! transaction committing.
+
+use crate::backend_status::{self, Slot};
+use crate::core::policy::{Rule, Target, IDLE_STATES};
+use crate::guard::{self, Actor, Outcome};
+use crate::shared::{
+    self, FixedText, Request, RequestState, RequestTarget, REQUESTS, REQUEST_TARGETS, SHARED,
+};
+use crate::xact;
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------------
+// the worker's side
+
+/// Called when the worker starts: a request another incarnation of the worker was carrying out
+/// when it ended gets an answer (its caller may be waiting); a submitted one is served anew.
+pub fn after_restart() {
+    let mut r = REQUESTS.exclusive();
+    for slot in r.slots.iter_mut() {
+        match slot.state {
+            RequestState::Working => {
+                slot.outcomes = [0; REQUEST_TARGETS];
+                slot.error.set(
+                    "the dbconn_guard worker ended while carrying out this request; what it did is in dbconn_guard.terminations",
+                );
+                slot.state = RequestState::Done;
+                wake(slot.caller_latch);
+            }
+            RequestState::Abandoned => slot.state = RequestState::Free,
+            _ => {}
+        }
+    }
+}
+
+fn wake(latch: usize) {
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// Carries out every submitted request (in the worker, between checks).
+pub fn serve(terminations_total: &mut i64) {
+    loop {
+        let taken = {
+            let mut r = REQUESTS.exclusive();
+            r.slots
+                .iter_mut()
+                .enumerate()
+                .find(|(_, s)| s.state == RequestState::Submitted)
+                .map(|(i, s)| {
+                    s.state = RequestState::Working;
+                    (i, *s)
+                })
+        };
+        let Some((i, req)) = taken else {
+            return;
+        };
+        let (outcomes, error) = carry_out(&req);
+        *terminations_total += outcomes.iter().filter(|o| o.ended()).count() as i64;
+        SHARED.exclusive().terminations_total = *terminations_total;
+        let mut r = REQUESTS.exclusive();
+        let slot = &mut r.slots[i];
+        if slot.state == RequestState::Abandoned || slot.ticket != req.ticket {
+            slot.state = RequestState::Free;
+            continue;
+        }
+        for (k, o) in outcomes.iter().enumerate() {
+            slot.outcomes[k] = o.code();
+        }
+        slot.error = FixedText::from_opt(error.as_deref());
+        slot.state = RequestState::Done;
+        wake(slot.caller_latch);
+    }
+}
+
+fn carry_out(req: &Request) -> (Vec<Outcome>, Option<String>) {
+    let n = usize::from(req.len).min(REQUEST_TARGETS);
+    let asked = &req.targets[..n];
+    let mut outcomes = vec![Outcome::Spared(crate::core::recheck::Verdict::Gone); n];
+    // the worker's own read of each session: the same one, in the same state since the same
+    // moment, or it is left alone
+    let read = xact::transaction(c"dbconn_guard: reading requested sessions", || {
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let mut targets = Vec::new();
+        for (k, a) in asked.iter().enumerate() {
+            let Slot::Read(b) = backend_status::read_slot(a.slot) else {
+                continue;
+            };
+            let same = b.pid == a.pid
+                && b.backend_start == Some(a.backend_start)
+                && b.state_change == Some(a.state_change)
+                && b.state == IDLE_STATES.get(usize::from(a.state)).copied();
+            if same {
+                targets.push((
+                    k,
+                    Target {
+                        backend: b,
+                        rule: Rule::Manual,
+                        deadline: now,
+                    },
+                ));
+            } else {
+                outcomes[k] = Outcome::Spared(crate::core::recheck::Verdict::Changed);
+            }
+        }
+        (now, targets)
+    });
+    let (now, targets) = match read {
+        Ok(r) => r,
+        Err(f) => return (vec![Outcome::NotRecorded; n], Some(f.message)),
+    };
+    let actor = Actor::Manual {
+        role: pg_sys::Oid::from(req.role),
+        name: req
+            .actor
+            .get()
+            .strip_prefix("manual:")
+            .unwrap_or("")
+            .to_string(),
+    };
+    let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+    let report = guard::carry_out(&only, now, &actor, req.dry_run);
+    for ((k, _), o) in targets.iter().zip(report.outcomes) {
+        outcomes[*k] = o;
+    }
+    (outcomes, report.error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// the caller's side
+
+/// Longest wait for the worker to take and finish one request.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// Whether the worker can take requests now; the reason why not otherwise.
+pub fn worker_ready() -> Result<(), String> {
+    if !shared::available() {
+        return Err("dbconn_guard is not in shared_preload_libraries, so its worker — which records and carries out every termination — is not running".into());
+    }
+    let s = SHARED.share();
+    if s.pid == 0 || s.latch == 0 || unsafe { pg_sys::BackendPidGetProc(s.pid) }.is_null() {
+        return Err("the dbconn_guard worker, which records and carries out every termination, is not running (see worker_status() and the server log)".into());
+    }
+    if !s.extension_ready {
+        return Err(format!(
+            "the dbconn_guard worker cannot record terminations: the extension does not exist in its database ({}; dbconn_guard.database)",
+            crate::guc::database()
+        ));
+    }
+    Ok(())
+}
+
+/// Hands `targets` to the worker and waits for their outcomes (one per target).
+pub fn hand_over(
+    targets: &[RequestTarget],
+    role: pg_sys::Oid,
+    actor: &str,
+    dry_run: bool,
+) -> (Vec<Outcome>, Option<String>) {
+    let mut outcomes = Vec::with_capacity(targets.len());
+    let mut errors = Vec::new();
+    for chunk in targets.chunks(REQUEST_TARGETS) {
+        let (o, e) = round_trip(chunk, role, actor, dry_run);
+        outcomes.extend(o);
+        errors.extend(e);
+    }
+    (outcomes, (!errors.is_empty()).then(|| errors.join("; ")))
+}
+
+fn round_trip(
+    chunk: &[RequestTarget],
+    role: pg_sys::Oid,
+    actor: &str,
+    dry_run: bool,
+) -> (Vec<Outcome>, Option<String>) {
+    let my_latch = unsafe { pg_sys::MyLatch } as usize;
+    let started = Instant::now();
+    // a free slot of the mailbox
+    let (slot, ticket) = loop {
+        {
+            let mut r = REQUESTS.exclusive();
+            let ticket = r.next_ticket;
+            if let Some(i) = r.slots.iter().position(|s| s.state == RequestState::Free) {
+                r.next_ticket += 1;
+                let s = &mut r.slots[i];
+                s.ticket = ticket;
+                s.caller_latch = my_latch;
+                s.role = u32::from(role);
+                s.actor.set(actor);
+                s.dry_run = dry_run;
+                s.len = chunk.len() as u16;
+                s.targets[..chunk.len()].copy_from_slice(chunk);
+                s.outcomes = [0; REQUEST_TARGETS];
+                s.error = FixedText::empty();
+                s.state = RequestState::Submitted;
+                break (i, ticket);
+            }
+        }
+        if started.elapsed() > ANSWER_WITHIN {
+            error!("dbconn_guard.terminate_idle: the worker is busy with other requests; nothing was ended, try again");
+        }
+        sleep_on_latch(10);
+    };
+    wake(SHARED.share().latch);
+
+    // its answer; a cancel meanwhile leaves the request to the worker, which frees the slot
+    let answer = PgTryBuilder::new(AssertUnwindSafe(|| loop {
+        {
+            let mut r = REQUESTS.exclusive();
+            let s = &mut r.slots[slot];
+            if s.ticket == ticket && s.state == RequestState::Done {
+                let out: Vec<Outcome> = s.outcomes[..chunk.len()]
+                    .iter()
+                    .map(|c| Outcome::from_code(*c))
+                    .collect();
+                let err = s.error.opt();
+                let unknown = s.outcomes[..chunk.len()].iter().all(|c| *c == 0);
+                s.state = RequestState::Free;
+                return if unknown && err.is_some() {
+                    (vec![Outcome::NotRecorded; chunk.len()], err)
+                } else {
+                    (out, err)
+                };
+            }
+        }
+        if started.elapsed() > ANSWER_WITHIN || worker_ready().is_err() {
+            abandon(slot, ticket);
+            error!(
+                "dbconn_guard.terminate_idle: the worker did not answer; what it did is in dbconn_guard.terminations and recent_terminations()"
+            );
+        }
+        sleep_on_latch(100);
+    }))
+    .catch_others(|e| {
+        abandon(slot, ticket);
+        e.rethrow()
+    })
+    .execute();
+    answer
+}
+
+fn abandon(slot: usize, ticket: u64) {
+    let mut r = REQUESTS.exclusive();
+    let s = &mut r.slots[slot];
+    if s.ticket == ticket {
+        s.state = match s.state {
+            RequestState::Submitted | RequestState::Done => RequestState::Free,
+            RequestState::Working => RequestState::Abandoned,
+            other => other,
+        };
+    }
+}
+
+/// Waits on this backend's latch for up to `ms`, then checks for interrupts (a cancel or
+/// statement_timeout ends the wait with an error).
+fn sleep_on_latch(ms: i64) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
