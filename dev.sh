@@ -233,7 +233,9 @@ run_pg_tests() {
 
 run_integration_tests() {
     local v=$1 port=$((TEST_PORT_BASE + $1)) name="it-pg$1"
-    install_ext "$v"
+    # test_hooks: a setting that delays the guard's last look, for the race tests
+    log "building and installing dbconn_guard (with test hooks) into PostgreSQL $v"
+    cargo pgrx install --pg-config "$(bin_dir "$v")/pg_config" --no-default-features --features "pg$v test_hooks" >&2
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"

@@ -233,9 +233,9 @@ pub fn define() {
     GucRegistry::define_float_guc(
         c"dbconn_guard.naptime",
         c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
-        c"A bare number is seconds; at least 100ms.",
+        c"A bare number is seconds; at least 50ms.",
         &NAPTIME,
-        0.1,
+        0.05,
         3600.0,
         GucContext::Sighup,
         GucFlags::UNIT_S,
@@ -437,7 +437,7 @@ pub const POLICY_SETTINGS: [&str; 15] = [
 pub fn policy_values() -> Vec<(&'static str, String)> {
     let show = |name: &str| unsafe {
         let cname = CString::new(format!("dbconn_guard.{name}")).unwrap_or_default();
-        let v = pg_sys::GetConfigOption(cname.as_ptr(), true, false);
+        let v = pg_sys::GetConfigOptionByName(cname.as_ptr(), std::ptr::null_mut(), true);
         if v.is_null() {
             String::new()
         } else {

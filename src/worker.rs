@@ -427,7 +427,7 @@ fn purge_audit(state: &mut State, now: Micros) {
                     "DELETE FROM dbconn_guard.terminations WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY( \
                        SELECT id FROM dbconn_guard.terminations \
                         WHERE terminated_at OPERATOR(pg_catalog.<) \
-                              pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1) \
+                              (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
                         LIMIT $2))",
                     None,
                     &[f64::from(retention_s).into(), PURGE_BATCH.into()],

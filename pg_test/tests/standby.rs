@@ -68,6 +68,14 @@ impl Standby {
 impl Drop for Standby {
     fn drop(&mut self) {
         let data = self.data.to_str().unwrap().to_string();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("standby server log (last 40 lines):");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         let _ = Command::new("sudo")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
