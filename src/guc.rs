@@ -31,8 +31,9 @@ pub static LEAK_IDLE_AGE: GucSetting<i32> = GucSetting::<i32>::new(600);
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static DRY_RUN: GucSetting<bool> = GucSetting::<bool>::new(false);
 // Off until a DBA sets them: preloading the library and creating the extension end nothing.
-pub static IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
-pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
+// Seconds (a `real`, so `'1500ms'` is exact and `'300ms'` is refused, not rounded to 0 = off).
+pub static IDLE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
@@ -98,17 +99,43 @@ fn sighup_bool(name: &'static CStr, short: &'static CStr, setting: &'static GucS
     );
 }
 
+/// Shortest policy timeout but 0 (off), in seconds: shorter ones end sessions in ordinary use.
+pub const MIN_TIMEOUT_S: f64 = 1.0;
+
+/// Check hook of the policy timeouts: 0 (off) or at least `MIN_TIMEOUT_S`.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_timeout(
+    newval: *mut f64,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let v = unsafe { *newval };
+    if v == 0.0 || v >= MIN_TIMEOUT_S {
+        return true;
+    }
+    let detail = format!(
+        "A termination timeout is 0 (off) or at least {MIN_TIMEOUT_S}s; {}s would end sessions in ordinary use. A bare number is seconds.",
+        v
+    );
+    let detail = CString::new(detail).unwrap_or_default();
+    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+    false
+}
+
 /// A policy timeout: seconds when no unit is given, 0 turns the rule off.
-fn sighup_timeout(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>) {
-    GucRegistry::define_int_guc(
+fn sighup_timeout(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<f64>) {
+    GucRegistry::define_float_guc_with_hooks(
         name,
         short,
-        c"0 turns the rule off; a bare number is seconds.",
+        c"0 turns the rule off; otherwise at least 1s. A bare number is seconds.",
         setting,
-        0,
-        MAX_AGE_S,
+        0.0,
+        f64::from(MAX_AGE_S),
         GucContext::Sighup,
         GucFlags::UNIT_S,
+        Some(check_timeout),
+        None,
+        None,
     );
 }
 
@@ -374,13 +401,13 @@ fn list(setting: &GucSetting<Option<CString>>) -> PatternList {
     PatternList::parse(&text).unwrap_or_default()
 }
 
-fn seconds_us(v: i32) -> Micros {
-    Micros::from(v) * 1_000_000
+fn seconds_us(v: f64) -> Micros {
+    (v * 1e6).round() as Micros
 }
 
 /// The longest sleep between the worker's checks, in microseconds.
 pub fn naptime_us() -> Micros {
-    (NAPTIME.get() * 1e6).round() as Micros
+    seconds_us(NAPTIME.get())
 }
 
 /// Who may be ended at all, under the settings in force.

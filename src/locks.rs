@@ -164,11 +164,7 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
     }
     unsafe {
         pgrx::direct_function_call_as_datum(pg_sys::regclassout, &[Some(pg_sys::Datum::from(rel))])
-            .map(|d| {
-                CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>())
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .and_then(|d| crate::encoding::cstr_to_rust(d.cast_mut_ptr::<std::ffi::c_char>()))
     }
 }
 

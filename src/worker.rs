@@ -83,36 +83,36 @@ fn now() -> Micros {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+/// Pins `PINNED` for the worker's session, above any database or role setting
+/// (`PGC_S_OVERRIDE`), outside any transaction (a database default the worker cannot run
+/// under, such as SERIALIZABLE on a standby, must not stop it from pinning its own).
 fn pin_settings() {
-    let pinned = xact::transaction(c"dbconn_guard: pinning settings", || {
-        #[allow(unused_mut)]
-        let mut all: Vec<(&CStr, &CStr)> = PINNED.to_vec();
-        #[cfg(any(feature = "pg17", feature = "pg18"))]
-        all.push((c"transaction_timeout", c"0"));
-        for (name, value) in all {
-            let ok = unsafe {
-                pg_sys::set_config_option(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_SUSET,
-                    pg_sys::GucSource::PGC_S_OVERRIDE,
-                    pg_sys::GucAction::GUC_ACTION_SET,
-                    true,
-                    pg_sys::WARNING as i32,
-                    false,
-                )
-            };
-            if ok <= 0 {
-                warning!(
-                    "dbconn_guard worker: could not pin {} = {}",
-                    name.to_string_lossy(),
-                    value.to_string_lossy()
-                );
-            }
+    #[allow(unused_mut)]
+    let mut all: Vec<(&CStr, &CStr)> = PINNED.to_vec();
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    all.push((c"transaction_timeout", c"0"));
+    for (name, value) in all {
+        let ok = PgTryBuilder::new(|| unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                PgLogLevel::ERROR as i32,
+                false,
+            ) > 0
+        })
+        .catch_others(|_| false)
+        .execute();
+        if !ok {
+            warning!(
+                "dbconn_guard worker: could not pin {} = {}",
+                name.to_string_lossy(),
+                value.to_string_lossy()
+            );
         }
-    });
-    if let Err(f) = pinned {
-        warning!("dbconn_guard worker: could not pin its settings: {f}");
     }
 }
 
@@ -132,7 +132,7 @@ fn announce_policy(pol: &policy::Policy) {
     ]
     .iter()
     .filter(|(_, t)| *t > 0)
-    .map(|(n, t)| format!("{n} = {}s", t / SECOND))
+    .map(|(n, t)| format!("{n} = {}s", *t as f64 / 1e6))
     .collect();
     if !guc::ENABLED.get() {
         log!("dbconn_guard worker: dbconn_guard.enabled is off: it ends no session");

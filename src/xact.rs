@@ -48,6 +48,9 @@ pub fn transaction<R>(activity: &std::ffi::CStr, body: impl FnOnce() -> R) -> Re
         unsafe {
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
+            // a background worker has no idle loop that reports its statistics: without this,
+            // the dead rows of the audit purge never reach autovacuum
+            pg_sys::pgstat_report_stat(true);
             pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
         }
         Ok(r)

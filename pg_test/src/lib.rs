@@ -182,7 +182,7 @@ fn wait_for_worker_policy(settings: &[(&str, &str)]) {
             }
             let same: bool = fresh
                 .query_one(
-                    "SELECT coalesce((SELECT policy->>$1 FROM dbconn_guard.worker_status()) = current_setting($2), false)",
+                    "SELECT coalesce((SELECT NOT (policy ? $1) OR policy->>$1 = current_setting($2) FROM dbconn_guard.worker_status()), false)",
                     &[&short, name],
                 )
                 .unwrap()
@@ -276,4 +276,189 @@ pub fn query_every_view(c: &mut Client, context: &str) {
         c.query_one(sql, &[])
             .unwrap_or_else(|e| panic!("{context}: {sql}: {e}"));
     }
+}
+
+/// A throwaway cluster of its own, for tests that restart, stop or reconfigure a server (the
+/// shared test cluster stays untouched). Stopped and deleted when dropped; its log's tail is
+/// printed when the test failed.
+pub struct Cluster {
+    pub bin: std::path::PathBuf,
+    pub data: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// initdb a new cluster named `name` (port: the test port + `port_offset`) with `settings`
+    /// (postgresql.conf lines) and start it.
+    pub fn start(name: &str, port_offset: u16, settings: &[&str]) -> Cluster {
+        let bin = std::path::PathBuf::from(
+            std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"),
+        );
+        let state = std::path::PathBuf::from(
+            std::env::var("DBCONN_GUARD_TEST_STATE").expect("DBCONN_GUARD_TEST_STATE"),
+        );
+        let port = test_port() + port_offset;
+        let c = Cluster {
+            bin,
+            data: state.join(format!("{name}-{port}")),
+            port,
+        };
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&c.data)
+            .status();
+        let d = c.data_str();
+        run_as_postgres(
+            &c.bin,
+            "initdb",
+            &["-D", &d, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        );
+        let mut conf = vec![
+            format!("port = {port}"),
+            "listen_addresses = '127.0.0.1'".into(),
+            "unix_socket_directories = '/tmp'".into(),
+            "fsync = off".into(),
+            "log_line_prefix = '%m [%p] %a '".into(),
+        ];
+        conf.extend(settings.iter().map(|s| s.to_string()));
+        c.append_conf(&conf.join("\n"));
+        c.pg_ctl(&["start", "-w", "-t", "60", "-l", &c.log_path()])
+            .expect("cluster start");
+        c
+    }
+
+    fn data_str(&self) -> String {
+        self.data.to_str().unwrap().to_string()
+    }
+
+    pub fn log_path(&self) -> String {
+        format!("{}/server.log", self.data_str())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Appends lines to postgresql.conf (as the postgres OS user).
+    pub fn append_conf(&self, lines: &str) {
+        let mut child = std::process::Command::new("sudo")
+            .args(["-u", "postgres", "--", "tee", "-a"])
+            .arg(self.data.join("postgresql.conf"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{lines}").unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    /// Runs `pg_ctl -D <data> args...`; `Err(stderr)` when it fails.
+    pub fn pg_ctl(&self, args: &[&str]) -> Result<String, String> {
+        let d = self.data_str();
+        let out = std::process::Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &d])
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl(&["restart", "-w", "-t", "60", "-m", "fast", "-l", &self.log_path()])
+            .expect("cluster restart");
+    }
+
+    pub fn config(&self, user: &str, db: &str, app: &str) -> Config {
+        config_at(self.port, user, db, app)
+    }
+
+    pub fn connect(&self, user: &str, db: &str, app: &str) -> Client {
+        self.config(user, db, app)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to port {} as {user}: {e}", self.port))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("server log of {} (last 40 lines):", self.data_str());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&self.data)
+            .status();
+    }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds, from /proc.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ, 100 on Linux
+    ticks / 100.0
+}
+
+/// The role whose sessions the guard tests expect to be ended (superusers are protected).
+pub const APP_ROLE: &str = "it_w_app";
+
+/// A superuser session for a guard test, with the policy reset to its defaults.
+pub fn guard_admin() -> Client {
+    let mut a = connect("it_admin");
+    ensure_role(&mut a, APP_ROLE, "");
+    reset_system(&mut a);
+    a
+}
+
+/// An ordinary role's session left idle in transaction.
+pub fn stale_in_transaction(app: &str) -> (Client, i32) {
+    idle_in_transaction_as(APP_ROLE, app)
+}
+
+/// An ordinary role's idle session.
+pub fn stale_idle(app: &str) -> (Client, i32) {
+    let mut c = connect_as(APP_ROLE, app);
+    let p = pid(&mut c);
+    (c, p)
+}
+
+/// The audit rows of one pid: (rule, dry_run, actor, state_age_seconds).
+pub fn audit(a: &mut Client, pid: i32) -> Vec<(String, bool, String, f64)> {
+    a.query("SELECT rule, dry_run, actor, state_age_seconds FROM dbconn_guard.terminations WHERE pid = $1 ORDER BY id", &[&pid])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// The server error's message, detail and hint, for assertions.
+pub fn db_error(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| {
+            format!(
+                "{} | {} | {}",
+                d.message(),
+                d.detail().unwrap_or(""),
+                d.hint().unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| e.to_string())
 }

@@ -59,9 +59,13 @@ impl Standby {
     }
 
     fn connect(&self, user: &str, app: &str) -> Client {
-        config_at(self.port, user, "postgres", app)
+        let mut c = config_at(self.port, user, "postgres", app)
             .connect(postgres::NoTls)
-            .unwrap()
+            .unwrap();
+        // the database's default (SERIALIZABLE, see below) cannot run on a standby
+        c.batch_execute("SET default_transaction_isolation = 'read committed'")
+            .unwrap();
+        c
     }
 }
 
@@ -91,6 +95,10 @@ fn views_and_worker_work_on_a_hot_standby() {
     let mut p = connect("it_admin");
     ensure_role(&mut p, "it_w_app", "");
     reset_system(&mut p);
+    // a database default a standby cannot run (SERIALIZABLE): the worker pins its own
+    p.batch_execute("ALTER DATABASE postgres SET default_transaction_isolation = 'serializable'")
+        .unwrap();
+    let _reset = ResetDatabaseDefault;
     let standby = Standby::start(primary_port);
     let mut s = standby.connect("postgres", "it_standby_admin");
     assert!(s
@@ -137,4 +145,15 @@ fn views_and_worker_work_on_a_hot_standby() {
         .get(0);
     assert_eq!(errors, None, "no failed write on the standby");
     s.batch_execute("ALTER SYSTEM RESET ALL").unwrap();
+}
+
+/// Puts the primary's database default back, whatever the test's outcome.
+struct ResetDatabaseDefault;
+
+impl Drop for ResetDatabaseDefault {
+    fn drop(&mut self) {
+        if let Ok(mut p) = config("postgres", "it_reset").connect(postgres::NoTls) {
+            let _ = p.batch_execute("ALTER DATABASE postgres RESET default_transaction_isolation");
+        }
+    }
 }

@@ -501,9 +501,15 @@ fn unprivileged_role_sees_no_more_than_pg_stat_activity() {
         let text: String = plain.query_one(sql, &[]).unwrap().get(0);
         assert!(!text.contains("secret") && !text.contains("LOCK TABLE") && !text.contains("it_priv"), "{sql}: {text}");
     }
-    // pg_locks is public, so the pair itself is visible; its details are not
+    // pg_locks is public, so the pair itself is visible; its details are not: no state, no
+    // ages, no query text of either side, exactly as pg_stat_activity hides them
     let r = plain
-        .query_one("SELECT blocking_pid, blocking_state, blocking_query FROM dbconn_guard.blocking_pairs WHERE blocked_pid = $1", &[&w])
+        .query_one(
+            "SELECT blocking_pid, blocking_state, blocking_query, blocking_state_age_seconds, \
+                    blocking_xact_age_seconds, blocked_state, blocked_xact_age_seconds, blocked_query \
+               FROM dbconn_guard.blocking_pairs WHERE blocked_pid = $1",
+            &[&w],
+        )
         .unwrap();
     assert_eq!(r.get::<_, i32>(0), root_pid);
     assert_eq!(r.get::<_, Option<String>>(1), None);
@@ -511,6 +517,49 @@ fn unprivileged_role_sees_no_more_than_pg_stat_activity() {
         r.get::<_, Option<String>>(2).as_deref(),
         Some("<insufficient privilege>")
     );
+    assert_eq!(r.get::<_, Option<f64>>(3), None, "blocking_state_age_seconds");
+    assert_eq!(r.get::<_, Option<f64>>(4), None, "blocking_xact_age_seconds");
+    assert_eq!(r.get::<_, Option<String>>(5), None, "blocked_state");
+    assert_eq!(r.get::<_, Option<f64>>(6), None, "blocked_xact_age_seconds");
+    assert_eq!(
+        r.get::<_, Option<String>>(7).as_deref(),
+        Some("<insufficient privilege>")
+    );
+    let r = plain
+        .query_one(
+            "SELECT root_state, root_state_age_seconds, root_xact_age_seconds, root_query \
+               FROM dbconn_guard.blocking_chains() WHERE pid = $1",
+            &[&w],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, Option<String>>(0), None, "root_state");
+    assert_eq!(r.get::<_, Option<f64>>(1), None, "root_state_age_seconds");
+    assert_eq!(r.get::<_, Option<f64>>(2), None, "root_xact_age_seconds");
+    assert_eq!(
+        r.get::<_, Option<String>>(3).as_deref(),
+        Some("<insufficient privilege>")
+    );
+    // pg_stat_activity agrees: the other roles' sessions show no address, start or state
+    let (visible_addrs, hidden_starts): (i64, i64) = {
+        let r = plain
+            .query_one(
+                "SELECT count(client_addr), count(*) FILTER (WHERE backend_start IS NULL) \
+                   FROM pg_stat_activity WHERE pid IN ($1, $2)",
+                &[&root_pid, &w],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((visible_addrs, hidden_starts), (0, 2));
+    // and leak_suspects, which shows addresses, lists only the role's own sessions
+    let others: i64 = plain
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.leak_suspects WHERE usename <> 'it_plain'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(others, 0);
     // utilization says what it could not see; every function runs
     let hidden: i64 = plain
         .query_one("SELECT hidden_backends FROM dbconn_guard.utilization", &[])

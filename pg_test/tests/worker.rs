@@ -2,7 +2,6 @@
 //! sessions. Run through `./dev.sh test`; one test at a time (they change server settings).
 
 use dbconn_guard_integration::*;
-use postgres::Client;
 use std::collections::BTreeMap;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,40 +12,9 @@ const STABLE_BACKGROUND: &str = "SELECT pid FROM pg_stat_activity WHERE backend_
     ('checkpointer', 'background writer', 'walwriter', 'autovacuum launcher', \
      'logical replication launcher', 'dbconn_guard') ORDER BY pid";
 
-/// The role whose sessions the tests expect the guard to end (superusers are protected).
-const APP_ROLE: &str = "it_w_app";
-
-fn admin() -> Client {
-    let mut a = connect("it_admin");
-    ensure_role(&mut a, APP_ROLE, "");
-    reset_system(&mut a);
-    a
-}
-
-/// An ordinary role's session left idle in transaction.
-fn stale_in_transaction(app: &str) -> (Client, i32) {
-    idle_in_transaction_as(APP_ROLE, app)
-}
-
-/// An ordinary role's idle session.
-fn stale_idle(app: &str) -> (Client, i32) {
-    let mut c = connect_as(APP_ROLE, app);
-    let p = pid(&mut c);
-    (c, p)
-}
-
-/// The audit rows of one pid: (rule, dry_run, actor, state_age_seconds).
-fn audit(a: &mut Client, pid: i32) -> Vec<(String, bool, String, f64)> {
-    a.query("SELECT rule, dry_run, actor, state_age_seconds FROM dbconn_guard.terminations WHERE pid = $1 ORDER BY id", &[&pid])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect()
-}
-
 #[test]
 fn worker_runs_with_its_own_backend_type() {
-    let mut a = admin();
+    let mut a = guard_admin();
     let pid = worker_pid(&mut a);
     let bt: String = a
         .query_one(
@@ -63,7 +31,7 @@ fn worker_runs_with_its_own_backend_type() {
 
 #[test]
 fn idle_in_transaction_session_is_ended_at_its_deadline() {
-    let mut a = admin();
+    let mut a = guard_admin();
     alter_system(
         &mut a,
         &[
@@ -109,7 +77,7 @@ fn idle_in_transaction_session_is_ended_at_its_deadline() {
 
 #[test]
 fn idle_session_is_ended_and_logged() {
-    let mut a = admin();
+    let mut a = guard_admin();
     alter_system(
         &mut a,
         &[
@@ -138,7 +106,7 @@ fn idle_session_is_ended_and_logged() {
 
 #[test]
 fn protected_sessions_survive() {
-    let mut a = admin();
+    let mut a = guard_admin();
     ensure_role(&mut a, "it_w_app", "");
     ensure_role(&mut a, "it_w_excluded", "");
     if a.query_one(
@@ -150,10 +118,28 @@ fn protected_sessions_survive() {
     {
         a.batch_execute("CREATE DATABASE it_w_db").unwrap();
     }
+    // a non-client backend in an idle state: a logical-replication walsender of an ordinary
+    // (REPLICATION) role, connected and left waiting for its first command
+    ensure_role(&mut a, "it_w_repl", "ALTER ROLE it_w_repl REPLICATION");
+    let walsender = IdleWalsender::start("it_w_repl", "it_w_walsender");
+    wait_until(
+        &mut a,
+        "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'it_w_walsender' \
+           AND backend_type = 'walsender' AND state = 'idle'",
+        Duration::from_secs(10),
+    );
+    let walsender_pid: i32 = a
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'it_w_walsender'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     alter_system(
         &mut a,
         &[
             ("dbconn_guard.idle_in_transaction_timeout", "1s"),
+            ("dbconn_guard.idle_timeout", "1s"),
             (
                 "dbconn_guard.exclude_applications",
                 "it_w_keep*, \"odd, name\"",
@@ -190,11 +176,13 @@ fn protected_sessions_survive() {
         ("excluded user", excluded_user),
         ("excluded database", other_db_pid),
         ("active query", active),
+        ("idle walsender", walsender_pid),
     ] {
         assert!(alive(&mut a, p), "{what} (pid {p}) was ended");
         assert!(audit(&mut a, p).is_empty(), "{what} has an audit row");
     }
     active_h.join().unwrap().unwrap();
+    drop(walsender);
     // no background process (checkpointer, autovacuum, walwriter, the worker itself, ...) was
     // touched while the worker was ending sessions around them
     let after: Vec<i32> = a
@@ -238,7 +226,7 @@ fn protected_sessions_survive() {
 
 #[test]
 fn dry_run_records_once_and_ends_nothing() {
-    let mut a = admin();
+    let mut a = guard_admin();
     alter_system(
         &mut a,
         &[
@@ -269,7 +257,7 @@ fn dry_run_records_once_and_ends_nothing() {
 
 #[test]
 fn reload_changes_behaviour_without_restart_and_bad_values_are_refused() {
-    let mut a = admin();
+    let mut a = guard_admin();
     let before = worker_pid(&mut a);
     alter_system(
         &mut a,
@@ -347,7 +335,7 @@ fn reload_changes_behaviour_without_restart_and_bad_values_are_refused() {
 
 #[test]
 fn worker_survives_an_error_and_records_before_it_signals() {
-    let mut a = admin();
+    let mut a = guard_admin();
     let before = worker_pid(&mut a);
     // make every audit insert fail: the worker must not end a session it cannot record
     a.batch_execute(
@@ -380,7 +368,7 @@ fn worker_survives_an_error_and_records_before_it_signals() {
 
 #[test]
 fn worker_is_restarted_after_being_terminated() {
-    let mut a = admin();
+    let mut a = guard_admin();
     let before = worker_pid(&mut a);
     a.execute("SELECT pg_terminate_backend($1)", &[&before])
         .unwrap();
@@ -401,7 +389,7 @@ fn worker_is_restarted_after_being_terminated() {
 
 #[test]
 fn max_terminations_per_cycle_caps_a_burst() {
-    let mut a = admin();
+    let mut a = guard_admin();
     alter_system(
         &mut a,
         &[
@@ -437,7 +425,7 @@ fn max_terminations_per_cycle_caps_a_burst() {
 
 #[test]
 fn waits_for_the_extension_and_starts_within_a_naptime() {
-    let mut a = admin();
+    let mut a = guard_admin();
     alter_system(
         &mut a,
         &[
@@ -461,7 +449,7 @@ fn waits_for_the_extension_and_starts_within_a_naptime() {
 
 #[test]
 fn leak_suspects_get_a_trend_and_a_warning_once() {
-    let mut a = admin();
+    let mut a = guard_admin();
     alter_system(
         &mut a,
         &[
@@ -511,7 +499,7 @@ fn leak_suspects_get_a_trend_and_a_warning_once() {
 
 #[test]
 fn terminate_idle_follows_the_same_protections() {
-    let mut a = admin();
+    let mut a = guard_admin();
     ensure_role(&mut a, "it_w_app", "");
     ensure_role(&mut a, "it_w_dba", "GRANT dbconn_guard_admin TO it_w_dba");
     alter_system(
@@ -618,7 +606,7 @@ fn terminate_idle_follows_the_same_protections() {
 
 #[test]
 fn unprivileged_role_cannot_end_anyone() {
-    let mut a = admin();
+    let mut a = guard_admin();
     ensure_role(&mut a, "it_plain", "");
     let (_s, victim) = idle_in_transaction("it_w_victim", "SELECT 1");
     let mut plain = connect_as("it_plain", "it_plain_app");
@@ -643,7 +631,7 @@ fn unprivileged_role_cannot_end_anyone() {
 
 #[test]
 fn audit_rows_past_their_retention_are_purged() {
-    let mut a = admin();
+    let mut a = guard_admin();
     a.batch_execute(
         "INSERT INTO dbconn_guard.terminations (terminated_at, pid, state, state_age_seconds, rule, dry_run, actor) \
          VALUES (now() - interval '3 days', -1, 'idle', 1, 'manual', true, 'it_purge_old'), \
@@ -668,4 +656,32 @@ fn audit_rows_past_their_retention_are_purged() {
     a.batch_execute("DELETE FROM dbconn_guard.terminations WHERE actor = 'it_purge_recent'")
         .unwrap();
     reset_system(&mut a);
+}
+
+/// A `psql` session in logical-replication mode (`replication=database`), left idle: a
+/// walsender, not a client backend. Killed when dropped.
+struct IdleWalsender(std::process::Child);
+
+impl IdleWalsender {
+    fn start(user: &str, app: &str) -> IdleWalsender {
+        let bin = std::path::PathBuf::from(std::env::var("DBCONN_GUARD_PG_BIN").unwrap());
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres replication=database application_name={app}",
+            test_port()
+        );
+        let child = std::process::Command::new(bin.join("psql"))
+            .args(["-X", "-q", &conninfo])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        IdleWalsender(child)
+    }
+}
+
+impl Drop for IdleWalsender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

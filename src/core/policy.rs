@@ -308,7 +308,7 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
     ] {
         if t > 0 && t < SHORT_TIMEOUT {
             out.push(format!(
-                "dbconn_guard.{name} is {:.0}s: {what} are ended; values under {}s are meant for tests",
+                "dbconn_guard.{name} is {}s: {what} are ended; values under {}s are meant for tests",
                 t as f64 / 1e6,
                 SHORT_TIMEOUT / 1_000_000
             ));
