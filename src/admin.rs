@@ -6,11 +6,11 @@
 
 use crate::core::policy::{self, IDLE_STATES};
 use crate::core::session::{owned, Micros};
+use crate::encoding::DbText;
 use crate::guard::Outcome;
 use crate::shared::{self, RequestTarget, POLICY_TEXT, SHARED};
 use crate::worker::BACKEND_TYPE;
 use crate::{guc, requests, snapshot};
-use crate::encoding::DbText;
 use pgrx::prelude::*;
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
@@ -302,7 +302,7 @@ fn terminate_idle(
         rows[*i].8 = DbText(o.action());
     }
     if let Some(e) = error {
-        if outcomes.iter().any(|o| *o == Outcome::NotRecorded) {
+        if outcomes.contains(&Outcome::NotRecorded) {
             warning!("dbconn_guard.terminate_idle: some sessions were not ended because their audit rows could not be written: {e}");
         } else {
             warning!("dbconn_guard.terminate_idle: {e}");

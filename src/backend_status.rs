@@ -423,6 +423,7 @@ pub fn read(visibility: Visibility) -> Snapshot {
 }
 
 /// What a fresh read of one status entry found.
+#[allow(clippy::large_enum_variant)] // one per read, never stored in bulk
 pub enum Slot {
     Unused,
     Torn,
@@ -443,7 +444,9 @@ pub fn read_slot(slot: u32) -> Slot {
     match unsafe { read_entry(base.add(slot as usize), &mut buf) } {
         Entry::Unused => Slot::Unused,
         Entry::Torn => Slot::Torn,
-        Entry::Read(raw) => Slot::Read(Describer::new(Visibility::All).describe(Some(slot), &raw, &buf)),
+        Entry::Read(raw) => {
+            Slot::Read(Describer::new(Visibility::All).describe(Some(slot), &raw, &buf))
+        }
     }
 }
 

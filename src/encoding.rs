@@ -47,10 +47,9 @@ pub fn to_rust(bytes: &[u8]) -> Cow<'_, str> {
         return String::from_utf8_lossy(bytes);
     }
     // the valid prefix in the database encoding, then converted
-    let valid = unsafe {
-        pg_sys::pg_encoding_verifymbstr(enc, bytes.as_ptr().cast(), bytes.len() as i32)
-    }
-    .max(0) as usize;
+    let valid =
+        unsafe { pg_sys::pg_encoding_verifymbstr(enc, bytes.as_ptr().cast(), bytes.len() as i32) }
+            .max(0) as usize;
     let valid = &bytes[..valid.min(bytes.len())];
     PgTryBuilder::new(|| unsafe {
         let out = pg_sys::pg_server_to_any(

@@ -7,8 +7,8 @@
 
 use crate::core::fasthash::FastMap;
 use crate::core::session::{Backend, Name, Snapshot};
-use crate::encoding::DbText;
 use crate::core::{analysis, blocking, health, leaks, utilization};
+use crate::encoding::DbText;
 use crate::rows::{self, Cell};
 use crate::{guc, shared, snapshot};
 use pgrx::prelude::*;
@@ -142,8 +142,7 @@ fn utilization_rows() -> TableIterator<
 /// Client backends as a percentage of `max_connections`.
 #[pg_extern]
 fn utilization_pct() -> f64 {
-    utilization::utilization(&snapshot::activity(), snapshot::limits())
-        .utilization_pct
+    utilization::utilization(&snapshot::activity(), snapshot::limits()).utilization_pct
 }
 
 fn health_checks() -> Vec<health::Check> {

@@ -127,7 +127,10 @@ fn announce_policy(pol: &policy::Policy) {
         warning!("{w}");
     }
     let rules: Vec<String> = [
-        ("idle_in_transaction_timeout", pol.idle_in_transaction_timeout),
+        (
+            "idle_in_transaction_timeout",
+            pol.idle_in_transaction_timeout,
+        ),
         ("idle_timeout", pol.idle_timeout),
     ]
     .iter()

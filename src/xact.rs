@@ -39,10 +39,7 @@ pub fn transaction<R>(activity: &std::ffi::CStr, body: impl FnOnce() -> R) -> Re
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            pg_sys::pgstat_report_activity(
-                pg_sys::BackendState::STATE_RUNNING,
-                activity.as_ptr(),
-            );
+            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, activity.as_ptr());
         }
         let r = body();
         unsafe {

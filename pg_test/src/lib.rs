@@ -311,7 +311,16 @@ impl Cluster {
         run_as_postgres(
             &c.bin,
             "initdb",
-            &["-D", &d, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                &d,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         );
         let mut conf = vec![
             format!("port = {port}"),
@@ -371,8 +380,17 @@ impl Cluster {
     }
 
     pub fn restart(&self) {
-        self.pg_ctl(&["restart", "-w", "-t", "60", "-m", "fast", "-l", &self.log_path()])
-            .expect("cluster restart");
+        self.pg_ctl(&[
+            "restart",
+            "-w",
+            "-t",
+            "60",
+            "-m",
+            "fast",
+            "-l",
+            &self.log_path(),
+        ])
+        .expect("cluster restart");
     }
 
     pub fn config(&self, user: &str, db: &str, app: &str) -> Config {

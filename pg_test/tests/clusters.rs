@@ -38,7 +38,11 @@ fn installing_without_the_preload_keeps_the_session_and_the_views_work() {
         hint.contains("shared_preload_libraries") && hint.contains("restart"),
         "{hint}"
     );
-    assert_eq!(r.get::<_, String>(2), "0", "the policy is shown all the same");
+    assert_eq!(
+        r.get::<_, String>(2),
+        "0",
+        "the policy is shown all the same"
+    );
     let err = c
         .query(
             "SELECT * FROM dbconn_guard.terminate_idle('0', dry_run => true)",
@@ -123,7 +127,10 @@ fn a_fast_stop_completes_while_a_prepared_transaction_holds_the_audit_table() {
         .query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
         .unwrap()
         .get(0);
-    assert!(later > cycles, "the worker is not frozen: {cycles} -> {later}");
+    assert!(
+        later > cycles,
+        "the worker is not frozen: {cycles} -> {later}"
+    );
     drop((c, holder, victim));
     let t0 = Instant::now();
     let stopped = cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"]);
@@ -142,8 +149,10 @@ fn a_fast_stop_completes_while_a_prepared_transaction_holds_the_audit_table() {
 fn roles_and_schemas_squatted_before_create_extension_are_refused() {
     let cluster = Cluster::start("squat", 303, &[]);
     let mut su = cluster.connect("postgres", "postgres", "it_squat_su");
-    su.batch_execute("CREATE ROLE it_creator LOGIN CREATEROLE; GRANT CREATE ON DATABASE postgres TO it_creator")
-        .unwrap();
+    su.batch_execute(
+        "CREATE ROLE it_creator LOGIN CREATEROLE; GRANT CREATE ON DATABASE postgres TO it_creator",
+    )
+    .unwrap();
     let mut creator = cluster.connect("it_creator", "postgres", "it_squat_creator");
     creator
         .batch_execute("CREATE ROLE dbconn_guard_admin")
@@ -177,8 +186,12 @@ fn roles_and_schemas_squatted_before_create_extension_are_refused() {
         .batch_execute("CREATE EXTENSION dbconn_guard")
         .expect_err("a planted schema");
     let text = db_error(&err);
-    assert!(text.contains("schema \"dbconn_guard\" existed before"), "{text}");
-    su.batch_execute("DROP SCHEMA dbconn_guard CASCADE").unwrap();
+    assert!(
+        text.contains("schema \"dbconn_guard\" existed before"),
+        "{text}"
+    );
+    su.batch_execute("DROP SCHEMA dbconn_guard CASCADE")
+        .unwrap();
 
     // a clean install, and a reinstall that finds the role an earlier one made
     su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
@@ -220,7 +233,8 @@ fn the_worker_runs_no_code_of_its_database_owner() {
     let mut su = cluster.connect("postgres", "postgres", "it_hostile_su");
     su.batch_execute("CREATE ROLE it_owner LOGIN; CREATE ROLE it_app LOGIN")
         .unwrap();
-    su.batch_execute("CREATE DATABASE appdb OWNER it_owner").unwrap();
+    su.batch_execute("CREATE DATABASE appdb OWNER it_owner")
+        .unwrap();
     su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
     let status = |su: &mut Client| -> (bool, Option<String>) {
         let r = su
@@ -264,7 +278,10 @@ fn the_worker_runs_no_code_of_its_database_owner() {
         );
         thread::sleep(Duration::from_millis(100));
     }
-    assert!(!is_superuser(&mut su, "it_owner"), "the trigger ran as a superuser");
+    assert!(
+        !is_superuser(&mut su, "it_owner"),
+        "the trigger ran as a superuser"
+    );
     assert!(alive(&mut su, victim_pid), "ended without a real record");
     let planted: i64 = owner
         .query_one("SELECT count(*) FROM dbconn_guard.terminations", &[])
@@ -278,7 +295,9 @@ fn the_worker_runs_no_code_of_its_database_owner() {
         .batch_execute("DROP SCHEMA dbconn_guard CASCADE")
         .unwrap();
     let mut su_app = cluster.connect("postgres", "appdb", "it_hostile_su_app");
-    su_app.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
+    su_app
+        .batch_execute("CREATE EXTENSION dbconn_guard")
+        .unwrap();
     owner
         .batch_execute(
             "CREATE SCHEMA evil; \

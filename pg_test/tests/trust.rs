@@ -64,7 +64,11 @@ fn a_locked_audit_table_stalls_no_check_and_ends_nobody_unrecorded() {
     let err = d
         .batch_execute("LOCK TABLE dbconn_guard.terminations IN SHARE MODE")
         .expect_err("an admin locking the audit table");
-    assert!(db_error(&err).contains("permission denied"), "{}", db_error(&err));
+    assert!(
+        db_error(&err).contains("permission denied"),
+        "{}",
+        db_error(&err)
+    );
     d.batch_execute("ROLLBACK").unwrap();
 
     // a superuser (or DDL) still can: the worker waits a second at most, ends nobody, retries
@@ -87,7 +91,10 @@ fn a_locked_audit_table_stalls_no_check_and_ends_nobody_unrecorded() {
     let before = cycles(&mut a);
     thread::sleep(Duration::from_millis(5000));
     let after = cycles(&mut a);
-    assert!(after >= before + 2, "the worker is stuck: {before} -> {after} checks");
+    assert!(
+        after >= before + 2,
+        "the worker is stuck: {before} -> {after} checks"
+    );
     assert!(alive(&mut a, victim));
     holder.batch_execute("COMMIT").unwrap();
     let released = Instant::now();
@@ -131,7 +138,10 @@ fn sigterm_ends_the_worker_even_in_the_middle_of_a_lock_wait() {
         if waiting {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "the worker never waited");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the worker never waited"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     let fatal = "terminating background worker \"dbconn_guard\" due to administrator command";
@@ -184,7 +194,11 @@ fn a_row_that_cannot_be_written_spares_that_session_only() {
     alter_system(&mut a, &[("dbconn_guard.enabled", "on")]);
     wait_gone(&mut a, first, Duration::from_secs(10));
     wait_for_worker_error(&mut a, since, "%it_not_second%");
-    assert_eq!(audit(&mut a, first).len(), 1, "the first is ended and recorded");
+    assert_eq!(
+        audit(&mut a, first).len(),
+        1,
+        "the first is ended and recorded"
+    );
     assert!(alive(&mut a, second), "the second is not ended");
     assert!(audit(&mut a, second).is_empty(), "nor recorded");
     let ring: i64 = a
@@ -335,7 +349,11 @@ fn a_dry_run_past_the_cap_records_everyone_once_and_does_not_spin() {
     let (c0, t0) = (cpu_seconds(w), Instant::now());
     thread::sleep(Duration::from_secs(10));
     let share = (cpu_seconds(w) - c0) / t0.elapsed().as_secs_f64();
-    assert!(share < 0.01, "the worker used {:.1}% of a core", share * 100.0);
+    assert!(
+        share < 0.01,
+        "the worker used {:.1}% of a core",
+        share * 100.0
+    );
     for p in &pids {
         assert!(alive(&mut a, *p));
         assert_eq!(audit(&mut a, *p).len(), 1, "pid {p} recorded once");
@@ -381,10 +399,7 @@ fn idle_sessions_are_ended_only_until_utilization_falls_below_the_threshold() {
         .unwrap();
     a.batch_execute("SELECT pg_reload_conf()").unwrap();
     thread::sleep(Duration::from_secs(3));
-    let ended = sessions
-        .iter()
-        .filter(|(_, p)| !alive(&mut a, *p))
-        .count() as i64;
+    let ended = sessions.iter().filter(|(_, p)| !alive(&mut a, *p)).count() as i64;
     assert_eq!(
         ended,
         total - floor + 1,
@@ -400,11 +415,15 @@ fn a_parallel_pg_dump_by_an_ordinary_role_completes_under_short_timeouts() {
     let mut a = guard_admin();
     ensure_role(&mut a, "it_dumper", "");
     let exists: bool = a
-        .query_one("SELECT count(*) = 1 FROM pg_database WHERE datname = 'it_dump'", &[])
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_database WHERE datname = 'it_dump'",
+            &[],
+        )
         .unwrap()
         .get(0);
     if !exists {
-        a.batch_execute("CREATE DATABASE it_dump OWNER it_dumper").unwrap();
+        a.batch_execute("CREATE DATABASE it_dump OWNER it_dumper")
+            .unwrap();
         let mut o = connect_to("it_dumper", "it_dump", "it_dump_setup");
         // enough rows that the leader sits idle in its transaction past the timeout while
         // the two workers copy them
@@ -426,7 +445,19 @@ fn a_parallel_pg_dump_by_an_ordinary_role_completes_under_short_timeouts() {
     let _ = std::fs::remove_dir_all(&out);
     let port = test_port().to_string();
     let mut dump = std::process::Command::new(bin.join("pg_dump"))
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "it_dumper", "-Fd", "-j", "2", "-Z", "9"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "it_dumper",
+            "-Fd",
+            "-j",
+            "2",
+            "-Z",
+            "9",
+        ])
         .arg("-f")
         .arg(&out)
         .arg("it_dump")
@@ -452,7 +483,11 @@ fn a_parallel_pg_dump_by_an_ordinary_role_completes_under_short_timeouts() {
     };
     let mut err = String::new();
     use std::io::Read;
-    dump.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    dump.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let _ = std::fs::remove_dir_all(&out);
     assert!(status.success(), "pg_dump -j 2 failed: {err}");
     assert!(
@@ -618,10 +653,16 @@ fn long_name_lists_show_whole_in_the_policy_or_say_why_not() {
         Duration::from_secs(10),
     );
     let enabled: String = a
-        .query_one("SELECT policy->>'enabled' FROM dbconn_guard.worker_status()", &[])
+        .query_one(
+            "SELECT policy->>'enabled' FROM dbconn_guard.worker_status()",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(enabled, "on", "the rest of the policy is there, as valid JSON");
+    assert_eq!(
+        enabled, "on",
+        "the rest of the policy is there, as valid JSON"
+    );
     reset_system(&mut a);
 }
 
@@ -629,7 +670,10 @@ fn long_name_lists_show_whole_in_the_policy_or_say_why_not() {
 fn a_latin1_database_with_non_ascii_text_is_read_and_guarded() {
     let mut a = guard_admin();
     let exists: bool = a
-        .query_one("SELECT count(*) = 1 FROM pg_database WHERE datname = 'it_latin1'", &[])
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_database WHERE datname = 'it_latin1'",
+            &[],
+        )
         .unwrap()
         .get(0);
     if !exists {
@@ -670,7 +714,11 @@ fn a_latin1_database_with_non_ascii_text_is_read_and_guarded() {
             &[&waiter],
         )
         .unwrap();
-    assert!(r.get::<_, bool>(0), "blocked query: {}", r.get::<_, String>(4));
+    assert!(
+        r.get::<_, bool>(0),
+        "blocked query: {}",
+        r.get::<_, String>(4)
+    );
     assert!(r.get::<_, bool>(1));
     assert!(r.get::<_, bool>(2));
     // a name outside [a-z0-9_] comes quoted, as regclass shows it in pg_locks

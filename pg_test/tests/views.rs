@@ -517,8 +517,16 @@ fn unprivileged_role_sees_no_more_than_pg_stat_activity() {
         r.get::<_, Option<String>>(2).as_deref(),
         Some("<insufficient privilege>")
     );
-    assert_eq!(r.get::<_, Option<f64>>(3), None, "blocking_state_age_seconds");
-    assert_eq!(r.get::<_, Option<f64>>(4), None, "blocking_xact_age_seconds");
+    assert_eq!(
+        r.get::<_, Option<f64>>(3),
+        None,
+        "blocking_state_age_seconds"
+    );
+    assert_eq!(
+        r.get::<_, Option<f64>>(4),
+        None,
+        "blocking_xact_age_seconds"
+    );
     assert_eq!(r.get::<_, Option<String>>(5), None, "blocked_state");
     assert_eq!(r.get::<_, Option<f64>>(6), None, "blocked_xact_age_seconds");
     assert_eq!(

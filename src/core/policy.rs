@@ -416,7 +416,8 @@ mod tests {
             client(1, "idle", 10_000),
             client(2, "idle in transaction", 10_000),
         ]);
-        let p = plan_at(&snap,
+        let p = plan_at(
+            &snap,
             0.0,
             &Policy {
                 idle_timeout: 0,
@@ -425,7 +426,8 @@ mod tests {
             0,
         );
         assert_eq!(pids(&p), vec![2]);
-        let p = plan_at(&snap,
+        let p = plan_at(
+            &snap,
             0.0,
             &Policy {
                 idle_in_transaction_timeout: 0,
@@ -562,7 +564,8 @@ mod tests {
 
     #[test]
     fn below_min_utilization_idle_sessions_set_no_deadline() {
-        let p = plan_at(&snapshot(vec![client(1, "idle", 5)]),
+        let p = plan_at(
+            &snapshot(vec![client(1, "idle", 5)]),
             10.0,
             &Policy {
                 min_utilization_pct: 50.0,
@@ -577,7 +580,11 @@ mod tests {
     fn handled_sessions_count_neither_toward_the_cap_nor_the_deadline() {
         // a dry run past the cap: the first two are recorded; the next plan must move on to
         // the others, not pick the same two, filter them out and ask to look again at once
-        let snap = snapshot((1..=5).map(|p| client(p, "idle", 1000 - i64::from(p))).collect());
+        let snap = snapshot(
+            (1..=5)
+                .map(|p| client(p, "idle", 1000 - i64::from(p)))
+                .collect(),
+        );
         let pol = Policy {
             max_terminations_per_cycle: 2,
             ..policy()
@@ -592,7 +599,10 @@ mod tests {
         let third = plan(&snap, load(0.0), &pol, 0, |b| done.contains(&b.pid));
         assert_eq!(pids(&third), vec![5]);
         assert_eq!(third.deferred, 0);
-        assert_eq!(third.next_deadline, None, "nothing left: no immediate re-check");
+        assert_eq!(
+            third.next_deadline, None,
+            "nothing left: no immediate re-check"
+        );
         let all = plan(&snap, load(0.0), &pol, 0, |_| true);
         assert!(all.targets.is_empty());
         assert_eq!(all.next_deadline, None);
@@ -601,7 +611,11 @@ mod tests {
     #[test]
     fn idle_sessions_are_ended_only_while_utilization_stays_at_the_threshold() {
         // 83 of 100 slots taken, threshold 80: ending 4 idle sessions brings it to 79
-        let snap = snapshot((1..=10).map(|p| client(p, "idle", 1000 + i64::from(p))).collect());
+        let snap = snapshot(
+            (1..=10)
+                .map(|p| client(p, "idle", 1000 + i64::from(p)))
+                .collect(),
+        );
         let pol = Policy {
             min_utilization_pct: 80.0,
             ..policy()
@@ -629,7 +643,11 @@ mod tests {
         let snap = snapshot(vec![dump, lookalike]);
         let mut pol = policy();
         pol.scope.exclude_client_tools = true;
-        assert_eq!(pids(&plan_at(&snap, 0.0, &pol, 0)), vec![2], "exact names only");
+        assert_eq!(
+            pids(&plan_at(&snap, 0.0, &pol, 0)),
+            vec![2],
+            "exact names only"
+        );
         assert_eq!(
             pol.scope.protection(&snap.backends[0], 0),
             Some(Protection::ClientTool)
@@ -646,9 +664,16 @@ mod tests {
             sleep_after(Some(NOW + SECOND), NOW, longest),
             SECOND + DEADLINE_SLACK
         );
-        assert_eq!(sleep_after(Some(NOW), NOW, longest), MIN_SLEEP, "deferred work");
+        assert_eq!(
+            sleep_after(Some(NOW), NOW, longest),
+            MIN_SLEEP,
+            "deferred work"
+        );
         assert_eq!(sleep_after(Some(NOW - SECOND), NOW, longest), MIN_SLEEP);
-        assert_eq!(sleep_after(Some(NOW + 3600 * SECOND), NOW, longest), longest);
+        assert_eq!(
+            sleep_after(Some(NOW + 3600 * SECOND), NOW, longest),
+            longest
+        );
         assert_eq!(sleep_after(None, NOW, 0), MIN_SLEEP);
     }
 
@@ -661,13 +686,19 @@ mod tests {
         };
         let w = warnings(&p);
         assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("dbconn_guard.idle_in_transaction_timeout is 2s"), "{w:?}");
+        assert!(
+            w[0].starts_with("dbconn_guard.idle_in_transaction_timeout is 2s"),
+            "{w:?}"
+        );
         assert!(warnings(&policy()).is_empty());
     }
 
     #[test]
     fn the_policy_summary_is_always_valid_json_and_says_what_it_left_out() {
-        let long = (0..500).map(|i| format!("app-{i}")).collect::<Vec<_>>().join(", ");
+        let long = (0..500)
+            .map(|i| format!("app-{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let values = vec![
             ("enabled", "on".to_string()),
             ("exclude_applications", long.clone()),
