@@ -332,19 +332,24 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                     withdraw.extend(row_ids[i]);
                 }
             }
-            drop(held);
-            // 3. withdraw the rows of the sessions spared at the last moment
+            // 3. withdraw the rows of the sessions spared at the last moment: first noted in
+            // shared memory (still with interrupts held), so that a SIGTERM during the deletion
+            // leaves them to the next worker, which deletes them at its first check
             if !withdraw.is_empty() && !standby {
-                if let Err(f) = xact::subtransaction(|| delete_rows(&withdraw)) {
-                    stash_withdrawals(&withdraw, &f.message);
+                stash_withdrawals(&withdraw);
+            }
+            drop(held);
+            if !withdraw.is_empty() && !standby {
+                if let Err(f) = xact::subtransaction(withdraw_pending) {
+                    warning!(
+                        "dbconn_guard: could not withdraw the audit rows {withdraw:?} of sessions spared at the last moment, will retry at the next check: {f}"
+                    );
                 }
             }
         });
         if let Err(f) = signalled {
-            // the signals sent stand; only the withdrawal can have failed
-            if !withdraw.is_empty() && !standby {
-                stash_withdrawals(&withdraw, &f.message);
-            }
+            // the signals sent stand; only the withdrawal can have failed, and it is retried
+            warning!("dbconn_guard: after the signals: {f}");
         }
     }
 
@@ -394,21 +399,29 @@ fn delete_rows(ids: &[i64]) {
     .unwrap_or_else(|e| error!("{e}"));
 }
 
-/// Keeps audit row ids to delete later, in shared memory (the worker retries every check).
-fn stash_withdrawals(ids: &[i64], why: &str) {
-    warning!(
-        "dbconn_guard: could not withdraw the audit rows {ids:?} of sessions spared at the last moment, will retry: {why}"
-    );
+/// Notes audit row ids to delete, in shared memory: they are deleted by `withdraw_pending`, at
+/// once or, if that fails or the worker ends first, at a later check (also of a restarted
+/// worker).
+fn stash_withdrawals(ids: &[i64]) {
     if !shared::available() {
         return;
     }
     let mut s = shared::SHARED.exclusive();
+    let mut lost = 0;
     for id in ids {
         let n = s.withdraw_len as usize;
         if n < s.withdraw.len() {
             s.withdraw[n] = *id;
             s.withdraw_len += 1;
+        } else {
+            lost += 1;
         }
+    }
+    drop(s);
+    if lost > 0 {
+        warning!(
+            "dbconn_guard: {lost} audit rows of sessions spared at the last moment could not be queued for withdrawal (the queue is full); they remain in dbconn_guard.terminations"
+        );
     }
 }
 
@@ -426,8 +439,16 @@ pub fn withdraw_pending() {
         return;
     }
     delete_rows(&ids);
+    // only the ids deleted: others may have been queued meanwhile (not by this process, which
+    // is the only one queuing, but keep it exact)
     let mut s = shared::SHARED.exclusive();
-    s.withdraw_len = 0;
+    let remaining: Vec<i64> = s.withdraw[..s.withdraw_len as usize]
+        .iter()
+        .copied()
+        .filter(|id| !ids.contains(id))
+        .collect();
+    s.withdraw[..remaining.len()].copy_from_slice(&remaining);
+    s.withdraw_len = remaining.len() as u16;
     drop(s);
     log!(
         "dbconn_guard: withdrew the audit rows {ids:?} of sessions that were spared at the last moment"

@@ -501,6 +501,146 @@ fn blocking(ctx: &mut Ctx, scales: &[usize]) {
     writeln!(ctx.out, "## 4. Blocking views under long lock queues\n\nOne session holds `ACCESS EXCLUSIVE` on a table; W sessions queue behind it: either the pile-up of the issue — shared requests, plus W/10 chains (a waiter holding a table of its own that one more session waits for) — or, as a stress shape, shared and exclusive requests alternating, where every exclusive request soft-blocks everything queued behind it (about 3W²/8 pairs). Every run first checks that `blocking_pairs` holds exactly the pairs of `pg_blocking_pids()` (a mismatch fails the run). Medians of 15 runs (5 at 1000 waiters, 3 for the seed query there). Targets at W = 1000: ≥ 20× faster than the seed query, no slower than `pg_blocking_pids()` per waiter. That baseline returns two integers per pair; the column after it returns what `blocking_pairs` shows (both sides' user, application, state, ages and query, and the lock) from `pg_stat_activity` and `pg_locks`.\n\n{t}").unwrap();
 }
 
+/// Median CPU and wall time (ms) of `n` consecutive worker checks with nothing to do.
+fn idle_cycles(a: &mut Client, n: usize) -> (f64, f64) {
+    let mut cpu = Vec::new();
+    let mut wall = Vec::new();
+    let mut last = -1i64;
+    let start = Instant::now();
+    while cpu.len() < n && start.elapsed() < Duration::from_secs(30) {
+        let r = a
+            .query_one(
+                "SELECT cycles, last_cycle_cpu_ms, last_cycle_ms FROM dbconn_guard.worker_status()",
+                &[],
+            )
+            .unwrap();
+        let c: i64 = r.get(0);
+        if c != last && last >= 0 {
+            cpu.push(r.get::<_, f64>(1));
+            wall.push(r.get::<_, f64>(2));
+        }
+        last = c;
+        thread::sleep(Duration::from_millis(110));
+    }
+    (median(cpu), median(wall))
+}
+
+/// The kill path at scale: `k` stale sessions among `n`, ended in one check. What that check
+/// cost beyond a check with nothing to end, per termination, and the window from each session's
+/// last status read to its signal (`recent_terminations().signal_window_us`).
+fn kill_path(ctx: &mut Ctx, scales: &[usize], k: usize) {
+    let a = &mut ctx.admin;
+    let mut t = String::from(
+        "| sessions | ended in the check | check CPU (ms) | a check with nothing to end (ms) | CPU per termination (µs) | wall per termination (µs) | read→signal p50 (µs) | p99 (µs) | max (µs) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut sessions = Sessions::open(0);
+    for &n in scales {
+        sessions.grow(n.saturating_sub(k));
+        set(
+            a,
+            &[
+                ("dbconn_guard.naptime", "100ms"),
+                ("dbconn_guard.idle_timeout", "1h"),
+                ("dbconn_guard.idle_in_transaction_timeout", "1h"),
+            ],
+        );
+        thread::sleep(Duration::from_millis(500));
+        let (base_cpu, base_wall) = idle_cycles(a, 15);
+        set(
+            a,
+            &[
+                ("dbconn_guard.enabled", "off"),
+                ("dbconn_guard.naptime", "10s"),
+                ("dbconn_guard.idle_in_transaction_timeout", "1s"),
+            ],
+        );
+        let stale: Vec<(Client, i32)> = (0..k)
+            .map(|_| {
+                let mut c = connect_as("bench_app", "bench_kill");
+                let p = pid(&mut c);
+                c.batch_execute("BEGIN; SELECT 1").unwrap();
+                (c, p)
+            })
+            .collect();
+        let pids: Vec<i32> = stale.iter().map(|(_, p)| *p).collect();
+        thread::sleep(Duration::from_millis(1200));
+        let total0: i64 = a
+            .query_one(
+                "SELECT terminations_total FROM dbconn_guard.worker_status()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        set(a, &[("dbconn_guard.enabled", "on")]);
+        let start = Instant::now();
+        let (ended, cpu, wall) = loop {
+            let r = a
+                .query_one(
+                    "SELECT terminations_total, terminations_last_cycle, last_cycle_cpu_ms, last_cycle_ms FROM dbconn_guard.worker_status()",
+                    &[],
+                )
+                .unwrap();
+            if r.get::<_, i64>(0) - total0 >= k as i64 {
+                break (r.get::<_, i64>(1), r.get::<_, f64>(2), r.get::<_, f64>(3));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the worker did not end the {k} stale sessions"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        let windows: Vec<f64> = a
+            .query(
+                "SELECT signal_window_us::float8 FROM dbconn_guard.recent_terminations() WHERE pid = ANY($1) AND signal_window_us IS NOT NULL",
+                &[&pids],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            windows.len(),
+            k,
+            "every termination has its window recorded"
+        );
+        drop(stale);
+        let per = |total: f64, base: f64| (total - base) * 1000.0 / ended.max(1) as f64;
+        writeln!(
+            t,
+            "| {} | {ended} | {cpu:.3} | {base_cpu:.3} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            sessions.len() + k,
+            per(cpu, base_cpu),
+            per(wall, base_wall),
+            pct(windows.clone(), 0.5),
+            pct(windows.clone(), 0.99),
+            pct(windows, 1.0)
+        )
+        .unwrap();
+        println!(
+            "kill path at {} sessions: {ended} ended in one check, {:.0} µs CPU each; read→signal p50 {:.0} µs",
+            sessions.len() + k,
+            per(cpu, base_cpu),
+            pct(
+                a.query("SELECT signal_window_us::float8 FROM dbconn_guard.recent_terminations() WHERE signal_window_us IS NOT NULL", &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect(),
+                0.5
+            )
+        );
+    }
+    sessions.close(a);
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "10s"),
+            ("dbconn_guard.idle_in_transaction_timeout", "1h"),
+        ],
+    );
+    writeln!(ctx.out, "## 7. The kill path\n\n{k} sessions go idle in transaction among the others (70% idle, 20% idle in transaction, 10% running a query) with the worker off; then it is switched on and ends them in one check. *Per termination*: that check's CPU (and wall) time beyond the median of 15 checks with nothing to end at the same session count, divided by the sessions it ended: recording (one committed transaction for the batch, a row each in its subtransaction), the last in-place read of each session's status entry, `pg_terminate_backend()`, and the LOG line. *read→signal*: from the start of the last read of a session's status to the return of the signal (`recent_terminations().signal_window_us`), the window in which a query that arrives is still ended with its session. Target: the cost per termination does not depend on the session count.\n\n{t}").unwrap();
+}
+
 fn rss_anon_kb(pid: i32) -> i64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -679,8 +819,9 @@ fn main() {
         worker_cycle(&mut ctx, &[20, 50]);
         blocking(&mut ctx, &[10, 40]);
         latency(&mut ctx, 20);
+        kill_path(&mut ctx, &[40], 10);
         reset_system(&mut ctx.admin);
-        println!("bench: 3 passed, 0 failed");
+        println!("bench: 4 passed, 0 failed");
         return;
     }
     let started = Instant::now();
@@ -690,6 +831,7 @@ fn main() {
         .collect();
     worker_cycle(&mut ctx, &scales);
     latency(&mut ctx, 200);
+    kill_path(&mut ctx, &scales, 100);
     blocking(&mut ctx, &[10, 100, 1000]);
     memory(&mut ctx, 500, 60);
     pgbench(&mut ctx);
