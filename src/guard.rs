@@ -310,21 +310,25 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                         unsafe { pg_sys::pg_usleep((i64::from(ms) * 1000) as _) };
                     }
                 }
-                let start = Instant::now();
-                let v = last_look(t, &scope, me);
-                if v != Verdict::Proceed {
-                    outcomes[i] = Outcome::Withdrawn(v);
-                    withdraw.extend(row_ids[i]);
-                    continue;
-                }
-                let sent = terminate(t.backend.pid, as_role);
-                let window_us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                // the last look and the signal, back to back, in a subtransaction begun
+                // beforehand (so its setup is not inside the window)
+                let look_and_signal = xact::subtransaction(|| {
+                    let start = Instant::now();
+                    let v = last_look(t, &scope, me);
+                    if v != Verdict::Proceed {
+                        return (v, false, 0);
+                    }
+                    let sent = terminate(t.backend.pid, as_role);
+                    let window_us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                    (v, sent, window_us)
+                });
                 held.restore();
-                outcomes[i] = match sent {
-                    Ok(true) => Outcome::Terminated { window_us },
-                    Ok(false) => Outcome::Withdrawn(Verdict::Gone),
-                    Err(e) => {
-                        row_errors.push(format!("pid {}: {e}", t.backend.pid));
+                outcomes[i] = match look_and_signal {
+                    Ok((Verdict::Proceed, true, window_us)) => Outcome::Terminated { window_us },
+                    Ok((Verdict::Proceed, false, _)) => Outcome::Withdrawn(Verdict::Gone),
+                    Ok((v, _, _)) => Outcome::Withdrawn(v),
+                    Err(f) => {
+                        row_errors.push(format!("pid {}: {f}", t.backend.pid));
                         Outcome::SignalFailed
                     }
                 };
@@ -366,8 +370,9 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
 }
 
 /// `pg_terminate_backend(pid)` (not waiting for the backend to exit), as `role` when given —
-/// PostgreSQL's own permission rules — or as the worker.
-fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> Result<bool, String> {
+/// PostgreSQL's own permission rules — or as the worker. Called in a subtransaction: an error
+/// (permission denied) aborts it, which also puts the user back.
+fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> bool {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     unsafe {
@@ -379,15 +384,15 @@ fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> Result<bool, String> {
             );
         }
     }
-    let r = xact::subtransaction(|| unsafe {
+    let sent = unsafe {
         pgrx::direct_function_call::<bool>(
             pg_sys::pg_terminate_backend,
             &[pid.into_datum(), 0i64.into_datum()],
         )
         .unwrap_or(false)
-    });
+    };
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
-    r.map_err(|f| f.message)
+    sent
 }
 
 fn delete_rows(ids: &[i64]) {

@@ -303,7 +303,7 @@ fn cycle(state: &mut State) -> Micros {
         }
         Err(f) => error = Some(f.message),
     }
-    if extension_ready {
+    if extension_ready && housekeeping_due(state, now()) {
         if let Err(f) = xact::transaction(c"dbconn_guard: housekeeping", || {
             guard::withdraw_pending();
             purge_audit(state, now());
@@ -404,6 +404,13 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
 }
 
 const PURGE_EVERY: Micros = 3600 * SECOND;
+
+/// Whether audit rows wait for withdrawal or for the hourly purge (checked without a
+/// transaction: most checks have neither to do).
+fn housekeeping_due(state: &State, now: Micros) -> bool {
+    SHARED.share().withdraw_len > 0
+        || (guc::AUDIT_RETENTION.get() > 0 && now - state.last_purge >= PURGE_EVERY)
+}
 /// Rows deleted per statement when purging: a long backlog goes in steps, each well within the
 /// worker's statement_timeout.
 const PURGE_BATCH: i64 = 10_000;

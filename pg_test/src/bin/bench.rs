@@ -546,11 +546,13 @@ fn kill_path(ctx: &mut Ctx, scales: &[usize], k: usize) {
         );
         thread::sleep(Duration::from_millis(500));
         let (base_cpu, base_wall) = idle_cycles(a, 15);
+        // only the stale sessions made here: the pool's own idle-in-transaction sessions stay
         set(
             a,
             &[
                 ("dbconn_guard.enabled", "off"),
                 ("dbconn_guard.naptime", "10s"),
+                ("dbconn_guard.include_applications", "bench_kill"),
                 ("dbconn_guard.idle_in_transaction_timeout", "1s"),
             ],
         );
@@ -635,6 +637,7 @@ fn kill_path(ctx: &mut Ctx, scales: &[usize], k: usize) {
         a,
         &[
             ("dbconn_guard.naptime", "10s"),
+            ("dbconn_guard.include_applications", ""),
             ("dbconn_guard.idle_in_transaction_timeout", "1h"),
         ],
     );
