@@ -218,7 +218,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     }
 
     // 1. record, and commit
-    let recorded = xact::transaction(c"dbconn_guard: recording terminations", || {
+    let recorded = xact::writing_transaction(c"dbconn_guard: recording terminations", || {
         if standby {
             for (i, t) in targets.iter().enumerate() {
                 let v = last_look(t, &scope, me);
@@ -297,7 +297,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
             Actor::Manual { role, .. } => Some(*role),
             Actor::Worker { .. } => None,
         };
-        let signalled = xact::transaction(c"dbconn_guard: ending sessions", || {
+        let signalled = xact::writing_transaction(c"dbconn_guard: ending sessions", || {
             let held = HeldInterrupts::hold();
             for (i, t) in targets.iter().enumerate() {
                 if outcomes[i] != Outcome::WouldTerminate {

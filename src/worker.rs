@@ -304,7 +304,7 @@ fn cycle(state: &mut State) -> Micros {
         Err(f) => error = Some(f.message),
     }
     if extension_ready && housekeeping_due(state, now()) {
-        if let Err(f) = xact::transaction(c"dbconn_guard: housekeeping", || {
+        if let Err(f) = xact::writing_transaction(c"dbconn_guard: housekeeping", || {
             guard::withdraw_pending();
             purge_audit(state, now());
         }) {

@@ -34,6 +34,19 @@ fn failure(e: &pg_sys::panic::CaughtError) -> Failure {
 /// Runs `body` in a transaction of its own (with an active snapshot), committing it; an ERROR
 /// aborts the transaction and is returned. Must be called outside any transaction.
 pub fn transaction<R>(activity: &std::ffi::CStr, body: impl FnOnce() -> R) -> Result<R, Failure> {
+    run(activity, false, body)
+}
+
+/// `transaction`, for a transaction that writes: its statistics (the dead rows of a purge or a
+/// withdrawal) are reported at once, for autovacuum to see.
+pub fn writing_transaction<R>(
+    activity: &std::ffi::CStr,
+    body: impl FnOnce() -> R,
+) -> Result<R, Failure> {
+    run(activity, true, body)
+}
+
+fn run<R>(activity: &std::ffi::CStr, writes: bool, body: impl FnOnce() -> R) -> Result<R, Failure> {
     PgTryBuilder::new(AssertUnwindSafe(|| {
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
@@ -46,8 +59,9 @@ pub fn transaction<R>(activity: &std::ffi::CStr, body: impl FnOnce() -> R) -> Re
             pg_sys::PopActiveSnapshot();
             pg_sys::CommitTransactionCommand();
             // a background worker has no idle loop that reports its statistics: without this,
-            // the dead rows of the audit purge never reach autovacuum
-            pg_sys::pgstat_report_stat(true);
+            // the dead rows of the audit purge never reach autovacuum (forced after a write;
+            // otherwise at PostgreSQL's own pace, at most once a second)
+            pg_sys::pgstat_report_stat(writes);
             pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
         }
         Ok(r)

@@ -832,6 +832,12 @@ fn main() {
         .into_iter()
         .filter(|&n| n <= max_n)
         .collect();
+    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill
+    match std::env::var("DBCONN_GUARD_BENCH_ONLY").as_deref() {
+        Ok("cycle") => return worker_cycle(&mut ctx, &scales),
+        Ok("kill") => return kill_path(&mut ctx, &scales, 100),
+        _ => {}
+    }
     worker_cycle(&mut ctx, &scales);
     latency(&mut ctx, 200);
     kill_path(&mut ctx, &scales, 100);
