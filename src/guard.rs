@@ -72,6 +72,8 @@ pub enum Outcome {
     NotRecorded,
     /// `pg_terminate_backend()` refused or failed; its row was withdrawn.
     SignalFailed,
+    /// The worker ended while carrying out the request: what happened is in the audit.
+    Unknown,
 }
 
 impl Outcome {
@@ -91,6 +93,10 @@ impl Outcome {
                 "skipped: its record could not be written, so it was not ended".into()
             }
             Outcome::SignalFailed => "skipped: permission denied or signal failed".into(),
+            Outcome::Unknown => {
+                "unknown: the worker stopped while carrying this out; see dbconn_guard.terminations"
+                    .into()
+            }
         }
     }
 
@@ -104,6 +110,7 @@ impl Outcome {
         match self {
             Outcome::Terminated { .. } => 1,
             Outcome::WouldTerminate => 2,
+            Outcome::Unknown => 0,
             Outcome::NotRecorded => 3,
             Outcome::SignalFailed => 4,
             Outcome::Spared(v) | Outcome::Withdrawn(v) => match v {
@@ -129,6 +136,7 @@ impl Outcome {
     pub fn from_code(c: u8) -> Outcome {
         use crate::core::policy::Protection as P;
         match c {
+            0 => Outcome::Unknown,
             1 => Outcome::Terminated { window_us: 0 },
             2 => Outcome::WouldTerminate,
             3 => Outcome::NotRecorded,

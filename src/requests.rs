@@ -229,13 +229,8 @@ fn round_trip(
                     .map(|c| Outcome::from_code(*c))
                     .collect();
                 let err = s.error.opt();
-                let unknown = s.outcomes[..chunk.len()].iter().all(|c| *c == 0);
                 s.state = RequestState::Free;
-                return if unknown && err.is_some() {
-                    (vec![Outcome::NotRecorded; chunk.len()], err)
-                } else {
-                    (out, err)
-                };
+                return (out, err);
             }
         }
         if started.elapsed() > ANSWER_WITHIN || worker_ready().is_err() {
