@@ -1,14 +1,28 @@
 -- Objects the Rust functions need before they are created: the audit table and the admin role.
 
 -- The schema is fixed (dbconn_guard, not relocatable). If it existed before CREATE EXTENSION,
--- its owner could drop or replace what is created in it, or have planted functions and
--- operators there for the worker, a superuser, to run: refuse unless a superuser owns it and
--- nothing is in it yet.
+-- its owner, or a role it lets create objects in it, could drop or replace what is created in
+-- it, or have planted functions and operators there for the worker, a superuser, to run:
+-- refuse unless a superuser owns it, nothing is in it yet, and no other role may create in it.
 DO $$
 DECLARE
     owner_is_superuser boolean;
     objects bigint;
+    creators text;
 BEGIN
+    SELECT pg_catalog.string_agg(COALESCE(r.rolname::text, 'PUBLIC'), ', ') INTO creators
+      FROM pg_catalog.pg_namespace n
+     CROSS JOIN LATERAL pg_catalog.aclexplode(n.nspacl) a
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'dbconn_guard'
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+       AND NOT COALESCE(r.rolsuper, false);
+    IF creators IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "dbconn_guard" existed before CREATE EXTENSION dbconn_guard, and is not safe to install into'
+            USING ERRCODE = 'duplicate_schema',
+                  DETAIL = pg_catalog.format('Roles that are not superusers may create objects in it: %s.', creators),
+                  HINT = 'Drop or rename that schema, then run CREATE EXTENSION dbconn_guard again.';
+    END IF;
     SELECT r.rolsuper INTO owner_is_superuser
       FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
      WHERE n.nspname OPERATOR(pg_catalog.=) 'dbconn_guard';

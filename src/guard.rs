@@ -2,19 +2,25 @@
 //! `terminate_idle()` — goes through `carry_out`, in the background worker, in this order:
 //!
 //! 1. **Record** (one transaction): for each session, a fresh in-place read of its status
-//!    entry must still show it unchanged and unprotected; then its audit row is inserted (each
-//!    in a subtransaction: a row that cannot be written drops that session only). The
-//!    transaction first takes its lock on `dbconn_guard.terminations`, waiting no longer than
-//!    the worker's `lock_timeout`: when the table cannot be written, nobody is ended. The rows
-//!    are committed before any signal is sent.
-//! 2. **Signal** (interrupts held, nothing that can wait): for each recorded session, one more
-//!    in-place read of its status entry, the protections applied to that read, and at once
-//!    `pg_terminate_backend()` — as the calling role for `terminate_idle()`, so PostgreSQL's own
-//!    permission rules decide.
-//! 3. **Withdraw**: the rows of sessions spared at that last look (they ran a query in
-//!    between, or ended) are deleted, so a row that says "terminated" exists only for a
-//!    session that was signalled. A deletion that fails is retried by the worker later (the ids
-//!    wait in shared memory, surviving a worker restart).
+//!    entry must still show it unchanged and unprotected (and, for `terminate_idle()`, one the
+//!    caller may end); then its audit row is inserted, each in a subtransaction: a row that
+//!    cannot be written drops that session only. The transaction first takes its lock on
+//!    `dbconn_guard.terminations`, waiting no longer than the worker's `lock_timeout`, and a
+//!    lock timeout on a row ends the batch: when the table cannot be written, nobody is ended.
+//!    The rows are committed before any signal is sent.
+//! 2. **Queue** every recorded row for withdrawal, in shared memory, before any signal.
+//! 3. **Signal**: for each recorded session, one more in-place read of its status entry, the
+//!    protections applied to that read, and at once `pg_terminate_backend()` — as the calling
+//!    role for `terminate_idle()`, so PostgreSQL's own permission rules decide. The moment a
+//!    session is signalled, its row leaves the queue.
+//! 4. **Withdraw** what is left in the queue: the rows of sessions spared at the last look (they
+//!    ran a query in between, or ended), or not reached because something stopped the worker
+//!    (an error, SIGTERM, a FATAL error). Whatever happened, the queue outlives the attempt —
+//!    and the worker: it is emptied at the worker's next check, also after a restart. So a row
+//!    that says "terminated" stays only for a session that was signalled.
+//!
+//! No step holds interrupts: a SIGTERM ends the worker at once, and whatever it had not
+//! signalled yet is withdrawn by its successor.
 //!
 //! On a hot standby the table is read-only: the record is the shared-memory ring and the LOG
 //! line only.
@@ -24,8 +30,9 @@ use crate::core::policy::{Scope, Target};
 use crate::core::quote::{quoted, quoted_or};
 use crate::core::recheck::{self, Fresh, Verdict};
 use crate::core::session::{age_seconds, Micros, Name};
-use crate::shared::{self, FixedText, TerminationRecord};
-use crate::xact::{self, HeldInterrupts};
+use crate::encoding::DbText;
+use crate::shared::{self, FixedText, TerminationRecord, Withdrawal};
+use crate::xact;
 use crate::{guc, snapshot};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -70,6 +77,8 @@ pub enum Outcome {
     Withdrawn(Verdict),
     /// Its audit row could not be written: not signalled.
     NotRecorded,
+    /// The caller of `terminate_idle()` may not end it (PostgreSQL's rule): not recorded.
+    NotPermitted,
     /// `pg_terminate_backend()` refused or failed; its row was withdrawn.
     SignalFailed,
     /// The worker ended while carrying out the request: what happened is in the audit.
@@ -92,6 +101,10 @@ impl Outcome {
             Outcome::NotRecorded => {
                 "skipped: its record could not be written, so it was not ended".into()
             }
+            Outcome::NotPermitted => {
+                "skipped: permission denied (needs pg_signal_backend or membership in the session's role)"
+                    .into()
+            }
             Outcome::SignalFailed => "skipped: permission denied or signal failed".into(),
             Outcome::Unknown => {
                 "unknown: the worker stopped while carrying this out; see dbconn_guard.terminations"
@@ -113,6 +126,7 @@ impl Outcome {
             Outcome::Unknown => 0,
             Outcome::NotRecorded => 3,
             Outcome::SignalFailed => 4,
+            Outcome::NotPermitted => 5,
             Outcome::Spared(v) | Outcome::Withdrawn(v) => match v {
                 Verdict::Proceed | Verdict::Gone => 10,
                 Verdict::Unreadable => 11,
@@ -141,6 +155,7 @@ impl Outcome {
             2 => Outcome::WouldTerminate,
             3 => Outcome::NotRecorded,
             4 => Outcome::SignalFailed,
+            5 => Outcome::NotPermitted,
             11 => Outcome::Spared(Verdict::Unreadable),
             12 => Outcome::Spared(Verdict::Changed),
             20..=27 => Outcome::Spared(Verdict::Protected(
@@ -176,8 +191,10 @@ const RECORD: &str = "INSERT INTO dbconn_guard.terminations \
      VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8, $9, $10, $11, $12, $13) \
      RETURNING id";
 
-const WITHDRAW: &str =
-    "DELETE FROM dbconn_guard.terminations WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
+/// Rows by id *and* the pid they record: an id alone could name another row.
+const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
+     USING ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int4[])) AS w(id, pid) \
+     WHERE t.id OPERATOR(pg_catalog.=) w.id AND t.pid OPERATOR(pg_catalog.=) w.pid";
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(v).ok()
@@ -207,6 +224,28 @@ fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
     recheck::last_word(&t.backend, fresh, scope, me)
 }
 
+/// May `caller` end a session of the role named `target`? PostgreSQL's rule for
+/// `pg_terminate_backend()` (`pg_signal_backend()` in signalfuncs.c): a superuser's session
+/// only for a superuser, others for a member of `pg_signal_backend` or of the session's role.
+/// Checked before a row is written; PostgreSQL checks it again when the worker signals as the
+/// caller.
+fn may_signal(caller: pg_sys::Oid, target: Option<&str>) -> bool {
+    let Some(Ok(name)) = target.map(std::ffi::CString::new) else {
+        return false;
+    };
+    unsafe {
+        let role = pg_sys::get_role_oid(name.as_ptr(), true);
+        if role == pg_sys::InvalidOid {
+            return false;
+        }
+        if pg_sys::superuser_arg(role) {
+            return pg_sys::superuser_arg(caller);
+        }
+        pg_sys::has_privs_of_role(caller, role)
+            || pg_sys::has_privs_of_role(caller, pg_sys::Oid::from(pg_sys::ROLE_PG_SIGNAL_BACKEND))
+    }
+}
+
 /// Records, then ends (or in a dry run only records) each target still unchanged; see the
 /// module comment for the order and guarantees. `judged_at` is when the targets were read.
 /// Runs in the background worker, outside any transaction.
@@ -215,9 +254,14 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     let me = unsafe { pg_sys::MyProcPid };
     let standby = unsafe { pg_sys::RecoveryInProgress() };
     let label = actor.label();
+    let caller = match actor {
+        Actor::Manual { role, .. } => Some(*role),
+        Actor::Worker { .. } => None,
+    };
     let mut outcomes = vec![Outcome::NotRecorded; targets.len()];
     let mut row_ids: Vec<Option<i64>> = vec![None; targets.len()];
     let mut row_errors: Vec<String> = Vec::new();
+    let mut table = pg_sys::InvalidOid;
     if targets.is_empty() {
         return Report {
             outcomes,
@@ -227,39 +271,44 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
 
     // 1. record, and commit
     let recorded = xact::writing_transaction(c"dbconn_guard: recording terminations", || {
+        let check = |t: &Target| {
+            let v = last_look(t, &scope, me);
+            if v != Verdict::Proceed {
+                Some(Outcome::Spared(v))
+            } else if caller.is_some_and(|c| !may_signal(c, t.backend.usename.as_deref())) {
+                Some(Outcome::NotPermitted)
+            } else {
+                None
+            }
+        };
         if standby {
             for (i, t) in targets.iter().enumerate() {
-                let v = last_look(t, &scope, me);
-                outcomes[i] = if v == Verdict::Proceed {
-                    Outcome::WouldTerminate
-                } else {
-                    Outcome::Spared(v)
-                };
+                outcomes[i] = check(t).unwrap_or(Outcome::WouldTerminate);
             }
             return;
         }
-        if snapshot::audit_table().is_none() {
+        table = snapshot::audit_table().unwrap_or_else(|| {
             error!(
                 "dbconn_guard.terminations in database \"{}\" is not the table of the extension dbconn_guard: nothing is written to it, and no session is ended",
                 guc::database()
-            );
-        }
+            )
+        });
         Spi::connect_mut(|client| {
-            // the one wait of this transaction, bounded by the worker's lock_timeout
+            // the table's lock first, bounded by the worker's lock_timeout
             client.update(LOCK_AUDIT, None, &[])?;
             for (i, t) in targets.iter().enumerate() {
-                let v = last_look(t, &scope, me);
-                if v != Verdict::Proceed {
-                    outcomes[i] = Outcome::Spared(v);
+                if let Some(o) = check(t) {
+                    outcomes[i] = o;
                     continue;
                 }
                 let b = &t.backend;
                 let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
+                let text = |v: Option<&str>| v.map(DbText::from);
                 let rec: [DatumWithOid; 13] = [
                     b.pid.into(),
-                    b.usename.as_deref().into(),
-                    b.datname.as_deref().into(),
-                    b.application_name.as_deref().into(),
+                    text(b.usename.as_deref()).into(),
+                    text(b.datname.as_deref()).into(),
+                    text(b.application_name.as_deref()).into(),
                     b.client_addr.as_deref().into(),
                     b.state.into(),
                     state_age.into(),
@@ -267,7 +316,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                     b.backend_start.and_then(ts).into(),
                     t.rule.as_str().into(),
                     dry_run.into(),
-                    label.as_str().into(),
+                    text(Some(label.as_str())).into(),
                     actor.cycle().into(),
                 ];
                 let row = xact::subtransaction(|| {
@@ -282,7 +331,14 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                     }
                     Ok(Ok(None)) => row_errors.push(format!("pid {}: no row id", b.pid)),
                     Ok(Err(e)) => row_errors.push(format!("pid {}: {e}", b.pid)),
-                    Err(f) => row_errors.push(format!("pid {}: {f}", b.pid)),
+                    Err(f) => {
+                        row_errors.push(format!("pid {}: {f}", b.pid));
+                        if f.ends_the_batch() {
+                            // a lock on the sequence or an index (every further row would
+                            // wait as long), or a cancel
+                            break;
+                        }
+                    }
                 }
             }
             Ok::<(), spi::Error>(())
@@ -298,15 +354,23 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     }
     let persisted = !standby;
 
-    // 2. signal: the recorded sessions, each after one more look at it
-    let mut withdraw: Vec<i64> = Vec::new();
     if !dry_run {
-        let as_role = match actor {
-            Actor::Manual { role, .. } => Some(*role),
-            Actor::Worker { .. } => None,
-        };
-        let signalled = xact::writing_transaction(c"dbconn_guard: ending sessions", || {
-            let held = HeldInterrupts::hold();
+        // 2. queue every recorded row for withdrawal, before any signal
+        let written: Vec<Withdrawal> = targets
+            .iter()
+            .zip(&row_ids)
+            .filter_map(|(t, id)| {
+                id.map(|id| Withdrawal {
+                    id,
+                    pid: t.backend.pid,
+                })
+            })
+            .collect();
+        if !standby {
+            queue_withdrawals(table, &written);
+        }
+        // 3. signal each after one more look at it, taking its row off the queue at once
+        let signalled = xact::transaction(c"dbconn_guard: ending sessions", || {
             for (i, t) in targets.iter().enumerate() {
                 if outcomes[i] != Outcome::WouldTerminate {
                     continue;
@@ -326,11 +390,10 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                     if v != Verdict::Proceed {
                         return (v, false, 0);
                     }
-                    let sent = terminate(t.backend.pid, as_role);
+                    let sent = terminate(t.backend.pid, caller);
                     let window_us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                     (v, sent, window_us)
                 });
-                held.restore();
                 outcomes[i] = match look_and_signal {
                     Ok((Verdict::Proceed, true, window_us)) => Outcome::Terminated { window_us },
                     Ok((Verdict::Proceed, false, _)) => Outcome::Withdrawn(Verdict::Gone),
@@ -340,28 +403,32 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                         Outcome::SignalFailed
                     }
                 };
-                if !outcomes[i].ended() {
-                    withdraw.extend(row_ids[i]);
-                }
-            }
-            // 3. withdraw the rows of the sessions spared at the last moment: first noted in
-            // shared memory (still with interrupts held), so that a SIGTERM during the deletion
-            // leaves them to the next worker, which deletes them at its first check
-            if !withdraw.is_empty() && !standby {
-                stash_withdrawals(&withdraw);
-            }
-            drop(held);
-            if !withdraw.is_empty() && !standby {
-                if let Err(f) = xact::subtransaction(withdraw_pending) {
-                    warning!(
-                        "dbconn_guard: could not withdraw the audit rows {withdraw:?} of sessions spared at the last moment, will retry at the next check: {f}"
-                    );
+                if let (Outcome::Terminated { .. }, Some(id), false) =
+                    (outcomes[i], row_ids[i], standby)
+                {
+                    dequeue_withdrawals(&[Withdrawal {
+                        id,
+                        pid: t.backend.pid,
+                    }]);
                 }
             }
         });
         if let Err(f) = signalled {
-            // the signals sent stand; only the withdrawal can have failed, and it is retried
-            warning!("dbconn_guard: after the signals: {f}");
+            row_errors.push(format!("while ending sessions: {f}"));
+        }
+        // whatever the signal step did not reach was not signalled
+        for o in outcomes.iter_mut() {
+            if *o == Outcome::WouldTerminate {
+                *o = Outcome::SignalFailed;
+            }
+        }
+        // 4. withdraw the rows of the sessions not signalled
+        if !standby {
+            if let Err(e) = withdraw_queued() {
+                warning!(
+                    "dbconn_guard: could not withdraw the audit rows of sessions that were not ended, will retry at the next check: {e}"
+                );
+            }
         }
     }
 
@@ -403,28 +470,23 @@ fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> bool {
     sent
 }
 
-fn delete_rows(ids: &[i64]) {
-    Spi::connect_mut(|client| {
-        client
-            .update(WITHDRAW, None, &[ids.to_vec().into()])
-            .map(|_| ())
-    })
-    .unwrap_or_else(|e| error!("{e}"));
-}
-
-/// Notes audit row ids to delete, in shared memory: they are deleted by `withdraw_pending`, at
-/// once or, if that fails or the worker ends first, at a later check (also of a restarted
-/// worker).
-fn stash_withdrawals(ids: &[i64]) {
-    if !shared::available() {
+/// Queues audit rows for withdrawal (see the module comment). Rows of another table than the
+/// one already queued for mean the extension was dropped and created again: the old entries
+/// are dropped, their table is gone.
+fn queue_withdrawals(table: pg_sys::Oid, rows: &[Withdrawal]) {
+    if !shared::available() || rows.is_empty() {
         return;
     }
     let mut s = shared::SHARED.exclusive();
+    if s.withdraw_table != u32::from(table) {
+        s.withdraw_len = 0;
+        s.withdraw_table = u32::from(table);
+    }
     let mut lost = 0;
-    for id in ids {
+    for w in rows {
         let n = s.withdraw_len as usize;
         if n < s.withdraw.len() {
-            s.withdraw[n] = *id;
+            s.withdraw[n] = *w;
             s.withdraw_len += 1;
         } else {
             lost += 1;
@@ -433,39 +495,72 @@ fn stash_withdrawals(ids: &[i64]) {
     drop(s);
     if lost > 0 {
         warning!(
-            "dbconn_guard: {lost} audit rows of sessions spared at the last moment could not be queued for withdrawal (the queue is full); they remain in dbconn_guard.terminations"
+            "dbconn_guard: {lost} audit rows could not be queued for withdrawal (the queue is full); if their sessions are not ended, their rows remain in dbconn_guard.terminations"
         );
     }
 }
 
-/// Deletes the audit rows waiting in shared memory (see `stash_withdrawals`); called by the
-/// worker in a transaction of its own.
-pub fn withdraw_pending() {
-    if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
+fn dequeue_withdrawals(rows: &[Withdrawal]) {
+    if !shared::available() || rows.is_empty() {
         return;
     }
-    let ids: Vec<i64> = {
-        let s = shared::SHARED.share();
-        s.withdraw[..s.withdraw_len as usize].to_vec()
-    };
-    if ids.is_empty() || snapshot::audit_table().is_none() {
-        return;
-    }
-    delete_rows(&ids);
-    // only the ids deleted: others may have been queued meanwhile (not by this process, which
-    // is the only one queuing, but keep it exact)
     let mut s = shared::SHARED.exclusive();
-    let remaining: Vec<i64> = s.withdraw[..s.withdraw_len as usize]
+    let n = s.withdraw_len as usize;
+    let kept: Vec<Withdrawal> = s.withdraw[..n]
         .iter()
         .copied()
-        .filter(|id| !ids.contains(id))
+        .filter(|w| !rows.contains(w))
         .collect();
-    s.withdraw[..remaining.len()].copy_from_slice(&remaining);
-    s.withdraw_len = remaining.len() as u16;
-    drop(s);
-    log!(
-        "dbconn_guard: withdrew the audit rows {ids:?} of sessions that were spared at the last moment"
-    );
+    s.withdraw[..kept.len()].copy_from_slice(&kept);
+    s.withdraw_len = kept.len() as u16;
+}
+
+/// Whether audit rows wait to be withdrawn.
+pub fn withdrawals_queued() -> bool {
+    shared::available() && shared::SHARED.share().withdraw_len > 0
+}
+
+/// Deletes the queued rows (in a transaction of its own), and takes them off the queue once
+/// the deletion is committed. Rows queued for a table that is no longer the extension's (it
+/// was dropped) are dropped from the queue.
+pub fn withdraw_queued() -> Result<(), String> {
+    if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
+        return Ok(());
+    }
+    let (table, rows): (u32, Vec<Withdrawal>) = {
+        let s = shared::SHARED.share();
+        (
+            s.withdraw_table,
+            s.withdraw[..s.withdraw_len as usize].to_vec(),
+        )
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let deleted = xact::writing_transaction(c"dbconn_guard: withdrawing audit rows", || {
+        match snapshot::audit_table() {
+            Some(t) if u32::from(t) == table => {
+                let ids: Vec<i64> = rows.iter().map(|w| w.id).collect();
+                let pids: Vec<i32> = rows.iter().map(|w| w.pid).collect();
+                Spi::connect_mut(|client| {
+                    client
+                        .update(WITHDRAW, None, &[ids.into(), pids.into()])
+                        .map(|t| t.len())
+                })
+                .unwrap_or_else(|e| error!("{e}"))
+            }
+            // the table they were written to is gone
+            _ => 0,
+        }
+    })
+    .map_err(|f| f.message)?;
+    dequeue_withdrawals(&rows);
+    if deleted > 0 {
+        log!(
+            "dbconn_guard: withdrew {deleted} audit rows of sessions that were not ended (spared at the last look, or not reached)"
+        );
+    }
+    Ok(())
 }
 
 fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: bool) {

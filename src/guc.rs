@@ -253,7 +253,7 @@ pub fn define() {
         c"",
         &MAX_TERMINATIONS_PER_CYCLE,
         1,
-        100_000,
+        crate::shared::WITHDRAW as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -36,7 +36,7 @@ pub fn after_restart() {
             RequestState::Working => {
                 slot.outcomes = [0; REQUEST_TARGETS];
                 slot.error.set(
-                    "the dbconn_guard worker ended while carrying out this request; what it did is in dbconn_guard.terminations",
+                    "the dbconn_guard worker ended while carrying out this request; what it did is in dbconn_guard.terminations (in the worker's database, dbconn_guard.database)",
                 );
                 slot.state = RequestState::Done;
                 wake(slot.caller_latch);
@@ -53,8 +53,10 @@ fn wake(latch: usize) {
     }
 }
 
-/// Carries out every submitted request (in the worker, between checks).
-pub fn serve(terminations_total: &mut i64) {
+/// Carries out every submitted request (in the worker, between checks); returns the sessions
+/// it ended.
+pub fn serve(terminations_total: &mut i64) -> Vec<crate::core::session::Backend> {
+    let mut ended = Vec::new();
     loop {
         let taken = {
             let mut r = REQUESTS.exclusive();
@@ -68,14 +70,18 @@ pub fn serve(terminations_total: &mut i64) {
                 })
         };
         let Some((i, req)) = taken else {
-            return;
+            return ended;
         };
-        let (outcomes, error) = carry_out(&req);
+        let (outcomes, error, done) = carry_out(&req);
+        ended.extend(done);
         *terminations_total += outcomes.iter().filter(|o| o.ended()).count() as i64;
         SHARED.exclusive().terminations_total = *terminations_total;
         let mut r = REQUESTS.exclusive();
         let slot = &mut r.slots[i];
-        if slot.state == RequestState::Abandoned || slot.ticket != req.ticket {
+        if slot.ticket != req.ticket {
+            continue;
+        }
+        if slot.state == RequestState::Abandoned || !alive(slot.caller_pid) {
             slot.state = RequestState::Free;
             continue;
         }
@@ -88,22 +94,40 @@ pub fn serve(terminations_total: &mut i64) {
     }
 }
 
-fn carry_out(req: &Request) -> (Vec<Outcome>, Option<String>) {
+/// Is a backend with this pid still there?
+fn alive(pid: i32) -> bool {
+    pid != 0 && !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
+}
+
+fn carry_out(
+    req: &Request,
+) -> (
+    Vec<Outcome>,
+    Option<String>,
+    Vec<crate::core::session::Backend>,
+) {
+    use crate::core::recheck::Verdict;
     let n = usize::from(req.len).min(REQUEST_TARGETS);
     let asked = &req.targets[..n];
-    let mut outcomes = vec![Outcome::Spared(crate::core::recheck::Verdict::Gone); n];
+    let mut outcomes = vec![Outcome::Spared(Verdict::Gone); n];
     // the worker's own read of each session: the same one, in the same state since the same
     // moment, or it is left alone
     let read = xact::transaction(c"dbconn_guard: reading requested sessions", || {
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
         let mut targets = Vec::new();
         for (k, a) in asked.iter().enumerate() {
-            let Slot::Read(b) = backend_status::read_slot(a.slot) else {
-                continue;
+            let b = match backend_status::read_slot(a.slot) {
+                Slot::Read(b) => b,
+                Slot::Torn => {
+                    outcomes[k] = Outcome::Spared(Verdict::Unreadable);
+                    continue;
+                }
+                Slot::Unused => continue,
             };
-            let same = b.pid == a.pid
-                && b.backend_start == Some(a.backend_start)
-                && b.state_change == Some(a.state_change)
+            if b.pid != a.pid || b.backend_start != Some(a.backend_start) {
+                continue;
+            }
+            let same = b.state_change == Some(a.state_change)
                 && b.state == IDLE_STATES.get(usize::from(a.state)).copied();
             if same {
                 targets.push((
@@ -115,14 +139,14 @@ fn carry_out(req: &Request) -> (Vec<Outcome>, Option<String>) {
                     },
                 ));
             } else {
-                outcomes[k] = Outcome::Spared(crate::core::recheck::Verdict::Changed);
+                outcomes[k] = Outcome::Spared(Verdict::Changed);
             }
         }
         (now, targets)
     });
     let (now, targets) = match read {
         Ok(r) => r,
-        Err(f) => return (vec![Outcome::NotRecorded; n], Some(f.message)),
+        Err(f) => return (vec![Outcome::NotRecorded; n], Some(f.message), Vec::new()),
     };
     let actor = Actor::Manual {
         role: pg_sys::Oid::from(req.role),
@@ -135,10 +159,14 @@ fn carry_out(req: &Request) -> (Vec<Outcome>, Option<String>) {
     };
     let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
     let report = guard::carry_out(&only, now, &actor, req.dry_run);
-    for ((k, _), o) in targets.iter().zip(report.outcomes) {
+    let mut ended = Vec::new();
+    for ((k, t), o) in targets.iter().zip(report.outcomes) {
         outcomes[*k] = o;
+        if o.ended() {
+            ended.push(t.backend.clone());
+        }
     }
-    (outcomes, report.error)
+    (outcomes, report.error, ended)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,11 +223,24 @@ fn round_trip(
         {
             let mut r = REQUESTS.exclusive();
             let ticket = r.next_ticket;
+            // a slot whose caller ended (a FATAL error while it waited) and that nobody will
+            // read or free is free
+            for s in r.slots.iter_mut() {
+                if matches!(s.state, RequestState::Done | RequestState::Submitted)
+                    && !alive(s.caller_pid)
+                {
+                    s.state = match s.state {
+                        RequestState::Done => RequestState::Free,
+                        other => other,
+                    };
+                }
+            }
             if let Some(i) = r.slots.iter().position(|s| s.state == RequestState::Free) {
                 r.next_ticket += 1;
                 let s = &mut r.slots[i];
                 s.ticket = ticket;
                 s.caller_latch = my_latch;
+                s.caller_pid = unsafe { pg_sys::MyProcPid };
                 s.role = u32::from(role);
                 s.actor.set(actor);
                 s.dry_run = dry_run;
@@ -236,7 +277,8 @@ fn round_trip(
         if started.elapsed() > ANSWER_WITHIN || worker_ready().is_err() {
             abandon(slot, ticket);
             error!(
-                "dbconn_guard.terminate_idle: the worker did not answer; what it did is in dbconn_guard.terminations and recent_terminations()"
+                "dbconn_guard.terminate_idle: the worker did not answer; what it did is in dbconn_guard.terminations of database {} and in recent_terminations()",
+                crate::core::quote::quoted(&crate::guc::database())
             );
         }
         sleep_on_latch(100);

@@ -14,8 +14,9 @@ use pgrx::shmem::PGRXSharedMemory;
 pub const MAX_SAMPLES: usize = 16;
 pub const MAX_GROUPS: usize = 256;
 pub const RECENT: usize = 128;
-/// Audit rows awaiting withdrawal (see `Shared::withdraw`).
-pub const WITHDRAW: usize = 256;
+/// Audit rows awaiting withdrawal (see `Shared::withdraw`): at least one batch of the worker
+/// (`max_terminations_per_cycle` is capped at this) or of a `terminate_idle()` round trip.
+pub const WITHDRAW: usize = 1024;
 const TEXT: usize = 64;
 const ERROR_TEXT: usize = 512;
 pub const POLICY_TEXT: usize = 8192;
@@ -107,6 +108,13 @@ impl TerminationRecord {
     }
 }
 
+/// An audit row to delete unless its session is signalled: its id, and the pid it records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Withdrawal {
+    pub id: i64,
+    pub pid: i32,
+}
+
 /// Idle-count samples of one (datname, usename, application_name, client_addr) group.
 #[derive(Clone, Copy)]
 pub struct GroupSamples {
@@ -147,11 +155,15 @@ pub struct Shared {
     pub deferred_last_cycle: i64,
     pub next_wakeup: Micros,
     pub extension_ready: bool,
-    /// Audit rows written for sessions that then were not signalled (they changed in the last
-    /// moment), whose deletion failed: the worker deletes them at its next chance, even after a
-    /// restart.
+    /// Audit rows written and not (yet) followed by a signal: queued before any signal is
+    /// sent, taken off the queue the moment their session is signalled. What remains is
+    /// deleted by the worker (at once, or at its next check, also after a restart), so a row
+    /// that says "terminated" stays only for a session that was signalled.
     pub withdraw_len: u16,
-    pub withdraw: [i64; WITHDRAW],
+    /// The audit table the queued rows are in (its oid): rows of a table since dropped are
+    /// never deleted from its successor.
+    pub withdraw_table: u32,
+    pub withdraw: [Withdrawal; WITHDRAW],
     pub last_error_at: Micros,
     pub last_error: FixedText<ERROR_TEXT>,
     pub policy: FixedText<POLICY_TEXT>,
@@ -179,7 +191,8 @@ impl Shared {
             next_wakeup: 0,
             extension_ready: false,
             withdraw_len: 0,
-            withdraw: [0; WITHDRAW],
+            withdraw_table: 0,
+            withdraw: [Withdrawal { id: 0, pid: 0 }; WITHDRAW],
             last_error_at: 0,
             last_error: FixedText::empty(),
             policy: FixedText::empty(),
@@ -281,6 +294,9 @@ pub struct Request {
     pub ticket: u64,
     /// Address of the caller's latch, set by the worker when the request is done.
     pub caller_latch: usize,
+    /// The caller's pid: a slot whose caller is gone (ended by a FATAL error while it waited)
+    /// is freed by the worker or the next caller.
+    pub caller_pid: i32,
     /// The calling role: the worker signals as this role, so PostgreSQL's own permission
     /// rules for `pg_terminate_backend()` apply.
     pub role: u32,
@@ -303,6 +319,7 @@ impl Request {
             state: RequestState::Free,
             ticket: 0,
             caller_latch: 0,
+            caller_pid: 0,
             role: 0,
             actor: FixedText::empty(),
             dry_run: false,

@@ -32,19 +32,21 @@ pub const BACKEND_TYPE: &str = "dbconn_guard";
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 
 /// Settings every SQL statement of the worker runs under, whatever `ALTER DATABASE` or
-/// `ALTER ROLE` says for its database and role: no schema but `pg_catalog` (and, last, its own
-/// `pg_temp`) can supply a function or operator; transactions are read-write and READ
-/// COMMITTED (a database default of read-only or SERIALIZABLE would fail every check, the
-/// latter on a standby); no wait on a lock lasts more than a second, no statement more than a
-/// minute; the audit commits wait for the local WAL flush only, never for a synchronous
-/// standby that may be down.
-const PINNED: [(&CStr, &CStr); 10] = [
+/// `ALTER ROLE` says for its database and role (a database's owner can set all of these for
+/// it): it runs as itself (`role`), not as a role the owner names; no schema but `pg_catalog`
+/// (and, last, its own `pg_temp`) can supply a function or operator; transactions are
+/// read-write and READ COMMITTED (a database default of read-only or SERIALIZABLE would fail
+/// every check, the latter on a standby); an ERROR stays an ERROR (`exit_on_error` would make
+/// every lock timeout end the worker); no wait on a lock lasts more than a second; the audit
+/// commits wait for the local WAL flush only, never for a synchronous standby that may be down.
+const PINNED: [(&CStr, &CStr); 11] = [
+    (c"role", c"none"),
     (c"search_path", c"pg_catalog, pg_temp"),
     (c"default_transaction_read_only", c"off"),
     (c"default_transaction_isolation", c"read committed"),
     (c"default_transaction_deferrable", c"off"),
+    (c"exit_on_error", c"off"),
     (c"lock_timeout", c"1s"),
-    (c"statement_timeout", c"1min"),
     (c"idle_in_transaction_session_timeout", c"0"),
     (c"synchronous_commit", c"local"),
     (c"transform_null_equals", c"off"),
@@ -222,7 +224,10 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
             announce_policy(&guc::policy());
             state.last_purge = 0;
         }
-        requests::serve(&mut state.terminations_total);
+        for ended in requests::serve(&mut state.terminations_total) {
+            // a backend lingers in the status array while it exits: not a target again
+            state.acted.insert(key(&ended), now());
+        }
         sleep = cycle(&mut state);
         SHARED.exclusive().next_wakeup = now() + sleep;
     }
@@ -242,14 +247,19 @@ fn wait(us: Micros) {
             );
         }
     }
-    unsafe {
-        pg_sys::ResetLatch(pg_sys::MyLatch);
+    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+    // SIGTERM (die) ends the process in here; a cancel — even one arriving just now — has
+    // nothing to cancel, and must not become an ERROR outside any transaction (which a
+    // background worker turns into its exit)
+    PgTryBuilder::new(|| unsafe {
         if pg_sys::QueryCancelPending != 0 && pg_sys::ProcDiePending == 0 {
             pg_sys::QueryCancelPending = 0;
             log!("dbconn_guard worker: cancel request ignored (no check was running)");
         }
-    }
-    pgrx::check_for_interrupts!();
+        pgrx::check_for_interrupts!();
+    })
+    .catch_others(|_| log!("dbconn_guard worker: cancel request ignored (no check was running)"))
+    .execute();
 }
 
 struct Planned {
@@ -303,12 +313,16 @@ fn cycle(state: &mut State) -> Micros {
         }
         Err(f) => error = Some(f.message),
     }
-    if extension_ready && housekeeping_due(state, now()) {
-        if let Err(f) = xact::writing_transaction(c"dbconn_guard: housekeeping", || {
-            guard::withdraw_pending();
-            purge_audit(state, now());
+    if extension_ready && guard::withdrawals_queued() {
+        if let Err(e) = guard::withdraw_queued() {
+            error.get_or_insert(format!("withdrawing audit rows: {e}"));
+        }
+    }
+    if extension_ready && purge_due(state, now()) {
+        if let Err(f) = xact::writing_transaction(c"dbconn_guard: purging old audit rows", || {
+            purge_audit(state, now())
         }) {
-            error.get_or_insert(format!("housekeeping: {f}"));
+            error.get_or_insert(format!("purging old audit rows: {f}"));
         }
     }
 
@@ -371,6 +385,11 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         state.said_missing_extension = false;
     }
     out.extension_ready = true;
+    if !unsafe { pg_sys::superuser() } {
+        error!(
+            "the worker does not run as a superuser (a setting of its database or role?): it ends no session"
+        );
+    }
 
     let snap = snapshot::activity_all();
     out.judged_at = snap.now;
@@ -405,11 +424,12 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
 
 const PURGE_EVERY: Micros = 3600 * SECOND;
 
-/// Whether audit rows wait for withdrawal or for the hourly purge (checked without a
-/// transaction: most checks have neither to do).
-fn housekeeping_due(state: &State, now: Micros) -> bool {
-    SHARED.share().withdraw_len > 0
-        || (guc::AUDIT_RETENTION.get() > 0 && now - state.last_purge >= PURGE_EVERY)
+/// Whether the hourly purge is due (checked without a transaction: most checks have nothing
+/// to purge).
+fn purge_due(state: &State, now: Micros) -> bool {
+    guc::AUDIT_RETENTION.get() > 0
+        && now - state.last_purge >= PURGE_EVERY
+        && !unsafe { pg_sys::RecoveryInProgress() }
 }
 /// Rows deleted per statement when purging: a long backlog goes in steps, each well within the
 /// worker's statement_timeout.

@@ -9,10 +9,22 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 
-/// PostgreSQL's message of a caught error.
+/// PostgreSQL's message (and SQLSTATE) of a caught error.
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub message: String,
+    pub sqlstate: PgSqlErrorCode,
+}
+
+impl Failure {
+    /// A lock wait ended by `lock_timeout`, or a cancel (`pg_cancel_backend`): every further
+    /// step of the same kind would end the same way.
+    pub fn ends_the_batch(&self) -> bool {
+        matches!(
+            self.sqlstate,
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+        )
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -27,6 +39,7 @@ fn failure(e: &pg_sys::panic::CaughtError) -> Failure {
         | pg_sys::panic::CaughtError::ErrorReport(r)
         | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => Failure {
             message: r.message().to_string(),
+            sqlstate: r.sql_error_code(),
         },
     }
 }
@@ -100,36 +113,4 @@ pub fn subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, Failure> {
         Err(failure(&e))
     })
     .execute()
-}
-
-/// `HOLD_INTERRUPTS()` for as long as the guard lives: a SIGTERM (or cancel) that arrives
-/// meanwhile is acted on at the first `CHECK_FOR_INTERRUPTS()` after it is dropped. Held only
-/// over code that cannot wait: reading status entries and sending signals.
-pub struct HeldInterrupts {
-    count: u32,
-}
-
-impl HeldInterrupts {
-    pub fn hold() -> Self {
-        unsafe {
-            pg_sys::InterruptHoldoffCount += 1;
-            HeldInterrupts {
-                count: pg_sys::InterruptHoldoffCount,
-            }
-        }
-    }
-
-    /// An ERROR resets PostgreSQL's holdoff count to 0 before it is caught (elog.c's errfinish):
-    /// call this after catching one inside the held region.
-    pub fn restore(&self) {
-        unsafe { pg_sys::InterruptHoldoffCount = self.count };
-    }
-}
-
-impl Drop for HeldInterrupts {
-    fn drop(&mut self) {
-        unsafe {
-            pg_sys::InterruptHoldoffCount = self.count.saturating_sub(1);
-        }
-    }
 }

@@ -192,6 +192,17 @@ fn roles_and_schemas_squatted_before_create_extension_are_refused() {
     );
     su.batch_execute("DROP SCHEMA dbconn_guard CASCADE")
         .unwrap();
+    // an empty one a superuser made, but where another role may create objects
+    su.batch_execute(
+        "CREATE SCHEMA dbconn_guard; GRANT CREATE ON SCHEMA dbconn_guard TO it_creator",
+    )
+    .unwrap();
+    let err = su
+        .batch_execute("CREATE EXTENSION dbconn_guard")
+        .expect_err("a schema others may create in");
+    let text = db_error(&err);
+    assert!(text.contains("it_creator"), "{text}");
+    su.batch_execute("DROP SCHEMA dbconn_guard").unwrap();
 
     // a clean install, and a reinstall that finds the role an earlier one made
     su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
@@ -290,7 +301,8 @@ fn the_worker_runs_no_code_of_its_database_owner() {
     assert_eq!(planted, 0);
 
     // 2. the real extension, and the owner's database settings: an operator of its own before
-    // pg_catalog, read-only transactions, a 1 ms statement_timeout
+    // pg_catalog, read-only transactions, a 1 ms statement_timeout, every error fatal, and the
+    // owner's own role for everyone connecting (the worker would run as it)
     owner
         .batch_execute("DROP SCHEMA dbconn_guard CASCADE")
         .unwrap();
@@ -309,7 +321,9 @@ fn the_worker_runs_no_code_of_its_database_owner() {
              CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.escalate_eq); \
              ALTER DATABASE appdb SET search_path = evil, pg_catalog; \
              ALTER DATABASE appdb SET default_transaction_read_only = on; \
-             ALTER DATABASE appdb SET statement_timeout = '1ms';",
+             ALTER DATABASE appdb SET statement_timeout = '1ms'; \
+             ALTER DATABASE appdb SET exit_on_error = on; \
+             ALTER DATABASE appdb SET role = 'it_owner';",
         )
         .unwrap();
     // the settings reach a backend when it starts: restart the worker

@@ -750,3 +750,93 @@ fn a_latin1_database_with_non_ascii_text_is_read_and_guarded() {
     assert_eq!(recorded, 1);
     reset_system(&mut a);
 }
+
+#[test]
+fn a_locked_sequence_costs_a_check_one_second_not_one_per_session() {
+    let mut a = guard_admin();
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.enabled", "off"),
+            ("dbconn_guard.idle_in_transaction_timeout", "1s"),
+        ],
+    );
+    let sessions: Vec<_> = (0..3).map(|_| stale_in_transaction("it_t_seq")).collect();
+    thread::sleep(Duration::from_millis(1200));
+    // ALTER SEQUENCE holds a lock every nextval() of the audit rows waits for
+    let mut holder = connect("it_t_holder");
+    holder
+        .batch_execute("BEGIN; ALTER SEQUENCE dbconn_guard.terminations_id_seq CACHE 1")
+        .unwrap();
+    let since = server_epoch(&mut a);
+    alter_system(&mut a, &[("dbconn_guard.enabled", "on")]);
+    wait_for_worker_error(&mut a, since, "%lock timeout%");
+    let ms: f64 = a
+        .query_one(
+            "SELECT last_cycle_ms FROM dbconn_guard.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        ms < 2500.0,
+        "a check waited {ms:.0} ms: one lock timeout per session, not one for the batch"
+    );
+    for (_, p) in &sessions {
+        assert!(alive(&mut a, *p));
+    }
+    holder.batch_execute("COMMIT").unwrap();
+    for (_, p) in &sessions {
+        wait_gone(&mut a, *p, Duration::from_secs(15));
+        assert_eq!(audit(&mut a, *p).len(), 1);
+    }
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_caller_ended_while_it_waits_leaves_the_mailbox_usable() {
+    let mut a = guard_admin();
+    // the worker takes a while over each request: time to end its caller meanwhile
+    alter_system(&mut a, &[("dbconn_guard.test_delay_before_signal", "1500")]);
+    // more rounds than the mailbox has slots
+    for _ in 0..6 {
+        let (_s, victim) = stale_in_transaction("it_t_mailbox");
+        let mut d = dba();
+        let caller = pid(&mut d);
+        let h = thread::spawn(move || {
+            d.query(
+                "SELECT * FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_mailbox')",
+                &[],
+            )
+            .map(|rows| rows.len())
+        });
+        wait_until(
+            &mut a,
+            &format!("SELECT count(*) = 1 FROM dbconn_guard.terminations WHERE pid = {victim}"),
+            Duration::from_secs(10),
+        );
+        a.execute("SELECT pg_terminate_backend($1)", &[&caller])
+            .unwrap();
+        assert!(h.join().unwrap().is_err(), "the caller was ended");
+        // the request is carried out all the same
+        wait_gone(&mut a, victim, Duration::from_secs(10));
+    }
+    alter_system(&mut a, &[("dbconn_guard.test_delay_before_signal", "0")]);
+    let (_s, victim) = stale_in_transaction("it_t_mailbox");
+    let mut d = dba();
+    let t0 = Instant::now();
+    let action: String = d
+        .query_one(
+            "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_mailbox') WHERE pid = $1",
+            &[&victim],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(action, "terminated");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "waited {:?} for a free slot",
+        t0.elapsed()
+    );
+    reset_system(&mut a);
+}
