@@ -10,6 +10,25 @@ use std::time::{Duration, Instant};
 
 const PRELOAD: &str = "shared_preload_libraries = 'dbconn_guard'";
 
+/// `CREATE EXTENSION dbconn_guard` must fail, saying `why`.
+fn refused(su: &mut Client, what: &str, why: &str) {
+    let err = su
+        .batch_execute("CREATE EXTENSION dbconn_guard")
+        .expect_err(what);
+    let text = db_error(&err);
+    assert!(text.contains(why), "{what}: {text}");
+}
+
+/// Is dbconn_guard_admin a member of pg_signal_backend?
+fn admin_signals(su: &mut Client) -> bool {
+    su.query_one(
+        "SELECT pg_has_role('dbconn_guard_admin', 'pg_signal_backend', 'MEMBER')",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn is_superuser(c: &mut Client, role: &str) -> bool {
     c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
         .unwrap()
@@ -157,23 +176,13 @@ fn roles_and_schemas_squatted_before_create_extension_are_refused() {
     creator
         .batch_execute("CREATE ROLE dbconn_guard_admin")
         .unwrap();
-    let err = su
-        .batch_execute("CREATE EXTENSION dbconn_guard")
-        .expect_err("a squatted dbconn_guard_admin");
-    let text = db_error(&err);
-    assert!(
-        text.contains("already exists and was not set up by dbconn_guard")
-            && text.contains("Drop or rename"),
-        "{text}"
+    refused(
+        &mut su,
+        "a squatted dbconn_guard_admin",
+        "already exists and was not set up by dbconn_guard",
     );
-    let member: bool = su
-        .query_one(
-            "SELECT pg_has_role('dbconn_guard_admin', 'pg_signal_backend', 'MEMBER')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(!member, "the squatter's role got nothing");
+    refused(&mut su, "a squatted dbconn_guard_admin", "Drop or rename");
+    assert!(!admin_signals(&mut su), "the squatter's role got nothing");
 
     // a schema planted under the extension's name
     su.batch_execute("DROP ROLE dbconn_guard_admin").unwrap();
@@ -182,13 +191,10 @@ fn roles_and_schemas_squatted_before_create_extension_are_refused() {
             "CREATE SCHEMA dbconn_guard; CREATE FUNCTION dbconn_guard.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'",
         )
         .unwrap();
-    let err = su
-        .batch_execute("CREATE EXTENSION dbconn_guard")
-        .expect_err("a planted schema");
-    let text = db_error(&err);
-    assert!(
-        text.contains("schema \"dbconn_guard\" existed before"),
-        "{text}"
+    refused(
+        &mut su,
+        "a planted schema",
+        "schema \"dbconn_guard\" existed before",
     );
     su.batch_execute("DROP SCHEMA dbconn_guard CASCADE")
         .unwrap();
@@ -197,36 +203,21 @@ fn roles_and_schemas_squatted_before_create_extension_are_refused() {
         "CREATE SCHEMA dbconn_guard; GRANT CREATE ON SCHEMA dbconn_guard TO it_creator",
     )
     .unwrap();
-    let err = su
-        .batch_execute("CREATE EXTENSION dbconn_guard")
-        .expect_err("a schema others may create in");
-    let text = db_error(&err);
-    assert!(text.contains("it_creator"), "{text}");
+    refused(&mut su, "a schema others may create in", "it_creator");
     su.batch_execute("DROP SCHEMA dbconn_guard").unwrap();
 
     // a clean install, and a reinstall that finds the role an earlier one made
     su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
     su.batch_execute("DROP EXTENSION dbconn_guard; CREATE EXTENSION dbconn_guard")
         .unwrap();
-    let member: bool = su
-        .query_one(
-            "SELECT pg_has_role('dbconn_guard_admin', 'pg_signal_backend', 'MEMBER')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(member);
+    assert!(admin_signals(&mut su));
 
     // a role someone else can hand out is not trusted either
     su.batch_execute(
         "DROP EXTENSION dbconn_guard; GRANT dbconn_guard_admin TO it_creator WITH ADMIN OPTION",
     )
     .unwrap();
-    let err = su
-        .batch_execute("CREATE EXTENSION dbconn_guard")
-        .expect_err("a role a non-superuser administers");
-    let text = db_error(&err);
-    assert!(text.contains("it_creator"), "{text}");
+    refused(&mut su, "a role a non-superuser administers", "it_creator");
 }
 
 #[test]

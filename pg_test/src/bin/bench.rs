@@ -193,20 +193,7 @@ fn worker_cycle(ctx: &mut Ctx, scales: &[usize]) {
     for &n in scales {
         sessions.grow(n);
         thread::sleep(Duration::from_millis(500));
-        let mut cpu = Vec::new();
-        let mut wall = Vec::new();
-        let mut last = -1i64;
-        let start = Instant::now();
-        while cpu.len() < 30 && start.elapsed() < Duration::from_secs(30) {
-            let r = a.query_one("SELECT cycles, last_cycle_cpu_ms, last_cycle_ms FROM dbconn_guard.worker_status()", &[]).unwrap();
-            let c: i64 = r.get(0);
-            if c != last && last >= 0 {
-                cpu.push(r.get::<_, f64>(1));
-                wall.push(r.get::<_, f64>(2));
-            }
-            last = c;
-            thread::sleep(Duration::from_millis(110));
-        }
+        let (mc, mw) = idle_cycles(a, 30);
         let sql = time_query(a, CRON_SQL, 30);
         let connect_sql = median(
             (0..10)
@@ -219,7 +206,6 @@ fn worker_cycle(ctx: &mut Ctx, scales: &[usize]) {
                 })
                 .collect(),
         );
-        let (mc, mw) = (median(cpu), median(wall));
         writeln!(
             t,
             "| {} | {mc:.3} | {mw:.3} | {sql:.3} | {connect_sql:.3} | {:.1}× | {:.1}× |",
