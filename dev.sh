@@ -126,6 +126,15 @@ install_ext() {
     shift
     log "building and installing dbconn_guard into PostgreSQL $v"
     cargo pgrx install --pg-config "$(bin_dir "$v")/pg_config" --no-default-features --features "pg$v" "$@" >&2
+    install_released "$v"
+}
+
+# the frozen install scripts of released versions, beside the current one (CREATE EXTENSION
+# ... VERSION '0.1.0' then ALTER EXTENSION ... UPDATE, as an upgrade does)
+install_released() {
+    local dir
+    dir="$("$(bin_dir "$1")/pg_config" --sharedir)/extension"
+    as_root install -m 0644 "$ROOT"/sql/released/dbconn_guard--*.sql "$dir/"
 }
 
 # start_cluster NAME VERSION PORT [extra postgresql.conf lines...]
@@ -236,6 +245,7 @@ run_integration_tests() {
     # test_hooks: a setting that delays the guard's last look, for the race tests
     log "building and installing dbconn_guard (with test hooks) into PostgreSQL $v"
     cargo pgrx install --pg-config "$(bin_dir "$v")/pg_config" --no-default-features --features "pg$v test_hooks" >&2
+    install_released "$v"
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"
