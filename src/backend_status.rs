@@ -99,12 +99,14 @@ fn addr_text((family, b): (u16, [u8; 16])) -> String {
     }
 }
 
-#[cfg(any(feature = "pg15", feature = "pg16"))]
+/// The `i`-th (1-based) entry of PostgreSQL's local copy of the status array.
+#[cfg(feature = "pg15")]
 unsafe fn local_entry(i: i32) -> *mut pg_sys::LocalPgBackendStatus {
     unsafe { pg_sys::pgstat_fetch_stat_local_beentry(i) }
 }
 
-#[cfg(any(feature = "pg17", feature = "pg18"))]
+/// The `i`-th (1-based) entry of PostgreSQL's local copy of the status array (renamed in 16).
+#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
 unsafe fn local_entry(i: i32) -> *mut pg_sys::LocalPgBackendStatus {
     unsafe { pg_sys::pgstat_get_local_beentry_by_index(i) }
 }

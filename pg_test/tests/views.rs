@@ -108,7 +108,8 @@ fn utilization_counts_client_backends_against_max_connections() {
                     u.utilization_pct, dbconn_guard.utilization_pct(), u.hidden_backends, u.other_backends, \
                     (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
                     (SELECT count(*) FROM pg_stat_activity WHERE backend_type <> 'client backend'), \
-                    current_setting('max_connections')::int \
+                    current_setting('max_connections')::int, u.reserved_connections, \
+                    current_setting('reserved_connections', true)::int \
                FROM dbconn_guard.utilization u",
             &[],
         )
@@ -119,9 +120,19 @@ fn utilization_counts_client_backends_against_max_connections() {
     assert!(r.get::<_, i64>(1) >= 5);
     let max: i32 = r.get(2);
     assert_eq!(max, r.get::<_, i32>(11));
+    // reserved_connections: PostgreSQL 16 and later (the test cluster sets 2), NULL on 15
+    let reserved: Option<i32> = r.get(12);
+    assert_eq!(reserved, r.get::<_, Option<i32>>(13));
+    let server: i32 = a
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get(0);
+    if server >= 160000 {
+        assert_eq!(reserved, Some(2), "set by ./dev.sh for the test cluster");
+    }
     assert_eq!(
         r.get::<_, i64>(4),
-        i64::from(max) - i64::from(r.get::<_, i32>(3)) - clients
+        i64::from(max) - i64::from(r.get::<_, i32>(3)) - i64::from(reserved.unwrap_or(0)) - clients
     );
     let pct = clients as f64 * 100.0 / f64::from(max);
     assert!((r.get::<_, f64>(5) - pct).abs() < 0.01);
