@@ -3,8 +3,11 @@
 #
 #   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
 #                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
-#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18
+#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18,
+#                    a 60-second soak and the Debian package test on 15
 #   ./dev.sh lint    cargo fmt --check, and cargo clippy -D warnings for each tested version
+#   ./dev.sh soak [minutes]  a randomized soak (default 10 minutes) at 500+ sessions on
+#                    PostgreSQL 15; writes its section of BENCHMARKS.md when it passes
 #   ./dev.sh package build target/debian/postgresql-15-dbconn-guard_<version>_amd64.deb
 #   ./dev.sh bench   benchmarks at scale on PostgreSQL 15; writes BENCHMARKS.md
 #                    (DBCONN_GUARD_BENCH_ONLY=cycle|kill: one section, printed only)
@@ -391,8 +394,9 @@ run_integration_tests() {
     local rc=0
     DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" \
         DBCONN_GUARD_TEST_STATE="$(state_dir)" \
-        cargo test -p dbconn_guard_integration -- --test-threads=1 || rc=$?
-    if [ $rc -eq 0 ]; then
+        cargo test -p dbconn_guard_integration ${DBCONN_GUARD_IT_TEST:+--test "$DBCONN_GUARD_IT_TEST"} \
+        -- --test-threads=1 ${DBCONN_GUARD_IT_FILTER:-} || rc=$?
+    if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ]; then
         log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"
         DBCONN_GUARD_TEST_PORT=$port cargo run -q -p dbconn_guard_integration --bin bench -- --check || rc=$?
     fi
@@ -414,6 +418,11 @@ cmd_test() {
         [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "tests failed on PostgreSQL $v"; }
         run_integration_tests "$v" 2>&1 | tee -a "$out"
         [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "integration tests failed on PostgreSQL $v"; }
+        if [ "$v" = 15 ]; then
+            # the soak's short version: every kind of session, every disturbance, 60 seconds
+            run_soak 60 2>&1 | tee -a "$out"
+            [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "the soak failed on PostgreSQL $v"; }
+        fi
     done
     case " $versions " in
         *" 15 "*) test_package 2>&1 | tee -a "$out"
@@ -435,6 +444,37 @@ cmd_lint() {
         log "cargo clippy -D warnings (PostgreSQL $v, with the test hooks)"
         cargo clippy --workspace --all-targets --no-default-features --features "pg$v test_hooks" -- -D warnings
     done
+}
+
+# run_soak SECONDS [OUT]: the soak (pg_test/src/bin/soak.rs) on a fresh PostgreSQL 15 cluster
+# with the installed library preloaded; OUT: the markdown file whose soak section it rewrites
+run_soak() {
+    local seconds=$1 out=${2:-} port=$((TEST_PORT_BASE + 70)) name=soak-pg15 rc=0
+    stop_cluster "$name" 15
+    as_root rm -rf "$(state_dir)/$name"
+    start_cluster "$name" 15 "$port" "max_connections = 700"
+    psql_on 15 "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    log "soak: $seconds s, 500+ sessions, on PostgreSQL 15 (port $port)"
+    env DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$PG15_BIN DBCONN_GUARD_SOAK_SECONDS="$seconds" \
+        DBCONN_GUARD_SOAK_LOG="$(state_dir)/$name/server.log" ${out:+"DBCONN_GUARD_SOAK_OUT=$out"} \
+        cargo run -q -p dbconn_guard_integration --bin soak || rc=$?
+    if [ $rc -ne 0 ]; then
+        log "server log of $name (last 60 lines):"
+        tail -n 60 "$(state_dir)/$name/server.log" >&2 || true
+    fi
+    stop_cluster "$name" 15
+    return $rc
+}
+
+cmd_soak() {
+    local minutes=${1:-10}
+    [[ "$minutes" =~ ^[0-9]+$ ]] && [ "$minutes" -ge 1 ] || die "soak: minutes must be a whole number, at least 1 (got '$minutes')"
+    setup_packages
+    setup_cargo_pgrx
+    setup_pgrx_init_15
+    install_ext 15 --release
+    run_soak $((minutes * 60)) "$ROOT/BENCHMARKS.md"
 }
 
 cmd_bench() {
@@ -479,6 +519,10 @@ case "${1:-}" in
     test) cmd_test ;;
     bench) cmd_bench ;;
     lint) cmd_lint ;;
+    soak) shift; cmd_soak "$@" ;;
+    soak-seconds) shift; run_soak "$1" ;; # the installed build, no report (development)
+    # development: one version's integration tests; DBCONN_GUARD_IT_TEST=<file> DBCONN_GUARD_IT_FILTER=<name>
+    it) shift; setup; run_integration_tests "${1:-15}" ;;
     package) cmd_package ;;
     stop) cmd_stop ;;
     clean) cmd_clean ;;

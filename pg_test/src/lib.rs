@@ -480,3 +480,26 @@ pub fn db_error(e: &postgres::Error) -> String {
         })
         .unwrap_or_else(|| e.to_string())
 }
+
+/// The soak's section of BENCHMARKS.md, between these markers: `./dev.sh soak` replaces it,
+/// `./dev.sh bench` keeps it.
+pub const SOAK_BEGIN: &str = "<!-- soak: written by ./dev.sh soak -->";
+pub const SOAK_END: &str = "<!-- /soak -->";
+
+/// The soak section of a markdown text, markers included.
+pub fn soak_section(md: &str) -> Option<&str> {
+    let a = md.find(SOAK_BEGIN)?;
+    let b = md[a..].find(SOAK_END)? + a + SOAK_END.len();
+    Some(&md[a..b])
+}
+
+/// Replaces (or appends) the soak section of the markdown file at `path`.
+pub fn replace_soak_section(path: &str, section: &str) {
+    let md = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{SOAK_BEGIN}\n{}\n{SOAK_END}", section.trim_end());
+    let new = match soak_section(&md) {
+        Some(old) => md.replacen(old, &block, 1),
+        None => format!("{}\n\n{block}\n", md.trim_end()),
+    };
+    std::fs::write(path, new).unwrap();
+}

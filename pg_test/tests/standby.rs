@@ -157,3 +157,114 @@ impl Drop for ResetDatabaseDefault {
         }
     }
 }
+
+/// A standby promoted while the guard runs on it: the terminations it kept in shared memory as
+/// a standby stay visible, and from the promotion on its terminations are written to the audit
+/// table.
+#[test]
+fn a_promoted_standby_keeps_its_records_and_audits_from_then_on() {
+    let primary_port = test_port();
+    let mut p = connect("it_admin");
+    ensure_role(&mut p, "it_w_app", "");
+    reset_system(&mut p);
+    let standby = Standby::start(primary_port);
+    let mut s = standby.connect("postgres", "it_standby_admin");
+    wait_until(
+        &mut s,
+        "SELECT running AND extension_ready FROM dbconn_guard.worker_status()",
+        Duration::from_secs(30),
+    );
+    s.batch_execute("ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '1s'")
+        .unwrap();
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until(
+        &mut s,
+        "SELECT policy->>'idle_in_transaction_timeout' = '1s' FROM dbconn_guard.worker_status()",
+        Duration::from_secs(10),
+    );
+    let ended = |s: &mut Client, standby: &Standby, app: &str| {
+        let mut victim = standby.connect("it_w_app", app);
+        let victim_pid = pid(&mut victim);
+        victim.batch_execute("BEGIN; SELECT 1").unwrap();
+        wait_gone(s, victim_pid, Duration::from_secs(10));
+        victim_pid
+    };
+    let before = ended(&mut s, &standby, "it_before_promotion");
+    let worker_before: i32 = s
+        .query_one("SELECT pid FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0);
+
+    standby.pg(
+        "pg_ctl",
+        &["-D", standby.data.to_str().unwrap(), "-w", "promote"],
+    );
+    wait_until(
+        &mut s,
+        "SELECT NOT pg_is_in_recovery()",
+        Duration::from_secs(30),
+    );
+    // a promotion is not a restart: the shared-memory record is still there, unpersisted
+    let kept: Vec<(bool, String)> = s
+        .query(
+            "SELECT persisted, rule FROM dbconn_guard.recent_terminations() WHERE pid = $1",
+            &[&before],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![(false, "idle_in_transaction_timeout".to_string())]
+    );
+
+    let after = ended(&mut s, &standby, "it_after_promotion");
+    let audited: Vec<(String, String)> = s
+        .query(
+            "SELECT rule, actor FROM dbconn_guard.terminations WHERE pid = $1 AND application_name = 'it_after_promotion'",
+            &[&after],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        audited,
+        vec![(
+            "idle_in_transaction_timeout".to_string(),
+            "worker".to_string()
+        )],
+        "the first termination after the promotion is in the audit table"
+    );
+    let persisted: bool = s
+        .query_one(
+            "SELECT persisted FROM dbconn_guard.recent_terminations() WHERE pid = $1",
+            &[&after],
+        )
+        .unwrap()
+        .get(0);
+    assert!(persisted);
+    // the standby-era record is not written after the fact, and the same worker did both
+    let n: i64 = s
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.terminations WHERE application_name = 'it_before_promotion'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let worker_after: i32 = s
+        .query_one("SELECT pid FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        worker_before, worker_after,
+        "the worker ran through the promotion"
+    );
+    let errors: Option<String> = s
+        .query_one("SELECT last_error FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(errors, None);
+}

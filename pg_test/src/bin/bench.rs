@@ -843,6 +843,11 @@ fn main() {
     );
     let path = std::env::var("DBCONN_GUARD_BENCH_OUT").unwrap_or_else(|_| "BENCHMARKS.md".into());
     let notes = std::fs::read_to_string(format!("{path}.notes")).unwrap_or_default();
-    std::fs::write(&path, format!("{header}{}{notes}", ctx.out)).unwrap();
+    // the soak's section (./dev.sh soak) stays
+    let soak = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|md| soak_section(&md).map(|s| format!("\n{s}\n")))
+        .unwrap_or_default();
+    std::fs::write(&path, format!("{header}{}{notes}{soak}", ctx.out)).unwrap();
     println!("wrote {path}");
 }
