@@ -413,6 +413,9 @@ cmd_test() {
     local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 16 18"}
     local out
     out=$(mktemp)
+    log "unit tests of the core (crates/dbconn_guard_core: no PostgreSQL, no pgrx)"
+    cargo test -p dbconn_guard_core 2>&1 | tee -a "$out"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "unit tests of the core failed"; }
     for v in $versions; do
         [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v" 2>&1 | tee -a "$out"
         [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "tests failed on PostgreSQL $v"; }

@@ -13,9 +13,10 @@
 
 use pgrx::prelude::*;
 
+/// The functional core, a crate of its own (crates/dbconn_guard_core): plain Rust over plain data.
+pub use dbconn_guard_core as core;
 mod admin;
 mod backend_status;
-pub mod core;
 mod encoding;
 mod guard;
 mod guc;

@@ -265,16 +265,16 @@ pub fn worst(checks: &[Check]) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::session::fixtures::*;
-    use crate::core::session::SECOND;
-    use crate::core::utilization::{utilization, Limits};
+    use crate::session::fixtures::*;
+    use crate::session::SECOND;
+    use crate::utilization::{utilization, Limits};
 
-    fn run(backends: Vec<crate::core::session::Backend>, max: i32, t: &Thresholds) -> Vec<Check> {
+    fn run(backends: Vec<crate::session::Backend>, max: i32, t: &Thresholds) -> Vec<Check> {
         run_waits(backends, &[], max, t)
     }
 
     fn run_waits(
-        backends: Vec<crate::core::session::Backend>,
+        backends: Vec<crate::session::Backend>,
         waits: &[LockWait],
         max: i32,
         t: &Thresholds,

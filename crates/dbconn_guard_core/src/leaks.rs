@@ -276,7 +276,7 @@ pub fn group_hash(key: &GroupKey) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::session::fixtures::*;
+    use crate::session::fixtures::*;
 
     #[test]
     fn idle_counts_count_interleaved_runs_and_equal_names_of_separate_reads() {
@@ -330,7 +330,7 @@ mod tests {
 #[cfg(test)]
 mod trend_tests {
     use super::*;
-    use crate::core::session::fixtures::*;
+    use crate::session::fixtures::*;
 
     #[test]
     fn suspects_come_from_old_idle_sessions_or_a_growing_trend() {

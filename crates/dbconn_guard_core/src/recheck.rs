@@ -72,8 +72,8 @@ pub fn last_word(judged: &Backend, now: Fresh, scope: &Scope, own_pid: i32) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::patterns::PatternList;
-    use crate::core::session::fixtures::*;
+    use crate::patterns::PatternList;
+    use crate::session::fixtures::*;
 
     fn judged() -> Backend {
         client(7, "idle in transaction", 400)

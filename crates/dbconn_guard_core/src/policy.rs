@@ -355,8 +355,8 @@ pub fn summary_json(values: &[(&str, String)], capacity: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::session::fixtures::*;
-    use crate::core::session::SECOND;
+    use crate::session::fixtures::*;
+    use crate::session::SECOND;
 
     fn policy() -> Policy {
         Policy {

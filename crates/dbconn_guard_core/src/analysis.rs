@@ -116,8 +116,8 @@ pub fn connection_analysis(snapshot: &Snapshot) -> Vec<ConnectionGroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::session::fixtures::*;
-    use crate::core::session::SECOND;
+    use crate::session::fixtures::*;
+    use crate::session::SECOND;
 
     #[test]
     fn groups_by_key_and_state_with_counts_ages_and_pids_oldest_first() {

@@ -1,7 +1,9 @@
 //! The functional core of dbconn_guard.
 //!
 //! Everything in here is plain Rust over plain data: no PostgreSQL calls, no globals, no I/O.
-//! The pgrx layer (`crate::snapshot`, `crate::views`) reads PostgreSQL state once per call into
+//! It is a crate of its own, without pgrx among its dependencies, so the compiler keeps it that
+//! way, and `cargo test -p dbconn_guard_core` needs no PostgreSQL.
+//! The pgrx layer (`dbconn_guard::snapshot`, `dbconn_guard::views`) reads PostgreSQL state once per call into
 //! these structs, calls a function from here, and turns the result into rows.
 //! That keeps every policy decision unit-testable without a server.
 

@@ -82,7 +82,7 @@ pub fn percent(part: i64, whole: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::session::fixtures::*;
+    use crate::session::fixtures::*;
 
     #[test]
     fn counts_clients_by_state_and_keeps_other_backends_apart() {
