@@ -62,43 +62,6 @@ const MAX_AGE_S: i32 = 30 * 24 * 3600;
 #[cfg(feature = "test_hooks")]
 pub static TEST_DELAY_BEFORE_SIGNAL: GucSetting<i32> = GucSetting::<i32>::new(0);
 
-fn percent(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>) {
-    GucRegistry::define_int_guc(
-        name,
-        short,
-        c"",
-        setting,
-        1,
-        100,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-}
-
-fn seconds(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<i32>, min: i32) {
-    GucRegistry::define_int_guc(
-        name,
-        short,
-        c"",
-        setting,
-        min,
-        MAX_AGE_S,
-        GucContext::Suset,
-        GucFlags::UNIT_S,
-    );
-}
-
-fn sighup_bool(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<bool>) {
-    GucRegistry::define_bool_guc(
-        name,
-        short,
-        c"",
-        setting,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-}
-
 /// Shortest policy timeout but 0 (off), in seconds: shorter ones end sessions in ordinary use.
 pub const MIN_TIMEOUT_S: f64 = 1.0;
 
@@ -120,23 +83,6 @@ unsafe extern "C-unwind" fn check_timeout(
     let detail = CString::new(detail).unwrap_or_default();
     unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
     false
-}
-
-/// A policy timeout: seconds when no unit is given, 0 turns the rule off.
-fn sighup_timeout(name: &'static CStr, short: &'static CStr, setting: &'static GucSetting<f64>) {
-    GucRegistry::define_float_guc_with_hooks(
-        name,
-        short,
-        c"0 turns the rule off; otherwise at least 1s. A bare number is seconds.",
-        setting,
-        0.0,
-        f64::from(MAX_AGE_S),
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-        Some(check_timeout),
-        None,
-        None,
-    );
 }
 
 /// Check hook of the name-list settings: a malformed list is refused whole, with the reason.
@@ -165,139 +111,477 @@ unsafe extern "C-unwind" fn check_pattern_list(
     }
 }
 
-fn pattern_list(
-    name: &'static CStr,
-    short: &'static CStr,
-    setting: &'static GucSetting<Option<CString>>,
-) {
-    unsafe {
-        GucRegistry::define_string_guc_with_hooks(
-            name,
-            short,
-            c"Comma-separated names; * matches any run of characters; double-quote a name that holds a comma.",
-            setting,
-            GucContext::Sighup,
-            GucFlags::default(),
-            Some(check_pattern_list),
-            None,
-            None,
-        )
-    };
+/// Where a setting may be changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Changed {
+    /// postgresql.conf, ALTER SYSTEM, or SET by a superuser (`PGC_SUSET`)
+    Superuser,
+    /// postgresql.conf or ALTER SYSTEM, then a reload (`PGC_SIGHUP`)
+    Reload,
+    /// postgresql.conf, at server start (`PGC_POSTMASTER`); defined only when preloading
+    ServerStart,
 }
 
-/// Registers every setting. Called once from `_PG_init`.
-pub fn define() {
-    sighup_bool(
+/// What a setting holds, with its variable and bounds.
+pub enum Value {
+    /// whole seconds (a bare number is seconds; units accepted)
+    Seconds {
+        var: &'static GucSetting<i32>,
+        min: i32,
+        max: i32,
+    },
+    Int {
+        var: &'static GucSetting<i32>,
+        min: i32,
+        max: i32,
+    },
+    /// a termination timeout: real seconds, 0 (off) or at least `MIN_TIMEOUT_S`
+    Timeout(&'static GucSetting<f64>),
+    /// real seconds within bounds
+    RealSeconds {
+        var: &'static GucSetting<f64>,
+        min: f64,
+        max: f64,
+    },
+    Bool(&'static GucSetting<bool>),
+    /// a name list (`core::patterns`), refused whole when malformed
+    Names(&'static GucSetting<Option<CString>>),
+    Text(&'static GucSetting<Option<CString>>),
+}
+
+/// One `dbconn_guard.*` setting: the single source for its registration, the policy summary
+/// (`worker_status().policy`), and the README's settings tables (checked by a test).
+pub struct Setting {
+    pub name: &'static CStr,
+    pub short: &'static CStr,
+    pub long: &'static CStr,
+    pub value: Value,
+    pub changed: Changed,
+    /// shown in `worker_status().policy`
+    pub in_policy: bool,
+    /// `pg_settings.boot_val`, checked against the variable's initial value by a test
+    #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
+    pub boot_val: &'static str,
+    /// the README's "default" and "range" columns (checked by a test)
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub doc_default: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub doc_range: &'static str,
+}
+
+impl Setting {
+    /// The name without the `dbconn_guard.` prefix.
+    pub fn short_name(&self) -> &'static str {
+        let n = self.name.to_str().unwrap_or("");
+        n.strip_prefix("dbconn_guard.").unwrap_or(n)
+    }
+}
+
+const fn reload_bool(
+    name: &'static CStr,
+    short: &'static CStr,
+    var: &'static GucSetting<bool>,
+    default: &'static str,
+) -> Setting {
+    Setting {
+        name,
+        short,
+        long: c"",
+        value: Value::Bool(var),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: default,
+        doc_default: default,
+        doc_range: "bool",
+    }
+}
+
+const fn names(
+    name: &'static CStr,
+    short: &'static CStr,
+    var: &'static GucSetting<Option<CString>>,
+) -> Setting {
+    Setting {
+        name,
+        short,
+        long: c"Comma-separated names; * matches any run of characters; double-quote a name that holds a comma.",
+        value: Value::Names(var),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "''",
+        doc_range: "name list",
+    }
+}
+
+const fn percent(
+    name: &'static CStr,
+    short: &'static CStr,
+    var: &'static GucSetting<i32>,
+    default: &'static str,
+) -> Setting {
+    Setting {
+        name,
+        short,
+        long: c"",
+        value: Value::Int {
+            var,
+            min: 1,
+            max: 100,
+        },
+        changed: Changed::Superuser,
+        in_policy: false,
+        boot_val: default,
+        doc_default: default,
+        doc_range: "1–100",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn age(
+    name: &'static CStr,
+    short: &'static CStr,
+    var: &'static GucSetting<i32>,
+    min: i32,
+    boot_val: &'static str,
+    doc_default: &'static str,
+    doc_range: &'static str,
+) -> Setting {
+    Setting {
+        name,
+        short,
+        long: c"",
+        value: Value::Seconds {
+            var,
+            min,
+            max: MAX_AGE_S,
+        },
+        changed: Changed::Superuser,
+        in_policy: false,
+        boot_val,
+        doc_default,
+        doc_range,
+    }
+}
+
+const fn timeout(
+    name: &'static CStr,
+    short: &'static CStr,
+    var: &'static GucSetting<f64>,
+) -> Setting {
+    Setting {
+        name,
+        short,
+        long: c"0 turns the rule off; otherwise at least 1s. A bare number is seconds.",
+        value: Value::Timeout(var),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "0",
+        doc_default: "0 (off)",
+        doc_range: "0, or 1s–30d",
+    }
+}
+
+/// Every `dbconn_guard.*` setting, in the order of the README's tables.
+pub static SETTINGS: [Setting; 26] = [
+    percent(
+        c"dbconn_guard.warning_pct",
+        c"Connection utilization (percent of max_connections) at which health() reports warning.",
+        &WARNING_PCT,
+        "80",
+    ),
+    percent(
+        c"dbconn_guard.critical_pct",
+        c"Connection utilization (percent of max_connections) at which health() reports critical.",
+        &CRITICAL_PCT,
+        "90",
+    ),
+    age(
+        c"dbconn_guard.idle_warning_age",
+        c"Idle sessions older than this count towards health()'s idle_sessions check.",
+        &IDLE_WARNING_AGE,
+        1,
+        "300",
+        "5min",
+        "1s–30d",
+    ),
+    Setting {
+        name: c"dbconn_guard.idle_warning_count",
+        short: c"health() warns when more sessions than this are idle for longer than dbconn_guard.idle_warning_age.",
+        long: c"",
+        value: Value::Int { var: &IDLE_WARNING_COUNT, min: 0, max: i32::MAX },
+        changed: Changed::Superuser,
+        in_policy: false,
+        boot_val: "10",
+        doc_default: "10",
+        doc_range: "0–",
+    },
+    age(
+        c"dbconn_guard.idle_in_transaction_warning_age",
+        c"health() warns about sessions idle in transaction for longer than this.",
+        &IDLE_IN_TRANSACTION_WARNING_AGE,
+        0,
+        "60",
+        "1min",
+        "0–30d",
+    ),
+    age(
+        c"dbconn_guard.lock_wait_warning_age",
+        c"health() warns when a session has waited on a lock for longer than this.",
+        &LOCK_WAIT_WARNING_AGE,
+        0,
+        "10",
+        "10s",
+        "0–30d",
+    ),
+    age(
+        c"dbconn_guard.lock_wait_critical_age",
+        c"health() is critical when a session has waited on a lock for longer than this (0: never).",
+        &LOCK_WAIT_CRITICAL_AGE,
+        0,
+        "60",
+        "1min",
+        "0–30d (0: never critical)",
+    ),
+    age(
+        c"dbconn_guard.transaction_age_warning",
+        c"health() warns when a transaction has been open for longer than this (0: never).",
+        &TRANSACTION_AGE_WARNING,
+        0,
+        "300",
+        "5min",
+        "0–30d (0: off)",
+    ),
+    age(
+        c"dbconn_guard.transaction_age_critical",
+        c"health() is critical when a transaction has been open for longer than this (0: never).",
+        &TRANSACTION_AGE_CRITICAL,
+        0,
+        "3600",
+        "1h",
+        "0–30d (0: off)",
+    ),
+    age(
+        c"dbconn_guard.leak_idle_age",
+        c"Idle sessions older than this make their client a leak suspect.",
+        &LEAK_IDLE_AGE,
+        1,
+        "600",
+        "10min",
+        "1s–30d",
+    ),
+    reload_bool(
         c"dbconn_guard.enabled",
         c"Whether the background worker ends stale sessions.",
         &ENABLED,
-    );
-    sighup_bool(
+        "on",
+    ),
+    reload_bool(
         c"dbconn_guard.dry_run",
         c"When on, the worker records and logs the sessions it would end, and ends none.",
         &DRY_RUN,
-    );
-    sighup_timeout(
+        "off",
+    ),
+    timeout(
         c"dbconn_guard.idle_timeout",
         c"Ends sessions idle for longer than this (0: never).",
         &IDLE_TIMEOUT,
-    );
-    sighup_timeout(
+    ),
+    timeout(
         c"dbconn_guard.idle_in_transaction_timeout",
         c"Ends sessions idle in transaction (or aborted transaction) for longer than this (0: never).",
         &IDLE_IN_TRANSACTION_TIMEOUT,
-    );
-    GucRegistry::define_int_guc(
-        c"dbconn_guard.min_utilization_pct",
-        c"Idle sessions are ended only while connection utilization is at or above this percentage.",
-        c"Idle-in-transaction sessions are always subject to their timeout.",
-        &MIN_UTILIZATION_PCT,
-        0,
-        100,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    pattern_list(
+    ),
+    Setting {
+        name: c"dbconn_guard.min_utilization_pct",
+        short: c"Idle sessions are ended only while connection utilization is at or above this percentage.",
+        long: c"Idle-in-transaction sessions are always subject to their timeout.",
+        value: Value::Int { var: &MIN_UTILIZATION_PCT, min: 0, max: 100 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "0",
+        doc_default: "0",
+        doc_range: "0–100",
+    },
+    names(
         c"dbconn_guard.include_applications",
         c"When set, only sessions of these application_names are ever ended.",
         &INCLUDE_APPLICATIONS,
-    );
-    pattern_list(
+    ),
+    names(
         c"dbconn_guard.exclude_applications",
         c"Sessions of these application_names are never ended.",
         &EXCLUDE_APPLICATIONS,
-    );
-    pattern_list(
+    ),
+    names(
         c"dbconn_guard.exclude_users",
         c"Sessions of these users are never ended.",
         &EXCLUDE_USERS,
-    );
-    pattern_list(
+    ),
+    names(
         c"dbconn_guard.exclude_databases",
         c"Sessions connected to these databases are never ended.",
         &EXCLUDE_DATABASES,
-    );
-    sighup_bool(
-        c"dbconn_guard.terminate_superusers",
-        c"Whether sessions of superusers may be ended too.",
-        &TERMINATE_SUPERUSERS,
-    );
-    sighup_bool(
+    ),
+    reload_bool(
         c"dbconn_guard.exclude_client_tools",
         c"Never end sessions of PostgreSQL's own client programs (pg_dump, pg_restore, pg_basebackup, vacuumdb, ...), by application_name.",
         &EXCLUDE_CLIENT_TOOLS,
-    );
-    GucRegistry::define_int_guc(
-        c"dbconn_guard.max_terminations_per_cycle",
-        c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
-        c"",
-        &MAX_TERMINATIONS_PER_CYCLE,
-        1,
-        crate::shared::WITHDRAW as i32,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_float_guc(
-        c"dbconn_guard.naptime",
-        c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
-        c"A bare number is seconds; at least 50ms.",
-        &NAPTIME,
-        0.05,
-        3600.0,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    GucRegistry::define_int_guc(
-        c"dbconn_guard.leak_trend_samples",
-        c"Samples (one per naptime) over which a growing idle count makes a leak suspect.",
-        c"",
-        &LEAK_TREND_SAMPLES,
-        2,
-        crate::shared::MAX_SAMPLES as i32,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"dbconn_guard.audit_retention",
-        c"The worker deletes rows of dbconn_guard.terminations older than this, hourly (0: keep all).",
-        c"",
-        &AUDIT_RETENTION,
-        0,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    // A PGC_POSTMASTER setting can only be created while the postmaster loads the library:
-    // defining it later (CREATE EXTENSION or LOAD without the preload) is a FATAL error.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        GucRegistry::define_string_guc(
-            c"dbconn_guard.database",
-            c"Database the background worker connects to; the extension must be created there.",
-            c"",
-            &DATABASE,
-            GucContext::Postmaster,
-            GucFlags::default(),
-        );
+        "on",
+    ),
+    reload_bool(
+        c"dbconn_guard.terminate_superusers",
+        c"Whether sessions of superusers may be ended too.",
+        &TERMINATE_SUPERUSERS,
+        "off",
+    ),
+    Setting {
+        name: c"dbconn_guard.max_terminations_per_cycle",
+        short: c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
+        long: c"",
+        value: Value::Int { var: &MAX_TERMINATIONS_PER_CYCLE, min: 1, max: crate::shared::WITHDRAW as i32 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "100",
+        doc_default: "100",
+        doc_range: "1–1024",
+    },
+    Setting {
+        name: c"dbconn_guard.naptime",
+        short: c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
+        long: c"A bare number is seconds; at least 50ms.",
+        value: Value::RealSeconds { var: &NAPTIME, min: 0.05, max: 3600.0 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "10",
+        doc_default: "10s",
+        doc_range: "50ms–1h",
+    },
+    Setting {
+        name: c"dbconn_guard.leak_trend_samples",
+        short: c"Samples (one per naptime) over which a growing idle count makes a leak suspect.",
+        long: c"",
+        value: Value::Int { var: &LEAK_TREND_SAMPLES, min: 2, max: crate::shared::MAX_SAMPLES as i32 },
+        changed: Changed::Reload,
+        in_policy: false,
+        boot_val: "6",
+        doc_default: "6",
+        doc_range: "2–16",
+    },
+    Setting {
+        name: c"dbconn_guard.audit_retention",
+        short: c"The worker deletes rows of dbconn_guard.terminations older than this, hourly (0: keep all).",
+        long: c"",
+        value: Value::Seconds { var: &AUDIT_RETENTION, min: 0, max: i32::MAX },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "2592000",
+        doc_default: "30d",
+        doc_range: "0–68y (0: keep all)",
+    },
+    Setting {
+        name: c"dbconn_guard.database",
+        short: c"Database the background worker connects to; the extension must be created there.",
+        long: c"",
+        value: Value::Text(&DATABASE),
+        changed: Changed::ServerStart,
+        in_policy: true,
+        boot_val: "postgres",
+        doc_default: "postgres",
+        doc_range: "name",
+    },
+];
+
+/// Registers every setting of `SETTINGS`. Called once from `_PG_init`.
+pub fn define() {
+    for s in &SETTINGS {
+        let context = match s.changed {
+            Changed::Superuser => GucContext::Suset,
+            Changed::Reload => GucContext::Sighup,
+            // A PGC_POSTMASTER setting can only be created while the postmaster loads the
+            // library: defining it later (CREATE EXTENSION or LOAD without the preload) is a
+            // FATAL error.
+            Changed::ServerStart => {
+                if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+                    continue;
+                }
+                GucContext::Postmaster
+            }
+        };
+        match s.value {
+            Value::Seconds { var, min, max } => GucRegistry::define_int_guc(
+                s.name,
+                s.short,
+                s.long,
+                var,
+                min,
+                max,
+                context,
+                GucFlags::UNIT_S,
+            ),
+            Value::Int { var, min, max } => GucRegistry::define_int_guc(
+                s.name,
+                s.short,
+                s.long,
+                var,
+                min,
+                max,
+                context,
+                GucFlags::default(),
+            ),
+            Value::Timeout(var) => GucRegistry::define_float_guc_with_hooks(
+                s.name,
+                s.short,
+                s.long,
+                var,
+                0.0,
+                f64::from(MAX_AGE_S),
+                context,
+                GucFlags::UNIT_S,
+                Some(check_timeout),
+                None,
+                None,
+            ),
+            Value::RealSeconds { var, min, max } => GucRegistry::define_float_guc(
+                s.name,
+                s.short,
+                s.long,
+                var,
+                min,
+                max,
+                context,
+                GucFlags::UNIT_S,
+            ),
+            Value::Bool(var) => GucRegistry::define_bool_guc(
+                s.name,
+                s.short,
+                s.long,
+                var,
+                context,
+                GucFlags::default(),
+            ),
+            Value::Names(var) => unsafe {
+                GucRegistry::define_string_guc_with_hooks(
+                    s.name,
+                    s.short,
+                    s.long,
+                    var,
+                    context,
+                    GucFlags::default(),
+                    Some(check_pattern_list),
+                    None,
+                    None,
+                )
+            },
+            Value::Text(var) => GucRegistry::define_string_guc(
+                s.name,
+                s.short,
+                s.long,
+                var,
+                context,
+                GucFlags::default(),
+            ),
+        }
     }
     #[cfg(feature = "test_hooks")]
     GucRegistry::define_int_guc(
@@ -309,68 +593,6 @@ pub fn define() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS | GucFlags::NO_SHOW_ALL,
-    );
-    percent(
-        c"dbconn_guard.warning_pct",
-        c"Connection utilization (percent of max_connections) at which health() reports warning.",
-        &WARNING_PCT,
-    );
-    percent(
-        c"dbconn_guard.critical_pct",
-        c"Connection utilization (percent of max_connections) at which health() reports critical.",
-        &CRITICAL_PCT,
-    );
-    seconds(
-        c"dbconn_guard.idle_warning_age",
-        c"Idle sessions older than this count towards health()'s idle_sessions check.",
-        &IDLE_WARNING_AGE,
-        1,
-    );
-    GucRegistry::define_int_guc(
-        c"dbconn_guard.idle_warning_count",
-        c"health() warns when more sessions than this are idle for longer than dbconn_guard.idle_warning_age.",
-        c"",
-        &IDLE_WARNING_COUNT,
-        0,
-        i32::MAX,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    seconds(
-        c"dbconn_guard.idle_in_transaction_warning_age",
-        c"health() warns about sessions idle in transaction for longer than this.",
-        &IDLE_IN_TRANSACTION_WARNING_AGE,
-        0,
-    );
-    seconds(
-        c"dbconn_guard.lock_wait_warning_age",
-        c"health() warns when a session has waited on a lock for longer than this.",
-        &LOCK_WAIT_WARNING_AGE,
-        0,
-    );
-    seconds(
-        c"dbconn_guard.lock_wait_critical_age",
-        c"health() is critical when a session has waited on a lock for longer than this (0: never).",
-        &LOCK_WAIT_CRITICAL_AGE,
-        0,
-    );
-    seconds(
-        c"dbconn_guard.transaction_age_warning",
-        c"health() warns when a transaction has been open for longer than this (0: never).",
-        &TRANSACTION_AGE_WARNING,
-        0,
-    );
-    seconds(
-        c"dbconn_guard.transaction_age_critical",
-        c"health() is critical when a transaction has been open for longer than this (0: never).",
-        &TRANSACTION_AGE_CRITICAL,
-        0,
-    );
-    seconds(
-        c"dbconn_guard.leak_idle_age",
-        c"Idle sessions older than this make their client a leak suspect.",
-        &LEAK_IDLE_AGE,
-        1,
     );
     // Refuse misspelled dbconn_guard.* names instead of silently creating placeholders.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dbconn_guard".as_ptr()) };
@@ -440,25 +662,6 @@ pub fn database() -> String {
         .unwrap_or_else(|| "postgres".into())
 }
 
-/// The settings `worker_status().policy` shows, as `SHOW` displays them.
-pub const POLICY_SETTINGS: [&str; 15] = [
-    "enabled",
-    "dry_run",
-    "idle_timeout",
-    "idle_in_transaction_timeout",
-    "min_utilization_pct",
-    "include_applications",
-    "exclude_applications",
-    "exclude_users",
-    "exclude_databases",
-    "exclude_client_tools",
-    "terminate_superusers",
-    "max_terminations_per_cycle",
-    "naptime",
-    "audit_retention",
-    "database",
-];
-
 /// The policy in force as `(setting, value as SHOW displays it)`; "" for a setting that does not
 /// exist in this process (`database` without the preload).
 pub fn policy_values() -> Vec<(&'static str, String)> {
@@ -471,5 +674,50 @@ pub fn policy_values() -> Vec<(&'static str, String)> {
             crate::encoding::cstr_to_rust(v).unwrap_or_default()
         }
     };
-    POLICY_SETTINGS.iter().map(|n| (*n, show(n))).collect()
+    SETTINGS
+        .iter()
+        .filter(|s| s.in_policy)
+        .map(|s| (s.short_name(), show(s.short_name())))
+        .collect()
+}
+
+#[cfg(test)]
+mod readme {
+    use super::SETTINGS;
+
+    /// The README's settings tables list exactly the settings of `SETTINGS`, with their
+    /// defaults and ranges.
+    #[test]
+    fn readme_settings_tables_match_the_settings_table() {
+        let readme = include_str!("../README.md");
+        let mut rows = std::collections::BTreeMap::new();
+        for line in readme.lines() {
+            let Some(rest) = line.strip_prefix("| `dbconn_guard.") else {
+                continue;
+            };
+            let cells: Vec<&str> = rest.split(" | ").map(str::trim).collect();
+            let name = format!("dbconn_guard.{}", cells[0].trim_end_matches('`'));
+            assert!(
+                rows.insert(name.clone(), (cells[1].to_string(), cells[2].to_string()))
+                    .is_none(),
+                "{name} is listed twice in the README"
+            );
+        }
+        for s in SETTINGS.iter() {
+            let name = s.name.to_str().unwrap();
+            let Some((default, range)) = rows.remove(name) else {
+                panic!("{name} is missing from the README's settings tables");
+            };
+            assert_eq!(
+                (default.as_str(), range.as_str()),
+                (s.doc_default, s.doc_range),
+                "the README's default and range of {name}"
+            );
+        }
+        assert!(
+            rows.is_empty(),
+            "the README lists settings that do not exist: {:?}",
+            rows.keys()
+        );
+    }
 }

@@ -213,3 +213,31 @@ fn client_backends_are_told_by_backend_type_not_by_name() {
     assert!(compared >= 5, "the background processes and this session: {compared}");
     assert_eq!(snap.torn, 0);
 }
+
+/// The settings table (`guc::SETTINGS`) is what PostgreSQL registered: every setting, its
+/// context, and its boot value (the variable's initial value, kept apart from the table).
+#[pg_test]
+fn every_setting_is_registered_as_the_settings_table_says() {
+    use crate::guc::{Changed, SETTINGS};
+    let n = Spi::get_one::<i64>("SELECT count(*) FROM pg_settings WHERE name LIKE 'dbconn_guard.%'")
+        .unwrap()
+        .unwrap();
+    assert_eq!(n as usize, SETTINGS.len());
+    for s in SETTINGS.iter() {
+        let name = s.name.to_str().unwrap();
+        let (boot, context) = Spi::get_two::<String, String>(&format!(
+            "SELECT boot_val, context FROM pg_settings WHERE name = '{name}'"
+        ))
+        .unwrap();
+        let want = match s.changed {
+            Changed::Superuser => "superuser",
+            Changed::Reload => "sighup",
+            Changed::ServerStart => "postmaster",
+        };
+        assert_eq!(
+            (boot.as_deref(), context.as_deref()),
+            (Some(s.boot_val), Some(want)),
+            "{name}"
+        );
+    }
+}
