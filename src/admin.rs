@@ -10,7 +10,7 @@ use crate::encoding::DbText;
 use crate::guard::Outcome;
 use crate::shared::{self, RequestTarget, POLICY_TEXT, SHARED};
 use crate::worker::BACKEND_TYPE;
-use crate::{guc, requests, snapshot};
+use crate::{errors, guc, requests, snapshot};
 use pgrx::prelude::*;
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
@@ -21,8 +21,10 @@ fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
 
 fn require_preloaded(what: &str) {
     if !shared::available() {
-        error!(
-            "dbconn_guard: {what} needs the library preloaded: add dbconn_guard to shared_preload_libraries and restart the server"
+        errors::not_ready(
+            format!("dbconn_guard: {what} needs the library preloaded"),
+            None,
+            "Add dbconn_guard to shared_preload_libraries and restart the server.",
         );
     }
 }
@@ -189,33 +191,56 @@ fn terminate_idle(
     ),
 > {
     let Some(older_than) = older_than else {
-        error!(
-            "dbconn_guard.terminate_idle: older_than must not be NULL (for example '10 minutes')"
+        errors::raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "dbconn_guard.terminate_idle: older_than must not be NULL",
+            None,
+            Some("Give an interval, for example '10 minutes'; '0' means any age."),
         )
     };
     let older_than_us = older_than.as_micros();
     if older_than_us < 0 {
-        error!("dbconn_guard.terminate_idle: older_than must not be negative (got {older_than})");
+        errors::invalid_argument(
+            format!(
+                "dbconn_guard.terminate_idle: older_than must not be negative (got {older_than})"
+            ),
+            "Give an interval of 0 or more, for example '10 minutes'.",
+        );
     }
     let Some(states) = states else {
-        error!("dbconn_guard.terminate_idle: states must not be NULL")
+        errors::raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "dbconn_guard.terminate_idle: states must not be NULL",
+            None,
+            Some("Allowed states: idle, idle in transaction, idle in transaction (aborted)."),
+        )
     };
     if states.is_empty() {
-        error!("dbconn_guard.terminate_idle: states must not be empty; allowed: idle, idle in transaction, idle in transaction (aborted)");
+        errors::invalid_argument(
+            "dbconn_guard.terminate_idle: states must not be empty",
+            "Allowed states: idle, idle in transaction, idle in transaction (aborted).",
+        );
     }
     let mut wanted = Vec::new();
     for s in states {
         match s {
             Some(s) if IDLE_STATES.contains(&s.as_str()) => wanted.push(s),
-            other => error!(
-                "dbconn_guard.terminate_idle: unknown state {:?}; allowed: idle, idle in transaction, idle in transaction (aborted)",
-                other.unwrap_or_else(|| "NULL".into())
+            other => errors::invalid_argument(
+                format!(
+                    "dbconn_guard.terminate_idle: unknown state {:?}",
+                    other.unwrap_or_else(|| "NULL".into())
+                ),
+                "Allowed states: idle, idle in transaction, idle in transaction (aborted).",
             ),
         }
     }
     let dry_run = dry_run.unwrap_or(false);
     if let Err(why) = requests::worker_ready() {
-        error!("dbconn_guard.terminate_idle: nothing was ended: {why}");
+        errors::not_ready(
+            "dbconn_guard.terminate_idle: nothing was ended",
+            Some(why.to_string()),
+            "The background worker carries out and records every termination: check SELECT * FROM dbconn_guard.worker_status().",
+        );
     }
 
     let snap = snapshot::activity();

@@ -18,6 +18,7 @@ pub use dbconn_guard_core as core;
 mod admin;
 mod backend_status;
 mod encoding;
+mod errors;
 mod guard;
 mod guc;
 mod locks;

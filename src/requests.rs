@@ -253,7 +253,12 @@ fn round_trip(
             }
         }
         if started.elapsed() > ANSWER_WITHIN {
-            error!("dbconn_guard.terminate_idle: the worker is busy with other requests; nothing was ended, try again");
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                "dbconn_guard.terminate_idle: the worker is busy with other requests; nothing was ended",
+                None,
+                Some("Try again."),
+            );
         }
         sleep_on_latch(10);
     };
@@ -276,9 +281,13 @@ fn round_trip(
         }
         if started.elapsed() > ANSWER_WITHIN || worker_ready().is_err() {
             abandon(slot, ticket);
-            error!(
-                "dbconn_guard.terminate_idle: the worker did not answer; what it did is in dbconn_guard.terminations of database {} and in recent_terminations()",
-                crate::core::quote::quoted(&crate::guc::database())
+            crate::errors::not_ready(
+                "dbconn_guard.terminate_idle: the worker did not answer",
+                None,
+                &format!(
+                    "What it did is in dbconn_guard.terminations of database {} and in dbconn_guard.recent_terminations(); check dbconn_guard.worker_status().",
+                    crate::core::quote::quoted(&crate::guc::database())
+                ),
             );
         }
         sleep_on_latch(100);

@@ -51,8 +51,10 @@ impl ResultSet {
             };
             let natts = (*rs.desc).natts as usize;
             if natts != columns {
-                pgrx::error!(
-                    "dbconn_guard: the function's SQL declaration has {natts} columns, the library returns {columns}: run ALTER EXTENSION dbconn_guard UPDATE, or reinstall matching files"
+                crate::errors::not_ready(
+                    format!("dbconn_guard: the function's SQL declaration has {natts} columns, the library returns {columns}"),
+                    None,
+                    "Run ALTER EXTENSION dbconn_guard UPDATE, or install the files of one version.",
                 );
             }
             rs

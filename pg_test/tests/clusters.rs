@@ -73,6 +73,11 @@ fn installing_without_the_preload_keeps_the_session_and_the_views_work() {
         "{}",
         db_error(&err)
     );
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("55000"),
+        "object_not_in_prerequisite_state"
+    );
     // LOAD in a new session, then settings and views
     let mut l = cluster.connect("postgres", "postgres", "it_nopreload_load");
     l.batch_execute("LOAD 'dbconn_guard'").unwrap();

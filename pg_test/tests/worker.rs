@@ -517,31 +517,34 @@ fn terminate_idle_follows_the_same_protections() {
     thread::sleep(Duration::from_millis(300));
     let mut dba = connect_as("it_w_dba", "it_m_dba");
 
-    // bad arguments: a clear error, nothing ended
-    for (sql, why) in [
+    // bad arguments: a clear error with its SQLSTATE and a hint, nothing ended
+    for (sql, why, code) in [
         (
             "SELECT * FROM dbconn_guard.terminate_idle('-1 minute')",
             "must not be negative",
+            "22023",
         ),
         (
             "SELECT * FROM dbconn_guard.terminate_idle('0', ARRAY['active'])",
             "unknown state \"active\"",
+            "22023",
         ),
         (
             "SELECT * FROM dbconn_guard.terminate_idle('0', ARRAY[]::text[])",
             "must not be empty",
+            "22023",
         ),
         (
             "SELECT * FROM dbconn_guard.terminate_idle(NULL)",
             "must not be NULL",
+            "22004",
         ),
     ] {
         let err = dba.query(sql, &[]).expect_err(sql);
-        let msg = err
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default();
-        assert!(msg.contains(why), "{sql}: {msg}");
+        let d = err.as_db_error().expect("a server error");
+        assert!(d.message().contains(why), "{sql}: {}", d.message());
+        assert_eq!(d.code().code(), code, "{sql}");
+        assert!(d.hint().is_some_and(|h| h.len() > 10), "{sql}: no hint");
     }
     assert!(alive(&mut a, plain));
 
