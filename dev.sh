@@ -4,7 +4,10 @@
 #   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
 #                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
 #   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18,
-#                    a 60-second soak and the Debian package test on 15
+#                    the expected-output tests (test/), a 60-second soak and the Debian
+#                    package test on 15
+#   ./dev.sh regress [accept]  the expected-output tests (test/) against the installed PG 15
+#                    build; accept: take the results as the new expected output (review: git diff)
 #   ./dev.sh lint    cargo fmt --check, and cargo clippy -D warnings for each tested version
 #   ./dev.sh soak [minutes]  a randomized soak (default 10 minutes) at 500+ sessions on
 #                    PostgreSQL 15; writes its section of BENCHMARKS.md when it passes
@@ -422,6 +425,8 @@ cmd_test() {
         run_integration_tests "$v" 2>&1 | tee -a "$out"
         [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "integration tests failed on PostgreSQL $v"; }
         if [ "$v" = 15 ]; then
+            run_regress 2>&1 | tee -a "$out"
+            [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "the expected-output tests (test/) failed"; }
             # the soak's short version: every kind of session, every disturbance, 60 seconds
             run_soak 60 2>&1 | tee -a "$out"
             [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "the soak failed on PostgreSQL $v"; }
@@ -433,7 +438,7 @@ cmd_test() {
     esac
     log "all tests passed on PostgreSQL $versions"
     # one closing tally of every runner above (cargo's "test result" lines and the bench check)
-    awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak): [0-9]+ passed/ { p += $2; f += $4 }
+    awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
          END { printf "all: %d passed, %d failed\n", p, f }' "$out"
     rm -f "$out"
 }
@@ -478,6 +483,35 @@ cmd_soak() {
     setup_pgrx_init_15
     install_ext 15 --release
     run_soak $((minutes * 60)) "$ROOT/BENCHMARKS.md"
+}
+
+# run_regress [accept]: the expected-output tests (test/sql, test/expected) with pg_regress on a
+# temporary PostgreSQL 15 instance with the installed library preloaded (test/regress.conf);
+# `accept` copies the results over the expected files, for review with git diff
+REGRESS_TESTS="surface settings refusals"
+run_regress() {
+    local dir pg_regress rc=0
+    dir="$(state_dir)/regress"
+    pg_regress="$("$PG15_BIN/pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress"
+    as_root rm -rf "$dir"
+    as_root mkdir -p "$dir"
+    as_root cp -a "$ROOT/test/." "$dir/"
+    as_root chown -R "$PGUSER_OS" "$dir"
+    log "expected-output tests (test/): $REGRESS_TESTS"
+    # shellcheck disable=SC2086
+    (cd "$dir" && as_pg "$pg_regress" --bindir="$PG15_BIN" --inputdir="$dir" --outputdir="$dir" \
+        --temp-instance="$dir/tmp_check" --temp-config="$dir/regress.conf" \
+        --port=$((TEST_PORT_BASE + 80)) --dbname=dbconn_guard_regression $REGRESS_TESTS) || rc=$?
+    if [ "${1:-}" = accept ]; then
+        for t in $REGRESS_TESTS; do cp "$dir/results/$t.out" "$ROOT/test/expected/$t.out"; done
+        log "copied the results to test/expected/: review them with git diff"
+        return 0
+    fi
+    if [ $rc -ne 0 ]; then
+        [ -f "$dir/regression.diffs" ] && cat "$dir/regression.diffs" >&2
+        return $rc
+    fi
+    echo "regress: $(echo $REGRESS_TESTS | wc -w) passed, 0 failed"
 }
 
 cmd_bench() {
@@ -526,6 +560,7 @@ case "${1:-}" in
     soak-seconds) shift; run_soak "$1" ;; # the installed build, no report (development)
     # development: one version's integration tests; DBCONN_GUARD_IT_TEST=<file> DBCONN_GUARD_IT_FILTER=<name>
     it) shift; setup; run_integration_tests "${1:-15}" ;;
+    regress) shift; run_regress "$@" ;;
     package) cmd_package ;;
     stop) cmd_stop ;;
     clean) cmd_clean ;;
