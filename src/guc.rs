@@ -150,7 +150,7 @@ pub enum Value {
 }
 
 /// One `dbconn_guard.*` setting: the single source for its registration, the policy summary
-/// (`worker_status().policy`), and the README's settings tables (checked by a test).
+/// (`worker_status().policy`), and the settings tables of docs/reference.md (checked by a test).
 pub struct Setting {
     pub name: &'static CStr,
     pub short: &'static CStr,
@@ -162,7 +162,7 @@ pub struct Setting {
     /// `pg_settings.boot_val`, checked against the variable's initial value by a test
     #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
     pub boot_val: &'static str,
-    /// the README's "default" and "range" columns (checked by a test)
+    /// the "default" and "range" columns of docs/reference.md (checked by a test)
     #[cfg_attr(not(test), allow(dead_code))]
     pub doc_default: &'static str,
     #[cfg_attr(not(test), allow(dead_code))]
@@ -282,7 +282,7 @@ const fn timeout(
     }
 }
 
-/// Every `dbconn_guard.*` setting, in the order of the README's tables.
+/// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
 pub static SETTINGS: [Setting; 26] = [
     percent(
         c"dbconn_guard.warning_pct",
@@ -685,11 +685,11 @@ pub fn policy_values() -> Vec<(&'static str, String)> {
 mod readme {
     use super::SETTINGS;
 
-    /// The README's settings tables list exactly the settings of `SETTINGS`, with their
+    /// The settings tables of docs/reference.md list exactly the settings of `SETTINGS`, with their
     /// defaults and ranges.
     #[test]
     fn readme_settings_tables_match_the_settings_table() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/reference.md");
         let mut rows = std::collections::BTreeMap::new();
         for line in readme.lines() {
             let Some(rest) = line.strip_prefix("| `dbconn_guard.") else {
@@ -700,23 +700,23 @@ mod readme {
             assert!(
                 rows.insert(name.clone(), (cells[1].to_string(), cells[2].to_string()))
                     .is_none(),
-                "{name} is listed twice in the README"
+                "{name} is listed twice in docs/reference.md"
             );
         }
         for s in SETTINGS.iter() {
             let name = s.name.to_str().unwrap();
             let Some((default, range)) = rows.remove(name) else {
-                panic!("{name} is missing from the README's settings tables");
+                panic!("{name} is missing from the settings tables of docs/reference.md");
             };
             assert_eq!(
                 (default.as_str(), range.as_str()),
                 (s.doc_default, s.doc_range),
-                "the README's default and range of {name}"
+                "the documented default and range of {name}"
             );
         }
         assert!(
             rows.is_empty(),
-            "the README lists settings that do not exist: {:?}",
+            "docs/reference.md lists settings that do not exist: {:?}",
             rows.keys()
         );
     }
