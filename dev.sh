@@ -489,6 +489,7 @@ cmd_soak() {
 # temporary PostgreSQL 15 instance with the installed library preloaded (test/regress.conf);
 # `accept` copies the results over the expected files, for review with git diff
 REGRESS_TESTS="surface settings refusals"
+ISOLATION_TESTS="blocking"
 run_regress() {
     local dir pg_regress rc=0
     dir="$(state_dir)/regress"
@@ -502,16 +503,25 @@ run_regress() {
     (cd "$dir" && as_pg "$pg_regress" --bindir="$PG15_BIN" --inputdir="$dir" --outputdir="$dir" \
         --temp-instance="$dir/tmp_check" --temp-config="$dir/regress.conf" \
         --port=$((TEST_PORT_BASE + 80)) --dbname=dbconn_guard_regression $REGRESS_TESTS) || rc=$?
+    # the blocking scenarios, deterministic under isolationtester (test/specs)
+    log "isolation tests (test/specs): $ISOLATION_TESTS"
+    # shellcheck disable=SC2086
+    (cd "$dir" && as_pg "$(dirname "$pg_regress")/../isolation/pg_isolation_regress" --bindir="$PG15_BIN" \
+        --inputdir="$dir" --outputdir="$dir/isolation" \
+        --temp-instance="$dir/tmp_check_iso" --temp-config="$dir/regress.conf" \
+        --port=$((TEST_PORT_BASE + 81)) --dbname=dbconn_guard_isolation \
+        --load-extension=dbconn_guard $ISOLATION_TESTS) || rc=$?
     if [ "${1:-}" = accept ]; then
         for t in $REGRESS_TESTS; do cp "$dir/results/$t.out" "$ROOT/test/expected/$t.out"; done
+        for t in $ISOLATION_TESTS; do cp "$dir/isolation/results/$t.out" "$ROOT/test/expected/$t.out"; done
         log "copied the results to test/expected/: review them with git diff"
         return 0
     fi
     if [ $rc -ne 0 ]; then
-        [ -f "$dir/regression.diffs" ] && cat "$dir/regression.diffs" >&2
+        cat "$dir/regression.diffs" "$dir/isolation/regression.diffs" 2>/dev/null >&2
         return $rc
     fi
-    echo "regress: $(echo $REGRESS_TESTS | wc -w) passed, 0 failed"
+    echo "regress: $(echo $REGRESS_TESTS $ISOLATION_TESTS | wc -w) passed, 0 failed"
 }
 
 cmd_bench() {
