@@ -464,7 +464,7 @@ run_soak() {
     psql_on 15 "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     log "soak: $seconds s, 500+ sessions, on PostgreSQL 15 (port $port)"
-    env DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$PG15_BIN DBCONN_GUARD_SOAK_SECONDS="$seconds" \
+    env DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$PG15_BIN DBCONN_GUARD_SOAK_SECONDS="$seconds" DBCONN_GUARD_TEST_STATE="$(state_dir)" \
         DBCONN_GUARD_SOAK_LOG="$(state_dir)/$name/server.log" ${out:+"DBCONN_GUARD_SOAK_OUT=$out"} \
         cargo run -q -p dbconn_guard_integration --bin soak || rc=$?
     if [ $rc -ne 0 ]; then
