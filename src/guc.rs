@@ -77,11 +77,14 @@ unsafe extern "C-unwind" fn check_timeout(
         return true;
     }
     let detail = format!(
-        "A termination timeout is 0 (off) or at least {MIN_TIMEOUT_S}s; {}s would end sessions in ordinary use. A bare number is seconds.",
-        v
+        "A termination timeout is 0 (off) or at least {MIN_TIMEOUT_S}s; {v}s would end sessions in ordinary use."
     );
     let detail = CString::new(detail).unwrap_or_default();
-    unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+    let hint = c"A bare number is seconds; units work too, as in '90s', '5min' or '1h'.";
+    unsafe {
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    }
     false
 }
 
@@ -101,11 +104,12 @@ unsafe extern "C-unwind" fn check_pattern_list(
     match PatternList::parse(&value) {
         Ok(_) => true,
         Err(why) => {
-            let detail = format!(
-                "{why}. Expected a comma-separated list of names, * as a wildcard, double quotes around a name with a comma."
-            );
-            let detail = CString::new(detail.replace('\0', " ")).unwrap_or_default();
-            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+            let detail = CString::new(format!("{why}.").replace('\0', " ")).unwrap_or_default();
+            let hint = c"Give a comma-separated list of names, with * as a wildcard and double quotes around a name that holds a comma or a quote.";
+            unsafe {
+                pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+                pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+            }
             false
         }
     }
