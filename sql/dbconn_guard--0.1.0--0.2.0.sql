@@ -59,3 +59,85 @@ GRANT EXECUTE ON FUNCTION recent_terminations() TO dbconn_guard_admin, pg_read_a
 COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean) IS
   'Ends client sessions in the given states (default: idle and both idle-in-transaction states) for at least older_than, optionally of one application_name, with the worker''s protections. The background worker records each in dbconn_guard.terminations (committed) before it signals it, whatever becomes of the calling transaction. dry_run only records and reports. Returns every matched session with what was done.';
 ALTER FUNCTION terminate_idle(interval, text[], text, boolean) SET search_path = pg_catalog, pg_temp;
+
+-- the history: samples taken by the worker, kept in shared memory (issue 9)
+CREATE FUNCTION "_history"() RETURNS TABLE (
+	"time" timestamp with time zone,
+	"client_backends" bigint,
+	"active" bigint,
+	"idle" bigint,
+	"idle_in_transaction" bigint,
+	"idle_in_transaction_aborted" bigint,
+	"other_states" bigint,
+	"lock_waiters" bigint,
+	"longest_lock_wait_seconds" double precision,
+	"oldest_xact_age_seconds" double precision,
+	"longest_idle_in_transaction_seconds" double precision,
+	"max_connections" INT,
+	"available_connections" bigint,
+	"utilization_pct" double precision,
+	"terminated_idle_timeout" bigint,
+	"terminated_idle_in_transaction_timeout" bigint,
+	"terminated_manual" bigint,
+	"leak_suspect_groups" bigint
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'history_rows_wrapper';
+
+CREATE FUNCTION "_history_by_group"() RETURNS TABLE (
+	"time" timestamp with time zone,
+	"datname" text,
+	"usename" text,
+	"application_name" text,
+	"other" bool,
+	"connections" bigint,
+	"active" bigint,
+	"idle" bigint,
+	"idle_in_transaction" bigint,
+	"idle_in_transaction_aborted" bigint,
+	"other_states" bigint
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'history_by_group_rows_wrapper';
+
+CREATE VIEW history AS
+SELECT * FROM @extschema@._history();
+
+CREATE VIEW history_by_group AS
+SELECT * FROM @extschema@._history_by_group();
+
+-- the history counts every role's sessions: pg_monitor (through pg_read_all_stats) and the
+-- guard's admins may read it, not PUBLIC
+REVOKE EXECUTE ON FUNCTION _history(), _history_by_group() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _history(), _history_by_group() TO dbconn_guard_admin, pg_read_all_stats;
+GRANT SELECT ON history, history_by_group TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON VIEW history IS
+  'One row per sample the worker took (every dbconn_guard.sample_interval, aligned to the wall clock; the last dbconn_guard.history_size kept in shared memory, lost at a restart), oldest first: client backends by state, lock waiters and the longest wait, the oldest transaction and the longest idle in transaction (seconds, 0: none), slots, utilization, sessions ended since the previous sample by rule, and leak-suspect groups.';
+COMMENT ON VIEW history_by_group IS
+  'Per sample, the dbconn_guard.history_groups largest (datname, usename, application_name) groups of client backends by connections, with their counts by state, and one row with other = true (names NULL) summing the rest: each sample''s rows add up to its client_backends in dbconn_guard.history.';
+COMMENT ON FUNCTION _history() IS 'Internal: rows of the history view.';
+COMMENT ON FUNCTION _history_by_group() IS 'Internal: rows of the history_by_group view.';
+
+-- leak_suspects.trend comes from the history
+COMMENT ON VIEW leak_suspects IS
+  'Clients (datname, usename, application_name, client_addr) holding idle sessions older than dbconn_guard.leak_idle_age (reason idle_age), or whose idle count grew over the last dbconn_guard.leak_trend_samples samples of dbconn_guard.history_by_group for their (datname, usename, application_name) (reason growing); trend: growing, steady, shrinking or unknown.';
+
+-- metrics(): what the metrics endpoint serves, as rows (issue 9)
+CREATE FUNCTION "metrics"() RETURNS TABLE (
+	"metric" TEXT,
+	"labels" jsonb,
+	"value" double precision,
+	"metric_type" TEXT,
+	"help" TEXT
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'metrics_wrapper';
+
+-- the metrics, as rows (for exporters that must run SQL); pg_monitor and the guard's admins
+REVOKE EXECUTE ON FUNCTION metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics() TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON FUNCTION metrics() IS
+  'The metrics the endpoint (dbconn_guard.metrics_listen) serves at /metrics, one row per sample: metric (its full Prometheus name), labels (jsonb), value, metric_type (gauge or counter) and help. For exporters that must run SQL, such as postgres_exporter with deploy/postgres_exporter/queries.yaml. Never any query text.';

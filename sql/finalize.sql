@@ -18,6 +18,12 @@ SELECT datname, usename, application_name, client_addr::inet AS client_addr,
        idle_count, avg_idle_seconds, max_idle_seconds, pids, trend, reason
   FROM @extschema@._leak_suspects();
 
+CREATE VIEW history AS
+SELECT * FROM @extschema@._history();
+
+CREATE VIEW history_by_group AS
+SELECT * FROM @extschema@._history_by_group();
+
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
 GRANT SELECT ON connection_analysis, blocking_pairs, utilization, leak_suspects TO PUBLIC;
 
@@ -30,7 +36,7 @@ COMMENT ON VIEW blocking_pairs IS
 COMMENT ON VIEW utilization IS
   'Connection slots: max_connections, reserved slots, client backends by state, other and hidden backends, slots left for ordinary roles, and client backends as a percentage of max_connections.';
 COMMENT ON VIEW leak_suspects IS
-  'Clients (datname, usename, application_name, client_addr) holding idle sessions older than dbconn_guard.leak_idle_age (reason idle_age), or whose idle count grew over the worker''s last dbconn_guard.leak_trend_samples samples (reason growing); trend: growing, steady, shrinking or unknown.';
+  'Clients (datname, usename, application_name, client_addr) holding idle sessions older than dbconn_guard.leak_idle_age (reason idle_age), or whose idle count grew over the last dbconn_guard.leak_trend_samples samples of dbconn_guard.history_by_group for their (datname, usename, application_name) (reason growing); trend: growing, steady, shrinking or unknown.';
 
 COMMENT ON FUNCTION blocking_chains() IS
   'Every waiting backend with each root blocker it ultimately waits for (a session that blocks others and waits for no lock), the depth and path to it, and how many sessions that root holds up. Largest pile-up first: the first row''s root_pid is the one session to look at.';
@@ -59,3 +65,21 @@ REVOKE EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) FROM 
 GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) TO dbconn_guard_admin;
 REVOKE EXECUTE ON FUNCTION recent_terminations() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION recent_terminations() TO dbconn_guard_admin, pg_read_all_stats;
+
+-- the history counts every role's sessions: pg_monitor (through pg_read_all_stats) and the
+-- guard's admins may read it, not PUBLIC
+REVOKE EXECUTE ON FUNCTION _history(), _history_by_group() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _history(), _history_by_group() TO dbconn_guard_admin, pg_read_all_stats;
+GRANT SELECT ON history, history_by_group TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON VIEW history IS
+  'One row per sample the worker took (every dbconn_guard.sample_interval, aligned to the wall clock; the last dbconn_guard.history_size kept in shared memory, lost at a restart), oldest first: client backends by state, lock waiters and the longest wait, the oldest transaction and the longest idle in transaction (seconds, 0: none), slots, utilization, sessions ended since the previous sample by rule, and leak-suspect groups.';
+COMMENT ON VIEW history_by_group IS
+  'Per sample, the dbconn_guard.history_groups largest (datname, usename, application_name) groups of client backends by connections, with their counts by state, and one row with other = true (names NULL) summing the rest: each sample''s rows add up to its client_backends in dbconn_guard.history.';
+COMMENT ON FUNCTION _history() IS 'Internal: rows of the history view.';
+COMMENT ON FUNCTION _history_by_group() IS 'Internal: rows of the history_by_group view.';
+
+-- the metrics, as rows (for exporters that must run SQL); pg_monitor and the guard's admins
+REVOKE EXECUTE ON FUNCTION metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics() TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON FUNCTION metrics() IS
+  'The metrics the endpoint (dbconn_guard.metrics_listen) serves at /metrics, one row per sample: metric (its full Prometheus name), labels (jsonb), value, metric_type (gauge or counter) and help. For exporters that must run SQL, such as postgres_exporter with deploy/postgres_exporter/queries.yaml. Never any query text.';

@@ -595,6 +595,16 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
     );
 }
 
+/// The slot of `rule` in `Shared::terminations_by_rule`.
+fn rule_index(rule: crate::core::policy::Rule) -> usize {
+    use crate::core::policy::Rule;
+    match rule {
+        Rule::IdleTimeout => 0,
+        Rule::IdleInTransactionTimeout => 1,
+        Rule::Manual => 2,
+    }
+}
+
 /// Keeps the record in shared memory too: on a standby that is the only record.
 fn remember(
     t: &Target,
@@ -633,5 +643,9 @@ fn remember(
     rec.state.set(b.state.unwrap_or(""));
     rec.rule.set(t.rule.as_str());
     rec.actor.set(actor);
-    shared::SHARED.exclusive().push_recent(rec);
+    let mut s = shared::SHARED.exclusive();
+    s.push_recent(rec);
+    if matches!(o, Outcome::Terminated { .. }) && !dry_run {
+        s.terminations_by_rule[rule_index(t.rule)] += 1;
+    }
 }

@@ -50,6 +50,14 @@ pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(
 pub static NAPTIME: GucSetting<f64> = GucSetting::<f64>::new(10.0);
 pub static LEAK_TREND_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
 pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+/// Seconds between two samples of the history.
+pub static SAMPLE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+// PGC_POSTMASTER: the history ring's size in shared memory (24 h at the default interval).
+pub static HISTORY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8640);
+pub static HISTORY_GROUPS: GucSetting<i32> = GucSetting::<i32>::new(16);
+// PGC_POSTMASTER: where the metrics endpoint listens ('' = no endpoint).
+pub static METRICS_LISTEN: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
 // PGC_POSTMASTER
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -287,7 +295,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 26] = [
+pub static SETTINGS: [Setting; 30] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -463,9 +471,9 @@ pub static SETTINGS: [Setting; 26] = [
     },
     Setting {
         name: c"dbconn_guard.leak_trend_samples",
-        short: c"Samples (one per naptime) over which a growing idle count makes a leak suspect.",
+        short: c"Samples of the history (one per sample_interval) over which a growing idle count makes a leak suspect.",
         long: c"",
-        value: Value::Int { var: &LEAK_TREND_SAMPLES, min: 2, max: crate::shared::MAX_SAMPLES as i32 },
+        value: Value::Int { var: &LEAK_TREND_SAMPLES, min: 2, max: 16 },
         changed: Changed::Reload,
         in_policy: false,
         boot_val: "6",
@@ -482,6 +490,50 @@ pub static SETTINGS: [Setting; 26] = [
         boot_val: "2592000",
         doc_default: "30d",
         doc_range: "0–68y (0: keep all)",
+    },
+    Setting {
+        name: c"dbconn_guard.sample_interval",
+        short: c"Time between two samples of dbconn_guard.history, aligned to the wall clock.",
+        long: c"A bare number is seconds.",
+        value: Value::Seconds { var: &SAMPLE_INTERVAL, min: 1, max: 3600 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "10",
+        doc_default: "10s",
+        doc_range: "1s–1h",
+    },
+    Setting {
+        name: c"dbconn_guard.history_size",
+        short: c"Samples dbconn_guard.history keeps in shared memory (0: no history).",
+        long: c"The oldest sample is overwritten by the newest; the history is lost at a restart.",
+        value: Value::Int { var: &HISTORY_SIZE, min: 0, max: crate::history::MAX_SAMPLES },
+        changed: Changed::ServerStart,
+        in_policy: true,
+        boot_val: "8640",
+        doc_default: "8640",
+        doc_range: "0–100000",
+    },
+    Setting {
+        name: c"dbconn_guard.history_groups",
+        short: c"(datname, usename, application_name) groups kept per sample in dbconn_guard.history_by_group, largest first; the rest are summed in one row.",
+        long: c"",
+        value: Value::Int { var: &HISTORY_GROUPS, min: 0, max: crate::history::MAX_GROUPS },
+        changed: Changed::ServerStart,
+        in_policy: true,
+        boot_val: "16",
+        doc_default: "16",
+        doc_range: "0–64",
+    },
+    Setting {
+        name: c"dbconn_guard.metrics_listen",
+        short: c"Address and port of the metrics endpoint (GET /metrics, /healthz), e.g. 127.0.0.1:9187; empty: no endpoint.",
+        long: c"There is no authentication: bind it to loopback or to an address only Prometheus reaches.",
+        value: Value::Text(&METRICS_LISTEN),
+        changed: Changed::ServerStart,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "''",
+        doc_range: "IP:port",
     },
     Setting {
         name: c"dbconn_guard.database",
@@ -634,6 +686,18 @@ fn seconds_us(v: f64) -> Micros {
 /// The longest sleep between the worker's checks, in microseconds.
 pub fn naptime_us() -> Micros {
     seconds_us(NAPTIME.get())
+}
+
+/// `dbconn_guard.metrics_listen` ('' when unset or not preloaded).
+pub fn metrics_listen() -> String {
+    METRICS_LISTEN
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn sample_interval_us() -> Micros {
+    Micros::from(SAMPLE_INTERVAL.get().max(1)) * 1_000_000
 }
 
 /// Who may be ended at all, under the settings in force.

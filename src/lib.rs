@@ -8,7 +8,8 @@
 //! * `worker`   — the background worker; `guard` is the one kill path (record, last look,
 //!   signal), which the worker's rules and `terminate_idle()`'s requests (`requests`) take;
 //!   `shared` is what it publishes in shared memory; `admin` the guard's SQL functions;
-//!   `xact` its transactions.
+//!   `xact` its transactions; `history` the ring of samples it takes.
+//! * `metrics` — what `/metrics` and `metrics()` show; `endpoint` the HTTP worker serving it.
 //! * `encoding` — text between the database encoding and Rust's UTF-8.
 
 use pgrx::prelude::*;
@@ -18,10 +19,13 @@ pub use dbconn_guard_core as core;
 mod admin;
 mod backend_status;
 mod encoding;
+mod endpoint;
 mod errors;
 mod guard;
 mod guc;
+mod history;
 mod locks;
+mod metrics;
 mod requests;
 mod rows;
 mod shared;
@@ -46,7 +50,9 @@ pub extern "C-unwind" fn _PG_init() {
     guc::define();
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         shared::init();
+        history::init();
         worker::register();
+        endpoint::register();
     }
 }
 

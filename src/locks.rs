@@ -44,6 +44,15 @@ fn waiting_procs() -> Vec<(i32, i32, usize, i64)> {
     out
 }
 
+/// When each current heavyweight-lock wait began (0: not set yet), read racily from the PGPROC
+/// array alone (no lock-manager partition is locked): the history's lock-wait counts.
+pub fn wait_starts() -> Vec<i64> {
+    waiting_procs()
+        .into_iter()
+        .map(|(_, _, _, start)| start)
+        .collect()
+}
+
 /// What one `GetBlockerStatusData(pid)` call says about the lock `pid` waits for.
 struct LockRead {
     instances: Vec<pg_sys::LockInstanceData>,

@@ -1,5 +1,5 @@
-//! What the worker shares with every backend, in shared memory: its status counters, the
-//! idle-count samples behind `leak_suspects.trend`, and a ring of the latest terminations — the
+//! What the worker shares with every backend, in shared memory: its status counters, its
+//! terminations by rule, and a ring of the latest terminations — the
 //! only record of them on a hot standby, where the audit table cannot be written (`SHARED`);
 //! and the mailbox through which `terminate_idle()` hands its sessions to the worker, which
 //! alone records and ends sessions (`REQUESTS`).
@@ -11,8 +11,6 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
-pub const MAX_SAMPLES: usize = 16;
-pub const MAX_GROUPS: usize = 256;
 pub const RECENT: usize = 128;
 /// Audit rows awaiting withdrawal (see `Shared::withdraw`): at least one batch of the worker
 /// (`max_terminations_per_cycle` is capped at this) or of a `terminate_idle()` round trip.
@@ -115,28 +113,6 @@ pub struct Withdrawal {
     pub pid: i32,
 }
 
-/// Idle-count samples of one (datname, usename, application_name, client_addr) group.
-#[derive(Clone, Copy)]
-pub struct GroupSamples {
-    pub key: u64,
-    pub len: u8,
-    pub samples: [u32; MAX_SAMPLES],
-}
-
-impl GroupSamples {
-    const fn empty() -> Self {
-        GroupSamples {
-            key: 0,
-            len: 0,
-            samples: [0; MAX_SAMPLES],
-        }
-    }
-
-    pub fn values(&self) -> &[u32] {
-        &self.samples[..self.len as usize]
-    }
-}
-
 #[derive(Clone, Copy)]
 pub struct Shared {
     /// Worker pid while it runs, 0 otherwise.
@@ -151,6 +127,9 @@ pub struct Shared {
     pub last_cycle_cpu_us: i64,
     pub sessions_examined: i64,
     pub terminations_total: i64,
+    /// Sessions ended (not dry-run records) since the server started, by rule
+    /// (idle_timeout, idle_in_transaction_timeout, manual): the history's counts per sample.
+    pub terminations_by_rule: [i64; 3],
     pub terminations_last_cycle: i64,
     pub deferred_last_cycle: i64,
     pub next_wakeup: Micros,
@@ -167,8 +146,6 @@ pub struct Shared {
     pub last_error_at: Micros,
     pub last_error: FixedText<ERROR_TEXT>,
     pub policy: FixedText<POLICY_TEXT>,
-    pub groups_len: u16,
-    pub groups: [GroupSamples; MAX_GROUPS],
     /// Records written so far; the ring holds the last `RECENT`.
     pub recent_written: u64,
     pub recent: [TerminationRecord; RECENT],
@@ -186,6 +163,7 @@ impl Shared {
             last_cycle_cpu_us: 0,
             sessions_examined: 0,
             terminations_total: 0,
+            terminations_by_rule: [0; 3],
             terminations_last_cycle: 0,
             deferred_last_cycle: 0,
             next_wakeup: 0,
@@ -196,8 +174,6 @@ impl Shared {
             last_error_at: 0,
             last_error: FixedText::empty(),
             policy: FixedText::empty(),
-            groups_len: 0,
-            groups: [GroupSamples::empty(); MAX_GROUPS],
             recent_written: 0,
             recent: [TerminationRecord::empty(); RECENT],
         }
@@ -214,13 +190,6 @@ impl Shared {
         (self.recent_written - n..self.recent_written)
             .map(|i| self.recent[(i % RECENT as u64) as usize])
             .collect()
-    }
-
-    pub fn samples_of(&self, key: u64) -> Option<&[u32]> {
-        self.groups[..self.groups_len as usize]
-            .iter()
-            .find(|g| g.key == key)
-            .map(GroupSamples::values)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::core::session::{Backend, Name, Snapshot};
 use crate::core::{analysis, blocking, health, leaks, utilization};
 use crate::encoding::DbText;
 use crate::rows::{self, Cell};
-use crate::{guc, shared, snapshot};
+use crate::{guc, history, snapshot};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
@@ -74,12 +74,10 @@ fn leak_suspect_rows() -> TableIterator<
     let snap = snapshot::activity();
     let age = f64::from(guc::LEAK_IDLE_AGE.get());
     let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
-    let shared = shared::available().then(|| *shared::SHARED.share());
+    // the trend comes from the history the worker samples (one sampler, one truth)
+    let recent = history::read(Some(window), true);
     let samples_of = |k: &analysis::GroupKey| {
-        shared
-            .as_ref()
-            .and_then(|s| s.samples_of(leaks::group_hash(k)).map(<[u32]>::to_vec))
-            .unwrap_or_default()
+        crate::core::history::idle_series(&recent, &leaks::history_name(k), window)
     };
     TableIterator::new(
         leaks::suspects_with_trend(&snap, age, window, samples_of)
@@ -403,4 +401,97 @@ fn blocking_chains() -> TableIterator<
         })
         .collect();
     TableIterator::new(rows)
+}
+
+/// A PostgreSQL timestamptz from microseconds since 2000-01-01.
+fn timestamptz(us: i64) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(us).ok()
+}
+
+#[pg_extern(name = "_history")]
+fn history_rows() -> TableIterator<
+    'static,
+    (
+        name!(time, Option<TimestampWithTimeZone>),
+        name!(client_backends, i64),
+        name!(active, i64),
+        name!(idle, i64),
+        name!(idle_in_transaction, i64),
+        name!(idle_in_transaction_aborted, i64),
+        name!(other_states, i64),
+        name!(lock_waiters, i64),
+        name!(longest_lock_wait_seconds, f64),
+        name!(oldest_xact_age_seconds, f64),
+        name!(longest_idle_in_transaction_seconds, f64),
+        name!(max_connections, i32),
+        name!(available_connections, i64),
+        name!(utilization_pct, f64),
+        name!(terminated_idle_timeout, i64),
+        name!(terminated_idle_in_transaction_timeout, i64),
+        name!(terminated_manual, i64),
+        name!(leak_suspect_groups, i64),
+    ),
+> {
+    TableIterator::new(history::read(None, false).into_iter().map(|s| {
+        let c = s.clients;
+        (
+            timestamptz(s.time),
+            i64::from(c.total()),
+            i64::from(c.active),
+            i64::from(c.idle),
+            i64::from(c.idle_in_transaction),
+            i64::from(c.idle_in_transaction_aborted),
+            i64::from(c.other_states),
+            i64::from(s.lock_waiters),
+            round2(s.longest_lock_wait_s),
+            round2(s.oldest_xact_age_s),
+            round2(s.longest_idle_in_xact_s),
+            s.max_connections,
+            s.available_connections,
+            round2(s.utilization_pct),
+            i64::from(s.terminations.idle_timeout),
+            i64::from(s.terminations.idle_in_transaction_timeout),
+            i64::from(s.terminations.manual),
+            i64::from(s.leak_suspect_groups),
+        )
+    }))
+}
+
+#[pg_extern(name = "_history_by_group")]
+fn history_by_group_rows() -> TableIterator<
+    'static,
+    (
+        name!(time, Option<TimestampWithTimeZone>),
+        name!(datname, Text),
+        name!(usename, Text),
+        name!(application_name, Text),
+        name!(other, bool),
+        name!(connections, i64),
+        name!(active, i64),
+        name!(idle, i64),
+        name!(idle_in_transaction, i64),
+        name!(idle_in_transaction_aborted, i64),
+        name!(other_states, i64),
+    ),
+> {
+    let rows = history::read(None, true).into_iter().flat_map(|s| {
+        let time = s.time;
+        s.groups.into_iter().map(move |g| {
+            let c = g.counts;
+            (
+                timestamptz(time),
+                g.name.datname.map(DbText),
+                g.name.usename.map(DbText),
+                g.name.application_name.map(DbText),
+                g.other,
+                i64::from(c.total()),
+                i64::from(c.active),
+                i64::from(c.idle),
+                i64::from(c.idle_in_transaction),
+                i64::from(c.idle_in_transaction_aborted),
+                i64::from(c.other_states),
+            )
+        })
+    });
+    TableIterator::new(rows.collect::<Vec<_>>())
 }

@@ -1,7 +1,7 @@
 //! The background worker: wakes at the next session deadline (at most every naptime), plans with
 //! the pure policy core, acts through `guard` (the one kill path, which `terminate_idle()`'s
-//! requests take too), samples idle counts for leak detection, and publishes what it did in
-//! shared memory.
+//! requests take too), takes the history's samples (which leak detection reads), and publishes
+//! what it did in shared memory.
 //!
 //! Signals are PostgreSQL's: SIGHUP reloads the configuration, SIGTERM is `die` (the worker
 //! exits at the next interrupt check, even in the middle of a lock wait), and a cancel
@@ -14,14 +14,15 @@
 //! logged and shown in `worker_status().last_error`, and the next check retries. If the process
 //! dies anyway, the postmaster restarts it after `RESTART_AFTER`.
 
-use crate::core::leaks::{self, LeakHistory, Reason};
+use crate::core::history::{self as samples, ByRule, Extra};
+use crate::core::leaks::{self, LeakReports, Reason};
 use crate::core::policy::{self, Load, Target};
 use crate::core::quote::{quoted, quoted_or};
 use crate::core::session::{Micros, SECOND};
 use crate::core::utilization;
 use crate::guard::{self, Actor, Outcome};
-use crate::shared::{GroupSamples, MAX_GROUPS, MAX_SAMPLES, POLICY_TEXT, SHARED};
-use crate::{guc, requests, snapshot, xact};
+use crate::shared::{POLICY_TEXT, SHARED};
+use crate::{guc, history, locks, requests, snapshot, xact};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -69,8 +70,13 @@ pub fn register() {
 /// What the worker remembers between cycles (process memory, not shared).
 #[derive(Default)]
 struct State {
-    history: LeakHistory,
-    last_sample: Micros,
+    leaks: LeakReports,
+    /// When the next sample of the history is due (aligned to the wall clock).
+    next_sample: Micros,
+    /// The interval `next_sample` was aligned to (a reload may change it).
+    sample_interval: Micros,
+    /// Terminations by rule at the previous sample.
+    last_by_rule: [i64; 3],
     /// Sessions already acted on, by (pid, backend_start, state_change): a terminated backend
     /// stays in the status array for a moment while it exits, and a dry run must not record
     /// the same session every cycle.
@@ -88,7 +94,7 @@ fn now() -> Micros {
 /// Pins `PINNED` for the worker's session, above any database or role setting
 /// (`PGC_S_OVERRIDE`), outside any transaction (a database default the worker cannot run
 /// under, such as SERIALIZABLE on a standby, must not stop it from pinning its own).
-fn pin_settings() {
+pub(crate) fn pin_settings() {
     #[allow(unused_mut)]
     let mut all: Vec<(&CStr, &CStr)> = PINNED.to_vec();
     #[cfg(any(feature = "pg17", feature = "pg18"))]
@@ -158,20 +164,10 @@ fn announce_policy(pol: &policy::Policy) {
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn clear_pid(_code: i32, _arg: pg_sys::Datum) {
-    let mut s = SHARED.exclusive();
-    s.pid = 0;
-    s.latch = 0;
-    s.next_wakeup = 0;
-}
-
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
+/// PostgreSQL's own handlers: a reload flag, and `die` for SIGTERM — the FATAL exit at the next
+/// CHECK_FOR_INTERRUPTS, which lock waits and latch waits both reach.
+pub(crate) fn install_signal_handlers() {
     unsafe {
-        // PostgreSQL's own handlers: a reload flag, and `die` for SIGTERM — the FATAL exit at
-        // the next CHECK_FOR_INTERRUPTS, which lock waits and latch waits both reach
         #[cfg(not(feature = "pg18"))]
         {
             pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
@@ -184,6 +180,20 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         }
         pg_sys::BackgroundWorkerUnblockSignals();
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn clear_pid(_code: i32, _arg: pg_sys::Datum) {
+    let mut s = SHARED.exclusive();
+    s.pid = 0;
+    s.latch = 0;
+    s.next_wakeup = 0;
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
+    install_signal_handlers();
     let database = guc::database();
     log!(
         "dbconn_guard worker: connecting to database {} (dbconn_guard.database)",
@@ -209,6 +219,7 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
 
     let mut state = State {
         terminations_total: SHARED.share().terminations_total,
+        last_by_rule: SHARED.share().terminations_by_rule,
         ..Default::default()
     };
     let mut sleep: Micros = 0;
@@ -229,7 +240,12 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
             state.acted.insert(key(&ended), now());
         }
         sleep = cycle(&mut state);
-        SHARED.exclusive().next_wakeup = now() + sleep;
+        // awake for the next sample too: it only ever shortens a sleep, so no deadline moves
+        let t = now();
+        if state.next_sample > 0 {
+            sleep = sleep.min((state.next_sample - t).max(0));
+        }
+        SHARED.exclusive().next_wakeup = t + sleep;
     }
 }
 
@@ -370,7 +386,18 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         next_deadline: None,
         judged_at: 0,
     };
+    // the history is sampled whether the extension exists here or not (it lives in shared
+    // memory, for the views of any database)
+    let interval = guc::sample_interval_us();
+    if interval != state.sample_interval {
+        state.sample_interval = interval;
+        state.next_sample = samples::next_sample_at(now(), interval);
+    }
     if !snapshot::extension_present() {
+        if now() >= state.next_sample {
+            let snap = snapshot::activity_all();
+            take_sample(state, &snap);
+        }
         if !state.said_missing_extension {
             log!(
                 "dbconn_guard worker: extension \"dbconn_guard\" does not exist in database {}; waiting for CREATE EXTENSION dbconn_guard there",
@@ -418,7 +445,9 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         out.next_deadline = plan.next_deadline;
     }
 
-    sample_leaks(state, &snap);
+    if snap.now >= state.next_sample {
+        take_sample(state, &snap);
+    }
     out
 }
 
@@ -475,36 +504,35 @@ fn purge_audit(state: &mut State, now: Micros) {
     }
 }
 
-fn sample_leaks(state: &mut State, snap: &crate::core::session::Snapshot) {
-    let naptime_us = guc::naptime_us();
-    let window = (guc::LEAK_TREND_SAMPLES.get().max(2) as usize).min(MAX_SAMPLES);
-    // one sample per naptime, however often deadlines wake the worker
-    if snap.now - state.last_sample < naptime_us.max(SECOND / 10) {
-        return;
+/// Takes a sample of the history from the check's own status read, and logs the leak
+/// suspects it shows for the first time.
+fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
+    state.next_sample = samples::next_sample_at(snap.now, state.sample_interval);
+    let by_rule = SHARED.share().terminations_by_rule;
+    let extra = Extra {
+        lock_wait_starts: locks::wait_starts(),
+        terminations: ByRule::since(by_rule, state.last_by_rule),
+        leak_suspect_groups: 0,
+    };
+    state.last_by_rule = by_rule;
+    let top = history::shape().map_or(0, |(_, g)| g);
+    let mut sample = samples::take(snap, snapshot::limits(), &extra, top);
+
+    // the leak trend: this group's idle counts over the newest samples, this one included
+    let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
+    let mut recent = history::read(Some(window.saturating_sub(1)), true);
+    if history::enabled() {
+        recent.push(sample.clone());
     }
-    state.last_sample = snap.now;
-    state.history.observe(&leaks::idle_counts(snap), window);
-    {
-        // publish the samples; the lock is released before anything is logged
-        let mut s = SHARED.exclusive();
-        let mut n = 0;
-        for (key, samples) in state.history.groups().take(MAX_GROUPS) {
-            let mut g = GroupSamples {
-                key: leaks::group_hash(key),
-                len: 0,
-                samples: [0; MAX_SAMPLES],
-            };
-            for (i, v) in samples.iter().rev().take(MAX_SAMPLES).rev().enumerate() {
-                g.samples[i] = *v;
-                g.len = (i + 1) as u8;
-            }
-            s.groups[n] = g;
-            n += 1;
-        }
-        s.groups_len = n as u16;
-    }
+    let samples_of = |k: &crate::core::analysis::GroupKey| {
+        samples::idle_series(&recent, &leaks::history_name(k), window)
+    };
     let idle_age = f64::from(guc::LEAK_IDLE_AGE.get());
-    for note in state.history.new_suspects(snap, idle_age, window) {
+    let rows = leaks::suspects_with_trend(snap, idle_age, window, samples_of);
+    sample.leak_suspect_groups = rows.len() as u32;
+    history::append(&sample);
+    let notes = state.leaks.note(&rows, snap, samples_of);
+    for note in notes {
         let k = &note.key;
         let why = match &note.reason {
             Reason::OldIdle(age) => {

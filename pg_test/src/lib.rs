@@ -270,8 +270,23 @@ pub const EVERY_VIEW: [&str; 7] = [
     "SELECT dbconn_guard.health_status(), dbconn_guard.utilization_pct()",
 ];
 
-/// Runs every query of `EVERY_VIEW`; panics, naming `context` and the query, on an error.
+/// The history views (0.2.0), readable by pg_monitor / pg_read_all_stats and the guard's admins.
+pub const HISTORY_VIEWS: [&str; 2] = [
+    "SELECT count(*) FROM dbconn_guard.history",
+    "SELECT count(*) FROM dbconn_guard.history_by_group",
+];
+
+/// Runs every query of `EVERY_VIEW` and `HISTORY_VIEWS`; panics, naming `context` and the
+/// query, on an error.
 pub fn query_every_view(c: &mut Client, context: &str) {
+    for sql in EVERY_VIEW.iter().chain(&HISTORY_VIEWS) {
+        c.query_one(*sql, &[])
+            .unwrap_or_else(|e| panic!("{context}: {sql}: {e}"));
+    }
+}
+
+/// Runs every query of `EVERY_VIEW` (the views 0.1.0 had).
+pub fn query_every_0_1_0_view(c: &mut Client, context: &str) {
     for sql in EVERY_VIEW {
         c.query_one(sql, &[])
             .unwrap_or_else(|e| panic!("{context}: {sql}: {e}"));

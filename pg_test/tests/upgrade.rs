@@ -89,7 +89,7 @@ fn an_update_from_0_1_0_matches_a_fresh_install_and_keeps_guarding() {
     .unwrap();
 
     // between the restart onto the new library and the update, everything answers
-    query_every_view(&mut su, "0.1.0 objects on the new library");
+    query_every_0_1_0_view(&mut su, "0.1.0 objects on the new library");
     let ring: i64 = su
         .query_one(
             "SELECT count(*) FROM dbconn_guard.recent_terminations() WHERE pid = $1",

@@ -453,14 +453,23 @@ fn leak_suspects_get_a_trend_and_a_warning_once() {
     alter_system(
         &mut a,
         &[
-            ("dbconn_guard.naptime", "200ms"),
+            ("dbconn_guard.sample_interval", "1s"),
             ("dbconn_guard.leak_trend_samples", "3"),
         ],
     );
+    // the trend is the history's: one more idle session at each sample
     let mut sessions = Vec::new();
     for _ in 0..4 {
         sessions.push(stale_idle("it_w_trend"));
-        thread::sleep(Duration::from_millis(450));
+        let n = sessions.len();
+        wait_until(
+            &mut a,
+            &format!(
+                "SELECT coalesce((SELECT idle = {n} FROM dbconn_guard.history_by_group \
+                   WHERE application_name = 'it_w_trend' ORDER BY time DESC LIMIT 1), false)"
+            ),
+            Duration::from_secs(5),
+        );
     }
     let r = a
         .query_one("SELECT trend, reason, idle_count FROM dbconn_guard.leak_suspects WHERE application_name = 'it_w_trend'", &[])
@@ -473,9 +482,22 @@ fn leak_suspects_get_a_trend_and_a_warning_once() {
         ),
         ("growing".into(), "growing".into(), 4)
     );
+    let counted: i64 = a
+        .query_one(
+            "SELECT leak_suspect_groups FROM dbconn_guard.history ORDER BY time DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(counted >= 1, "the sample counts the suspect");
     // a shrinking group is no suspect (its sessions are young)
     sessions.truncate(1);
-    thread::sleep(Duration::from_millis(900));
+    wait_until(
+        &mut a,
+        "SELECT coalesce((SELECT idle = 1 FROM dbconn_guard.history_by_group \
+           WHERE application_name = 'it_w_trend' ORDER BY time DESC LIMIT 1), false)",
+        Duration::from_secs(5),
+    );
     let n: i64 = a
         .query_one(
             "SELECT count(*) FROM dbconn_guard.leak_suspects WHERE application_name = 'it_w_trend'",

@@ -8,6 +8,8 @@ RESET client_min_messages;
 \d+ dbconn_guard.blocking_pairs
 \d+ dbconn_guard.utilization
 \d+ dbconn_guard.leak_suspects
+\d+ dbconn_guard.history
+\d+ dbconn_guard.history_by_group
 \d+ dbconn_guard.terminations
 -- every function: signature, result, defaults, properties, and who may call it
 \x on

@@ -1,11 +1,10 @@
 //! Connection-leak suspects: a client (database, user, application, address) holding idle
 //! sessions far longer than any healthy pool would.
 
-use super::analysis::{borrowed_key, group, owned_key, Borrowed, ConnectionGroup, GroupKey};
-use super::fasthash::FastMap;
-use super::session::{Backend, Name, Snapshot};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::rc::Rc;
+use super::analysis::{group, ConnectionGroup, GroupKey};
+use super::history::GroupName;
+use super::session::Snapshot;
+use std::collections::{HashMap, HashSet};
 
 /// A group of idle client sessions older than the leak threshold.
 pub type LeakSuspect = ConnectionGroup;
@@ -71,43 +70,14 @@ pub fn suspects_with_trend(
     rows
 }
 
-/// Idle client sessions per (datname, usename, application_name, client_addr), now.
-/// Counted in one pass, in runs of sessions with the same key (a pool's sessions mostly sit
-/// side by side, and share their names, so a run continues on a pointer comparison): the
-/// worker samples this every naptime.
-pub fn idle_counts(snapshot: &Snapshot) -> HashMap<GroupKey, u32> {
-    let mut counts: FastMap<Borrowed<'_>, u32> = FastMap::default();
-    let mut run: Option<(&Backend, u32)> = None;
-    for b in snapshot.clients().filter(|b| b.has_state("idle")) {
-        match &mut run {
-            Some((first, n)) if same_client(first, b) => *n += 1,
-            _ => {
-                if let Some((first, n)) = run.replace((b, 1)) {
-                    *counts.entry(borrowed_key(first, false)).or_default() += n;
-                }
-            }
-        }
+/// The `history_by_group` group whose idle counts give a leak group its trend: the same
+/// (datname, usename, application_name), over every client address.
+pub fn history_name(key: &GroupKey) -> GroupName {
+    GroupName {
+        datname: key.datname.clone(),
+        usename: key.usename.clone(),
+        application_name: key.application_name.clone(),
     }
-    if let Some((first, n)) = run {
-        *counts.entry(borrowed_key(first, false)).or_default() += n;
-    }
-    counts.into_iter().map(|(k, n)| (owned_key(k), n)).collect()
-}
-
-/// Same (datname, usename, application_name, client_addr)? Shared names compare by pointer
-/// first.
-fn same_client(a: &Backend, b: &Backend) -> bool {
-    fn same(x: &Option<Name>, y: &Option<Name>) -> bool {
-        match (x, y) {
-            (Some(x), Some(y)) => Rc::ptr_eq(x, y) || x == y,
-            (None, None) => true,
-            _ => false,
-        }
-    }
-    same(&a.datname, &b.datname)
-        && same(&a.usename, &b.usename)
-        && same(&a.application_name, &b.application_name)
-        && same(&a.client_addr, &b.client_addr)
 }
 
 /// How a group's idle count moved over the recent samples.
@@ -151,74 +121,50 @@ pub fn trend(samples: &[u32]) -> Trend {
     }
 }
 
-/// The worker's memory of idle counts: the last `window` samples of every group seen idle.
+/// The worker's memory of the leak suspects it has logged, so each is logged once per episode.
 #[derive(Clone, Debug, Default)]
-pub struct LeakHistory {
-    samples: HashMap<GroupKey, VecDeque<u32>>,
+pub struct LeakReports {
     reported: HashSet<GroupKey>,
 }
 
-impl LeakHistory {
-    /// Adds one sample for every known group (0 for a group with no idle session now) and
-    /// forgets groups whose whole window is 0.
-    pub fn observe(&mut self, counts: &HashMap<GroupKey, u32>, window: usize) {
-        let window = window.max(2);
-        for key in counts.keys() {
-            self.samples.entry(key.clone()).or_default();
-        }
-        self.samples.retain(|key, s| {
-            s.push_back(counts.get(key).copied().unwrap_or(0));
-            while s.len() > window {
-                s.pop_front();
-            }
-            s.iter().any(|&c| c > 0)
-        });
-    }
-
-    pub fn samples(&self, key: &GroupKey) -> Vec<u32> {
-        self.samples
-            .get(key)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &VecDeque<u32>)> {
-        self.samples.iter()
-    }
-
-    /// Groups suspect now: idle sessions past `idle_age`, or an idle count growing over a full
-    /// window. Returns the ones not yet reported (each is to be logged once per episode: until
-    /// the group has had no idle session for a whole window).
+impl LeakReports {
+    /// Groups suspect now (the rows of `leak_suspects`: idle sessions past `idle_age`, or an
+    /// idle count growing over a full `window` of samples, from `samples_of`). Returns the ones
+    /// not yet reported: a group stays reported until it has had no idle session for a whole
+    /// window, so a trend that flaps between growing and steady is logged once.
     pub fn new_suspects(
         &mut self,
         snapshot: &Snapshot,
         idle_age: f64,
         window: usize,
+        samples_of: impl Fn(&GroupKey) -> Vec<u32>,
+    ) -> Vec<LeakSuspectNote> {
+        let rows = suspects_with_trend(snapshot, idle_age, window, &samples_of);
+        self.note(&rows, snapshot, samples_of)
+    }
+
+    /// `new_suspects` over the `leak_suspects` rows already made of `snapshot`.
+    pub fn note(
+        &mut self,
+        rows: &[SuspectRow],
+        snapshot: &Snapshot,
+        samples_of: impl Fn(&GroupKey) -> Vec<u32>,
     ) -> Vec<LeakSuspectNote> {
         let mut now: HashMap<GroupKey, LeakSuspectNote> = HashMap::new();
-        for g in leak_suspects(snapshot, idle_age) {
+        for r in rows.iter().cloned() {
+            let reason = if r.reason == "growing" {
+                Reason::Growing(samples_of(&r.group.key))
+            } else {
+                Reason::OldIdle(r.group.max_age_seconds)
+            };
             now.insert(
-                g.key.clone(),
+                r.group.key.clone(),
                 LeakSuspectNote {
-                    key: g.key,
-                    idle_count: g.connection_count,
-                    reason: Reason::OldIdle(g.max_age_seconds),
+                    key: r.group.key,
+                    idle_count: r.group.connection_count,
+                    reason,
                 },
             );
-        }
-        for (key, s) in &self.samples {
-            let s: Vec<u32> = s.iter().copied().collect();
-            if s.len() >= window.max(2) && trend(&s) == Trend::Growing && !now.contains_key(key) {
-                let last = *s.last().unwrap_or(&0);
-                now.insert(
-                    key.clone(),
-                    LeakSuspectNote {
-                        key: key.clone(),
-                        idle_count: i64::from(last),
-                        reason: Reason::Growing(s),
-                    },
-                );
-            }
         }
         let mut fresh: Vec<LeakSuspectNote> = now
             .values()
@@ -226,10 +172,16 @@ impl LeakHistory {
             .cloned()
             .collect();
         fresh.sort_by(|a, b| a.key.cmp(&b.key));
-        // A group stays "reported" until it has had no idle session for a whole window, so a
-        // trend that flaps between growing and steady is logged once, not at every rise.
-        let samples = &self.samples;
-        self.reported.retain(|k| samples.contains_key(k));
+        let idle_now: HashSet<GroupKey> = group(
+            snapshot.now,
+            snapshot.clients().filter(|b| b.has_state("idle")),
+            false,
+        )
+        .into_iter()
+        .map(|g| g.key)
+        .collect();
+        self.reported
+            .retain(|k| idle_now.contains(k) || samples_of(k).iter().any(|&c| c > 0));
         self.reported.extend(now.into_keys());
         fresh
     }
@@ -251,60 +203,10 @@ pub struct LeakSuspectNote {
     pub reason: Reason,
 }
 
-/// A stable 64-bit name for a group (FNV-1a), shared through shared memory between the worker
-/// and the backends reading `leak_suspects`.
-pub fn group_hash(key: &GroupKey) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for part in [
-        &key.datname,
-        &key.usename,
-        &key.application_name,
-        &key.client_addr,
-    ] {
-        match part {
-            None => h = (h ^ 0xff).wrapping_mul(0x100000001b3),
-            Some(s) => {
-                for b in s.bytes().chain([0u8]) {
-                    h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
-                }
-            }
-        }
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::session::fixtures::*;
-
-    #[test]
-    fn idle_counts_count_interleaved_runs_and_equal_names_of_separate_reads() {
-        let mut other = client(3, "idle", 5);
-        other.application_name = Some("batch".into());
-        // same text, a different allocation: still the same group
-        let mut copy = client(5, "idle", 5);
-        copy.application_name = Some(String::from("api").into());
-        let snap = snapshot(vec![
-            client(1, "idle", 5),
-            client(2, "idle", 5),
-            other,
-            client(4, "active", 5),
-            copy,
-            client(6, "idle in transaction", 5),
-            client(7, "idle", 5),
-        ]);
-        let counts = idle_counts(&snap);
-        let of = |app: &str| {
-            counts
-                .iter()
-                .find(|(k, _)| k.application_name.as_deref() == Some(app))
-                .map(|(_, n)| *n)
-        };
-        assert_eq!(counts.len(), 2, "{counts:?}");
-        assert_eq!(of("api"), Some(4));
-        assert_eq!(of("batch"), Some(1));
-    }
 
     #[test]
     fn only_idle_sessions_past_the_threshold_count() {
@@ -380,85 +282,82 @@ mod trend_tests {
         assert_eq!(trend(&[5, 4, 4, 1]), Trend::Shrinking);
     }
 
-    fn key(app: &str) -> GroupKey {
-        GroupKey {
-            application_name: Some(app.into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn history_keeps_a_window_and_forgets_quiet_groups() {
-        let mut h = LeakHistory::default();
-        for n in 1..=5 {
-            h.observe(&HashMap::from([(key("a"), n)]), 3);
-        }
-        assert_eq!(h.samples(&key("a")), vec![3, 4, 5]);
-        for _ in 0..3 {
-            h.observe(&HashMap::new(), 3);
-        }
-        assert!(h.samples(&key("a")).is_empty());
-    }
-
     #[test]
     fn new_suspects_are_reported_once() {
-        let mut h = LeakHistory::default();
+        let mut h = LeakReports::default();
         let growing = |n: i32| snapshot((1..=n).map(|p| client(p, "idle", 1)).collect());
-        let mut notes = Vec::new();
-        for n in 1..=4 {
-            let snap = growing(n);
-            h.observe(&idle_counts(&snap), 4);
-            notes.push(h.new_suspects(&snap, 600.0, 4));
-        }
+        // the samples so far of the one group (the history's idle counts), newest last
+        let mut series: Vec<u32> = Vec::new();
+        let mut step = |h: &mut LeakReports, n: i32| {
+            series.push(n as u32);
+            let window: Vec<u32> = series.iter().rev().take(4).rev().copied().collect();
+            h.new_suspects(&growing(n), 600.0, 4, |_: &GroupKey| window.clone())
+        };
+        let notes: Vec<_> = (1..=4).map(|n| step(&mut h, n)).collect();
         assert!(notes[..3].iter().all(Vec::is_empty), "{notes:?}");
         assert_eq!(notes[3].len(), 1);
         assert_eq!(notes[3][0].reason, Reason::Growing(vec![1, 2, 3, 4]));
-        let snap = growing(5);
-        h.observe(&idle_counts(&snap), 4);
-        assert!(
-            h.new_suspects(&snap, 600.0, 4).is_empty(),
-            "already reported"
-        );
+        assert_eq!(notes[3][0].idle_count, 4);
+        assert!(step(&mut h, 5).is_empty(), "already reported");
         // steady for a while, then growing again: the same episode, not reported again
         for _ in 0..4 {
-            h.observe(&idle_counts(&snap), 4);
-            assert!(h.new_suspects(&snap, 600.0, 4).is_empty());
+            assert!(step(&mut h, 5).is_empty());
         }
-        let snap6 = growing(6);
-        h.observe(&idle_counts(&snap6), 4);
-        assert!(
-            h.new_suspects(&snap6, 600.0, 4).is_empty(),
-            "flapping trend reported once"
-        );
+        assert!(step(&mut h, 6).is_empty(), "flapping trend reported once");
 
         let mut elsewhere = client(9, "idle", 700);
         elsewhere.application_name = Some("batch".into());
         let old = snapshot(vec![elsewhere]);
-        let fresh = h.new_suspects(&old, 600.0, 4);
+        let fresh = h.new_suspects(&old, 600.0, 4, |_: &GroupKey| vec![1, 1]);
         assert_eq!(fresh.len(), 1);
         assert!(matches!(fresh[0].reason, Reason::OldIdle(a) if a == 700.0));
     }
 
     #[test]
-    fn group_hash_is_stable_and_distinguishes_parts() {
-        let a = GroupKey {
-            datname: Some("ab".into()),
-            usename: Some("c".into()),
-            ..Default::default()
+    fn an_episode_ends_after_a_window_without_idle_sessions() {
+        let mut h = LeakReports::default();
+        let snap = snapshot(vec![client(1, "idle", 700)]);
+        assert_eq!(
+            h.new_suspects(&snap, 600.0, 2, |_: &GroupKey| vec![1])
+                .len(),
+            1
+        );
+        let gone = snapshot(vec![]);
+        // still idle within the window: the episode goes on
+        assert!(h
+            .new_suspects(&gone, 600.0, 2, |_: &GroupKey| vec![1, 0])
+            .is_empty());
+        assert!(h
+            .new_suspects(&snap, 600.0, 2, |_: &GroupKey| vec![0, 1])
+            .is_empty());
+        // a whole window at 0: the next one is a new episode
+        assert!(h
+            .new_suspects(&gone, 600.0, 2, |_: &GroupKey| vec![0, 0])
+            .is_empty());
+        assert_eq!(
+            h.new_suspects(&snap, 600.0, 2, |_: &GroupKey| vec![0, 1])
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn history_name_drops_the_client_address() {
+        let k = GroupKey {
+            datname: Some("d".into()),
+            usename: Some("u".into()),
+            application_name: Some("a".into()),
+            client_addr: Some("10.0.0.1".into()),
+            state: None,
         };
-        let b = GroupKey {
-            datname: Some("a".into()),
-            usename: Some("bc".into()),
-            ..Default::default()
-        };
-        assert_ne!(group_hash(&a), group_hash(&b));
-        assert_eq!(group_hash(&a), group_hash(&a.clone()));
-        assert_ne!(
-            group_hash(&GroupKey::default()),
-            group_hash(&GroupKey {
-                datname: Some(String::new()),
-                ..Default::default()
-            })
+        let n = history_name(&k);
+        assert_eq!(
+            (
+                n.datname.as_deref(),
+                n.usename.as_deref(),
+                n.application_name.as_deref()
+            ),
+            (Some("d"), Some("u"), Some("a"))
         );
     }
 }

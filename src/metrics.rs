@@ -1,0 +1,111 @@
+//! Reads what the metrics are made of (`core::metrics::Inputs`) from shared memory, the backend
+//! status array and the lock manager — no SQL, no table — for `/metrics` (the endpoint worker)
+//! and `dbconn_guard.metrics()`.
+
+use crate::backend_status::{self, Visibility};
+use crate::core::history::{self as samples, Extra};
+use crate::core::metrics::{self, Inputs};
+use crate::core::{blocking, health, leaks, utilization};
+use crate::{guc, history, shared, snapshot};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::collections::HashSet;
+
+/// Everything, read now (inside a transaction: role and database names come from the catalog
+/// caches).
+pub fn collect() -> Inputs {
+    let snap = backend_status::read(Visibility::All);
+    let limits = snapshot::limits();
+    let waits = snapshot::lock_waits();
+    let chains = blocking::chains(&waits);
+    let roots: HashSet<i32> = chains.iter().filter_map(|c| c.root_pid).collect();
+    let held: HashSet<i32> = chains
+        .iter()
+        .filter(|c| c.root_pid.is_some())
+        .map(|c| c.pid)
+        .collect();
+    let largest = chains
+        .iter()
+        .map(|c| c.root_blocked_count)
+        .max()
+        .unwrap_or(0);
+    let wait_starts: Vec<i64> = waits.iter().map(|w| w.wait_start.unwrap_or(0)).collect();
+    let top =
+        history::shape().map_or_else(|| guc::HISTORY_GROUPS.get().max(0) as usize, |(_, g)| g);
+    let sample = samples::take(
+        &snap,
+        limits,
+        &Extra {
+            lock_wait_starts: wait_starts.clone(),
+            ..Default::default()
+        },
+        top,
+    );
+    let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
+    let recent = history::read(Some(window), true);
+    let suspects = leaks::suspects_with_trend(
+        &snap,
+        f64::from(guc::LEAK_IDLE_AGE.get()),
+        window,
+        |k: &crate::core::analysis::GroupKey| {
+            samples::idle_series(&recent, &leaks::history_name(k), window)
+        },
+    );
+    let util = utilization::utilization(&snap, limits);
+    let checks = health::evaluate(&snap, &util, &waits, &guc::thresholds());
+    let worker = shared::available().then(|| {
+        let s = shared::SHARED.share();
+        (
+            s.pid != 0,
+            s.last_cycle_us,
+            s.last_cycle_start,
+            s.terminations_by_rule,
+        )
+    });
+    let (up, cycle_us, cycle_start, by_rule) = worker.unwrap_or((false, 0, 0, [0; 3]));
+    Inputs {
+        oldest_lock_wait_start: wait_starts.iter().copied().filter(|&t| t != 0).min(),
+        oldest_xact_start: snap.clients().filter_map(|b| b.xact_start).min(),
+        root_blockers: roots.len() as u32,
+        blocked_by_roots: held.len() as u32,
+        largest_pileup: largest.max(0) as u32,
+        leak_suspects: suspects.len() as u32,
+        terminations_by_rule: by_rule,
+        worker_up: up,
+        worker_last_cycle_seconds: cycle_us as f64 / 1e6,
+        worker_last_cycle_start: (cycle_start != 0).then_some(cycle_start),
+        health: checks.iter().map(|c| (c.name, c.status)).collect(),
+        in_recovery: unsafe { pg_sys::RecoveryInProgress() },
+        sample,
+    }
+}
+
+/// The metrics `/metrics` serves, as rows: for exporters that must run SQL
+/// (postgres_exporter's `--extend.query-path`, deploy/postgres_exporter/queries.yaml).
+#[pg_extern]
+fn metrics() -> TableIterator<
+    'static,
+    (
+        name!(metric, String),
+        name!(labels, pgrx::JsonB),
+        name!(value, f64),
+        name!(metric_type, &'static str),
+        name!(help, &'static str),
+    ),
+> {
+    let rows = metrics::rows(&collect());
+    TableIterator::new(rows.into_iter().map(|r| {
+        let labels: serde_json::Map<String, serde_json::Value> = r
+            .labels
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        (
+            r.metric,
+            pgrx::JsonB(serde_json::Value::Object(labels)),
+            r.value,
+            r.kind,
+            r.help,
+        )
+    }))
+}
