@@ -518,3 +518,118 @@ pub fn replace_soak_section(path: &str, section: &str) {
     };
     std::fs::write(path, new).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP, for the metrics endpoint and the exporters: a peer that can also misbehave
+
+/// Sends `request` as it is to `addr`; returns the status code (0: no status line) and body.
+pub fn http_raw(addr: &str, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // the server may answer and close before it has read an oversized request whole
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_response(&out)
+}
+
+/// Sends the first bytes of a request and then nothing: what the server answers, and when.
+pub fn http_raw_slow(addr: &str, start: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(start).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_response(&out)
+}
+
+fn parse_response(out: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// `GET path` from `addr`: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Waits until `GET path` answers `code`.
+pub fn wait_for_http(addr: &str, path: &str, code: u16, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok() && http_get(addr, path).0 == code {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{addr}{path} never answered {code}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A real postgres_exporter (Debian's prometheus-postgres-exporter) with dbconn_guard's queries
+/// file, logging in to the server on `pg_port` as `user`; killed when dropped.
+pub struct Exporter {
+    child: std::process::Child,
+    pub addr: String,
+}
+
+impl Exporter {
+    pub fn start(pg_port: u16, listen_port: u16, user: &str) -> Exporter {
+        let bin = std::env::var("DBCONN_GUARD_POSTGRES_EXPORTER")
+            .unwrap_or_else(|_| "/usr/bin/prometheus-postgres-exporter".into());
+        let queries = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/postgres_exporter/queries.yaml");
+        let addr = format!("127.0.0.1:{listen_port}");
+        let child = std::process::Command::new(&bin)
+            .arg(format!("--web.listen-address={addr}"))
+            .arg(format!("--extend.query-path={}", queries.display()))
+            .arg("--log.level=warn")
+            .env(
+                "DATA_SOURCE_NAME",
+                format!("host=127.0.0.1 port={pg_port} user={user} dbname=postgres sslmode=disable connect_timeout=5"),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let e = Exporter { child, addr };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&e.addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "postgres_exporter did not listen"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        e
+    }
+
+    pub fn scrape(&self) -> String {
+        let (code, body) = http_get(&self.addr, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

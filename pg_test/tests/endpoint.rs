@@ -1,0 +1,223 @@
+//! The metrics endpoint (`dbconn_guard.metrics_listen`), each test in a server of its own:
+//! it answers when every connection slot is taken while a real postgres_exporter (Debian's
+//! package, with deploy/postgres_exporter/queries.yaml) cannot log in; malformed, oversized,
+//! slow and wrong requests get their status and nothing else happens; a port in use or a bad
+//! address leaves the server up, and the endpoint comes up once it can.
+
+use dbconn_guard_integration::*;
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PRELOAD: &str = "shared_preload_libraries = 'dbconn_guard'";
+
+/// A loopback port for an endpoint of a test (apart from the servers' ports).
+fn endpoint_port(offset: u16) -> u16 {
+    test_port() + 2000 + offset
+}
+
+/// The value of the first sample of `metric` (with any labels: postgres_exporter adds `server`).
+fn value_of(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
+    let port = endpoint_port(1);
+    let listen = format!("dbconn_guard.metrics_listen = '127.0.0.1:{port}'");
+    let cluster = Cluster::start(
+        "endpoint",
+        321,
+        &[
+            PRELOAD,
+            &listen,
+            "max_connections = 12",
+            "superuser_reserved_connections = 3",
+        ],
+    );
+    let mut su = cluster.connect("postgres", "postgres", "it_e_admin");
+    su.batch_execute(
+        "CREATE EXTENSION dbconn_guard; CREATE ROLE it_exporter LOGIN; GRANT pg_monitor TO it_exporter",
+    )
+    .unwrap();
+    let endpoint = format!("127.0.0.1:{port}");
+    wait_for_http(&endpoint, "/healthz", 200, Duration::from_secs(10));
+
+    // a real postgres_exporter, logging in as a pg_monitor role, with our queries file
+    let exporter_port = endpoint_port(2);
+    let exporter = Exporter::start(cluster.port, exporter_port, "it_exporter");
+    let scrape = exporter.scrape();
+    assert_eq!(value_of(&scrape, "pg_up"), Some(1.0), "{scrape}");
+    assert_eq!(
+        value_of(&scrape, "dbconn_guard_max_connections"),
+        Some(12.0),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("dbconn_guard_terminations_total{rule=\"idle_timeout\""),
+        "the queries file's series carry the endpoint's names: {scrape}"
+    );
+    assert!(scrape.contains("dbconn_guard_client_backends{"), "{scrape}");
+    assert!(scrape.contains("dbconn_guard_connections{"), "{scrape}");
+    assert!(scrape.contains("dbconn_guard_health_status{"), "{scrape}");
+    drop(exporter);
+    wait_until(
+        &mut su,
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE usename = 'it_exporter'",
+        Duration::from_secs(10),
+    );
+
+    // every slot taken (superusers take the reserved ones too)
+    let mut held = vec![su];
+    loop {
+        match cluster
+            .config("postgres", "postgres", "it_e_fill")
+            .connect(postgres::NoTls)
+        {
+            Ok(c) => held.push(c),
+            Err(_) => break,
+        }
+        assert!(held.len() <= 12, "more sessions than max_connections");
+    }
+    assert_eq!(held.len(), 12);
+
+    // the exporter, (re)starting during the incident, cannot log in
+    let exporter = Exporter::start(cluster.port, exporter_port, "it_exporter");
+    let scrape = exporter.scrape();
+    assert_eq!(value_of(&scrape, "pg_up"), Some(0.0), "{scrape}");
+    assert_eq!(
+        value_of(&scrape, "dbconn_guard_max_connections"),
+        None,
+        "{scrape}"
+    );
+    // the endpoint still answers, from shared memory
+    let t0 = Instant::now();
+    let (code, body) = http_get(&endpoint, "/metrics");
+    let took = t0.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        value_of(&body, "dbconn_guard_utilization_ratio"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value_of(&body, "dbconn_guard_available_connections"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"));
+    println!("endpoint scrape with every slot taken: {took:?}");
+    drop(exporter);
+    drop(held);
+}
+
+#[test]
+fn bad_slow_and_wrong_requests_get_their_status_and_nothing_else_happens() {
+    let port = endpoint_port(3);
+    let listen = format!("dbconn_guard.metrics_listen = '127.0.0.1:{port}'");
+    let cluster = Cluster::start(
+        "endpoint-bad",
+        322,
+        &[PRELOAD, &listen, "dbconn_guard.naptime = '200ms'"],
+    );
+    let mut su = cluster.connect("postgres", "postgres", "it_e_admin");
+    su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
+    let endpoint = format!("127.0.0.1:{port}");
+    wait_for_http(&endpoint, "/healthz", 200, Duration::from_secs(10));
+
+    assert_eq!(http_raw(&endpoint, b"\x16\x03\x01 not http\r\n\r\n").0, 400);
+    assert_eq!(
+        http_raw(&endpoint, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        405
+    );
+    assert_eq!(http_get(&endpoint, "/").0, 404);
+    assert_eq!(http_get(&endpoint, "/metrics/../etc/passwd").0, 404);
+    let mut big = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    while big.len() < 20_000 {
+        big.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    assert_eq!(http_raw(&endpoint, &big).0, 431);
+
+    // a slow client (half a request, then nothing) is cut off after the deadline; meanwhile the
+    // guard's worker goes on checking, and the next scrape is served
+    let cycles = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = cycles(&mut su);
+    let t0 = Instant::now();
+    let slow = thread::spawn({
+        let endpoint = endpoint.clone();
+        move || http_raw_slow(&endpoint, b"GET /metr")
+    });
+    thread::sleep(Duration::from_millis(300));
+    let (code, _) = http_get(&endpoint, "/metrics");
+    assert_eq!(code, 200, "served after the slow client's deadline");
+    let (slow_code, _) = slow.join().unwrap();
+    assert_eq!(slow_code, 408);
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert!(cycles(&mut su) > before, "the worker kept checking");
+
+    // nothing happened: the server is up, no session was ended, no crash
+    let one: i32 = su.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    let log = cluster.log();
+    assert!(
+        !log.contains("terminated by signal") && !log.contains("PANIC"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_port_in_use_or_a_bad_address_leaves_the_server_up_and_is_retried() {
+    // the port is taken before the server starts
+    let port = endpoint_port(4);
+    let squatter = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let listen = format!("dbconn_guard.metrics_listen = '127.0.0.1:{port}'");
+    let cluster = Cluster::start("endpoint-busy", 323, &[PRELOAD, &listen]);
+    let mut su = cluster.connect("postgres", "postgres", "it_e_admin");
+    su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
+    wait_until(
+        &mut su,
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'dbconn_guard metrics'",
+        Duration::from_secs(10),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log().contains("cannot listen on") {
+        assert!(Instant::now() < deadline, "no warning: {}", cluster.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    // the port comes free: the endpoint takes it within its back-off
+    drop(squatter);
+    wait_for_http(
+        &format!("127.0.0.1:{port}"),
+        "/healthz",
+        200,
+        Duration::from_secs(20),
+    );
+    drop(su);
+    drop(cluster);
+
+    // an address that is no address: the server starts, the endpoint says why
+    let cluster = Cluster::start(
+        "endpoint-garbage",
+        324,
+        &[PRELOAD, "dbconn_guard.metrics_listen = 'localhost:port'"],
+    );
+    let mut su = cluster.connect("postgres", "postgres", "it_e_admin");
+    let one: i32 = su.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log().contains("is not an address and port") {
+        assert!(Instant::now() < deadline, "no warning: {}", cluster.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
