@@ -55,7 +55,7 @@ as_pg() { as_root sudo -u "$PGUSER_OS" -- "$@"; }
 
 setup_packages() {
     local need=()
-    for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make gcc python3 python3-pip unzip pgbouncer; do
+    for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config make gcc python3 python3-pip unzip pgbouncer prometheus prometheus-postgres-exporter; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
     done
     if [ ${#need[@]} -gt 0 ]; then

@@ -633,3 +633,181 @@ impl Drop for Exporter {
         let _ = self.child.wait();
     }
 }
+
+/// A hot standby of the server on `primary_port` (pg_basebackup), on `port`, with `options`
+/// (`-c name=value` each) over the primary's configuration; stopped and deleted when dropped.
+pub struct Replica {
+    pub bin: std::path::PathBuf,
+    pub data: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Replica {
+    pub fn start(primary_port: u16, port: u16, options: &[&str]) -> Replica {
+        let bin = std::path::PathBuf::from(
+            std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"),
+        );
+        let state = std::path::PathBuf::from(
+            std::env::var("DBCONN_GUARD_TEST_STATE").expect("DBCONN_GUARD_TEST_STATE"),
+        );
+        let r = Replica {
+            bin,
+            data: state.join(format!("replica-{port}")),
+            port,
+        };
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&r.data)
+            .status();
+        let data = r.data.to_str().unwrap().to_string();
+        let pport = primary_port.to_string();
+        run_as_postgres(
+            &r.bin,
+            "pg_basebackup",
+            &[
+                "-D",
+                &data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pport,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        let mut opts = format!("-p {port} -c hot_standby=on");
+        for o in options {
+            opts.push_str(&format!(" -c {o}"));
+        }
+        let log = format!("{data}/server.log");
+        run_as_postgres(
+            &r.bin,
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &opts, "-w", "start"],
+        );
+        r
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let data = self.data.to_str().unwrap().to_string();
+        if thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("standby server log (last 40 lines):");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = std::process::Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&self.data)
+            .status();
+    }
+}
+
+/// A real Prometheus (Debian's package) on `port`, scraping `targets` every second as job
+/// `dbconn_guard`, with the rules of `rules` (a file); killed and its data deleted when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub addr: String,
+}
+
+impl Prometheus {
+    pub fn start(port: u16, targets: &[String], rules: &std::path::Path) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("dbconn_guard-prometheus-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\n\
+             scrape_configs:\n  - job_name: dbconn_guard\n    scrape_timeout: 900ms\n    static_configs:\n      - targets: [{list}]\n",
+            rules.display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let bin = std::env::var("DBCONN_GUARD_PROMETHEUS")
+            .unwrap_or_else(|_| "/usr/bin/prometheus".into());
+        let child = std::process::Command::new(&bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let p = Prometheus { child, dir, addr };
+        wait_for_http(&p.addr, "/-/ready", 200, Duration::from_secs(30));
+        p
+    }
+
+    /// `GET /api/v1/<path>?query=<promql>` (or any API path with its query string already
+    /// encoded): the `data` of the answer.
+    pub fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let (code, body) = http_get(&self.addr, &format!("/api/v1/{path_and_query}"));
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path_and_query}: {code} {e}: {body}"));
+        assert_eq!(v["status"], "success", "{path_and_query}: {body}");
+        v["data"].clone()
+    }
+
+    /// An instant query's result vector.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let d = self.api(&format!("query?query={}", url_encode(promql)));
+        d["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "prometheus log:\n{}",
+                std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Percent-encodes a URL query value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
