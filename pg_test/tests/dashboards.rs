@@ -51,8 +51,7 @@ fn expand(sql: &str, from: &str, to: &str, interval: &str, form: TimeGroup) -> S
     s = s.replace("$__timeFrom()", &format!("'{from}'"));
     s = s.replace("$__timeTo()", &format!("'{to}'"));
     // macros with arguments: $__name(args)
-    loop {
-        let Some(start) = s.find("$__") else { break };
+    while let Some(start) = s.find("$__") {
         let open = start + s[start..].find('(').expect("macro without (");
         let name = &s[start + 3..open];
         let mut depth = 0;
