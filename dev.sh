@@ -388,7 +388,9 @@ run_integration_tests() {
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"
-    local extra=()
+    # the metrics endpoint runs through the whole suite (the guard must never end it)
+    local metrics="127.0.0.1:$((port + 1500))"
+    local extra=("dbconn_guard.metrics_listen = '$metrics'")
     # PostgreSQL 16's reserved_connections, counted by the utilization view
     [ "$v" -ge 16 ] && extra+=("reserved_connections = 2")
     start_cluster "$name" "$v" "$port" "${extra[@]}"
@@ -401,7 +403,8 @@ run_integration_tests() {
         -- --test-threads=1 ${DBCONN_GUARD_IT_FILTER:-} || rc=$?
     if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ]; then
         log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"
-        DBCONN_GUARD_TEST_PORT=$port cargo run -q -p dbconn_guard_integration --bin bench -- --check || rc=$?
+        DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_BENCH_METRICS=$metrics \
+            cargo run -q -p dbconn_guard_integration --bin bench -- --check || rc=$?
     fi
     if [ $rc -ne 0 ]; then
         log "server log of $name (last 60 lines):"
@@ -529,15 +532,19 @@ cmd_bench() {
     setup_cargo_pgrx
     setup_pgrx_init_15
     local port=$((TEST_PORT_BASE + 50)) name=bench-pg15
-    install_ext 15 --release
+    # test_hooks: the worker can write 24 hours of synthetic samples (section 8)
+    install_ext 15 --release --features test_hooks
     stop_cluster "$name" 15
     as_root rm -rf "$(state_dir)/$name"
-    start_cluster "$name" 15 "$port" "max_connections = 2300" "shared_buffers = '256MB'"
+    local metrics="127.0.0.1:$((port + 1000))"
+    start_cluster "$name" 15 "$port" "max_connections = 2300" "shared_buffers = '256MB'" \
+        "dbconn_guard.metrics_listen = '$metrics'"
     psql_on 15 "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     log "benchmarks on PostgreSQL 15, port $port (about 10 minutes); results go to BENCHMARKS.md"
     local rc=0
     DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$PG15_BIN DBCONN_GUARD_BENCH_DATA="$(state_dir)/$name" \
+        DBCONN_GUARD_BENCH_METRICS=$metrics \
         DBCONN_GUARD_BENCH_OUT="$ROOT/BENCHMARKS.md" \
         cargo run --release -q -p dbconn_guard_integration --bin bench || rc=$?
     stop_cluster "$name" 15

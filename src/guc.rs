@@ -69,6 +69,10 @@ const MAX_AGE_S: i32 = 30 * 24 * 3600;
 /// look before signalling, to let a test start a query inside that window.
 #[cfg(feature = "test_hooks")]
 pub static TEST_DELAY_BEFORE_SIGNAL: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Test builds only: at a reload, the worker appends this many synthetic samples to the history
+/// (the bench's "24 hours of samples"), once per value set.
+#[cfg(feature = "test_hooks")]
+pub static TEST_FILL_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Shortest policy timeout but 0 (off), in seconds: shorter ones end sessions in ordinary use.
 pub const MIN_TIMEOUT_S: f64 = 1.0;
@@ -649,6 +653,17 @@ pub fn define() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS | GucFlags::NO_SHOW_ALL,
+    );
+    #[cfg(feature = "test_hooks")]
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.test_fill_history",
+        c"Test builds only: synthetic samples the worker appends to the history at a reload.",
+        c"",
+        &TEST_FILL_HISTORY,
+        0,
+        crate::history::MAX_SAMPLES,
+        GucContext::Sighup,
+        GucFlags::NO_SHOW_ALL,
     );
     // Refuse misspelled dbconn_guard.* names instead of silently creating placeholders.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dbconn_guard".as_ptr()) };

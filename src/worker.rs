@@ -85,6 +85,9 @@ struct State {
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
     last_purge: Micros,
+    /// Test builds: the last dbconn_guard.test_fill_history carried out.
+    #[cfg(feature = "test_hooks")]
+    filled: i32,
 }
 
 fn now() -> Micros {
@@ -234,6 +237,8 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
             publish_policy();
             announce_policy(&guc::policy());
             state.last_purge = 0;
+            #[cfg(feature = "test_hooks")]
+            fill_history_for_tests(&mut state);
         }
         for ended in requests::serve(&mut state.terminations_total) {
             // a backend lingers in the status array while it exits: not a target again
@@ -502,6 +507,59 @@ fn purge_audit(state: &mut State, now: Micros) {
     if deleted > 0 {
         log!("dbconn_guard worker: deleted {deleted} rows of dbconn_guard.terminations older than dbconn_guard.audit_retention ({retention_s}s)");
     }
+}
+
+/// Test builds only: appends `dbconn_guard.test_fill_history` synthetic samples, 10 seconds
+/// apart (the default interval) and ending now, each with the ring's full number of groups under
+/// 63-byte names (the worst case for a reader). The worker is the ring's only writer, so the
+/// samples are written here, not by the backend that asks.
+#[cfg(feature = "test_hooks")]
+fn fill_history_for_tests(state: &mut State) {
+    use crate::core::history::{GroupName, GroupSample, Sample, StateCounts};
+    let n = guc::TEST_FILL_HISTORY.get();
+    if n <= 0 || n == state.filled {
+        return;
+    }
+    state.filled = n;
+    let groups = history::shape().map_or(0, |(_, g)| g);
+    let interval = 10 * SECOND;
+    let end = now();
+    let name = |i: usize, what: &str| Some(format!("{what}{i:0>59}"));
+    for k in 0..n as i64 {
+        let mut s = Sample {
+            time: end - (n as i64 - 1 - k) * interval,
+            max_connections: 2300,
+            utilization_pct: 50.0,
+            available_connections: 1147,
+            lock_waiters: (k % 7) as u32,
+            longest_lock_wait_s: (k % 90) as f64,
+            ..Default::default()
+        };
+        for g in 0..=groups {
+            let counts = StateCounts {
+                active: 7,
+                idle: 50 + (k % 10) as u32,
+                idle_in_transaction: 3,
+                ..Default::default()
+            };
+            s.clients.add(&counts);
+            s.groups.push(GroupSample {
+                name: if g < groups {
+                    GroupName {
+                        datname: name(g, "db"),
+                        usename: name(g, "us"),
+                        application_name: name(g, "ap"),
+                    }
+                } else {
+                    GroupName::default()
+                },
+                counts,
+                other: g == groups,
+            });
+        }
+        history::append(&s);
+    }
+    log!("dbconn_guard worker: test build: appended {n} synthetic samples to the history");
 }
 
 /// Takes a sample of the history from the check's own status read, and logs the leak

@@ -559,6 +559,18 @@ fn parse_response(out: &[u8]) -> (u16, String) {
     (code, body)
 }
 
+/// The value of the first sample of `metric` in a Prometheus text exposition (with any labels:
+/// postgres_exporter adds `server`).
+pub fn metric_value(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// `GET path` from `addr`: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     http_raw(

@@ -16,17 +16,6 @@ fn endpoint_port(offset: u16) -> u16 {
     test_port() + 2000 + offset
 }
 
-/// The value of the first sample of `metric` (with any labels: postgres_exporter adds `server`).
-fn value_of(text: &str, metric: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
     let port = endpoint_port(1);
@@ -53,9 +42,9 @@ fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
     let exporter_port = endpoint_port(2);
     let exporter = Exporter::start(cluster.port, exporter_port, "it_exporter");
     let scrape = exporter.scrape();
-    assert_eq!(value_of(&scrape, "pg_up"), Some(1.0), "{scrape}");
+    assert_eq!(metric_value(&scrape, "pg_up"), Some(1.0), "{scrape}");
     assert_eq!(
-        value_of(&scrape, "dbconn_guard_max_connections"),
+        metric_value(&scrape, "dbconn_guard_max_connections"),
         Some(12.0),
         "{scrape}"
     );
@@ -90,9 +79,9 @@ fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
     // the exporter, (re)starting during the incident, cannot log in
     let exporter = Exporter::start(cluster.port, exporter_port, "it_exporter");
     let scrape = exporter.scrape();
-    assert_eq!(value_of(&scrape, "pg_up"), Some(0.0), "{scrape}");
+    assert_eq!(metric_value(&scrape, "pg_up"), Some(0.0), "{scrape}");
     assert_eq!(
-        value_of(&scrape, "dbconn_guard_max_connections"),
+        metric_value(&scrape, "dbconn_guard_max_connections"),
         None,
         "{scrape}"
     );
@@ -102,12 +91,12 @@ fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
     let took = t0.elapsed();
     assert_eq!(code, 200, "{body}");
     assert_eq!(
-        value_of(&body, "dbconn_guard_utilization_ratio"),
+        metric_value(&body, "dbconn_guard_utilization_ratio"),
         Some(1.0),
         "{body}"
     );
     assert_eq!(
-        value_of(&body, "dbconn_guard_available_connections"),
+        metric_value(&body, "dbconn_guard_available_connections"),
         Some(0.0),
         "{body}"
     );

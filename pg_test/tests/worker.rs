@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// and go on their own, so they are left out).
 const STABLE_BACKGROUND: &str = "SELECT pid FROM pg_stat_activity WHERE backend_type IN \
     ('checkpointer', 'background writer', 'walwriter', 'autovacuum launcher', \
-     'logical replication launcher', 'dbconn_guard') ORDER BY pid";
+     'logical replication launcher', 'dbconn_guard', 'dbconn_guard metrics') ORDER BY pid";
 
 #[test]
 fn worker_runs_with_its_own_backend_type() {
@@ -155,8 +155,8 @@ fn protected_sessions_survive() {
         .map(|r| r.get(0))
         .collect();
     assert!(
-        background.len() >= 5,
-        "checkpointer, background writer, walwriter, autovacuum launcher, the worker"
+        background.len() >= 6,
+        "checkpointer, background writer, walwriter, autovacuum launcher, the worker, the metrics endpoint"
     );
     let (_su, superuser) = idle_in_transaction("it_w_superuser", "SELECT 1");
     let (_e1, excluded_app) = idle_in_transaction_as("it_w_app", "it_w_keep_me");

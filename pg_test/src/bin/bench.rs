@@ -675,6 +675,218 @@ fn memory(ctx: &mut Ctx, n: usize, seconds: u64) {
     writeln!(ctx.out, "## 6. Worker memory\n\n{n} sessions, naptime 100ms, {} cycles (an hour at the default 10s naptime is 360). Anonymous resident memory of the worker process (`RssAnon` in /proc; shared memory excluded). Growth after the first sample: {growth} kB.\n\n{t}", samples.last().unwrap().1 - c0).unwrap();
 }
 
+/// The history and the metrics endpoint at `n` sessions: what a sample adds to a check, what a
+/// scrape costs (endpoint, SQL, postgres_exporter), reading 24 hours of samples, the reaction
+/// with sampling every second and the endpoint scraped meanwhile, and every slot taken.
+fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
+    let endpoint = std::env::var("DBCONN_GUARD_BENCH_METRICS").expect("DBCONN_GUARD_BENCH_METRICS");
+    let runs = if ctx.check { 5 } else { 50 };
+    let a = &mut ctx.admin;
+    ensure_role(a, "bench_exporter", "GRANT pg_monitor TO bench_exporter");
+    let sessions = Sessions::open(n);
+
+    // (a) a check that samples against one that does not, at a naptime of 1s
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "1s"),
+            ("dbconn_guard.sample_interval", "3600"),
+        ],
+    );
+    thread::sleep(Duration::from_millis(2200));
+    let cycles = if ctx.check { 4 } else { 20 };
+    let (plain_cpu, _) = idle_cycles(a, cycles);
+    let before: i64 = a
+        .query_one("SELECT count(*) FROM dbconn_guard.history", &[])
+        .unwrap()
+        .get(0);
+    set(a, &[("dbconn_guard.sample_interval", "1")]);
+    thread::sleep(Duration::from_millis(2200));
+    let (sampling_cpu, _) = idle_cycles(a, cycles);
+    let after: i64 = a
+        .query_one("SELECT count(*) FROM dbconn_guard.history", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        after >= before + cycles as i64 / 2,
+        "the worker sampled ({before} -> {after})"
+    );
+    let sample_ms = (sampling_cpu - plain_cpu).max(0.0);
+
+    // (b) a scrape: the endpoint, metrics() over SQL, postgres_exporter with the queries file
+    let mut ep = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let (code, body) = http_get(&endpoint, "/metrics");
+        ep.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.ends_with("# EOF\n"));
+    }
+    let sql_ms = time_query(a, "SELECT count(*) FROM dbconn_guard.metrics()", runs);
+    let port: u16 = std::env::var("DBCONN_GUARD_TEST_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let exporter = Exporter::start(port, port + 7000, "bench_exporter");
+    let mut ex = Vec::new();
+    for _ in 0..runs.min(20) {
+        let t = Instant::now();
+        let body = exporter.scrape();
+        ex.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(metric_value(&body, "pg_up"), Some(1.0), "{body}");
+    }
+    drop(exporter);
+
+    // (c) 24 hours of samples (8640 at 10s, written by the worker of this test build)
+    let size: i32 = a
+        .query_one("SHOW dbconn_guard.history_size", &[])
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    set(
+        a,
+        &[
+            ("dbconn_guard.sample_interval", "3600"),
+            ("dbconn_guard.test_fill_history", &size.to_string()),
+        ],
+    );
+    let start = Instant::now();
+    loop {
+        let done: bool = a
+            .query_one(
+                "SELECT count(*) = $1 AND min(time) < now() - interval '23 hours' FROM dbconn_guard.history",
+                &[&i64::from(size)],
+            )
+            .unwrap()
+            .get(0);
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker did not fill the history"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let rows: i64 = a
+        .query_one("SELECT count(*) FROM dbconn_guard.history", &[])
+        .unwrap()
+        .get(0);
+    let group_rows: i64 = a
+        .query_one("SELECT count(*) FROM dbconn_guard.history_by_group", &[])
+        .unwrap()
+        .get(0);
+    let hist_ms = time_query(a, "SELECT * FROM dbconn_guard.history", runs.min(20));
+    let hour_ms = time_query(
+        a,
+        "SELECT time, utilization_pct FROM dbconn_guard.history WHERE time > now() - interval '1 hour'",
+        runs.min(20),
+    );
+    let groups_ms = time_query(
+        a,
+        "SELECT * FROM dbconn_guard.history_by_group",
+        runs.min(10),
+    );
+    set(a, &[("dbconn_guard.test_fill_history", "0")]);
+
+    // (d) the reaction, without sampling, and with a sample every second and a scrape every 200 ms
+    let k = if ctx.check { 10 } else { 100 };
+    let spread = Duration::from_millis(if ctx.check { 1000 } else { 4000 });
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "10s"),
+            ("dbconn_guard.idle_in_transaction_timeout", "5s"),
+            ("dbconn_guard.sample_interval", "3600"),
+        ],
+    );
+    let (quiet, changed) = stale_sessions(a, k, spread);
+    let quiet_lat = collect_worker_latency(a, &quiet, &changed, 5.0);
+    drop(quiet);
+    set(a, &[("dbconn_guard.sample_interval", "1")]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = thread::spawn({
+        let stop = stop.clone();
+        let endpoint = endpoint.clone();
+        move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(http_get(&endpoint, "/metrics").0, 200);
+                n += 1;
+                thread::sleep(Duration::from_millis(200));
+            }
+            n
+        }
+    });
+    let (busy, changed) = stale_sessions(a, k, spread);
+    let busy_lat = collect_worker_latency(a, &busy, &changed, 5.0);
+    drop(busy);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().unwrap();
+    set(
+        a,
+        &[
+            ("dbconn_guard.idle_in_transaction_timeout", "0"),
+            ("dbconn_guard.sample_interval", "10"),
+        ],
+    );
+    assert_eq!(quiet_lat.len(), k, "ended {} of {k}", quiet_lat.len());
+    assert_eq!(busy_lat.len(), k, "ended {} of {k}", busy_lat.len());
+
+    // (e) every slot taken: a postgres_exporter (re)started now cannot log in; the endpoint answers
+    let mut held = Vec::new();
+    while let Ok(c) = config("postgres", "bench_fill").connect(postgres::NoTls) {
+        held.push(c);
+        assert!(held.len() < 5000);
+    }
+    let exporter = Exporter::start(port, port + 7000, "bench_exporter");
+    let t = Instant::now();
+    let refused = exporter.scrape();
+    let refused_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(exporter);
+    let t = Instant::now();
+    let (code, full) = http_get(&endpoint, "/metrics");
+    let full_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let full_util = metric_value(&full, "dbconn_guard_utilization_ratio");
+    let exporter_up = metric_value(&refused, "pg_up");
+    let filled = held.len();
+    drop(held);
+    thread::sleep(Duration::from_millis(500));
+    sessions.close(a);
+    assert_eq!(code, 200);
+    assert_eq!(full_util, Some(1.0), "{full}");
+    assert_eq!(exporter_up, Some(0.0));
+
+    let t = format!(
+        "| measure | value |\n|---|---|\n\
+         | worker CPU of a check at {n} sessions, no sample | {plain_cpu:.3} ms |\n\
+         | the same check taking a sample | {sampling_cpu:.3} ms |\n\
+         | **one sample adds** (target ≤ 0.3 ms) | **{sample_ms:.3} ms** |\n\
+         | `GET /metrics` at {n} sessions, median / p99 (target ≤ 5 ms) | **{:.2} / {:.2} ms** |\n\
+         | `SELECT count(*) FROM dbconn_guard.metrics()`, median | {sql_ms:.2} ms |\n\
+         | postgres_exporter scrape (default metrics + queries.yaml), median | {:.1} ms ({:.0}× the endpoint) |\n\
+         | `SELECT * FROM dbconn_guard.history`: {rows} samples (24 h at 10s), median (target ≤ 20 ms) | **{hist_ms:.2} ms** |\n\
+         | the last hour of it (`WHERE time > now() - '1 hour'`) | {hour_ms:.2} ms |\n\
+         | `SELECT * FROM dbconn_guard.history_by_group`: {group_rows} rows | {groups_ms:.1} ms |\n\
+         | reaction past the deadline, {k} sessions, sampling off: p50 / p99 | {:.0} / {:.0} ms |\n\
+         | the same with a sample every second and `/metrics` scraped every 200 ms ({scrapes} scrapes): p50 / p99 (target: unchanged, ≤ 250 ms) | {:.0} / {:.0} ms |\n\
+         | every slot taken ({} more sessions): postgres_exporter started now | `pg_up 0` (it cannot log in), scrape {refused_ms:.0} ms |\n\
+         | every slot taken: `GET /metrics` | {code}, `dbconn_guard_utilization_ratio 1`, {full_ms:.2} ms |\n",
+        pct(ep.clone(), 0.5),
+        pct(ep.clone(), 0.99),
+        median(ex.clone()),
+        median(ex.clone()) / pct(ep.clone(), 0.5).max(0.001),
+        pct(quiet_lat.clone(), 0.5),
+        pct(quiet_lat.clone(), 0.99),
+        pct(busy_lat.clone(), 0.5),
+        pct(busy_lat.clone(), 0.99),
+        filled,
+    );
+    println!("{t}");
+    writeln!(ctx.out, "## 8. The history and the metrics endpoint\n\n{n} sessions (70% idle, 20% idle in transaction, 10% active). A sample's cost is the difference of the worker's median CPU per check (naptime 1s) with a sample at every check and with none. Scrapes are timed from the client, over loopback. The 24 hours of samples are written by the worker of this build (`dbconn_guard.test_fill_history`, test builds only), each with 16 groups of 63-byte names and the remainder.\n\n{t}").unwrap();
+}
+
 /// CPU time (user + system) a process has used, in seconds, from /proc/<pid>/stat.
 fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -809,6 +1021,9 @@ fn main() {
         blocking(&mut ctx, &[10, 40]);
         latency(&mut ctx, 20);
         kill_path(&mut ctx, &[40], 10);
+        if std::env::var("DBCONN_GUARD_BENCH_METRICS").is_ok() {
+            history_and_endpoint(&mut ctx, 50);
+        }
         reset_system(&mut ctx.admin);
         println!("bench: 4 passed, 0 failed");
         return;
@@ -818,13 +1033,15 @@ fn main() {
         .into_iter()
         .filter(|&n| n <= max_n)
         .collect();
-    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill
+    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill|history
     match std::env::var("DBCONN_GUARD_BENCH_ONLY").as_deref() {
         Ok("cycle") => return worker_cycle(&mut ctx, &scales),
         Ok("kill") => return kill_path(&mut ctx, &scales, 100),
+        Ok("history") => return history_and_endpoint(&mut ctx, *scales.last().unwrap_or(&100)),
         _ => {}
     }
     worker_cycle(&mut ctx, &scales);
+    history_and_endpoint(&mut ctx, *scales.last().unwrap_or(&100));
     latency(&mut ctx, 200);
     kill_path(&mut ctx, &scales, 100);
     blocking(&mut ctx, &[10, 100, 1000]);
