@@ -47,9 +47,7 @@ pub fn collect() -> Inputs {
         &snap,
         f64::from(guc::LEAK_IDLE_AGE.get()),
         window,
-        |k: &crate::core::analysis::GroupKey| {
-            samples::idle_series(&recent, &leaks::history_name(k), window)
-        },
+        |n: &samples::GroupName| samples::idle_series(&recent, n, window),
     );
     let util = utilization::utilization(&snap, limits);
     let checks = health::evaluate(&snap, &util, &waits, &guc::thresholds());

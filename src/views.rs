@@ -76,9 +76,8 @@ fn leak_suspect_rows() -> TableIterator<
     let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
     // the trend comes from the history the worker samples (one sampler, one truth)
     let recent = history::read(Some(window), true);
-    let samples_of = |k: &analysis::GroupKey| {
-        crate::core::history::idle_series(&recent, &leaks::history_name(k), window)
-    };
+    let samples_of =
+        |n: &crate::core::history::GroupName| crate::core::history::idle_series(&recent, n, window);
     TableIterator::new(
         leaks::suspects_with_trend(&snap, age, window, samples_of)
             .into_iter()

@@ -290,6 +290,9 @@ struct Planned {
     deferred: i64,
     next_deadline: Option<Micros>,
     judged_at: Micros,
+    /// The check's status read, when a sample of the history is due: taken after the kill
+    /// path has acted, so a sample never delays a termination.
+    sample_from: Option<crate::core::session::Snapshot>,
 }
 
 /// One check: read and plan in one transaction, act through the kill path, purge; returns how
@@ -308,8 +311,10 @@ fn cycle(state: &mut State) -> Micros {
     let mut next_deadline = None;
     let mut extension_ready = false;
     let (mut examined, mut deferred) = (0, 0);
+    let mut sample_from = None;
     match planned {
-        Ok(p) => {
+        Ok(mut p) => {
+            sample_from = p.sample_from.take();
             extension_ready = p.extension_ready;
             examined = p.examined;
             deferred = p.deferred;
@@ -333,6 +338,22 @@ fn cycle(state: &mut State) -> Micros {
             }
         }
         Err(f) => error = Some(f.message),
+    }
+    // the history's sample, from this check's read, once the kill path has acted; a failure
+    // here is logged and never stops the guard
+    if let Some(snap) = sample_from {
+        let read_at = snap.now;
+        let mut st = std::panic::AssertUnwindSafe(&mut *state);
+        let ok = PgTryBuilder::new(move || {
+            take_sample(&mut st, &snap);
+            true
+        })
+        .catch_others(|_| false)
+        .execute();
+        if !ok {
+            state.next_sample = samples::next_sample_at(read_at, state.sample_interval);
+            warning!("dbconn_guard worker: could not take a sample of the history; the next one is due at its time");
+        }
     }
     if extension_ready && guard::withdrawals_queued() {
         if let Err(e) = guard::withdraw_queued() {
@@ -390,18 +411,20 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         deferred: 0,
         next_deadline: None,
         judged_at: 0,
+        sample_from: None,
     };
     // the history is sampled whether the extension exists here or not (it lives in shared
-    // memory, for the views of any database)
+    // memory, for the views of any database); a new interval, or a clock set back, aligns
+    // the next sample anew
     let interval = guc::sample_interval_us();
-    if interval != state.sample_interval {
+    let t = now();
+    if interval != state.sample_interval || state.next_sample - t > interval {
         state.sample_interval = interval;
-        state.next_sample = samples::next_sample_at(now(), interval);
+        state.next_sample = samples::next_sample_at(t, interval);
     }
     if !snapshot::extension_present() {
-        if now() >= state.next_sample {
-            let snap = snapshot::activity_all();
-            take_sample(state, &snap);
+        if t >= state.next_sample {
+            out.sample_from = Some(snapshot::activity_all());
         }
         if !state.said_missing_extension {
             log!(
@@ -451,7 +474,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
     }
 
     if snap.now >= state.next_sample {
-        take_sample(state, &snap);
+        out.sample_from = Some(snap);
     }
     out
 }
@@ -582,14 +605,12 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     if history::enabled() {
         recent.push(sample.clone());
     }
-    let samples_of = |k: &crate::core::analysis::GroupKey| {
-        samples::idle_series(&recent, &leaks::history_name(k), window)
-    };
+    let samples_of = |n: &samples::GroupName| samples::idle_series(&recent, n, window);
     let idle_age = f64::from(guc::LEAK_IDLE_AGE.get());
     let rows = leaks::suspects_with_trend(snap, idle_age, window, samples_of);
     sample.leak_suspect_groups = rows.len() as u32;
     history::append(&sample);
-    let notes = state.leaks.note(&rows, snap, samples_of);
+    let notes = state.leaks.note(&rows, samples_of);
     for note in notes {
         let k = &note.key;
         let why = match &note.reason {

@@ -6,8 +6,9 @@
 //! aligned instant), never from a read of its own.
 
 use super::fasthash::FastMap;
-use super::session::{Micros, Snapshot, SECOND};
+use super::session::{Backend, Micros, Name, Snapshot, SECOND};
 use super::utilization::{self, Limits};
+use std::rc::Rc;
 
 /// 1970-01-01 in PostgreSQL's timestamps (microseconds since 2000-01-01).
 pub const UNIX_EPOCH: Micros = -946_684_800 * SECOND;
@@ -150,9 +151,12 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
     let mut clients = StateCounts::default();
     let mut oldest_xact: f64 = 0.0;
     let mut longest_iit: f64 = 0.0;
-    // grouped on borrowed names: owned strings only for the groups that are kept
+    // grouped on borrowed names, in runs of sessions with the same names (a pool's sessions
+    // sit side by side and share their strings: a run goes on on a pointer comparison); owned
+    // strings only for the groups that are kept
     type Key<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
     let mut groups: FastMap<Key<'_>, StateCounts> = FastMap::default();
+    let mut run: Option<(&Backend, StateCounts)> = None;
     for b in snapshot.clients() {
         clients.count(b.state);
         if let Some(x) = b.xact_age(now) {
@@ -164,12 +168,19 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         ) {
             longest_iit = longest_iit.max(b.state_age(now));
         }
-        let key = (
-            b.datname.as_deref(),
-            b.usename.as_deref(),
-            b.application_name.as_deref(),
-        );
-        groups.entry(key).or_default().count(b.state);
+        match &mut run {
+            Some((first, c)) if same_names(first, b) => c.count(b.state),
+            _ => {
+                let mut c = StateCounts::default();
+                c.count(b.state);
+                if let Some((first, done)) = run.replace((b, c)) {
+                    groups.entry(key_of(first)).or_default().add(&done);
+                }
+            }
+        }
+    }
+    if let Some((first, done)) = run {
+        groups.entry(key_of(first)).or_default().add(&done);
     }
     let mut ranked: Vec<(Key<'_>, StateCounts)> = groups.into_iter().collect();
     ranked.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
@@ -219,6 +230,28 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         leak_suspect_groups: extra.leak_suspect_groups,
         groups: out,
     }
+}
+
+fn key_of(b: &Backend) -> (Option<&str>, Option<&str>, Option<&str>) {
+    (
+        b.datname.as_deref(),
+        b.usename.as_deref(),
+        b.application_name.as_deref(),
+    )
+}
+
+/// Same (datname, usename, application_name)? Shared names compare by pointer first.
+pub(crate) fn same_names(a: &Backend, b: &Backend) -> bool {
+    fn same(x: &Option<Name>, y: &Option<Name>) -> bool {
+        match (x, y) {
+            (Some(x), Some(y)) => Rc::ptr_eq(x, y) || x == y,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+    same(&a.datname, &b.datname)
+        && same(&a.usename, &b.usename)
+        && same(&a.application_name, &b.application_name)
 }
 
 /// What a sample says of one group's idle sessions: its count, 0 when the sample is complete
@@ -374,6 +407,28 @@ mod tests {
         let all = take(&snap, limits(), &extra, 16);
         assert_eq!(all.groups.len(), 5);
         assert!(all.groups.iter().all(|g| !g.other));
+    }
+
+    #[test]
+    fn interleaved_sessions_and_equal_names_of_separate_reads_are_one_group() {
+        let now = 100 * SECOND;
+        let mut copy = client(4, "a", "idle", 1, now);
+        // the same text in another allocation
+        copy.application_name = Some(Rc::from(String::from("a")));
+        let snap = Snapshot {
+            now,
+            backends: vec![
+                client(1, "a", "idle", 1, now),
+                client(2, "b", "active", 1, now),
+                client(3, "a", "active", 1, now),
+                copy,
+            ],
+            torn: 0,
+        };
+        let s = take(&snap, limits(), &Extra::default(), 16);
+        assert_eq!(s.groups.len(), 2, "{:?}", s.groups);
+        assert_eq!(s.groups[0].name.application_name.as_deref(), Some("a"));
+        assert_eq!((s.groups[0].counts.idle, s.groups[0].counts.active), (2, 1));
     }
 
     #[test]

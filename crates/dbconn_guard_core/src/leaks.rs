@@ -2,8 +2,9 @@
 //! sessions far longer than any healthy pool would.
 
 use super::analysis::{group, ConnectionGroup, GroupKey};
-use super::history::GroupName;
-use super::session::Snapshot;
+use super::fasthash::FastMap;
+use super::history::{same_names, GroupName};
+use super::session::{Backend, Snapshot};
 use std::collections::{HashMap, HashSet};
 
 /// A group of idle client sessions older than the leak threshold.
@@ -20,6 +21,9 @@ pub fn leak_suspects(snapshot: &Snapshot, idle_age: f64) -> Vec<LeakSuspect> {
     group(now, stale, false)
 }
 
+/// (datname, usename, application_name), borrowed from a snapshot.
+type Name3<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
 /// A row of the `leak_suspects` view.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SuspectRow {
@@ -31,38 +35,83 @@ pub struct SuspectRow {
 }
 
 /// Leak suspects with the trend of their idle count: groups with idle sessions past `idle_age`,
-/// plus groups whose idle count grew over a full `window` of the worker's samples.
-/// `samples_of` returns a group's samples, oldest first (empty when the worker has none).
-pub fn suspects_with_trend(
-    snapshot: &Snapshot,
+/// plus groups whose idle count grew over a full `window` of samples. `samples_of` returns the
+/// idle counts of a (datname, usename, application_name) in the history, oldest first (empty
+/// when there are none), and is asked once per such name.
+///
+/// The worker runs this at every sample over thousands of sessions: one pass over the idle
+/// sessions with borrowed names finds the few to group (old ones, and those of a growing name).
+pub fn suspects_with_trend<'s>(
+    snapshot: &'s Snapshot,
     idle_age: f64,
     window: usize,
-    samples_of: impl Fn(&GroupKey) -> Vec<u32>,
+    samples_of: impl Fn(&GroupName) -> Vec<u32>,
 ) -> Vec<SuspectRow> {
     let now = snapshot.now;
-    // the old idle sessions of each group, grouped once (not re-filtered per group)
-    let mut old: HashMap<GroupKey, ConnectionGroup> = leak_suspects(snapshot, idle_age)
-        .into_iter()
-        .map(|g| (g.key.clone(), g))
-        .collect();
-    let mut rows = Vec::new();
-    for all_idle in group(
-        now,
-        snapshot.clients().filter(|b| b.has_state("idle")),
-        false,
-    ) {
-        let samples = samples_of(&all_idle.key);
+    let mut trends: FastMap<Name3<'s>, (Trend, bool)> = FastMap::default();
+    let mut trend_of = |b: &'s Backend| -> (Trend, bool) {
+        let k: Name3<'s> = (
+            b.datname.as_deref(),
+            b.usename.as_deref(),
+            b.application_name.as_deref(),
+        );
+        if let Some(t) = trends.get(&k) {
+            return *t;
+        }
+        let name = GroupName {
+            datname: k.0.map(str::to_owned),
+            usename: k.1.map(str::to_owned),
+            application_name: k.2.map(str::to_owned),
+        };
+        let samples = samples_of(&name);
         let t = trend(&samples);
-        if let Some(g) = old.remove(&all_idle.key) {
+        let v = (t, t == Trend::Growing && samples.len() >= window.max(2));
+        trends.insert(k, v);
+        v
+    };
+    let idle: Vec<&'s Backend> = snapshot.clients().filter(|b| b.has_state("idle")).collect();
+    let mut growing: Vec<&'s Backend> = Vec::new();
+    let mut any_old = false;
+    // a pool's sessions sit side by side with shared names: a run reuses its first's answer
+    let mut run: Option<(&'s Backend, bool)> = None;
+    for b in &idle {
+        let g = match run {
+            Some((first, g)) if same_names(first, b) => g,
+            _ => trend_of(b).1,
+        };
+        run = Some((b, g));
+        if g {
+            growing.push(b);
+        }
+        any_old |= b.state_age(now) > idle_age;
+    }
+    let mut rows = Vec::new();
+    let mut old_keys: HashSet<GroupKey> = HashSet::new();
+    if any_old {
+        // the old idle sessions of each group, grouped once
+        for g in leak_suspects(snapshot, idle_age) {
+            let first = idle
+                .iter()
+                .find(|b| {
+                    b.datname.as_deref() == g.key.datname.as_deref()
+                        && b.usename.as_deref() == g.key.usename.as_deref()
+                        && b.application_name.as_deref() == g.key.application_name.as_deref()
+                })
+                .copied();
+            let t = first.map_or(Trend::Unknown, |b| trend_of(b).0);
+            old_keys.insert(g.key.clone());
             rows.push(SuspectRow {
                 group: g,
                 trend: t,
                 reason: "idle_age",
             });
-        } else if t == Trend::Growing && samples.len() >= window.max(2) {
+        }
+    }
+    for g in group(now, growing.into_iter(), false) {
+        if !old_keys.contains(&g.key) {
             rows.push(SuspectRow {
-                group: all_idle,
-                trend: t,
+                group: g,
+                trend: Trend::Growing,
                 reason: "growing",
             });
         }
@@ -137,23 +186,22 @@ impl LeakReports {
         snapshot: &Snapshot,
         idle_age: f64,
         window: usize,
-        samples_of: impl Fn(&GroupKey) -> Vec<u32>,
+        samples_of: impl Fn(&GroupName) -> Vec<u32>,
     ) -> Vec<LeakSuspectNote> {
         let rows = suspects_with_trend(snapshot, idle_age, window, &samples_of);
-        self.note(&rows, snapshot, samples_of)
+        self.note(&rows, samples_of)
     }
 
-    /// `new_suspects` over the `leak_suspects` rows already made of `snapshot`.
+    /// `new_suspects` over the `leak_suspects` rows already made of a snapshot.
     pub fn note(
         &mut self,
         rows: &[SuspectRow],
-        snapshot: &Snapshot,
-        samples_of: impl Fn(&GroupKey) -> Vec<u32>,
+        samples_of: impl Fn(&GroupName) -> Vec<u32>,
     ) -> Vec<LeakSuspectNote> {
         let mut now: HashMap<GroupKey, LeakSuspectNote> = HashMap::new();
         for r in rows.iter().cloned() {
             let reason = if r.reason == "growing" {
-                Reason::Growing(samples_of(&r.group.key))
+                Reason::Growing(samples_of(&history_name(&r.group.key)))
             } else {
                 Reason::OldIdle(r.group.max_age_seconds)
             };
@@ -172,16 +220,10 @@ impl LeakReports {
             .cloned()
             .collect();
         fresh.sort_by(|a, b| a.key.cmp(&b.key));
-        let idle_now: HashSet<GroupKey> = group(
-            snapshot.now,
-            snapshot.clients().filter(|b| b.has_state("idle")),
-            false,
-        )
-        .into_iter()
-        .map(|g| g.key)
-        .collect();
+        // an episode lasts while the group is a suspect, or its name had idle sessions in the
+        // window of samples
         self.reported
-            .retain(|k| idle_now.contains(k) || samples_of(k).iter().any(|&c| c > 0));
+            .retain(|k| now.contains_key(k) || samples_of(&history_name(k)).iter().any(|&c| c > 0));
         self.reported.extend(now.into_keys());
         fresh
     }
@@ -239,7 +281,7 @@ mod trend_tests {
         let mut other = client(7, "idle", 5);
         other.application_name = Some("other".into());
         let snap = snapshot(vec![client(1, "idle", 700), client(2, "idle", 5), other]);
-        let samples = |k: &GroupKey| {
+        let samples = |k: &GroupName| {
             if k.application_name.as_deref() == Some("other") {
                 vec![1, 1, 1, 1]
             } else {
@@ -253,7 +295,7 @@ mod trend_tests {
             ("idle_age", Trend::Shrinking, vec![1])
         );
 
-        let growing = |_: &GroupKey| vec![0, 1, 1, 1];
+        let growing = |_: &GroupName| vec![0, 1, 1, 1];
         let rows = suspects_with_trend(&snap, 600.0, 4, growing);
         let other_row = rows
             .iter()
@@ -268,7 +310,7 @@ mod trend_tests {
             ("growing", Trend::Growing, vec![7])
         );
         // a window not yet full is not enough
-        let short = |_: &GroupKey| vec![0, 1];
+        let short = |_: &GroupName| vec![0, 1];
         assert_eq!(suspects_with_trend(&snap, 600.0, 4, short).len(), 1);
     }
 
@@ -291,7 +333,7 @@ mod trend_tests {
         let mut step = |h: &mut LeakReports, n: i32| {
             series.push(n as u32);
             let window: Vec<u32> = series.iter().rev().take(4).rev().copied().collect();
-            h.new_suspects(&growing(n), 600.0, 4, |_: &GroupKey| window.clone())
+            h.new_suspects(&growing(n), 600.0, 4, |_: &GroupName| window.clone())
         };
         let notes: Vec<_> = (1..=4).map(|n| step(&mut h, n)).collect();
         assert!(notes[..3].iter().all(Vec::is_empty), "{notes:?}");
@@ -308,7 +350,7 @@ mod trend_tests {
         let mut elsewhere = client(9, "idle", 700);
         elsewhere.application_name = Some("batch".into());
         let old = snapshot(vec![elsewhere]);
-        let fresh = h.new_suspects(&old, 600.0, 4, |_: &GroupKey| vec![1, 1]);
+        let fresh = h.new_suspects(&old, 600.0, 4, |_: &GroupName| vec![1, 1]);
         assert_eq!(fresh.len(), 1);
         assert!(matches!(fresh[0].reason, Reason::OldIdle(a) if a == 700.0));
     }
@@ -318,24 +360,24 @@ mod trend_tests {
         let mut h = LeakReports::default();
         let snap = snapshot(vec![client(1, "idle", 700)]);
         assert_eq!(
-            h.new_suspects(&snap, 600.0, 2, |_: &GroupKey| vec![1])
+            h.new_suspects(&snap, 600.0, 2, |_: &GroupName| vec![1])
                 .len(),
             1
         );
         let gone = snapshot(vec![]);
         // still idle within the window: the episode goes on
         assert!(h
-            .new_suspects(&gone, 600.0, 2, |_: &GroupKey| vec![1, 0])
+            .new_suspects(&gone, 600.0, 2, |_: &GroupName| vec![1, 0])
             .is_empty());
         assert!(h
-            .new_suspects(&snap, 600.0, 2, |_: &GroupKey| vec![0, 1])
+            .new_suspects(&snap, 600.0, 2, |_: &GroupName| vec![0, 1])
             .is_empty());
         // a whole window at 0: the next one is a new episode
         assert!(h
-            .new_suspects(&gone, 600.0, 2, |_: &GroupKey| vec![0, 0])
+            .new_suspects(&gone, 600.0, 2, |_: &GroupName| vec![0, 0])
             .is_empty());
         assert_eq!(
-            h.new_suspects(&snap, 600.0, 2, |_: &GroupKey| vec![0, 1])
+            h.new_suspects(&snap, 600.0, 2, |_: &GroupName| vec![0, 1])
                 .len(),
             1
         );
