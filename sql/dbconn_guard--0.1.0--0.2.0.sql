@@ -61,46 +61,44 @@ COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean) IS
 ALTER FUNCTION terminate_idle(interval, text[], text, boolean) SET search_path = pg_catalog, pg_temp;
 
 -- the history: samples taken by the worker, kept in shared memory (issue 9)
-CREATE FUNCTION "_history"() RETURNS TABLE (
-	"time" timestamp with time zone,
-	"client_backends" bigint,
-	"active" bigint,
-	"idle" bigint,
-	"idle_in_transaction" bigint,
-	"idle_in_transaction_aborted" bigint,
-	"other_states" bigint,
-	"lock_waiters" bigint,
-	"longest_lock_wait_seconds" double precision,
-	"oldest_xact_age_seconds" double precision,
-	"longest_idle_in_transaction_seconds" double precision,
-	"max_connections" INT,
-	"available_connections" bigint,
-	"utilization_pct" double precision,
-	"terminated_idle_timeout" bigint,
-	"terminated_idle_in_transaction_timeout" bigint,
-	"terminated_manual" bigint,
-	"leak_suspect_groups" bigint
-)
-STRICT
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'history_rows_wrapper';
+CREATE FUNCTION _history(
+    OUT "time" timestamp with time zone,
+    OUT client_backends bigint,
+    OUT active bigint,
+    OUT idle bigint,
+    OUT idle_in_transaction bigint,
+    OUT idle_in_transaction_aborted bigint,
+    OUT other_states bigint,
+    OUT lock_waiters bigint,
+    OUT longest_lock_wait_seconds double precision,
+    OUT oldest_xact_age_seconds double precision,
+    OUT longest_idle_in_transaction_seconds double precision,
+    OUT max_connections integer,
+    OUT available_connections bigint,
+    OUT utilization_pct double precision,
+    OUT terminated_idle_timeout bigint,
+    OUT terminated_idle_in_transaction_timeout bigint,
+    OUT terminated_manual bigint,
+    OUT leak_suspect_groups bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_history';
 
-CREATE FUNCTION "_history_by_group"() RETURNS TABLE (
-	"time" timestamp with time zone,
-	"datname" text,
-	"usename" text,
-	"application_name" text,
-	"other" bool,
-	"connections" bigint,
-	"active" bigint,
-	"idle" bigint,
-	"idle_in_transaction" bigint,
-	"idle_in_transaction_aborted" bigint,
-	"other_states" bigint
-)
-STRICT
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'history_by_group_rows_wrapper';
+CREATE FUNCTION _history_by_group(
+    OUT "time" timestamp with time zone,
+    OUT datname text,
+    OUT usename text,
+    OUT application_name text,
+    OUT other boolean,
+    OUT connections bigint,
+    OUT active bigint,
+    OUT idle bigint,
+    OUT idle_in_transaction bigint,
+    OUT idle_in_transaction_aborted bigint,
+    OUT other_states bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_history_by_group';
 
 CREATE VIEW history AS
 SELECT * FROM @extschema@._history();

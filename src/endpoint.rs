@@ -11,7 +11,7 @@
 //! (for a connection, for a request's bytes, for the socket to take the response) is a
 //! `WaitLatchOrSocket` bounded by the request's deadline, so SIGTERM (PostgreSQL's `die`) and
 //! reloads are seen at once, and a slow or hostile client holds the endpoint for at most
-//! `REQUEST_DEADLINE` — never the guard's worker, which is another process. Requests are parsed
+//! `READ_DEADLINE` to send its request and `REQUEST_DEADLINE` in all — never the guard's worker, which is another process. Requests are parsed
 //! by `httparse`; the request head may take at most `MAX_REQUEST` bytes. No query text is ever
 //! exposed, and there is no authentication: bind it to loopback, or to an address only the
 //! Prometheus server can reach.
@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 pub const BACKEND_TYPE: &str = "dbconn_guard metrics";
 /// The most time one request may take, from accept to the last byte written.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// The most time a client has to send its request head (Prometheus sends it at once): a
+/// client that connects and sends nothing holds the endpoint this long.
+const READ_DEADLINE: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -73,7 +76,8 @@ pub extern "C-unwind" fn dbconn_guard_metrics_main(_arg: pg_sys::Datum) {
                         "dbconn_guard metrics: {addr} is not a loopback address, and the endpoint has no authentication: whoever can reach it reads the metrics"
                     );
                 }
-                log!("dbconn_guard metrics: serving http://{addr}/metrics and /healthz");
+                let shown = listener.local_addr().unwrap_or(addr);
+                log!("dbconn_guard metrics: serving http://{shown}/metrics and /healthz");
                 if let Err(e) = serve(&listener) {
                     warning!("dbconn_guard metrics: {e}; listening again");
                 }
@@ -157,7 +161,12 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
         wait_socket(fd, pg_sys::WL_SOCKET_READABLE, Duration::from_secs(10));
         loop {
             match listener.accept() {
-                Ok((stream, _peer)) => answer(stream),
+                Ok((stream, _peer)) => {
+                    // a steady stream of requests never waits: act on SIGTERM and reloads
+                    // between two of them
+                    interrupts();
+                    answer(stream)
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // a client that went away before it was accepted, or out of descriptors for a
@@ -171,8 +180,8 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
                     continue
                 }
                 Err(e) => {
-                    warning!("dbconn_guard metrics: accept: {e}");
-                    sleep(Duration::from_millis(200));
+                    warning!("dbconn_guard metrics: accept: {e}; pausing a second");
+                    sleep(Duration::from_secs(1));
                     break;
                 }
             }
@@ -182,7 +191,9 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
 
 /// Reads one request (bounded in size and time), answers it, closes the connection.
 fn answer(mut stream: TcpStream) {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let accepted = Instant::now();
+    let deadline = accepted + REQUEST_DEADLINE;
+    let read_deadline = accepted + READ_DEADLINE;
     if stream.set_nonblocking(true).is_err() {
         return;
     }
@@ -202,7 +213,7 @@ fn answer(mut stream: TcpStream) {
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                let Some(left) = read_deadline.checked_duration_since(Instant::now()) else {
                     respond(
                         &mut stream,
                         deadline,
@@ -244,9 +255,23 @@ fn answer(mut stream: TcpStream) {
             }
         },
         Route::Health => {
-            let up = shared::available() && shared::SHARED.share().pid != 0;
-            if up {
+            let (up, ready) = if shared::available() {
+                let s = shared::SHARED.share();
+                (s.pid != 0, s.extension_ready)
+            } else {
+                (false, false)
+            };
+            if up && ready {
                 respond(&mut stream, deadline, 200, "OK", "text/plain", b"ok\n");
+            } else if up {
+                respond(
+                    &mut stream,
+                    deadline,
+                    503,
+                    "Service Unavailable",
+                    "text/plain",
+                    b"the dbconn_guard worker waits for CREATE EXTENSION dbconn_guard in dbconn_guard.database\n",
+                );
             } else {
                 respond(
                     &mut stream,

@@ -49,6 +49,8 @@ struct Entry {
     application_name: FixedText<NAME>,
     counts: [u32; 5],
     other: bool,
+    /// Bit 0, 1, 2: datname, usename, application_name is NULL (an empty name is not).
+    nulls: u8,
 }
 
 #[repr(C)]
@@ -233,6 +235,9 @@ pub fn append(sample: &Sample) {
                     application_name: FixedText::from_opt(g.name.application_name.as_deref()),
                     counts: counts_of(&g.counts),
                     other: g.other,
+                    nulls: u8::from(g.name.datname.is_none())
+                        | u8::from(g.name.usename.is_none()) << 1
+                        | u8::from(g.name.application_name.is_none()) << 2,
                 },
             );
         }
@@ -259,6 +264,11 @@ pub fn read(last: Option<usize>, with_groups: bool) -> Vec<Sample> {
     out
 }
 
+/// A stored name: NULL, or its text (which may be empty: an application that set none).
+fn name(t: &FixedText<NAME>, null: bool) -> Option<String> {
+    (!null).then(|| t.get().to_string())
+}
+
 unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
     let s = slot(h, n);
     let expect = 2 * n + 2;
@@ -275,9 +285,9 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
             let g: Entry = std::ptr::read_volatile(e.add(i));
             groups.push(GroupSample {
                 name: GroupName {
-                    datname: g.datname.opt(),
-                    usename: g.usename.opt(),
-                    application_name: g.application_name.opt(),
+                    datname: name(&g.datname, g.nulls & 1 != 0),
+                    usename: name(&g.usename, g.nulls & 2 != 0),
+                    application_name: name(&g.application_name, g.nulls & 4 != 0),
                 },
                 counts: counts_from(g.counts),
                 other: g.other,

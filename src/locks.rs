@@ -168,7 +168,10 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
         pg_sys::Oid::from(tag.locktag_field1),
         pg_sys::Oid::from(tag.locktag_field2),
     );
-    if db != unsafe { pg_sys::MyDatabaseId } {
+    // a process attached to no database (the metrics endpoint) cannot read pg_class at all:
+    // PostgreSQL ends it (FATAL) for trying, so it never names a relation
+    let mine = unsafe { pg_sys::MyDatabaseId };
+    if db != mine || mine == pg_sys::InvalidOid {
         return Some(u32::from(rel).to_string());
     }
     unsafe {

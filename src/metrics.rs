@@ -54,13 +54,14 @@ pub fn collect() -> Inputs {
     let worker = shared::available().then(|| {
         let s = shared::SHARED.share();
         (
-            s.pid != 0,
+            (s.pid != 0, s.extension_ready, s.last_error_at),
             s.last_cycle_us,
             s.last_cycle_start,
             s.terminations_by_rule,
         )
     });
-    let (up, cycle_us, cycle_start, by_rule) = worker.unwrap_or((false, 0, 0, [0; 3]));
+    let ((up, ready, error_at), cycle_us, cycle_start, by_rule) =
+        worker.unwrap_or(((false, false, 0), 0, 0, [0; 3]));
     Inputs {
         oldest_lock_wait_start: wait_starts.iter().copied().filter(|&t| t != 0).min(),
         oldest_xact_start: snap.clients().filter_map(|b| b.xact_start).min(),
@@ -70,6 +71,8 @@ pub fn collect() -> Inputs {
         leak_suspects: suspects.len() as u32,
         terminations_by_rule: by_rule,
         worker_up: up,
+        worker_extension_ready: up && ready,
+        worker_last_error: (error_at != 0).then_some(error_at),
         worker_last_cycle_seconds: cycle_us as f64 / 1e6,
         worker_last_cycle_start: (cycle_start != 0).then_some(cycle_start),
         health: checks.iter().map(|c| (c.name, c.status)).collect(),

@@ -130,6 +130,9 @@ pub struct Shared {
     /// Sessions ended (not dry-run records) since the server started, by rule
     /// (idle_timeout, idle_in_transaction_timeout, manual): the history's counts per sample.
     pub terminations_by_rule: [i64; 3],
+    /// `terminations_by_rule` at the history's last sample (kept here, not in the worker, so
+    /// a worker restart loses none from the next sample's counts).
+    pub sampled_by_rule: [i64; 3],
     pub terminations_last_cycle: i64,
     pub deferred_last_cycle: i64,
     pub next_wakeup: Micros,
@@ -164,6 +167,7 @@ impl Shared {
             sessions_examined: 0,
             terminations_total: 0,
             terminations_by_rule: [0; 3],
+            sampled_by_rule: [0; 3],
             terminations_last_cycle: 0,
             deferred_last_cycle: 0,
             next_wakeup: 0,

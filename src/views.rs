@@ -12,6 +12,7 @@ use crate::encoding::DbText;
 use crate::rows::{self, Cell};
 use crate::{guc, history, snapshot};
 use pgrx::prelude::*;
+use pgrx::IntoDatum;
 use std::collections::HashMap;
 
 /// A text column, in the database encoding.
@@ -402,95 +403,125 @@ fn blocking_chains() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// A PostgreSQL timestamptz from microseconds since 2000-01-01.
-fn timestamptz(us: i64) -> Option<TimestampWithTimeZone> {
-    TimestampWithTimeZone::try_from(us).ok()
-}
-
-#[pg_extern(name = "_history")]
-fn history_rows() -> TableIterator<
-    'static,
-    (
-        name!(time, Option<TimestampWithTimeZone>),
-        name!(client_backends, i64),
-        name!(active, i64),
-        name!(idle, i64),
-        name!(idle_in_transaction, i64),
-        name!(idle_in_transaction_aborted, i64),
-        name!(other_states, i64),
-        name!(lock_waiters, i64),
-        name!(longest_lock_wait_seconds, f64),
-        name!(oldest_xact_age_seconds, f64),
-        name!(longest_idle_in_transaction_seconds, f64),
-        name!(max_connections, i32),
-        name!(available_connections, i64),
-        name!(utilization_pct, f64),
-        name!(terminated_idle_timeout, i64),
-        name!(terminated_idle_in_transaction_timeout, i64),
-        name!(terminated_manual, i64),
-        name!(leak_suspect_groups, i64),
-    ),
-> {
-    TableIterator::new(history::read(None, false).into_iter().map(|s| {
+/// Rows of the `history` view: every sample of the ring, oldest first.
+///
+/// Filled in one call into the executor's tuplestore (24 hours of samples are 8640 rows).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn dbconn_guard_history(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 18) };
+    let int8 = |v: u32| i64::from(v).into_datum();
+    for s in history::read(None, false) {
         let c = s.clients;
-        (
-            timestamptz(s.time),
-            i64::from(c.total()),
-            i64::from(c.active),
-            i64::from(c.idle),
-            i64::from(c.idle_in_transaction),
-            i64::from(c.idle_in_transaction_aborted),
-            i64::from(c.other_states),
-            i64::from(s.lock_waiters),
-            round2(s.longest_lock_wait_s),
-            round2(s.oldest_xact_age_s),
-            round2(s.longest_idle_in_xact_s),
-            s.max_connections,
-            s.available_connections,
-            round2(s.utilization_pct),
-            i64::from(s.terminations.idle_timeout),
-            i64::from(s.terminations.idle_in_transaction_timeout),
-            i64::from(s.terminations.manual),
-            i64::from(s.leak_suspect_groups),
-        )
-    }))
+        out.push(&[
+            s.time.into_datum(),
+            int8(c.total()),
+            int8(c.active),
+            int8(c.idle),
+            int8(c.idle_in_transaction),
+            int8(c.idle_in_transaction_aborted),
+            int8(c.other_states),
+            int8(s.lock_waiters),
+            round2(s.longest_lock_wait_s).into_datum(),
+            round2(s.oldest_xact_age_s).into_datum(),
+            round2(s.longest_idle_in_xact_s).into_datum(),
+            s.max_connections.into_datum(),
+            s.available_connections.into_datum(),
+            round2(s.utilization_pct).into_datum(),
+            int8(s.terminations.idle_timeout),
+            int8(s.terminations.idle_in_transaction_timeout),
+            int8(s.terminations.manual),
+            int8(s.leak_suspect_groups),
+        ]);
+    }
+    pg_sys::Datum::from(0)
 }
+rows::function_info_v1!(pg_finfo_dbconn_guard_history);
 
-#[pg_extern(name = "_history_by_group")]
-fn history_by_group_rows() -> TableIterator<
-    'static,
-    (
-        name!(time, Option<TimestampWithTimeZone>),
-        name!(datname, Text),
-        name!(usename, Text),
-        name!(application_name, Text),
-        name!(other, bool),
-        name!(connections, i64),
-        name!(active, i64),
-        name!(idle, i64),
-        name!(idle_in_transaction, i64),
-        name!(idle_in_transaction_aborted, i64),
-        name!(other_states, i64),
-    ),
-> {
-    let rows = history::read(None, true).into_iter().flat_map(|s| {
-        let time = s.time;
-        s.groups.into_iter().map(move |g| {
+/// Rows of the `history_by_group` view: each sample's groups and its remainder. A name shown
+/// in many samples is converted to a text datum once.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn dbconn_guard_history_by_group(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 11) };
+    let int8 = |v: u32| i64::from(v).into_datum();
+    let mut texts: FastMap<String, Cell> = FastMap::default();
+    let mut text = |v: Option<String>| -> Cell {
+        let v = v?;
+        if let Some(c) = texts.get(&v) {
+            return *c;
+        }
+        let c = rows::text(Some(&v));
+        texts.insert(v, c);
+        c
+    };
+    for s in history::read(None, true) {
+        let time = s.time.into_datum();
+        for g in s.groups {
             let c = g.counts;
-            (
-                timestamptz(time),
-                g.name.datname.map(DbText),
-                g.name.usename.map(DbText),
-                g.name.application_name.map(DbText),
-                g.other,
-                i64::from(c.total()),
-                i64::from(c.active),
-                i64::from(c.idle),
-                i64::from(c.idle_in_transaction),
-                i64::from(c.idle_in_transaction_aborted),
-                i64::from(c.other_states),
-            )
-        })
-    });
-    TableIterator::new(rows.collect::<Vec<_>>())
+            out.push(&[
+                time,
+                text(g.name.datname),
+                text(g.name.usename),
+                text(g.name.application_name),
+                g.other.into_datum(),
+                int8(c.total()),
+                int8(c.active),
+                int8(c.idle),
+                int8(c.idle_in_transaction),
+                int8(c.idle_in_transaction_aborted),
+                int8(c.other_states),
+            ]);
+        }
+    }
+    pg_sys::Datum::from(0)
 }
+rows::function_info_v1!(pg_finfo_dbconn_guard_history_by_group);
+
+extension_sql!(
+    r#"
+CREATE FUNCTION _history(
+    OUT "time" timestamp with time zone,
+    OUT client_backends bigint,
+    OUT active bigint,
+    OUT idle bigint,
+    OUT idle_in_transaction bigint,
+    OUT idle_in_transaction_aborted bigint,
+    OUT other_states bigint,
+    OUT lock_waiters bigint,
+    OUT longest_lock_wait_seconds double precision,
+    OUT oldest_xact_age_seconds double precision,
+    OUT longest_idle_in_transaction_seconds double precision,
+    OUT max_connections integer,
+    OUT available_connections bigint,
+    OUT utilization_pct double precision,
+    OUT terminated_idle_timeout bigint,
+    OUT terminated_idle_in_transaction_timeout bigint,
+    OUT terminated_manual bigint,
+    OUT leak_suspect_groups bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_history';
+
+CREATE FUNCTION _history_by_group(
+    OUT "time" timestamp with time zone,
+    OUT datname text,
+    OUT usename text,
+    OUT application_name text,
+    OUT other boolean,
+    OUT connections bigint,
+    OUT active bigint,
+    OUT idle bigint,
+    OUT idle_in_transaction bigint,
+    OUT idle_in_transaction_aborted bigint,
+    OUT other_states bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_history_by_group';
+"#,
+    name = "history_functions"
+);

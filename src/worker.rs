@@ -75,8 +75,6 @@ struct State {
     next_sample: Micros,
     /// The interval `next_sample` was aligned to (a reload may change it).
     sample_interval: Micros,
-    /// Terminations by rule at the previous sample.
-    last_by_rule: [i64; 3],
     /// Sessions already acted on, by (pid, backend_start, state_change): a terminated backend
     /// stays in the status array for a moment while it exits, and a dry run must not record
     /// the same session every cycle.
@@ -148,6 +146,18 @@ fn announce_policy(pol: &policy::Policy) {
     .filter(|(_, t)| *t > 0)
     .map(|(n, t)| format!("{n} = {}s", *t as f64 / 1e6))
     .collect();
+    match history::shape() {
+        None => log!(
+            "dbconn_guard worker: dbconn_guard.history_size is 0: no history, and leak_suspects has no trend (no 'growing' suspects)"
+        ),
+        Some((_, 0)) => log!(
+            "dbconn_guard worker: dbconn_guard.history_groups is 0: leak_suspects has no trend (no 'growing' suspects)"
+        ),
+        Some((size, _)) if size + 1 < guc::LEAK_TREND_SAMPLES.get().max(2) as usize => log!(
+            "dbconn_guard worker: dbconn_guard.history_size ({size}) is shorter than dbconn_guard.leak_trend_samples: no 'growing' leak suspects"
+        ),
+        _ => {}
+    }
     if !guc::ENABLED.get() {
         log!("dbconn_guard worker: dbconn_guard.enabled is off: it ends no session");
     } else if rules.is_empty() {
@@ -222,7 +232,6 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
 
     let mut state = State {
         terminations_total: SHARED.share().terminations_total,
-        last_by_rule: SHARED.share().terminations_by_rule,
         ..Default::default()
     };
     let mut sleep: Micros = 0;
@@ -246,9 +255,11 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         }
         sleep = cycle(&mut state);
         // awake for the next sample too: it only ever shortens a sleep, so no deadline moves
+        // (a sample missed by a failed check is taken by the next one: a due time already past
+        // never shortens the sleep, so an error that recurs cannot make the worker spin)
         let t = now();
-        if state.next_sample > 0 {
-            sleep = sleep.min((state.next_sample - t).max(0));
+        if state.next_sample > t {
+            sleep = sleep.min(state.next_sample - t);
         }
         SHARED.exclusive().next_wakeup = t + sleep;
     }
@@ -589,13 +600,15 @@ fn fill_history_for_tests(state: &mut State) {
 /// suspects it shows for the first time.
 fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     state.next_sample = samples::next_sample_at(snap.now, state.sample_interval);
-    let by_rule = SHARED.share().terminations_by_rule;
+    let (by_rule, sampled) = {
+        let s = SHARED.share();
+        (s.terminations_by_rule, s.sampled_by_rule)
+    };
     let extra = Extra {
         lock_wait_starts: locks::wait_starts(),
-        terminations: ByRule::since(by_rule, state.last_by_rule),
+        terminations: ByRule::since(by_rule, sampled),
         leak_suspect_groups: 0,
     };
-    state.last_by_rule = by_rule;
     let top = history::shape().map_or(0, |(_, g)| g);
     let mut sample = samples::take(snap, snapshot::limits(), &extra, top);
 
@@ -610,6 +623,7 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     let rows = leaks::suspects_with_trend(snap, idle_age, window, samples_of);
     sample.leak_suspect_groups = rows.len() as u32;
     history::append(&sample);
+    SHARED.exclusive().sampled_by_rule = by_rule;
     let notes = state.leaks.note(&rows, samples_of);
     for note in notes {
         let k = &note.key;

@@ -155,6 +155,46 @@ fn bad_slow_and_wrong_requests_get_their_status_and_nothing_else_happens() {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert!(cycles(&mut su) > before, "the worker kept checking");
 
+    // a wait for a lock on a shared catalog: the endpoint, attached to no database, cannot read
+    // pg_class and must not try to name the relation (PostgreSQL would end it)
+    let endpoint_pid = |c: &mut postgres::Client| -> i32 {
+        c.query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dbconn_guard metrics'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before_pid = endpoint_pid(&mut su);
+    // both sessions log in before the lock (a login reads pg_db_role_setting)
+    let mut holder = cluster.connect("postgres", "postgres", "it_e_holder");
+    let mut waiter = cluster.connect("postgres", "postgres", "it_e_waiter");
+    let waiter_pid = pid(&mut waiter);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE pg_db_role_setting IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let waiting =
+        thread::spawn(move || waiter.batch_execute("SELECT count(*) FROM pg_db_role_setting"));
+    wait_until(
+        &mut su,
+        &format!("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = {waiter_pid}"),
+        Duration::from_secs(10),
+    );
+    let (code, body) = http_get(&endpoint, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        metric_value(&body, "dbconn_guard_lock_waiters").unwrap_or(0.0) >= 1.0,
+        "{body}"
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    waiting.join().unwrap().unwrap();
+    assert_eq!(
+        endpoint_pid(&mut su),
+        before_pid,
+        "the endpoint was not restarted"
+    );
+    assert_eq!(http_get(&endpoint, "/metrics").0, 200);
+
     // nothing happened: the server is up, no session was ended, no crash
     let one: i32 = su.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);

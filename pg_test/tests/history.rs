@@ -310,3 +310,47 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
     assert_eq!(size, 32 + 4 * (104 + 224 * 2));
     others.clear();
 }
+
+#[test]
+fn an_empty_application_name_is_a_name_of_its_own_and_not_a_growing_leak() {
+    let mut a = guard_admin();
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.sample_interval", "1s"),
+            ("dbconn_guard.leak_trend_samples", "3"),
+        ],
+    );
+    // drivers that set no application_name: '' in pg_stat_activity, not NULL
+    let unnamed: Vec<_> = (0..2).map(|_| stale_idle("")).collect();
+    next_samples(&mut a, 4);
+    let r = a
+        .query_one(
+            "SELECT idle, application_name IS NULL FROM dbconn_guard.history_by_group \
+              WHERE time = (SELECT max(time) FROM dbconn_guard.history) AND application_name = '' \
+                AND usename = 'it_w_app' AND NOT other",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, bool>(1)), (2, false));
+    // a steady count is no growing leak
+    let growing: i64 = a
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.leak_suspects WHERE application_name = '' AND reason = 'growing'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(growing, 0);
+    if let Ok(log) = std::env::var("DBCONN_GUARD_TEST_LOG") {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            !text.lines().any(|l| l.contains("connection leak suspect")
+                && l.contains("application=\"\"")
+                && l.contains("growing")),
+            "no growing-leak warning for the unnamed sessions"
+        );
+    }
+    drop(unnamed);
+    reset_system(&mut a);
+}

@@ -114,12 +114,21 @@ fn views_and_worker_work_on_a_hot_standby() {
     );
 
     // ALTER SYSTEM writes a file, so it works on a standby too
-    s.batch_execute("ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '1s'")
-        .unwrap();
+    s.batch_execute(
+        "ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '1s'; \
+         ALTER SYSTEM SET dbconn_guard.sample_interval = '1s'",
+    )
+    .unwrap();
     s.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_until(
         &mut s,
         "SELECT policy->>'idle_in_transaction_timeout' = '1s' FROM dbconn_guard.worker_status()",
+        Duration::from_secs(10),
+    );
+    // the worker samples the standby's sessions into its own history
+    wait_until(
+        &mut s,
+        "SELECT count(*) >= 2 FROM dbconn_guard.history WHERE client_backends >= 1",
         Duration::from_secs(10),
     );
     let mut victim = standby.connect("it_w_app", "it_standby_victim");

@@ -267,7 +267,9 @@ pub fn idle_in(sample: &Sample, name: &GroupName) -> Option<u32> {
 }
 
 /// A group's idle counts over the newest `window` samples (oldest first), stopping at the
-/// newest sample that does not say (the group was in the remainder then).
+/// newest sample that does not say (the group was in the remainder then), and starting at the
+/// first with an idle session: a pool that has just opened its connections is not a growing
+/// one.
 pub fn idle_series(samples: &[Sample], name: &GroupName, window: usize) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::new();
     for s in samples.iter().rev().take(window) {
@@ -275,6 +277,9 @@ pub fn idle_series(samples: &[Sample], name: &GroupName, window: usize) -> Vec<u
             Some(v) => out.push(v),
             None => break,
         }
+    }
+    while out.last() == Some(&0) {
+        out.pop();
     }
     out.reverse();
     out
@@ -484,8 +489,13 @@ mod tests {
             with(Some(1), 3),
             with(Some(2), 3),
         ];
-        assert_eq!(idle_series(&samples, &name("app"), 10), vec![0, 1, 2]);
+        // from the first sample with an idle session (the one before says 0: not yet there)
+        assert_eq!(idle_series(&samples, &name("app"), 10), vec![1, 2]);
         assert_eq!(idle_series(&samples, &name("app"), 2), vec![1, 2]);
+        // a count that falls back to 0 later stays in
+        let mut later = samples.clone();
+        later.push(with(Some(0), 3));
+        assert_eq!(idle_series(&later, &name("app"), 10), vec![1, 2, 0]);
         assert_eq!(idle_series(&samples, &name("other"), 10), Vec::<u32>::new());
     }
 

@@ -37,6 +37,9 @@ pub struct Inputs {
     /// idle_in_transaction_timeout, manual.
     pub terminations_by_rule: [i64; 3],
     pub worker_up: bool,
+    /// The extension exists in the worker's database, so it can guard.
+    pub worker_extension_ready: bool,
+    pub worker_last_error: Option<Micros>,
     pub worker_last_cycle_seconds: f64,
     pub worker_last_cycle_start: Option<Micros>,
     /// Every health check and its status.
@@ -258,6 +261,12 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             one(if i.worker_up { 1.0 } else { 0.0 }),
         ),
         gauge(
+            "worker_extension_ready",
+            None,
+            "1 when the extension exists in dbconn_guard.database, so the worker can guard (0: it waits for CREATE EXTENSION)",
+            one(if i.worker_extension_ready { 1.0 } else { 0.0 }),
+        ),
+        gauge(
             "worker_last_cycle_duration",
             Some("seconds"),
             "Wall time of the worker's last check",
@@ -302,6 +311,11 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
         "oldest_transaction_start_timestamp",
         "When the oldest open transaction of a client backend began (Unix time; no sample when there is none)",
         i.oldest_xact_start,
+    ));
+    out.push(stamp(
+        "worker_last_error_timestamp",
+        "When the worker last met an error (Unix time; no sample if never; worker_status().last_error says what)",
+        i.worker_last_error,
     ));
     out.push(stamp(
         "worker_last_cycle_timestamp",
