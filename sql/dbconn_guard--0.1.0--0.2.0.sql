@@ -5,6 +5,11 @@
 -- has the extension. 0.2.0 is not released yet: this script grows with it.
 \echo Use "ALTER EXTENSION dbconn_guard UPDATE TO '0.2.0'" to load this file. \quit
 
+-- The rules of 0.2.0 (and those planned for it: the root-blocker rule of issue 10)
+ALTER TABLE terminations DROP CONSTRAINT terminations_rule_check;
+ALTER TABLE terminations ADD CONSTRAINT terminations_rule_check
+    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel'));
+
 -- The background worker is the only writer of the audit: admins read it.
 REVOKE INSERT, DELETE ON terminations FROM dbconn_guard_admin;
 REVOKE USAGE ON SEQUENCE terminations_id_seq FROM dbconn_guard_admin;
@@ -78,6 +83,7 @@ CREATE FUNCTION _history(
     OUT utilization_pct double precision,
     OUT terminated_idle_timeout bigint,
     OUT terminated_idle_in_transaction_timeout bigint,
+    OUT terminated_transaction_timeout bigint,
     OUT terminated_manual bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record

@@ -595,16 +595,6 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
     );
 }
 
-/// The slot of `rule` in `Shared::terminations_by_rule`.
-fn rule_index(rule: crate::core::policy::Rule) -> usize {
-    use crate::core::policy::Rule;
-    match rule {
-        Rule::IdleTimeout => 0,
-        Rule::IdleInTransactionTimeout => 1,
-        Rule::Manual => 2,
-    }
-}
-
 /// Keeps the record in shared memory too: on a standby that is the only record.
 fn remember(
     t: &Target,
@@ -646,6 +636,6 @@ fn remember(
     let mut s = shared::SHARED.exclusive();
     s.push_recent(rec);
     if matches!(o, Outcome::Terminated { .. }) && !dry_run {
-        s.terminations_by_rule[rule_index(t.rule)] += 1;
+        s.terminations_by_rule[t.rule.index()] += 1;
     }
 }

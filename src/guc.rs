@@ -9,6 +9,7 @@
 //! Every duration takes PostgreSQL's time units, and a bare number is **seconds**.
 
 use crate::core::health::Thresholds;
+use crate::core::overrides::Overrides;
 use crate::core::patterns::PatternList;
 use crate::core::policy::{Policy, Scope};
 use crate::core::session::Micros;
@@ -34,6 +35,7 @@ pub static DRY_RUN: GucSetting<bool> = GucSetting::<bool>::new(false);
 // Seconds (a `real`, so `'1500ms'` is exact and `'300ms'` is refused, not rounded to 0 = off).
 pub static IDLE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
@@ -42,6 +44,10 @@ pub static EXCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
 pub static EXCLUDE_USERS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static EXCLUDE_DATABASES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static IDLE_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static EXCLUDE_CLIENT_TOOLS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -127,6 +133,33 @@ unsafe extern "C-unwind" fn check_pattern_list(
     }
 }
 
+/// Check hook of the override lists: a malformed list is refused whole, naming the bad item.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_overrides(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    match Overrides::parse(&value) {
+        Ok(_) => true,
+        Err(why) => {
+            let detail = CString::new(format!("{why}.").replace('\0', " ")).unwrap_or_default();
+            let hint = c"Give comma-separated items app:<name>=<duration> or user:<name>=<duration>, as in 'app:batch-*=1h, user:etl=30min'; * is a wildcard, 0 means never, a bare number is seconds.";
+            unsafe {
+                pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+                pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+            }
+            false
+        }
+    }
+}
+
 /// Where a setting may be changed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Changed {
@@ -162,6 +195,8 @@ pub enum Value {
     Bool(&'static GucSetting<bool>),
     /// a name list (`core::patterns`), refused whole when malformed
     Names(&'static GucSetting<Option<CString>>),
+    /// `app:<pattern>=<duration>, user:<pattern>=<duration>, ...` (core::overrides).
+    Overrides(&'static GucSetting<Option<CString>>),
     Text(&'static GucSetting<Option<CString>>),
 }
 
@@ -299,7 +334,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 30] = [
+pub static SETTINGS: [Setting; 33] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -408,6 +443,11 @@ pub static SETTINGS: [Setting; 30] = [
         c"Ends sessions idle in transaction (or aborted transaction) for longer than this (0: never).",
         &IDLE_IN_TRANSACTION_TIMEOUT,
     ),
+    timeout(
+        c"dbconn_guard.transaction_timeout",
+        c"Ends sessions whose transaction is older than this, at a moment they are idle in it, never while a statement runs (0: never).",
+        &TRANSACTION_TIMEOUT,
+    ),
     Setting {
         name: c"dbconn_guard.min_utilization_pct",
         short: c"Idle sessions are ended only while connection utilization is at or above this percentage.",
@@ -439,6 +479,28 @@ pub static SETTINGS: [Setting; 30] = [
         c"Sessions connected to these databases are never ended.",
         &EXCLUDE_DATABASES,
     ),
+    Setting {
+        name: c"dbconn_guard.idle_timeout_overrides",
+        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces idle_timeout for it (0: never).",
+        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
+        value: Value::Overrides(&IDLE_TIMEOUT_OVERRIDES),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "''",
+        doc_range: "override list",
+    },
+    Setting {
+        name: c"dbconn_guard.idle_in_transaction_timeout_overrides",
+        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces idle_in_transaction_timeout for it (0: never).",
+        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
+        value: Value::Overrides(&IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "''",
+        doc_range: "override list",
+    },
     reload_bool(
         c"dbconn_guard.exclude_client_tools",
         c"Never end sessions of PostgreSQL's own client programs (pg_dump, pg_restore, pg_basebackup, vacuumdb, ...), by application_name.",
@@ -633,6 +695,19 @@ pub fn define() {
                     None,
                 )
             },
+            Value::Overrides(var) => unsafe {
+                GucRegistry::define_string_guc_with_hooks(
+                    s.name,
+                    s.short,
+                    s.long,
+                    var,
+                    context,
+                    GucFlags::default(),
+                    Some(check_overrides),
+                    None,
+                    None,
+                )
+            },
             Value::Text(var) => GucRegistry::define_string_guc(
                 s.name,
                 s.short,
@@ -733,9 +808,19 @@ pub fn policy() -> Policy {
         scope: scope(),
         idle_timeout: seconds_us(IDLE_TIMEOUT.get()),
         idle_in_transaction_timeout: seconds_us(IDLE_IN_TRANSACTION_TIMEOUT.get()),
+        transaction_timeout: seconds_us(TRANSACTION_TIMEOUT.get()),
         min_utilization_pct: f64::from(MIN_UTILIZATION_PCT.get()),
         max_terminations_per_cycle: MAX_TERMINATIONS_PER_CYCLE.get().max(1) as usize,
+        idle_timeout_overrides: overrides(&IDLE_TIMEOUT_OVERRIDES),
+        idle_in_transaction_timeout_overrides: overrides(&IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES),
     }
+}
+
+/// An override list in force (its check hook has refused any malformed value).
+fn overrides(g: &GucSetting<Option<CString>>) -> Overrides {
+    g.get()
+        .and_then(|c| Overrides::parse(&c.to_string_lossy()).ok())
+        .unwrap_or_default()
 }
 
 pub fn database() -> String {

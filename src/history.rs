@@ -36,7 +36,7 @@ struct Fixed {
     utilization_pct: f64,
     available_connections: i64,
     max_connections: i32,
-    terminations: [u32; 3],
+    terminations: [u32; crate::core::policy::RULES],
     leak_suspect_groups: u32,
     groups: u32,
 }
@@ -212,11 +212,7 @@ pub fn append(sample: &Sample) {
         utilization_pct: sample.utilization_pct,
         available_connections: sample.available_connections,
         max_connections: sample.max_connections,
-        terminations: [
-            sample.terminations.idle_timeout,
-            sample.terminations.idle_in_transaction_timeout,
-            sample.terminations.manual,
-        ],
+        terminations: sample.terminations.as_array(),
         leak_suspect_groups: sample.leak_suspect_groups,
         groups: sample.groups.len().min(room) as u32,
     };
@@ -308,11 +304,7 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
         max_connections: f.max_connections,
         utilization_pct: f.utilization_pct,
         available_connections: f.available_connections,
-        terminations: ByRule {
-            idle_timeout: f.terminations[0],
-            idle_in_transaction_timeout: f.terminations[1],
-            manual: f.terminations[2],
-        },
+        terminations: ByRule::from_array(f.terminations),
         leak_suspect_groups: f.leak_suspect_groups,
         groups,
     })
@@ -321,13 +313,13 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
 #[cfg(test)]
 mod layout {
     /// The sizes docs/reference.md gives for the ring (and the cluster test checks against
-    /// `pg_shmem_allocations`): 32 bytes, and 104 + 224 × (history_groups + 1) per sample.
+    /// `pg_shmem_allocations`): 32 bytes, and 112 + 224 × (history_groups + 1) per sample.
     #[test]
     fn ring_layout_is_as_documented() {
         assert_eq!(super::align8(size_of::<super::Header>()), 32);
-        assert_eq!(size_of::<super::SlotHead>(), 104);
+        assert_eq!(size_of::<super::SlotHead>(), 112);
         assert_eq!(size_of::<super::Entry>(), 224);
-        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (104 + 224 * 17));
+        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (112 + 224 * 17));
         assert_eq!(super::ring_bytes(0, 16), 0);
     }
 }

@@ -61,7 +61,7 @@ pub fn collect() -> Inputs {
         )
     });
     let ((up, ready, error_at), cycle_us, cycle_start, by_rule) =
-        worker.unwrap_or(((false, false, 0), 0, 0, [0; 3]));
+        worker.unwrap_or(((false, false, 0), 0, 0, [0; crate::core::policy::RULES]));
     Inputs {
         oldest_lock_wait_start: wait_starts.iter().copied().filter(|&t| t != 0).min(),
         oldest_xact_start: snap.clients().filter_map(|b| b.xact_start).min(),

@@ -128,11 +128,11 @@ pub struct Shared {
     pub sessions_examined: i64,
     pub terminations_total: i64,
     /// Sessions ended (not dry-run records) since the server started, by rule
-    /// (idle_timeout, idle_in_transaction_timeout, manual): the history's counts per sample.
-    pub terminations_by_rule: [i64; 3],
+    /// (indexed by `Rule::index`): the history's counts per sample.
+    pub terminations_by_rule: [i64; crate::core::policy::RULES],
     /// `terminations_by_rule` at the history's last sample (kept here, not in the worker, so
     /// a worker restart loses none from the next sample's counts).
-    pub sampled_by_rule: [i64; 3],
+    pub sampled_by_rule: [i64; crate::core::policy::RULES],
     pub terminations_last_cycle: i64,
     pub deferred_last_cycle: i64,
     pub next_wakeup: Micros,
@@ -166,8 +166,8 @@ impl Shared {
             last_cycle_cpu_us: 0,
             sessions_examined: 0,
             terminations_total: 0,
-            terminations_by_rule: [0; 3],
-            sampled_by_rule: [0; 3],
+            terminations_by_rule: [0; crate::core::policy::RULES],
+            sampled_by_rule: [0; crate::core::policy::RULES],
             terminations_last_cycle: 0,
             deferred_last_cycle: 0,
             next_wakeup: 0,

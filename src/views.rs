@@ -411,7 +411,7 @@ fn blocking_chains() -> TableIterator<
 pub unsafe extern "C-unwind" fn dbconn_guard_history(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 18) };
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 19) };
     let int8 = |v: u32| i64::from(v).into_datum();
     for s in history::read(None, false) {
         let c = s.clients;
@@ -432,6 +432,7 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
             round2(s.utilization_pct).into_datum(),
             int8(s.terminations.idle_timeout),
             int8(s.terminations.idle_in_transaction_timeout),
+            int8(s.terminations.transaction_timeout),
             int8(s.terminations.manual),
             int8(s.leak_suspect_groups),
         ]);
@@ -501,6 +502,7 @@ CREATE FUNCTION _history(
     OUT utilization_pct double precision,
     OUT terminated_idle_timeout bigint,
     OUT terminated_idle_in_transaction_timeout bigint,
+    OUT terminated_transaction_timeout bigint,
     OUT terminated_manual bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record

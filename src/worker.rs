@@ -140,11 +140,35 @@ fn announce_policy(pol: &policy::Policy) {
             "idle_in_transaction_timeout",
             pol.idle_in_transaction_timeout,
         ),
+        ("transaction_timeout", pol.transaction_timeout),
         ("idle_timeout", pol.idle_timeout),
     ]
     .iter()
     .filter(|(_, t)| *t > 0)
     .map(|(n, t)| format!("{n} = {}s", *t as f64 / 1e6))
+    .chain(
+        [
+            (
+                "idle_timeout_overrides",
+                &pol.idle_timeout_overrides,
+                &guc::IDLE_TIMEOUT_OVERRIDES,
+            ),
+            (
+                "idle_in_transaction_timeout_overrides",
+                &pol.idle_in_transaction_timeout_overrides,
+                &guc::IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, o, _)| o.shortest().is_some())
+        .map(|(n, _, g)| {
+            let text = g
+                .get()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{n} = {}", quoted(&text))
+        }),
+    )
     .collect();
     match history::shape() {
         None => log!(
@@ -162,7 +186,7 @@ fn announce_policy(pol: &policy::Policy) {
         log!("dbconn_guard worker: dbconn_guard.enabled is off: it ends no session");
     } else if rules.is_empty() {
         log!(
-            "dbconn_guard worker: no termination rule is set (dbconn_guard.idle_timeout and dbconn_guard.idle_in_transaction_timeout are 0): it ends no session, and only watches"
+            "dbconn_guard worker: no termination rule is set (dbconn_guard.idle_timeout, idle_in_transaction_timeout and transaction_timeout are 0, and no override gives a timeout): it ends no session, and only watches"
         );
     } else {
         log!(

@@ -114,11 +114,10 @@ fn views_and_worker_work_on_a_hot_standby() {
     );
 
     // ALTER SYSTEM writes a file, so it works on a standby too
-    s.batch_execute(
-        "ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '1s'; \
-         ALTER SYSTEM SET dbconn_guard.sample_interval = '1s'",
-    )
-    .unwrap();
+    s.batch_execute("ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '1s'")
+        .unwrap();
+    s.batch_execute("ALTER SYSTEM SET dbconn_guard.sample_interval = '1s'")
+        .unwrap();
     s.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_until(
         &mut s,

@@ -6,6 +6,7 @@
 //! aligned instant), never from a read of its own.
 
 use super::fasthash::FastMap;
+use super::policy::{Rule, RULES};
 use super::session::{Backend, Micros, Name, Snapshot, SECOND};
 use super::utilization::{self, Limits};
 use std::rc::Rc;
@@ -85,12 +86,13 @@ pub struct ByRule {
     pub idle_timeout: u32,
     pub idle_in_transaction_timeout: u32,
     pub manual: u32,
+    pub transaction_timeout: u32,
 }
 
 impl ByRule {
     /// `now - before`, for counters that only grow (a counter that went back, as after a
     /// restart of the server, counts from zero).
-    pub fn since(now: [i64; 3], before: [i64; 3]) -> ByRule {
+    pub fn since(now: [i64; RULES], before: [i64; RULES]) -> ByRule {
         let d = |i: usize| {
             let v = if now[i] >= before[i] {
                 now[i] - before[i]
@@ -100,9 +102,29 @@ impl ByRule {
             v.clamp(0, i64::from(u32::MAX)) as u32
         };
         ByRule {
-            idle_timeout: d(0),
-            idle_in_transaction_timeout: d(1),
-            manual: d(2),
+            idle_timeout: d(Rule::IdleTimeout.index()),
+            idle_in_transaction_timeout: d(Rule::IdleInTransactionTimeout.index()),
+            manual: d(Rule::Manual.index()),
+            transaction_timeout: d(Rule::TransactionTimeout.index()),
+        }
+    }
+
+    /// The counts in the order of `Rule::index`.
+    pub fn as_array(&self) -> [u32; RULES] {
+        let mut a = [0; RULES];
+        a[Rule::IdleTimeout.index()] = self.idle_timeout;
+        a[Rule::IdleInTransactionTimeout.index()] = self.idle_in_transaction_timeout;
+        a[Rule::Manual.index()] = self.manual;
+        a[Rule::TransactionTimeout.index()] = self.transaction_timeout;
+        a
+    }
+
+    pub fn from_array(a: [u32; RULES]) -> ByRule {
+        ByRule {
+            idle_timeout: a[Rule::IdleTimeout.index()],
+            idle_in_transaction_timeout: a[Rule::IdleInTransactionTimeout.index()],
+            manual: a[Rule::Manual.index()],
+            transaction_timeout: a[Rule::TransactionTimeout.index()],
         }
     }
 }
@@ -375,6 +397,7 @@ mod tests {
                 idle_timeout: 1,
                 idle_in_transaction_timeout: 2,
                 manual: 3,
+                transaction_timeout: 0,
             },
             leak_suspect_groups: 4,
         };
@@ -502,15 +525,18 @@ mod tests {
     #[test]
     fn terminations_since_the_previous_sample() {
         assert_eq!(
-            ByRule::since([5, 7, 9], [2, 7, 1]),
+            ByRule::since([5, 7, 9, 4], [2, 7, 1, 0]),
             ByRule {
                 idle_timeout: 3,
                 idle_in_transaction_timeout: 0,
-                manual: 8
+                manual: 8,
+                transaction_timeout: 4,
             }
         );
         // counters that went back (a crash-restart reset shared memory)
-        assert_eq!(ByRule::since([1, 0, 0], [4, 0, 0]).idle_timeout, 1);
+        assert_eq!(ByRule::since([1, 0, 0, 0], [4, 0, 0, 0]).idle_timeout, 1);
+        let b = ByRule::since([1, 2, 3, 4], [0; 4]);
+        assert_eq!(ByRule::from_array(b.as_array()), b);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod history;
 pub mod http;
 pub mod leaks;
 pub mod metrics;
+pub mod overrides;
 pub mod patterns;
 pub mod policy;
 pub mod quote;

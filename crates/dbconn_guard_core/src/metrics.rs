@@ -8,6 +8,7 @@
 
 use super::health::Status;
 use super::history::{Sample, UNIX_EPOCH};
+use super::policy::{Rule, RULES};
 use super::session::{Micros, SECOND};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +36,7 @@ pub struct Inputs {
     pub leak_suspects: u32,
     /// Sessions ended since the server started, by rule: idle_timeout,
     /// idle_in_transaction_timeout, manual.
-    pub terminations_by_rule: [i64; 3],
+    pub terminations_by_rule: [i64; RULES],
     pub worker_up: bool,
     /// The extension exists in the worker's database, so it can guard.
     pub worker_extension_ready: bool,
@@ -163,7 +164,6 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
         .zip(by_state(&s.clients))
         .map(|(state, n)| (vec![label("state", state)], f64::from(n)))
         .collect();
-    let rules = ["idle_timeout", "idle_in_transaction_timeout", "manual"];
     let mut out = vec![
         gauge(
             "connections",
@@ -248,10 +248,10 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             unit: None,
             kind: Kind::Counter,
             help: "Sessions the guard ended since the server started, by rule (dry-run records are not counted)",
-            samples: rules
+            samples: Rule::ALL
                 .iter()
                 .zip(i.terminations_by_rule)
-                .map(|(r, n)| (vec![label("rule", r)], n.max(0) as f64))
+                .map(|(r, n)| (vec![label("rule", r.as_str())], n.max(0) as f64))
                 .collect(),
         },
         gauge(
@@ -427,7 +427,7 @@ mod tests {
                 ..Default::default()
             },
             oldest_lock_wait_start: Some(UNIX_EPOCH + 1_700_000_000 * SECOND),
-            terminations_by_rule: [4, 1, 0],
+            terminations_by_rule: [4, 1, 0, 2],
             worker_up: true,
             health: vec![
                 ("utilization", Status::Ok),

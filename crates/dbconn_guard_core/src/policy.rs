@@ -6,6 +6,7 @@
 //! Sessions the caller has already handled (a dry run records a session once) are left out
 //! entirely: they count neither toward the cap nor toward the next deadline.
 
+use super::overrides::Overrides;
 use super::patterns::PatternList;
 use super::session::{Backend, Micros, Name, Snapshot};
 use super::utilization::percent;
@@ -36,6 +37,9 @@ pub const CLIENT_TOOLS: [&str; 10] = [
 pub enum Rule {
     /// `idle in transaction` or `idle in transaction (aborted)` past `idle_in_transaction_timeout`.
     IdleInTransactionTimeout,
+    /// A transaction older than `transaction_timeout`, ended at a moment it is idle in it
+    /// (never while a statement runs).
+    TransactionTimeout,
     /// `idle` past `idle_timeout` (while utilization is at or above `min_utilization_pct`).
     IdleTimeout,
     /// `dbconn_guard.terminate_idle()`, called by a DBA.
@@ -46,11 +50,33 @@ impl Rule {
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::IdleInTransactionTimeout => "idle_in_transaction_timeout",
+            Rule::TransactionTimeout => "transaction_timeout",
             Rule::IdleTimeout => "idle_timeout",
             Rule::Manual => "manual",
         }
     }
+
+    /// Its slot in per-rule counters (`RULES` long).
+    pub fn index(self) -> usize {
+        match self {
+            Rule::IdleTimeout => 0,
+            Rule::IdleInTransactionTimeout => 1,
+            Rule::Manual => 2,
+            Rule::TransactionTimeout => 3,
+        }
+    }
+
+    /// Every rule, in the order of `index`.
+    pub const ALL: [Rule; RULES] = [
+        Rule::IdleTimeout,
+        Rule::IdleInTransactionTimeout,
+        Rule::Manual,
+        Rule::TransactionTimeout,
+    ];
 }
+
+/// How many rules there are (per-rule counters).
+pub const RULES: usize = 4;
 
 /// Why a session is never ended, whatever its age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,9 +163,16 @@ pub struct Policy {
     pub idle_timeout: Micros,
     /// Microseconds; 0 = idle-in-transaction sessions are never ended.
     pub idle_in_transaction_timeout: Micros,
+    /// Microseconds; 0 = off. A session whose transaction is older is ended the moment it is
+    /// idle in it.
+    pub transaction_timeout: Micros,
     /// Plain idle sessions are ended only while utilization is at or above this percentage.
     pub min_utilization_pct: f64,
     pub max_terminations_per_cycle: usize,
+    /// Per application / user: the first match replaces `idle_timeout` (0: never).
+    pub idle_timeout_overrides: Overrides,
+    /// Per application / user: the first match replaces `idle_in_transaction_timeout`.
+    pub idle_in_transaction_timeout_overrides: Overrides,
 }
 
 /// How many client backends hold slots, out of how many.
@@ -171,19 +204,49 @@ pub struct Plan {
     pub examined: usize,
 }
 
-/// The timeout rule that governs a session in `state`, if any, under `policy`.
-fn rule_for(state: Option<&str>, policy: &Policy, idle_allowed: bool) -> Option<(Rule, Micros)> {
-    match state? {
-        IDLE_IN_TRANSACTION | IDLE_IN_TRANSACTION_ABORTED
-            if policy.idle_in_transaction_timeout > 0 =>
-        {
-            Some((
-                Rule::IdleInTransactionTimeout,
-                policy.idle_in_transaction_timeout,
-            ))
+/// The rule that governs session `b` in its state, if any, under `policy`, and when it
+/// expires: for plain idle, the idle timeout; idle in a transaction, the earlier of the
+/// idle-in-transaction timeout (from the moment it went idle) and the transaction timeout (from
+/// the moment its transaction began). A timeout is the first override that matches the
+/// session, or the global one (0 = never, either way).
+fn rule_for(b: &Backend, policy: &Policy, idle_allowed: bool) -> Option<(Rule, Micros)> {
+    let timeout = |global: Micros, overrides: &Overrides| {
+        if overrides.is_empty() {
+            global
+        } else {
+            overrides.timeout_for(b).unwrap_or(global)
         }
-        IDLE if policy.idle_timeout > 0 && idle_allowed => {
-            Some((Rule::IdleTimeout, policy.idle_timeout))
+    };
+    match b.state? {
+        IDLE_IN_TRANSACTION | IDLE_IN_TRANSACTION_ABORTED => {
+            let idle = timeout(
+                policy.idle_in_transaction_timeout,
+                &policy.idle_in_transaction_timeout_overrides,
+            );
+            let by_idle = (idle > 0)
+                .then_some(b.state_change)
+                .flatten()
+                .map(|since| (Rule::IdleInTransactionTimeout, since.saturating_add(idle)));
+            let by_age = (policy.transaction_timeout > 0)
+                .then_some(b.xact_start)
+                .flatten()
+                .map(|since| {
+                    (
+                        Rule::TransactionTimeout,
+                        since.saturating_add(policy.transaction_timeout),
+                    )
+                });
+            match (by_idle, by_age) {
+                (Some(i), Some(t)) => Some(if t.1 < i.1 { t } else { i }),
+                (i, t) => i.or(t),
+            }
+        }
+        IDLE if idle_allowed => {
+            let idle = timeout(policy.idle_timeout, &policy.idle_timeout_overrides);
+            (idle > 0)
+                .then_some(b.state_change)
+                .flatten()
+                .map(|since| (Rule::IdleTimeout, since.saturating_add(idle)))
         }
         _ => None,
     }
@@ -193,10 +256,19 @@ fn rule_for(state: Option<&str>, policy: &Policy, idle_allowed: bool) -> Option<
 /// timeout in force. A session entering a state right after a check is then seen before its
 /// deadline, and the worker can wake exactly at it, however short the timeout.
 pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
-    [policy.idle_timeout, policy.idle_in_transaction_timeout]
-        .into_iter()
-        .filter(|&t| t > 0)
-        .fold(naptime, Micros::min)
+    [
+        policy.idle_timeout,
+        policy.idle_in_transaction_timeout,
+        policy.transaction_timeout,
+        policy.idle_timeout_overrides.shortest().unwrap_or(0),
+        policy
+            .idle_in_transaction_timeout_overrides
+            .shortest()
+            .unwrap_or(0),
+    ]
+    .into_iter()
+    .filter(|&t| t > 0)
+    .fold(naptime, Micros::min)
 }
 
 /// The shortest sleep between two checks, whatever the plan says: nothing can make the worker
@@ -235,16 +307,12 @@ pub fn plan(
     let mut expired: Vec<Target> = Vec::new();
     for b in snapshot.clients() {
         out.examined += 1;
-        let Some((rule, timeout)) = rule_for(b.state, policy, idle_allowed) else {
-            continue;
-        };
-        let Some(since) = b.state_change else {
+        let Some((rule, deadline)) = rule_for(b, policy, idle_allowed) else {
             continue;
         };
         if policy.scope.protection(b, own_pid).is_some() || handled(b) {
             continue;
         }
-        let deadline = since.saturating_add(timeout);
         if deadline <= now {
             expired.push(Target {
                 backend: b.clone(),
@@ -294,6 +362,21 @@ pub const SHORT_TIMEOUT: Micros = 10 * 1_000_000;
 /// WARNING texts for a policy whose timeouts are short enough to end sessions in ordinary use.
 pub fn warnings(policy: &Policy) -> Vec<String> {
     let mut out = Vec::new();
+    for (name, o) in [
+        ("idle_timeout_overrides", &policy.idle_timeout_overrides),
+        (
+            "idle_in_transaction_timeout_overrides",
+            &policy.idle_in_transaction_timeout_overrides,
+        ),
+    ] {
+        if let Some(t) = o.shortest().filter(|&t| t < SHORT_TIMEOUT) {
+            out.push(format!(
+                "dbconn_guard.{name} gives a timeout of {}s: sessions in ordinary use are ended; values under {}s are meant for tests",
+                t as f64 / 1e6,
+                SHORT_TIMEOUT / 1_000_000
+            ));
+        }
+    }
     for (name, t, what) in [
         (
             "idle_in_transaction_timeout",
@@ -304,6 +387,11 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
             "idle_timeout",
             policy.idle_timeout,
             "pooled connections between two uses",
+        ),
+        (
+            "transaction_timeout",
+            policy.transaction_timeout,
+            "ordinary transactions",
         ),
     ] {
         if t > 0 && t < SHORT_TIMEOUT {
@@ -365,7 +453,84 @@ mod tests {
             idle_in_transaction_timeout: 300 * SECOND,
             min_utilization_pct: 0.0,
             max_terminations_per_cycle: 100,
+            transaction_timeout: 0,
+            idle_timeout_overrides: Overrides::default(),
+            idle_in_transaction_timeout_overrides: Overrides::default(),
         }
+    }
+
+    #[test]
+    fn an_old_transaction_is_ended_when_idle_in_it_never_while_it_runs() {
+        let mut pol = policy(); // idle in transaction: 300s
+        pol.transaction_timeout = 600 * SECOND;
+        // idle in transaction for 5s, its transaction 700s old (a client that keeps it open
+        // with a SELECT every few seconds): the transaction rule, long expired
+        let mut keeper = client(1, "idle in transaction", 5);
+        keeper.xact_start = Some(keeper.state_change.unwrap() - 695 * SECOND);
+        // running a statement in an old transaction: never
+        let mut running = client(2, "active", 5);
+        running.xact_start = Some(running.state_change.unwrap() - 695 * SECOND);
+        // idle in its transaction for 400s, the transaction 410s old: the idle rule comes first
+        let mut idle = client(3, "idle in transaction", 400);
+        idle.xact_start = Some(idle.state_change.unwrap() - 10 * SECOND);
+        // young: due when it has been idle 300s
+        let mut young = client(4, "idle in transaction", 5);
+        young.xact_start = Some(young.state_change.unwrap() - 15 * SECOND);
+        let snap = snapshot(vec![keeper, running, idle, young]);
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        let got: Vec<(i32, Rule)> = p.targets.iter().map(|t| (t.backend.pid, t.rule)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, Rule::IdleInTransactionTimeout),
+                (1, Rule::TransactionTimeout)
+            ]
+        );
+        assert_eq!(p.next_deadline, Some(snap.now + 295 * SECOND));
+        assert_eq!(longest_sleep(3600 * SECOND, &pol), 300 * SECOND);
+        // the transaction rule alone (no idle-in-transaction timeout): a young transaction is
+        // due when it is 600s old
+        pol.idle_in_transaction_timeout = 0;
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        let got: Vec<(i32, Rule)> = p.targets.iter().map(|t| (t.backend.pid, t.rule)).collect();
+        assert_eq!(got, vec![(1, Rule::TransactionTimeout)]);
+        assert_eq!(p.next_deadline, Some(snap.now + 190 * SECOND));
+        pol.idle_in_transaction_timeout = 300 * SECOND;
+        // off: only the idle-in-transaction rule
+        pol.transaction_timeout = 0;
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        assert_eq!(p.targets.len(), 1);
+    }
+
+    #[test]
+    fn overrides_replace_the_global_timeouts_for_their_sessions() {
+        let mut pol = policy();
+        pol.idle_in_transaction_timeout = 0; // off, but for the apps an override names
+        pol.idle_in_transaction_timeout_overrides =
+            Overrides::parse("app:fast=1min, app:keep-*=0").unwrap();
+        pol.idle_timeout_overrides = Overrides::parse("user:batch=0, app:api=2min").unwrap();
+        let mk = |pid: i32, state: &'static str, age: i64, app: &str, user: &str| {
+            let mut b = client(pid, state, age);
+            b.application_name = Some(app.into());
+            b.usename = Some(user.into());
+            b
+        };
+        let snap = snapshot(vec![
+            mk(1, "idle in transaction", 90, "fast", "web"), // 1min override: ended
+            mk(2, "idle in transaction", 5000, "slow", "web"), // global off: kept
+            mk(3, "idle", 150, "api", "web"),                // 2min override: ended
+            mk(4, "idle", 150, "api", "batch"),              // user:batch=0 first: kept
+            mk(5, "idle", 700, "other", "web"),              // global 10min: ended
+            mk(6, "idle in transaction", 9000, "keep-me", "web"), // 0: never
+            mk(7, "idle", 100, "api", "web"),                // due at 120s
+        ]);
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        let ended: Vec<i32> = p.targets.iter().map(|t| t.backend.pid).collect();
+        assert_eq!(ended, vec![1, 5, 3]);
+        assert_eq!(p.targets[0].rule, Rule::IdleInTransactionTimeout);
+        assert_eq!(p.next_deadline, Some(snap.now + 20 * SECOND));
+        // the worker never sleeps past the shortest override
+        assert_eq!(longest_sleep(3600 * SECOND, &pol), 60 * SECOND);
     }
 
     /// A plan at `pct` utilization (of 100 slots), nothing handled before.

@@ -1,0 +1,158 @@
+//! The rules of issue 10, with real sessions. Transaction age (`dbconn_guard.transaction_timeout`):
+//! a transaction kept open by a client that never idles long is ended while idle in it, a
+//! statement running past the deadline never is. Per-application and per-user timeouts
+//! (`dbconn_guard.*_timeout_overrides`): an override ends its sessions, 0 keeps them whatever the
+//! global timeout, the first match wins, the protections still win, the policy shows what is in
+//! force, and a malformed list is refused naming the bad item, the old value kept.
+
+use dbconn_guard_integration::*;
+use std::thread;
+use std::time::Duration;
+
+#[test]
+fn overrides_end_their_sessions_and_zero_keeps_them() {
+    let mut a = guard_admin();
+    ensure_role(&mut a, "it_o_user", "");
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.idle_in_transaction_timeout", "1s"),
+            ("dbconn_guard.idle_timeout", "0"),
+            (
+                "dbconn_guard.idle_in_transaction_timeout_overrides",
+                "app:it_o_keep*=0, app:it_o_slow=1h",
+            ),
+            ("dbconn_guard.idle_timeout_overrides", "user:it_o_user=1s"),
+        ],
+    );
+    let (_other, other) = stale_in_transaction("it_o_other"); // the global 1s
+    let (_keep, keep) = stale_in_transaction("it_o_keep_me"); // 0: never
+    let (_slow, slow) = stale_in_transaction("it_o_slow"); // 1h
+    let (_su, su) = idle_in_transaction("it_o_other", "SELECT 1"); // a superuser: protected
+    let mut u = connect_as("it_o_user", "it_o_x");
+    let user_idle = pid(&mut u); // idle: the override gives 1s, the global is off
+    let (_plain, plain_idle) = stale_idle("it_o_x"); // idle, no override: the global is off
+    wait_gone(&mut a, other, Duration::from_secs(10));
+    wait_gone(&mut a, user_idle, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(1500));
+    for (p, what) in [
+        (keep, "0 in the override"),
+        (slow, "the override's 1h"),
+        (su, "a superuser"),
+        (plain_idle, "no rule for idle sessions"),
+    ] {
+        assert!(alive(&mut a, p), "{what}: kept");
+    }
+    let rows = audit(&mut a, other);
+    assert_eq!(rows[0].0, "idle_in_transaction_timeout");
+    let rows = audit(&mut a, user_idle);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "idle_timeout");
+    assert!(
+        (1.0..2.5).contains(&rows[0].3),
+        "ended {}s after going idle",
+        rows[0].3
+    );
+    // what is in force, as the worker applies it
+    let shown: String = a
+        .query_one(
+            "SELECT policy->>'idle_in_transaction_timeout_overrides' FROM dbconn_guard.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "app:it_o_keep*=0, app:it_o_slow=1h");
+
+    // a malformed list is refused whole, naming the item; the old value stays
+    for (bad, says) in [
+        ("app:it_o_keep*=0, db:shop=1h", "item 2"),
+        ("app:x=soon", "is not a duration"),
+        ("app:x=500ms", "under 1s"),
+    ] {
+        let e = a
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout_overrides = '{bad}'"
+            ))
+            .expect_err(bad);
+        let text = db_error(&e);
+        assert!(text.contains(says), "{bad}: {text}");
+        assert!(text.contains("app:<name>=<duration>"), "the hint: {text}");
+    }
+    a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let still: String = a
+        .query_one(
+            "SELECT policy->>'idle_in_transaction_timeout_overrides' FROM dbconn_guard.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(still, "app:it_o_keep*=0, app:it_o_slow=1h");
+    drop(u);
+    reset_system(&mut a);
+}
+
+#[test]
+fn an_old_transaction_is_ended_while_idle_in_it_and_never_while_it_runs() {
+    let mut a = guard_admin();
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.transaction_timeout", "2s"),
+            ("dbconn_guard.naptime", "200ms"),
+        ],
+    );
+    // a client that keeps its transaction open with a statement every 300 ms: never idle in it
+    // for long, so no idle-in-transaction timeout would see it
+    let mut keeper = connect_as(APP_ROLE, "it_r_keeper");
+    let keeper_pid = pid(&mut keeper);
+    keeper.batch_execute("BEGIN; SELECT 1").unwrap();
+    // a statement that runs past the deadline, in its own transaction
+    let (runner, running) = in_background_as(APP_ROLE, "it_r_runner", "BEGIN; SELECT pg_sleep(4)");
+    let t0 = std::time::Instant::now();
+    let mut ended_after = None;
+    while t0.elapsed() < Duration::from_secs(6) {
+        if keeper.batch_execute("SELECT 1").is_err() {
+            ended_after = Some(t0.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    let ended_after = ended_after.expect("the keeper's transaction was ended");
+    assert!(
+        ended_after >= Duration::from_millis(1800) && ended_after < Duration::from_secs(4),
+        "ended {ended_after:?} after its transaction began (timeout 2s)"
+    );
+    let rows = audit(&mut a, keeper_pid);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].2.as_str()),
+        ("transaction_timeout", "worker")
+    );
+    // the running statement went past its deadline untouched, and is ended once idle after it
+    assert!(alive(&mut a, runner), "not ended while its statement runs");
+    let (r, _session) = running.join().unwrap();
+    assert!(r.is_ok(), "the statement finished: {r:?}");
+    wait_gone(&mut a, runner, Duration::from_secs(5));
+    assert_eq!(audit(&mut a, runner)[0].0, "transaction_timeout");
+    reset_system(&mut a);
+}
+
+/// The statement's result, and its session still open.
+type Finished = thread::JoinHandle<(Result<(), postgres::Error>, postgres::Client)>;
+
+/// Runs `sql` on a new session of `user` in a thread; returns the pid at once, and from the
+/// thread the statement's result with the session, still open (idle in whatever transaction
+/// `sql` left).
+fn in_background_as(user: &str, app: &str, sql: &str) -> (i32, Finished) {
+    let mut c = connect_as(user, app);
+    let p = pid(&mut c);
+    let sql = sql.to_string();
+    (
+        p,
+        thread::spawn(move || {
+            let r = c.batch_execute(&sql);
+            (r, c)
+        }),
+    )
+}
