@@ -6,9 +6,12 @@
 \echo Use "ALTER EXTENSION dbconn_guard UPDATE TO '0.2.0'" to load this file. \quit
 
 -- The rules of 0.2.0 (and those planned for it: the root-blocker rule of issue 10)
+-- (added NOT VALID and validated apart, so a long audit is checked without blocking its
+-- readers, nor the worker for longer than a second)
 ALTER TABLE terminations DROP CONSTRAINT terminations_rule_check;
 ALTER TABLE terminations ADD CONSTRAINT terminations_rule_check
-    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel'));
+    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel')) NOT VALID;
+ALTER TABLE terminations VALIDATE CONSTRAINT terminations_rule_check;
 
 -- The background worker is the only writer of the audit: admins read it.
 REVOKE INSERT, DELETE ON terminations FROM dbconn_guard_admin;

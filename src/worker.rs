@@ -79,10 +79,18 @@ struct State {
     /// stays in the status array for a moment while it exits, and a dry run must not record
     /// the same session every cycle.
     acted: HashMap<(i32, Micros, Micros), Micros>,
+    /// Transactions acted on by the transaction-age rule, by (pid, backend_start, xact_start):
+    /// a client that keeps its transaction open with a statement now and then has a new
+    /// state_change each time, and a dry run must record its transaction once.
+    acted_xacts: HashMap<(i32, Micros, Micros), Micros>,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
     last_purge: Micros,
+    /// `dbconn_guard.*` lines of the configuration files that PostgreSQL refused: while there
+    /// are any, the policy in force is not the one written there (at server start a refused
+    /// value leaves the default in force: an empty exclusion list), so the worker ends nothing.
+    refused: Option<String>,
     /// Test builds: the last dbconn_guard.test_fill_history carried out.
     #[cfg(feature = "test_hooks")]
     filled: i32,
@@ -130,6 +138,39 @@ fn publish_policy() {
     SHARED.exclusive().policy.set(&text);
 }
 
+/// Reads `pg_file_settings` for `dbconn_guard.*` lines PostgreSQL refused; at start and after
+/// each reload. While there are any the worker ends no session, and says why.
+fn check_refused_settings(state: &mut State) {
+    let found = xact::transaction(c"dbconn_guard: checking the configuration files", || {
+        Spi::get_one::<String>(
+            "SELECT pg_catalog.string_agg(pg_catalog.format('%s (%s line %s: %s)', name, sourcefile, sourceline, error), '; ') \
+               FROM pg_catalog.pg_file_settings \
+              WHERE name OPERATOR(pg_catalog.~~) 'dbconn_guard.%' AND error IS NOT NULL",
+        )
+        .ok()
+        .flatten()
+    });
+    let refused = match found {
+        Ok(r) => r,
+        Err(f) => {
+            warning!("dbconn_guard worker: could not read pg_file_settings: {f}");
+            None
+        }
+    };
+    if let Some(why) = &refused {
+        let msg = format!(
+            "the configuration files hold dbconn_guard settings PostgreSQL refused: {why}; the policy in force is not the one written there, so the worker ends no session until they are fixed and reloaded"
+        );
+        warning!("dbconn_guard worker: {msg}");
+        let mut s = SHARED.exclusive();
+        s.last_error.set(&msg);
+        s.last_error_at = now();
+    } else if state.refused.is_some() {
+        log!("dbconn_guard worker: the refused settings are fixed: guarding again");
+    }
+    state.refused = refused;
+}
+
 /// Says once, at start and after each reload, what the worker will do.
 fn announce_policy(pol: &policy::Policy) {
     for w in policy::warnings(pol) {
@@ -158,9 +199,14 @@ fn announce_policy(pol: &policy::Policy) {
                 &pol.idle_in_transaction_timeout_overrides,
                 &guc::IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES,
             ),
+            (
+                "transaction_timeout_overrides",
+                &pol.transaction_timeout_overrides,
+                &guc::TRANSACTION_TIMEOUT_OVERRIDES,
+            ),
         ]
         .into_iter()
-        .filter(|(_, o, _)| o.shortest().is_some())
+        .filter(|(_, o, _)| !o.is_empty())
         .map(|(n, _, g)| {
             let text = g
                 .get()
@@ -258,6 +304,7 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         terminations_total: SHARED.share().terminations_total,
         ..Default::default()
     };
+    check_refused_settings(&mut state);
     let mut sleep: Micros = 0;
     loop {
         wait(sleep);
@@ -269,6 +316,7 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
             pin_settings();
             publish_policy();
             announce_policy(&guc::policy());
+            check_refused_settings(&mut state);
             state.last_purge = 0;
             #[cfg(feature = "test_hooks")]
             fill_history_for_tests(&mut state);
@@ -364,6 +412,9 @@ fn cycle(state: &mut State) -> Micros {
                 for (t, o) in p.targets.iter().zip(&report.outcomes) {
                     if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
                         state.acted.insert(key(&t.backend), p.judged_at);
+                        if t.rule == policy::Rule::TransactionTimeout {
+                            state.acted_xacts.insert(xact_key(&t.backend), p.judged_at);
+                        }
                     }
                     if o.ended() {
                         terminated += 1;
@@ -437,6 +488,14 @@ fn key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
     )
 }
 
+fn xact_key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
+    (
+        b.pid,
+        b.backend_start.unwrap_or(0),
+        b.xact_start.unwrap_or(0),
+    )
+}
+
 /// Reads every backend and plans (inside the check's first transaction).
 fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
     let mut out = Planned {
@@ -493,15 +552,21 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             snap.backends.iter().map(key).collect();
         state.acted.retain(|k, _| present.contains(k));
     }
+    if !state.acted_xacts.is_empty() && snap.torn == 0 {
+        let present: std::collections::HashSet<(i32, Micros, Micros)> =
+            snap.backends.iter().map(xact_key).collect();
+        state.acted_xacts.retain(|k, _| present.contains(k));
+    }
 
-    if guc::ENABLED.get() {
+    if guc::ENABLED.get() && state.refused.is_none() {
         let load = Load {
             client_backends: util.client_backends,
             max_connections: util.limits.max_connections,
         };
-        let acted = &state.acted;
+        let (acted, acted_xacts) = (&state.acted, &state.acted_xacts);
         let plan = policy::plan(&snap, load, pol, unsafe { pg_sys::MyProcPid }, |b| {
             acted.contains_key(&key(b))
+                || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
         });
         out.targets = plan.targets;
         out.deferred = plan.deferred as i64;

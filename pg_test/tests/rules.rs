@@ -100,8 +100,14 @@ fn an_old_transaction_is_ended_while_idle_in_it_and_never_while_it_runs() {
         &[
             ("dbconn_guard.transaction_timeout", "2s"),
             ("dbconn_guard.naptime", "200ms"),
+            (
+                "dbconn_guard.transaction_timeout_overrides",
+                "app:it_r_exempt=0",
+            ),
         ],
     );
+    // exempted by its override, idle in an old transaction all along
+    let (_exempt, exempt) = stale_in_transaction("it_r_exempt");
     // a client that keeps its transaction open with a statement every 300 ms: never idle in it
     // for long, so no idle-in-transaction timeout would see it
     let mut keeper = connect_as(APP_ROLE, "it_r_keeper");
@@ -131,6 +137,10 @@ fn an_old_transaction_is_ended_while_idle_in_it_and_never_while_it_runs() {
     );
     // the running statement went past its deadline untouched, and is ended once idle after it
     assert!(alive(&mut a, runner), "not ended while its statement runs");
+    assert!(
+        alive(&mut a, exempt),
+        "app:it_r_exempt=0 keeps its old transaction"
+    );
     let (r, _session) = running.join().unwrap();
     assert!(r.is_ok(), "the statement finished: {r:?}");
     wait_gone(&mut a, runner, Duration::from_secs(5));
@@ -155,4 +165,86 @@ fn in_background_as(user: &str, app: &str, sql: &str) -> (i32, Finished) {
             (r, c)
         }),
     )
+}
+
+#[test]
+fn a_refused_setting_in_the_configuration_file_stops_the_guard_until_it_is_fixed() {
+    // a typo in a protection list, written in postgresql.conf by hand: at server start
+    // PostgreSQL keeps the default (no exclusions at all) and only warns
+    let cluster = Cluster::start(
+        "refused",
+        341,
+        &[
+            "shared_preload_libraries = 'dbconn_guard'",
+            "dbconn_guard.idle_in_transaction_timeout = 1",
+            "dbconn_guard.exclude_applications = 'it_keep,,it_other'",
+        ],
+    );
+    let mut su = cluster.connect("postgres", "postgres", "it_r_admin");
+    su.batch_execute("CREATE EXTENSION dbconn_guard; CREATE ROLE it_r_app LOGIN")
+        .unwrap();
+    let mut keep = cluster.connect("it_r_app", "postgres", "it_keep");
+    let keep_pid = pid(&mut keep);
+    keep.batch_execute("BEGIN; SELECT 1").unwrap();
+    thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(&mut su, keep_pid),
+        "nothing is ended while a setting is refused"
+    );
+    let err: Option<String> = su
+        .query_one("SELECT last_error FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0);
+    let err = err.unwrap_or_default();
+    assert!(
+        err.contains("dbconn_guard.exclude_applications") && err.contains("ends no session"),
+        "{err}"
+    );
+    // fixed (a later line wins) and reloaded: the protected session stays, the others go
+    cluster.append_conf("dbconn_guard.exclude_applications = 'it_keep'");
+    su.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut other = cluster.connect("it_r_app", "postgres", "it_other");
+    let other_pid = pid(&mut other);
+    other.batch_execute("BEGIN; SELECT 1").unwrap();
+    wait_gone(&mut su, other_pid, Duration::from_secs(10));
+    assert!(
+        alive(&mut su, keep_pid),
+        "the exclusion, now in force, protects it"
+    );
+    assert!(cluster.log().contains("the refused settings are fixed"));
+}
+
+#[test]
+fn a_dry_run_records_an_old_transaction_once() {
+    let mut a = guard_admin();
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.transaction_timeout", "1s"),
+            ("dbconn_guard.naptime", "200ms"),
+            ("dbconn_guard.dry_run", "on"),
+        ],
+    );
+    let mut keeper = connect_as(APP_ROLE, "it_r_dry");
+    let p = pid(&mut keeper);
+    keeper.batch_execute("BEGIN; SELECT 1").unwrap();
+    // a new state_change every 300 ms, the same transaction
+    for _ in 0..12 {
+        keeper.batch_execute("SELECT 1").unwrap();
+        thread::sleep(Duration::from_millis(300));
+    }
+    let rows = audit(&mut a, p);
+    assert_eq!(rows.len(), 1, "one record per transaction: {rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1),
+        ("transaction_timeout", true)
+    );
+    // a new transaction is a new record
+    keeper.batch_execute("COMMIT; BEGIN; SELECT 1").unwrap();
+    for _ in 0..8 {
+        keeper.batch_execute("SELECT 1").unwrap();
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(audit(&mut a, p).len(), 2);
+    reset_system(&mut a);
 }

@@ -34,8 +34,7 @@ pub struct Inputs {
     /// The most sessions one root holds up.
     pub largest_pileup: u32,
     pub leak_suspects: u32,
-    /// Sessions ended since the server started, by rule: idle_timeout,
-    /// idle_in_transaction_timeout, manual.
+    /// Sessions ended since the server started, by rule (`Rule::index` order).
     pub terminations_by_rule: [i64; RULES],
     pub worker_up: bool,
     /// The extension exists in the worker's database, so it can guard.

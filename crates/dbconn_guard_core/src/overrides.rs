@@ -135,14 +135,19 @@ fn split_items(input: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// `pattern=duration`, at the last `=` outside double quotes.
+/// `pattern=duration`, at the first `=` outside double quotes (a name holding `=` is quoted):
+/// whatever follows must then be a duration alone, so a forgotten comma
+/// (`app:a=0 app:b=2h`) is refused, not read as one odd name.
 fn split_at_equals(s: &str) -> Result<(&str, &str), String> {
     let mut quoted = false;
     let mut at = None;
     for (i, c) in s.char_indices() {
         match c {
             '"' => quoted = !quoted,
-            '=' if !quoted => at = Some(i),
+            '=' if !quoted => {
+                at = Some(i);
+                break;
+            }
             _ => {}
         }
     }
@@ -177,10 +182,12 @@ pub fn parse_duration(s: &str) -> Result<Micros, String> {
         "d" => 86400e6,
         other => return Err(format!("unit {other:?} is not one of ms, s, min, h, d")),
     };
-    let us = (value * scale).round() as Micros;
-    if us == 0 {
+    // 0 is never; anything else must be at least 1s (checked before rounding: a tiny value is
+    // not 0)
+    if value == 0.0 {
         return Ok(0);
     }
+    let us = (value * scale).round() as Micros;
     if us < MIN_TIMEOUT {
         return Err(format!(
             "{s} is under 1s: a timeout is 0 (never) or at least 1s"
@@ -257,6 +264,11 @@ mod tests {
             ("app:=1h", "no name before"),
             ("app:\"api=1h", "unterminated"),
             ("user:a,b=1h", "item 1 (\"user:a\")"),
+            // a forgotten comma, or another separator: never one odd name
+            ("app:reporting=0 app:batch-*=2h", "app:batch-*=2h"),
+            ("app:a=1h; app:reporting=0", "item 1"),
+            ("app:api==30s", "is not a duration"),
+            ("app:api=0.0000001s", "under 1s"),
         ] {
             let e = Overrides::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

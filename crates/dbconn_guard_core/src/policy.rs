@@ -173,6 +173,8 @@ pub struct Policy {
     pub idle_timeout_overrides: Overrides,
     /// Per application / user: the first match replaces `idle_in_transaction_timeout`.
     pub idle_in_transaction_timeout_overrides: Overrides,
+    /// Per application / user: the first match replaces `transaction_timeout`.
+    pub transaction_timeout_overrides: Overrides,
 }
 
 /// How many client backends hold slots, out of how many.
@@ -227,15 +229,8 @@ fn rule_for(b: &Backend, policy: &Policy, idle_allowed: bool) -> Option<(Rule, M
                 .then_some(b.state_change)
                 .flatten()
                 .map(|since| (Rule::IdleInTransactionTimeout, since.saturating_add(idle)));
-            let by_age = (policy.transaction_timeout > 0)
-                .then_some(b.xact_start)
-                .flatten()
-                .map(|since| {
-                    (
-                        Rule::TransactionTimeout,
-                        since.saturating_add(policy.transaction_timeout),
-                    )
-                });
+            let by_age = transaction_deadline(b, policy)
+                .map(|deadline| (Rule::TransactionTimeout, deadline));
             match (by_idle, by_age) {
                 (Some(i), Some(t)) => Some(if t.1 < i.1 { t } else { i }),
                 (i, t) => i.or(t),
@@ -252,6 +247,28 @@ fn rule_for(b: &Backend, policy: &Policy, idle_allowed: bool) -> Option<(Rule, M
     }
 }
 
+/// When `b`'s transaction crosses its transaction timeout (the first override that matches
+/// it, or `transaction_timeout`), if a timeout applies and it has a transaction.
+fn transaction_deadline(b: &Backend, policy: &Policy) -> Option<Micros> {
+    let t = if policy.transaction_timeout_overrides.is_empty() {
+        policy.transaction_timeout
+    } else {
+        policy
+            .transaction_timeout_overrides
+            .timeout_for(b)
+            .unwrap_or(policy.transaction_timeout)
+    };
+    (t > 0)
+        .then_some(b.xact_start)
+        .flatten()
+        .map(|since| since.saturating_add(t))
+}
+
+/// How soon to look again at a session running a statement in a transaction past its
+/// transaction timeout: it is ended at a check that finds it idle in that transaction, so
+/// while it is there, the worker looks at least this often.
+pub const BUSY_TRANSACTION_POLL: Micros = 1_000_000;
+
 /// The longest the worker may sleep between checks: `naptime`, but never longer than a
 /// timeout in force. A session entering a state right after a check is then seen before its
 /// deadline, and the worker can wake exactly at it, however short the timeout.
@@ -265,6 +282,7 @@ pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
             .idle_in_transaction_timeout_overrides
             .shortest()
             .unwrap_or(0),
+        policy.transaction_timeout_overrides.shortest().unwrap_or(0),
     ]
     .into_iter()
     .filter(|&t| t > 0)
@@ -308,6 +326,15 @@ pub fn plan(
     for b in snapshot.clients() {
         out.examined += 1;
         let Some((rule, deadline)) = rule_for(b, policy, idle_allowed) else {
+            // a statement running in a transaction already past its timeout: look again soon,
+            // to find it idle in it (it is never ended while it runs)
+            if b.has_state("active")
+                && transaction_deadline(b, policy).is_some_and(|d| d <= now)
+                && policy.scope.protection(b, own_pid).is_none()
+            {
+                let soon = now.saturating_add(BUSY_TRANSACTION_POLL);
+                out.next_deadline = Some(out.next_deadline.map_or(soon, |d| d.min(soon)));
+            }
             continue;
         };
         if policy.scope.protection(b, own_pid).is_some() || handled(b) {
@@ -367,6 +394,10 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
         (
             "idle_in_transaction_timeout_overrides",
             &policy.idle_in_transaction_timeout_overrides,
+        ),
+        (
+            "transaction_timeout_overrides",
+            &policy.transaction_timeout_overrides,
         ),
     ] {
         if let Some(t) = o.shortest().filter(|&t| t < SHORT_TIMEOUT) {
@@ -456,7 +487,33 @@ mod tests {
             transaction_timeout: 0,
             idle_timeout_overrides: Overrides::default(),
             idle_in_transaction_timeout_overrides: Overrides::default(),
+            transaction_timeout_overrides: Overrides::default(),
         }
+    }
+
+    #[test]
+    fn rule_all_is_in_index_order() {
+        assert!(Rule::ALL.iter().enumerate().all(|(i, r)| r.index() == i));
+    }
+
+    #[test]
+    fn a_statement_past_its_transaction_timeout_is_looked_at_again_soon() {
+        let mut pol = policy();
+        pol.transaction_timeout = 60 * SECOND;
+        let mut busy = client(1, "active", 5);
+        busy.xact_start = Some(busy.state_change.unwrap() - 115 * SECOND);
+        let snap = snapshot(vec![busy.clone()]);
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        assert!(p.targets.is_empty(), "never while it runs");
+        assert_eq!(p.next_deadline, Some(snap.now + BUSY_TRANSACTION_POLL));
+        // an override that exempts it: no reason to look
+        pol.transaction_timeout_overrides = Overrides::parse("app:*=0").unwrap();
+        assert_eq!(plan_at(&snap, 50.0, &pol, 0).next_deadline, None);
+        // and an idle-in-transaction session of that app is not ended by age either
+        let mut idle = client(2, "idle in transaction", 5);
+        idle.xact_start = Some(idle.state_change.unwrap() - 115 * SECOND);
+        let p = plan_at(&snapshot(vec![idle]), 50.0, &pol, 0);
+        assert!(p.targets.is_empty());
     }
 
     #[test]
@@ -476,7 +533,17 @@ mod tests {
         // young: due when it has been idle 300s
         let mut young = client(4, "idle in transaction", 5);
         young.xact_start = Some(young.state_change.unwrap() - 15 * SECOND);
-        let snap = snapshot(vec![keeper, running, idle, young]);
+        // the running one is never a target; past its transaction timeout, it makes the worker
+        // look again within a second
+        let with_running = snapshot(vec![keeper.clone(), running, idle.clone(), young.clone()]);
+        let p = plan_at(&with_running, 50.0, &pol, 0);
+        assert!(p.targets.iter().all(|t| t.backend.pid != 2));
+        assert_eq!(p.targets.len(), 2);
+        assert_eq!(
+            p.next_deadline,
+            Some(with_running.now + BUSY_TRANSACTION_POLL)
+        );
+        let snap = snapshot(vec![keeper, idle, young]);
         let p = plan_at(&snap, 50.0, &pol, 0);
         let got: Vec<(i32, Rule)> = p.targets.iter().map(|t| (t.backend.pid, t.rule)).collect();
         assert_eq!(
