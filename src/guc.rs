@@ -85,6 +85,30 @@ pub static TEST_FILL_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Shortest policy timeout but 0 (off), in seconds: shorter ones end sessions in ordinary use.
 pub const MIN_TIMEOUT_S: f64 = 1.0;
 
+/// Refuses a value in a check hook: PostgreSQL reports `detail` and `hint` with its own
+/// "invalid value for parameter" error, and keeps the old value.
+fn refuse(detail: &str, hint: &CStr) -> bool {
+    let detail = CString::new(detail.replace('\0', " ")).unwrap_or_default();
+    unsafe {
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    }
+    false
+}
+
+/// The new value of a string setting's check hook (`None`: NULL, nothing to check).
+///
+/// # Safety
+/// `newval` must be the argument PostgreSQL passes to a string check hook.
+unsafe fn new_text(newval: *mut *mut std::ffi::c_char) -> Option<String> {
+    unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return None;
+        }
+        Some(CStr::from_ptr(*newval).to_string_lossy().into_owned())
+    }
+}
+
 /// Check hook of the policy timeouts: 0 (off) or at least `MIN_TIMEOUT_S`.
 #[pg_guard]
 unsafe extern "C-unwind" fn check_timeout(
@@ -96,16 +120,12 @@ unsafe extern "C-unwind" fn check_timeout(
     if v == 0.0 || v >= MIN_TIMEOUT_S {
         return true;
     }
-    let detail = format!(
-        "A termination timeout is 0 (off) or at least {MIN_TIMEOUT_S}s; {v}s would end sessions in ordinary use."
-    );
-    let detail = CString::new(detail).unwrap_or_default();
-    let hint = c"A bare number is seconds; units work too, as in '90s', '5min' or '1h'.";
-    unsafe {
-        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
-        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
-    }
-    false
+    refuse(
+        &format!(
+            "A termination timeout is 0 (off) or at least {MIN_TIMEOUT_S}s; {v}s would end sessions in ordinary use."
+        ),
+        c"A bare number is seconds; units work too, as in '90s', '5min' or '1h'.",
+    )
 }
 
 /// Check hook of the name-list settings: a malformed list is refused whole, with the reason.
@@ -115,23 +135,12 @@ unsafe extern "C-unwind" fn check_pattern_list(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    let value = unsafe {
-        if newval.is_null() || (*newval).is_null() {
-            return true;
-        }
-        CStr::from_ptr(*newval).to_string_lossy().into_owned()
-    };
-    match PatternList::parse(&value) {
-        Ok(_) => true,
-        Err(why) => {
-            let detail = CString::new(format!("{why}.").replace('\0', " ")).unwrap_or_default();
-            let hint = c"Give a comma-separated list of names, with * as a wildcard and double quotes around a name that holds a comma or a quote.";
-            unsafe {
-                pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
-                pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
-            }
-            false
-        }
+    match unsafe { new_text(newval) }.map(|v| PatternList::parse(&v)) {
+        None | Some(Ok(_)) => true,
+        Some(Err(why)) => refuse(
+            &format!("{why}."),
+            c"Give a comma-separated list of names, with * as a wildcard and double quotes around a name that holds a comma or a quote.",
+        ),
     }
 }
 
@@ -142,23 +151,12 @@ unsafe extern "C-unwind" fn check_overrides(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    let value = unsafe {
-        if newval.is_null() || (*newval).is_null() {
-            return true;
-        }
-        CStr::from_ptr(*newval).to_string_lossy().into_owned()
-    };
-    match Overrides::parse(&value) {
-        Ok(_) => true,
-        Err(why) => {
-            let detail = CString::new(format!("{why}.").replace('\0', " ")).unwrap_or_default();
-            let hint = c"Give comma-separated items app:<name>=<duration> or user:<name>=<duration>, as in 'app:batch-*=1h, user:etl=30min'; * is a wildcard, 0 means never, a bare number is seconds.";
-            unsafe {
-                pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
-                pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
-            }
-            false
-        }
+    match unsafe { new_text(newval) }.map(|v| Overrides::parse(&v)) {
+        None | Some(Ok(_)) => true,
+        Some(Err(why)) => refuse(
+            &format!("{why}."),
+            c"Give comma-separated items app:<name>=<duration> or user:<name>=<duration>, as in 'app:batch-*=1h, user:etl=30min'; * is a wildcard, 0 means never, a bare number is seconds.",
+        ),
     }
 }
 

@@ -3,90 +3,21 @@
 
 use dbconn_guard_integration::*;
 use postgres::Client;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-struct Standby {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
+/// A hot standby of the test cluster, on the test port + 100.
+fn start_standby(primary_port: u16) -> Replica {
+    Replica::start(primary_port, primary_port + 100, &[])
 }
 
-impl Standby {
-    fn pg(&self, program: &str, args: &[&str]) {
-        run_as_postgres(&self.bin, program, args);
-    }
-
-    fn start(primary_port: u16) -> Standby {
-        let bin = PathBuf::from(std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"));
-        let state = PathBuf::from(
-            std::env::var("DBCONN_GUARD_TEST_STATE").expect("DBCONN_GUARD_TEST_STATE"),
-        );
-        let s = Standby {
-            bin,
-            data: state.join(format!("standby-{primary_port}")),
-            port: primary_port + 100,
-        };
-        let _ = Command::new("rm").arg("-rf").arg(&s.data).status();
-        let data = s.data.to_str().unwrap().to_string();
-        let port = primary_port.to_string();
-        s.pg(
-            "pg_basebackup",
-            &[
-                "-D",
-                &data,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
-        );
-        let opts = format!("-p {} -c hot_standby=on", s.port);
-        let log = format!("{data}/server.log");
-        s.pg(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &opts, "-w", "start"],
-        );
-        s
-    }
-
-    fn connect(&self, user: &str, app: &str) -> Client {
-        let mut c = config_at(self.port, user, "postgres", app)
-            .connect(postgres::NoTls)
-            .unwrap();
-        // the database's default (SERIALIZABLE, see below) cannot run on a standby
-        c.batch_execute("SET default_transaction_isolation = 'read committed'")
-            .unwrap();
-        c
-    }
-}
-
-impl Drop for Standby {
-    fn drop(&mut self) {
-        let data = self.data.to_str().unwrap().to_string();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("standby server log (last 40 lines):");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        let _ = Command::new("sudo")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = Command::new("rm").arg("-rf").arg(&self.data).status();
-    }
+fn connect_standby(r: &Replica, user: &str, app: &str) -> Client {
+    let mut c = config_at(r.port, user, "postgres", app)
+        .connect(postgres::NoTls)
+        .unwrap();
+    // the database's default (SERIALIZABLE, see below) cannot run on a standby
+    c.batch_execute("SET default_transaction_isolation = 'read committed'")
+        .unwrap();
+    c
 }
 
 #[test]
@@ -99,8 +30,8 @@ fn views_and_worker_work_on_a_hot_standby() {
     p.batch_execute("ALTER DATABASE postgres SET default_transaction_isolation = 'serializable'")
         .unwrap();
     let _reset = ResetDatabaseDefault;
-    let standby = Standby::start(primary_port);
-    let mut s = standby.connect("postgres", "it_standby_admin");
+    let standby = start_standby(primary_port);
+    let mut s = connect_standby(&standby, "postgres", "it_standby_admin");
     assert!(s
         .query_one("SELECT pg_is_in_recovery()", &[])
         .unwrap()
@@ -130,7 +61,7 @@ fn views_and_worker_work_on_a_hot_standby() {
         "SELECT count(*) >= 2 FROM dbconn_guard.history WHERE client_backends >= 1",
         Duration::from_secs(10),
     );
-    let mut victim = standby.connect("it_w_app", "it_standby_victim");
+    let mut victim = connect_standby(&standby, "it_w_app", "it_standby_victim");
     let victim_pid = pid(&mut victim);
     victim.batch_execute("BEGIN; SELECT 1").unwrap();
     wait_gone(&mut s, victim_pid, Duration::from_secs(10));
@@ -175,8 +106,8 @@ fn a_promoted_standby_keeps_its_records_and_audits_from_then_on() {
     let mut p = connect("it_admin");
     ensure_role(&mut p, "it_w_app", "");
     reset_system(&mut p);
-    let standby = Standby::start(primary_port);
-    let mut s = standby.connect("postgres", "it_standby_admin");
+    let standby = start_standby(primary_port);
+    let mut s = connect_standby(&standby, "postgres", "it_standby_admin");
     wait_until(
         &mut s,
         "SELECT running AND extension_ready FROM dbconn_guard.worker_status()",
@@ -190,8 +121,8 @@ fn a_promoted_standby_keeps_its_records_and_audits_from_then_on() {
         "SELECT policy->>'idle_in_transaction_timeout' = '1s' FROM dbconn_guard.worker_status()",
         Duration::from_secs(10),
     );
-    let ended = |s: &mut Client, standby: &Standby, app: &str| {
-        let mut victim = standby.connect("it_w_app", app);
+    let ended = |s: &mut Client, standby: &Replica, app: &str| {
+        let mut victim = connect_standby(&standby, "it_w_app", app);
         let victim_pid = pid(&mut victim);
         victim.batch_execute("BEGIN; SELECT 1").unwrap();
         wait_gone(s, victim_pid, Duration::from_secs(10));
@@ -203,7 +134,8 @@ fn a_promoted_standby_keeps_its_records_and_audits_from_then_on() {
         .unwrap()
         .get(0);
 
-    standby.pg(
+    run_as_postgres(
+        &standby.bin,
         "pg_ctl",
         &["-D", standby.data.to_str().unwrap(), "-w", "promote"],
     );
