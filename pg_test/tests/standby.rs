@@ -122,7 +122,7 @@ fn a_promoted_standby_keeps_its_records_and_audits_from_then_on() {
         Duration::from_secs(10),
     );
     let ended = |s: &mut Client, standby: &Replica, app: &str| {
-        let mut victim = connect_standby(&standby, "it_w_app", app);
+        let mut victim = connect_standby(standby, "it_w_app", app);
         let victim_pid = pid(&mut victim);
         victim.batch_execute("BEGIN; SELECT 1").unwrap();
         wait_gone(s, victim_pid, Duration::from_secs(10));
