@@ -88,6 +88,8 @@ CREATE FUNCTION _history(
     OUT terminated_idle_in_transaction_timeout bigint,
     OUT terminated_transaction_timeout bigint,
     OUT terminated_manual bigint,
+    OUT terminated_blocker_timeout bigint,
+    OUT cancelled_blocker_statements bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

@@ -26,14 +26,14 @@
 //! line only.
 
 use crate::backend_status::{self, Slot};
-use crate::core::policy::{Scope, Target};
+use crate::core::policy::{self, Policy, Rule, Scope, Target};
 use crate::core::quote::{quoted, quoted_or};
 use crate::core::recheck::{self, Fresh, Verdict};
 use crate::core::session::{age_seconds, Micros, Name};
 use crate::encoding::DbText;
 use crate::shared::{self, FixedText, TerminationRecord, Withdrawal};
 use crate::xact;
-use crate::{guc, snapshot};
+use crate::{guc, locks, snapshot};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
@@ -131,6 +131,7 @@ impl Outcome {
                 Verdict::Proceed | Verdict::Gone => 10,
                 Verdict::Unreadable => 11,
                 Verdict::Changed => 12,
+                Verdict::NoLongerBlocking => 13,
                 Verdict::Protected(p) => {
                     20 + match p {
                         P::NotAClientBackend => 0,
@@ -158,6 +159,7 @@ impl Outcome {
             5 => Outcome::NotPermitted,
             11 => Outcome::Spared(Verdict::Unreadable),
             12 => Outcome::Spared(Verdict::Changed),
+            13 => Outcome::Spared(Verdict::NoLongerBlocking),
             20..=27 => Outcome::Spared(Verdict::Protected(
                 [
                     P::NotAClientBackend,
@@ -224,6 +226,26 @@ fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
     recheck::last_word(&t.backend, fresh, scope, me)
 }
 
+/// For a target of a root-blocker rule, a fresh read of the lock graph: is it still the root
+/// of a pile-up past the rule, under the policy in force now? (Its status entry, read next,
+/// says whether it is still in the same transaction, or the same statement.) Other rules'
+/// targets pass.
+fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
+    if !t.rule.is_blocker_rule() {
+        return Verdict::Proceed;
+    }
+    if t.rule == Rule::BlockerCancel && !pol.cancel_active_blockers {
+        return Verdict::NoLongerBlocking;
+    }
+    let waits = locks::lock_graph();
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    if policy::still_blocking(t.backend.pid, &waits, now, pol) {
+        Verdict::Proceed
+    } else {
+        Verdict::NoLongerBlocking
+    }
+}
+
 /// May `caller` end a session of the role named `target`? PostgreSQL's rule for
 /// `pg_terminate_backend()` (`pg_signal_backend()` in signalfuncs.c): a superuser's session
 /// only for a superuser, others for a member of `pg_signal_backend` or of the session's role.
@@ -250,7 +272,8 @@ fn may_signal(caller: pg_sys::Oid, target: Option<&str>) -> bool {
 /// module comment for the order and guarantees. `judged_at` is when the targets were read.
 /// Runs in the background worker, outside any transaction.
 pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: bool) -> Report {
-    let scope = guc::scope();
+    let pol = guc::policy();
+    let scope = pol.scope.clone();
     let me = unsafe { pg_sys::MyProcPid };
     let standby = unsafe { pg_sys::RecoveryInProgress() };
     let label = actor.label();
@@ -272,7 +295,10 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     // 1. record, and commit
     let recorded = xact::writing_transaction(c"dbconn_guard: recording terminations", || {
         let check = |t: &Target| {
-            let v = last_look(t, &scope, me);
+            let mut v = still_the_root(t, &pol);
+            if v == Verdict::Proceed {
+                v = last_look(t, &scope, me);
+            }
             if v != Verdict::Proceed {
                 Some(Outcome::Spared(v))
             } else if caller.is_some_and(|c| !may_signal(c, t.backend.usename.as_deref())) {
@@ -385,12 +411,18 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                 // the last look and the signal, back to back, in a subtransaction begun
                 // beforehand (so its setup is not inside the window)
                 let look_and_signal = xact::subtransaction(|| {
+                    // a root blocker: the lock graph read again first (outside the window:
+                    // the status entry, read next, says whether it did anything since)
+                    let v = still_the_root(t, &pol);
+                    if v != Verdict::Proceed {
+                        return (v, false, 0);
+                    }
                     let start = Instant::now();
                     let v = last_look(t, &scope, me);
                     if v != Verdict::Proceed {
                         return (v, false, 0);
                     }
-                    let sent = terminate(t.backend.pid, caller);
+                    let sent = signal(t.backend.pid, caller, t.rule.cancels());
                     let window_us = start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                     (v, sent, window_us)
                 });
@@ -444,10 +476,11 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     }
 }
 
-/// `pg_terminate_backend(pid)` (not waiting for the backend to exit), as `role` when given —
-/// PostgreSQL's own permission rules — or as the worker. Called in a subtransaction: an error
-/// (permission denied) aborts it, which also puts the user back.
-fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> bool {
+/// `pg_terminate_backend(pid)` (not waiting for the backend to exit), or with `cancel`
+/// `pg_cancel_backend(pid)`, as `role` when given — PostgreSQL's own permission rules — or as
+/// the worker. Called in a subtransaction: an error (permission denied) aborts it, which also
+/// puts the user back.
+fn signal(pid: i32, role: Option<pg_sys::Oid>, cancel: bool) -> bool {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     unsafe {
@@ -460,10 +493,14 @@ fn terminate(pid: i32, role: Option<pg_sys::Oid>) -> bool {
         }
     }
     let sent = unsafe {
-        pgrx::direct_function_call::<bool>(
-            pg_sys::pg_terminate_backend,
-            &[pid.into_datum(), 0i64.into_datum()],
-        )
+        if cancel {
+            pgrx::direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid.into_datum()])
+        } else {
+            pgrx::direct_function_call::<bool>(
+                pg_sys::pg_terminate_backend,
+                &[pid.into_datum(), 0i64.into_datum()],
+            )
+        }
         .unwrap_or(false)
     };
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
@@ -565,8 +602,11 @@ pub fn withdraw_queued() -> Result<(), String> {
 
 fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: bool) {
     let b = &t.backend;
+    let cancel = t.rule.cancels();
     let verb = match o {
+        Outcome::Terminated { .. } if cancel => "cancelled the statement of",
         Outcome::Terminated { .. } => "terminated",
+        Outcome::WouldTerminate if dry_run && cancel => "dry run: would cancel the statement of",
         Outcome::WouldTerminate if dry_run => "dry run: would terminate",
         Outcome::Withdrawn(v) => {
             log!(
@@ -580,8 +620,17 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
     };
     let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
     let xact_age = age_seconds(judged_at, b.xact_start);
+    let holding = if t.held_up > 0 {
+        format!(
+            ", the root of a lock pile-up holding up {} session{}",
+            t.held_up,
+            if t.held_up == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
     log!(
-        "dbconn_guard: {verb} pid {} ({} for {}; rule {}): user={} database={} application={} client={} transaction_age={} actor={}",
+        "dbconn_guard: {verb} pid {} ({} for {}; rule {}{holding}): user={} database={} application={} client={} transaction_age={} actor={}",
         b.pid,
         b.state.unwrap_or("?"),
         human(state_age),

@@ -36,6 +36,9 @@ pub static DRY_RUN: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static IDLE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static BLOCKER_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static BLOCKER_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static CANCEL_ACTIVE_BLOCKERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
@@ -334,7 +337,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 34] = [
+pub static SETTINGS: [Setting; 37] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -447,6 +450,28 @@ pub static SETTINGS: [Setting; 34] = [
         c"dbconn_guard.transaction_timeout",
         c"Ends sessions whose transaction is older than this, at a moment they are idle in it, never while a statement runs (0: never).",
         &TRANSACTION_TIMEOUT,
+    ),
+    timeout(
+        c"dbconn_guard.blocker_timeout",
+        c"Ends the root of a lock pile-up while it is idle in transaction (or aborted), once dbconn_guard.blocker_min_waiters of the sessions it holds up have waited longer than this (0: never).",
+        &BLOCKER_TIMEOUT,
+    ),
+    Setting {
+        name: c"dbconn_guard.blocker_min_waiters",
+        short: c"How many sessions must have waited longer than dbconn_guard.blocker_timeout on one root blocker before the rule acts on it.",
+        long: c"Counts every waiting session the root holds up, directly or behind another waiter.",
+        value: Value::Int { var: &BLOCKER_MIN_WAITERS, min: 1, max: 10000 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "1",
+        doc_default: "1",
+        doc_range: "1–10000",
+    },
+    reload_bool(
+        c"dbconn_guard.cancel_active_blockers",
+        c"When on, a root blocker running a statement has that statement cancelled (pg_cancel_backend, never terminated) under dbconn_guard.blocker_timeout, once per statement.",
+        &CANCEL_ACTIVE_BLOCKERS,
+        "off",
     ),
     Setting {
         name: c"dbconn_guard.min_utilization_pct",
@@ -825,6 +850,9 @@ pub fn policy() -> Policy {
         idle_timeout_overrides: overrides(&IDLE_TIMEOUT_OVERRIDES),
         idle_in_transaction_timeout_overrides: overrides(&IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES),
         transaction_timeout_overrides: overrides(&TRANSACTION_TIMEOUT_OVERRIDES),
+        blocker_timeout: seconds_us(BLOCKER_TIMEOUT.get()),
+        blocker_min_waiters: BLOCKER_MIN_WAITERS.get().max(1) as usize,
+        cancel_active_blockers: CANCEL_ACTIVE_BLOCKERS.get(),
     }
 }
 

@@ -183,6 +183,16 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
 /// Every backend waiting for a heavyweight lock, with exactly what `pg_blocking_pids()` would
 /// return for it (order aside).
 pub fn lock_waits() -> Vec<LockWait> {
+    read_waits(true)
+}
+
+/// The same, without the relations' names: no catalog access, for the root-blocker rule's
+/// reads (the worker's plan and the re-check right before it acts).
+pub fn lock_graph() -> Vec<LockWait> {
+    read_waits(false)
+}
+
+fn read_waits(named: bool) -> Vec<LockWait> {
     let procs = waiting_procs();
     let mut by_lock: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
     let mut wait_start_of: HashMap<i32, i64> = HashMap::new();
@@ -217,7 +227,10 @@ pub fn lock_waits() -> Vec<LockWait> {
             conflicts: conflicts_of(&tag),
         };
         // the same for every waiter of this lock
-        let (locktype, relation) = (locktype_name(&tag), relation_name(&tag));
+        let (locktype, relation) = (
+            locktype_name(&tag),
+            named.then(|| relation_name(&tag)).flatten(),
+        );
         let instance_of: FastMap<i32, &pg_sys::LockInstanceData> =
             read.instances.iter().map(|i| (i.pid, i)).collect();
         for (pid, blockers) in blockers_on(&queue) {

@@ -136,6 +136,7 @@ fn carry_out(
                         backend: b,
                         rule: Rule::Manual,
                         deadline: now,
+                        held_up: 0,
                     },
                 ));
             } else {

@@ -411,7 +411,7 @@ fn blocking_chains() -> TableIterator<
 pub unsafe extern "C-unwind" fn dbconn_guard_history(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 19) };
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 21) };
     let int8 = |v: u32| i64::from(v).into_datum();
     for s in history::read(None, false) {
         let c = s.clients;
@@ -434,6 +434,8 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
             int8(s.terminations.idle_in_transaction_timeout),
             int8(s.terminations.transaction_timeout),
             int8(s.terminations.manual),
+            int8(s.terminations.blocker_timeout),
+            int8(s.terminations.blocker_cancel),
             int8(s.leak_suspect_groups),
         ]);
     }
@@ -504,6 +506,8 @@ CREATE FUNCTION _history(
     OUT terminated_idle_in_transaction_timeout bigint,
     OUT terminated_transaction_timeout bigint,
     OUT terminated_manual bigint,
+    OUT terminated_blocker_timeout bigint,
+    OUT cancelled_blocker_statements bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

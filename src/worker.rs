@@ -183,6 +183,7 @@ fn announce_policy(pol: &policy::Policy) {
         ),
         ("transaction_timeout", pol.transaction_timeout),
         ("idle_timeout", pol.idle_timeout),
+        ("blocker_timeout", pol.blocker_timeout),
     ]
     .iter()
     .filter(|(_, t)| *t > 0)
@@ -215,6 +216,17 @@ fn announce_policy(pol: &policy::Policy) {
             format!("{n} = {}", quoted(&text))
         }),
     )
+    .chain(pol.watches_blockers().then(|| {
+        format!(
+            "blocker_min_waiters = {}, cancel_active_blockers = {}",
+            pol.blocker_min_waiters,
+            if pol.cancel_active_blockers {
+                "on"
+            } else {
+                "off"
+            }
+        )
+    }))
     .collect();
     match history::shape() {
         None => log!(
@@ -232,7 +244,7 @@ fn announce_policy(pol: &policy::Policy) {
         log!("dbconn_guard worker: dbconn_guard.enabled is off: it ends no session");
     } else if rules.is_empty() {
         log!(
-            "dbconn_guard worker: no termination rule is set (dbconn_guard.idle_timeout, idle_in_transaction_timeout and transaction_timeout are 0, and no override gives a timeout): it ends no session, and only watches"
+            "dbconn_guard worker: no termination rule is set (dbconn_guard.idle_timeout, idle_in_transaction_timeout, transaction_timeout and blocker_timeout are 0, and no override gives a timeout): it ends no session, and only watches"
         );
     } else {
         log!(
@@ -416,7 +428,8 @@ fn cycle(state: &mut State) -> Micros {
                             state.acted_xacts.insert(xact_key(&t.backend), p.judged_at);
                         }
                     }
-                    if o.ended() {
+                    // a cancelled statement is no ended session
+                    if o.ended() && !t.rule.cancels() {
                         terminated += 1;
                     }
                 }
@@ -564,10 +577,23 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             max_connections: util.limits.max_connections,
         };
         let (acted, acted_xacts) = (&state.acted, &state.acted_xacts);
-        let plan = policy::plan(&snap, load, pol, unsafe { pg_sys::MyProcPid }, |b| {
-            acted.contains_key(&key(b))
-                || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
-        });
+        // the lock graph only for the root-blocker rule (no catalog access, no names)
+        let waits = if pol.watches_blockers() {
+            locks::lock_graph()
+        } else {
+            Vec::new()
+        };
+        let plan = policy::plan(
+            &snap,
+            &waits,
+            load,
+            pol,
+            unsafe { pg_sys::MyProcPid },
+            |b| {
+                acted.contains_key(&key(b))
+                    || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
+            },
+        );
         out.targets = plan.targets;
         out.deferred = plan.deferred as i64;
         out.next_deadline = plan.next_deadline;

@@ -113,6 +113,25 @@ pub fn wait_until(c: &mut Client, sql: &str, timeout: Duration) {
     }
 }
 
+/// The statement's result, and its session still open.
+pub type Finished = thread::JoinHandle<(Result<(), postgres::Error>, postgres::Client)>;
+
+/// Runs `sql` on a new session of `user` in a thread; returns the pid at once, and from the
+/// thread the statement's result with the session, still open (idle in whatever transaction
+/// `sql` left).
+pub fn in_background_as(user: &str, app: &str, sql: &str) -> (i32, Finished) {
+    let mut c = connect_as(user, app);
+    let p = pid(&mut c);
+    let sql = sql.to_string();
+    (
+        p,
+        thread::spawn(move || {
+            let r = c.batch_execute(&sql);
+            (r, c)
+        }),
+    )
+}
+
 /// Waits until each pid is waiting on a heavyweight lock.
 pub fn wait_for_lock_waits(c: &mut Client, pids: &[i32]) {
     let list = pids

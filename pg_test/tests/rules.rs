@@ -148,25 +148,6 @@ fn an_old_transaction_is_ended_while_idle_in_it_and_never_while_it_runs() {
     reset_system(&mut a);
 }
 
-/// The statement's result, and its session still open.
-type Finished = thread::JoinHandle<(Result<(), postgres::Error>, postgres::Client)>;
-
-/// Runs `sql` on a new session of `user` in a thread; returns the pid at once, and from the
-/// thread the statement's result with the session, still open (idle in whatever transaction
-/// `sql` left).
-fn in_background_as(user: &str, app: &str, sql: &str) -> (i32, Finished) {
-    let mut c = connect_as(user, app);
-    let p = pid(&mut c);
-    let sql = sql.to_string();
-    (
-        p,
-        thread::spawn(move || {
-            let r = c.batch_execute(&sql);
-            (r, c)
-        }),
-    )
-}
-
 #[test]
 fn a_refused_setting_in_the_configuration_file_stops_the_guard_until_it_is_fixed() {
     // a typo in a protection list, written in postgresql.conf by hand: at server start

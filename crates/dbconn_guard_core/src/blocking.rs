@@ -219,6 +219,41 @@ pub fn chains(waits: &[LockWait]) -> Vec<Chain> {
     out
 }
 
+/// The root of a lock pile-up and the waits it holds up, directly or through other waiters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Root {
+    pub pid: i32,
+    /// When each wait it holds up began (`pg_locks.waitstart`; `None`: not set yet, the wait
+    /// has only just begun), one per waiting pid.
+    pub wait_starts: Vec<Option<Micros>>,
+}
+
+/// Every root blocker (it blocks others and waits for no lock itself), with the waits it holds
+/// up; pids in lock cycles have no root and are left out (the deadlock detector breaks them).
+pub fn roots(waits: &[LockWait]) -> Vec<Root> {
+    let start_of: HashMap<i32, Option<Micros>> = waits
+        .iter()
+        .rev()
+        .map(|w| (w.pid, w.wait_start.filter(|&t| t != 0)))
+        .collect();
+    let mut by_root: BTreeMap<i32, BTreeSet<i32>> = BTreeMap::new();
+    for c in chains(waits) {
+        if let Some(r) = c.root_pid {
+            by_root.entry(r).or_default().insert(c.pid);
+        }
+    }
+    by_root
+        .into_iter()
+        .map(|(pid, held)| Root {
+            pid,
+            wait_starts: held
+                .iter()
+                .map(|p| start_of.get(p).copied().flatten())
+                .collect(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +453,31 @@ mod tests {
         assert!(cs
             .iter()
             .all(|c| c.root_blocked_count == n as i64 && c.depth == Some(1)));
+    }
+
+    #[test]
+    fn roots_hold_up_every_waiter_behind_them() {
+        let mut a = w(20, &[10]);
+        a.wait_start = Some(100);
+        let mut b = w(30, &[20]);
+        b.wait_start = Some(50);
+        let c = w(40, &[10, 35]);
+        // a cycle: no root
+        let x = w(50, &[60]);
+        let y = w(60, &[50]);
+        let rs = roots(&[a, b, c, x, y]);
+        assert_eq!(
+            rs,
+            vec![
+                Root {
+                    pid: 10,
+                    wait_starts: vec![Some(100), Some(50), None]
+                },
+                Root {
+                    pid: 35,
+                    wait_starts: vec![None]
+                },
+            ]
+        );
     }
 }

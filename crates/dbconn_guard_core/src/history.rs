@@ -87,6 +87,9 @@ pub struct ByRule {
     pub idle_in_transaction_timeout: u32,
     pub manual: u32,
     pub transaction_timeout: u32,
+    pub blocker_timeout: u32,
+    /// Statements cancelled (the sessions were not ended).
+    pub blocker_cancel: u32,
 }
 
 impl ByRule {
@@ -106,6 +109,8 @@ impl ByRule {
             idle_in_transaction_timeout: d(Rule::IdleInTransactionTimeout.index()),
             manual: d(Rule::Manual.index()),
             transaction_timeout: d(Rule::TransactionTimeout.index()),
+            blocker_timeout: d(Rule::BlockerTimeout.index()),
+            blocker_cancel: d(Rule::BlockerCancel.index()),
         }
     }
 
@@ -116,6 +121,8 @@ impl ByRule {
         a[Rule::IdleInTransactionTimeout.index()] = self.idle_in_transaction_timeout;
         a[Rule::Manual.index()] = self.manual;
         a[Rule::TransactionTimeout.index()] = self.transaction_timeout;
+        a[Rule::BlockerTimeout.index()] = self.blocker_timeout;
+        a[Rule::BlockerCancel.index()] = self.blocker_cancel;
         a
     }
 
@@ -125,6 +132,8 @@ impl ByRule {
             idle_in_transaction_timeout: a[Rule::IdleInTransactionTimeout.index()],
             manual: a[Rule::Manual.index()],
             transaction_timeout: a[Rule::TransactionTimeout.index()],
+            blocker_timeout: a[Rule::BlockerTimeout.index()],
+            blocker_cancel: a[Rule::BlockerCancel.index()],
         }
     }
 }
@@ -398,6 +407,7 @@ mod tests {
                 idle_in_transaction_timeout: 2,
                 manual: 3,
                 transaction_timeout: 0,
+                ..Default::default()
             },
             leak_suspect_groups: 4,
         };
@@ -525,17 +535,22 @@ mod tests {
     #[test]
     fn terminations_since_the_previous_sample() {
         assert_eq!(
-            ByRule::since([5, 7, 9, 4], [2, 7, 1, 0]),
+            ByRule::since([5, 7, 9, 4, 6, 2], [2, 7, 1, 0, 1, 2]),
             ByRule {
                 idle_timeout: 3,
                 idle_in_transaction_timeout: 0,
                 manual: 8,
                 transaction_timeout: 4,
+                blocker_timeout: 5,
+                blocker_cancel: 0,
             }
         );
         // counters that went back (a crash-restart reset shared memory)
-        assert_eq!(ByRule::since([1, 0, 0, 0], [4, 0, 0, 0]).idle_timeout, 1);
-        let b = ByRule::since([1, 2, 3, 4], [0; 4]);
+        assert_eq!(
+            ByRule::since([1, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0]).idle_timeout,
+            1
+        );
+        let b = ByRule::since([1, 2, 3, 4, 5, 6], [0; 6]);
         assert_eq!(ByRule::from_array(b.as_array()), b);
     }
 

@@ -6,6 +6,7 @@
 //! Sessions the caller has already handled (a dry run records a session once) are left out
 //! entirely: they count neither toward the cap nor toward the next deadline.
 
+use super::blocking::{self, LockWait};
 use super::overrides::Overrides;
 use super::patterns::PatternList;
 use super::session::{Backend, Micros, Name, Snapshot};
@@ -35,6 +36,12 @@ pub const CLIENT_TOOLS: [&str; 10] = [
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rule {
+    /// The root of a lock pile-up, idle in transaction (or aborted), holding up at least
+    /// `blocker_min_waiters` waits that have lasted longer than `blocker_timeout`: terminated.
+    BlockerTimeout,
+    /// The same, for a root running a statement, while `cancel_active_blockers` is on: its
+    /// statement is cancelled (never the session ended), once per statement.
+    BlockerCancel,
     /// `idle in transaction` or `idle in transaction (aborted)` past `idle_in_transaction_timeout`.
     IdleInTransactionTimeout,
     /// A transaction older than `transaction_timeout`, ended at a moment it is idle in it
@@ -53,6 +60,8 @@ impl Rule {
             Rule::TransactionTimeout => "transaction_timeout",
             Rule::IdleTimeout => "idle_timeout",
             Rule::Manual => "manual",
+            Rule::BlockerTimeout => "blocker_timeout",
+            Rule::BlockerCancel => "blocker_cancel",
         }
     }
 
@@ -63,7 +72,19 @@ impl Rule {
             Rule::IdleInTransactionTimeout => 1,
             Rule::Manual => 2,
             Rule::TransactionTimeout => 3,
+            Rule::BlockerTimeout => 4,
+            Rule::BlockerCancel => 5,
         }
+    }
+
+    /// A rule of the root-blocker family (acted on only while the session still blocks).
+    pub fn is_blocker_rule(self) -> bool {
+        matches!(self, Rule::BlockerTimeout | Rule::BlockerCancel)
+    }
+
+    /// Whether acting on it cancels the session's statement instead of ending the session.
+    pub fn cancels(self) -> bool {
+        self == Rule::BlockerCancel
     }
 
     /// Every rule, in the order of `index`.
@@ -72,11 +93,13 @@ impl Rule {
         Rule::IdleInTransactionTimeout,
         Rule::Manual,
         Rule::TransactionTimeout,
+        Rule::BlockerTimeout,
+        Rule::BlockerCancel,
     ];
 }
 
 /// How many rules there are (per-rule counters).
-pub const RULES: usize = 4;
+pub const RULES: usize = 6;
 
 /// Why a session is never ended, whatever its age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +198,20 @@ pub struct Policy {
     pub idle_in_transaction_timeout_overrides: Overrides,
     /// Per application / user: the first match replaces `transaction_timeout`.
     pub transaction_timeout_overrides: Overrides,
+    /// Microseconds; 0 = off. The root of a lock pile-up idle in its transaction is ended once
+    /// `blocker_min_waiters` of the waits it holds up have lasted longer than this.
+    pub blocker_timeout: Micros,
+    /// How many waits (at least 1) must have lasted `blocker_timeout`.
+    pub blocker_min_waiters: usize,
+    /// Whether a root running a statement has that statement cancelled under the same rule.
+    pub cancel_active_blockers: bool,
+}
+
+impl Policy {
+    /// Whether the root-blocker rule is on (it needs the lock waits read).
+    pub fn watches_blockers(&self) -> bool {
+        self.blocker_timeout > 0
+    }
 }
 
 /// How many client backends hold slots, out of how many.
@@ -191,6 +228,8 @@ pub struct Target {
     pub rule: Rule,
     /// When its timeout expired.
     pub deadline: Micros,
+    /// Root-blocker rules: how many waiting sessions it held up when judged (0 otherwise).
+    pub held_up: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -264,6 +303,66 @@ fn transaction_deadline(b: &Backend, policy: &Policy) -> Option<Micros> {
         .map(|since| since.saturating_add(t))
 }
 
+/// The root-blocker rule that applies to root `b` in its state, if any: idle in a transaction
+/// (or an aborted one), it is ended; running a statement, that statement is cancelled while
+/// `cancel_active_blockers` is on. In any other state (a plain idle session holding a
+/// session-level advisory lock, a fast-path call) it is left alone.
+fn blocker_rule_for(b: &Backend, policy: &Policy) -> Option<Rule> {
+    match b.state? {
+        IDLE_IN_TRANSACTION | IDLE_IN_TRANSACTION_ABORTED => Some(Rule::BlockerTimeout),
+        "active" if policy.cancel_active_blockers => Some(Rule::BlockerCancel),
+        _ => None,
+    }
+}
+
+/// When a root's pile-up crosses the root-blocker rule's timeout: the moment the
+/// `blocker_min_waiters`-th oldest of the waits it holds up has lasted `blocker_timeout`. A
+/// wait whose start is not set yet has only just begun (`now`). `None` while it holds up
+/// fewer waits.
+pub fn blocker_deadline(
+    wait_starts: &[Option<Micros>],
+    now: Micros,
+    policy: &Policy,
+) -> Option<Micros> {
+    let k = policy.blocker_min_waiters.max(1);
+    if policy.blocker_timeout <= 0 || wait_starts.len() < k {
+        return None;
+    }
+    let mut starts: Vec<Micros> = wait_starts.iter().map(|s| s.unwrap_or(now)).collect();
+    starts.sort_unstable();
+    Some(starts[k - 1].saturating_add(policy.blocker_timeout))
+}
+
+/// Every root blocker's deadline under the root-blocker rule, and how many waits it holds up.
+fn blocker_deadlines(
+    waits: &[LockWait],
+    now: Micros,
+    policy: &Policy,
+) -> std::collections::HashMap<i32, (Micros, usize)> {
+    if !policy.watches_blockers() || waits.is_empty() {
+        return Default::default();
+    }
+    blocking::roots(waits)
+        .into_iter()
+        .filter_map(|r| {
+            blocker_deadline(&r.wait_starts, now, policy).map(|d| (r.pid, (d, r.wait_starts.len())))
+        })
+        .collect()
+}
+
+/// Whether `pid` is still, in `waits` read at `now`, the root of a pile-up past the
+/// root-blocker rule: the re-check right before it is acted on.
+pub fn still_blocking(pid: i32, waits: &[LockWait], now: Micros, policy: &Policy) -> bool {
+    if !policy.watches_blockers() {
+        return false;
+    }
+    blocking::roots(waits)
+        .iter()
+        .find(|r| r.pid == pid)
+        .and_then(|r| blocker_deadline(&r.wait_starts, now, policy))
+        .is_some_and(|d| d <= now)
+}
+
 /// How soon to look again at a session running a statement in a transaction past its
 /// transaction timeout: it is ended at a check that finds it idle in that transaction, so
 /// while it is there, the worker looks at least this often.
@@ -283,6 +382,7 @@ pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
             .shortest()
             .unwrap_or(0),
         policy.transaction_timeout_overrides.shortest().unwrap_or(0),
+        policy.blocker_timeout,
     ]
     .into_iter()
     .filter(|&t| t > 0)
@@ -312,12 +412,14 @@ pub fn sleep_after(next_deadline: Option<Micros>, now: Micros, longest: Micros) 
 /// each session once; a terminated backend lingers in the status array while it exits).
 pub fn plan(
     snapshot: &Snapshot,
+    waits: &[LockWait],
     load: Load,
     policy: &Policy,
     own_pid: i32,
     handled: impl Fn(&Backend) -> bool,
 ) -> Plan {
     let now = snapshot.now;
+    let blockers = blocker_deadlines(waits, now, policy);
     let gate = policy.min_utilization_pct > 0.0;
     let idle_allowed =
         !gate || percent(load.client_backends, load.max_connections) >= policy.min_utilization_pct;
@@ -325,7 +427,15 @@ pub fn plan(
     let mut expired: Vec<Target> = Vec::new();
     for b in snapshot.clients() {
         out.examined += 1;
-        let Some((rule, deadline)) = rule_for(b, policy, idle_allowed) else {
+        let by_blocking = blockers
+            .get(&b.pid)
+            .and_then(|&(d, n)| blocker_rule_for(b, policy).map(|r| (r, d, n)));
+        let by_state = rule_for(b, policy, idle_allowed).map(|(r, d)| (r, d, 0));
+        let chosen = match (by_blocking, by_state) {
+            (Some(x), Some(y)) => Some(if y.1 < x.1 { y } else { x }),
+            (x, y) => x.or(y),
+        };
+        let Some((rule, deadline, held_up)) = chosen else {
             // a statement running in a transaction already past its timeout: look again soon,
             // to find it idle in it (it is never ended while it runs)
             if b.has_state("active")
@@ -345,6 +455,7 @@ pub fn plan(
                 backend: b.clone(),
                 rule,
                 deadline,
+                held_up,
             });
         } else {
             out.next_deadline = Some(
@@ -488,6 +599,9 @@ mod tests {
             idle_timeout_overrides: Overrides::default(),
             idle_in_transaction_timeout_overrides: Overrides::default(),
             transaction_timeout_overrides: Overrides::default(),
+            blocker_timeout: 0,
+            blocker_min_waiters: 1,
+            cancel_active_blockers: false,
         }
     }
 
@@ -602,7 +716,7 @@ mod tests {
 
     /// A plan at `pct` utilization (of 100 slots), nothing handled before.
     fn plan_at(snap: &Snapshot, pct: f64, pol: &Policy, own_pid: i32) -> Plan {
-        plan(snap, load(pct), pol, own_pid, |_| false)
+        plan(snap, &[], load(pct), pol, own_pid, |_| false)
     }
 
     fn load(pct: f64) -> Load {
@@ -825,17 +939,17 @@ mod tests {
         assert_eq!(pids(&first), vec![1, 2]);
         assert_eq!(first.deferred, 3);
         let done = pids(&first);
-        let second = plan(&snap, load(0.0), &pol, 0, |b| done.contains(&b.pid));
+        let second = plan(&snap, &[], load(0.0), &pol, 0, |b| done.contains(&b.pid));
         assert_eq!(pids(&second), vec![3, 4]);
         let done = [1, 2, 3, 4];
-        let third = plan(&snap, load(0.0), &pol, 0, |b| done.contains(&b.pid));
+        let third = plan(&snap, &[], load(0.0), &pol, 0, |b| done.contains(&b.pid));
         assert_eq!(pids(&third), vec![5]);
         assert_eq!(third.deferred, 0);
         assert_eq!(
             third.next_deadline, None,
             "nothing left: no immediate re-check"
         );
-        let all = plan(&snap, load(0.0), &pol, 0, |_| true);
+        let all = plan(&snap, &[], load(0.0), &pol, 0, |_| true);
         assert!(all.targets.is_empty());
         assert_eq!(all.next_deadline, None);
     }
@@ -950,5 +1064,183 @@ mod tests {
             "{note}"
         );
         assert_eq!(summary_json(&values, 1), "{}");
+    }
+
+    /// A lock wait of `pid` on `blockers`, begun `age_s` seconds ago (`None`: start not set).
+    fn lock_wait(pid: i32, blockers: &[i32], age_s: Option<i64>) -> LockWait {
+        LockWait {
+            pid,
+            blocked_by: blockers.to_vec(),
+            wait_start: age_s.map(|a| NOW - a * SECOND),
+            ..Default::default()
+        }
+    }
+
+    fn blocker_policy() -> Policy {
+        Policy {
+            idle_timeout: 0,
+            idle_in_transaction_timeout: 0,
+            blocker_timeout: 30 * SECOND,
+            ..policy()
+        }
+    }
+
+    fn blocker_plan(snap: &Snapshot, waits: &[LockWait], pol: &Policy) -> Plan {
+        plan(snap, waits, load(10.0), pol, 0, |_| false)
+    }
+
+    #[test]
+    fn the_root_of_a_pile_up_idle_in_its_transaction_is_ended_once_its_waits_are_old() {
+        let snap = snapshot(vec![
+            client(1, "idle in transaction", 100),
+            client(2, "active", 40),
+            client(3, "active", 10),
+        ]);
+        // 2 waits on 1 for 40s, 3 behind 2 for 10s
+        let waits = [
+            lock_wait(2, &[1], Some(40)),
+            lock_wait(3, &[2, 1], Some(10)),
+        ];
+        let pol = blocker_policy();
+        let p = blocker_plan(&snap, &waits, &pol);
+        assert_eq!(pids(&p), vec![1]);
+        assert_eq!(p.targets[0].rule, Rule::BlockerTimeout);
+        assert_eq!(p.targets[0].held_up, 2);
+        assert_eq!(p.targets[0].deadline, NOW - 10 * SECOND);
+        // two waits must have lasted 30s: the younger crosses in 20s
+        let two = Policy {
+            blocker_min_waiters: 2,
+            ..blocker_policy()
+        };
+        let p = blocker_plan(&snap, &waits, &two);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, Some(NOW + 20 * SECOND));
+        // three: it holds up only two, nothing pending
+        let three = Policy {
+            blocker_min_waiters: 3,
+            ..blocker_policy()
+        };
+        let p = blocker_plan(&snap, &waits, &three);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, None);
+        // off
+        let off = Policy {
+            blocker_timeout: 0,
+            ..blocker_policy()
+        };
+        assert!(blocker_plan(&snap, &waits, &off).targets.is_empty());
+        // a wait whose start is not set yet has just begun
+        let fresh = [lock_wait(2, &[1], None)];
+        let p = blocker_plan(&snap, &fresh, &pol);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, Some(NOW + 30 * SECOND));
+        // the worker never sleeps past the rule's timeout
+        assert_eq!(longest_sleep(3600 * SECOND, &pol), 30 * SECOND);
+    }
+
+    #[test]
+    fn an_active_root_is_only_cancelled_and_only_when_asked() {
+        let snap = snapshot(vec![client(1, "active", 100), client(2, "active", 40)]);
+        let waits = [lock_wait(2, &[1], Some(40))];
+        let p = blocker_plan(&snap, &waits, &blocker_policy());
+        assert!(p.targets.is_empty(), "an active root is never terminated");
+        assert_eq!(p.next_deadline, None);
+        let cancel = Policy {
+            cancel_active_blockers: true,
+            ..blocker_policy()
+        };
+        let p = blocker_plan(&snap, &waits, &cancel);
+        assert_eq!(pids(&p), vec![1]);
+        assert_eq!(p.targets[0].rule, Rule::BlockerCancel);
+        assert!(p.targets[0].rule.cancels());
+        // once per statement: a statement already acted on is handled
+        let p = plan(&snap, &waits, load(10.0), &cancel, 0, |b| b.pid == 1);
+        assert!(p.targets.is_empty());
+        // a plain idle root (a session-level advisory lock) is left alone, as is a waiter
+        let idle = snapshot(vec![client(1, "idle", 100), client(2, "active", 40)]);
+        assert!(blocker_plan(&idle, &waits, &cancel).targets.is_empty());
+    }
+
+    #[test]
+    fn protections_win_over_the_root_blocker_rule() {
+        let mut root = client(1, "idle in transaction", 100);
+        root.is_superuser = Some(true);
+        let mut tool = client(3, "idle in transaction", 100);
+        tool.application_name = Some("pg_dump".into());
+        let snap = snapshot(vec![
+            root,
+            client(2, "active", 40),
+            tool,
+            client(4, "active", 40),
+        ]);
+        let waits = [lock_wait(2, &[1], Some(40)), lock_wait(4, &[3], Some(40))];
+        let mut pol = blocker_policy();
+        pol.scope.exclude_client_tools = true;
+        assert!(blocker_plan(&snap, &waits, &pol).targets.is_empty());
+        // its own session (the worker) is never a target either
+        let snap = snapshot(vec![
+            client(9, "idle in transaction", 100),
+            client(2, "active", 40),
+        ]);
+        let waits = [lock_wait(2, &[9], Some(40))];
+        assert!(plan(&snap, &waits, load(10.0), &pol, 9, |_| false)
+            .targets
+            .is_empty());
+        // a pid that is no client backend in the snapshot (a prepared transaction shows as 0)
+        let waits = [lock_wait(2, &[0], Some(40))];
+        assert!(blocker_plan(&snap, &waits, &pol).targets.is_empty());
+    }
+
+    #[test]
+    fn the_earlier_of_the_root_blocker_and_the_idle_in_transaction_deadlines_decides() {
+        let snap = snapshot(vec![
+            client(1, "idle in transaction", 100),
+            client(2, "active", 40),
+        ]);
+        let waits = [lock_wait(2, &[1], Some(40))];
+        let mut pol = blocker_policy();
+        pol.idle_in_transaction_timeout = 60 * SECOND; // expired 40s ago, before the blocker's
+        let p = blocker_plan(&snap, &waits, &pol);
+        assert_eq!(p.targets[0].rule, Rule::IdleInTransactionTimeout);
+        pol.idle_in_transaction_timeout = 95 * SECOND; // expired 5s ago; blocker 10s ago
+        let p = blocker_plan(&snap, &waits, &pol);
+        assert_eq!(p.targets[0].rule, Rule::BlockerTimeout);
+        // blocker targets come first in a capped batch
+        let snap = snapshot(vec![
+            client(1, "idle in transaction", 100),
+            client(2, "active", 40),
+            client(5, "idle in transaction", 10_000),
+        ]);
+        pol.max_terminations_per_cycle = 1;
+        let p = blocker_plan(&snap, &waits, &pol);
+        assert_eq!(pids(&p), vec![1]);
+        assert_eq!(p.deferred, 1);
+    }
+
+    #[test]
+    fn the_last_look_at_a_root_asks_whether_it_still_blocks_past_the_timeout() {
+        let pol = blocker_policy();
+        let waits = [lock_wait(2, &[1], Some(40)), lock_wait(3, &[2], Some(5))];
+        assert!(still_blocking(1, &waits, NOW, &pol));
+        assert!(
+            !still_blocking(2, &waits, NOW, &pol),
+            "2 waits itself: no root"
+        );
+        // its waiter gave up (lock_timeout, cancel): only the young wait is left
+        let waits = [lock_wait(3, &[1], Some(5))];
+        assert!(!still_blocking(1, &waits, NOW, &pol));
+        assert!(!still_blocking(1, &[], NOW, &pol));
+        // the rule was turned off by a reload
+        let waits = [lock_wait(2, &[1], Some(40))];
+        let off = Policy {
+            blocker_timeout: 0,
+            ..pol.clone()
+        };
+        assert!(!still_blocking(1, &waits, NOW, &off));
+        let more = Policy {
+            blocker_min_waiters: 2,
+            ..pol
+        };
+        assert!(!still_blocking(1, &waits, NOW, &more));
     }
 }

@@ -31,6 +31,9 @@ pub enum Verdict {
     Changed,
     /// A protection applies now (its application_name changed, the policy was reloaded, ...).
     Protected(Protection),
+    /// Root-blocker rules: it no longer holds up enough waits past `blocker_timeout` (they
+    /// gave up or got their lock, it waits itself now, or the rule changed).
+    NoLongerBlocking,
 }
 
 impl Verdict {
@@ -41,6 +44,9 @@ impl Verdict {
             Verdict::Unreadable => "its status could not be read",
             Verdict::Changed => "it ran a query or changed state",
             Verdict::Protected(p) => p.as_str(),
+            Verdict::NoLongerBlocking => {
+                "it no longer holds up other sessions past dbconn_guard.blocker_timeout"
+            }
         }
     }
 }

@@ -1,0 +1,301 @@
+//! The root-blocker rule (`dbconn_guard.blocker_timeout`, `blocker_min_waiters`,
+//! `cancel_active_blockers`), with real sessions and real lock waits: the idle root of a pile-up
+//! is ended once its waits are old, and only the root; its waiters go on; a protected root is
+//! kept; fewer waiters than asked for keep it; an active root is only ever cancelled, and only
+//! when asked, once per statement; a root whose waiters gave up between the record and the
+//! signal is spared at the last look; a dry run records a root once.
+
+use dbconn_guard_integration::*;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A table the application role may update, with rows 1..=9.
+fn table(a: &mut postgres::Client) {
+    a.batch_execute(&format!(
+        "DROP TABLE IF EXISTS it_b_t; CREATE TABLE it_b_t (id int PRIMARY KEY, v int NOT NULL DEFAULT 0);
+         INSERT INTO it_b_t (id) SELECT g FROM generate_series(1, 9) g;
+         GRANT SELECT, UPDATE ON it_b_t TO {APP_ROLE}"
+    ))
+    .unwrap();
+}
+
+fn update(id: i32) -> String {
+    format!("UPDATE it_b_t SET v = v + 1 WHERE id = {id}")
+}
+
+/// A session of the application role that waits on row `id` in the background.
+fn waiter(app: &str, id: i32) -> (i32, Finished) {
+    in_background_as(APP_ROLE, app, &update(id))
+}
+
+fn finished_ok(h: Finished, what: &str) {
+    let (r, _c) = h.join().unwrap();
+    r.unwrap_or_else(|e| panic!("{what}: {}", db_error(&e)));
+}
+
+#[test]
+fn the_idle_root_of_a_pile_up_is_ended_once_its_waits_are_old_and_only_the_root() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(&mut a, &[("dbconn_guard.blocker_timeout", "2s")]);
+    // the root: idle in the transaction that holds row 1
+    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_root");
+    root_c.batch_execute(&update(1)).unwrap();
+    // idle in a transaction as old, blocking nobody: not this rule's business
+    let (_by_c, bystander) = stale_in_transaction("it_b_bystander");
+    // a superuser root: protected
+    let (mut su_c, su_root) = idle_in_transaction("it_b_su_root", "SELECT 1");
+    su_c.batch_execute(&update(2)).unwrap();
+
+    let (w1, h1) = waiter("it_b_w1", 1);
+    let (w2, h2) = waiter("it_b_w2", 1); // queued behind w1: held up by the root too
+    let (w3, h3) = waiter("it_b_w3", 2);
+    wait_for_lock_waits(&mut a, &[w1, w2, w3]);
+    let seen = Instant::now();
+    wait_gone(&mut a, root, Duration::from_secs(15));
+    assert!(
+        seen.elapsed() >= Duration::from_millis(1500),
+        "ended {:?} after its waits began: before blocker_timeout",
+        seen.elapsed()
+    );
+    finished_ok(h1, "the first waiter");
+    finished_ok(h2, "the second waiter");
+    let rows = audit(&mut a, root);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "blocker_timeout");
+    assert!(!rows[0].1, "not a dry run");
+    assert_eq!(rows[0].2, "worker");
+    // the LOG line says how many it held up
+    let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
+    assert!(
+        log.contains(&format!("terminated pid {root} (idle in transaction for"))
+            && log
+                .contains("rule blocker_timeout, the root of a lock pile-up holding up 2 sessions"),
+        "the LOG line of pid {root}"
+    );
+    thread::sleep(Duration::from_millis(1000));
+    assert!(alive(&mut a, bystander), "blocking nobody: kept");
+    assert!(alive(&mut a, su_root), "a superuser root: kept");
+    assert!(alive(&mut a, w3), "still waiting on the superuser");
+    assert!(audit(&mut a, su_root).is_empty());
+    assert!(audit(&mut a, bystander).is_empty());
+    su_c.batch_execute("ROLLBACK").unwrap();
+    finished_ok(h3, "the superuser's waiter");
+    reset_system(&mut a);
+}
+
+#[test]
+fn fewer_waiters_than_blocker_min_waiters_keep_the_root() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            ("dbconn_guard.blocker_min_waiters", "2"),
+        ],
+    );
+    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_root2");
+    root_c.batch_execute(&update(3)).unwrap();
+    let (w1, h1) = waiter("it_b_w1", 3);
+    wait_for_lock_waits(&mut a, &[w1]);
+    thread::sleep(Duration::from_millis(2500));
+    assert!(alive(&mut a, root), "one waiter of the two asked for");
+    let (w2, h2) = waiter("it_b_w2", 3);
+    wait_for_lock_waits(&mut a, &[w2]);
+    let seen = Instant::now();
+    wait_gone(&mut a, root, Duration::from_secs(10));
+    assert!(
+        seen.elapsed() >= Duration::from_millis(700),
+        "the second wait had not lasted blocker_timeout: {:?}",
+        seen.elapsed()
+    );
+    finished_ok(h1, "waiter 1");
+    finished_ok(h2, "waiter 2");
+    assert_eq!(audit(&mut a, root)[0].0, "blocker_timeout");
+    // a bad value is refused, the old one kept
+    let e = a
+        .batch_execute("ALTER SYSTEM SET dbconn_guard.blocker_min_waiters = 0")
+        .expect_err("0 waiters");
+    assert!(
+        db_error(&e).contains("blocker_min_waiters"),
+        "{}",
+        db_error(&e)
+    );
+    let e = a
+        .batch_execute("ALTER SYSTEM SET dbconn_guard.blocker_timeout = '200ms'")
+        .expect_err("too short");
+    assert!(db_error(&e).contains("at least 1s"), "{}", db_error(&e));
+    let shown: String = a
+        .query_one(
+            "SELECT policy->>'blocker_min_waiters' FROM dbconn_guard.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "2");
+    reset_system(&mut a);
+}
+
+#[test]
+fn an_active_root_is_cancelled_only_when_asked_and_never_ended() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(&mut a, &[("dbconn_guard.blocker_timeout", "1s")]);
+    // one statement, outside a transaction block, that holds row 4 while it runs
+    let (root, hr) = in_background_as(
+        APP_ROLE,
+        "it_b_active_root",
+        "WITH u AS (UPDATE it_b_t SET v = v + 1 WHERE id = 4 RETURNING 1) SELECT pg_sleep(60) FROM u",
+    );
+    wait_until(
+        &mut a,
+        &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'PgSleep'"),
+        Duration::from_secs(10),
+    );
+    let (w, hw) = waiter("it_b_w", 4);
+    wait_for_lock_waits(&mut a, &[w]);
+    thread::sleep(Duration::from_millis(2500));
+    assert!(alive(&mut a, root), "cancel_active_blockers is off");
+    assert!(audit(&mut a, root).is_empty());
+    alter_system(&mut a, &[("dbconn_guard.cancel_active_blockers", "on")]);
+    let (r, mut root_c) = hr.join().unwrap();
+    let e = r.expect_err("its statement is cancelled");
+    assert!(
+        db_error(&e).contains("canceling statement due to user request"),
+        "{}",
+        db_error(&e)
+    );
+    finished_ok(hw, "the waiter");
+    // the session itself goes on
+    assert!(alive(&mut a, root));
+    root_c.batch_execute("SELECT 1").unwrap();
+    let rows = audit(&mut a, root);
+    assert_eq!(rows.len(), 1, "once: {rows:?}");
+    assert_eq!(rows[0].0, "blocker_cancel");
+    let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "cancelled the statement of pid {root} (active for"
+        )),
+        "the LOG line says cancelled"
+    );
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_root_cancelled_inside_its_transaction_releases_its_locks_and_stays() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            ("dbconn_guard.cancel_active_blockers", "on"),
+        ],
+    );
+    // the cancelled statement aborts its transaction, which releases its locks at once
+    let (root, hr) = in_background_as(
+        APP_ROLE,
+        "it_b_xact_root",
+        &format!("BEGIN; {}; SELECT pg_sleep(60)", update(5)),
+    );
+    wait_until(
+        &mut a,
+        &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'PgSleep'"),
+        Duration::from_secs(10),
+    );
+    let (w, hw) = waiter("it_b_w", 5);
+    wait_for_lock_waits(&mut a, &[w]);
+    finished_ok(hw, "the waiter");
+    let (r, mut root_c) = hr.join().unwrap();
+    assert!(r.is_err(), "its statement was cancelled");
+    let state: String = a
+        .query_one(
+            "SELECT state FROM pg_stat_activity WHERE pid = $1",
+            &[&root],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "idle in transaction (aborted)");
+    thread::sleep(Duration::from_millis(2000));
+    assert!(alive(&mut a, root), "holding nothing now: kept");
+    let rules: Vec<String> = audit(&mut a, root).into_iter().map(|r| r.0).collect();
+    assert_eq!(rules, vec!["blocker_cancel"]);
+    root_c.batch_execute("ROLLBACK").unwrap();
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_root_whose_waiter_gave_up_before_the_signal_is_spared_at_the_last_look() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            // recorded at ~1s; the waiter gives up at 2s; the signal would go at ~3s
+            ("dbconn_guard.test_delay_before_signal", "2000"),
+        ],
+    );
+    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_spared");
+    root_c.batch_execute(&update(6)).unwrap();
+    let (w, hw) = in_background_as(
+        APP_ROLE,
+        "it_b_w",
+        &format!("SET lock_timeout = '2s'; {}", update(6)),
+    );
+    wait_for_lock_waits(&mut a, &[w]);
+    let (r, _wc) = hw.join().unwrap();
+    assert!(
+        db_error(&r.expect_err("lock timeout")).contains("lock timeout"),
+        "the waiter gave up"
+    );
+    thread::sleep(Duration::from_millis(2500));
+    assert!(alive(&mut a, root), "no longer blocking anybody: spared");
+    assert!(
+        audit(&mut a, root).is_empty(),
+        "its row is withdrawn: {:?}",
+        audit(&mut a, root)
+    );
+    let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "spared pid {root} at the last moment (it no longer holds up other sessions past dbconn_guard.blocker_timeout)"
+        )),
+        "the LOG line of the spared root"
+    );
+    alter_system(&mut a, &[("dbconn_guard.test_delay_before_signal", "0")]);
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_dry_run_records_a_root_once() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            ("dbconn_guard.dry_run", "on"),
+        ],
+    );
+    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_dry");
+    root_c.batch_execute(&update(7)).unwrap();
+    let (w, hw) = waiter("it_b_w", 7);
+    wait_for_lock_waits(&mut a, &[w]);
+    wait_until(
+        &mut a,
+        &format!("SELECT count(*) > 0 FROM dbconn_guard.terminations WHERE pid = {root}"),
+        Duration::from_secs(10),
+    );
+    thread::sleep(Duration::from_millis(2500));
+    let rows = audit(&mut a, root);
+    assert_eq!(rows.len(), 1, "once: {rows:?}");
+    assert_eq!(rows[0].0, "blocker_timeout");
+    assert!(rows[0].1, "a dry run");
+    assert!(alive(&mut a, root));
+    root_c.batch_execute("ROLLBACK").unwrap();
+    finished_ok(hw, "the waiter");
+    reset_system(&mut a);
+}
