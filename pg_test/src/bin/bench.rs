@@ -1001,6 +1001,92 @@ fn pgbench(ctx: &mut Ctx) {
     writeln!(ctx.out, "## 3. Overhead on real work\n\npgbench (scale 10, 2 clients, 1 thread, 10 s a run), alternating A/B four times: A with the extension preloaded and its worker at default settings, B with `shared_preload_libraries` emptied. Target: within 1%. The last column is the direct measure of what the worker takes from the workload: its CPU time (from /proc) over the A runs, as a share of the machine's CPU time in those runs. Client backends themselves run no dbconn_guard code unless they query its views.\n\n{t}").unwrap();
 }
 
+/// The root-blocker rule's reaction: `n` pile-ups (a root idle in the transaction that holds a
+/// row, one session waiting on it) begin spread over a few seconds among `background` ordinary
+/// sessions; `blocker_timeout` = 5s, naptime 10s. Latency = the root's audit row − (its
+/// waiter's `pg_locks.waitstart` + 5s).
+fn blocker_reaction(ctx: &mut Ctx, n: usize, background: usize) {
+    let timeout_s = 5.0;
+    let spread = Duration::from_millis(if ctx.check { 1000 } else { 4000 });
+    let others = Sessions::open(background);
+    let a = &mut ctx.admin;
+    a.batch_execute(&format!(
+        "DROP TABLE IF EXISTS bench_rows; CREATE TABLE bench_rows (id int PRIMARY KEY);
+         INSERT INTO bench_rows SELECT generate_series(1, {n}); GRANT SELECT, UPDATE ON bench_rows TO bench_app"
+    ))
+    .unwrap();
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "10s"),
+            ("dbconn_guard.idle_in_transaction_timeout", "0"),
+            ("dbconn_guard.idle_timeout", "0"),
+            ("dbconn_guard.blocker_timeout", "5s"),
+        ],
+    );
+    let mut roots = Vec::new();
+    let mut waiters = Vec::new();
+    let mut began: Vec<(i32, f64)> = Vec::new();
+    let start = Instant::now();
+    for i in 1..=n {
+        let mut root = connect_as("bench_app", "bench_root");
+        let rp = pid(&mut root);
+        root.batch_execute(&format!(
+            "BEGIN; UPDATE bench_rows SET id = id WHERE id = {i}"
+        ))
+        .unwrap();
+        let (wp, h) = in_background_as(
+            "bench_app",
+            "bench_waiter",
+            &format!("UPDATE bench_rows SET id = id WHERE id = {i}"),
+        );
+        let at = loop {
+            let r = a
+                .query_opt(
+                    "SELECT extract(epoch FROM waitstart)::float8 FROM pg_locks WHERE pid = $1 AND NOT granted AND waitstart IS NOT NULL",
+                    &[&wp],
+                )
+                .unwrap();
+            if let Some(r) = r {
+                break r.get::<_, f64>(0);
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        began.push((rp, at));
+        roots.push((root, rp));
+        waiters.push((wp, h));
+        let due = spread.mul_f64(i as f64 / n as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    let lat = collect_worker_latency(a, &roots, &began, timeout_s);
+    for (_, h) in waiters {
+        h.join()
+            .unwrap()
+            .expect("a waiter goes on once its root is ended");
+    }
+    drop(roots);
+    set(a, &[("dbconn_guard.blocker_timeout", "0")]);
+    a.batch_execute("DROP TABLE bench_rows").unwrap();
+    others.close(a);
+    assert_eq!(
+        lat.len(),
+        n,
+        "the worker ended {} of {n} root blockers",
+        lat.len()
+    );
+    let t = format!(
+        "| root blockers ended | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---|---|\n| {} | {:.0} | {:.0} | {:.0} |\n",
+        lat.len(),
+        pct(lat.clone(), 0.5),
+        pct(lat.clone(), 0.99),
+        pct(lat.clone(), 1.0)
+    );
+    println!("{t}");
+    writeln!(ctx.out, "## 9. The root-blocker rule: reaction\n\n{n} lock pile-ups (a root idle in the transaction that holds a row, one session waiting on it) begin spread over {:.0}s, among {background} other sessions (70% idle, 20% idle in transaction, 10% active); `blocker_timeout` = 5s, naptime 10s. Latency = the root's audit row − (its waiter's `pg_locks.waitstart` + 5s): the worker wakes at the oldest wait's deadline. Target: p99 ≤ 250 ms.\n\n{t}", spread.as_secs_f64()).unwrap();
+}
+
 fn main() {
     let check = std::env::args().any(|a| a == "--check");
     let max_n: usize = std::env::var("DBCONN_GUARD_BENCH_MAX_N")
@@ -1021,11 +1107,12 @@ fn main() {
         blocking(&mut ctx, &[10, 40]);
         latency(&mut ctx, 20);
         kill_path(&mut ctx, &[40], 10);
+        blocker_reaction(&mut ctx, 5, 20);
         if std::env::var("DBCONN_GUARD_BENCH_METRICS").is_ok_and(|v| !v.is_empty()) {
             history_and_endpoint(&mut ctx, 50);
         }
         reset_system(&mut ctx.admin);
-        println!("bench: 4 passed, 0 failed");
+        println!("bench: 5 passed, 0 failed");
         return;
     }
     let started = Instant::now();
@@ -1033,17 +1120,19 @@ fn main() {
         .into_iter()
         .filter(|&n| n <= max_n)
         .collect();
-    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill|history
+    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill|history|blocker
     match std::env::var("DBCONN_GUARD_BENCH_ONLY").as_deref() {
         Ok("cycle") => return worker_cycle(&mut ctx, &scales),
         Ok("kill") => return kill_path(&mut ctx, &scales, 100),
         Ok("history") => return history_and_endpoint(&mut ctx, *scales.last().unwrap_or(&100)),
+        Ok("blocker") => return blocker_reaction(&mut ctx, 100, 500),
         _ => {}
     }
     worker_cycle(&mut ctx, &scales);
     history_and_endpoint(&mut ctx, *scales.last().unwrap_or(&100));
     latency(&mut ctx, 200);
     kill_path(&mut ctx, &scales, 100);
+    blocker_reaction(&mut ctx, 100, 500);
     blocking(&mut ctx, &[10, 100, 1000]);
     memory(&mut ctx, 500, 60);
     pgbench(&mut ctx);
