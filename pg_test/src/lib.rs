@@ -571,11 +571,28 @@ fn parse_response(out: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (code, String::new());
+    };
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return (code, body.to_string());
+    }
+    // a chunked body (postgres_exporter's, once it outgrows one chunk): the chunks, joined
+    let mut rest = &out[head.len() + 4..];
+    let mut whole = Vec::new();
+    while let Ok(httparse::Status::Complete((at, size))) = httparse::parse_chunk_size(rest) {
+        let size = size as usize;
+        if size == 0 || rest.len() < at + size {
+            break;
+        }
+        whole.extend_from_slice(&rest[at..at + size]);
+        rest = rest.get(at + size + 2..).unwrap_or_default();
+    }
+    (code, String::from_utf8_lossy(&whole).into_owned())
 }
 
 /// The value of the first sample of `metric` in a Prometheus text exposition (with any labels:
