@@ -4,6 +4,7 @@
 //! The cluster is named by `DBCONN_GUARD_TEST_PORT` (and optionally `DBCONN_GUARD_TEST_HOST`,
 //! default 127.0.0.1); the tests connect as the superuser `postgres` unless they say otherwise.
 
+pub mod pgbouncer;
 use postgres::{Client, Config, NoTls};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
