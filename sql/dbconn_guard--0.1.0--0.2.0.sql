@@ -150,3 +150,21 @@ REVOKE EXECUTE ON FUNCTION metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION metrics() TO dbconn_guard_admin, pg_read_all_stats;
 COMMENT ON FUNCTION metrics() IS
   'The metrics the endpoint (dbconn_guard.metrics_listen) serves at /metrics, one row per sample: metric (its full Prometheus name), labels (jsonb), value, metric_type (gauge or counter) and help. For exporters that must run SQL, such as postgres_exporter with deploy/postgres_exporter/queries.yaml. Never any query text.';
+
+-- diagnose(): the runbook's decision tree, evaluated live (issue 10); runs as the calling role,
+-- with pg_stat_activity's visibility rules
+CREATE FUNCTION "diagnose"(
+	"slow_query" interval DEFAULT '5 minutes'
+) RETURNS TABLE (
+	"step" INT,
+	"area" TEXT,
+	"finding" text,
+	"status" TEXT,
+	"evidence" text,
+	"action" text
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'diagnose_wrapper';
+COMMENT ON FUNCTION diagnose(interval) IS
+  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. One row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';

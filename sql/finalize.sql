@@ -51,6 +51,8 @@ COMMENT ON FUNCTION _blocking_pairs() IS 'Internal: rows of the blocking_pairs v
 COMMENT ON FUNCTION _utilization() IS 'Internal: rows of the utilization view.';
 COMMENT ON FUNCTION _leak_suspects() IS 'Internal: rows of the leak_suspects view.';
 
+COMMENT ON FUNCTION diagnose(interval) IS
+  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. One row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
 COMMENT ON FUNCTION worker_status() IS
   'The background worker: running, pid, last cycle (start, wall and CPU time, sessions examined, terminations), totals, next wake-up, last error, and the policy it applies (jsonb).';
 COMMENT ON FUNCTION recent_terminations() IS

@@ -27,6 +27,7 @@ pub static LOCK_WAIT_CRITICAL_AGE: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static TRANSACTION_AGE_WARNING: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static TRANSACTION_AGE_CRITICAL: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub static LEAK_IDLE_AGE: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub static DIAGNOSE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(3600);
 
 // The guard's policy (PGC_SIGHUP: postgresql.conf or ALTER SYSTEM + pg_reload_conf()).
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -337,7 +338,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 37] = [
+pub static SETTINGS: [Setting; 38] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -423,6 +424,15 @@ pub static SETTINGS: [Setting; 37] = [
         "600",
         "10min",
         "1s–30d",
+    ),
+    age(
+        c"dbconn_guard.diagnose_window",
+        c"How far back diagnose() reads the history for the error pattern and recent changes.",
+        &DIAGNOSE_WINDOW,
+        60,
+        "3600",
+        "1h",
+        "1min–30d",
     ),
     reload_bool(
         c"dbconn_guard.enabled",

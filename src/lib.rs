@@ -9,6 +9,7 @@
 //!   signal), which the worker's rules and `terminate_idle()`'s requests (`requests`) take;
 //!   `shared` is what it publishes in shared memory; `admin` the guard's SQL functions;
 //!   `xact` its transactions; `history` the ring of samples it takes.
+//! * `diagnose` — reads the server for `diagnose()`, the runbook's tree (`core::diagnose`).
 //! * `metrics` — what `/metrics` and `metrics()` show; `endpoint` the HTTP worker serving it.
 //! * `encoding` — text between the database encoding and Rust's UTF-8.
 
@@ -18,6 +19,7 @@ use pgrx::prelude::*;
 pub use dbconn_guard_core as core;
 mod admin;
 mod backend_status;
+mod diagnose;
 mod encoding;
 mod endpoint;
 mod errors;

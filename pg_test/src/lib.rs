@@ -290,10 +290,12 @@ pub const EVERY_VIEW: [&str; 7] = [
     "SELECT dbconn_guard.health_status(), dbconn_guard.utilization_pct()",
 ];
 
-/// The history views (0.2.0), readable by pg_monitor / pg_read_all_stats and the guard's admins.
-pub const HISTORY_VIEWS: [&str; 2] = [
+/// The views and functions of 0.2.0: the history views (readable by pg_monitor /
+/// pg_read_all_stats and the guard's admins) and diagnose().
+pub const HISTORY_VIEWS: [&str; 3] = [
     "SELECT count(*) FROM dbconn_guard.history",
     "SELECT count(*) FROM dbconn_guard.history_by_group",
+    "SELECT count(*) FROM dbconn_guard.diagnose()",
 ];
 
 /// Runs every query of `EVERY_VIEW` and `HISTORY_VIEWS`; panics, naming `context` and the

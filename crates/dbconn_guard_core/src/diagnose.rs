@@ -545,6 +545,9 @@ struct ClientGroup<'a> {
     counts: StateCounts,
     oldest_idle: f64,
     first: &'a Backend,
+    /// An idle session of the group last ran `DISCARD ALL`: pgbouncer's reset query, which a
+    /// session pool runs when a client leaves (its idle server connections show it).
+    reset_query_seen: bool,
 }
 
 impl ClientGroup<'_> {
@@ -584,16 +587,25 @@ fn client_groups<'a>(c: &Ctx<'a>) -> Vec<ClientGroup<'a>> {
             counts: StateCounts::default(),
             oldest_idle: 0.0,
             first: b,
+            reset_query_seen: false,
         });
         g.counts.count(b.state);
         if b.has_state(IDLE) {
             g.oldest_idle = g.oldest_idle.max(b.state_age(c.now));
+            g.reset_query_seen |= b
+                .query
+                .as_deref()
+                .is_some_and(|q| q.trim().eq_ignore_ascii_case(POOLER_RESET_QUERY));
         }
     }
     let mut groups: Vec<ClientGroup<'a>> = map.into_values().collect();
     groups.sort_by_key(|g| std::cmp::Reverse(g.counts.total()));
     groups
 }
+
+/// What pgbouncer runs on a server connection when a session-pool client leaves it
+/// (`server_reset_query`'s default): its idle server connections show it as their last query.
+pub const POOLER_RESET_QUERY: &str = "DISCARD ALL";
 
 fn is_pooler_name(app: Option<&str>) -> bool {
     app.is_some_and(|a| {
@@ -607,7 +619,7 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
     let t = &c.i.guard.thresholds;
     let mut big: Vec<ClientGroup> = client_groups(c)
         .into_iter()
-        .filter(|g| g.mostly_idle_pool() && !is_pooler_name(g.app))
+        .filter(|g| g.mostly_idle_pool() && !is_pooler_name(g.app) && !g.reset_query_seen)
         .collect();
     if big.is_empty() {
         return vec![ok(
@@ -1762,7 +1774,7 @@ fn pooler(c: &Ctx) -> Vec<Finding> {
     let groups = client_groups(c);
     let looks: Vec<&ClientGroup> = groups
         .iter()
-        .filter(|g| is_pooler_name(g.app) || g.mostly_idle_pool())
+        .filter(|g| is_pooler_name(g.app) || g.reset_query_seen || g.mostly_idle_pool())
         .collect();
     if looks.is_empty() {
         return vec![ok(
@@ -1779,8 +1791,10 @@ fn pooler(c: &Ctx) -> Vec<Finding> {
     };
     let mut out: Vec<Finding> = Vec::new();
     for g in looks.iter().take(TOP) {
-        let named = is_pooler_name(g.app);
-        let what = if named {
+        let named = is_pooler_name(g.app) || g.reset_query_seen;
+        let what = if g.reset_query_seen {
+            "pgbouncer's server connections (idle ones last ran its reset query DISCARD ALL)"
+        } else if named {
             "a pooler's server connections"
         } else {
             "an application's pool or a pooler (pgbouncer) in front"
@@ -1850,9 +1864,11 @@ fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
         })
         .collect();
     let complete = existing.len() == p.idle_timeout_overrides.items().len();
+    // the user first: a pooler's server connections carry its clients' application_names
+    // (pgbouncer sets each client's own), but always the role the pooler logs in as
     let candidates = [
-        ("app", b.application_name.as_deref()),
         ("user", b.usename.as_deref()),
+        ("app", b.application_name.as_deref()),
     ];
     for (key, name) in candidates {
         let Some(name) = name.filter(|n| !n.is_empty()) else {
@@ -2297,6 +2313,9 @@ mod tests {
             idle_timeout_overrides: Overrides::default(),
             idle_in_transaction_timeout_overrides: Overrides::default(),
             transaction_timeout_overrides: Overrides::default(),
+            blocker_timeout: 0,
+            blocker_min_waiters: 1,
+            cancel_active_blockers: false,
         }
     }
 
@@ -3273,7 +3292,7 @@ mod tests {
         let a = action(p);
         assert_eq!(
             a,
-            "ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides = 'app:pgbouncer=0, user:etl=1800s, app:\"a,b\"=1500ms'; SELECT pg_reload_conf();"
+            "ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides = 'user:web=0, user:etl=1800s, app:\"a,b\"=1500ms'; SELECT pg_reload_conf();"
         );
         // the list it sets parses, keeps the old items, and exempts the pooler
         let list = a.split('\'').nth(1).unwrap();
@@ -3666,5 +3685,30 @@ mod tests {
         assert_eq!(bytes(512), "512B");
         assert_eq!(truncate("a\n  b   c", 80), "a b c");
         assert_eq!(truncate("abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn pgbouncers_session_pool_is_recognised_by_its_reset_query() {
+        // what a session pool's idle server connections look like (measured with pgbouncer
+        // 1.18): no application_name, last query DISCARD ALL
+        let mut v: Vec<Backend> = (0..4)
+            .map(|p| {
+                let mut b = app(addr(c(100 + p, "idle", 30), "10.0.0.9"), "");
+                b.query = Some("DISCARD ALL".into());
+                b
+            })
+            .collect();
+        v.push(app(addr(c(200, "active", 1), "10.0.0.9"), ""));
+        let mut i = with(v);
+        i.guard.policy.idle_timeout = 900 * SECOND;
+        let fs = diagnose(&i);
+        let p = one(&fs, "pooler");
+        assert_eq!(p.status, Status::Warning, "{p:?}");
+        assert!(p.evidence.contains("DISCARD ALL"), "{}", p.evidence);
+        assert!(
+            action(p).contains("'user:web=0'"),
+            "the pooler's role is exempted: {}",
+            action(p)
+        );
     }
 }

@@ -1,0 +1,313 @@
+//! `dbconn_guard.diagnose()` against real sessions: each branch of the runbook's tree that a
+//! live server can show — an oversized pool, leak suspects, idle in transaction, a slow query, a
+//! lock pile-up, the timeouts, a reload, a connection storm, a growing client count and a new
+//! application in the history, the guard's dry run, the worker — with the action of the rows
+//! that end or cancel a session pasted and checked; an unprivileged role gets what it may see
+//! and a row that says what is hidden; a hostile application_name never becomes a statement.
+
+use dbconn_guard_integration::*;
+use postgres::Client;
+use std::thread;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+struct Row {
+    step: i32,
+    area: String,
+    finding: String,
+    status: String,
+    evidence: String,
+    action: Option<String>,
+}
+
+fn diagnose(c: &mut Client, slow: &str) -> Vec<Row> {
+    c.query(
+        "SELECT * FROM dbconn_guard.diagnose($1::text::interval)",
+        &[&slow],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Row {
+        step: r.get(0),
+        area: r.get(1),
+        finding: r.get(2),
+        status: r.get(3),
+        evidence: r.get(4),
+        action: r.get(5),
+    })
+    .collect()
+}
+
+fn area<'a>(rows: &'a [Row], name: &str) -> Vec<&'a Row> {
+    rows.iter().filter(|r| r.area == name).collect()
+}
+
+/// The rows are in order, every status is one of the four, and every row that is not ok has
+/// an action.
+fn well_formed(rows: &[Row]) {
+    assert!(!rows.is_empty());
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.step, i as i32 + 1, "{r:?}");
+        assert!(
+            ["ok", "info", "warning", "critical"].contains(&r.status.as_str()),
+            "{r:?}"
+        );
+        if r.status != "ok" {
+            assert!(
+                r.action.as_deref().is_some_and(|a| !a.is_empty()),
+                "a row that is not ok carries an action: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
+    let mut a = guard_admin();
+    a.batch_execute(&format!(
+        "DROP TABLE IF EXISTS it_d_t; CREATE TABLE it_d_t (id int PRIMARY KEY); INSERT INTO it_d_t VALUES (1);
+         GRANT SELECT, UPDATE ON it_d_t TO {APP_ROLE}"
+    ))
+    .unwrap();
+    // an oversized pool, idle (32 sessions: also a storm of new connections, over a tenth of
+    // max_connections)
+    let pool: Vec<_> = (0..32).map(|_| stale_idle("it_d_pool")).collect();
+    // a leaked transaction
+    let (_leak, leak) = stale_in_transaction("it_d_leak");
+    // a slow statement
+    let (slow, slow_h) = in_background_as(APP_ROLE, "it_d_slow", "SELECT pg_sleep(60)");
+    // a lock pile-up: a root idle in its transaction, one waiter
+    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_d_root");
+    root_c
+        .batch_execute("UPDATE it_d_t SET id = id WHERE id = 1")
+        .unwrap();
+    let (w, wh) = in_background_as(
+        APP_ROLE,
+        "it_d_waiter",
+        "UPDATE it_d_t SET id = id WHERE id = 1",
+    );
+    wait_for_lock_waits(&mut a, &[w]);
+    thread::sleep(Duration::from_millis(1200));
+    // thresholds low enough for a test's ages (a superuser may SET them per session)
+    a.batch_execute(
+        "SET dbconn_guard.idle_in_transaction_warning_age = '1s';
+         SET dbconn_guard.lock_wait_warning_age = 0;
+         SET dbconn_guard.leak_idle_age = '1s'",
+    )
+    .unwrap();
+    let rows = diagnose(&mut a, "1 second");
+    well_formed(&rows);
+    let dump = format!("{rows:#?}");
+
+    let oversized = area(&rows, "oversized pool");
+    assert!(
+        oversized
+            .iter()
+            .any(|r| r.status != "ok" && r.evidence.contains("it_d_pool")),
+        "{dump}"
+    );
+    assert!(
+        area(&rows, "leaks")
+            .iter()
+            .any(|r| r.status != "ok" && r.evidence.contains("it_d_pool")),
+        "{dump}"
+    );
+    let iit = area(&rows, "idle in transaction");
+    assert!(
+        iit.iter().any(|r| r.status == "warning"
+            && r.action
+                .as_deref()
+                .is_some_and(|x| x.contains("dbconn_guard.idle_in_transaction_timeout"))),
+        "no rule ends it: the advice to set one. {dump}"
+    );
+    let timeouts = area(&rows, "timeouts");
+    assert!(
+        timeouts.iter().any(|r| r.status == "warning"),
+        "neither PostgreSQL nor the guard ends idle transactions: {dump}"
+    );
+    assert!(
+        area(&rows, "connection storm")
+            .iter()
+            .any(|r| r.status != "ok"),
+        "{dump}"
+    );
+    assert!(
+        area(&rows, "recent changes")
+            .iter()
+            .any(|r| r.status != "ok"),
+        "guard_admin() reloaded the configuration just now: {dump}"
+    );
+    assert!(
+        area(&rows, "worker").iter().all(|r| r.status == "ok"),
+        "{dump}"
+    );
+
+    // the slow query's row: cancel it, as pasted
+    let slow_row = area(&rows, "slow queries")
+        .into_iter()
+        .find(|r| r.evidence.contains(&slow.to_string()) || r.finding.contains(&slow.to_string()))
+        .unwrap_or_else(|| panic!("the slow query {slow}: {dump}"));
+    assert_eq!(
+        slow_row.action.as_deref(),
+        Some(format!("SELECT pg_cancel_backend({slow});").as_str())
+    );
+    // the lock pile-up's row: the root, idle in its transaction, is to be ended
+    let lock_row = area(&rows, "locks")
+        .into_iter()
+        .find(|r| r.status != "ok")
+        .unwrap_or_else(|| panic!("the pile-up: {dump}"));
+    assert_eq!(
+        lock_row.action.as_deref(),
+        Some(format!("SELECT pg_terminate_backend({root});").as_str()),
+        "{dump}"
+    );
+    assert!(lock_row.evidence.contains('1'), "{lock_row:?}");
+    // the actions work as pasted
+    a.batch_execute(slow_row.action.as_deref().unwrap())
+        .unwrap();
+    let (r, _c) = slow_h.join().unwrap();
+    assert!(r.is_err(), "the slow statement was cancelled");
+    a.batch_execute(lock_row.action.as_deref().unwrap())
+        .unwrap();
+    wait_gone(&mut a, root, Duration::from_secs(10));
+    let (r, _wc) = wh.join().unwrap();
+    r.unwrap();
+    // and the tree says so now
+    let after = diagnose(&mut a, "1 second");
+    well_formed(&after);
+    assert!(
+        area(&after, "locks").iter().all(|r| r.status == "ok"),
+        "{after:#?}"
+    );
+    terminate(&mut a, &[leak]);
+    drop(pool);
+}
+
+#[test]
+fn the_history_shows_a_growing_client_a_new_application_and_the_dry_run() {
+    let mut a = guard_admin();
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.sample_interval", "1"),
+            ("dbconn_guard.dry_run", "on"),
+        ],
+    );
+    a.batch_execute("SET dbconn_guard.diagnose_window = '1min'")
+        .unwrap();
+    thread::sleep(Duration::from_millis(3500));
+    // two more sessions of a new application every second, for 8 seconds
+    let mut grown = Vec::new();
+    for _ in 0..8 {
+        grown.push(stale_idle("it_d_new_app"));
+        grown.push(stale_idle("it_d_new_app"));
+        thread::sleep(Duration::from_millis(1000));
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let rows = diagnose(&mut a, "5 minutes");
+    well_formed(&rows);
+    let dump = format!("{rows:#?}");
+    let pattern = area(&rows, "error pattern");
+    assert!(
+        pattern.iter().any(|r| r.status != "ok"
+            && (r.finding.contains("increas") || r.evidence.contains("increas"))),
+        "16 new sessions over 8 samples: {dump}"
+    );
+    assert!(
+        rows.iter().any(|r| r.area == "deployment"
+            && r.status != "ok"
+            && r.evidence.contains("it_d_new_app")),
+        "a new application in the history: {dump}"
+    );
+    assert!(
+        area(&rows, "guard")
+            .iter()
+            .any(|r| r.status != "ok" && r.finding.contains("dry run")),
+        "{dump}"
+    );
+    drop(grown);
+    reset_system(&mut a);
+}
+
+#[test]
+fn an_unprivileged_role_sees_what_it_may_and_is_told_what_is_hidden() {
+    let mut a = guard_admin();
+    ensure_role(&mut a, "it_d_viewer", "");
+    let (_others, _p) = stale_in_transaction("it_d_someone_else");
+    let mut v = connect_as("it_d_viewer", "it_d_viewer");
+    let rows = diagnose(&mut v, "5 minutes");
+    well_formed(&rows);
+    let dump = format!("{rows:#?}");
+    let vis = area(&rows, "visibility");
+    assert!(
+        vis.iter().any(|r| r.status != "ok"
+            && r.action.as_deref() == Some("GRANT pg_read_all_stats TO \"it_d_viewer\";")),
+        "{dump}"
+    );
+    // nothing of another role's session leaks into the texts
+    assert!(!dump.contains("it_d_someone_else"), "{dump}");
+    // the history (every role's sessions) is not read for it
+    assert!(
+        area(&rows, "error pattern")
+            .iter()
+            .all(|r| r.status != "warning"),
+        "{dump}"
+    );
+    // bad arguments are refused
+    let e = v
+        .batch_execute("SELECT * FROM dbconn_guard.diagnose('-1 minute')")
+        .expect_err("negative");
+    assert!(
+        db_error(&e).contains("must not be negative"),
+        "{}",
+        db_error(&e)
+    );
+}
+
+#[test]
+fn a_hostile_application_name_never_becomes_a_statement() {
+    let mut a = guard_admin();
+    let evil = "x'); DROP TABLE it_d_victim; --";
+    a.batch_execute("DROP TABLE IF EXISTS it_d_victim; CREATE TABLE it_d_victim ()")
+        .unwrap();
+    let pool: Vec<_> = (0..12).map(|_| stale_idle(evil)).collect();
+    a.batch_execute("SET dbconn_guard.leak_idle_age = '1s'")
+        .unwrap();
+    thread::sleep(Duration::from_millis(1200));
+    let rows = diagnose(&mut a, "5 minutes");
+    well_formed(&rows);
+    let with_name: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.action
+                .as_deref()
+                .is_some_and(|x| x.contains("DROP TABLE"))
+        })
+        .collect();
+    assert!(
+        !with_name.is_empty(),
+        "an action names the application: {rows:#?}"
+    );
+    // every such action, run as a DBA would paste it into psql (statement by statement): it
+    // does what it says, and the table is still there
+    for r in with_name {
+        let action = r.action.as_deref().unwrap();
+        // ALTER SYSTEM runs alone (not in the implicit transaction of a multi-statement query)
+        let (first, reload) = match action.strip_suffix(" SELECT pg_reload_conf();") {
+            Some(alter) => (alter, true),
+            None => (action, false),
+        };
+        a.batch_execute(first)
+            .unwrap_or_else(|e| panic!("{first}: {}", db_error(&e)));
+        if reload {
+            a.batch_execute("SELECT pg_reload_conf()").unwrap();
+        }
+    }
+    let exists: bool = a
+        .query_one("SELECT to_regclass('it_d_victim') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(exists);
+    drop(pool);
+    reset_system(&mut a);
+}
