@@ -4,6 +4,9 @@
 //! standby, without the preload and with an empty history (the core says what it could not
 //! check).
 
+// pgrx's TableIterator signatures spell out every column
+#![allow(clippy::type_complexity)]
+
 use crate::core::diagnose::{self, Caller, Guard, History, Input, Server, WorkerInfo};
 use crate::core::session::{Kind, Micros};
 use crate::encoding::DbText;
