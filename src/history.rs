@@ -317,7 +317,7 @@ mod layout {
     #[test]
     fn ring_layout_is_as_documented() {
         assert_eq!(super::align8(size_of::<super::Header>()), 32);
-        assert_eq!(size_of::<super::SlotHead>(), 112);
+        assert_eq!(size_of::<super::SlotHead>(), 120);
         assert_eq!(size_of::<super::Entry>(), 224);
         assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (120 + 224 * 17));
         assert_eq!(super::ring_bytes(0, 16), 0);
