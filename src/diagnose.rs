@@ -105,6 +105,7 @@ fn read(slow_query_age: f64) -> Input {
         lock_waits: snapshot::lock_waits(),
         history: History {
             enabled: history::enabled(),
+            hidden_from_caller: !may_read_history,
             window,
             samples,
         },
@@ -145,6 +146,8 @@ fn read(slow_query_age: f64) -> Input {
             database,
             hidden_backends: hidden,
             has_read_all_stats: read_all_stats,
+            lacks_terminate_idle: !unsafe { pg_sys::superuser() }
+                && !has_privs_of(role_oid(c"dbconn_guard_admin")),
         },
         snapshot: snap,
     }

@@ -132,6 +132,7 @@ impl Outcome {
                 Verdict::Unreadable => 11,
                 Verdict::Changed => 12,
                 Verdict::NoLongerBlocking => 13,
+                Verdict::CommitWaitsForStandby => 14,
                 Verdict::Protected(p) => {
                     20 + match p {
                         P::NotAClientBackend => 0,
@@ -160,6 +161,7 @@ impl Outcome {
             11 => Outcome::Spared(Verdict::Unreadable),
             12 => Outcome::Spared(Verdict::Changed),
             13 => Outcome::Spared(Verdict::NoLongerBlocking),
+            14 => Outcome::Spared(Verdict::CommitWaitsForStandby),
             20..=27 => Outcome::Spared(Verdict::Protected(
                 [
                     P::NotAClientBackend,
@@ -226,6 +228,9 @@ fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
     recheck::last_word(&t.backend, fresh, scope, me)
 }
 
+/// `pg_stat_activity.wait_event` of a commit waiting for a synchronous standby.
+const SYNC_REP_WAIT: &str = "SyncRep";
+
 /// For a target of a root-blocker rule, a fresh read of the lock graph: is it still the root
 /// of a pile-up past the rule, under the policy in force now? (Its status entry, read next,
 /// says whether it is still in the same transaction, or the same statement.) Other rules'
@@ -236,6 +241,17 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     }
     if t.rule == Rule::BlockerCancel && !pol.cancel_active_blockers {
         return Verdict::NoLongerBlocking;
+    }
+    // it, or one of its parallel workers, waits itself: not the root
+    if locks::waits_itself(t.backend.pid) {
+        return Verdict::NoLongerBlocking;
+    }
+    // a COMMIT waiting for a synchronous standby holds its locks until the standby answers;
+    // cancelling it commits locally without the standby: never
+    if t.rule == Rule::BlockerCancel
+        && locks::wait_event_of(t.backend.pid).as_deref() == Some(SYNC_REP_WAIT)
+    {
+        return Verdict::CommitWaitsForStandby;
     }
     let waits = locks::lock_graph();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -608,6 +624,14 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
         Outcome::Terminated { .. } => "terminated",
         Outcome::WouldTerminate if dry_run && cancel => "dry run: would cancel the statement of",
         Outcome::WouldTerminate if dry_run => "dry run: would terminate",
+        Outcome::Spared(v @ Verdict::CommitWaitsForStandby) => {
+            log!(
+                "dbconn_guard: did not cancel pid {}, the root of a lock pile-up (rule blocker_cancel): {}",
+                b.pid,
+                v.as_str()
+            );
+            return;
+        }
         Outcome::Withdrawn(v) => {
             log!(
                 "dbconn_guard: spared pid {} at the last moment ({}): its audit row is withdrawn",

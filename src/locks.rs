@@ -44,6 +44,31 @@ fn waiting_procs() -> Vec<(i32, i32, usize, i64)> {
     out
 }
 
+/// Whether `pid`, or a member of the lock group it leads (its parallel workers), waits for a
+/// heavyweight lock now, read from the PGPROC array itself: a session that waits is no root of
+/// a pile-up, whatever a lock read that missed its wait (a queue read that raced) would say.
+pub fn waits_itself(pid: i32) -> bool {
+    waiting_procs()
+        .iter()
+        .any(|&(p, leader, _, _)| p == pid || leader == pid)
+}
+
+/// The name of the wait event `pid` reports now (`pg_stat_activity.wait_event`), if any.
+pub fn wait_event_of(pid: i32) -> Option<String> {
+    unsafe {
+        let proc = pg_sys::BackendPidGetProc(pid);
+        if proc.is_null() {
+            return None;
+        }
+        let info = std::ptr::read_volatile(&(*proc).wait_event_info);
+        if info == 0 {
+            return None;
+        }
+        let name = pg_sys::pgstat_get_wait_event(info);
+        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+    }
+}
+
 /// When each current heavyweight-lock wait began (0: not set yet), read racily from the PGPROC
 /// array alone (no lock-manager partition is locked): the history's lock-wait counts.
 pub fn wait_starts() -> Vec<i64> {

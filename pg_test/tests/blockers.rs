@@ -299,3 +299,57 @@ fn a_dry_run_records_a_root_once() {
     finished_ok(hw, "the waiter");
     reset_system(&mut a);
 }
+
+#[test]
+fn a_commit_waiting_for_a_synchronous_standby_is_never_cancelled() {
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            ("dbconn_guard.cancel_active_blockers", "on"),
+        ],
+    );
+    // a standby that never answers: every COMMIT that wrote waits for it, holding its locks
+    a.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'it_b_nobody'")
+        .unwrap();
+    a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let (root, hr) = in_background_as(
+        APP_ROLE,
+        "it_b_sync_root",
+        &format!("BEGIN; {}; COMMIT", update(8)),
+    );
+    wait_until(
+        &mut a,
+        &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'SyncRep'"),
+        Duration::from_secs(10),
+    );
+    let (w, hw) = waiter("it_b_w", 8);
+    wait_for_lock_waits(&mut a, &[w]);
+    thread::sleep(Duration::from_millis(3000));
+    let still: bool = a
+        .query_one(
+            &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'SyncRep'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        still,
+        "its COMMIT still waits for the standby: not cancelled"
+    );
+    assert!(audit(&mut a, root).is_empty());
+    let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
+    assert!(
+        log.contains(&format!("did not cancel pid {root}, the root of a lock pile-up (rule blocker_cancel): its COMMIT waits for a synchronous standby")),
+        "the LOG line says why"
+    );
+    a.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .unwrap();
+    a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    finished_ok(hr, "the COMMIT, once the standby is no longer required");
+    finished_ok(hw, "the waiter");
+    reset_system(&mut a);
+}

@@ -62,6 +62,37 @@ fn installing_without_the_preload_keeps_the_session_and_the_views_work() {
         "0",
         "the policy is shown all the same"
     );
+    // diagnose() says what it could not check, and its preload action, pasted, writes a list
+    // the server can start with (one name per library)
+    c.batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'; ")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let preload: String = c
+        .query_one(
+            "SELECT action FROM dbconn_guard.diagnose() WHERE area = 'guard' AND status <> 'ok'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let alter = preload.split("  --").next().unwrap();
+    assert_eq!(
+        alter,
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', 'dbconn_guard';"
+    );
+    c.batch_execute(alter).unwrap();
+    let written: String = c
+        .query_one(
+            "SELECT setting FROM pg_file_settings WHERE name = 'shared_preload_libraries' AND applied IS NOT NULL ORDER BY seqno DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        written, "pg_stat_statements, dbconn_guard",
+        "two libraries, not one"
+    );
+    c.batch_execute("ALTER SYSTEM RESET shared_preload_libraries")
+        .unwrap();
     let err = c
         .query(
             "SELECT * FROM dbconn_guard.terminate_idle('0', dry_run => true)",

@@ -246,11 +246,15 @@ fn an_unprivileged_role_sees_what_it_may_and_is_told_what_is_hidden() {
     );
     // nothing of another role's session leaks into the texts
     assert!(!dump.contains("it_d_someone_else"), "{dump}");
-    // the history (every role's sessions) is not read for it
+    // the history (every role's sessions) is not read for it, and it is told so
     assert!(
         area(&rows, "error pattern")
             .iter()
-            .all(|r| r.status != "warning"),
+            .all(|r| r.status != "warning"
+                && r.evidence.contains("not readable by \"it_d_viewer\"")
+                && r.action
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with("GRANT pg_monitor TO \"it_d_viewer\";"))),
         "{dump}"
     );
     // bad arguments are refused

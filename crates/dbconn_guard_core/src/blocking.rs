@@ -229,11 +229,13 @@ pub struct Root {
 }
 
 /// Every root blocker (it blocks others and waits for no lock itself), with the waits it holds
-/// up; pids in lock cycles have no root and are left out (the deadlock detector breaks them).
-pub fn roots(waits: &[LockWait]) -> Vec<Root> {
+/// up that `counts` accepts; pids in lock cycles have no root and are left out (the deadlock
+/// detector breaks them).
+pub fn roots(waits: &[LockWait], counts: impl Fn(&LockWait) -> bool) -> Vec<Root> {
     let start_of: HashMap<i32, Option<Micros>> = waits
         .iter()
         .rev()
+        .filter(|w| counts(w))
         .map(|w| (w.pid, w.wait_start.filter(|&t| t != 0)))
         .collect();
     let mut by_root: BTreeMap<i32, BTreeSet<i32>> = BTreeMap::new();
@@ -248,7 +250,7 @@ pub fn roots(waits: &[LockWait]) -> Vec<Root> {
             pid,
             wait_starts: held
                 .iter()
-                .map(|p| start_of.get(p).copied().flatten())
+                .filter_map(|p| start_of.get(p).copied())
                 .collect(),
         })
         .collect()
@@ -465,7 +467,7 @@ mod tests {
         // a cycle: no root
         let x = w(50, &[60]);
         let y = w(60, &[50]);
-        let rs = roots(&[a, b, c, x, y]);
+        let rs = roots(&[a, b, c, x, y], |_| true);
         assert_eq!(
             rs,
             vec![
@@ -478,6 +480,20 @@ mod tests {
                     wait_starts: vec![None]
                 },
             ]
+        );
+        // waits left uncounted keep the graph (who is the root) but not their wait
+        let mut adv = w(20, &[10]);
+        adv.locktype = Some("advisory".into());
+        let behind = w(30, &[20]);
+        let rs = roots(&[adv, behind], |w| {
+            w.locktype.as_deref() != Some("advisory")
+        });
+        assert_eq!(
+            rs,
+            vec![Root {
+                pid: 10,
+                wait_starts: vec![None]
+            }]
         );
     }
 }

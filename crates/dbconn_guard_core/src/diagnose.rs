@@ -56,6 +56,9 @@ pub struct Input {
 pub struct History {
     /// Samples are being taken: preloaded and `dbconn_guard.history_size > 0`.
     pub enabled: bool,
+    /// The calling role may not read the history (it is granted to pg_read_all_stats and
+    /// dbconn_guard_admin): `samples` is empty for that reason, not for want of samples.
+    pub hidden_from_caller: bool,
     /// `dbconn_guard.diagnose_window` (default 1h), in microseconds: "recent" means within it.
     pub window: Micros,
     /// The samples with `time >= now - window`, oldest first (empty when there are none). They
@@ -140,6 +143,9 @@ pub struct Caller {
     pub hidden_backends: i64,
     /// Member of `pg_read_all_stats` (or superuser).
     pub has_read_all_stats: bool,
+    /// The caller may not execute `terminate_idle()` (it is granted to `dbconn_guard_admin`
+    /// only): actions end sessions with `pg_terminate_backend()` instead.
+    pub lacks_terminate_idle: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,7 +287,8 @@ impl<'a> Ctx<'a> {
             guard_ending: i.server.preloaded && i.guard.enabled && !i.guard.dry_run && running,
             terminate_idle_works: i.server.preloaded
                 && running
-                && i.worker.as_ref().is_some_and(|w| w.extension_ready),
+                && i.worker.as_ref().is_some_and(|w| w.extension_ready)
+                && !i.caller.lacks_terminate_idle,
             chains: blocking::chains(&i.lock_waits),
         }
     }
@@ -296,6 +303,11 @@ impl<'a> Ctx<'a> {
             Some("no history: dbconn_guard is not in shared_preload_libraries".into())
         } else if !self.i.history.enabled {
             Some("no history: dbconn_guard.history_size is 0".into())
+        } else if self.i.history.hidden_from_caller {
+            Some(format!(
+                "the history is not readable by {}: it counts every role's sessions, so it is shown to pg_read_all_stats (pg_monitor) and dbconn_guard_admin only",
+                quoted(&self.i.caller.role)
+            ))
         } else if self.samples.len() < MIN_HISTORY_SAMPLES {
             Some(format!(
                 "not enough history: {} sample(s) in the last {} (at least {MIN_HISTORY_SAMPLES} needed)",
@@ -314,6 +326,11 @@ impl<'a> Ctx<'a> {
         } else if !self.i.history.enabled {
             "ALTER SYSTEM SET dbconn_guard.history_size = 8640;  -- takes effect after a restart"
                 .into()
+        } else if self.i.history.hidden_from_caller {
+            format!(
+                "GRANT pg_monitor TO {};  -- or run diagnose() as a monitoring role",
+                sql_ident(&self.i.caller.role)
+            )
         } else {
             "SELECT time, client_backends, utilization_pct FROM dbconn_guard.history ORDER BY time DESC LIMIT 10;"
                 .into()
@@ -646,11 +663,12 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
                     quoted_or(g.addr, "local")
                 ),
                 format!(
-                    "{}; oldest idle {}; {} busy now, so a pool of about {} would do (if this is a pooler, see the pooler row)",
+                    "{}; oldest idle {}; {} busy now, so a pool of about {} would do (if this is a pooler, see the pooler row){}",
                     g.describe(),
                     dur(g.oldest_idle),
                     busy,
-                    busy.max(2) + 2
+                    busy.max(2) + 2,
+                    end_idle_scope(c, g.app.unwrap_or(""), t.idle_age)
                 ),
                 end_idle(c, Some(g.app.unwrap_or("")), t.idle_age),
             )
@@ -744,9 +762,10 @@ fn leak_suspects(c: &Ctx) -> Vec<Finding> {
                 Status::Warning,
                 finding,
                 format!(
-                    "{} idle sessions of {who}, oldest idle {}; {trend}{more}",
+                    "{} idle sessions of {who}, oldest idle {}; {trend}{more}{}",
                     r.group.connection_count,
-                    dur(r.group.max_age_seconds)
+                    dur(r.group.max_age_seconds),
+                    end_idle_scope(c, k.application_name.as_deref().unwrap_or(""), older_than)
                 ),
                 end_idle(
                     c,
@@ -1881,17 +1900,29 @@ fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
         items.extend(existing.iter().cloned());
         let list = items.join(", ");
         let parsed = Overrides::parse(&list);
-        if parsed
-            .as_ref()
-            .is_ok_and(|o| o.items().len() == items.len() && o.timeout_for(b) == Some(0))
-        {
+        if parsed.as_ref().is_ok_and(|o| {
+            // the new item first, and every existing item back exactly as it was
+            o.items().len() == items.len()
+                && o.items()[1..] == *p.idle_timeout_overrides.items()
+                && o.timeout_for(b) == Some(0)
+        }) {
             return format!(
                 "ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides = {}; SELECT pg_reload_conf();",
                 sql_literal(&list)
             );
         }
     }
-    "ALTER SYSTEM SET dbconn_guard.idle_timeout = 0; SELECT pg_reload_conf();".into()
+    // the list in force cannot be written back exactly: say what to do, never turn the idle
+    // rule off for everyone
+    let who = b
+        .usename
+        .as_deref()
+        .map(|u| format!("user:{}=0", list_name(u)))
+        .unwrap_or_else(|| "user:<the pooler's role>=0".into());
+    format!(
+        "SHOW dbconn_guard.idle_timeout_overrides;  -- then ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides to that list with {} in front, and SELECT pg_reload_conf();",
+        sql_literal(&format!("{who}, "))
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2060,6 +2091,21 @@ fn visibility(c: &Ctx) -> Vec<Finding> {
 /// Ends the idle sessions (of `app`, when given) idle longer than `older_than` seconds:
 /// through `terminate_idle()` (the guard's protections and audit) when the worker can serve it,
 /// or straight from `pg_stat_activity` (sparing superusers and this session) when not.
+/// What an `end_idle` action for one application ends, said in the evidence: it is wider than
+/// the finding's group (every client, user and database of that application).
+fn end_idle_scope(c: &Ctx, app: &str, older_than: f64) -> String {
+    let secs = older_than.max(0.0).ceil() as i64;
+    format!(
+        "; the action ends every session of application {} idle for longer than {secs}s, from any client, user or database{}",
+        quoted(app),
+        if c.terminate_idle_works {
+            " (through terminate_idle(): the guard's protections and audit apply)"
+        } else {
+            " (superusers and this session excepted; no audit row)"
+        }
+    )
+}
+
 fn end_idle(c: &Ctx, app: Option<&str>, older_than: f64) -> String {
     let secs = older_than.max(0.0).ceil() as i64;
     if c.terminate_idle_works {
@@ -2082,6 +2128,31 @@ fn end_idle(c: &Ctx, app: Option<&str>, older_than: f64) -> String {
     }
 }
 
+/// The names of a list setting as `SHOW` displays it (`a, "b c"`): split at commas outside
+/// double quotes, each unquoted (`""` inside quotes is one quote).
+fn library_items(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = list.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(ch),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
 /// Adds dbconn_guard to `shared_preload_libraries`, keeping what is there.
 fn preload_action(s: &Server) -> String {
     let listed = |l: &str| {
@@ -2091,9 +2162,17 @@ fn preload_action(s: &Server) -> String {
     match s.shared_preload_libraries.as_deref().map(str::trim) {
         Some(l) if listed(l) => "SELECT name, setting, pending_restart FROM pg_settings WHERE name = 'shared_preload_libraries';  -- dbconn_guard is listed but not loaded: restart PostgreSQL".into(),
         Some("") => "ALTER SYSTEM SET shared_preload_libraries = 'dbconn_guard';  -- then restart PostgreSQL".into(),
+        // one literal per library: a single literal holding "a, b" would be stored as ONE
+        // quoted name, and the server would not start
         Some(list) => format!(
             "ALTER SYSTEM SET shared_preload_libraries = {};  -- then restart PostgreSQL",
-            sql_literal(&format!("{list}, dbconn_guard"))
+            library_items(list)
+                .iter()
+                .map(String::as_str)
+                .chain(["dbconn_guard"])
+                .map(sql_literal)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         None => "SHOW shared_preload_libraries;  -- then ALTER SYSTEM SET shared_preload_libraries to that list plus dbconn_guard, and restart PostgreSQL".into(),
     }
@@ -2370,6 +2449,7 @@ mod tests {
             lock_waits: vec![],
             history: History {
                 enabled: true,
+                hidden_from_caller: false,
                 window: HOUR,
                 samples: (0..6).rev().map(|i| sample(i * 600, 2, 3)).collect(),
             },
@@ -2409,6 +2489,7 @@ mod tests {
                 database: "app".into(),
                 hidden_backends: 0,
                 has_read_all_stats: true,
+                lacks_terminate_idle: false,
             },
         }
     }
@@ -2689,6 +2770,7 @@ mod tests {
         // without history only the age is checked, and the row says so
         i.history = History {
             enabled: false,
+            hidden_from_caller: false,
             window: HOUR,
             samples: vec![],
         };
@@ -3010,7 +3092,14 @@ mod tests {
         let e = one(&fs, "error pattern");
         assert_eq!(
             action(e),
-            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements, dbconn_guard';  -- then restart PostgreSQL"
+            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', 'dbconn_guard';  -- then restart PostgreSQL",
+            "one literal per library: one literal with a comma would be one library name"
+        );
+        i.server.shared_preload_libraries = Some("auto_explain, \"$libdir/my, lib\"".into());
+        let fs = diagnose(&i);
+        assert_eq!(
+            action(one(&fs, "error pattern")),
+            "ALTER SYSTEM SET shared_preload_libraries = 'auto_explain', '$libdir/my, lib', 'dbconn_guard';  -- then restart PostgreSQL"
         );
         // listed already, not loaded: a restart is pending, nothing to add
         i.server.shared_preload_libraries = Some("pg_stat_statements, dbconn_guard".into());
@@ -3385,6 +3474,7 @@ mod tests {
             enabled: false,
             window: HOUR,
             samples: vec![],
+            hidden_from_caller: false,
         };
         let fs = diagnose(&i);
         let w = one(&fs, "worker");
@@ -3709,6 +3799,26 @@ mod tests {
             action(p).contains("'user:web=0'"),
             "the pooler's role is exempted: {}",
             action(p)
+        );
+    }
+
+    #[test]
+    fn a_history_hidden_from_the_caller_is_said_to_be_hidden() {
+        let mut i = input();
+        i.history.samples.clear();
+        i.history.hidden_from_caller = true;
+        i.caller.role = "app".into();
+        let fs = diagnose(&i);
+        let e = one(&fs, "error pattern");
+        assert!(
+            e.evidence.contains("not readable by \"app\""),
+            "{}",
+            e.evidence
+        );
+        assert!(
+            action(e).starts_with("GRANT pg_monitor TO \"app\";"),
+            "{}",
+            action(e)
         );
     }
 }

@@ -246,7 +246,7 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             name: "terminations",
             unit: None,
             kind: Kind::Counter,
-            help: "Sessions the guard ended since the server started, by rule (dry-run records are not counted)",
+            help: "Sessions the guard ended since the server started, by rule; rule blocker_cancel counts cancelled statements, whose sessions stayed (dry-run records are not counted)",
             samples: Rule::ALL
                 .iter()
                 .zip(i.terminations_by_rule)

@@ -333,6 +333,13 @@ pub fn blocker_deadline(
     Some(starts[k - 1].saturating_add(policy.blocker_timeout))
 }
 
+/// Whether a lock wait counts toward the root-blocker rule: a wait on an advisory lock does
+/// not — that is how applications wait on purpose (leader election, job queues: a standby
+/// instance blocks in `pg_advisory_lock()` for as long as the leader lives).
+pub fn counts_for_blocker_rule(w: &LockWait) -> bool {
+    w.locktype.as_deref() != Some("advisory")
+}
+
 /// Every root blocker's deadline under the root-blocker rule, and how many waits it holds up.
 fn blocker_deadlines(
     waits: &[LockWait],
@@ -342,7 +349,7 @@ fn blocker_deadlines(
     if !policy.watches_blockers() || waits.is_empty() {
         return Default::default();
     }
-    blocking::roots(waits)
+    blocking::roots(waits, counts_for_blocker_rule)
         .into_iter()
         .filter_map(|r| {
             blocker_deadline(&r.wait_starts, now, policy).map(|d| (r.pid, (d, r.wait_starts.len())))
@@ -356,7 +363,7 @@ pub fn still_blocking(pid: i32, waits: &[LockWait], now: Micros, policy: &Policy
     if !policy.watches_blockers() {
         return false;
     }
-    blocking::roots(waits)
+    blocking::roots(waits, counts_for_blocker_rule)
         .iter()
         .find(|r| r.pid == pid)
         .and_then(|r| blocker_deadline(&r.wait_starts, now, policy))
@@ -438,8 +445,12 @@ pub fn plan(
         let Some((rule, deadline, held_up)) = chosen else {
             // a statement running in a transaction already past its timeout: look again soon,
             // to find it idle in it (it is never ended while it runs)
+            // likewise a root past the root-blocker rule's deadline that runs a statement (and
+            // `cancel_active_blockers` is off): ended at the first check that finds it idle in
+            // its transaction
+            let busy_root = blockers.get(&b.pid).is_some_and(|&(d, _)| d <= now);
             if b.has_state("active")
-                && transaction_deadline(b, policy).is_some_and(|d| d <= now)
+                && (busy_root || transaction_deadline(b, policy).is_some_and(|d| d <= now))
                 && policy.scope.protection(b, own_pid).is_none()
             {
                 let soon = now.saturating_add(BUSY_TRANSACTION_POLL);
@@ -1144,7 +1155,11 @@ mod tests {
         let waits = [lock_wait(2, &[1], Some(40))];
         let p = blocker_plan(&snap, &waits, &blocker_policy());
         assert!(p.targets.is_empty(), "an active root is never terminated");
-        assert_eq!(p.next_deadline, None);
+        assert_eq!(
+            p.next_deadline,
+            Some(NOW + BUSY_TRANSACTION_POLL),
+            "looked at again soon: it is ended once found idle in its transaction"
+        );
         let cancel = Policy {
             cancel_active_blockers: true,
             ..blocker_policy()
@@ -1242,5 +1257,18 @@ mod tests {
             ..pol
         };
         assert!(!still_blocking(1, &waits, NOW, &more));
+    }
+
+    #[test]
+    fn waits_on_advisory_locks_do_not_count_toward_the_root_blocker_rule() {
+        let snap = snapshot(vec![
+            client(1, "idle in transaction", 100),
+            client(2, "active", 40),
+        ]);
+        let mut adv = lock_wait(2, &[1], Some(40));
+        adv.locktype = Some("advisory".into());
+        let p = blocker_plan(&snap, &[adv.clone()], &blocker_policy());
+        assert!(p.targets.is_empty(), "a leader holding its advisory lock");
+        assert!(!still_blocking(1, &[adv], NOW, &blocker_policy()));
     }
 }
