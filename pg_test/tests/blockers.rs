@@ -28,6 +28,17 @@ fn waiter(app: &str, id: i32) -> (i32, Finished) {
     in_background_as(APP_ROLE, app, &update(id))
 }
 
+/// Waits until `pid` reports the wait event `event` (`PgSleep`, `SyncRep`, ...).
+fn wait_for_event(a: &mut postgres::Client, pid: i32, event: &str) {
+    wait_until(
+        a,
+        &format!(
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {pid} AND wait_event = '{event}'"
+        ),
+        Duration::from_secs(10),
+    );
+}
+
 fn finished_ok(h: Finished, what: &str) {
     let (r, _c) = h.join().unwrap();
     r.unwrap_or_else(|e| panic!("{what}: {}", db_error(&e)));
@@ -148,11 +159,7 @@ fn an_active_root_is_cancelled_only_when_asked_and_never_ended() {
         "it_b_active_root",
         "WITH u AS (UPDATE it_b_t SET v = v + 1 WHERE id = 4 RETURNING 1) SELECT pg_sleep(60) FROM u",
     );
-    wait_until(
-        &mut a,
-        &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'PgSleep'"),
-        Duration::from_secs(10),
-    );
+    wait_for_event(&mut a, root, "PgSleep");
     let (w, hw) = waiter("it_b_w", 4);
     wait_for_lock_waits(&mut a, &[w]);
     thread::sleep(Duration::from_millis(2500));
@@ -200,11 +207,7 @@ fn a_root_cancelled_inside_its_transaction_releases_its_locks_and_stays() {
         "it_b_xact_root",
         &format!("BEGIN; {}; SELECT pg_sleep(60)", update(5)),
     );
-    wait_until(
-        &mut a,
-        &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'PgSleep'"),
-        Duration::from_secs(10),
-    );
+    wait_for_event(&mut a, root, "PgSleep");
     let (w, hw) = waiter("it_b_w", 5);
     wait_for_lock_waits(&mut a, &[w]);
     finished_ok(hw, "the waiter");
@@ -321,11 +324,7 @@ fn a_commit_waiting_for_a_synchronous_standby_is_never_cancelled() {
         "it_b_sync_root",
         &format!("BEGIN; {}; COMMIT", update(8)),
     );
-    wait_until(
-        &mut a,
-        &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = {root} AND wait_event = 'SyncRep'"),
-        Duration::from_secs(10),
-    );
+    wait_for_event(&mut a, root, "SyncRep");
     let (w, hw) = waiter("it_b_w", 8);
     wait_for_lock_waits(&mut a, &[w]);
     thread::sleep(Duration::from_millis(3000));
