@@ -141,6 +141,37 @@ fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
         area(&rows, "worker").iter().all(|r| r.status == "ok"),
         "{dump}"
     );
+    // the pool, who holds it, memory, and the pgbouncer advice (most sessions idle)
+    assert!(
+        area(&rows, "pool")
+            .iter()
+            .any(|r| r.status == "ok" && r.evidence.contains("of 300 slots")),
+        "{dump}"
+    );
+    assert!(
+        area(&rows, "consumers")
+            .iter()
+            .any(|r| r.finding.contains("\"it_d_pool\"")),
+        "{dump}"
+    );
+    assert!(
+        area(&rows, "memory")
+            .iter()
+            .any(|r| r.evidence.contains("not readable from SQL")),
+        "what it checks and what it cannot: {dump}"
+    );
+    assert!(
+        area(&rows, "pgbouncer").iter().any(|r| r.status == "info"
+            && r.action
+                .as_deref()
+                .is_some_and(|x| x.contains("pool_mode = transaction"))),
+        "{dump}"
+    );
+    // the idle rule is off: the pool that may be a pooler's is not ended by it
+    assert!(
+        area(&rows, "pooler").iter().all(|r| r.status == "ok"),
+        "{dump}"
+    );
 
     // the slow query's row: cancel it, as pasted
     let slow_row = area(&rows, "slow queries")
