@@ -16,6 +16,13 @@ ALTER TABLE terminations VALIDATE CONSTRAINT terminations_rule_check;
 -- The background worker is the only writer of the audit: admins read it.
 REVOKE INSERT, DELETE ON terminations FROM dbconn_guard_admin;
 REVOKE USAGE ON SEQUENCE terminations_id_seq FROM dbconn_guard_admin;
+-- Rows admins inserted under 0.1.0's INSERT grant stay (they are part of the audit as it was;
+-- their actor is what the admin wrote), but an id one of them took ahead of the sequence
+-- would make a later record of the worker fail: the sequence moves past every id in use.
+SELECT pg_catalog.setval('terminations_id_seq', m)
+  FROM (SELECT pg_catalog.max(id) AS m FROM terminations) t
+ WHERE m OPERATOR(pg_catalog.>=) (SELECT CASE WHEN is_called THEN last_value OPERATOR(pg_catalog.+) 1 ELSE last_value END
+                                   FROM terminations_id_seq);
 
 -- An existing dbconn_guard_admin that a role other than a superuser administers could hand
 -- pg_signal_backend to anyone: an update cannot undo that, but says so.

@@ -85,3 +85,23 @@ REVOKE EXECUTE ON FUNCTION metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION metrics() TO dbconn_guard_admin, pg_read_all_stats;
 COMMENT ON FUNCTION metrics() IS
   'The metrics the endpoint (dbconn_guard.metrics_listen) serves at /metrics, one row per sample: metric (its full Prometheus name), labels (jsonb), value, metric_type (gauge or counter) and help. For exporters that must run SQL, such as postgres_exporter with deploy/postgres_exporter/queries.yaml. Never any query text.';
+
+-- Said at CREATE EXTENSION (and ALTER EXTENSION UPDATE) in the guard's own database: an owner
+-- that is not a superuser can hold up the guard's audit and drop the database while the worker
+-- is away (the worker says so at every start too, and diagnose() in its guard row).
+DO $$
+DECLARE
+    owner text;
+BEGIN
+    SELECT r.rolname INTO owner
+      FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) d.datdba
+     WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+       AND d.datname OPERATOR(pg_catalog.=) pg_catalog.current_setting('dbconn_guard.database', true)
+       AND NOT r.rolsuper;
+    IF owner IS NOT NULL THEN
+        RAISE WARNING 'database "%" (dbconn_guard.database) is owned by "%", which is not a superuser', pg_catalog.current_database(), owner
+            USING DETAIL = 'That role can hold up the guard''s audit table (VACUUM FULL behind ANALYZE: terminations are then recorded in shared memory and the server log until it can be written), change the database''s settings, and rename or drop it while the worker is not connected.',
+                  HINT = 'Keep the guard in a database a superuser owns: ALTER SYSTEM SET dbconn_guard.database = ''postgres'', restart, and CREATE EXTENSION dbconn_guard there.';
+    END IF;
+END
+$$;

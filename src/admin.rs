@@ -234,7 +234,6 @@ fn terminate_idle(
             ),
         }
     }
-    let dry_run = dry_run.unwrap_or(false);
     if let Err(why) = requests::worker_ready() {
         errors::not_ready(
             "dbconn_guard.terminate_idle: nothing was ended",
@@ -242,13 +241,41 @@ fn terminate_idle(
             "The background worker carries out and records every termination: check SELECT * FROM dbconn_guard.worker_status().",
         );
     }
+    // the gates the worker's rules obey: closed, refused; in a dry run, a dry run
+    let worker_dry_run = match requests::gates() {
+        Ok(d) => d,
+        Err(c) => errors::not_ready(
+            "dbconn_guard.terminate_idle: nothing was ended",
+            Some(c.why),
+            c.hint,
+        ),
+    };
+    if worker_dry_run && dry_run != Some(true) {
+        notice!(
+            "dbconn_guard.dry_run is on: terminate_idle() records the sessions it would end, and ends none"
+        );
+    }
+    let dry_run = dry_run.unwrap_or(false) || worker_dry_run;
+    let role = unsafe { pg_sys::GetUserId() };
+    if dry_run {
+        if let Err(rows) = requests::dry_run_budget(role, 0) {
+            errors::raise(
+                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                "dbconn_guard.terminate_idle: too many dry runs: nothing was recorded",
+                Some(format!(
+                    "This role recorded {rows} dry-run rows in the last minute; the limit is {} a minute per role.",
+                    crate::shared::DRY_RUN_ROWS_PER_MINUTE
+                )),
+                Some("Wait a minute and call it again; dbconn_guard.terminations already holds what the earlier dry runs would end."),
+            );
+        }
+    }
 
     let snap = snapshot::activity();
     let scope = guc::scope();
     let me = unsafe { pg_sys::MyProcPid };
     let caller_is_superuser = unsafe { pg_sys::superuser() };
     let caller_can_signal = caller_is_superuser || caller_has_privs_of("pg_signal_backend");
-    let role = unsafe { pg_sys::GetUserId() };
     let actor = format!(
         "manual:{}",
         unsafe { crate::encoding::cstr_to_rust(pg_sys::GetUserNameFromId(role, true)) }
@@ -323,6 +350,14 @@ fn terminate_idle(
     }
     let only: Vec<RequestTarget> = asked.iter().map(|(_, t)| *t).collect();
     let (outcomes, error) = requests::hand_over(&only, role, &actor, dry_run);
+    if dry_run {
+        let recorded = outcomes
+            .iter()
+            .filter(|o| **o == Outcome::WouldTerminate)
+            .count() as i64;
+        // counted, never refused here: the rows are written already
+        let _ = requests::dry_run_budget(role, recorded);
+    }
     for ((i, _), o) in asked.iter().zip(&outcomes) {
         rows[*i].8 = DbText(o.action());
     }

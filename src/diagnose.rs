@@ -80,6 +80,7 @@ fn read(slow_query_age: f64) -> Input {
             last_error: (!last_error.is_empty()).then(|| last_error.to_string()),
             last_error_at: (s.last_error_at != 0).then_some(s.last_error_at),
             extension_ready: s.extension_ready,
+            database_owner_not_superuser: s.database_owner_not_superuser.opt(),
         }
     });
     let hidden = snap

@@ -18,7 +18,7 @@
 
 use crate::core::http::{parse_listen, route, Route, MAX_REQUEST};
 use crate::core::metrics as core_metrics;
-use crate::{guc, metrics, shared, worker, xact};
+use crate::{guc, metrics, worker, xact};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -254,35 +254,17 @@ fn answer(mut stream: TcpStream) {
                 );
             }
         },
-        Route::Health => {
-            let (up, ready) = if shared::available() {
-                let s = shared::SHARED.share();
-                (s.pid != 0, s.extension_ready)
-            } else {
-                (false, false)
-            };
-            if up && ready {
-                respond(&mut stream, deadline, 200, "OK", "text/plain", b"ok\n");
-            } else if up {
-                respond(
-                    &mut stream,
-                    deadline,
-                    503,
-                    "Service Unavailable",
-                    "text/plain",
-                    b"the dbconn_guard worker waits for CREATE EXTENSION dbconn_guard in dbconn_guard.database\n",
-                );
-            } else {
-                respond(
-                    &mut stream,
-                    deadline,
-                    503,
-                    "Service Unavailable",
-                    "text/plain",
-                    b"the dbconn_guard worker is not running\n",
-                );
-            }
-        }
+        Route::Health => match metrics::can_act() {
+            Ok(()) => respond(&mut stream, deadline, 200, "OK", "text/plain", b"ok\n"),
+            Err(why) => respond(
+                &mut stream,
+                deadline,
+                503,
+                "Service Unavailable",
+                "text/plain",
+                format!("{why}\n").as_bytes(),
+            ),
+        },
         Route::NotFound => respond(
             &mut stream,
             deadline,

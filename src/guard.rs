@@ -195,6 +195,12 @@ const RECORD: &str = "INSERT INTO dbconn_guard.terminations \
      VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8, $9, $10, $11, $12, $13) \
      RETURNING id";
 
+/// A record kept in memory while the table could not be locked, written at a later check.
+const RECORD_LATER: &str = "INSERT INTO dbconn_guard.terminations \
+     (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
+      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle) \
+     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.inet, $7, $8, $9, $10, $11, $12, $13, $14)";
+
 /// Rows by id *and* the pid they record: an id alone could name another row.
 const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
      USING ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int4[])) AS w(id, pid) \
@@ -255,7 +261,7 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     }
     let waits = locks::lock_graph();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    if policy::still_blocking(t.backend.pid, &waits, now, pol) {
+    if policy::still_blocking(&t.backend, &waits, now, pol) {
         Verdict::Proceed
     } else {
         Verdict::NoLongerBlocking
@@ -308,21 +314,28 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
         };
     }
 
+    // the look before recording: unchanged, unprotected, still the root, and one the caller
+    // may end
+    let check = |t: &Target| {
+        let mut v = still_the_root(t, &pol);
+        if v == Verdict::Proceed {
+            v = last_look(t, &scope, me);
+        }
+        if v != Verdict::Proceed {
+            Some(Outcome::Spared(v))
+        } else if caller.is_some_and(|c| !may_signal(c, t.backend.usename.as_deref())) {
+            Some(Outcome::NotPermitted)
+        } else {
+            None
+        }
+    };
+    // targets recorded in memory (the ring and the LOG line) instead of the table, which
+    // could not be locked within the worker's lock_timeout
+    let mut in_memory = vec![false; targets.len()];
+    let mut locked_out: Option<String> = None;
+
     // 1. record, and commit
     let recorded = xact::writing_transaction(c"dbconn_guard: recording terminations", || {
-        let check = |t: &Target| {
-            let mut v = still_the_root(t, &pol);
-            if v == Verdict::Proceed {
-                v = last_look(t, &scope, me);
-            }
-            if v != Verdict::Proceed {
-                Some(Outcome::Spared(v))
-            } else if caller.is_some_and(|c| !may_signal(c, t.backend.usename.as_deref())) {
-                Some(Outcome::NotPermitted)
-            } else {
-                None
-            }
-        };
         if standby {
             for (i, t) in targets.iter().enumerate() {
                 outcomes[i] = check(t).unwrap_or(Outcome::WouldTerminate);
@@ -336,8 +349,18 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
             )
         });
         Spi::connect_mut(|client| {
-            // the table's lock first, bounded by the worker's lock_timeout
-            client.update(LOCK_AUDIT, None, &[])?;
+            // the table's lock first, bounded by the worker's lock_timeout; when it cannot be
+            // had (a lock queue on the table, which its database's owner can hold), every
+            // target is recorded in memory instead: nobody can stop the guard by holding it
+            match xact::subtransaction(|| client.update(LOCK_AUDIT, None, &[]).map(|_| ())) {
+                Ok(r) => r?,
+                Err(f) if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+                    in_memory.fill(true);
+                    locked_out = Some(f.message);
+                    return Ok(());
+                }
+                Err(f) => error!("{f}"),
+            }
             for (i, t) in targets.iter().enumerate() {
                 if let Some(o) = check(t) {
                     outcomes[i] = o;
@@ -373,11 +396,17 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                     }
                     Ok(Ok(None)) => row_errors.push(format!("pid {}: no row id", b.pid)),
                     Ok(Err(e)) => row_errors.push(format!("pid {}: {e}", b.pid)),
+                    // a lock on the sequence or an index (REINDEX): this row and the rest
+                    // are recorded in memory, like a lock on the table
+                    Err(f) if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+                        in_memory[i..].fill(true);
+                        locked_out = Some(f.message);
+                        break;
+                    }
                     Err(f) => {
                         row_errors.push(format!("pid {}: {f}", b.pid));
                         if f.ends_the_batch() {
-                            // a lock on the sequence or an index (every further row would
-                            // wait as long), or a cancel
+                            // a cancel: the check in progress is abandoned
                             break;
                         }
                     }
@@ -394,7 +423,39 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
             error: Some(msg),
         };
     }
+    if let Some(why) = &locked_out {
+        // the look before recording, for the targets recorded in memory
+        let n = in_memory.iter().filter(|&&m| m).count();
+        let looked = xact::transaction(c"dbconn_guard: recording terminations in memory", || {
+            for (i, t) in targets.iter().enumerate() {
+                if in_memory[i] {
+                    outcomes[i] = check(t).unwrap_or(Outcome::WouldTerminate);
+                }
+            }
+        });
+        if let Err(f) = looked {
+            for (i, o) in outcomes.iter_mut().enumerate() {
+                if in_memory[i] {
+                    *o = Outcome::NotRecorded;
+                }
+            }
+            row_errors.push(format!("looking at sessions to record in memory: {f}"));
+        }
+        let msg = format!(
+            "could not lock dbconn_guard.terminations within lock_timeout ({why}): {n} sessions are recorded in shared memory (recent_terminations()) and the server log instead, and written to the table once it can be locked"
+        );
+        warning!("dbconn_guard: {msg}");
+        // shown (worker_status().last_error, diagnose()), but no failure of the check: the
+        // worker keeps its deadlines
+        if shared::available() {
+            let mut s = shared::SHARED.exclusive();
+            s.last_error.set(&msg);
+            s.last_error_at = unsafe { pg_sys::GetCurrentTimestamp() };
+        }
+    }
     let persisted = !standby;
+    // outcomes already logged and remembered (with interrupts held)
+    let mut told = vec![false; targets.len()];
 
     if !dry_run {
         // 2. queue every recorded row for withdrawal, before any signal
@@ -417,6 +478,10 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                 if outcomes[i] != Outcome::WouldTerminate {
                     continue;
                 }
+                // a session recorded only in memory: the signal, its record in the ring and
+                // its LOG line with interrupts held, so that a SIGTERM cannot come between
+                // the signal and the record
+                let held = (!persisted || in_memory[i]).then(hold_interrupts);
                 #[cfg(feature = "test_hooks")]
                 {
                     let ms = guc::TEST_DELAY_BEFORE_SIGNAL.get();
@@ -459,6 +524,23 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                         pid: t.backend.pid,
                     }]);
                 }
+                if let Some(saved) = held {
+                    if outcomes[i].ended() {
+                        log_outcome(t, outcomes[i], judged_at, &label, dry_run);
+                        remember(
+                            t,
+                            outcomes[i],
+                            judged_at,
+                            &label,
+                            dry_run,
+                            false,
+                            in_memory[i],
+                            actor.cycle(),
+                        );
+                        told[i] = true;
+                    }
+                    resume_interrupts(saved);
+                }
             }
         });
         if let Err(f) = signalled {
@@ -480,10 +562,22 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
         }
     }
 
-    for (t, o) in targets.iter().zip(&outcomes) {
+    for (i, (t, o)) in targets.iter().zip(&outcomes).enumerate() {
+        if told[i] {
+            continue;
+        }
         log_outcome(t, *o, judged_at, &label, dry_run);
         if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
-            remember(t, *o, judged_at, &label, dry_run, persisted);
+            remember(
+                t,
+                *o,
+                judged_at,
+                &label,
+                dry_run,
+                persisted && !in_memory[i],
+                in_memory[i],
+                actor.cycle(),
+            );
         }
     }
     Report {
@@ -573,6 +667,67 @@ pub fn withdrawals_queued() -> bool {
     shared::available() && shared::SHARED.share().withdraw_len > 0
 }
 
+/// Whether records kept in memory wait to be written to the table.
+pub fn records_pending() -> bool {
+    shared::available() && shared::SHARED.share().pending_count() > 0
+}
+
+/// Writes the records kept in memory while the table could not be locked (see `carry_out`)
+/// to the table, in a transaction of its own, bounded by the worker's lock_timeout like every
+/// write; marks them written once committed. Returns how many were written.
+pub fn write_pending() -> Result<usize, String> {
+    if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
+        return Ok(0);
+    }
+    let pending = shared::SHARED.share().pending();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    xact::writing_transaction(c"dbconn_guard: writing records kept in memory", || {
+        if snapshot::audit_table().is_none() {
+            error!("dbconn_guard.terminations is not the table of the extension dbconn_guard");
+        }
+        Spi::connect_mut(|client| {
+            client.update(LOCK_AUDIT, None, &[])?;
+            for (_, r) in &pending {
+                let text = |t: Option<String>| t.map(DbText);
+                let rec: [DatumWithOid; 14] = [
+                    ts(r.at).into(),
+                    r.pid.into(),
+                    text(r.usename.opt()).into(),
+                    text(r.datname.opt()).into(),
+                    text(r.application_name.opt()).into(),
+                    r.client_addr.opt().into(),
+                    r.state.opt().into(),
+                    (r.state_age_ms as f64 / 1000.0).into(),
+                    (r.xact_age_ms >= 0)
+                        .then(|| r.xact_age_ms as f64 / 1000.0)
+                        .into(),
+                    (r.backend_start != 0)
+                        .then(|| ts(r.backend_start))
+                        .flatten()
+                        .into(),
+                    r.rule.opt().into(),
+                    r.dry_run.into(),
+                    text(r.actor.opt()).into(),
+                    (r.cycle >= 0).then_some(r.cycle).into(),
+                ];
+                client.update(RECORD_LATER, None, &rec)?;
+            }
+            Ok::<(), spi::Error>(())
+        })
+        .unwrap_or_else(|e| error!("{e}"));
+    })
+    .map_err(|f| f.message)?;
+    let seq: Vec<u64> = pending.iter().map(|(i, _)| *i).collect();
+    shared::SHARED.exclusive().mark_persisted(&seq);
+    log!(
+        "dbconn_guard: wrote {} records kept in memory while dbconn_guard.terminations could not be locked to the table",
+        pending.len()
+    );
+    Ok(pending.len())
+}
+
 /// Deletes the queued rows (in a transaction of its own), and takes them off the queue once
 /// the deletion is committed. Rows queued for a table that is no longer the extension's (it
 /// was dropped) are dropped from the queue.
@@ -624,14 +779,6 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
         Outcome::Terminated { .. } => "terminated",
         Outcome::WouldTerminate if dry_run && cancel => "dry run: would cancel the statement of",
         Outcome::WouldTerminate if dry_run => "dry run: would terminate",
-        Outcome::Spared(v @ Verdict::CommitWaitsForStandby) => {
-            log!(
-                "dbconn_guard: did not cancel pid {}, the root of a lock pile-up (rule blocker_cancel): {}",
-                b.pid,
-                v.as_str()
-            );
-            return;
-        }
         Outcome::Withdrawn(v) => {
             log!(
                 "dbconn_guard: spared pid {} at the last moment ({}): its audit row is withdrawn",
@@ -668,7 +815,24 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
     );
 }
 
-/// Keeps the record in shared memory too: on a standby that is the only record.
+/// Holds interrupts (PostgreSQL's HOLD_INTERRUPTS) for a few steps that must not be parted by
+/// a SIGTERM; returns the count to restore. (An ERROR in between resets the count itself.)
+fn hold_interrupts() -> u32 {
+    unsafe {
+        let saved = pg_sys::InterruptHoldoffCount;
+        pg_sys::InterruptHoldoffCount = saved + 1;
+        saved
+    }
+}
+
+/// Ends `hold_interrupts`; a SIGTERM that came meanwhile acts at the next interrupt check.
+fn resume_interrupts(saved: u32) {
+    unsafe { pg_sys::InterruptHoldoffCount = saved };
+}
+
+/// Keeps the record in shared memory too: on a standby, and while the table cannot be locked
+/// (`pending`: written there later), that is the only record besides the LOG line.
+#[allow(clippy::too_many_arguments)]
 fn remember(
     t: &Target,
     o: Outcome,
@@ -676,6 +840,8 @@ fn remember(
     actor: &str,
     dry_run: bool,
     persisted: bool,
+    pending: bool,
+    cycle: Option<i64>,
 ) {
     if !shared::available() {
         return;
@@ -691,6 +857,8 @@ fn remember(
         xact_age_ms: age_seconds(judged_at, b.xact_start).map_or(-1, |x| (x * 1000.0) as i64),
         dry_run,
         persisted,
+        pending,
+        cycle: cycle.unwrap_or(-1),
         signal_window_us: match o {
             Outcome::Terminated { window_us } => i64::from(window_us),
             _ => -1,

@@ -55,6 +55,8 @@ pub static IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
+pub static BLOCKER_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
 pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static EXCLUDE_CLIENT_TOOLS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -338,7 +340,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 38] = [
+pub static SETTINGS: [Setting; 39] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -541,6 +543,17 @@ pub static SETTINGS: [Setting; 38] = [
         short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces transaction_timeout for it (0: never).",
         long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
         value: Value::Overrides(&TRANSACTION_TIMEOUT_OVERRIDES),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "''",
+        doc_range: "override list",
+    },
+    Setting {
+        name: c"dbconn_guard.blocker_timeout_overrides",
+        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a root blocker replaces blocker_timeout for it (0: never).",
+        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. Covers cancel_active_blockers too; the other rules' overrides do not reach the root-blocker rule.",
+        value: Value::Overrides(&BLOCKER_TIMEOUT_OVERRIDES),
         changed: Changed::Reload,
         in_policy: true,
         boot_val: "",
@@ -861,6 +874,7 @@ pub fn policy() -> Policy {
         idle_in_transaction_timeout_overrides: overrides(&IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES),
         transaction_timeout_overrides: overrides(&TRANSACTION_TIMEOUT_OVERRIDES),
         blocker_timeout: seconds_us(BLOCKER_TIMEOUT.get()),
+        blocker_timeout_overrides: overrides(&BLOCKER_TIMEOUT_OVERRIDES),
         blocker_min_waiters: BLOCKER_MIN_WAITERS.get().max(1) as usize,
         cancel_active_blockers: CANCEL_ACTIVE_BLOCKERS.get(),
     }

@@ -44,6 +44,40 @@ fn waiting_procs() -> Vec<(i32, i32, usize, i64)> {
     out
 }
 
+/// Every lock group with a member waiting for a heavyweight lock: leader pid -> all its
+/// members (the leader included), waiting or not, read racily from the PGPROC array.
+/// `pg_blocking_pids()` of any member reports the blockers of every waiting member.
+fn waiting_groups(procs: &[(i32, i32, usize, i64)]) -> HashMap<i32, Vec<i32>> {
+    let leaders: HashSet<i32> = procs
+        .iter()
+        .filter(|&&(pid, leader, _, _)| pid != leader)
+        .map(|&(_, leader, _, _)| leader)
+        .chain(procs.iter().map(|&(pid, _, _, _)| pid))
+        .collect();
+    let mut groups: HashMap<i32, Vec<i32>> = HashMap::new();
+    unsafe {
+        let hdr = pg_sys::ProcGlobal;
+        if hdr.is_null() {
+            return groups;
+        }
+        for i in 0..(*hdr).allProcCount as usize {
+            let p = (*hdr).allProcs.add(i);
+            let pid = std::ptr::read_volatile(&(*p).pid);
+            let leader = std::ptr::read_volatile(&(*p).lockGroupLeader);
+            if pid == 0 || leader.is_null() {
+                continue;
+            }
+            let leader_pid = (*leader).pid;
+            if leaders.contains(&leader_pid) {
+                groups.entry(leader_pid).or_default().push(pid);
+            }
+        }
+    }
+    // a group of one (a leader whose workers have exited) is no group
+    groups.retain(|_, members| members.len() > 1);
+    groups
+}
+
 /// Whether `pid`, or a member of the lock group it leads (its parallel workers), waits for a
 /// heavyweight lock now, read from the PGPROC array itself: a session that waits is no root of
 /// a pile-up, whatever a lock read that missed its wait (a queue read that raced) would say.
@@ -228,7 +262,6 @@ fn read_waits(named: bool) -> Vec<LockWait> {
         }
     }
     let mut direct: BTreeMap<i32, LockWait> = BTreeMap::new();
-    let mut leader_of: HashMap<i32, i32> = HashMap::new();
     for pids in by_lock.values() {
         let Some((read, last)) = read_whole_queue(pids, &wait_start_of) else {
             continue;
@@ -260,7 +293,6 @@ fn read_waits(named: bool) -> Vec<LockWait> {
             read.instances.iter().map(|i| (i.pid, i)).collect();
         for (pid, blockers) in blockers_on(&queue) {
             let inst = instance_of.get(&pid);
-            leader_of.insert(pid, inst.map_or(pid, |i| i.leaderPid));
             direct.insert(
                 pid,
                 LockWait {
@@ -270,31 +302,46 @@ fn read_waits(named: bool) -> Vec<LockWait> {
                     mode: inst.and_then(|i| mode_name(&tag, i.waitLockMode)),
                     relation: relation.clone(),
                     wait_start: wait_start_of.get(&pid).copied(),
+                    leader_pid: 0,
                 },
             );
         }
     }
-    // pg_blocking_pids(pid) of a lock-group member reports the blockers of every waiting member
-    let mut by_leader: HashMap<i32, Vec<i32>> = HashMap::new();
-    for (pid, leader) in &leader_of {
-        by_leader.entry(*leader).or_default().push(*pid);
+    // pg_blocking_pids(pid) of a lock-group member reports the blockers of every waiting
+    // member: every member of a group with a waiting member gets that union, under its own
+    // pid — the leader too (the session the user sees), when only its workers wait
+    for (leader, members) in waiting_groups(&procs) {
+        let waiting: Vec<&LockWait> = members.iter().filter_map(|m| direct.get(m)).collect();
+        let Some(first) = waiting.first() else {
+            continue;
+        };
+        let union: Vec<i32> = waiting
+            .iter()
+            .flat_map(|w| w.blocked_by.iter().copied())
+            .collect();
+        let oldest = waiting.iter().filter_map(|w| w.wait_start).min();
+        let template = (*first).clone();
+        let rows: Vec<LockWait> = members
+            .iter()
+            .map(|&m| match direct.get(&m) {
+                Some(w) => LockWait {
+                    blocked_by: union.clone(),
+                    leader_pid: leader,
+                    ..w.clone()
+                },
+                // not waiting itself: it waits through its group's members
+                None => LockWait {
+                    pid: m,
+                    blocked_by: union.clone(),
+                    wait_start: oldest,
+                    leader_pid: leader,
+                    ..template.clone()
+                },
+            })
+            .collect();
+        for r in rows {
+            direct.insert(r.pid, r);
+        }
     }
-    let merged: Vec<LockWait> = direct
-        .values()
-        .map(|w| {
-            let leader = leader_of.get(&w.pid).copied().unwrap_or(w.pid);
-            let members = by_leader.get(&leader).map(Vec::as_slice).unwrap_or(&[]);
-            if members.len() <= 1 {
-                return w.clone();
-            }
-            let mut all = w.clone();
-            all.blocked_by = members
-                .iter()
-                .filter_map(|m| direct.get(m))
-                .flat_map(|m| m.blocked_by.iter().copied())
-                .collect();
-            all
-        })
-        .collect();
-    merged
+    direct.into_values().collect()
 }

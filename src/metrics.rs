@@ -58,10 +58,11 @@ pub fn collect() -> Inputs {
             s.last_cycle_us,
             s.last_cycle_start,
             s.terminations_by_rule,
+            s.pending_count(),
         )
     });
-    let ((up, ready, error_at), cycle_us, cycle_start, by_rule) =
-        worker.unwrap_or(((false, false, 0), 0, 0, [0; crate::core::policy::RULES]));
+    let ((up, ready, error_at), cycle_us, cycle_start, by_rule, in_memory) =
+        worker.unwrap_or(((false, false, 0), 0, 0, [0; crate::core::policy::RULES], 0));
     Inputs {
         oldest_lock_wait_start: wait_starts.iter().copied().filter(|&t| t != 0).min(),
         oldest_xact_start: snap.clients().filter_map(|b| b.xact_start).min(),
@@ -72,6 +73,8 @@ pub fn collect() -> Inputs {
         terminations_by_rule: by_rule,
         worker_up: up,
         worker_extension_ready: up && ready,
+        worker_can_act: can_act().is_ok(),
+        audit_records_in_memory: in_memory,
         worker_last_error: (error_at != 0).then_some(error_at),
         worker_last_cycle_seconds: cycle_us as f64 / 1e6,
         worker_last_cycle_start: (cycle_start != 0).then_some(cycle_start),
@@ -79,6 +82,35 @@ pub fn collect() -> Inputs {
         in_recovery: unsafe { pg_sys::RecoveryInProgress() },
         sample,
     }
+}
+
+/// Whether the guard can act now: its worker runs, the extension exists in its database, the
+/// configuration files hold no refused `dbconn_guard.*` line, and its last check recorded
+/// every session it had to end. `Err` says why not. (`/healthz`, `worker_can_act`.)
+pub fn can_act() -> Result<(), String> {
+    if !shared::available() {
+        return Err("dbconn_guard is not in shared_preload_libraries: there is no worker".into());
+    }
+    let s = shared::SHARED.share();
+    if s.pid == 0 || unsafe { pg_sys::BackendPidGetProc(s.pid) }.is_null() {
+        return Err("the dbconn_guard worker is not running".into());
+    }
+    if !s.extension_ready {
+        return Err("the dbconn_guard worker waits for CREATE EXTENSION dbconn_guard in dbconn_guard.database".into());
+    }
+    if s.refused_config {
+        return Err(format!(
+            "the configuration files hold dbconn_guard settings PostgreSQL refused, so the worker ends no session: {}",
+            s.last_error.get()
+        ));
+    }
+    if s.could_not_record {
+        return Err(format!(
+            "the worker's last check could not record the sessions it had to end, so it ended none: {}",
+            s.last_error.get()
+        ));
+    }
+    Ok(())
 }
 
 /// The metrics `/metrics` serves, as rows: for exporters that must run SQL

@@ -15,6 +15,7 @@
 
 use crate::backend_status::{self, Slot};
 use crate::core::policy::{Rule, Target, IDLE_STATES};
+use crate::core::session::Micros;
 use crate::guard::{self, Actor, Outcome};
 use crate::shared::{
     self, FixedText, Request, RequestState, RequestTarget, REQUESTS, REQUEST_TARGETS, SHARED,
@@ -159,7 +160,13 @@ fn carry_out(
             .to_string(),
     };
     let only: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
-    let report = guard::carry_out(&only, now, &actor, req.dry_run);
+    // the gates the rules obey, as this worker reads them now (a reload may have come between
+    // the caller's look and this): closed, nothing is recorded; in a dry run, only recorded
+    if let Err(c) = gates() {
+        return (vec![Outcome::NotRecorded; n], Some(c.why), Vec::new());
+    }
+    let dry_run = req.dry_run || crate::guc::DRY_RUN.get();
+    let report = guard::carry_out(&only, now, &actor, dry_run);
     let mut ended = Vec::new();
     for ((k, t), o) in targets.iter().zip(report.outcomes) {
         outcomes[*k] = o;
@@ -175,6 +182,79 @@ fn carry_out(
 
 /// Longest wait for the worker to take and finish one request.
 const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// Why `terminate_idle()` ends nothing now: the worker's own gates, as it published them.
+pub struct Closed {
+    pub why: String,
+    pub hint: &'static str,
+}
+
+/// The gates the worker's rules obey, for `terminate_idle()` too: `Err` when the worker ends
+/// no session (`dbconn_guard.enabled` off, or `dbconn_guard.*` lines PostgreSQL refused);
+/// otherwise whether the worker is in a dry run (then a manual call is a dry run too).
+pub fn gates() -> Result<bool, Closed> {
+    let s = SHARED.share();
+    if !s.enabled {
+        return Err(Closed {
+            why: "dbconn_guard.enabled is off: the guard ends no session, terminate_idle() included".into(),
+            hint: "Turn the guard on (ALTER SYSTEM SET dbconn_guard.enabled = on; SELECT pg_reload_conf();), or end a session yourself with pg_terminate_backend(pid).",
+        });
+    }
+    if s.refused_config {
+        return Err(Closed {
+            why: format!(
+                "the configuration files hold dbconn_guard settings PostgreSQL refused, so the policy in force is not the one written there and the guard ends no session, terminate_idle() included: {}",
+                s.last_error.get()
+            ),
+            hint: "Fix the lines SELECT * FROM pg_file_settings WHERE error IS NOT NULL shows, then SELECT pg_reload_conf().",
+        });
+    }
+    Ok(s.dry_run)
+}
+
+/// Counts `rows` dry-run rows against `role`'s budget for this minute; `Err` with the count
+/// when the role has used up `DRY_RUN_ROWS_PER_MINUTE` already (checked before a dry run,
+/// counted after: one call may go past it, the next one is refused).
+pub fn dry_run_budget(role: pg_sys::Oid, rows: i64) -> Result<(), i64> {
+    const MINUTE: Micros = 60 * crate::core::session::SECOND;
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let role = u32::from(role);
+    let mut r = REQUESTS.exclusive();
+    let i = match r.dry_run_budgets.iter().position(|b| b.role == role) {
+        Some(i) => i,
+        None => {
+            // a free entry, or the one whose window began longest ago
+            let i = r
+                .dry_run_budgets
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, b)| {
+                    if b.role == 0 {
+                        Micros::MIN
+                    } else {
+                        b.window_start
+                    }
+                })
+                .map_or(0, |(i, _)| i);
+            r.dry_run_budgets[i] = crate::shared::DryRunBudget {
+                role,
+                window_start: now,
+                rows: 0,
+            };
+            i
+        }
+    };
+    let b = &mut r.dry_run_budgets[i];
+    if now - b.window_start >= MINUTE {
+        b.window_start = now;
+        b.rows = 0;
+    }
+    if rows == 0 && b.rows >= crate::shared::DRY_RUN_ROWS_PER_MINUTE {
+        return Err(b.rows);
+    }
+    b.rows += rows;
+    Ok(())
+}
 
 /// Whether the worker can take requests now; the reason why not otherwise.
 pub fn worker_ready() -> Result<(), String> {

@@ -71,7 +71,13 @@ pub struct TerminationRecord {
     /// -1: no transaction.
     pub xact_age_ms: i64,
     pub dry_run: bool,
+    /// Written to `dbconn_guard.terminations`.
     pub persisted: bool,
+    /// Not written to the table yet because it could not be locked in time (see `guard`):
+    /// the worker writes it there at a later check, and then sets `persisted`.
+    pub pending: bool,
+    /// The worker's check that acted (`worker_cycle` of the audit row), -1 for a manual call.
+    pub cycle: i64,
     /// Microseconds from the last read of the session's status to the signal; -1 when none
     /// was sent (dry run).
     pub signal_window_us: i64,
@@ -81,7 +87,7 @@ pub struct TerminationRecord {
     pub client_addr: FixedText<TEXT>,
     pub state: FixedText<32>,
     pub rule: FixedText<32>,
-    pub actor: FixedText<TEXT>,
+    pub actor: FixedText<TEXT_ACTOR>,
 }
 
 impl TerminationRecord {
@@ -94,6 +100,8 @@ impl TerminationRecord {
             xact_age_ms: -1,
             dry_run: false,
             persisted: false,
+            pending: false,
+            cycle: -1,
             signal_window_us: -1,
             usename: FixedText::empty(),
             datname: FixedText::empty(),
@@ -137,6 +145,17 @@ pub struct Shared {
     pub deferred_last_cycle: i64,
     pub next_wakeup: Micros,
     pub extension_ready: bool,
+    /// The worker's gates, as it last read them (at start and after each reload):
+    /// `dbconn_guard.enabled`, `dbconn_guard.dry_run`, and whether the configuration files
+    /// hold `dbconn_guard.*` lines PostgreSQL refused. `terminate_idle()` obeys the same.
+    pub enabled: bool,
+    pub dry_run: bool,
+    pub refused_config: bool,
+    /// The worker's last check had sessions to end that it could not record, so it ended none
+    /// of them (an error writing the audit, not a lock on it: that is recorded in memory).
+    pub could_not_record: bool,
+    /// The owner of the worker's database when it is not a superuser (empty otherwise).
+    pub database_owner_not_superuser: FixedText<TEXT>,
     /// Audit rows written and not (yet) followed by a signal: queued before any signal is
     /// sent, taken off the queue the moment their session is signalled. What remains is
     /// deleted by the worker (at once, or at its next check, also after a restart), so a row
@@ -151,6 +170,9 @@ pub struct Shared {
     pub policy: FixedText<POLICY_TEXT>,
     /// Records written so far; the ring holds the last `RECENT`.
     pub recent_written: u64,
+    /// Records kept only in memory (`pending`) that were overwritten in the ring before they
+    /// could be written to the table: they are in the server log only.
+    pub audit_lost: i64,
     pub recent: [TerminationRecord; RECENT],
 }
 
@@ -172,6 +194,11 @@ impl Shared {
             deferred_last_cycle: 0,
             next_wakeup: 0,
             extension_ready: false,
+            enabled: true,
+            dry_run: false,
+            refused_config: false,
+            could_not_record: false,
+            database_owner_not_superuser: FixedText::empty(),
             withdraw_len: 0,
             withdraw_table: 0,
             withdraw: [Withdrawal { id: 0, pid: 0 }; WITHDRAW],
@@ -179,13 +206,44 @@ impl Shared {
             last_error: FixedText::empty(),
             policy: FixedText::empty(),
             recent_written: 0,
+            audit_lost: 0,
             recent: [TerminationRecord::empty(); RECENT],
         }
     }
 
     pub fn push_recent(&mut self, r: TerminationRecord) {
-        self.recent[(self.recent_written % RECENT as u64) as usize] = r;
+        let slot = &mut self.recent[(self.recent_written % RECENT as u64) as usize];
+        if self.recent_written >= RECENT as u64 && slot.pending {
+            self.audit_lost += 1;
+        }
+        *slot = r;
         self.recent_written += 1;
+    }
+
+    /// The records waiting to be written to the table, with their sequence numbers in the
+    /// ring (to mark them written, if they are still there then).
+    pub fn pending(&self) -> Vec<(u64, TerminationRecord)> {
+        let n = self.recent_written.min(RECENT as u64);
+        (self.recent_written - n..self.recent_written)
+            .map(|i| (i, self.recent[(i % RECENT as u64) as usize]))
+            .filter(|(_, r)| r.pending)
+            .collect()
+    }
+
+    /// Marks the records numbered `seq` written to the table (those still in the ring).
+    pub fn mark_persisted(&mut self, seq: &[u64]) {
+        for &i in seq {
+            if i + RECENT as u64 >= self.recent_written && i < self.recent_written {
+                let r = &mut self.recent[(i % RECENT as u64) as usize];
+                r.pending = false;
+                r.persisted = true;
+            }
+        }
+    }
+
+    /// How many records wait to be written to the table.
+    pub fn pending_count(&self) -> i64 {
+        self.recent.iter().filter(|r| r.pending).count() as i64
     }
 
     /// The ring's records, oldest first.
@@ -310,10 +368,25 @@ impl Request {
     }
 }
 
+/// Dry-run rows of `terminate_idle()` one role may record a minute: a dry run records the same
+/// sessions again at every call, and a loop of calls must not flood the audit table.
+pub const DRY_RUN_ROWS_PER_MINUTE: i64 = 1000;
+/// Roles whose dry-run rows are counted at once (the oldest count is dropped for a new role).
+pub const DRY_RUN_BUDGETS: usize = 32;
+
+/// Dry-run rows a role recorded in the minute that began at `window_start`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DryRunBudget {
+    pub role: u32,
+    pub window_start: Micros,
+    pub rows: i64,
+}
+
 #[derive(Clone, Copy)]
 pub struct Requests {
     pub next_ticket: u64,
     pub slots: [Request; REQUEST_SLOTS],
+    pub dry_run_budgets: [DryRunBudget; DRY_RUN_BUDGETS],
 }
 
 impl Requests {
@@ -321,6 +394,11 @@ impl Requests {
         Requests {
             next_ticket: 1,
             slots: [Request::new(); REQUEST_SLOTS],
+            dry_run_budgets: [DryRunBudget {
+                role: 0,
+                window_start: 0,
+                rows: 0,
+            }; DRY_RUN_BUDGETS],
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::core::history::{self as samples, ByRule, Extra};
 use crate::core::leaks::{self, LeakReports, Reason};
 use crate::core::policy::{self, Load, Target};
 use crate::core::quote::{quoted, quoted_or};
+use crate::core::recheck::Verdict;
 use crate::core::session::{Micros, SECOND};
 use crate::core::utilization;
 use crate::guard::{self, Actor, Outcome};
@@ -40,8 +41,17 @@ const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// every check, the latter on a standby); an ERROR stays an ERROR (`exit_on_error` would make
 /// every lock timeout end the worker); no wait on a lock lasts more than a second; the audit
 /// commits wait for the local WAL flush only, never for a synchronous standby that may be down.
-const PINNED: [(&CStr, &CStr); 11] = [
+///
+/// Besides these, `session_authorization` is pinned to the bootstrap superuser (`pin_session_
+/// authorization`, which needs a transaction to look the name up); no statement of the worker
+/// runs longer than a minute (`statement_timeout`: a database default of 1ms would fail every
+/// check); no query is compiled (`jit`) or run in parallel (`max_parallel_workers_per_gather`,
+/// and `force_parallel_mode` / `debug_parallel_query` below).
+const PINNED: [(&CStr, &CStr); 14] = [
     (c"role", c"none"),
+    (c"statement_timeout", c"1min"),
+    (c"jit", c"off"),
+    (c"max_parallel_workers_per_gather", c"0"),
     (c"search_path", c"pg_catalog, pg_temp"),
     (c"default_transaction_read_only", c"off"),
     (c"default_transaction_isolation", c"read committed"),
@@ -77,12 +87,18 @@ struct State {
     sample_interval: Micros,
     /// Sessions already acted on, by (pid, backend_start, state_change): a terminated backend
     /// stays in the status array for a moment while it exits, and a dry run must not record
-    /// the same session every cycle.
-    acted: HashMap<(i32, Micros, Micros), Micros>,
+    /// the same session every cycle. The value says whether it was only a dry run's record:
+    /// those are forgotten when a reload changes the policy, so that every session is judged
+    /// again under the new one (switching dry run off ends what the dry run recorded).
+    acted: HashMap<(i32, Micros, Micros), Acted>,
     /// Transactions acted on by the transaction-age rule, by (pid, backend_start, xact_start):
     /// a client that keeps its transaction open with a statement now and then has a new
     /// state_change each time, and a dry run must record its transaction once.
-    acted_xacts: HashMap<(i32, Micros, Micros), Micros>,
+    acted_xacts: HashMap<(i32, Micros, Micros), Acted>,
+    /// Sessions spared at the last look for a reason that will not change soon (a COMMIT
+    /// waiting for a synchronous standby, which is never cancelled), by the same key as
+    /// `acted`: not judged again before `until`, then with a doubled delay; logged once.
+    backoff: HashMap<(i32, Micros, Micros), Backoff>,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
@@ -94,6 +110,71 @@ struct State {
     /// Test builds: the last dbconn_guard.test_fill_history carried out.
     #[cfg(feature = "test_hooks")]
     filled: i32,
+}
+
+/// When to look again at a session spared for a lasting reason.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    until: Micros,
+    delay: Micros,
+}
+
+/// The first and the longest delay before a session spared for a lasting reason is judged
+/// again.
+const BACKOFF_FIRST: Micros = SECOND;
+const BACKOFF_LONGEST: Micros = 60 * SECOND;
+
+/// How a session in `State::acted` was acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Acted {
+    /// Signalled (ended, or its statement cancelled).
+    Signalled,
+    /// Recorded by a dry run only.
+    DryRun,
+}
+
+impl State {
+    /// A session spared at the last look for a lasting reason: judged again only after a
+    /// delay that doubles each time (1 s up to a minute), and logged the first time only.
+    fn back_off(&mut self, t: &Target, why: Verdict, now: Micros) {
+        let k = key(&t.backend);
+        let delay = match self.backoff.get(&k) {
+            Some(b) => (b.delay * 2).min(BACKOFF_LONGEST),
+            None => {
+                log!(
+                    "dbconn_guard: did not {} pid {}, the root of a lock pile-up (rule {}): {}; it is looked at again after a back-off ({}s, doubling up to {}s), and not logged again",
+                    if t.rule.cancels() { "cancel" } else { "end" },
+                    t.backend.pid,
+                    t.rule.as_str(),
+                    why.as_str(),
+                    BACKOFF_FIRST / SECOND,
+                    BACKOFF_LONGEST / SECOND
+                );
+                BACKOFF_FIRST
+            }
+        };
+        self.backoff.insert(
+            k,
+            Backoff {
+                until: now + delay,
+                delay,
+            },
+        );
+    }
+
+    /// After a reload that changed the policy: what a dry run recorded is judged again (what
+    /// was signalled stays remembered: it is on its way out).
+    fn forget_dry_runs(&mut self) {
+        let before = self.acted.len() + self.acted_xacts.len();
+        self.acted.retain(|_, a| *a == Acted::Signalled);
+        self.acted_xacts.retain(|_, a| *a == Acted::Signalled);
+        let forgotten = before - self.acted.len() - self.acted_xacts.len();
+        if forgotten > 0 {
+            log!(
+                "dbconn_guard worker: the policy changed: {forgotten} sessions recorded by a dry run are judged again"
+            );
+        }
+    }
 }
 
 fn now() -> Micros {
@@ -108,6 +189,10 @@ pub(crate) fn pin_settings() {
     let mut all: Vec<(&CStr, &CStr)> = PINNED.to_vec();
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     all.push((c"transaction_timeout", c"0"));
+    #[cfg(feature = "pg15")]
+    all.push((c"force_parallel_mode", c"off"));
+    #[cfg(not(feature = "pg15"))]
+    all.push((c"debug_parallel_query", c"off"));
     for (name, value) in all {
         let ok = PgTryBuilder::new(|| unsafe {
             pg_sys::set_config_option(
@@ -133,9 +218,72 @@ pub(crate) fn pin_settings() {
     }
 }
 
-fn publish_policy() {
+/// Publishes the policy in force in shared memory; returns whether it differs from what was
+/// published before.
+/// Pins `session_authorization` to the bootstrap superuser, the role the worker runs as,
+/// above any `ALTER DATABASE ... SET session_authorization` of its database's owner (which
+/// would otherwise make the worker run as that owner from its next start). In a transaction:
+/// the role's name is looked up in the catalog.
+fn pin_session_authorization() {
+    let pinned = xact::transaction(c"dbconn_guard: pinning session_authorization", || unsafe {
+        let name =
+            pg_sys::GetUserNameFromId(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), false);
+        pg_sys::set_config_option(
+            c"session_authorization".as_ptr(),
+            name,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            PgLogLevel::ERROR as i32,
+            false,
+        ) > 0
+    });
+    if !matches!(pinned, Ok(true)) {
+        warning!(
+            "dbconn_guard worker: could not pin session_authorization to the bootstrap superuser"
+        );
+    }
+}
+
+/// The owner of the worker's database, when it is not a superuser: that role can hold the
+/// audit table's lock queue (VACUUM, ANALYZE), change the database's settings, and rename or
+/// drop it while the worker is not connected. Said at every start, and published for
+/// `diagnose()`.
+fn check_database_owner() {
+    let owner = xact::transaction(c"dbconn_guard: checking the database owner", || {
+        Spi::get_two::<String, bool>(
+            "SELECT r.rolname::pg_catalog.text, r.rolsuper FROM pg_catalog.pg_database d \
+               JOIN pg_catalog.pg_authid r ON r.oid OPERATOR(pg_catalog.=) d.datdba \
+              WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+        )
+        .ok()
+    });
+    let not_superuser = match owner {
+        Ok(Some((Some(name), Some(false)))) => Some(name),
+        _ => None,
+    };
+    if let Some(name) = &not_superuser {
+        warning!(
+            "dbconn_guard worker: its database {} (dbconn_guard.database) is owned by {}, which is not a superuser: that role can delay the guard's audit writes (then records are kept in shared memory and the server log until the table is writable) and change or drop the database while the worker is not connected; use a database a superuser owns, such as postgres",
+            quoted(&guc::database()),
+            quoted(name)
+        );
+    }
+    SHARED
+        .exclusive()
+        .database_owner_not_superuser
+        .set(not_superuser.as_deref().unwrap_or(""));
+}
+
+fn publish_policy() -> bool {
     let text = policy::summary_json(&guc::policy_values(), POLICY_TEXT);
-    SHARED.exclusive().policy.set(&text);
+    let mut s = SHARED.exclusive();
+    let changed = s.policy.get() != text;
+    s.policy.set(&text);
+    s.enabled = guc::ENABLED.get();
+    s.dry_run = guc::DRY_RUN.get();
+    changed
 }
 
 /// Reads `pg_file_settings` for `dbconn_guard.*` lines PostgreSQL refused; at start and after
@@ -168,6 +316,7 @@ fn check_refused_settings(state: &mut State) {
     } else if state.refused.is_some() {
         log!("dbconn_guard worker: the refused settings are fixed: guarding again");
     }
+    SHARED.exclusive().refused_config = refused.is_some();
     state.refused = refused;
 }
 
@@ -204,6 +353,11 @@ fn announce_policy(pol: &policy::Policy) {
                 "transaction_timeout_overrides",
                 &pol.transaction_timeout_overrides,
                 &guc::TRANSACTION_TIMEOUT_OVERRIDES,
+            ),
+            (
+                "blocker_timeout_overrides",
+                &pol.blocker_timeout_overrides,
+                &guc::BLOCKER_TIMEOUT_OVERRIDES,
             ),
         ]
         .into_iter()
@@ -294,8 +448,10 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         "dbconn_guard worker: connecting to database {} (dbconn_guard.database)",
         quoted(&database)
     );
-    pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    connect(&database);
     pin_settings();
+    pin_session_authorization();
+    check_database_owner();
     {
         let mut s = SHARED.exclusive();
         s.pid = unsafe { pg_sys::MyProcPid };
@@ -326,7 +482,9 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
             pin_settings();
-            publish_policy();
+            if publish_policy() {
+                state.forget_dry_runs();
+            }
             announce_policy(&guc::policy());
             check_refused_settings(&mut state);
             state.last_purge = 0;
@@ -335,7 +493,7 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         }
         for ended in requests::serve(&mut state.terminations_total) {
             // a backend lingers in the status array while it exits: not a target again
-            state.acted.insert(key(&ended), now());
+            state.acted.insert(key(&ended), Acted::Signalled);
         }
         sleep = cycle(&mut state);
         // awake for the next sample too: it only ever shortens a sleep, so no deadline moves
@@ -346,6 +504,26 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
             sleep = sleep.min(state.next_sample - t);
         }
         SHARED.exclusive().next_wakeup = t + sleep;
+    }
+}
+
+/// Connects to `database` as PostgreSQL connects a background worker without a role (the
+/// bootstrap superuser), ignoring `ALLOW_CONNECTIONS false` (`BGWORKER_BYPASS_ALLOWCONN`), and
+/// marks its process as that superuser's: PostgreSQL's signal rules then protect it from
+/// non-superusers, `pg_signal_backend` members included — `pg_terminate_backend()` and
+/// `DROP DATABASE ... WITH (FORCE)` by the database's owner are refused.
+fn connect(database: &str) {
+    let db = std::ffi::CString::new(database).unwrap_or_default();
+    unsafe {
+        pg_sys::BackgroundWorkerInitializeConnection(
+            db.as_ptr(),
+            std::ptr::null(),
+            pg_sys::BGWORKER_BYPASS_ALLOWCONN,
+        );
+        // what InitializeSessionUserId() sets for a backend that connects as a role; a worker
+        // connected without one keeps InvalidOid, which the signal functions take for a
+        // plain role's process
+        (*pg_sys::MyProc).roleId = pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID);
     }
 }
 
@@ -401,7 +579,8 @@ fn cycle(state: &mut State) -> Micros {
     let cycle_no = SHARED.share().cycles + 1;
 
     let planned = xact::transaction(c"dbconn_guard: checking sessions", || plan(state, &pol));
-    let mut error = None;
+    let mut error: Option<String>;
+    let mut could_not_record = false;
     let mut terminated = 0;
     let mut next_deadline = None;
     let mut extension_ready = false;
@@ -414,26 +593,56 @@ fn cycle(state: &mut State) -> Micros {
             examined = p.examined;
             deferred = p.deferred;
             next_deadline = p.next_deadline;
-            if !p.targets.is_empty() {
+            // the cap counts sessions acted on, not sessions spared: the targets go to the
+            // kill path in batches until that many are ended (or recorded, in a dry run), so
+            // that sessions spared at the last look hold up no other target or rule
+            let cap = pol.max_terminations_per_cycle.max(1);
+            let mut acted_on = 0;
+            let mut reached = 0;
+            let mut errors: Vec<String> = Vec::new();
+            while reached < p.targets.len() && acted_on < cap {
+                let batch = &p.targets[reached..(reached + cap - acted_on).min(p.targets.len())];
+                reached += batch.len();
                 let report = guard::carry_out(
-                    &p.targets,
+                    batch,
                     p.judged_at,
                     &Actor::Worker { cycle: cycle_no },
                     guc::DRY_RUN.get(),
                 );
-                for (t, o) in p.targets.iter().zip(&report.outcomes) {
-                    if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
-                        state.acted.insert(key(&t.backend), p.judged_at);
+                for (t, o) in batch.iter().zip(&report.outcomes) {
+                    let acted = match o {
+                        Outcome::Terminated { .. } => Some(Acted::Signalled),
+                        Outcome::WouldTerminate => Some(Acted::DryRun),
+                        _ => None,
+                    };
+                    if let Some(a) = acted {
+                        acted_on += 1;
+                        state.acted.insert(key(&t.backend), a);
                         if t.rule == policy::Rule::TransactionTimeout {
-                            state.acted_xacts.insert(xact_key(&t.backend), p.judged_at);
+                            state.acted_xacts.insert(xact_key(&t.backend), a);
                         }
+                    }
+                    if let Outcome::Spared(v @ Verdict::CommitWaitsForStandby) = o {
+                        state.back_off(t, *v, p.judged_at);
                     }
                     // a cancelled statement is no ended session
                     if o.ended() && !t.rule.cancels() {
                         terminated += 1;
                     }
                 }
-                error = report.error;
+                could_not_record |= report.outcomes.contains(&Outcome::NotRecorded);
+                errors.extend(report.error);
+                if could_not_record {
+                    // the next batch would fail the same way
+                    break;
+                }
+            }
+            error = (!errors.is_empty()).then(|| errors.join("; "));
+            // targets not reached wait for the next check, at once
+            let left = (p.targets.len() - reached) as i64;
+            if left > 0 {
+                deferred += left;
+                next_deadline = Some(p.judged_at);
             }
         }
         Err(f) => error = Some(f.message),
@@ -452,6 +661,12 @@ fn cycle(state: &mut State) -> Micros {
         if !ok {
             state.next_sample = samples::next_sample_at(read_at, state.sample_interval);
             warning!("dbconn_guard worker: could not take a sample of the history; the next one is due at its time");
+        }
+    }
+    // records kept in memory while the audit table could not be locked: written once it can
+    if extension_ready && guard::records_pending() {
+        if let Err(e) = guard::write_pending() {
+            warning!("dbconn_guard worker: the records kept in memory are not written to dbconn_guard.terminations yet (retrying at the next check): {e}");
         }
     }
     if extension_ready && guard::withdrawals_queued() {
@@ -474,6 +689,7 @@ fn cycle(state: &mut State) -> Micros {
     s.last_cycle_us = finished - started;
     s.last_cycle_cpu_us = cpu_time_us() - cpu_before;
     s.extension_ready = extension_ready;
+    s.could_not_record = could_not_record;
     s.sessions_examined = examined;
     s.terminations_last_cycle = terminated;
     s.deferred_last_cycle = deferred;
@@ -570,33 +786,54 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             snap.backends.iter().map(xact_key).collect();
         state.acted_xacts.retain(|k, _| present.contains(k));
     }
+    if !state.backoff.is_empty() && snap.torn == 0 {
+        let present: std::collections::HashSet<(i32, Micros, Micros)> =
+            snap.backends.iter().map(key).collect();
+        state.backoff.retain(|k, _| present.contains(k));
+    }
 
     if guc::ENABLED.get() && state.refused.is_none() {
         let load = Load {
             client_backends: util.client_backends,
             max_connections: util.limits.max_connections,
         };
-        let (acted, acted_xacts) = (&state.acted, &state.acted_xacts);
+        let (acted, acted_xacts, backoff) = (&state.acted, &state.acted_xacts, &state.backoff);
+        let judged_at = snap.now;
         // the lock graph only for the root-blocker rule (no catalog access, no names)
         let waits = if pol.watches_blockers() {
             locks::lock_graph()
         } else {
             Vec::new()
         };
+        // every expired target, in order: the cap is applied as they are acted on (`cycle`)
+        let uncapped = policy::Policy {
+            max_terminations_per_cycle: usize::MAX,
+            ..pol.clone()
+        };
         let plan = policy::plan(
             &snap,
             &waits,
             load,
-            pol,
+            &uncapped,
             unsafe { pg_sys::MyProcPid },
             |b| {
                 acted.contains_key(&key(b))
                     || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
+                    || backoff.get(&key(b)).is_some_and(|o| o.until > judged_at)
             },
         );
         out.targets = plan.targets;
         out.deferred = plan.deferred as i64;
-        out.next_deadline = plan.next_deadline;
+        // awake when the first back-off ends
+        let backed_off = backoff
+            .values()
+            .map(|o| o.until)
+            .filter(|&u| u > judged_at)
+            .min();
+        out.next_deadline = match (plan.next_deadline, backed_off) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 
     if snap.now >= state.next_sample {

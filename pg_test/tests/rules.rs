@@ -181,6 +181,16 @@ fn a_refused_setting_in_the_configuration_file_stops_the_guard_until_it_is_fixed
         err.contains("dbconn_guard.exclude_applications") && err.contains("ends no session"),
         "{err}"
     );
+    // terminate_idle() obeys the same gate: refused, nothing ended
+    let e = su
+        .query("SELECT * FROM dbconn_guard.terminate_idle('0')", &[])
+        .expect_err("terminate_idle() while a setting is refused");
+    assert!(
+        db_error(&e).contains("PostgreSQL refused"),
+        "{}",
+        db_error(&e)
+    );
+    assert!(alive(&mut su, keep_pid));
     // fixed (a later line wins) and reloaded: the protected session stays, the others go
     cluster.append_conf("dbconn_guard.exclude_applications = 'it_keep'");
     su.batch_execute("SELECT pg_reload_conf()").unwrap();

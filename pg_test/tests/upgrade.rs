@@ -82,9 +82,13 @@ fn an_update_from_0_1_0_matches_a_fresh_install_and_keeps_guarding() {
     };
     let (_v1, before) = stale(&cluster);
     wait_gone(&mut su, before, Duration::from_secs(10));
+    // a row an admin inserted under 0.1.0's INSERT grant, with the very id the sequence hands
+    // out next (a planted future id): the update moves the sequence past it, so the worker's
+    // next record does not collide with it
     su.batch_execute(
-        "INSERT INTO dbconn_guard.terminations (pid, state, state_age_seconds, rule, dry_run, actor) \
-         VALUES (-1, 'idle', 1, 'manual', true, 'it_before_update')",
+        "INSERT INTO dbconn_guard.terminations (id, pid, state, state_age_seconds, rule, dry_run, actor) \
+         SELECT last_value + 1, -1, 'idle', 1, 'manual', true, 'it_before_update' \
+           FROM dbconn_guard.terminations_id_seq",
     )
     .unwrap();
 

@@ -20,6 +20,20 @@ pub struct LockWait {
     pub relation: Option<String>,
     /// `pg_locks.waitstart`.
     pub wait_start: Option<Micros>,
+    /// The leader of its lock group (a parallel query's leader) when it is a parallel worker
+    /// or leader; 0 otherwise.
+    pub leader_pid: i32,
+}
+
+impl LockWait {
+    /// The session this wait belongs to: its lock group's leader, or itself.
+    pub fn session_pid(&self) -> i32 {
+        if self.leader_pid != 0 {
+            self.leader_pid
+        } else {
+            self.pid
+        }
+    }
 }
 
 /// One process's entry (PROCLOCK) on one lock object: what it holds and what it waits for.
@@ -228,20 +242,46 @@ pub struct Root {
     pub wait_starts: Vec<Option<Micros>>,
 }
 
-/// Every root blocker (it blocks others and waits for no lock itself), with the waits it holds
-/// up that `counts` accepts; pids in lock cycles have no root and are left out (the deadlock
-/// detector breaks them).
+/// Every root blocker of the pile-ups made of the waits `counts` accepts, with the waits it
+/// holds up (directly or behind other counted waits).
+///
+/// * Only counted waits make edges: a wait that does not count (on an advisory lock, on a
+///   virtual transaction id) neither holds anyone up nor carries the pile-up through.
+/// * A root waits for no lock at all, counted or not, and neither does any member of its lock
+///   group: a session that waits is held up itself, not the root of anything.
+/// * A parallel group is one session: its waiting members count once, under their leader's pid,
+///   with the group's oldest wait.
+///
+/// Pids in lock cycles have no root and are left out (the deadlock detector breaks them).
 pub fn roots(waits: &[LockWait], counts: impl Fn(&LockWait) -> bool) -> Vec<Root> {
-    let start_of: HashMap<i32, Option<Micros>> = waits
+    let counted: Vec<LockWait> = waits.iter().filter(|w| counts(w)).cloned().collect();
+    // every session that waits for any lock, by the pid its blockers are named by
+    let waiting: std::collections::HashSet<i32> = waits
         .iter()
-        .rev()
-        .filter(|w| counts(w))
-        .map(|w| (w.pid, w.wait_start.filter(|&t| t != 0)))
+        .flat_map(|w| [w.pid, w.session_pid()])
         .collect();
+    let session_of: HashMap<i32, i32> = counted.iter().map(|w| (w.pid, w.session_pid())).collect();
+    // a group's oldest wait (a start not set yet: the wait has only just begun)
+    let mut start_of: HashMap<i32, Option<Micros>> = HashMap::new();
+    for w in &counted {
+        let start = w.wait_start.filter(|&t| t != 0);
+        start_of
+            .entry(w.session_pid())
+            .and_modify(|s| {
+                *s = match (*s, start) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .or_insert(start);
+    }
     let mut by_root: BTreeMap<i32, BTreeSet<i32>> = BTreeMap::new();
-    for c in chains(waits) {
-        if let Some(r) = c.root_pid {
-            by_root.entry(r).or_default().insert(c.pid);
+    for c in chains(&counted) {
+        if let Some(r) = c.root_pid.filter(|r| !waiting.contains(r)) {
+            let held = session_of.get(&c.pid).copied().unwrap_or(c.pid);
+            if held != r {
+                by_root.entry(r).or_default().insert(held);
+            }
         }
     }
     by_root
@@ -481,19 +521,55 @@ mod tests {
                 },
             ]
         );
-        // waits left uncounted keep the graph (who is the root) but not their wait
+        // a wait left uncounted makes no edge, and its waiter (which waits) is no root
         let mut adv = w(20, &[10]);
         adv.locktype = Some("advisory".into());
         let behind = w(30, &[20]);
-        let rs = roots(&[adv, behind], |w| {
-            w.locktype.as_deref() != Some("advisory")
-        });
+        let counts = |w: &LockWait| w.locktype.as_deref() != Some("advisory");
+        assert_eq!(roots(&[adv.clone(), behind], counts), vec![]);
+        // nor is it counted against the one it waits for
+        let mut direct = w(40, &[10]);
+        direct.wait_start = Some(7);
         assert_eq!(
-            rs,
+            roots(&[adv, direct], counts),
             vec![Root {
                 pid: 10,
-                wait_starts: vec![None]
+                wait_starts: vec![Some(7)]
             }]
         );
+    }
+
+    #[test]
+    fn a_parallel_group_counts_once_as_its_leader_with_its_oldest_wait() {
+        // leader 20 and its workers 21, 22 all wait on root 10 (pg_blocking_pids reports the
+        // group's blockers under each member)
+        let member = |pid: i32, start: Option<Micros>| LockWait {
+            pid,
+            blocked_by: vec![10],
+            wait_start: start,
+            leader_pid: 20,
+            ..Default::default()
+        };
+        let mut other = w(30, &[10]);
+        other.wait_start = Some(50);
+        let waits = [
+            member(20, None),
+            member(21, Some(40)),
+            member(22, Some(45)),
+            other,
+        ];
+        assert_eq!(
+            roots(&waits, |_| true),
+            vec![Root {
+                pid: 10,
+                wait_starts: vec![Some(40), Some(50)]
+            }]
+        );
+        // a root whose parallel worker waits (on anything) waits itself: no root
+        let mut worker_waits = w(11, &[99]);
+        worker_waits.leader_pid = 10;
+        worker_waits.locktype = Some("virtualxid".into());
+        let counts = |w: &LockWait| w.locktype.as_deref() != Some("virtualxid");
+        assert_eq!(roots(&[w(30, &[10]), worker_waits], counts), vec![]);
     }
 }

@@ -127,6 +127,8 @@ pub struct WorkerInfo {
     pub last_error_at: Option<Micros>,
     /// The extension exists in `dbconn_guard.database`.
     pub extension_ready: bool,
+    /// The owner of `dbconn_guard.database`, when it is not a superuser.
+    pub database_owner_not_superuser: Option<String>,
 }
 
 /// Who is asking.
@@ -1650,6 +1652,28 @@ fn guard_state(c: &Ctx) -> Vec<Finding> {
             "ALTER SYSTEM SET dbconn_guard.enabled = on; SELECT pg_reload_conf();",
         )];
     }
+    if let Some((db, owner)) = c.i.worker.as_ref().and_then(|w| {
+        w.database_owner_not_superuser
+            .as_ref()
+            .map(|o| (&w.database, o))
+    }) {
+        return vec![flag(
+            "guard",
+            Status::Warning,
+            format!(
+                "The guard's database {} is owned by {}, not a superuser: that role can hold up the guard's audit and drop the database while the worker is away",
+                quoted(db),
+                quoted(owner)
+            ),
+            format!(
+                "dbconn_guard.database = {}, owned by {}: the owner can VACUUM FULL the audit table (terminations are then recorded in shared memory and the server log until it can be written), change the database's settings, and rename or drop it while the worker is not connected{}",
+                quoted(db),
+                quoted(owner),
+                if g.dry_run { "; dry_run = on" } else { "" }
+            ),
+            "ALTER SYSTEM SET dbconn_guard.database = 'postgres'; -- takes effect at the next restart; then CREATE EXTENSION dbconn_guard in postgres",
+        )];
+    }
     if g.dry_run {
         return vec![flag(
             "guard",
@@ -2393,6 +2417,7 @@ mod tests {
             idle_in_transaction_timeout_overrides: Overrides::default(),
             transaction_timeout_overrides: Overrides::default(),
             blocker_timeout: 0,
+            blocker_timeout_overrides: Default::default(),
             blocker_min_waiters: 1,
             cancel_active_blockers: false,
         }
@@ -2482,6 +2507,7 @@ mod tests {
                 last_error: None,
                 last_error_at: None,
                 extension_ready: true,
+                database_owner_not_superuser: None,
             }),
             caller: Caller {
                 pid: 1,
@@ -2962,6 +2988,7 @@ mod tests {
             mode: Some("RowExclusiveLock".into()),
             relation: Some("orders".into()),
             wait_start: Some(NOW - waited_s * SECOND),
+            leader_pid: 0,
         }
     }
 
@@ -3286,6 +3313,21 @@ mod tests {
         i.server.shared_preload_libraries = None;
         let g = diagnose(&i);
         assert!(action(one(&g, "guard")).starts_with("SHOW shared_preload_libraries;"));
+    }
+
+    #[test]
+    fn a_guard_database_owned_by_a_plain_role_is_said_loudly() {
+        let mut i = input();
+        assert_eq!(one(&diagnose(&i), "guard").status, Status::Ok);
+        i.worker.as_mut().unwrap().database_owner_not_superuser = Some("app_owner".into());
+        let g = diagnose(&i);
+        let g = one(&g, "guard");
+        assert_eq!(g.status, Status::Warning);
+        assert!(g.finding.contains("\"app_owner\""), "{}", g.finding);
+        assert!(action(g).starts_with("ALTER SYSTEM SET dbconn_guard.database = 'postgres';"));
+        // even in a dry run (the owner's reach does not depend on it)
+        i.guard.dry_run = true;
+        assert_eq!(one(&diagnose(&i), "guard").status, Status::Warning);
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub struct Inputs {
     pub worker_up: bool,
     /// The extension exists in the worker's database, so it can guard.
     pub worker_extension_ready: bool,
+    /// The worker can act: it runs, the extension exists, no refused configuration, and its
+    /// last check recorded every session it had to end.
+    pub worker_can_act: bool,
+    /// Termination records kept in shared memory because the audit table could not be locked
+    /// in time, not yet written to it.
+    pub audit_records_in_memory: i64,
     pub worker_last_error: Option<Micros>,
     pub worker_last_cycle_seconds: f64,
     pub worker_last_cycle_start: Option<Micros>,
@@ -264,6 +270,18 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             None,
             "1 when the extension exists in dbconn_guard.database, so the worker can guard (0: it waits for CREATE EXTENSION)",
             one(if i.worker_extension_ready { 1.0 } else { 0.0 }),
+        ),
+        gauge(
+            "worker_can_act",
+            None,
+            "1 when the guard can act: its worker runs, the extension exists in its database, no dbconn_guard setting was refused, and its last check recorded every session it had to end (/healthz says why not)",
+            one(if i.worker_can_act { 1.0 } else { 0.0 }),
+        ),
+        gauge(
+            "audit_records_in_memory",
+            None,
+            "Termination records kept in shared memory (and the server log) because dbconn_guard.terminations could not be locked in time; written to it once it can be",
+            one(i.audit_records_in_memory as f64),
         ),
         gauge(
             "worker_last_cycle_duration",

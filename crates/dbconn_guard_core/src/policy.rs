@@ -201,6 +201,10 @@ pub struct Policy {
     /// Microseconds; 0 = off. The root of a lock pile-up idle in its transaction is ended once
     /// `blocker_min_waiters` of the waits it holds up have lasted longer than this.
     pub blocker_timeout: Micros,
+    /// Per application / user: the first match replaces `blocker_timeout` for a root (0:
+    /// never). Overrides are per rule: an override of the idle-in-transaction rule does not
+    /// reach this one.
+    pub blocker_timeout_overrides: Overrides,
     /// How many waits (at least 1) must have lasted `blocker_timeout`.
     pub blocker_min_waiters: usize,
     /// Whether a root running a statement has that statement cancelled under the same rule.
@@ -210,7 +214,15 @@ pub struct Policy {
 impl Policy {
     /// Whether the root-blocker rule is on (it needs the lock waits read).
     pub fn watches_blockers(&self) -> bool {
-        self.blocker_timeout > 0
+        self.blocker_timeout > 0 || self.blocker_timeout_overrides.shortest().is_some()
+    }
+
+    /// The root-blocker rule's timeout for root `b`: the first of `blocker_timeout_overrides`
+    /// that matches it, or `blocker_timeout` (0: never).
+    pub fn blocker_timeout_for(&self, b: &Backend) -> Micros {
+        self.blocker_timeout_overrides
+            .timeout_for(b)
+            .unwrap_or(self.blocker_timeout)
     }
 }
 
@@ -315,59 +327,82 @@ fn blocker_rule_for(b: &Backend, policy: &Policy) -> Option<Rule> {
     }
 }
 
-/// When a root's pile-up crosses the root-blocker rule's timeout: the moment the
-/// `blocker_min_waiters`-th oldest of the waits it holds up has lasted `blocker_timeout`. A
-/// wait whose start is not set yet has only just begun (`now`). `None` while it holds up
-/// fewer waits.
+/// When a root's pile-up crosses the root-blocker rule's `timeout`: the moment the
+/// `min_waiters`-th oldest of the waits it holds up has lasted `timeout`. A wait whose start is
+/// not set yet has only just begun (`now`). `None` while it holds up fewer waits, or when the
+/// timeout is 0 (never).
 pub fn blocker_deadline(
     wait_starts: &[Option<Micros>],
     now: Micros,
-    policy: &Policy,
+    timeout: Micros,
+    min_waiters: usize,
 ) -> Option<Micros> {
-    let k = policy.blocker_min_waiters.max(1);
-    if policy.blocker_timeout <= 0 || wait_starts.len() < k {
+    let k = min_waiters.max(1);
+    if timeout <= 0 || wait_starts.len() < k {
         return None;
     }
     let mut starts: Vec<Micros> = wait_starts.iter().map(|s| s.unwrap_or(now)).collect();
     starts.sort_unstable();
-    Some(starts[k - 1].saturating_add(policy.blocker_timeout))
+    Some(starts[k - 1].saturating_add(timeout))
 }
 
-/// Whether a lock wait counts toward the root-blocker rule: a wait on an advisory lock does
-/// not — that is how applications wait on purpose (leader election, job queues: a standby
-/// instance blocks in `pg_advisory_lock()` for as long as the leader lives).
+/// The lock types whose waits make a pile-up for the root-blocker rule: those whose conflict
+/// the waiter earned by its rights on the object — a relation, a row (`tuple`), a transaction
+/// id (a row another transaction changed). Not: `advisory` (applications wait on purpose:
+/// leader election, job queues), `virtualxid` (CREATE INDEX CONCURRENTLY, REINDEX
+/// CONCURRENTLY, DETACH PARTITION CONCURRENTLY and the like wait for every older snapshot,
+/// whoever holds it, on objects the waiter may have no rights on), nor the lock manager's
+/// internal ones (`extend`, `page`, `object`, `spectoken`, ...).
+pub const PILE_UP_LOCKTYPES: [&str; 3] = ["relation", "tuple", "transactionid"];
+
+/// Whether a lock wait counts toward the root-blocker rule (`PILE_UP_LOCKTYPES`).
 pub fn counts_for_blocker_rule(w: &LockWait) -> bool {
-    w.locktype.as_deref() != Some("advisory")
+    w.locktype
+        .as_deref()
+        .is_some_and(|t| PILE_UP_LOCKTYPES.contains(&t))
 }
 
-/// Every root blocker's deadline under the root-blocker rule, and how many waits it holds up.
-fn blocker_deadlines(
+/// Every root of a pile-up (counted waits only), by pid.
+fn blocker_roots(
     waits: &[LockWait],
-    now: Micros,
     policy: &Policy,
-) -> std::collections::HashMap<i32, (Micros, usize)> {
+) -> std::collections::HashMap<i32, blocking::Root> {
     if !policy.watches_blockers() || waits.is_empty() {
         return Default::default();
     }
     blocking::roots(waits, counts_for_blocker_rule)
         .into_iter()
-        .filter_map(|r| {
-            blocker_deadline(&r.wait_starts, now, policy).map(|d| (r.pid, (d, r.wait_starts.len())))
-        })
+        .map(|r| (r.pid, r))
         .collect()
 }
 
-/// Whether `pid` is still, in `waits` read at `now`, the root of a pile-up past the
+/// When root `b` crosses the root-blocker rule under `policy`, and how many waits it holds up.
+fn root_deadline(
+    b: &Backend,
+    root: &blocking::Root,
+    now: Micros,
+    policy: &Policy,
+) -> Option<(Micros, usize)> {
+    blocker_deadline(
+        &root.wait_starts,
+        now,
+        policy.blocker_timeout_for(b),
+        policy.blocker_min_waiters,
+    )
+    .map(|d| (d, root.wait_starts.len()))
+}
+
+/// Whether session `b` is still, in `waits` read at `now`, the root of a pile-up past the
 /// root-blocker rule: the re-check right before it is acted on.
-pub fn still_blocking(pid: i32, waits: &[LockWait], now: Micros, policy: &Policy) -> bool {
+pub fn still_blocking(b: &Backend, waits: &[LockWait], now: Micros, policy: &Policy) -> bool {
     if !policy.watches_blockers() {
         return false;
     }
     blocking::roots(waits, counts_for_blocker_rule)
         .iter()
-        .find(|r| r.pid == pid)
-        .and_then(|r| blocker_deadline(&r.wait_starts, now, policy))
-        .is_some_and(|d| d <= now)
+        .find(|r| r.pid == b.pid)
+        .and_then(|r| root_deadline(b, r, now, policy))
+        .is_some_and(|(d, _)| d <= now)
 }
 
 /// How soon to look again at a session running a statement in a transaction past its
@@ -390,6 +425,7 @@ pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
             .unwrap_or(0),
         policy.transaction_timeout_overrides.shortest().unwrap_or(0),
         policy.blocker_timeout,
+        policy.blocker_timeout_overrides.shortest().unwrap_or(0),
     ]
     .into_iter()
     .filter(|&t| t > 0)
@@ -426,7 +462,7 @@ pub fn plan(
     handled: impl Fn(&Backend) -> bool,
 ) -> Plan {
     let now = snapshot.now;
-    let blockers = blocker_deadlines(waits, now, policy);
+    let roots = blocker_roots(waits, policy);
     let gate = policy.min_utilization_pct > 0.0;
     let idle_allowed =
         !gate || percent(load.client_backends, load.max_connections) >= policy.min_utilization_pct;
@@ -434,9 +470,11 @@ pub fn plan(
     let mut expired: Vec<Target> = Vec::new();
     for b in snapshot.clients() {
         out.examined += 1;
-        let by_blocking = blockers
+        let blocking = roots
             .get(&b.pid)
-            .and_then(|&(d, n)| blocker_rule_for(b, policy).map(|r| (r, d, n)));
+            .and_then(|r| root_deadline(b, r, now, policy));
+        let by_blocking =
+            blocking.and_then(|(d, n)| blocker_rule_for(b, policy).map(|r| (r, d, n)));
         let by_state = rule_for(b, policy, idle_allowed).map(|(r, d)| (r, d, 0));
         let chosen = match (by_blocking, by_state) {
             (Some(x), Some(y)) => Some(if y.1 < x.1 { y } else { x }),
@@ -448,7 +486,7 @@ pub fn plan(
             // likewise a root past the root-blocker rule's deadline that runs a statement (and
             // `cancel_active_blockers` is off): ended at the first check that finds it idle in
             // its transaction
-            let busy_root = blockers.get(&b.pid).is_some_and(|&(d, _)| d <= now);
+            let busy_root = blocking.is_some_and(|(d, _)| d <= now);
             if b.has_state("active")
                 && (busy_root || transaction_deadline(b, policy).is_some_and(|d| d <= now))
                 && policy.scope.protection(b, own_pid).is_none()
@@ -520,6 +558,10 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
         (
             "transaction_timeout_overrides",
             &policy.transaction_timeout_overrides,
+        ),
+        (
+            "blocker_timeout_overrides",
+            &policy.blocker_timeout_overrides,
         ),
     ] {
         if let Some(t) = o.shortest().filter(|&t| t < SHORT_TIMEOUT) {
@@ -611,6 +653,7 @@ mod tests {
             idle_in_transaction_timeout_overrides: Overrides::default(),
             transaction_timeout_overrides: Overrides::default(),
             blocker_timeout: 0,
+            blocker_timeout_overrides: Overrides::default(),
             blocker_min_waiters: 1,
             cancel_active_blockers: false,
         }
@@ -1083,6 +1126,7 @@ mod tests {
             pid,
             blocked_by: blockers.to_vec(),
             wait_start: age_s.map(|a| NOW - a * SECOND),
+            locktype: Some("transactionid".into()),
             ..Default::default()
         }
     }
@@ -1236,27 +1280,115 @@ mod tests {
     fn the_last_look_at_a_root_asks_whether_it_still_blocks_past_the_timeout() {
         let pol = blocker_policy();
         let waits = [lock_wait(2, &[1], Some(40)), lock_wait(3, &[2], Some(5))];
-        assert!(still_blocking(1, &waits, NOW, &pol));
+        assert!(still_blocking(
+            &client(1, "idle in transaction", 100),
+            &waits,
+            NOW,
+            &pol
+        ));
         assert!(
-            !still_blocking(2, &waits, NOW, &pol),
+            !still_blocking(&client(2, "idle in transaction", 100), &waits, NOW, &pol),
             "2 waits itself: no root"
         );
         // its waiter gave up (lock_timeout, cancel): only the young wait is left
         let waits = [lock_wait(3, &[1], Some(5))];
-        assert!(!still_blocking(1, &waits, NOW, &pol));
-        assert!(!still_blocking(1, &[], NOW, &pol));
+        assert!(!still_blocking(
+            &client(1, "idle in transaction", 100),
+            &waits,
+            NOW,
+            &pol
+        ));
+        assert!(!still_blocking(
+            &client(1, "idle in transaction", 100),
+            &[],
+            NOW,
+            &pol
+        ));
         // the rule was turned off by a reload
         let waits = [lock_wait(2, &[1], Some(40))];
         let off = Policy {
             blocker_timeout: 0,
             ..pol.clone()
         };
-        assert!(!still_blocking(1, &waits, NOW, &off));
+        assert!(!still_blocking(
+            &client(1, "idle in transaction", 100),
+            &waits,
+            NOW,
+            &off
+        ));
         let more = Policy {
             blocker_min_waiters: 2,
             ..pol
         };
-        assert!(!still_blocking(1, &waits, NOW, &more));
+        assert!(!still_blocking(
+            &client(1, "idle in transaction", 100),
+            &waits,
+            NOW,
+            &more
+        ));
+    }
+
+    #[test]
+    fn only_relation_row_and_transaction_waits_make_a_pile_up() {
+        let snap = snapshot(vec![
+            client(1, "idle in transaction", 100),
+            client(2, "active", 40),
+        ]);
+        let pol = blocker_policy();
+        // CREATE INDEX CONCURRENTLY waiting for an older snapshot: not a pile-up
+        for t in [
+            "virtualxid",
+            "advisory",
+            "extend",
+            "page",
+            "object",
+            "spectoken",
+        ] {
+            let mut wt = lock_wait(2, &[1], Some(40));
+            wt.locktype = Some(t.into());
+            assert!(
+                blocker_plan(&snap, &[wt.clone()], &pol).targets.is_empty(),
+                "a wait on a {t} lock"
+            );
+            assert!(!still_blocking(&snap.backends[0], &[wt], NOW, &pol), "{t}");
+        }
+        for t in PILE_UP_LOCKTYPES {
+            let mut wt = lock_wait(2, &[1], Some(40));
+            wt.locktype = Some(t.into());
+            assert_eq!(pids(&blocker_plan(&snap, &[wt], &pol)), vec![1], "{t}");
+        }
+    }
+
+    #[test]
+    fn the_root_blocker_rule_has_overrides_of_its_own() {
+        let mut root = client(1, "idle in transaction", 100);
+        root.application_name = Some("reporting".into());
+        let snap = snapshot(vec![root.clone(), client(2, "active", 40)]);
+        let waits = [lock_wait(2, &[1], Some(40))];
+        // an override of the idle-in-transaction rule does not reach this rule
+        let mut pol = blocker_policy();
+        pol.idle_in_transaction_timeout_overrides = Overrides::parse("app:reporting=0").unwrap();
+        assert_eq!(pids(&blocker_plan(&snap, &waits, &pol)), vec![1]);
+        // its own does: 0 is never
+        pol.blocker_timeout_overrides = Overrides::parse("app:reporting=0").unwrap();
+        assert!(blocker_plan(&snap, &waits, &pol).targets.is_empty());
+        assert!(!still_blocking(&root, &waits, NOW, &pol));
+        // a longer one waits longer; another application keeps the global timeout
+        pol.blocker_timeout_overrides = Overrides::parse("app:reporting=1min").unwrap();
+        let p = blocker_plan(&snap, &waits, &pol);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, Some(NOW + 20 * SECOND));
+        pol.blocker_timeout_overrides = Overrides::parse("app:other=0").unwrap();
+        assert_eq!(pids(&blocker_plan(&snap, &waits, &pol)), vec![1]);
+        // an override alone turns the rule on, for the sessions it names
+        let only = Policy {
+            blocker_timeout: 0,
+            blocker_timeout_overrides: Overrides::parse("app:reporting=10s").unwrap(),
+            ..blocker_policy()
+        };
+        assert!(only.watches_blockers());
+        assert_eq!(pids(&blocker_plan(&snap, &waits, &only)), vec![1]);
+        assert_eq!(longest_sleep(3600 * SECOND, &only), 10 * SECOND);
     }
 
     #[test]
@@ -1269,6 +1401,11 @@ mod tests {
         adv.locktype = Some("advisory".into());
         let p = blocker_plan(&snap, &[adv.clone()], &blocker_policy());
         assert!(p.targets.is_empty(), "a leader holding its advisory lock");
-        assert!(!still_blocking(1, &[adv], NOW, &blocker_policy()));
+        assert!(!still_blocking(
+            &client(1, "idle in transaction", 100),
+            &[adv],
+            NOW,
+            &blocker_policy()
+        ));
     }
 }
