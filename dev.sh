@@ -402,7 +402,7 @@ run_integration_tests() {
     local rc=0
     DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" \
         DBCONN_GUARD_TEST_STATE="$(state_dir)" \
-        cargo test -p dbconn_guard_integration ${DBCONN_GUARD_IT_TEST:+--test "$DBCONN_GUARD_IT_TEST"} \
+        cargo test --no-fail-fast -p dbconn_guard_integration ${DBCONN_GUARD_IT_TEST:+--test "$DBCONN_GUARD_IT_TEST"} \
         -- --test-threads=1 ${include_ignored} ${DBCONN_GUARD_IT_FILTER:-} || rc=$?
     if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ]; then
         log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"

@@ -133,6 +133,28 @@ COMMENT ON VIEW history IS
   'One row per sample the worker took (every dbconn_guard.sample_interval, aligned to the wall clock; the last dbconn_guard.history_size kept in shared memory, lost at a restart), oldest first: client backends by state, lock waiters and the longest wait, the oldest transaction and the longest idle in transaction (seconds, 0: none), slots, utilization, sessions ended since the previous sample by rule, and leak-suspect groups.';
 COMMENT ON VIEW history_by_group IS
   'Per sample, the dbconn_guard.history_groups largest (datname, usename, application_name) groups of client backends by connections, with their counts by state, and one row with other = true (names NULL) summing the rest: each sample''s rows add up to its client_backends in dbconn_guard.history.';
+
+-- the history over a time range, walked from the range's first sample (Grafana:
+-- history_between($__timeFrom(), $__timeTo())); the views' row types, the views' grants
+CREATE FUNCTION history_between(since timestamp with time zone,
+                                until timestamp with time zone DEFAULT 'infinity')
+RETURNS SETOF history
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_history';
+CREATE FUNCTION history_by_group_between(since timestamp with time zone,
+                                         until timestamp with time zone DEFAULT 'infinity')
+RETURNS SETOF history_by_group
+LANGUAGE c STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'dbconn_guard_history_by_group';
+REVOKE EXECUTE ON FUNCTION history_between(timestamp with time zone, timestamp with time zone),
+                           history_by_group_between(timestamp with time zone, timestamp with time zone) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION history_between(timestamp with time zone, timestamp with time zone),
+                          history_by_group_between(timestamp with time zone, timestamp with time zone)
+   TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON FUNCTION history_between(timestamp with time zone, timestamp with time zone) IS
+  'The rows of dbconn_guard.history taken from since to until (inclusive), read from the first such sample on: an hour of a full ring costs an hour''s rows, not the ring''s.';
+COMMENT ON FUNCTION history_by_group_between(timestamp with time zone, timestamp with time zone) IS
+  'The rows of dbconn_guard.history_by_group taken from since to until (inclusive), read from the first such sample on.';
 COMMENT ON FUNCTION _history() IS 'Internal: rows of the history view.';
 COMMENT ON FUNCTION _history_by_group() IS 'Internal: rows of the history_by_group view.';
 

@@ -101,7 +101,7 @@ fn worker_status() -> TableIterator<
         s.deferred_last_cycle,
         s.terminations_total,
         if running { ts(s.next_wakeup) } else { None },
-        s.last_error.opt(),
+        last_error_for_caller(s.last_error.get()),
         ts(s.last_error_at),
         pgrx::JsonB(policy),
     ))
@@ -151,6 +151,24 @@ fn recent_terminations() -> TableIterator<
             (r.signal_window_us >= 0).then_some(r.signal_window_us),
         )
     }))
+}
+
+/// The worker's last error as the calling role may see it: its text can name configuration
+/// files and their lines, which `pg_settings` shows only to `pg_read_all_settings`; so the
+/// text goes to members of that role and the guard's admins, others learn only that there is
+/// one. `None` when there is none.
+pub(crate) fn last_error_for_caller(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return None;
+    }
+    let may = unsafe { pg_sys::superuser() }
+        || caller_has_privs_of("pg_read_all_settings")
+        || caller_has_privs_of("dbconn_guard_admin");
+    Some(if may {
+        text.to_string()
+    } else {
+        "(hidden: the worker reported an error; its text, which may name configuration files, is shown to members of pg_read_all_settings and dbconn_guard_admin)".to_string()
+    })
 }
 
 /// Does the calling role have the privileges of the role named `role`?

@@ -77,7 +77,7 @@ fn read(slow_query_age: f64) -> Input {
             running,
             pid: running.then_some(s.pid),
             database: guc::database(),
-            last_error: (!last_error.is_empty()).then(|| last_error.to_string()),
+            last_error: crate::admin::last_error_for_caller(last_error),
             last_error_at: (s.last_error_at != 0).then_some(s.last_error_at),
             extension_ready: s.extension_ready,
             database_owner_not_superuser: s.database_owner_not_superuser.opt(),

@@ -11,6 +11,7 @@
 //! Lost at a restart (shared memory is laid out anew), like `pg_stat_activity`.
 
 use crate::core::history::{ByRule, GroupName, GroupSample, Sample, StateCounts};
+use crate::core::session::Micros;
 use crate::guc;
 use crate::shared::FixedText;
 use pgrx::pg_sys;
@@ -254,6 +255,39 @@ pub fn read(last: Option<usize>, with_groups: bool) -> Vec<Sample> {
     let mut out = Vec::with_capacity(want as usize);
     for n in written - want..written {
         if let Some(s) = unsafe { read_one(h, n, with_groups) } {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The samples taken from `since` to `until` (inclusive), oldest first, with their groups when
+/// `with_groups`: the ring walked from the first such sample only (found by bisection on the
+/// samples' times, which the worker takes in order), not copied whole.
+pub fn read_between(since: Micros, until: Micros, with_groups: bool) -> Vec<Sample> {
+    let Some(h) = ring() else {
+        return Vec::new();
+    };
+    let written = h.written.load(Ordering::Acquire);
+    let held = written.min(h.capacity);
+    // the first sample at or after `since` (a sample being overwritten is the oldest: before)
+    let (mut lo, mut hi) = (written - held, written);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match unsafe { read_one(h, mid, false) } {
+            Some(s) if s.time >= since => hi = mid,
+            _ => lo = mid + 1,
+        }
+    }
+    let mut out = Vec::new();
+    for n in lo..written {
+        let Some(s) = (unsafe { read_one(h, n, with_groups) }) else {
+            continue;
+        };
+        if s.time > until {
+            break;
+        }
+        if s.time >= since {
             out.push(s);
         }
     }

@@ -6,6 +6,7 @@
 #![allow(clippy::type_complexity)]
 
 use crate::core::fasthash::FastMap;
+use crate::core::history::Sample;
 use crate::core::session::{Backend, Name, Snapshot};
 use crate::core::{analysis, blocking, health, leaks, utilization};
 use crate::encoding::DbText;
@@ -403,7 +404,23 @@ fn blocking_chains() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// Rows of the `history` view: every sample of the ring, oldest first.
+/// The samples a history function returns: every one (the views), or, called with `since` and
+/// `until` (`history_between()`, `history_by_group_between()`), those taken in that range.
+unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> Vec<Sample> {
+    let nargs = unsafe { (*fcinfo).nargs };
+    if nargs >= 2 {
+        let arg = |i: usize| unsafe {
+            let a = (*fcinfo).args.as_slice(2)[i];
+            a.value.value() as i64
+        };
+        history::read_between(arg(0), arg(1), with_groups)
+    } else {
+        history::read(None, with_groups)
+    }
+}
+
+/// Rows of the `history` view: every sample of the ring, oldest first; of
+/// `history_between(since, until)`: those in the range.
 ///
 /// Filled in one call into the executor's tuplestore (24 hours of samples are 8640 rows).
 #[pg_guard]
@@ -413,7 +430,7 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
 ) -> pg_sys::Datum {
     let mut out = unsafe { rows::ResultSet::begin(fcinfo, 21) };
     let int8 = |v: u32| i64::from(v).into_datum();
-    for s in history::read(None, false) {
+    for s in unsafe { history_rows(fcinfo, false) } {
         let c = s.clients;
         out.push(&[
             s.time.into_datum(),
@@ -462,7 +479,7 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history_by_group(
         texts.insert(v, c);
         c
     };
-    for s in history::read(None, true) {
+    for s in unsafe { history_rows(fcinfo, true) } {
         let time = s.time.into_datum();
         for g in s.groups {
             let c = g.counts;

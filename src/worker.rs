@@ -824,16 +824,10 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         );
         out.targets = plan.targets;
         out.deferred = plan.deferred as i64;
-        // awake when the first back-off ends
-        let backed_off = backoff
-            .values()
-            .map(|o| o.until)
-            .filter(|&u| u > judged_at)
-            .min();
-        out.next_deadline = match (plan.next_deadline, backed_off) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // a back-off that ends wakes nobody: its session is judged again at the first check
+        // after it (at most a naptime, or the shortest timeout, later), so sessions spared at
+        // different moments add no wake-ups of their own
+        out.next_deadline = plan.next_deadline;
     }
 
     if snap.now >= state.next_sample {

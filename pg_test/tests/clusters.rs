@@ -161,13 +161,25 @@ fn a_fast_stop_completes_while_a_prepared_transaction_holds_the_audit_table() {
     let mut victim = cluster.connect("it_app", "postgres", "it_faststop_victim");
     let victim_pid = pid(&mut victim);
     victim.batch_execute("BEGIN; SELECT 1").unwrap();
-    // the worker cannot record: it waits a second at most, ends nobody, says why, retries
+    // the worker cannot write its table: it waits a second at most, records the session in
+    // shared memory and the server log instead, ends it, and says why
     wait_until(
         &mut c,
-        "SELECT coalesce(last_error LIKE '%lock timeout%', false) FROM dbconn_guard.worker_status()",
+        "SELECT coalesce(last_error LIKE '%could not lock dbconn_guard.terminations within lock_timeout%', false) FROM dbconn_guard.worker_status()",
         Duration::from_secs(15),
     );
-    assert!(alive(&mut c, victim_pid), "ended without a record");
+    wait_gone(&mut c, victim_pid, Duration::from_secs(10));
+    let kept: bool = c
+        .query_one(
+            "SELECT NOT persisted FROM dbconn_guard.recent_terminations() WHERE pid = $1",
+            &[&victim_pid],
+        )
+        .unwrap()
+        .get(0);
+    assert!(kept, "recorded in memory, the table being locked");
+    assert!(cluster
+        .log()
+        .contains(&format!("dbconn_guard: terminated pid {victim_pid} ")));
     let cycles: i64 = c
         .query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
         .unwrap()

@@ -511,10 +511,9 @@ fn sessions_spared_for_a_lasting_reason_neither_spin_the_worker_nor_starve_other
         Duration::from_secs(30),
     );
     // the synchronous standby named is never there
-    su.batch_execute(
-        "ALTER SYSTEM SET synchronous_standby_names = 'it_nowhere'; SELECT pg_reload_conf()",
-    )
-    .unwrap();
+    su.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'it_nowhere'")
+        .unwrap();
+    su.batch_execute("SELECT pg_reload_conf()").unwrap();
     thread::sleep(Duration::from_millis(500));
     // N commits waiting for it, each holding a row another session waits for
     let mut threads = Vec::new();
@@ -578,10 +577,46 @@ fn sessions_spared_for_a_lasting_reason_neither_spin_the_worker_nor_starve_other
         0
     );
     // the standby requirement goes: every commit completes
-    su.batch_execute("ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf()")
+    su.batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
         .unwrap();
+    su.batch_execute("SELECT pg_reload_conf()").unwrap();
     for t in threads {
         let (r, _c) = t.join().unwrap();
         r.unwrap_or_else(|e| panic!("{}", db_error(&e)));
     }
+}
+
+#[test]
+fn the_ring_keeps_a_manual_actor_whole() {
+    let mut a = guard_admin();
+    // "manual:" and a role name of 63 bytes: 70 bytes
+    let role = format!("it_e_{}", "r".repeat(58));
+    assert_eq!(role.len(), 63);
+    ensure_role(
+        &mut a,
+        &role,
+        &format!("GRANT dbconn_guard_admin TO {role}"),
+    );
+    let (_s, p) = stale_idle("it_e_actor");
+    let mut caller = connect_as(&role, "it_e_actor_caller");
+    let rows = caller
+        .query(
+            "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_e_actor')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "terminated");
+    wait_gone(&mut a, p, Duration::from_secs(10));
+    let (ring, table): (String, String) = {
+        let r = a
+            .query_one(
+                "SELECT (SELECT actor FROM dbconn_guard.recent_terminations() WHERE pid = $1), \
+                        (SELECT actor FROM dbconn_guard.terminations WHERE pid = $1)",
+                &[&p],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(ring, format!("manual:{role}"));
+    assert_eq!(table, ring);
 }

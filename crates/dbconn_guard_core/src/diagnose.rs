@@ -1732,7 +1732,8 @@ fn memory(c: &Ctx) -> Vec<Finding> {
         .unwrap_or(0)
         .max(c.util.client_backends);
     let suggested = round_up_10(((peak as f64) * 1.5) as i64).max(20);
-    let action = if suggested < max {
+    // never on a standby: one whose max_connections is below its primary's does not start
+    let action = if suggested < max && !c.i.server.in_recovery {
         format!("ALTER SYSTEM SET max_connections = {suggested};  -- 1.5 × the peak of {peak} clients; takes effect after a restart")
     } else {
         let mb = (sb.saturating_mul(4) / max / (1024 * 1024)).max(1);
@@ -1817,13 +1818,14 @@ fn pooler(c: &Ctx) -> Vec<Finding> {
     let groups = client_groups(c);
     let looks: Vec<&ClientGroup> = groups
         .iter()
-        .filter(|g| is_pooler_name(g.app) || g.reset_query_seen || g.mostly_idle_pool())
+        // more than a name a client chooses: pgbouncer's reset query, or the shape of a pool
+        .filter(|g| g.reset_query_seen || g.mostly_idle_pool())
         .collect();
     if looks.is_empty() {
         return vec![ok(
             "pooler",
             "No pooler's connections recognised",
-            "no application named like a pooler, and no client address with many mostly idle sessions of one user and application",
+            "no idle server connections that last ran a pooler's reset query (DISCARD ALL), and no client address with many mostly idle sessions of one user and application",
         )];
     }
     let p = &c.i.guard.policy;
@@ -1914,7 +1916,9 @@ fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
         ("app", b.application_name.as_deref()),
     ];
     for (key, name) in candidates {
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
+        // the list syntax has no literal `*`: such a name would become a wildcard that exempts
+        // everyone, so it is never written
+        let Some(name) = name.filter(|n| !n.is_empty() && !n.contains('*')) else {
             continue;
         };
         if !complete {
@@ -1941,6 +1945,7 @@ fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
     let who = b
         .usename
         .as_deref()
+        .filter(|u| !u.contains('*'))
         .map(|u| format!("user:{}=0", list_name(u)))
         .unwrap_or_else(|| "user:<the pooler's role>=0".into());
     format!(
@@ -3356,6 +3361,12 @@ mod tests {
             "{}",
             action(m)
         );
+        // a standby with a lower max_connections than its primary's does not start: work_mem
+        i.server.in_recovery = true;
+        let fs = diagnose(&i);
+        let m = one(&fs, "memory");
+        assert!(!action(m).contains("max_connections"), "{}", action(m));
+        assert!(action(m).starts_with("ALTER SYSTEM SET work_mem"), "{}", action(m));
         // every slot used: work_mem instead
         let mut i = with(n_clients(95, "active"));
         i.server.work_mem = Some(64 * MB);
@@ -3440,6 +3451,33 @@ mod tests {
         i.guard.policy.scope.exclude_applications = PatternList::parse("pgbouncer").unwrap();
         assert_eq!(one(&diagnose(&i), "pooler").status, Status::Ok);
         assert_eq!(one(&diagnose(&input()), "pooler").status, Status::Ok);
+    }
+
+    #[test]
+    fn a_pooler_takes_more_than_a_name_and_no_name_becomes_a_wildcard() {
+        // one client that calls itself pgbouncer is no pooler
+        let mut i = with(vec![app(addr(c(300, "idle", 30), "10.0.0.9"), "pgbouncer")]);
+        i.guard.policy.idle_timeout = 900 * SECOND;
+        let fs = diagnose(&i);
+        let p = one(&fs, "pooler");
+        assert_eq!(p.status, Status::Ok, "{}", p.finding);
+        // a pool whose role is named `*`: `user:*=0` would exempt everyone
+        let starred: Vec<Backend> = pgbouncer_sessions()
+            .into_iter()
+            .map(|mut b| {
+                b.usename = Some("*".into());
+                b.application_name = Some("pg*bouncer".into());
+                b
+            })
+            .collect();
+        let mut i = with(starred);
+        i.guard.policy.idle_timeout = 900 * SECOND;
+        let fs = diagnose(&i);
+        let p = one(&fs, "pooler");
+        let a = action(p);
+        assert!(!a.contains("=0'"), "{a}");
+        assert!(!a.contains("user:*"), "{a}");
+        assert!(a.starts_with("SHOW dbconn_guard.idle_timeout_overrides;"), "{a}");
     }
 
     #[test]
