@@ -18,9 +18,12 @@ REVOKE INSERT, DELETE ON terminations FROM dbconn_guard_admin;
 REVOKE USAGE ON SEQUENCE terminations_id_seq FROM dbconn_guard_admin;
 -- Rows admins inserted under 0.1.0's INSERT grant stay (they are part of the audit as it was;
 -- their actor is what the admin wrote), but an id one of them took ahead of the sequence
--- would make a later record of the worker fail: the sequence moves past every id in use.
+-- would make a later record of the worker fail: the sequence moves past every id in use below
+-- 2^62 (an id above that the sequence never reaches in practice, and moving to it would
+-- exhaust the sequence: every later record would fail).
 SELECT pg_catalog.setval('terminations_id_seq', m)
-  FROM (SELECT pg_catalog.max(id) AS m FROM terminations) t
+  FROM (SELECT pg_catalog.max(id) AS m FROM terminations
+         WHERE id OPERATOR(pg_catalog.<) 4611686018427387904) t
  WHERE m OPERATOR(pg_catalog.>=) (SELECT CASE WHEN is_called THEN last_value OPERATOR(pg_catalog.+) 1 ELSE last_value END
                                    FROM terminations_id_seq);
 
@@ -197,3 +200,23 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'diagnose_wrapper';
 COMMENT ON FUNCTION diagnose(interval) IS
   'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. One row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
+
+-- Said at CREATE EXTENSION (and ALTER EXTENSION UPDATE) in the guard's own database: an owner
+-- that is not a superuser can hold up the guard's audit and drop the database while the worker
+-- is away (the worker says so at every start too, and diagnose() in its guard row).
+DO $$
+DECLARE
+    owner text;
+BEGIN
+    SELECT r.rolname INTO owner
+      FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) d.datdba
+     WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+       AND d.datname OPERATOR(pg_catalog.=) pg_catalog.current_setting('dbconn_guard.database', true)
+       AND NOT r.rolsuper;
+    IF owner IS NOT NULL THEN
+        RAISE WARNING 'database "%" (dbconn_guard.database) is owned by "%", which is not a superuser', pg_catalog.current_database(), owner
+            USING DETAIL = 'That role can hold up the guard''s audit table (VACUUM FULL behind ANALYZE: terminations are then recorded in shared memory and the server log until it can be written), change the database''s settings, and rename or drop it while the worker is not connected.',
+                  HINT = 'Keep the guard in a database a superuser owns: ALTER SYSTEM SET dbconn_guard.database = ''postgres'', restart, and CREATE EXTENSION dbconn_guard there.';
+    END IF;
+END
+$$;

@@ -185,6 +185,8 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
     /// Why rows could not be written (the whole batch, or some rows), if they could not.
     pub error: Option<String>,
+    /// The audit could not be locked in time: the sessions were recorded in memory.
+    pub locked_out: bool,
 }
 
 const LOCK_AUDIT: &str = "LOCK TABLE dbconn_guard.terminations IN ROW EXCLUSIVE MODE";
@@ -293,7 +295,13 @@ fn may_signal(caller: pg_sys::Oid, target: Option<&str>) -> bool {
 /// Records, then ends (or in a dry run only records) each target still unchanged; see the
 /// module comment for the order and guarantees. `judged_at` is when the targets were read.
 /// Runs in the background worker, outside any transaction.
-pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: bool) -> Report {
+pub fn carry_out(
+    targets: &[Target],
+    judged_at: Micros,
+    actor: &Actor,
+    dry_run: bool,
+    locked_out_before: bool,
+) -> Report {
     let pol = guc::policy();
     let scope = pol.scope.clone();
     let me = unsafe { pg_sys::MyProcPid };
@@ -311,6 +319,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
         return Report {
             outcomes,
             error: None,
+            locked_out: false,
         };
     }
 
@@ -333,21 +342,34 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     // could not be locked within the worker's lock_timeout
     let mut in_memory = vec![false; targets.len()];
     let mut locked_out: Option<String> = None;
+    if locked_out_before && !standby {
+        // an earlier batch of this check waited out the lock already: not a second time
+        in_memory.fill(true);
+        locked_out = Some("an earlier batch of this check could not lock it".into());
+    }
 
     // 1. record, and commit
     let recorded = xact::writing_transaction(c"dbconn_guard: recording terminations", || {
-        if standby {
-            for (i, t) in targets.iter().enumerate() {
-                outcomes[i] = check(t).unwrap_or(Outcome::WouldTerminate);
+        if standby || locked_out.is_some() {
+            if standby {
+                for (i, t) in targets.iter().enumerate() {
+                    outcomes[i] = check(t).unwrap_or(Outcome::WouldTerminate);
+                }
             }
             return;
         }
-        table = snapshot::audit_table().unwrap_or_else(|| {
-            error!(
+        table = match verified_audit_table() {
+            Ok(Some(t)) => t,
+            Ok(None) => error!(
                 "dbconn_guard.terminations in database \"{}\" is not the table of the extension dbconn_guard: nothing is written to it, and no session is ended",
                 guc::database()
-            )
-        });
+            ),
+            Err(f) => {
+                in_memory.fill(true);
+                locked_out = Some(f.message);
+                return;
+            }
+        };
         Spi::connect_mut(|client| {
             // the table's lock first, bounded by the worker's lock_timeout; when it cannot be
             // had (a lock queue on the table, which its database's owner can hold), every
@@ -421,6 +443,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
         return Report {
             outcomes: vec![Outcome::NotRecorded; targets.len()],
             error: Some(msg),
+            locked_out: false,
         };
     }
     if let Some(why) = &locked_out {
@@ -444,10 +467,13 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
         let msg = format!(
             "could not lock dbconn_guard.terminations within lock_timeout ({why}): {n} sessions are recorded in shared memory (recent_terminations()) and the server log instead, and written to the table once it can be locked"
         );
-        warning!("dbconn_guard: {msg}");
+        // said once a check (a later batch of the same check follows the first's lead)
+        if !locked_out_before {
+            warning!("dbconn_guard: {msg}");
+        }
         // shown (worker_status().last_error, diagnose()), but no failure of the check: the
         // worker keeps its deadlines
-        if shared::available() {
+        if shared::available() && !locked_out_before {
             let mut s = shared::SHARED.exclusive();
             s.last_error.set(&msg);
             s.last_error_at = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -481,7 +507,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                 // a session recorded only in memory: the signal, its record in the ring and
                 // its LOG line with interrupts held, so that a SIGTERM cannot come between
                 // the signal and the record
-                let held = (!persisted || in_memory[i]).then(hold_interrupts);
+                let held = (!persisted || in_memory[i]).then(HeldInterrupts::hold);
                 #[cfg(feature = "test_hooks")]
                 {
                     let ms = guc::TEST_DELAY_BEFORE_SIGNAL.get();
@@ -524,7 +550,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                         pid: t.backend.pid,
                     }]);
                 }
-                if let Some(saved) = held {
+                if held.is_some() {
                     if outcomes[i].ended() {
                         log_outcome(t, outcomes[i], judged_at, &label, dry_run);
                         remember(
@@ -539,8 +565,8 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
                         );
                         told[i] = true;
                     }
-                    resume_interrupts(saved);
                 }
+                drop(held);
             }
         });
         if let Err(f) = signalled {
@@ -583,6 +609,7 @@ pub fn carry_out(targets: &[Target], judged_at: Micros, actor: &Actor, dry_run: 
     Report {
         outcomes,
         error: (!row_errors.is_empty()).then(|| row_errors.join("; ")),
+        locked_out: locked_out.is_some(),
     }
 }
 
@@ -679,17 +706,24 @@ pub fn write_pending() -> Result<usize, String> {
     if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
         return Ok(0);
     }
-    let pending = shared::SHARED.share().pending();
+    let pending: Vec<TerminationRecord> = {
+        let s = shared::SHARED.share();
+        s.pending[..usize::from(s.pending_len)].to_vec()
+    };
     if pending.is_empty() {
         return Ok(0);
     }
     xact::writing_transaction(c"dbconn_guard: writing records kept in memory", || {
-        if snapshot::audit_table().is_none() {
-            error!("dbconn_guard.terminations is not the table of the extension dbconn_guard");
+        match verified_audit_table() {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                error!("dbconn_guard.terminations is not the table of the extension dbconn_guard")
+            }
+            Err(f) => error!("{f}"),
         }
         Spi::connect_mut(|client| {
             client.update(LOCK_AUDIT, None, &[])?;
-            for (_, r) in &pending {
+            for r in &pending {
                 let text = |t: Option<String>| t.map(DbText);
                 let rec: [DatumWithOid; 14] = [
                     ts(r.at).into(),
@@ -719,8 +753,8 @@ pub fn write_pending() -> Result<usize, String> {
         .unwrap_or_else(|e| error!("{e}"));
     })
     .map_err(|f| f.message)?;
-    let seq: Vec<u64> = pending.iter().map(|(i, _)| *i).collect();
-    shared::SHARED.exclusive().mark_persisted(&seq);
+    // the worker alone adds to the list and writes it out: the first `len` are these
+    shared::SHARED.exclusive().written(pending.len());
     log!(
         "dbconn_guard: wrote {} records kept in memory while dbconn_guard.terminations could not be locked to the table",
         pending.len()
@@ -746,7 +780,7 @@ pub fn withdraw_queued() -> Result<(), String> {
         return Ok(());
     }
     let deleted = xact::writing_transaction(c"dbconn_guard: withdrawing audit rows", || {
-        match snapshot::audit_table() {
+        match verified_audit_table().unwrap_or_else(|f| error!("{f}")) {
             Some(t) if u32::from(t) == table => {
                 let ids: Vec<i64> = rows.iter().map(|w| w.id).collect();
                 let pids: Vec<i32> = rows.iter().map(|w| w.pid).collect();
@@ -815,19 +849,53 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
     );
 }
 
-/// Holds interrupts (PostgreSQL's HOLD_INTERRUPTS) for a few steps that must not be parted by
-/// a SIGTERM; returns the count to restore. (An ERROR in between resets the count itself.)
-fn hold_interrupts() -> u32 {
-    unsafe {
-        let saved = pg_sys::InterruptHoldoffCount;
-        pg_sys::InterruptHoldoffCount = saved + 1;
-        saved
+/// Interrupts held (PostgreSQL's HOLD_INTERRUPTS) for a few steps that must not be parted by
+/// a SIGTERM, until dropped — also when a Rust panic or an ERROR unwinds through it (an ERROR
+/// raised by PostgreSQL resets the count itself; dropping puts back the count from before).
+struct HeldInterrupts {
+    saved: u32,
+}
+
+impl HeldInterrupts {
+    fn hold() -> HeldInterrupts {
+        unsafe {
+            let saved = pg_sys::InterruptHoldoffCount;
+            pg_sys::InterruptHoldoffCount = saved + 1;
+            HeldInterrupts { saved }
+        }
     }
 }
 
-/// Ends `hold_interrupts`; a SIGTERM that came meanwhile acts at the next interrupt check.
-fn resume_interrupts(saved: u32) {
-    unsafe { pg_sys::InterruptHoldoffCount = saved };
+impl Drop for HeldInterrupts {
+    /// A SIGTERM that came meanwhile acts at the next interrupt check.
+    fn drop(&mut self) {
+        unsafe { pg_sys::InterruptHoldoffCount = self.saved };
+    }
+}
+
+/// The audit table's oid as last proven the extension's own (`snapshot::audit_table`), kept by
+/// this process: the proof reads `pg_extension` and `pg_depend`, whose locks a database's owner
+/// can queue up (VACUUM FULL behind an open ANALYZE). Only a superuser can drop or replace the
+/// extension, so while that lookup waits out the lock timeout, the last proof stands.
+static VERIFIED_AUDIT_TABLE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `snapshot::audit_table()`, in a subtransaction: `Err` only when its catalogs could not be
+/// locked in time and no earlier proof exists (the caller records in memory instead).
+fn verified_audit_table() -> Result<Option<pg_sys::Oid>, xact::Failure> {
+    use std::sync::atomic::Ordering;
+    match xact::subtransaction(snapshot::audit_table) {
+        Ok(t) => {
+            VERIFIED_AUDIT_TABLE.store(t.map_or(0, u32::from), Ordering::Relaxed);
+            Ok(t)
+        }
+        Err(f) if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+            match VERIFIED_AUDIT_TABLE.load(Ordering::Relaxed) {
+                0 => Err(f),
+                t => Ok(Some(pg_sys::Oid::from(t))),
+            }
+        }
+        Err(f) => error!("{f}"),
+    }
 }
 
 /// Keeps the record in shared memory too: on a standby, and while the table cannot be locked
@@ -857,7 +925,6 @@ fn remember(
         xact_age_ms: age_seconds(judged_at, b.xact_start).map_or(-1, |x| (x * 1000.0) as i64),
         dry_run,
         persisted,
-        pending,
         cycle: cycle.unwrap_or(-1),
         signal_window_us: match o {
             Outcome::Terminated { window_us } => i64::from(window_us),
@@ -878,5 +945,16 @@ fn remember(
     s.push_recent(rec);
     if matches!(o, Outcome::Terminated { .. }) && !dry_run {
         s.terminations_by_rule[t.rule.index()] += 1;
+    }
+    // a termination recorded in memory only waits to be written to the table (a dry run's
+    // record does not: it is in the ring and the server log, and must not crowd out one)
+    if pending && !dry_run && !s.push_pending(rec) {
+        let lost = s.audit_lost;
+        drop(s);
+        warning!(
+            "dbconn_guard: {} records wait to be written to dbconn_guard.terminations already: the termination of pid {} is recorded in the server log and recent_terminations() only ({lost} such records since the server started)",
+            shared::PENDING,
+            b.pid
+        );
     }
 }

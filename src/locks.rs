@@ -79,12 +79,20 @@ fn waiting_groups(procs: &[(i32, i32, usize, i64)]) -> HashMap<i32, Vec<i32>> {
 }
 
 /// Whether `pid`, or a member of the lock group it leads (its parallel workers), waits for a
-/// heavyweight lock now, read from the PGPROC array itself: a session that waits is no root of
-/// a pile-up, whatever a lock read that missed its wait (a queue read that raced) would say.
+/// heavyweight lock of a kind that makes a pile-up (`policy::PILE_UP_LOCKTYPES`) now, read from
+/// the PGPROC array itself: a session held up in a pile-up is no root of one, whatever a lock
+/// read that missed its wait (a queue read that raced) would say. (A wait on an advisory lock
+/// or an older snapshot does not count, as in the core's `roots`.)
 pub fn waits_itself(pid: i32) -> bool {
     waiting_procs()
         .iter()
-        .any(|&(p, leader, _, _)| p == pid || leader == pid)
+        .filter(|&&(p, leader, _, _)| p == pid || leader == pid)
+        .any(|&(_, _, lock, _)| {
+            // the LOCK it waits on, read racily (its memory stays in the lock table)
+            let tag = unsafe { std::ptr::read_volatile(&(*(lock as *const pg_sys::LOCK)).tag) };
+            locktype_name(&tag)
+                .is_some_and(|t| crate::core::policy::PILE_UP_LOCKTYPES.contains(&t.as_str()))
+        })
 }
 
 /// The name of the wait event `pid` reports now (`pg_stat_activity.wait_event`), if any.

@@ -58,11 +58,17 @@ pub fn collect() -> Inputs {
             s.last_cycle_us,
             s.last_cycle_start,
             s.terminations_by_rule,
-            s.pending_count(),
+            (s.pending_count(), s.audit_lost),
         )
     });
-    let ((up, ready, error_at), cycle_us, cycle_start, by_rule, in_memory) =
-        worker.unwrap_or(((false, false, 0), 0, 0, [0; crate::core::policy::RULES], 0));
+    let ((up, ready, error_at), cycle_us, cycle_start, by_rule, (in_memory, lost)) = worker
+        .unwrap_or((
+            (false, false, 0),
+            0,
+            0,
+            [0; crate::core::policy::RULES],
+            (0, 0),
+        ));
     Inputs {
         oldest_lock_wait_start: wait_starts.iter().copied().filter(|&t| t != 0).min(),
         oldest_xact_start: snap.clients().filter_map(|b| b.xact_start).min(),
@@ -75,6 +81,7 @@ pub fn collect() -> Inputs {
         worker_extension_ready: up && ready,
         worker_can_act: can_act().is_ok(),
         audit_records_in_memory: in_memory,
+        audit_records_lost: lost,
         worker_last_error: (error_at != 0).then_some(error_at),
         worker_last_cycle_seconds: cycle_us as f64 / 1e6,
         worker_last_cycle_start: (cycle_start != 0).then_some(cycle_start),

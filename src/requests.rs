@@ -166,7 +166,7 @@ fn carry_out(
         return (vec![Outcome::NotRecorded; n], Some(c.why), Vec::new());
     }
     let dry_run = req.dry_run || crate::guc::DRY_RUN.get();
-    let report = guard::carry_out(&only, now, &actor, dry_run);
+    let report = guard::carry_out(&only, now, &actor, dry_run, false);
     let mut ended = Vec::new();
     for ((k, t), o) in targets.iter().zip(report.outcomes) {
         outcomes[*k] = o;

@@ -12,6 +12,9 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
 pub const RECENT: usize = 128;
+/// Termination records kept in memory while the audit table cannot be locked, waiting to be
+/// written to it (`Shared::pending`).
+pub const PENDING: usize = 512;
 /// Audit rows awaiting withdrawal (see `Shared::withdraw`): at least one batch of the worker
 /// (`max_terminations_per_cycle` is capped at this) or of a `terminate_idle()` round trip.
 pub const WITHDRAW: usize = 1024;
@@ -73,9 +76,6 @@ pub struct TerminationRecord {
     pub dry_run: bool,
     /// Written to `dbconn_guard.terminations`.
     pub persisted: bool,
-    /// Not written to the table yet because it could not be locked in time (see `guard`):
-    /// the worker writes it there at a later check, and then sets `persisted`.
-    pub pending: bool,
     /// The worker's check that acted (`worker_cycle` of the audit row), -1 for a manual call.
     pub cycle: i64,
     /// Microseconds from the last read of the session's status to the signal; -1 when none
@@ -100,7 +100,6 @@ impl TerminationRecord {
             xact_age_ms: -1,
             dry_run: false,
             persisted: false,
-            pending: false,
             cycle: -1,
             signal_window_us: -1,
             usename: FixedText::empty(),
@@ -170,8 +169,11 @@ pub struct Shared {
     pub policy: FixedText<POLICY_TEXT>,
     /// Records written so far; the ring holds the last `RECENT`.
     pub recent_written: u64,
-    /// Records kept only in memory (`pending`) that were overwritten in the ring before they
-    /// could be written to the table: they are in the server log only.
+    /// Records of sessions ended while the audit table could not be locked in time, waiting
+    /// (oldest first) to be written to it; nothing else writes here, so nothing overwrites them.
+    pub pending_len: u16,
+    pub pending: [TerminationRecord; PENDING],
+    /// Such records that found `pending` full: they are in the server log (and the ring) only.
     pub audit_lost: i64,
     pub recent: [TerminationRecord; RECENT],
 }
@@ -206,44 +208,55 @@ impl Shared {
             last_error: FixedText::empty(),
             policy: FixedText::empty(),
             recent_written: 0,
+            pending_len: 0,
+            pending: [TerminationRecord::empty(); PENDING],
             audit_lost: 0,
             recent: [TerminationRecord::empty(); RECENT],
         }
     }
 
     pub fn push_recent(&mut self, r: TerminationRecord) {
-        let slot = &mut self.recent[(self.recent_written % RECENT as u64) as usize];
-        if self.recent_written >= RECENT as u64 && slot.pending {
-            self.audit_lost += 1;
-        }
-        *slot = r;
+        self.recent[(self.recent_written % RECENT as u64) as usize] = r;
         self.recent_written += 1;
     }
 
-    /// The records waiting to be written to the table, with their sequence numbers in the
-    /// ring (to mark them written, if they are still there then).
-    pub fn pending(&self) -> Vec<(u64, TerminationRecord)> {
-        let n = self.recent_written.min(RECENT as u64);
-        (self.recent_written - n..self.recent_written)
-            .map(|i| (i, self.recent[(i % RECENT as u64) as usize]))
-            .filter(|(_, r)| r.pending)
-            .collect()
+    /// Keeps a record to be written to the table later; `false` (and counted lost) when
+    /// `PENDING` records wait already.
+    pub fn push_pending(&mut self, r: TerminationRecord) -> bool {
+        let n = usize::from(self.pending_len);
+        if n >= PENDING {
+            self.audit_lost += 1;
+            return false;
+        }
+        self.pending[n] = r;
+        self.pending_len += 1;
+        true
     }
 
-    /// Marks the records numbered `seq` written to the table (those still in the ring).
-    pub fn mark_persisted(&mut self, seq: &[u64]) {
-        for &i in seq {
-            if i + RECENT as u64 >= self.recent_written && i < self.recent_written {
-                let r = &mut self.recent[(i % RECENT as u64) as usize];
-                r.pending = false;
-                r.persisted = true;
+    /// The first `n` waiting records were written to the table: off the list, and marked
+    /// persisted in the ring where they still are.
+    pub fn written(&mut self, n: usize) {
+        let len = usize::from(self.pending_len);
+        let n = n.min(len);
+        for k in 0..n {
+            let w = self.pending[k];
+            for r in self.recent.iter_mut() {
+                if !r.persisted
+                    && r.pid == w.pid
+                    && r.at == w.at
+                    && r.backend_start == w.backend_start
+                {
+                    r.persisted = true;
+                }
             }
         }
+        self.pending.copy_within(n..len, 0);
+        self.pending_len = (len - n) as u16;
     }
 
     /// How many records wait to be written to the table.
     pub fn pending_count(&self) -> i64 {
-        self.recent.iter().filter(|r| r.pending).count() as i64
+        i64::from(self.pending_len)
     }
 
     /// The ring's records, oldest first.

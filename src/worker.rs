@@ -581,6 +581,8 @@ fn cycle(state: &mut State) -> Micros {
     let planned = xact::transaction(c"dbconn_guard: checking sessions", || plan(state, &pol));
     let mut error: Option<String>;
     let mut could_not_record = false;
+    // the audit could not be locked in time in this check: no further step waits for it
+    let mut locked_out = false;
     let mut terminated = 0;
     let mut next_deadline = None;
     let mut extension_ready = false;
@@ -608,7 +610,9 @@ fn cycle(state: &mut State) -> Micros {
                     p.judged_at,
                     &Actor::Worker { cycle: cycle_no },
                     guc::DRY_RUN.get(),
+                    locked_out,
                 );
+                locked_out |= report.locked_out;
                 for (t, o) in batch.iter().zip(&report.outcomes) {
                     let acted = match o {
                         Outcome::Terminated { .. } => Some(Acted::Signalled),
@@ -664,17 +668,17 @@ fn cycle(state: &mut State) -> Micros {
         }
     }
     // records kept in memory while the audit table could not be locked: written once it can
-    if extension_ready && guard::records_pending() {
+    if extension_ready && !locked_out && guard::records_pending() {
         if let Err(e) = guard::write_pending() {
             warning!("dbconn_guard worker: the records kept in memory are not written to dbconn_guard.terminations yet (retrying at the next check): {e}");
         }
     }
-    if extension_ready && guard::withdrawals_queued() {
+    if extension_ready && !locked_out && guard::withdrawals_queued() {
         if let Err(e) = guard::withdraw_queued() {
             error.get_or_insert(format!("withdrawing audit rows: {e}"));
         }
     }
-    if extension_ready && purge_due(state, now()) {
+    if extension_ready && !locked_out && purge_due(state, now()) {
         if let Err(f) = xact::writing_transaction(c"dbconn_guard: purging old audit rows", || {
             purge_audit(state, now())
         }) {

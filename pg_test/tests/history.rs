@@ -196,15 +196,38 @@ fn a_time_range_returns_exactly_the_samples_the_views_hold_in_it() {
     // ranges by the samples' own times: all, the whole span, one sample, the inner ones, none
     let ranges = [
         ("'-infinity'", "'infinity'", true),
-        ("(SELECT min(time) FROM dbconn_guard.history)", "(SELECT max(time) FROM dbconn_guard.history)", true),
-        ("(SELECT max(time) FROM dbconn_guard.history)", "(SELECT max(time) FROM dbconn_guard.history)", true),
-        ("(SELECT min(time) + interval '1 microsecond' FROM dbconn_guard.history)", "(SELECT max(time) - interval '1 microsecond' FROM dbconn_guard.history)", true),
+        (
+            "(SELECT min(time) FROM dbconn_guard.history)",
+            "(SELECT max(time) FROM dbconn_guard.history)",
+            true,
+        ),
+        (
+            "(SELECT max(time) FROM dbconn_guard.history)",
+            "(SELECT max(time) FROM dbconn_guard.history)",
+            true,
+        ),
+        (
+            "(SELECT min(time) + interval '1 microsecond' FROM dbconn_guard.history)",
+            "(SELECT max(time) - interval '1 microsecond' FROM dbconn_guard.history)",
+            true,
+        ),
         ("now() + interval '1 day'", "'infinity'", false),
-        ("'-infinity'", "(SELECT min(time) - interval '1 second' FROM dbconn_guard.history)", false),
-        ("(SELECT max(time) FROM dbconn_guard.history)", "(SELECT min(time) FROM dbconn_guard.history)", false),
+        (
+            "'-infinity'",
+            "(SELECT min(time) - interval '1 second' FROM dbconn_guard.history)",
+            false,
+        ),
+        (
+            "(SELECT max(time) FROM dbconn_guard.history)",
+            "(SELECT min(time) FROM dbconn_guard.history)",
+            false,
+        ),
     ];
     for (since, until, some) in ranges {
-        for (view, f) in [("history", "history_between"), ("history_by_group", "history_by_group_between")] {
+        for (view, f) in [
+            ("history", "history_between"),
+            ("history_by_group", "history_by_group_between"),
+        ] {
             let r = a
                 .query_one(
                     &format!(
@@ -219,12 +242,18 @@ fn a_time_range_returns_exactly_the_samples_the_views_hold_in_it() {
                 )
                 .unwrap();
             let (n, same): (i64, bool) = (r.get(0), r.get(1));
-            assert!(same, "{f}({since}, {until}) differs from {view} in that range");
+            assert!(
+                same,
+                "{f}({since}, {until}) differs from {view} in that range"
+            );
             assert_eq!(n > 0, some, "{f}({since}, {until}): {n} rows");
         }
     }
     let none: i64 = a
-        .query_one("SELECT count(*) FROM dbconn_guard.history_between(NULL)", &[])
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.history_between(NULL)",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(none, 0, "a NULL bound: no rows (the function is strict)");
@@ -259,11 +288,18 @@ fn the_history_is_for_monitoring_roles_only() {
         let e = plain
             .query(&format!("SELECT * FROM dbconn_guard.{f}('-infinity')"), &[])
             .expect_err("nor the range functions");
-        assert!(db_error(&e).contains("permission denied"), "{}", db_error(&e));
+        assert!(
+            db_error(&e).contains("permission denied"),
+            "{}",
+            db_error(&e)
+        );
     }
     let mut mon = connect_as("it_h_monitor", "it_h_monitor");
-    mon.query("SELECT * FROM dbconn_guard.history_by_group_between(now() - interval '1 hour', now())", &[])
-        .unwrap();
+    mon.query(
+        "SELECT * FROM dbconn_guard.history_by_group_between(now() - interval '1 hour', now())",
+        &[],
+    )
+    .unwrap();
     let n: i64 = mon
         .query_one("SELECT count(*) FROM dbconn_guard.history", &[])
         .unwrap()

@@ -181,6 +181,27 @@ fn a_refused_setting_in_the_configuration_file_stops_the_guard_until_it_is_fixed
         err.contains("dbconn_guard.exclude_applications") && err.contains("ends no session"),
         "{err}"
     );
+    // the error's text names the file and line: only for pg_read_all_settings and the
+    // guard's admins, as pg_settings does
+    su.batch_execute("CREATE ROLE it_r_plain LOGIN").unwrap();
+    let mut plain = cluster.connect("it_r_plain", "postgres", "it_r_plain");
+    let shown: String = plain
+        .query_one("SELECT last_error FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        shown.starts_with("(hidden") && !shown.contains("postgresql.conf"),
+        "{shown}"
+    );
+    let leaked: i64 = plain
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.diagnose() WHERE evidence LIKE '%postgresql.conf%' OR finding LIKE '%postgresql.conf%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "diagnose() showed a plain role the file");
+    assert!(err.contains("postgresql.conf"), "the admin sees it: {err}");
     // terminate_idle() obeys the same gate: refused, nothing ended
     let e = su
         .query("SELECT * FROM dbconn_guard.terminate_idle('0')", &[])

@@ -114,7 +114,10 @@ fn a_locked_audit_table_stalls_no_check_and_the_record_waits_in_memory() {
     );
     let rows = audit(&mut a, victim);
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0].0.as_str(), rows[0].1, rows[0].2.as_str()), ("idle_in_transaction_timeout", false, "worker"));
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1, rows[0].2.as_str()),
+        ("idle_in_transaction_timeout", false, "worker")
+    );
     let persisted: bool = a
         .query_one(
             "SELECT persisted FROM dbconn_guard.recent_terminations() WHERE pid = $1",

@@ -91,6 +91,13 @@ fn an_update_from_0_1_0_matches_a_fresh_install_and_keeps_guarding() {
            FROM dbconn_guard.terminations_id_seq",
     )
     .unwrap();
+    // and one at the very end of the id range: the sequence does not move there (every later
+    // record would then fail with the sequence exhausted)
+    su.batch_execute(
+        "INSERT INTO dbconn_guard.terminations (id, pid, state, state_age_seconds, rule, dry_run, actor) \
+         VALUES (9223372036854775807, -1, 'idle', 1, 'manual', true, 'it_before_update')",
+    )
+    .unwrap();
 
     // between the restart onto the new library and the update, everything answers
     query_every_0_1_0_view(&mut su, "0.1.0 objects on the new library");
@@ -132,7 +139,7 @@ fn an_update_from_0_1_0_matches_a_fresh_install_and_keeps_guarding() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(rows, 3, "the audit rows from before the update survived");
+    assert_eq!(rows, 4, "the audit rows from before the update survived");
 
     // exactly what a fresh install makes
     su.batch_execute("CREATE DATABASE fresh").unwrap();

@@ -247,16 +247,17 @@ pub struct Root {
 ///
 /// * Only counted waits make edges: a wait that does not count (on an advisory lock, on a
 ///   virtual transaction id) neither holds anyone up nor carries the pile-up through.
-/// * A root waits for no lock at all, counted or not, and neither does any member of its lock
-///   group: a session that waits is held up itself, not the root of anything.
+/// * A root waits for no counted lock, and neither does any member of its lock group: a
+///   session held up in a pile-up is not its root. One that waits only on an uncounted lock (an
+///   advisory lock, an older snapshot) while holding up others is the root of what it holds up.
 /// * A parallel group is one session: its waiting members count once, under their leader's pid,
 ///   with the group's oldest wait.
 ///
 /// Pids in lock cycles have no root and are left out (the deadlock detector breaks them).
 pub fn roots(waits: &[LockWait], counts: impl Fn(&LockWait) -> bool) -> Vec<Root> {
     let counted: Vec<LockWait> = waits.iter().filter(|w| counts(w)).cloned().collect();
-    // every session that waits for any lock, by the pid its blockers are named by
-    let waiting: std::collections::HashSet<i32> = waits
+    // every session that waits for a counted lock, by the pid its blockers are named by
+    let waiting: std::collections::HashSet<i32> = counted
         .iter()
         .flat_map(|w| [w.pid, w.session_pid()])
         .collect();
@@ -521,12 +522,19 @@ mod tests {
                 },
             ]
         );
-        // a wait left uncounted makes no edge, and its waiter (which waits) is no root
+        // a wait left uncounted makes no edge: the one it waits for holds up nobody, and the
+        // waiter is the root of what it holds up
         let mut adv = w(20, &[10]);
         adv.locktype = Some("advisory".into());
         let behind = w(30, &[20]);
         let counts = |w: &LockWait| w.locktype.as_deref() != Some("advisory");
-        assert_eq!(roots(&[adv.clone(), behind], counts), vec![]);
+        assert_eq!(
+            roots(&[adv.clone(), behind], counts),
+            vec![Root {
+                pid: 20,
+                wait_starts: vec![None]
+            }]
+        );
         // nor is it counted against the one it waits for
         let mut direct = w(40, &[10]);
         direct.wait_start = Some(7);
@@ -565,11 +573,27 @@ mod tests {
                 wait_starts: vec![Some(40), Some(50)]
             }]
         );
-        // a root whose parallel worker waits (on anything) waits itself: no root
+        // a root whose parallel worker waits on a counted lock waits itself: no root
         let mut worker_waits = w(11, &[99]);
         worker_waits.leader_pid = 10;
+        // (99 is the root of session 10, which its worker 11 waits for)
+        assert_eq!(
+            roots(&[w(30, &[10]), worker_waits.clone()], |_| true),
+            vec![Root {
+                pid: 99,
+                wait_starts: vec![None]
+            }]
+        );
+        // on an uncounted one (an advisory lock, an older snapshot): still the root of what
+        // it holds up
         worker_waits.locktype = Some("virtualxid".into());
         let counts = |w: &LockWait| w.locktype.as_deref() != Some("virtualxid");
-        assert_eq!(roots(&[w(30, &[10]), worker_waits], counts), vec![]);
+        assert_eq!(
+            roots(&[w(30, &[10]), worker_waits], counts),
+            vec![Root {
+                pid: 10,
+                wait_starts: vec![None]
+            }]
+        );
     }
 }

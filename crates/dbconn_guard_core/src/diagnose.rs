@@ -3366,7 +3366,11 @@ mod tests {
         let fs = diagnose(&i);
         let m = one(&fs, "memory");
         assert!(!action(m).contains("max_connections"), "{}", action(m));
-        assert!(action(m).starts_with("ALTER SYSTEM SET work_mem"), "{}", action(m));
+        assert!(
+            action(m).starts_with("ALTER SYSTEM SET work_mem"),
+            "{}",
+            action(m)
+        );
         // every slot used: work_mem instead
         let mut i = with(n_clients(95, "active"));
         i.server.work_mem = Some(64 * MB);
@@ -3477,7 +3481,10 @@ mod tests {
         let a = action(p);
         assert!(!a.contains("=0'"), "{a}");
         assert!(!a.contains("user:*"), "{a}");
-        assert!(a.starts_with("SHOW dbconn_guard.idle_timeout_overrides;"), "{a}");
+        assert!(
+            a.starts_with("SHOW dbconn_guard.idle_timeout_overrides;"),
+            "{a}"
+        );
     }
 
     #[test]

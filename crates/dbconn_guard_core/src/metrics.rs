@@ -45,6 +45,8 @@ pub struct Inputs {
     /// Termination records kept in shared memory because the audit table could not be locked
     /// in time, not yet written to it.
     pub audit_records_in_memory: i64,
+    /// Such records that found no room to wait: in the server log (and the ring) only.
+    pub audit_records_lost: i64,
     pub worker_last_error: Option<Micros>,
     pub worker_last_cycle_seconds: f64,
     pub worker_last_cycle_start: Option<Micros>,
@@ -283,6 +285,13 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             "Termination records kept in shared memory (and the server log) because dbconn_guard.terminations could not be locked in time; written to it once it can be",
             one(i.audit_records_in_memory as f64),
         ),
+        FamilyDef {
+            name: "audit_records_lost",
+            unit: None,
+            kind: Kind::Counter,
+            help: "Termination records that found no room in shared memory while dbconn_guard.terminations could not be locked: in the server log (and recent_terminations()) only, never in the table",
+            samples: vec![(Vec::new(), i.audit_records_lost.max(0) as f64)],
+        },
         gauge(
             "worker_last_cycle_duration",
             Some("seconds"),

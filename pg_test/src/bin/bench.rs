@@ -815,7 +815,10 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
         )
         .unwrap()
         .get(0);
-    assert!(same_hour, "history_by_group_between() returns the hour's rows");
+    assert!(
+        same_hour,
+        "history_by_group_between() returns the hour's rows"
+    );
     set(a, &[("dbconn_guard.test_fill_history", "0")]);
 
     // (d) the reaction, without sampling, and with a sample every second and a scrape every 200 ms
