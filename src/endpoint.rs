@@ -7,12 +7,15 @@
 //! an exporter that must log in goes blind. It is attached to no database (only the shared
 //! catalogs, for role and database names).
 //!
-//! One process, one thread, one request at a time, driven by PostgreSQL's latch: every wait
-//! (for a connection, for a request's bytes, for the socket to take the response) is a
-//! `WaitLatchOrSocket` bounded by the request's deadline, so SIGTERM (PostgreSQL's `die`) and
-//! reloads are seen at once, and a slow or hostile client holds the endpoint for at most
-//! `READ_DEADLINE` to send its request and `REQUEST_DEADLINE` in all — never the guard's worker, which is another process. Requests are parsed
-//! by `httparse`; the request head may take at most `MAX_REQUEST` bytes. No query text is ever
+//! One process, one thread, many connections at once, driven by PostgreSQL's wait events: one
+//! `WaitEventSet` over its latch, postmaster death, the listening socket and every client, so
+//! SIGTERM (PostgreSQL's `die`) and reloads are seen at once, and no client waits for another.
+//! At most `MAX_CONNECTIONS` are served at once: a newcomer beyond that takes the place of the
+//! oldest one still sending its request, so clients that connect and send nothing cannot keep
+//! Prometheus out. Every connection has `READ_DEADLINE` to send its request and
+//! `REQUEST_DEADLINE` in all; the guard's worker is another process, which none of this
+//! touches. Requests are parsed by `httparse`; the request head may take at most
+//! `MAX_REQUEST` bytes. No query text is ever
 //! exposed, and there is no authentication: bind it to loopback, or to an address only the
 //! Prometheus server can reach.
 
@@ -28,10 +31,12 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 pub const BACKEND_TYPE: &str = "dbconn_guard metrics";
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 100;
 /// The most time one request may take, from accept to the last byte written.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// The most time a client has to send its request head (Prometheus sends it at once): a
-/// client that connects and sends nothing holds the endpoint this long.
+/// client that connects and sends nothing holds a place this long.
 const READ_DEADLINE: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -114,24 +119,6 @@ fn interrupts() {
     .execute();
 }
 
-/// Waits for `events` on `fd` (or the latch, or `timeout`); returns whether the socket is ready.
-fn wait_socket(fd: i32, events: u32, timeout: Duration) -> bool {
-    let ms = timeout.as_millis().clamp(1, 60_000) as std::ffi::c_long;
-    let rc = unsafe {
-        pg_sys::WaitLatchOrSocket(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH | events)
-                as i32,
-            fd,
-            ms,
-            pg_sys::PG_WAIT_EXTENSION,
-        )
-    };
-    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-    interrupts();
-    rc & (events as i32) != 0
-}
-
 fn sleep(d: Duration) {
     let until = Instant::now() + d;
     while let Some(left) = until.checked_duration_since(Instant::now()) {
@@ -151,147 +138,316 @@ fn sleep(d: Duration) {
     }
 }
 
-/// Accepts and answers connections one at a time, for as long as the listener works.
+/// One client connection: its request as read so far, then its response as sent so far.
+struct Conn {
+    stream: TcpStream,
+    accepted: Instant,
+    buf: Vec<u8>,
+    /// The response, and how much of it the client took; `None` while the request is read.
+    out: Option<(Vec<u8>, usize)>,
+}
+
+/// Whether a connection stays open after a step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Keep,
+    Close,
+}
+
+impl Conn {
+    /// Reads what the client sent; once the request is whole, answers it.
+    fn read(&mut self) -> Step {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Step::Close, // closed before a whole request came
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    let r = if self.buf.len() > MAX_REQUEST {
+                        Some(Route::TooLarge)
+                    } else {
+                        route(&self.buf)
+                    };
+                    if let Some(r) = r {
+                        self.out = Some((answer(r), 0));
+                        return self.write();
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+
+    /// Writes as much of the response as the client takes now; closes once it is all sent.
+    fn write(&mut self) -> Step {
+        let Some((data, sent)) = &mut self.out else {
+            return Step::Keep;
+        };
+        while *sent < data.len() {
+            match self.stream.write(&data[*sent..]) {
+                Ok(0) => return Step::Close,
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        Step::Close
+    }
+
+    /// When this connection's current deadline passes.
+    fn deadline(&self) -> Instant {
+        if self.out.is_none() {
+            self.accepted + READ_DEADLINE
+        } else {
+            self.accepted + REQUEST_DEADLINE
+        }
+    }
+
+    /// At `now`: a request not sent in time is answered 408; a response not taken in time is
+    /// dropped.
+    fn expire(&mut self, now: Instant) -> Step {
+        if now >= self.accepted + REQUEST_DEADLINE {
+            return Step::Close;
+        }
+        if self.out.is_none() && now >= self.accepted + READ_DEADLINE {
+            self.out = Some((
+                response(408, "Request Timeout", "text/plain", b"request timeout\n"),
+                0,
+            ));
+            return self.write();
+        }
+        Step::Keep
+    }
+}
+
+/// What one wait saw: the listener has a connection to accept, and which connections (by
+/// index) can be read or written.
+struct Ready {
+    listener: bool,
+    conns: Vec<usize>,
+}
+
+/// Waits, at most `timeout`, for the latch, the listener (while there is room) and every
+/// connection (to read its request or to write its response), in one `WaitEventSet`.
+fn wait_all(listener: i32, conns: &[Conn], room: bool, timeout: Duration) -> Ready {
+    let n = conns.len() + 3;
+    let mut ready = Ready {
+        listener: false,
+        conns: Vec::new(),
+    };
+    let ms = timeout.as_millis().clamp(1, 60_000) as std::ffi::c_long;
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        let set = pg_sys::CreateWaitEventSet(pg_sys::CurrentMemoryContext, n as i32);
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+        let set = pg_sys::CreateWaitEventSet(std::ptr::null_mut(), n as i32);
+        let none = std::ptr::null_mut();
+        pg_sys::AddWaitEventToSet(
+            set,
+            pg_sys::WL_LATCH_SET,
+            pg_sys::PGINVALID_SOCKET,
+            pg_sys::MyLatch,
+            none,
+        );
+        pg_sys::AddWaitEventToSet(
+            set,
+            pg_sys::WL_EXIT_ON_PM_DEATH,
+            pg_sys::PGINVALID_SOCKET,
+            std::ptr::null_mut(),
+            none,
+        );
+        if room {
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_SOCKET_READABLE,
+                listener,
+                std::ptr::null_mut(),
+                usize::MAX as *mut std::ffi::c_void,
+            );
+        }
+        for (i, c) in conns.iter().enumerate() {
+            let events = if c.out.is_some() {
+                pg_sys::WL_SOCKET_WRITEABLE
+            } else {
+                pg_sys::WL_SOCKET_READABLE
+            };
+            pg_sys::AddWaitEventToSet(
+                set,
+                events,
+                c.stream.as_raw_fd(),
+                std::ptr::null_mut(),
+                i as *mut std::ffi::c_void,
+            );
+        }
+        let mut occurred = vec![pg_sys::WaitEvent::default(); n];
+        let got = pg_sys::WaitEventSetWait(
+            set,
+            ms,
+            occurred.as_mut_ptr(),
+            n as i32,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::FreeWaitEventSet(set);
+        for e in occurred.iter().take(got.max(0) as usize) {
+            if e.events & pg_sys::WL_LATCH_SET != 0 {
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            } else if e.user_data as usize == usize::MAX {
+                ready.listener = true;
+            } else if e.events & (pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE) != 0 {
+                ready.conns.push(e.user_data as usize);
+            }
+        }
+    }
+    interrupts();
+    ready
+}
+
+/// Serves every connection at once, for as long as the listener works.
 fn serve(listener: &TcpListener) -> Result<(), String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
     let fd = listener.as_raw_fd();
+    let mut conns: Vec<Conn> = Vec::new();
     loop {
-        wait_socket(fd, pg_sys::WL_SOCKET_READABLE, Duration::from_secs(10));
-        loop {
-            match listener.accept() {
-                Ok((stream, _peer)) => {
-                    // a steady stream of requests never waits: act on SIGTERM and reloads
-                    // between two of them
-                    interrupts();
-                    answer(stream)
+        let now = Instant::now();
+        conns.retain_mut(|c| c.expire(now) == Step::Keep);
+        let timeout = conns
+            .iter()
+            .map(|c| c.deadline().saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(10));
+        // while every place holds a connection being answered, newcomers wait in the backlog
+        let room = conns.len() < MAX_CONNECTIONS || conns.iter().any(|c| c.out.is_none());
+        let ready = wait_all(fd, &conns, room, timeout);
+        let mut closed = vec![false; conns.len()];
+        for i in ready.conns {
+            let Some(c) = conns.get_mut(i) else {
+                continue;
+            };
+            let step = if c.out.is_some() { c.write() } else { c.read() };
+            closed[i] = step == Step::Close;
+        }
+        let mut k = 0;
+        conns.retain(|_| {
+            k += 1;
+            !closed[k - 1]
+        });
+        if ready.listener {
+            accept_all(listener, &mut conns)?;
+        }
+    }
+}
+
+/// Accepts every connection waiting; beyond `MAX_CONNECTIONS`, each newcomer takes the place of
+/// the oldest connection still sending its request.
+fn accept_all(listener: &TcpListener, conns: &mut Vec<Conn>) -> Result<(), String> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _peer)) => {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // a client that went away before it was accepted, or out of descriptors for a
-                // moment: not a reason to close the listener
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    continue
+                if conns.len() >= MAX_CONNECTIONS {
+                    match conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.out.is_none())
+                        .min_by_key(|(_, c)| c.accepted)
+                        .map(|(i, _)| i)
+                    {
+                        Some(i) => drop(conns.swap_remove(i)),
+                        None => {
+                            // every place holds a response being sent: refuse
+                            let mut c = Conn {
+                                stream,
+                                accepted: Instant::now(),
+                                buf: Vec::new(),
+                                out: Some((
+                                    response(
+                                        503,
+                                        "Service Unavailable",
+                                        "text/plain",
+                                        b"too many connections\n",
+                                    ),
+                                    0,
+                                )),
+                            };
+                            let _ = c.write();
+                            continue;
+                        }
+                    }
                 }
-                Err(e) => {
-                    warning!("dbconn_guard metrics: accept: {e}; pausing a second");
-                    sleep(Duration::from_secs(1));
-                    break;
+                let mut c = Conn {
+                    stream,
+                    accepted: Instant::now(),
+                    buf: Vec::with_capacity(1024),
+                    out: None,
+                };
+                // Prometheus sends its request with the connection: answered at once
+                if c.read() == Step::Keep {
+                    conns.push(c);
                 }
+                // a steady stream of connections never waits: act on SIGTERM and reloads
+                interrupts();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // a client that went away before it was accepted: not a reason to stop
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                // out of descriptors for a moment: pause, keep the listener
+                warning!("dbconn_guard metrics: accept: {e}; pausing a second");
+                sleep(Duration::from_secs(1));
+                return Ok(());
             }
         }
     }
 }
 
-/// Reads one request (bounded in size and time), answers it, closes the connection.
-fn answer(mut stream: TcpStream) {
-    let accepted = Instant::now();
-    let deadline = accepted + REQUEST_DEADLINE;
-    let read_deadline = accepted + READ_DEADLINE;
-    if stream.set_nonblocking(true).is_err() {
-        return;
-    }
-    let fd = stream.as_raw_fd();
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let route = loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => return, // closed before a whole request came
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > MAX_REQUEST {
-                    break Route::TooLarge;
-                }
-                if let Some(r) = route(&buf) {
-                    break r;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let Some(left) = read_deadline.checked_duration_since(Instant::now()) else {
-                    respond(
-                        &mut stream,
-                        deadline,
-                        408,
-                        "Request Timeout",
-                        "text/plain",
-                        b"request timeout\n",
-                    );
-                    return;
-                };
-                wait_socket(fd, pg_sys::WL_SOCKET_READABLE, left);
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    };
+/// The response to a whole request.
+fn answer(route: Route) -> Vec<u8> {
     match route {
         Route::Metrics => match xact::transaction(c"dbconn_guard: serving /metrics", || {
             core_metrics::exposition(&metrics::collect())
         }) {
-            Ok(text) => respond(
-                &mut stream,
-                deadline,
-                200,
-                "OK",
-                OPENMETRICS,
-                text.as_bytes(),
-            ),
+            Ok(text) => response(200, "OK", OPENMETRICS, text.as_bytes()),
             Err(f) => {
                 warning!("dbconn_guard metrics: could not read the metrics: {f}");
-                respond(
-                    &mut stream,
-                    deadline,
+                response(
                     500,
                     "Internal Server Error",
                     "text/plain",
                     b"could not read the metrics: see the server log\n",
-                );
+                )
             }
         },
         Route::Health => match metrics::can_act() {
-            Ok(()) => respond(&mut stream, deadline, 200, "OK", "text/plain", b"ok\n"),
-            Err(why) => respond(
-                &mut stream,
-                deadline,
+            Ok(()) => response(200, "OK", "text/plain", b"ok\n"),
+            Err(why) => response(
                 503,
                 "Service Unavailable",
                 "text/plain",
                 format!("{why}\n").as_bytes(),
             ),
         },
-        Route::NotFound => respond(
-            &mut stream,
-            deadline,
+        Route::NotFound => response(
             404,
             "Not Found",
             "text/plain",
             b"not found: try /metrics or /healthz\n",
         ),
-        Route::MethodNotAllowed => respond(
-            &mut stream,
-            deadline,
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            b"only GET\n",
-        ),
-        Route::BadRequest => respond(
-            &mut stream,
-            deadline,
-            400,
-            "Bad Request",
-            "text/plain",
-            b"bad request\n",
-        ),
-        Route::TooLarge => respond(
-            &mut stream,
-            deadline,
+        Route::MethodNotAllowed => response(405, "Method Not Allowed", "text/plain", b"only GET\n"),
+        Route::BadRequest => response(400, "Bad Request", "text/plain", b"bad request\n"),
+        Route::TooLarge => response(
             431,
             "Request Header Fields Too Large",
             "text/plain",
@@ -300,15 +456,8 @@ fn answer(mut stream: TcpStream) {
     }
 }
 
-/// Writes the response (as much as the client takes before the deadline) and closes.
-fn respond(
-    stream: &mut TcpStream,
-    deadline: Instant,
-    code: u16,
-    reason: &str,
-    content_type: &str,
-    body: &[u8],
-) {
+/// An HTTP/1.1 response that closes the connection.
+fn response(code: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
         body.len()
@@ -319,21 +468,5 @@ fn respond(
     out.push_str("\r\n");
     let mut data = out.into_bytes();
     data.extend_from_slice(body);
-    let fd = stream.as_raw_fd();
-    let mut sent = 0;
-    while sent < data.len() {
-        match stream.write(&data[sent..]) {
-            Ok(0) => return,
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    return;
-                };
-                wait_socket(fd, pg_sys::WL_SOCKET_WRITEABLE, left);
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    data
 }

@@ -500,7 +500,7 @@ fn the_owner_of_the_guards_database_cannot_switch_the_guard_off() {
             &mut su_app,
             "SELECT count(*) FROM dbconn_guard.terminations WHERE actor = 'worker'"
         ),
-        2,
+        3,
         "the audit is whole"
     );
 }

@@ -155,6 +155,28 @@ fn bad_slow_and_wrong_requests_get_their_status_and_nothing_else_happens() {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert!(cycles(&mut su) > before, "the worker kept checking");
 
+    // many clients that connect and send nothing (more than the endpoint serves at once): a
+    // scrape is answered while they still wait for their deadline, not after them
+    let silent: Vec<std::net::TcpStream> = (0..120)
+        .map(|_| std::net::TcpStream::connect(&endpoint).unwrap())
+        .collect();
+    let (code, body) = http_get(&endpoint, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    let waiting = silent
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert!(
+        waiting >= 60,
+        "the scrape was answered after {} of 120 silent clients",
+        120 - waiting
+    );
+    drop(silent);
+
     // a wait for a lock on a shared catalog: the endpoint, attached to no database, cannot read
     // pg_class and must not try to name the relation (PostgreSQL would end it)
     let endpoint_pid = |c: &mut postgres::Client| -> i32 {

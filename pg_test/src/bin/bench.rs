@@ -722,6 +722,66 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
         assert_eq!(code, 200, "{body}");
         assert!(body.ends_with("# EOF\n"));
     }
+    // the same scrapes while 64 clients connect and send nothing (each reconnecting once the
+    // endpoint cuts it off) and 16 send a byte every 0.3 s
+    let loaded = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut pests = Vec::new();
+        for k in 0..80 {
+            let (endpoint, stop) = (endpoint.clone(), stop.clone());
+            pests.push(thread::spawn(move || {
+                use std::io::{Read, Write};
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = std::net::TcpStream::connect(&endpoint) else {
+                        thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    s.set_read_timeout(Some(Duration::from_millis(300)))
+                        .unwrap();
+                    let mut b = [0u8; 256];
+                    let mut sent = 0;
+                    // silent: wait for the cut; slow: a byte of a request each 0.3 s
+                    loop {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        if k >= 64 {
+                            let req = b"GET /metrics HTTP/1.1\r\n";
+                            if s.write_all(&req[sent % req.len()..sent % req.len() + 1])
+                                .is_err()
+                            {
+                                break;
+                            }
+                            sent += 1;
+                        }
+                        match s.read(&mut b) {
+                            Ok(_) => break,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }));
+        }
+        thread::sleep(Duration::from_millis(700));
+        let mut lat = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let (code, body) = http_get(&endpoint, "/metrics");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(code, 200, "{body}");
+            thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for p in pests {
+            let _ = p.join();
+        }
+        lat
+    };
     let sql_ms = time_query(a, "SELECT count(*) FROM dbconn_guard.metrics()", runs);
     let port: u16 = std::env::var("DBCONN_GUARD_TEST_PORT")
         .unwrap()
@@ -895,6 +955,7 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
          | the same check taking a sample | {sampling_cpu:.3} ms |\n\
          | **one sample adds** (target ≤ 0.3 ms) | **{sample_ms:.3} ms** |\n\
          | `GET /metrics` at {n} sessions, median / p99 (target ≤ 5 ms) | **{:.2} / {:.2} ms** |\n\
+         | the same with 64 silent and 16 slow clients connected, median / p99 (target: within 2× of the above) | **{:.2} / {:.2} ms** ({:.1}× / {:.1}×) |\n\
          | `SELECT count(*) FROM dbconn_guard.metrics()`, median | {sql_ms:.2} ms |\n\
          | postgres_exporter scrape (default metrics + queries.yaml), median | {:.1} ms ({:.0}× the endpoint) |\n\
          | `SELECT * FROM dbconn_guard.history`: {rows} samples (24 h at 10s), median (target ≤ 20 ms) | **{hist_ms:.2} ms** |\n\
@@ -908,6 +969,10 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
          | every slot taken: `GET /metrics` | {code}, `dbconn_guard_utilization_ratio 1`, {full_ms:.2} ms |\n",
         pct(ep.clone(), 0.5),
         pct(ep.clone(), 0.99),
+        pct(loaded.clone(), 0.5),
+        pct(loaded.clone(), 0.99),
+        pct(loaded.clone(), 0.5) / pct(ep.clone(), 0.5).max(0.001),
+        pct(loaded.clone(), 0.99) / pct(ep.clone(), 0.99).max(0.001),
         median(ex.clone()),
         median(ex.clone()) / pct(ep.clone(), 0.5).max(0.001),
         pct(quiet_lat.clone(), 0.5),
