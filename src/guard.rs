@@ -550,21 +550,21 @@ pub fn carry_out(
                         pid: t.backend.pid,
                     }]);
                 }
-                if held.is_some() {
-                    if outcomes[i].ended() {
-                        log_outcome(t, outcomes[i], judged_at, &label, dry_run);
-                        remember(
-                            t,
-                            outcomes[i],
-                            judged_at,
-                            &label,
-                            dry_run,
-                            false,
-                            in_memory[i],
-                            actor.cycle(),
-                        );
-                        told[i] = true;
-                    }
+                // its LOG line and ring entry at once, not after the batch (with interrupts
+                // still held for a record kept in memory only)
+                if outcomes[i].ended() {
+                    log_outcome(t, outcomes[i], judged_at, &label, dry_run);
+                    remember(
+                        t,
+                        outcomes[i],
+                        judged_at,
+                        &label,
+                        dry_run,
+                        persisted && !in_memory[i],
+                        in_memory[i],
+                        actor.cycle(),
+                    );
+                    told[i] = true;
                 }
                 drop(held);
             }

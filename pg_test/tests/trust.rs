@@ -330,6 +330,13 @@ fn a_session_that_runs_a_query_after_it_was_recorded_is_spared_at_the_last_look(
     // left alone through the delay, it is ended, with the window measured
     wait_gone(&mut a, victim, Duration::from_secs(15));
     assert_eq!(audit(&mut a, victim).len(), 1);
+    wait_until(
+        &mut a,
+        &format!(
+            "SELECT count(*) = 1 FROM dbconn_guard.recent_terminations() WHERE pid = {victim}"
+        ),
+        Duration::from_secs(5),
+    );
     let window: Option<i64> = a
         .query_one(
             "SELECT signal_window_us FROM dbconn_guard.recent_terminations() WHERE pid = $1",
