@@ -11,8 +11,8 @@
 //! `WaitEventSet` over its latch, postmaster death, the listening socket and every client, so
 //! SIGTERM (PostgreSQL's `die`) and reloads are seen at once, and no client waits for another.
 //! At most `MAX_CONNECTIONS` are served at once: a newcomer beyond that takes the place of the
-//! oldest one still sending its request, so clients that connect and send nothing cannot keep
-//! Prometheus out. Every connection has `READ_DEADLINE` to send its request and
+//! oldest one that has been sending its request for `EVICTABLE_AFTER`, so clients that connect
+//! and send nothing cannot keep Prometheus (which sends its request with its connection) out. Every connection has `READ_DEADLINE` to send its request and
 //! `REQUEST_DEADLINE` in all; the guard's worker is another process, which none of this
 //! touches. Requests are parsed by `httparse`; the request head may take at most
 //! `MAX_REQUEST` bytes. No query text is ever
@@ -343,44 +343,24 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
     }
 }
 
-/// Accepts every connection waiting; beyond `MAX_CONNECTIONS`, each newcomer takes the place of
-/// the oldest connection still sending its request.
+/// Connections accepted in one go: a flood of them cannot hold up the connections already
+/// served, nor their deadlines.
+const ACCEPTS_PER_WAKEUP: usize = 32;
+/// A connection still sending its request after this long may give its place to a newcomer
+/// when every place is taken (a client that sends its request at once, as Prometheus does,
+/// is answered well within it).
+const EVICTABLE_AFTER: Duration = Duration::from_millis(50);
+
+/// Accepts the connections waiting (at most `ACCEPTS_PER_WAKEUP`), reading what each sent
+/// with its connection; beyond `MAX_CONNECTIONS`, a newcomer still sending its request takes
+/// the place of the oldest connection that has been sending its own for `EVICTABLE_AFTER`,
+/// and is answered 503 when there is none.
 fn accept_all(listener: &TcpListener, conns: &mut Vec<Conn>) -> Result<(), String> {
-    loop {
+    for _ in 0..ACCEPTS_PER_WAKEUP {
         match listener.accept() {
             Ok((stream, _peer)) => {
                 if stream.set_nonblocking(true).is_err() {
                     continue;
-                }
-                if conns.len() >= MAX_CONNECTIONS {
-                    match conns
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| c.out.is_none())
-                        .min_by_key(|(_, c)| c.accepted)
-                        .map(|(i, _)| i)
-                    {
-                        Some(i) => drop(conns.swap_remove(i)),
-                        None => {
-                            // every place holds a response being sent: refuse
-                            let mut c = Conn {
-                                stream,
-                                accepted: Instant::now(),
-                                buf: Vec::new(),
-                                out: Some((
-                                    response(
-                                        503,
-                                        "Service Unavailable",
-                                        "text/plain",
-                                        b"too many connections\n",
-                                    ),
-                                    0,
-                                )),
-                            };
-                            let _ = c.write();
-                            continue;
-                        }
-                    }
                 }
                 let mut c = Conn {
                     stream,
@@ -388,8 +368,38 @@ fn accept_all(listener: &TcpListener, conns: &mut Vec<Conn>) -> Result<(), Strin
                     buf: Vec::with_capacity(1024),
                     out: None,
                 };
-                // Prometheus sends its request with the connection: answered at once
-                if c.read() == Step::Keep {
+                // a request sent with the connection is answered at once
+                if c.read() == Step::Close {
+                    continue;
+                }
+                if conns.len() >= MAX_CONNECTIONS {
+                    let now = Instant::now();
+                    let oldest = conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, o)| {
+                            o.out.is_none() && now.duration_since(o.accepted) >= EVICTABLE_AFTER
+                        })
+                        .min_by_key(|(_, o)| o.accepted)
+                        .map(|(i, _)| i);
+                    match oldest {
+                        Some(i) => drop(conns.swap_remove(i)),
+                        None => {
+                            c.out = Some((
+                                response(
+                                    503,
+                                    "Service Unavailable",
+                                    "text/plain",
+                                    b"too many connections\n",
+                                ),
+                                0,
+                            ));
+                            let _ = c.write();
+                            continue;
+                        }
+                    }
+                }
+                if c.out.is_none() || c.write() == Step::Keep {
                     conns.push(c);
                 }
                 // a steady stream of connections never waits: act on SIGTERM and reloads
@@ -411,6 +421,7 @@ fn accept_all(listener: &TcpListener, conns: &mut Vec<Conn>) -> Result<(), Strin
             }
         }
     }
+    Ok(())
 }
 
 /// The response to a whole request.

@@ -342,6 +342,8 @@ pub fn carry_out(
     // could not be locked within the worker's lock_timeout
     let mut in_memory = vec![false; targets.len()];
     let mut locked_out: Option<String> = None;
+    // the table's proof waited out the lock timeout (the last proof stood in)
+    let mut catalog_waited = false;
     if locked_out_before && !standby {
         // an earlier batch of this check waited out the lock already: not a second time
         in_memory.fill(true);
@@ -359,8 +361,11 @@ pub fn carry_out(
             return;
         }
         table = match verified_audit_table() {
-            Ok(Some(t)) => t,
-            Ok(None) => error!(
+            Ok((Some(t), waited)) => {
+                catalog_waited = waited;
+                t
+            }
+            Ok((None, _)) => error!(
                 "dbconn_guard.terminations in database \"{}\" is not the table of the extension dbconn_guard: nothing is written to it, and no session is ended",
                 guc::database()
             ),
@@ -578,8 +583,9 @@ pub fn carry_out(
                 *o = Outcome::SignalFailed;
             }
         }
-        // 4. withdraw the rows of the sessions not signalled
-        if !standby {
+        // 4. withdraw the rows of the sessions not signalled (not while the audit cannot be
+        // locked in time: the next check does, once it can)
+        if !standby && locked_out.is_none() && !catalog_waited {
             if let Err(e) = withdraw_queued() {
                 warning!(
                     "dbconn_guard: could not withdraw the audit rows of sessions that were not ended, will retry at the next check: {e}"
@@ -609,7 +615,7 @@ pub fn carry_out(
     Report {
         outcomes,
         error: (!row_errors.is_empty()).then(|| row_errors.join("; ")),
-        locked_out: locked_out.is_some(),
+        locked_out: locked_out.is_some() || catalog_waited,
     }
 }
 
@@ -702,7 +708,7 @@ pub fn records_pending() -> bool {
 /// Writes the records kept in memory while the table could not be locked (see `carry_out`)
 /// to the table, in a transaction of its own, bounded by the worker's lock_timeout like every
 /// write; marks them written once committed. Returns how many were written.
-pub fn write_pending() -> Result<usize, String> {
+pub fn write_pending() -> Result<usize, xact::Failure> {
     if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
         return Ok(0);
     }
@@ -715,8 +721,8 @@ pub fn write_pending() -> Result<usize, String> {
     }
     xact::writing_transaction(c"dbconn_guard: writing records kept in memory", || {
         match verified_audit_table() {
-            Ok(Some(_)) => {}
-            Ok(None) => {
+            Ok((Some(_), _)) => {}
+            Ok((None, _)) => {
                 error!("dbconn_guard.terminations is not the table of the extension dbconn_guard")
             }
             Err(f) => error!("{f}"),
@@ -751,8 +757,7 @@ pub fn write_pending() -> Result<usize, String> {
             Ok::<(), spi::Error>(())
         })
         .unwrap_or_else(|e| error!("{e}"));
-    })
-    .map_err(|f| f.message)?;
+    })?;
     // the worker alone adds to the list and writes it out: the first `len` are these
     shared::SHARED.exclusive().written(pending.len());
     log!(
@@ -780,7 +785,7 @@ pub fn withdraw_queued() -> Result<(), String> {
         return Ok(());
     }
     let deleted = xact::writing_transaction(c"dbconn_guard: withdrawing audit rows", || {
-        match verified_audit_table().unwrap_or_else(|f| error!("{f}")) {
+        match verified_audit_table().unwrap_or_else(|f| error!("{f}")).0 {
             Some(t) if u32::from(t) == table => {
                 let ids: Vec<i64> = rows.iter().map(|w| w.id).collect();
                 let pids: Vec<i32> = rows.iter().map(|w| w.pid).collect();
@@ -875,23 +880,42 @@ impl Drop for HeldInterrupts {
 
 /// The audit table's oid as last proven the extension's own (`snapshot::audit_table`), kept by
 /// this process: the proof reads `pg_extension` and `pg_depend`, whose locks a database's owner
-/// can queue up (VACUUM FULL behind an open ANALYZE). Only a superuser can drop or replace the
-/// extension, so while that lookup waits out the lock timeout, the last proof stands.
+/// can queue up (VACUUM FULL behind an open ANALYZE). While that lookup waits out the lock
+/// timeout, the last proof stands — only for the very table it proved: its name must still
+/// lead to that oid (through the catalog caches, which read neither catalog). Dropping the
+/// extension takes the table with it (a look-alike planted afterwards has another oid), and
+/// the worker forgets the proof whenever the table is gone (`forget_audit_table_proof`).
 static VERIFIED_AUDIT_TABLE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// `snapshot::audit_table()`, in a subtransaction: `Err` only when its catalogs could not be
-/// locked in time and no earlier proof exists (the caller records in memory instead).
-fn verified_audit_table() -> Result<Option<pg_sys::Oid>, xact::Failure> {
+/// The extension is gone from the worker's database: no proof stands.
+pub fn forget_audit_table_proof() {
+    VERIFIED_AUDIT_TABLE.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `snapshot::audit_table()`, in a subtransaction, and whether it waited out the lock timeout
+/// (the last proof standing in). `Err` only when its catalogs could not be locked in time and
+/// no earlier proof stands for the table the name leads to (the caller records in memory).
+fn verified_audit_table() -> Result<(Option<pg_sys::Oid>, bool), xact::Failure> {
     use std::sync::atomic::Ordering;
     match xact::subtransaction(snapshot::audit_table) {
         Ok(t) => {
             VERIFIED_AUDIT_TABLE.store(t.map_or(0, u32::from), Ordering::Relaxed);
-            Ok(t)
+            Ok((t, false))
         }
         Err(f) if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
-            match VERIFIED_AUDIT_TABLE.load(Ordering::Relaxed) {
-                0 => Err(f),
-                t => Ok(Some(pg_sys::Oid::from(t))),
+            let proven = VERIFIED_AUDIT_TABLE.load(Ordering::Relaxed);
+            let named = unsafe {
+                let ns = pg_sys::get_namespace_oid(c"dbconn_guard".as_ptr(), true);
+                if ns == pg_sys::InvalidOid {
+                    0
+                } else {
+                    u32::from(pg_sys::get_relname_relid(c"terminations".as_ptr(), ns))
+                }
+            };
+            if proven != 0 && named == proven {
+                Ok((Some(pg_sys::Oid::from(proven)), true))
+            } else {
+                Err(f)
             }
         }
         Err(f) => error!("{f}"),

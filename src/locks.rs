@@ -78,11 +78,10 @@ fn waiting_groups(procs: &[(i32, i32, usize, i64)]) -> HashMap<i32, Vec<i32>> {
     groups
 }
 
-/// Whether `pid`, or a member of the lock group it leads (its parallel workers), waits for a
-/// heavyweight lock of a kind that makes a pile-up (`policy::PILE_UP_LOCKTYPES`) now, read from
-/// the PGPROC array itself: a session held up in a pile-up is no root of one, whatever a lock
-/// read that missed its wait (a queue read that raced) would say. (A wait on an advisory lock
-/// or an older snapshot does not count, as in the core's `roots`.)
+/// Whether `pid`, or a member of the lock group it leads (its parallel workers), is held up by
+/// a heavyweight lock wait now (`policy::held_up_by`: any wait but one on an advisory lock),
+/// read from the PGPROC array itself: a session held up is no root of a pile-up, whatever a
+/// lock read that missed its wait (a queue read that raced) would say.
 pub fn waits_itself(pid: i32) -> bool {
     waiting_procs()
         .iter()
@@ -90,8 +89,7 @@ pub fn waits_itself(pid: i32) -> bool {
         .any(|&(_, _, lock, _)| {
             // the LOCK it waits on, read racily (its memory stays in the lock table)
             let tag = unsafe { std::ptr::read_volatile(&(*(lock as *const pg_sys::LOCK)).tag) };
-            locktype_name(&tag)
-                .is_some_and(|t| crate::core::policy::PILE_UP_LOCKTYPES.contains(&t.as_str()))
+            locktype_name(&tag).as_deref() != Some("advisory")
         })
 }
 
@@ -201,7 +199,17 @@ fn conflicts_of(tag: &pg_sys::LOCKTAG) -> Vec<u32> {
     }
 }
 
+/// The last lock tag type of this PostgreSQL (`LOCKTAG_LAST_TYPE`): a type read racily from
+/// shared memory is never used to index `LockTagTypeNames` beyond it.
+#[cfg(feature = "pg15")]
+const LAST_LOCKTAG_TYPE: u32 = pg_sys::LockTagType::LOCKTAG_ADVISORY;
+#[cfg(not(feature = "pg15"))]
+const LAST_LOCKTAG_TYPE: u32 = pg_sys::LockTagType::LOCKTAG_APPLY_TRANSACTION;
+
 fn locktype_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
+    if u32::from(tag.locktag_type) > LAST_LOCKTAG_TYPE {
+        return None;
+    }
     unsafe {
         let p = *pg_sys::LockTagTypeNames
             .as_ptr()

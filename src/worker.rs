@@ -669,8 +669,10 @@ fn cycle(state: &mut State) -> Micros {
     }
     // records kept in memory while the audit table could not be locked: written once it can
     if extension_ready && !locked_out && guard::records_pending() {
-        if let Err(e) = guard::write_pending() {
-            warning!("dbconn_guard worker: the records kept in memory are not written to dbconn_guard.terminations yet (retrying at the next check): {e}");
+        if let Err(f) = guard::write_pending() {
+            warning!("dbconn_guard worker: the records kept in memory are not written to dbconn_guard.terminations yet (retrying at the next check): {f}");
+            // the audit cannot be locked in time: no further step of this check waits for it
+            locked_out |= f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE;
         }
     }
     if extension_ready && !locked_out && guard::withdrawals_queued() {
@@ -750,6 +752,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         state.next_sample = samples::next_sample_at(t, interval);
     }
     if !snapshot::extension_present() {
+        guard::forget_audit_table_proof();
         if t >= state.next_sample {
             out.sample_from = Some(snapshot::activity_all());
         }

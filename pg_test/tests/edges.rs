@@ -65,10 +65,22 @@ fn a_concurrent_index_build_waiting_for_older_snapshots_is_no_pile_up() {
         ),
         Duration::from_secs(20),
     );
+    // its owner's ALTER TABLE queues behind the build (a relation wait that counts): the
+    // build, waiting for snapshots itself, is held up, not the root of a pile-up
+    let (alter_pid, alter) = in_background_as(
+        "it_e_builder",
+        "it_e_alter",
+        "ALTER TABLE it_e_builder.own ADD COLUMN x int",
+    );
+    wait_for_lock_waits(&mut a, &[alter_pid]);
     thread::sleep(Duration::from_secs(3));
     assert!(
         alive(&mut a, reader_pid),
         "a virtualxid wait made the exempted reader a root blocker"
+    );
+    assert!(
+        audit(&mut a, builder_pid).is_empty(),
+        "the index build was cancelled"
     );
     assert!(audit(&mut a, reader_pid).is_empty());
     assert!(audit(&mut a, active_pid).is_empty());
@@ -78,6 +90,8 @@ fn a_concurrent_index_build_waiting_for_older_snapshots_is_no_pile_up() {
     reader.batch_execute("COMMIT").unwrap();
     let (r, _c) = builder.join().unwrap();
     r.unwrap_or_else(|e| panic!("the index build: {}", db_error(&e)));
+    let (r, _c) = alter.join().unwrap();
+    r.unwrap_or_else(|e| panic!("the ALTER TABLE: {}", db_error(&e)));
     reset_system(&mut a);
 }
 

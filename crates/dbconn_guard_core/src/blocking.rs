@@ -247,18 +247,25 @@ pub struct Root {
 ///
 /// * Only counted waits make edges: a wait that does not count (on an advisory lock, on a
 ///   virtual transaction id) neither holds anyone up nor carries the pile-up through.
-/// * A root waits for no counted lock, and neither does any member of its lock group: a
-///   session held up in a pile-up is not its root. One that waits only on an uncounted lock (an
-///   advisory lock, an older snapshot) while holding up others is the root of what it holds up.
+/// * A root is held up by nothing itself, by `held_up`: a session whose wait `held_up` accepts
+///   (or one of whose lock group's) is no root. The root-blocker rule counts every wait but one
+///   on an advisory lock there: a session waiting on purpose while it holds up others is the
+///   root of what it holds up, while one waiting for an older snapshot (a concurrent index
+///   build) is held up itself, by a session that is no root of a pile-up.
 /// * A parallel group is one session: its waiting members count once, under their leader's pid,
 ///   with the group's oldest wait.
 ///
 /// Pids in lock cycles have no root and are left out (the deadlock detector breaks them).
-pub fn roots(waits: &[LockWait], counts: impl Fn(&LockWait) -> bool) -> Vec<Root> {
+pub fn roots(
+    waits: &[LockWait],
+    counts: impl Fn(&LockWait) -> bool,
+    held_up: impl Fn(&LockWait) -> bool,
+) -> Vec<Root> {
     let counted: Vec<LockWait> = waits.iter().filter(|w| counts(w)).cloned().collect();
-    // every session that waits for a counted lock, by the pid its blockers are named by
-    let waiting: std::collections::HashSet<i32> = counted
+    // every session held up itself, by the pid its blockers are named by
+    let waiting: std::collections::HashSet<i32> = waits
         .iter()
+        .filter(|w| held_up(w))
         .flat_map(|w| [w.pid, w.session_pid()])
         .collect();
     let session_of: HashMap<i32, i32> = counted.iter().map(|w| (w.pid, w.session_pid())).collect();
@@ -508,7 +515,7 @@ mod tests {
         // a cycle: no root
         let x = w(50, &[60]);
         let y = w(60, &[50]);
-        let rs = roots(&[a, b, c, x, y], |_| true);
+        let rs = roots(&[a, b, c, x, y], |_| true, |_| true);
         assert_eq!(
             rs,
             vec![
@@ -522,24 +529,29 @@ mod tests {
                 },
             ]
         );
-        // a wait left uncounted makes no edge: the one it waits for holds up nobody, and the
-        // waiter is the root of what it holds up
+        // a wait left uncounted makes no edge: the one it waits for holds up nobody; its
+        // waiter is the root of what it holds up when that wait is on purpose (advisory)...
         let mut adv = w(20, &[10]);
         adv.locktype = Some("advisory".into());
         let behind = w(30, &[20]);
         let counts = |w: &LockWait| w.locktype.as_deref() != Some("advisory");
         assert_eq!(
-            roots(&[adv.clone(), behind], counts),
+            roots(&[adv.clone(), behind.clone()], counts, |w| counts(w)),
             vec![Root {
                 pid: 20,
                 wait_starts: vec![None]
             }]
         );
+        // ...and held up itself otherwise (a concurrent index build waiting for a snapshot)
+        let mut vxid = w(20, &[10]);
+        vxid.locktype = Some("virtualxid".into());
+        let counted = |w: &LockWait| w.locktype.as_deref() != Some("virtualxid");
+        assert_eq!(roots(&[vxid, behind], counted, |_| true), vec![]);
         // nor is it counted against the one it waits for
         let mut direct = w(40, &[10]);
         direct.wait_start = Some(7);
         assert_eq!(
-            roots(&[adv, direct], counts),
+            roots(&[adv, direct], counts, |w| counts(w)),
             vec![Root {
                 pid: 10,
                 wait_starts: vec![Some(7)]
@@ -567,7 +579,7 @@ mod tests {
             other,
         ];
         assert_eq!(
-            roots(&waits, |_| true),
+            roots(&waits, |_| true, |_| true),
             vec![Root {
                 pid: 10,
                 wait_starts: vec![Some(40), Some(50)]
@@ -578,18 +590,17 @@ mod tests {
         worker_waits.leader_pid = 10;
         // (99 is the root of session 10, which its worker 11 waits for)
         assert_eq!(
-            roots(&[w(30, &[10]), worker_waits.clone()], |_| true),
+            roots(&[w(30, &[10]), worker_waits.clone()], |_| true, |_| true),
             vec![Root {
                 pid: 99,
                 wait_starts: vec![None]
             }]
         );
-        // on an uncounted one (an advisory lock, an older snapshot): still the root of what
-        // it holds up
-        worker_waits.locktype = Some("virtualxid".into());
-        let counts = |w: &LockWait| w.locktype.as_deref() != Some("virtualxid");
+        // on one it waits for on purpose (advisory): still the root of what it holds up
+        worker_waits.locktype = Some("advisory".into());
+        let counts = |w: &LockWait| w.locktype.as_deref() != Some("advisory");
         assert_eq!(
-            roots(&[w(30, &[10]), worker_waits], counts),
+            roots(&[w(30, &[10]), worker_waits], counts, |w| counts(w)),
             vec![Root {
                 pid: 10,
                 wait_starts: vec![None]

@@ -362,6 +362,13 @@ pub fn counts_for_blocker_rule(w: &LockWait) -> bool {
         .is_some_and(|t| PILE_UP_LOCKTYPES.contains(&t))
 }
 
+/// Whether a session's wait makes it held up itself, hence no root: every wait but one on an
+/// advisory lock (a session that waits on purpose while holding up others is the root of what
+/// it holds up; one waiting for an older snapshot, a relation extension, ... is held up).
+pub fn held_up_by(w: &LockWait) -> bool {
+    w.locktype.as_deref() != Some("advisory")
+}
+
 /// Every root of a pile-up (counted waits only), by pid.
 fn blocker_roots(
     waits: &[LockWait],
@@ -370,7 +377,7 @@ fn blocker_roots(
     if !policy.watches_blockers() || waits.is_empty() {
         return Default::default();
     }
-    blocking::roots(waits, counts_for_blocker_rule)
+    blocking::roots(waits, counts_for_blocker_rule, held_up_by)
         .into_iter()
         .map(|r| (r.pid, r))
         .collect()
@@ -398,7 +405,7 @@ pub fn still_blocking(b: &Backend, waits: &[LockWait], now: Micros, policy: &Pol
     if !policy.watches_blockers() {
         return false;
     }
-    blocking::roots(waits, counts_for_blocker_rule)
+    blocking::roots(waits, counts_for_blocker_rule, held_up_by)
         .iter()
         .find(|r| r.pid == b.pid)
         .and_then(|r| root_deadline(b, r, now, policy))
