@@ -19,11 +19,15 @@
 //!    and the worker: it is emptied at the worker's next check, also after a restart. So a row
 //!    that says "terminated" stays only for a session that was signalled.
 //!
-//! No step holds interrupts: a SIGTERM ends the worker at once, and whatever it had not
+//! No wait holds interrupts: a SIGTERM ends the worker at once, and whatever it had not
 //! signalled yet is withdrawn by its successor.
 //!
-//! On a hot standby the table is read-only: the record is the shared-memory ring and the LOG
-//! line only.
+//! On a hot standby the table is read-only, and when it cannot be locked within the worker's
+//! `lock_timeout` (a lock queue on it, its sequence or index, or the catalogs that prove it is
+//! the extension's) it cannot be written in time: the record is then the shared-memory ring
+//! and the LOG line, written with the signal while interrupts are held (no wait in between),
+//! and — off a standby — a list of records waiting in shared memory, which the worker writes to
+//! the table once it can.
 
 use crate::backend_status::{self, Slot};
 use crate::core::policy::{self, Policy, Rule, Scope, Target};
