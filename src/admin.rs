@@ -83,7 +83,8 @@ fn worker_status() -> TableIterator<
             pgrx::JsonB(serde_json::from_str(&policy).unwrap_or(serde_json::Value::Null)),
         ));
     }
-    let s = *SHARED.share();
+    // the fields shown, read under the lock (the whole struct holds the rings: hundreds of kB)
+    let s = SHARED.share();
     let running = worker_alive(s.pid);
     let policy = serde_json::from_str(s.policy.get()).unwrap_or(serde_json::Value::Null);
     TableIterator::once((

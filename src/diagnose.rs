@@ -70,7 +70,8 @@ fn read(slow_query_age: f64) -> Input {
     };
     let preloaded = shared::available();
     let worker = preloaded.then(|| {
-        let s = *SHARED.share();
+        // the fields used, read under the lock (the whole struct holds the rings)
+        let s = SHARED.share();
         let running = s.pid != 0 && !unsafe { pg_sys::BackendPidGetProc(s.pid) }.is_null();
         let last_error = s.last_error.get();
         WorkerInfo {

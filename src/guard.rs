@@ -491,6 +491,23 @@ pub fn carry_out(
     let persisted = !standby;
     // outcomes already logged and remembered (with interrupts held)
     let mut told = vec![false; targets.len()];
+    // an outcome's LOG line, and its record in shared memory when it was acted on
+    let tell = |i: usize, o: Outcome| {
+        let t = &targets[i];
+        log_outcome(t, o, judged_at, &label, dry_run);
+        if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
+            remember(
+                t,
+                o,
+                judged_at,
+                &label,
+                dry_run,
+                persisted && !in_memory[i],
+                in_memory[i],
+                actor.cycle(),
+            );
+        }
+    };
 
     if !dry_run {
         // 2. queue every recorded row for withdrawal, before any signal
@@ -562,17 +579,7 @@ pub fn carry_out(
                 // its LOG line and ring entry at once, not after the batch (with interrupts
                 // still held for a record kept in memory only)
                 if outcomes[i].ended() {
-                    log_outcome(t, outcomes[i], judged_at, &label, dry_run);
-                    remember(
-                        t,
-                        outcomes[i],
-                        judged_at,
-                        &label,
-                        dry_run,
-                        persisted && !in_memory[i],
-                        in_memory[i],
-                        actor.cycle(),
-                    );
+                    tell(i, outcomes[i]);
                     told[i] = true;
                 }
                 drop(held);
@@ -598,22 +605,9 @@ pub fn carry_out(
         }
     }
 
-    for (i, (t, o)) in targets.iter().zip(&outcomes).enumerate() {
-        if told[i] {
-            continue;
-        }
-        log_outcome(t, *o, judged_at, &label, dry_run);
-        if matches!(o, Outcome::Terminated { .. } | Outcome::WouldTerminate) {
-            remember(
-                t,
-                *o,
-                judged_at,
-                &label,
-                dry_run,
-                persisted && !in_memory[i],
-                in_memory[i],
-                actor.cycle(),
-            );
+    for (i, o) in outcomes.iter().enumerate() {
+        if !told[i] {
+            tell(i, *o);
         }
     }
     Report {

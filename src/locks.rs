@@ -24,13 +24,8 @@ use std::ffi::CStr;
 /// shows): `GetBlockerStatusData` leaves `LockInstanceData.waitStart` unset.
 fn waiting_procs() -> Vec<(i32, i32, usize, i64)> {
     let mut out = Vec::new();
-    unsafe {
-        let hdr = pg_sys::ProcGlobal;
-        if hdr.is_null() {
-            return out;
-        }
-        for i in 0..(*hdr).allProcCount as usize {
-            let p = (*hdr).allProcs.add(i);
+    for p in all_procs() {
+        unsafe {
             let pid = std::ptr::read_volatile(&(*p).pid);
             let lock = std::ptr::read_volatile(&(*p).waitLock);
             if pid != 0 && !lock.is_null() {
@@ -44,6 +39,17 @@ fn waiting_procs() -> Vec<(i32, i32, usize, i64)> {
     out
 }
 
+/// Every entry of the PGPROC array (its fields are read racily by the callers).
+fn all_procs() -> impl Iterator<Item = *mut pg_sys::PGPROC> {
+    let hdr = unsafe { pg_sys::ProcGlobal };
+    let n = if hdr.is_null() {
+        0
+    } else {
+        unsafe { (*hdr).allProcCount as usize }
+    };
+    (0..n).map(move |i| unsafe { (*hdr).allProcs.add(i) })
+}
+
 /// Every lock group with a member waiting for a heavyweight lock: leader pid -> all its
 /// members (the leader included), waiting or not, read racily from the PGPROC array.
 /// `pg_blocking_pids()` of any member reports the blockers of every waiting member.
@@ -55,13 +61,11 @@ fn waiting_groups(procs: &[(i32, i32, usize, i64)]) -> HashMap<i32, Vec<i32>> {
         .chain(procs.iter().map(|&(pid, _, _, _)| pid))
         .collect();
     let mut groups: HashMap<i32, Vec<i32>> = HashMap::new();
-    unsafe {
-        let hdr = pg_sys::ProcGlobal;
-        if hdr.is_null() {
-            return groups;
-        }
-        for i in 0..(*hdr).allProcCount as usize {
-            let p = (*hdr).allProcs.add(i);
+    if procs.is_empty() {
+        return groups;
+    }
+    for p in all_procs() {
+        unsafe {
             let pid = std::ptr::read_volatile(&(*p).pid);
             let leader = std::ptr::read_volatile(&(*p).lockGroupLeader);
             if pid == 0 || leader.is_null() {

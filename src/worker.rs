@@ -194,20 +194,9 @@ pub(crate) fn pin_settings() {
     #[cfg(not(feature = "pg15"))]
     all.push((c"debug_parallel_query", c"off"));
     for (name, value) in all {
-        let ok = PgTryBuilder::new(|| unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_OVERRIDE,
-                pg_sys::GucAction::GUC_ACTION_SET,
-                true,
-                PgLogLevel::ERROR as i32,
-                false,
-            ) > 0
-        })
-        .catch_others(|_| false)
-        .execute();
+        let ok = PgTryBuilder::new(|| pin(name, value.as_ptr()))
+            .catch_others(|_| false)
+            .execute();
         if !ok {
             warning!(
                 "dbconn_guard worker: could not pin {} = {}",
@@ -218,19 +207,13 @@ pub(crate) fn pin_settings() {
     }
 }
 
-/// Publishes the policy in force in shared memory; returns whether it differs from what was
-/// published before.
-/// Pins `session_authorization` to the bootstrap superuser, the role the worker runs as,
-/// above any `ALTER DATABASE ... SET session_authorization` of its database's owner (which
-/// would otherwise make the worker run as that owner from its next start). In a transaction:
-/// the role's name is looked up in the catalog.
-fn pin_session_authorization() {
-    let pinned = xact::transaction(c"dbconn_guard: pinning session_authorization", || unsafe {
-        let name =
-            pg_sys::GetUserNameFromId(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), false);
+/// Sets `name` to `value` for the worker's session, above any database or role setting
+/// (`PGC_S_OVERRIDE`); whether PostgreSQL took it. An ERROR (a value refused) propagates.
+fn pin(name: &CStr, value: *const std::ffi::c_char) -> bool {
+    unsafe {
         pg_sys::set_config_option(
-            c"session_authorization".as_ptr(),
-            name,
+            name.as_ptr(),
+            value,
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_OVERRIDE,
             pg_sys::GucAction::GUC_ACTION_SET,
@@ -238,6 +221,19 @@ fn pin_session_authorization() {
             PgLogLevel::ERROR as i32,
             false,
         ) > 0
+    }
+}
+
+/// Pins `session_authorization` to the bootstrap superuser, the role the worker runs as,
+/// above any `ALTER DATABASE ... SET session_authorization` of its database's owner (which
+/// would otherwise make the worker run as that owner from its next start). In a transaction:
+/// the role's name is looked up in the catalog.
+fn pin_session_authorization() {
+    let pinned = xact::transaction(c"dbconn_guard: pinning session_authorization", || {
+        let name = unsafe {
+            pg_sys::GetUserNameFromId(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), false)
+        };
+        pin(c"session_authorization", name)
     });
     if !matches!(pinned, Ok(true)) {
         warning!(
@@ -276,6 +272,8 @@ fn check_database_owner() {
         .set(not_superuser.as_deref().unwrap_or(""));
 }
 
+/// Publishes the policy in force in shared memory; returns whether it differs from what was
+/// published before.
 fn publish_policy() -> bool {
     let text = policy::summary_json(&guc::policy_values(), POLICY_TEXT);
     let mut s = SHARED.exclusive();
