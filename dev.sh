@@ -114,7 +114,19 @@ setup_pgrx_init() {
     fi
 }
 
+# The test clusters, endpoints and poolers listen on ports 55400-58999, inside the kernel's
+# ephemeral range: a client socket of a test that opened hundreds of connections may hold one
+# of them and keep a server from starting. Reserve them (root only; best effort).
+reserve_test_ports() {
+    local want="$TEST_PORT_BASE-$((TEST_PORT_BASE + 3599))" have
+    have=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports 2>/dev/null || true)
+    case ",$have," in *",$want,"*) return 0 ;; esac
+    as_root sysctl -q -w "net.ipv4.ip_local_reserved_ports=${have:+$have,}$want" 2>/dev/null ||
+        log "could not reserve ports $want (a server may fail to start when a client holds its port)"
+}
+
 setup() {
+    reserve_test_ports
     setup_packages
     setup_cargo_pgrx
     setup_pg16
