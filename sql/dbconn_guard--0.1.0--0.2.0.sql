@@ -201,6 +201,61 @@ AS 'MODULE_PATHNAME', 'diagnose_wrapper';
 COMMENT ON FUNCTION diagnose(interval) IS
   'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. One row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
 
+-- blocking_pairs: the pairs joined to what is shown of each session and each wait (issue 17):
+-- a query that counts or groups pairs reads the lock manager only, and no text is copied once
+-- per pair; same columns as before
+CREATE FUNCTION _blocking_edges(
+    OUT blocked_pid integer,
+    OUT blocking_pid integer,
+    OUT wait integer)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE ROWS 10000
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_edges';
+
+CREATE FUNCTION _blocking_sessions(
+    OUT pid integer,
+    OUT usename text,
+    OUT application_name text,
+    OUT datname text,
+    OUT state text,
+    OUT state_age_seconds double precision,
+    OUT xact_age_seconds double precision,
+    OUT query text)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE ROWS 100
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_sessions';
+
+CREATE FUNCTION _blocking_locks(
+    OUT wait integer,
+    OUT locktype text,
+    OUT mode text,
+    OUT relation text,
+    OUT wait_seconds double precision)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE ROWS 100
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_locks';
+
+CREATE OR REPLACE VIEW blocking_pairs AS
+SELECT e.blocked_pid, b.usename AS blocked_user, b.application_name AS blocked_application,
+       b.datname AS blocked_datname, b.state AS blocked_state,
+       l.wait_seconds AS blocked_wait_seconds, b.xact_age_seconds AS blocked_xact_age_seconds,
+       b.query AS blocked_query,
+       e.blocking_pid, k.usename AS blocking_user, k.application_name AS blocking_application,
+       k.state AS blocking_state, k.state_age_seconds AS blocking_state_age_seconds,
+       k.xact_age_seconds AS blocking_xact_age_seconds, k.query AS blocking_query,
+       l.locktype, l.mode, l.relation
+  FROM @extschema@._blocking_edges() e
+  LEFT JOIN (SELECT DISTINCT ON (pid) * FROM @extschema@._blocking_sessions()) b
+         ON b.pid = e.blocked_pid
+  LEFT JOIN (SELECT DISTINCT ON (pid) * FROM @extschema@._blocking_sessions()) k
+         ON k.pid = e.blocking_pid
+  LEFT JOIN (SELECT DISTINCT ON (wait) * FROM @extschema@._blocking_locks()) l
+         ON l.wait = e.wait;
+DROP FUNCTION _blocking_pairs();
+COMMENT ON FUNCTION _blocking_edges() IS 'Internal: the pairs of the blocking_pairs view, with the position of the wait.';
+COMMENT ON FUNCTION _blocking_sessions() IS 'Internal: the sessions of the blocking_pairs view.';
+COMMENT ON FUNCTION _blocking_locks() IS 'Internal: the waits of the blocking_pairs view, by position.';
+
 -- Said at CREATE EXTENSION (and ALTER EXTENSION UPDATE) in the guard's own database: an owner
 -- that is not a superuser can hold up the guard's audit and drop the database while the worker
 -- is away (the worker says so at every start too, and diagnose() in its guard row).

@@ -7,8 +7,25 @@ SELECT datname, usename, application_name, client_addr::inet AS client_addr, sta
        connection_count, avg_age_seconds, max_age_seconds, oldest_xact_age_seconds, pids
   FROM @extschema@._connection_analysis();
 
+-- the pairs joined to what is shown of each session and each wait: a query that counts or
+-- groups pairs reads the lock manager only (the joins to subqueries unique on their key are
+-- removed when none of their columns is asked for), and no text is copied once per pair
 CREATE VIEW blocking_pairs AS
-SELECT * FROM @extschema@._blocking_pairs();
+SELECT e.blocked_pid, b.usename AS blocked_user, b.application_name AS blocked_application,
+       b.datname AS blocked_datname, b.state AS blocked_state,
+       l.wait_seconds AS blocked_wait_seconds, b.xact_age_seconds AS blocked_xact_age_seconds,
+       b.query AS blocked_query,
+       e.blocking_pid, k.usename AS blocking_user, k.application_name AS blocking_application,
+       k.state AS blocking_state, k.state_age_seconds AS blocking_state_age_seconds,
+       k.xact_age_seconds AS blocking_xact_age_seconds, k.query AS blocking_query,
+       l.locktype, l.mode, l.relation
+  FROM @extschema@._blocking_edges() e
+  LEFT JOIN (SELECT DISTINCT ON (pid) * FROM @extschema@._blocking_sessions()) b
+         ON b.pid = e.blocked_pid
+  LEFT JOIN (SELECT DISTINCT ON (pid) * FROM @extschema@._blocking_sessions()) k
+         ON k.pid = e.blocking_pid
+  LEFT JOIN (SELECT DISTINCT ON (wait) * FROM @extschema@._blocking_locks()) l
+         ON l.wait = e.wait;
 
 CREATE VIEW utilization AS
 SELECT * FROM @extschema@._utilization();
@@ -47,7 +64,9 @@ COMMENT ON FUNCTION health() IS
 COMMENT ON FUNCTION health_status() IS
   'The worst status of health(): ok, warning or critical.';
 COMMENT ON FUNCTION _connection_analysis() IS 'Internal: rows of the connection_analysis view.';
-COMMENT ON FUNCTION _blocking_pairs() IS 'Internal: rows of the blocking_pairs view.';
+COMMENT ON FUNCTION _blocking_edges() IS 'Internal: the pairs of the blocking_pairs view, with the position of the wait.';
+COMMENT ON FUNCTION _blocking_sessions() IS 'Internal: the sessions of the blocking_pairs view.';
+COMMENT ON FUNCTION _blocking_locks() IS 'Internal: the waits of the blocking_pairs view, by position.';
 COMMENT ON FUNCTION _utilization() IS 'Internal: rows of the utilization view.';
 COMMENT ON FUNCTION _leak_suspects() IS 'Internal: rows of the leak_suspects view.';
 

@@ -140,6 +140,10 @@ fn sleep(d: Duration) {
 
 /// One client connection: its request as read so far, then its response as sent so far.
 struct Conn {
+    /// Names the connection in the wait event set (never reused).
+    id: usize,
+    /// Its slot in the wait event set and the events asked there, once added.
+    slot: Option<(i32, u32)>,
     stream: TcpStream,
     accepted: Instant,
     buf: Vec<u8>,
@@ -155,6 +159,15 @@ enum Step {
 }
 
 impl Conn {
+    /// What it waits for: its request, then the room to write its response.
+    fn wanted(&self) -> u32 {
+        if self.out.is_some() {
+            pg_sys::WL_SOCKET_WRITEABLE
+        } else {
+            pg_sys::WL_SOCKET_READABLE
+        }
+    }
+
     /// Reads what the client sent; once the request is whole, answers it.
     fn read(&mut self) -> Step {
         let mut chunk = [0u8; 1024];
@@ -231,79 +244,156 @@ struct Ready {
     conns: Vec<usize>,
 }
 
-/// Waits, at most `timeout`, for the latch, the listener (while there is room) and every
-/// connection (to read its request or to write its response), in one `WaitEventSet`.
-fn wait_all(listener: i32, conns: &[Conn], room: bool, timeout: Duration) -> Ready {
-    let n = conns.len() + 3;
-    let mut ready = Ready {
-        listener: false,
-        conns: Vec::new(),
-    };
-    let ms = timeout.as_millis().clamp(1, 60_000) as std::ffi::c_long;
-    unsafe {
-        #[cfg(any(feature = "pg15", feature = "pg16"))]
-        let set = pg_sys::CreateWaitEventSet(pg_sys::CurrentMemoryContext, n as i32);
-        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-        let set = pg_sys::CreateWaitEventSet(std::ptr::null_mut(), n as i32);
+/// Slots of the wait event set: a connection takes one when accepted and keeps it until it is
+/// closed; the set is built again (with the live connections only) once they run out.
+const SLOTS: usize = 4 * MAX_CONNECTIONS + 3;
+/// `user_data` of the listener's event (a connection's is its id).
+const LISTENER: usize = usize::MAX;
+
+/// One `WaitEventSet` over the latch, postmaster death, the listener and every connection,
+/// kept from one wait to the next, so that a wakeup costs what happened, not one system call
+/// per connection: a connection is added once, changes its event when it turns from reading
+/// to writing, and leaves the kernel's epoll set when its socket is closed. PostgreSQL can
+/// add to a set but not remove from it, so a closed connection's slot stays, dead, until the
+/// slots run out and the set is built anew.
+struct Events {
+    set: *mut pg_sys::WaitEventSet,
+    used: usize,
+    listener_pos: i32,
+    listener_on: bool,
+    /// A connection closed since the set was built (a dead slot).
+    dead: bool,
+}
+
+impl Events {
+    fn new(listener: i32, conns: &mut [Conn]) -> Events {
         let none = std::ptr::null_mut();
-        pg_sys::AddWaitEventToSet(
-            set,
-            pg_sys::WL_LATCH_SET,
-            pg_sys::PGINVALID_SOCKET,
-            pg_sys::MyLatch,
-            none,
-        );
-        pg_sys::AddWaitEventToSet(
-            set,
-            pg_sys::WL_EXIT_ON_PM_DEATH,
-            pg_sys::PGINVALID_SOCKET,
-            std::ptr::null_mut(),
-            none,
-        );
-        if room {
+        let no_latch = std::ptr::null_mut();
+        unsafe {
+            #[cfg(any(feature = "pg15", feature = "pg16"))]
+            let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, SLOTS as i32);
+            #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+            let set = pg_sys::CreateWaitEventSet(std::ptr::null_mut(), SLOTS as i32);
             pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_LATCH_SET,
+                pg_sys::PGINVALID_SOCKET,
+                pg_sys::MyLatch,
+                none,
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_EXIT_ON_PM_DEATH,
+                pg_sys::PGINVALID_SOCKET,
+                no_latch,
+                none,
+            );
+            let listener_pos = pg_sys::AddWaitEventToSet(
                 set,
                 pg_sys::WL_SOCKET_READABLE,
                 listener,
-                std::ptr::null_mut(),
-                usize::MAX as *mut std::ffi::c_void,
+                no_latch,
+                LISTENER as *mut std::ffi::c_void,
             );
-        }
-        for (i, c) in conns.iter().enumerate() {
-            let events = if c.out.is_some() {
-                pg_sys::WL_SOCKET_WRITEABLE
-            } else {
-                pg_sys::WL_SOCKET_READABLE
-            };
-            pg_sys::AddWaitEventToSet(
+            let mut events = Events {
                 set,
-                events,
-                c.stream.as_raw_fd(),
-                std::ptr::null_mut(),
-                i as *mut std::ffi::c_void,
-            );
-        }
-        let mut occurred = vec![pg_sys::WaitEvent::default(); n];
-        let got = pg_sys::WaitEventSetWait(
-            set,
-            ms,
-            occurred.as_mut_ptr(),
-            n as i32,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::FreeWaitEventSet(set);
-        for e in occurred.iter().take(got.max(0) as usize) {
-            if e.events & pg_sys::WL_LATCH_SET != 0 {
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            } else if e.user_data as usize == usize::MAX {
-                ready.listener = true;
-            } else if e.events & (pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE) != 0 {
-                ready.conns.push(e.user_data as usize);
+                used: 3,
+                listener_pos,
+                listener_on: true,
+                dead: false,
+            };
+            for c in conns {
+                c.slot = None;
+                events.add(c);
             }
+            events
         }
     }
-    interrupts();
-    ready
+
+    fn add(&mut self, c: &mut Conn) {
+        let wanted = c.wanted();
+        let pos = unsafe {
+            pg_sys::AddWaitEventToSet(
+                self.set,
+                wanted,
+                c.stream.as_raw_fd(),
+                std::ptr::null_mut(),
+                c.id as *mut std::ffi::c_void,
+            )
+        };
+        self.used += 1;
+        c.slot = Some((pos, wanted));
+    }
+
+    /// Brings the set up to date with the connections (new ones, ones now writing) and
+    /// whether newcomers are taken (`room`); builds it anew when its slots run out (and, where
+    /// a closed socket does not leave the poll set by itself, after any connection closed).
+    fn update(&mut self, listener: i32, conns: &mut [Conn], room: bool) {
+        let new = conns.iter().filter(|c| c.slot.is_none()).count();
+        let rebuild = self.used + new > SLOTS || (self.dead && !cfg!(target_os = "linux"));
+        if rebuild {
+            *self = Events::new(listener, conns);
+        }
+        for c in conns.iter_mut() {
+            match c.slot {
+                None => self.add(c),
+                Some((pos, events)) if events != c.wanted() => unsafe {
+                    pg_sys::ModifyWaitEvent(self.set, pos, c.wanted(), std::ptr::null_mut());
+                    c.slot = Some((pos, c.wanted()));
+                },
+                Some(_) => {}
+            }
+        }
+        if room != self.listener_on {
+            let events = if room { pg_sys::WL_SOCKET_READABLE } else { 0 };
+            unsafe {
+                pg_sys::ModifyWaitEvent(self.set, self.listener_pos, events, std::ptr::null_mut())
+            };
+            self.listener_on = room;
+        }
+    }
+
+    /// Waits, at most `timeout`, for any of the events.
+    fn wait(&mut self, conns: &[Conn], timeout: Duration) -> Ready {
+        let mut ready = Ready {
+            listener: false,
+            conns: Vec::new(),
+        };
+        let ms = timeout.as_millis().clamp(1, 60_000) as std::ffi::c_long;
+        let n = conns.len() + 3;
+        let mut occurred = vec![pg_sys::WaitEvent::default(); n];
+        unsafe {
+            let got = pg_sys::WaitEventSetWait(
+                self.set,
+                ms,
+                occurred.as_mut_ptr(),
+                n as i32,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            for e in occurred.iter().take(got.max(0) as usize) {
+                if e.events & pg_sys::WL_LATCH_SET != 0 {
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                } else if e.user_data as usize == LISTENER {
+                    ready.listener = true;
+                } else if e.events & (pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE) != 0
+                {
+                    // a dead slot's id matches no connection
+                    let id = e.user_data as usize;
+                    if let Some(i) = conns.iter().position(|c| c.id == id) {
+                        ready.conns.push(i);
+                    }
+                }
+            }
+        }
+        interrupts();
+        ready
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        unsafe { pg_sys::FreeWaitEventSet(self.set) };
+    }
 }
 
 /// Serves every connection at once, for as long as the listener works.
@@ -313,8 +403,11 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
         .map_err(|e| format!("listener: {e}"))?;
     let fd = listener.as_raw_fd();
     let mut conns: Vec<Conn> = Vec::new();
+    let mut events = Events::new(fd, &mut conns);
+    let mut next_id = 0usize;
     loop {
         let now = Instant::now();
+        let before = conns.len();
         conns.retain_mut(|c| c.expire(now) == Step::Keep);
         let timeout = conns
             .iter()
@@ -323,12 +416,12 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
             .unwrap_or(Duration::from_secs(10));
         // while every place holds a connection being answered, newcomers wait in the backlog
         let room = conns.len() < MAX_CONNECTIONS || conns.iter().any(|c| c.out.is_none());
-        let ready = wait_all(fd, &conns, room, timeout);
+        events.dead |= conns.len() < before;
+        events.update(fd, &mut conns, room);
+        let ready = events.wait(&conns, timeout);
         let mut closed = vec![false; conns.len()];
         for i in ready.conns {
-            let Some(c) = conns.get_mut(i) else {
-                continue;
-            };
+            let c = &mut conns[i];
             let step = if c.out.is_some() { c.write() } else { c.read() };
             closed[i] = step == Step::Close;
         }
@@ -337,8 +430,12 @@ fn serve(listener: &TcpListener) -> Result<(), String> {
             k += 1;
             !closed[k - 1]
         });
+        events.dead |= closed.contains(&true);
         if ready.listener {
-            accept_all(listener, &mut conns)?;
+            let before = conns.len();
+            accept_all(listener, &mut conns, &mut next_id)?;
+            // an evicted connection leaves a dead slot
+            events.dead |= conns.iter().filter(|c| c.slot.is_some()).count() < before;
         }
     }
 }
@@ -355,14 +452,21 @@ const EVICTABLE_AFTER: Duration = Duration::from_millis(50);
 /// with its connection; beyond `MAX_CONNECTIONS`, a newcomer still sending its request takes
 /// the place of the oldest connection that has been sending its own for `EVICTABLE_AFTER`,
 /// and is answered 503 when there is none.
-fn accept_all(listener: &TcpListener, conns: &mut Vec<Conn>) -> Result<(), String> {
+fn accept_all(
+    listener: &TcpListener,
+    conns: &mut Vec<Conn>,
+    next_id: &mut usize,
+) -> Result<(), String> {
     for _ in 0..ACCEPTS_PER_WAKEUP {
         match listener.accept() {
             Ok((stream, _peer)) => {
                 if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
+                *next_id = next_id.wrapping_add(1) % LISTENER;
                 let mut c = Conn {
+                    id: *next_id,
+                    slot: None,
                     stream,
                     accepted: Instant::now(),
                     buf: Vec::with_capacity(1024),

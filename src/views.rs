@@ -238,7 +238,6 @@ struct SideCells {
     query: Cell,
     state_age: Cell,
     xact_age: Cell,
-    state_change: Option<crate::core::session::Micros>,
 }
 
 fn side_cells(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> SideCells {
@@ -254,51 +253,237 @@ fn side_cells(snap: &Snapshot, by_pid: &ByPid, pid: i32) -> SideCells {
         query: rows::text(b.query.as_deref()),
         state_age: rows::float8(state_age),
         xact_age: rows::float8(xact_age),
-        state_change: b.state_change,
     }
 }
 
-/// Rows of the `blocking_pairs` view (declared in SQL below): every (blocked, blocking) pair.
+/// One reading of the lock graph, shared by the functions behind `blocking_pairs` in one query.
 ///
-/// Filled in one call into the executor's tuplestore, each backend's and each lock's text
-/// converted once (a queue of 1000 alternating shared and exclusive requests has 375,750 pairs;
-/// BENCHMARKS.md, section 4).
+/// The view joins the pairs (`_blocking_edges()`) to what it shows of each session
+/// (`_blocking_sessions()`) and of each wait (`_blocking_locks()`): a query that counts or
+/// groups pairs reads the lock manager and nothing more (PostgreSQL drops the unused joins),
+/// and a pair's text is never copied once per pair. The three must describe one reading,
+/// since a pair names its wait by position: the first of them to run in a query reads, the
+/// others take the same reading, and it is forgotten when the query's memory is released.
+struct Graph {
+    waits: Vec<blocking::LockWait>,
+    pairs: Vec<blocking::Pair>,
+    /// The backends on either side of a pair, read when first asked for.
+    sides: Option<Snapshot>,
+}
+
+impl Graph {
+    fn read() -> Graph {
+        let waits = snapshot::lock_waits();
+        let pairs = blocking::pairs(&waits);
+        Graph {
+            waits,
+            pairs,
+            sides: None,
+        }
+    }
+
+    /// Every pid on either side of a pair, each once, in the order first met.
+    fn pids(&self) -> Vec<i32> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for w in &self.waits {
+            for pid in std::iter::once(w.pid).chain(w.blocked_by.iter().copied()) {
+                if seen.insert(pid) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+
+    /// The backends on either side of a pair, read now if not yet.
+    fn read_sides(&mut self) -> &Self {
+        if self.sides.is_none() {
+            let pids: std::collections::HashSet<i32> = self.pids().into_iter().collect();
+            self.sides = Some(snapshot::activity_with_queries(|pid| pids.contains(&pid)));
+        }
+        self
+    }
+
+    fn sides(&self) -> &Snapshot {
+        self.sides.as_ref().expect("read_sides() first")
+    }
+}
+
+thread_local! {
+    /// The readings of the queries running now (a cursor's and the query run while it is
+    /// open are two), each keyed by its executor state.
+    static GRAPHS: std::cell::RefCell<Vec<(usize, Graph)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Forgets the reading of the query whose executor state is `key`: its memory is being released.
+unsafe extern "C-unwind" fn forget_graph(key: *mut std::ffi::c_void) {
+    GRAPHS.with(|g| {
+        if let Ok(mut g) = g.try_borrow_mut() {
+            g.retain(|(k, _)| *k != key as usize);
+        }
+    });
+}
+
+/// Runs `f` on the lock graph of the query that called the function (`fcinfo`): read now if
+/// this query has not read it yet.
+unsafe fn with_graph<R>(fcinfo: pg_sys::FunctionCallInfo, f: impl FnOnce(&mut Graph) -> R) -> R {
+    let estate = unsafe {
+        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        if rsinfo.is_null() || (*rsinfo).econtext.is_null() {
+            std::ptr::null_mut()
+        } else {
+            (*(*rsinfo).econtext).ecxt_estate
+        }
+    };
+    let key = estate as usize;
+    if key == 0 {
+        // called outside an executor's query: a reading of its own
+        return f(&mut Graph::read());
+    }
+    GRAPHS.with(|cell| {
+        let mut graphs = cell.borrow_mut();
+        let i = match graphs.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                graphs.push((key, Graph::read()));
+                // forgotten when the query's memory goes (at its end, or at an error)
+                unsafe {
+                    let cxt = (*estate).es_query_cxt;
+                    let cb = pg_sys::MemoryContextAlloc(
+                        cxt,
+                        std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+                    ) as *mut pg_sys::MemoryContextCallback;
+                    (*cb).func = Some(forget_graph);
+                    (*cb).arg = estate as *mut std::ffi::c_void;
+                    (*cb).next = std::ptr::null_mut();
+                    pg_sys::MemoryContextRegisterResetCallback(cxt, cb);
+                }
+                graphs.len() - 1
+            }
+        };
+        f(&mut graphs[i].1)
+    })
+}
+
+/// `_blocking_edges()`: every (blocked, blocking) pair, and the position of the blocked
+/// side's wait (see `_blocking_locks()`).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn dbconn_guard_blocking_edges(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 3) };
+    unsafe {
+        with_graph(fcinfo, |g| {
+            for p in &g.pairs {
+                out.push(&[
+                    rows::int4(p.blocked_pid),
+                    rows::int4(p.blocking_pid),
+                    rows::int4(p.wait as i32),
+                ]);
+            }
+        })
+    };
+    pg_sys::Datum::from(0)
+}
+rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_edges);
+
+/// `_blocking_sessions()`: every session on either side of a pair, as the caller sees it.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn dbconn_guard_blocking_sessions(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 8) };
+    unsafe {
+        with_graph(fcinfo, |g| {
+            let g = g.read_sides();
+            let snap = g.sides();
+            let by_pid = snap.index();
+            for pid in g.pids() {
+                let c = side_cells(snap, &by_pid, pid);
+                out.push(&[
+                    rows::int4(pid),
+                    c.user,
+                    c.application,
+                    c.datname,
+                    c.state,
+                    c.state_age,
+                    c.xact_age,
+                    c.query,
+                ]);
+            }
+        })
+    };
+    pg_sys::Datum::from(0)
+}
+rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_sessions);
+
+/// `_blocking_locks()`: every wait by position: the lock, and how long it has been waited for
+/// (`pg_locks.waitstart`; the session's state age where that is not known).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn dbconn_guard_blocking_locks(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 5) };
+    unsafe {
+        with_graph(fcinfo, |g| {
+            let g = g.read_sides();
+            let snap = g.sides();
+            let by_pid = snap.index();
+            for (i, w) in g.waits.iter().enumerate() {
+                let [locktype, mode, relation, wait] = lock_cells(snap, &by_pid, w);
+                out.push(&[rows::int4(i as i32), locktype, mode, relation, wait]);
+            }
+        })
+    };
+    pg_sys::Datum::from(0)
+}
+rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_locks);
+
+/// (locktype, mode, relation, seconds waited) of a wait.
+fn lock_cells(snap: &Snapshot, by_pid: &ByPid, w: &blocking::LockWait) -> [Cell; 4] {
+    let b = by_pid.get(&w.pid);
+    let wait = w
+        .wait_start
+        .or(b.and_then(|b| b.state_change))
+        .and_then(|t| crate::core::session::age_seconds(snap.now, Some(t)))
+        .map(round2);
+    let state_age = b.and_then(|b| ages(snap, b).0);
+    [
+        rows::text(w.locktype.as_deref()),
+        rows::text(w.mode.as_deref()),
+        rows::text(w.relation.as_deref()),
+        rows::float8(wait.or(state_age)),
+    ]
+}
+
+/// 0.1.0's `_blocking_pairs()`, every pair with both sides described in one row: kept so that
+/// an install of 0.1.0 answers between the restart onto this library and `ALTER EXTENSION
+/// dbconn_guard UPDATE` (0.2.0's view joins the three functions above).
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn dbconn_guard_blocking_pairs(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     let mut out = unsafe { rows::ResultSet::begin(fcinfo, 18) };
-    let (waits, snap) = blocking_inputs();
+    let mut g = Graph::read();
+    let g = g.read_sides();
+    let snap = g.sides();
     let by_pid = snap.index();
-    // every pid on either side of a pair: the waiters and what blocks them
-    let mut sides: FastMap<i32, SideCells> = FastMap::default();
-    for w in &waits {
-        for pid in std::iter::once(w.pid).chain(w.blocked_by.iter().copied()) {
-            sides
-                .entry(pid)
-                .or_insert_with(|| side_cells(&snap, &by_pid, pid));
-        }
-    }
-    // per wait: (locktype, mode, relation, wait seconds), built at its first pair
-    let mut lock_cells: Vec<Option<[Cell; 4]>> = vec![None; waits.len()];
-    for p in blocking::pairs(&waits) {
+    let sides: FastMap<i32, SideCells> = g
+        .pids()
+        .into_iter()
+        .map(|pid| (pid, side_cells(snap, &by_pid, pid)))
+        .collect();
+    let mut locks: Vec<Option<[Cell; 4]>> = vec![None; g.waits.len()];
+    for p in &g.pairs {
         let b = &sides[&p.blocked_pid];
         let k = &sides[&p.blocking_pid];
-        let [locktype, mode, relation, wait] = *lock_cells[p.wait].get_or_insert_with(|| {
-            let w = &waits[p.wait];
-            let wait = w
-                .wait_start
-                .or(b.state_change)
-                .and_then(|t| crate::core::session::age_seconds(snap.now, Some(t)))
-                .map(round2);
-            [
-                rows::text(w.locktype.as_deref()),
-                rows::text(w.mode.as_deref()),
-                rows::text(w.relation.as_deref()),
-                rows::float8(wait).or(b.state_age),
-            ]
-        });
+        let [locktype, mode, relation, wait] =
+            *locks[p.wait].get_or_insert_with(|| lock_cells(snap, &by_pid, &g.waits[p.wait]));
         out.push(&[
             rows::int4(p.blocked_pid),
             b.user,
@@ -326,30 +511,38 @@ rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_pairs);
 
 extension_sql!(
     r#"
-CREATE FUNCTION _blocking_pairs(
+CREATE FUNCTION _blocking_edges(
     OUT blocked_pid integer,
-    OUT blocked_user text,
-    OUT blocked_application text,
-    OUT blocked_datname text,
-    OUT blocked_state text,
-    OUT blocked_wait_seconds double precision,
-    OUT blocked_xact_age_seconds double precision,
-    OUT blocked_query text,
     OUT blocking_pid integer,
-    OUT blocking_user text,
-    OUT blocking_application text,
-    OUT blocking_state text,
-    OUT blocking_state_age_seconds double precision,
-    OUT blocking_xact_age_seconds double precision,
-    OUT blocking_query text,
+    OUT wait integer)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE ROWS 10000
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_edges';
+
+CREATE FUNCTION _blocking_sessions(
+    OUT pid integer,
+    OUT usename text,
+    OUT application_name text,
+    OUT datname text,
+    OUT state text,
+    OUT state_age_seconds double precision,
+    OUT xact_age_seconds double precision,
+    OUT query text)
+RETURNS SETOF record
+LANGUAGE c STRICT VOLATILE ROWS 100
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_sessions';
+
+CREATE FUNCTION _blocking_locks(
+    OUT wait integer,
     OUT locktype text,
     OUT mode text,
-    OUT relation text)
+    OUT relation text,
+    OUT wait_seconds double precision)
 RETURNS SETOF record
-LANGUAGE c STRICT VOLATILE
-AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_pairs';
+LANGUAGE c STRICT VOLATILE ROWS 100
+AS 'MODULE_PATHNAME', 'dbconn_guard_blocking_locks';
 "#,
-    name = "blocking_pairs_function"
+    name = "blocking_pairs_functions"
 );
 
 /// Every waiting backend traced to the root blocker(s) of its lock chain.

@@ -1,8 +1,8 @@
 //! Exact at the edges: waits that make no pile-up (a concurrent index build waiting for older
 //! snapshots), a parallel query that waits through its workers (one session, shown under its
-//! leader), what a dry run recorded ended once the dry run is off, `terminate_idle()` behind the
-//! same gates as the rules, and a guard whose database a plain role owns that this owner cannot
-//! switch off.
+//! leader; a deadlock between two such groups is a cycle with no root), what a dry run
+//! recorded ended once the dry run is off, `terminate_idle()` behind the same gates as the
+//! rules, and a guard whose database a plain role owns that this owner cannot switch off.
 
 use dbconn_guard_integration::*;
 use postgres::Client;
@@ -184,6 +184,149 @@ fn a_parallel_query_waiting_through_its_workers_is_one_session_shown_under_its_l
         let (r, _c) = h.join().unwrap();
         r.unwrap_or_else(|e| panic!("{what}: {}", db_error(&e)));
     }
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_deadlock_between_two_parallel_groups_is_a_cycle_under_the_leaders_with_no_root() {
+    let mut a = guard_admin();
+    // the deadlock detector is held off for this role (its parallel workers take the
+    // leader's settings), so that the cycle stays for the test to see it
+    ensure_role(&mut a, "it_e_dl", "");
+    a.batch_execute(
+        "ALTER ROLE it_e_dl SET deadlock_timeout = '10min'; \
+         DROP TABLE IF EXISTS it_e_dl_par, it_e_dl_a, it_e_dl_b; \
+         CREATE TABLE it_e_dl_par AS SELECT g FROM generate_series(1, 20000) g; \
+         ALTER TABLE it_e_dl_par SET (parallel_workers = 2); \
+         CREATE TABLE it_e_dl_a (x int); CREATE TABLE it_e_dl_b (x int); \
+         CREATE OR REPLACE FUNCTION it_e_dl_peek_a() RETURNS bigint LANGUAGE plpgsql PARALLEL SAFE \
+           AS $$ BEGIN RETURN (SELECT count(*) FROM it_e_dl_a); END $$; \
+         CREATE OR REPLACE FUNCTION it_e_dl_peek_b() RETURNS bigint LANGUAGE plpgsql PARALLEL SAFE \
+           AS $$ BEGIN RETURN (SELECT count(*) FROM it_e_dl_b); END $$; \
+         GRANT SELECT ON it_e_dl_par TO it_e_dl; GRANT ALL ON it_e_dl_a, it_e_dl_b TO it_e_dl; \
+         ANALYZE it_e_dl_par",
+    )
+    .unwrap();
+    // the root-blocker rule at its most eager: it must find no root in a cycle
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            ("dbconn_guard.blocker_min_waiters", "1"),
+            ("dbconn_guard.cancel_active_blockers", "on"),
+            ("dbconn_guard.naptime", "200ms"),
+        ],
+    );
+    // each leader holds its table, then runs a parallel query whose workers (not the leader)
+    // read the other's table
+    let parallel = "SET max_parallel_workers_per_gather = 2; SET parallel_leader_participation = off; \
+         SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0; ";
+    let group = |mine: &str, app: &str| {
+        let mut c = connect_as("it_e_dl", app);
+        let p = pid(&mut c);
+        c.batch_execute(&format!(
+            "{parallel} BEGIN; LOCK TABLE it_e_dl_{mine} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
+        (c, p)
+    };
+    let (mut ca, la) = group("a", "it_e_dl_a");
+    let (mut cb, lb) = group("b", "it_e_dl_b");
+    // a failed assertion leaves no cycle behind for the next test
+    struct EndOnDrop(Vec<i32>);
+    impl Drop for EndOnDrop {
+        fn drop(&mut self) {
+            terminate(&mut guard_admin(), &self.0);
+        }
+    }
+    let _end = EndOnDrop(vec![la, lb]);
+    let qa =
+        thread::spawn(move || ca.batch_execute("SELECT sum(it_e_dl_peek_b()) FROM it_e_dl_par"));
+    let qb =
+        thread::spawn(move || cb.batch_execute("SELECT sum(it_e_dl_peek_a()) FROM it_e_dl_par"));
+    wait_until(
+        &mut a,
+        &format!(
+            "SELECT count(*) = 4 FROM pg_stat_activity WHERE leader_pid IN ({la}, {lb}) \
+               AND pid NOT IN ({la}, {lb}) AND wait_event_type = 'Lock'"
+        ),
+        Duration::from_secs(20),
+    );
+    let members: Vec<i32> = a
+        .query(
+            &format!("SELECT pid FROM pg_stat_activity WHERE leader_pid IN ({la}, {lb}) OR pid IN ({la}, {lb})"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        members.len(),
+        6,
+        "two leaders and four workers: {members:?}"
+    );
+    // the pairs are pg_blocking_pids() for every pid, the leaders included: each group is
+    // blocked by the other's leader
+    let pairs = |a: &mut Client, sql: &str| -> Vec<(i32, i32)> {
+        let mut v: Vec<(i32, i32)> = a
+            .query(sql, &[&members])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        v.sort();
+        v
+    };
+    // pg_blocking_pids() names a blocker once per waiting member of a group (the leader's
+    // array holds lb twice); a pair is one row
+    let mut theirs_distinct = pairs(
+        &mut a,
+        "SELECT pid, unnest(pg_blocking_pids(pid)) FROM pg_stat_activity WHERE pid = ANY($1)",
+    );
+    theirs_distinct.dedup();
+    let theirs = theirs_distinct;
+    let ours = pairs(
+        &mut a,
+        "SELECT blocked_pid, blocking_pid FROM dbconn_guard.blocking_pairs WHERE blocked_pid = ANY($1)",
+    );
+    assert_eq!(ours, theirs, "blocking_pairs equals pg_blocking_pids()");
+    assert!(
+        ours.contains(&(la, lb)) && ours.contains(&(lb, la)),
+        "{ours:?}"
+    );
+    assert!(ours.iter().all(|&(_, k)| k == la || k == lb), "{ours:?}");
+    // the chains over those edges: every member is caught in the cycle, with no root
+    let roots: Vec<(i32, Option<i32>)> = a
+        .query(
+            "SELECT pid, root_pid FROM dbconn_guard.blocking_chains() WHERE pid = ANY($1)",
+            &[&members],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        roots.iter().any(|&(p, _)| p == la) && roots.iter().any(|&(p, _)| p == lb),
+        "both leaders wait: {roots:?}"
+    );
+    assert!(
+        roots.iter().all(|(_, r)| r.is_none()),
+        "a cycle has no root: {roots:?}"
+    );
+    // and the root-blocker rule finds none to end
+    thread::sleep(Duration::from_secs(3));
+    assert!(
+        alive(&mut a, la) && alive(&mut a, lb),
+        "a leader of the cycle was ended"
+    );
+    assert!(audit(&mut a, la).is_empty() && audit(&mut a, lb).is_empty());
+    terminate(&mut a, &[la, lb]);
+    for q in [qa, qb] {
+        assert!(q.join().unwrap().is_err(), "the parallel query was ended");
+    }
+    a.batch_execute("ALTER ROLE it_e_dl RESET deadlock_timeout")
+        .unwrap();
     reset_system(&mut a);
 }
 
