@@ -87,10 +87,13 @@ fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
         "UPDATE it_d_t SET id = id WHERE id = 1",
     );
     wait_for_lock_waits(&mut a, &[w]);
-    thread::sleep(Duration::from_millis(1200));
+    // past the moment under which an idle state or a wait is ordinary (diagnose's
+    // TRANSIENT_SECS): nothing younger is offered for ending
+    thread::sleep(Duration::from_millis(5200));
     // thresholds low enough for a test's ages (a superuser may SET them per session)
     a.batch_execute(
         "SET dbconn_guard.idle_in_transaction_warning_age = '1s';
+         SET dbconn_guard.idle_warning_age = '1s';
          SET dbconn_guard.lock_wait_warning_age = 0;
          SET dbconn_guard.leak_idle_age = '1s'",
     )
@@ -122,8 +125,8 @@ fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
     );
     let timeouts = area(&rows, "timeouts");
     assert!(
-        timeouts.iter().any(|r| r.status == "warning"),
-        "neither PostgreSQL nor the guard ends idle transactions: {dump}"
+        timeouts.iter().any(|r| r.status == "info"),
+        "neither PostgreSQL nor the guard ends idle transactions (advice: info): {dump}"
     );
     assert!(
         area(&rows, "connection storm")

@@ -199,8 +199,14 @@ pub const TOP: usize = 3;
 /// "Pool larger than its work": at least this many sessions from one client address, user and
 /// application ...
 pub const OVERSIZED_MIN_SESSIONS: u32 = 10;
-/// ... of which at least this share is idle.
+/// ... of which at least this share has been idle for longer than
+/// `dbconn_guard.idle_warning_age` (at least [`TRANSIENT_SECS`]: a pool that uses its
+/// connections takes each one within seconds, however little traffic it has) ...
 pub const OVERSIZED_IDLE_SHARE: f64 = 0.8;
+/// ... and whose busiest moment over the window (its active and idle-in-transaction
+/// sessions, now and in every sample of the history) plus this headroom is at most half of
+/// it.
+pub const OVERSIZED_HEADROOM: u32 = 2;
 /// pgbouncer advice: at least this many client sessions ...
 pub const MOSTLY_IDLE_MIN_CLIENTS: i64 = 20;
 /// ... of which at least this share is idle.
@@ -218,6 +224,10 @@ pub const POOLER_NAMES: [&str; 4] = ["pgbouncer", "pgcat", "odyssey", "pgpool"];
 /// A guard rule's deadline passed this long ago and the session is still there: the worker is
 /// not keeping up (or not running).
 pub const OVERDUE_SLACK: Micros = 60 * SECOND;
+/// Seconds under which an idle state or a lock wait is a healthy client's ordinary moment (a
+/// transaction between two statements, a row lock held for a few milliseconds): no row
+/// offers to end or cancel a session on it.
+pub const TRANSIENT_SECS: f64 = 5.0;
 
 // ---------------------------------------------------------------------------------------------
 // The tree
@@ -337,6 +347,11 @@ impl<'a> Ctx<'a> {
             "SELECT time, client_backends, utilization_pct FROM dbconn_guard.history ORDER BY time DESC LIMIT 10;"
                 .into()
         }
+    }
+
+    /// Seconds after which an idle session of a pool counts as unused.
+    fn unused_after(&self) -> f64 {
+        self.i.guard.thresholds.idle_age.max(TRANSIENT_SECS)
     }
 
     /// Threshold of a connection storm.
@@ -563,6 +578,9 @@ struct ClientGroup<'a> {
     app: Option<&'a str>,
     counts: StateCounts,
     oldest_idle: f64,
+    /// Idle sessions not used for longer than `dbconn_guard.idle_warning_age` (see
+    /// [`OVERSIZED_IDLE_SHARE`]).
+    unused: u32,
     first: &'a Backend,
     /// An idle session of the group last ran `DISCARD ALL`: pgbouncer's reset query, which a
     /// session pool runs when a client leaves (its idle server connections show it).
@@ -605,12 +623,16 @@ fn client_groups<'a>(c: &Ctx<'a>) -> Vec<ClientGroup<'a>> {
             app: k.2,
             counts: StateCounts::default(),
             oldest_idle: 0.0,
+            unused: 0,
             first: b,
             reset_query_seen: false,
         });
         g.counts.count(b.state);
         if b.has_state(IDLE) {
             g.oldest_idle = g.oldest_idle.max(b.state_age(c.now));
+            if b.state_age(c.now) > c.unused_after() {
+                g.unused += 1;
+            }
             g.reset_query_seen |= b
                 .query
                 .as_deref()
@@ -633,43 +655,97 @@ fn is_pooler_name(app: Option<&str>) -> bool {
     })
 }
 
-/// "Pool larger than its work": one client holding many sessions, nearly all idle.
+/// The most sessions of `user` and `application` busy at once (active or idle in transaction)
+/// in the samples of the window, summed over databases; `None` when no sample shows the group
+/// (the history keeps the largest groups only).
+fn peak_busy_in_history(c: &Ctx, user: Option<&str>, app: Option<&str>) -> Option<u32> {
+    c.samples
+        .iter()
+        .filter_map(|s| {
+            let mine: Vec<&history::GroupSample> = s
+                .groups
+                .iter()
+                .filter(|g| {
+                    !g.other
+                        && g.name.usename.as_deref() == user
+                        && g.name.application_name.as_deref() == app
+                })
+                .collect();
+            (!mine.is_empty()).then(|| {
+                mine.iter()
+                    .map(|g| {
+                        g.counts.active
+                            + g.counts.idle_in_transaction
+                            + g.counts.idle_in_transaction_aborted
+                    })
+                    .sum::<u32>()
+            })
+        })
+        .max()
+}
+
+/// "Pool larger than its work": one client holding many sessions, most of them unused for a
+/// minute or more now, whose busiest moment over the window (now and in the history) needs at
+/// most half of them. A pool that takes each of its connections within seconds is not flagged
+/// however idle it looks at one instant.
 fn oversized_pool(c: &Ctx) -> Vec<Finding> {
     let t = &c.i.guard.thresholds;
-    let mut big: Vec<ClientGroup> = client_groups(c)
+    let mut big: Vec<(ClientGroup, u32, Option<u32>)> = client_groups(c)
         .into_iter()
-        .filter(|g| g.mostly_idle_pool() && !is_pooler_name(g.app) && !g.reset_query_seen)
+        .filter(|g| {
+            let n = g.counts.total();
+            n >= OVERSIZED_MIN_SESSIONS
+                && f64::from(g.unused) >= OVERSIZED_IDLE_SHARE * f64::from(n)
+                && !is_pooler_name(g.app)
+                && !g.reset_query_seen
+        })
+        .filter_map(|g| {
+            let now = g.counts.active
+                + g.counts.idle_in_transaction
+                + g.counts.idle_in_transaction_aborted;
+            let past = peak_busy_in_history(c, g.user, g.app);
+            let peak = now.max(past.unwrap_or(0));
+            ((peak + OVERSIZED_HEADROOM) * 2 <= g.counts.total()).then_some((g, peak, past))
+        })
         .collect();
     if big.is_empty() {
         return vec![ok(
             "oversized pool",
             "No pool larger than its work",
             format!(
-                "no client address holds {OVERSIZED_MIN_SESSIONS} or more sessions of one user and application with {:.0}% or more idle",
-                OVERSIZED_IDLE_SHARE * 100.0
+                "no client address holds {OVERSIZED_MIN_SESSIONS} or more sessions of one user and application with {:.0}% or more unused for longer than {} (dbconn_guard.idle_warning_age) and at most half of them busy at its busiest",
+                OVERSIZED_IDLE_SHARE * 100.0,
+                dur(c.unused_after())
             ),
         )];
     }
-    big.sort_by_key(|g| std::cmp::Reverse(g.counts.idle));
+    big.sort_by_key(|(g, _, _)| std::cmp::Reverse(g.unused));
     big.iter()
         .take(TOP)
-        .map(|g| {
-            let busy = g.counts.active + g.counts.idle_in_transaction;
+        .map(|(g, peak, past)| {
+            let busiest = match past {
+                Some(_) => format!(
+                    "at most {peak} busy at once now and over the last {} of samples",
+                    dur(c.i.history.window as f64 / 1e6)
+                ),
+                None => format!("{peak} busy now (the history does not show this group)"),
+            };
             flag(
                 "oversized pool",
                 Status::Warning,
                 format!(
-                    "Pool larger than its work: {} of {} sessions from {} are idle",
-                    g.counts.idle,
+                    "Pool larger than its work: {} of {} sessions from {} (application {}) unused for more than {}",
+                    g.unused,
                     g.counts.total(),
-                    quoted_or(g.addr, "local")
+                    quoted_or(g.addr, "local"),
+                    quoted_or(g.app, "-"),
+                    dur(c.unused_after())
                 ),
                 format!(
-                    "{}; oldest idle {}; {} busy now, so a pool of about {} would do (if this is a pooler, see the pooler row){}",
+                    "{}; oldest idle {}; {busiest}, so a pool of about {} would do (if this is a pooler, see the pooler row){}",
                     g.describe(),
                     dur(g.oldest_idle),
-                    busy,
-                    busy.max(2) + 2,
+                    peak + OVERSIZED_HEADROOM,
                     end_idle_scope(c, g.app.unwrap_or(""), t.idle_age)
                 ),
                 end_idle(c, Some(g.app.unwrap_or("")), t.idle_age),
@@ -752,9 +828,12 @@ fn leak_suspects(c: &Ctx) -> Vec<Finding> {
             } else {
                 (
                     format!(
-                        "Connection leak suspect: {} sessions idle for up to {}",
-                        r.group.connection_count,
-                        dur(r.group.max_age_seconds)
+                        "Connection leak suspect: application {} holds {} idle for up to {} ({:.0}% of the slots)",
+                        quoted_or(k.application_name.as_deref(), "-"),
+                        sessions(r.group.connection_count),
+                        dur(r.group.max_age_seconds),
+                        100.0 * r.group.connection_count as f64
+                            / f64::from(c.i.limits.max_connections.max(1))
                     ),
                     g.leak_idle_age,
                 )
@@ -851,7 +930,12 @@ fn covers(c: &Ctx, b: &Backend) -> Vec<Cover> {
 }
 
 fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
-    let age = c.i.guard.thresholds.idle_in_transaction_age;
+    // never younger than a healthy client's pause between two statements
+    let age =
+        c.i.guard
+            .thresholds
+            .idle_in_transaction_age
+            .max(TRANSIENT_SECS);
     let mut old: Vec<&Backend> = c
         .clients
         .iter()
@@ -868,9 +952,11 @@ fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             "dbconn_guard.idle_in_transaction_warning_age decides what counts",
         )];
     }
+    // harm first: a session that holds others up before older ones that hold up nobody
     old.sort_by(|a, b| {
-        b.state_age(c.now)
-            .total_cmp(&a.state_age(c.now))
+        c.holds_up(b.pid)
+            .cmp(&c.holds_up(a.pid))
+            .then(b.state_age(c.now).total_cmp(&a.state_age(c.now)))
             .then(a.pid.cmp(&b.pid))
     });
     let total = old.len();
@@ -1000,7 +1086,12 @@ fn slow_queries(c: &Ctx) -> Vec<Finding> {
             flag(
                 "slow queries",
                 Status::Warning,
-                format!("Slow query: pid {} running for {}", b.pid, dur(running(b))),
+                format!(
+                    "Slow query: pid {} of application {} running for {}",
+                    b.pid,
+                    quoted_or(b.application_name.as_deref(), "-"),
+                    dur(running(b))
+                ),
                 format!(
                     "user {}, application {}, client {}{}; {}{}",
                     quoted_or(b.usename.as_deref(), "-"),
@@ -1048,6 +1139,43 @@ fn lock_pileups(c: &Ctx) -> Vec<Finding> {
             }
         }
     }
+    // a root whose waiters have waited only a moment, or that has been idle only a moment, is
+    // ordinary contention: nothing to end or cancel
+    let longest_of = |root: i32| {
+        c.chains
+            .iter()
+            .filter(|ch| ch.root_pid == Some(root))
+            .map(|ch| wait_of(ch.pid))
+            .fold(0.0, f64::max)
+    };
+    let transient = |root: i32| {
+        longest_of(root) < TRANSIENT_SECS
+            || index.get(&root).is_some_and(|b| {
+                !b.is_hidden()
+                    && matches!(
+                        b.state,
+                        Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
+                    )
+                    && b.state_age(c.now) < TRANSIENT_SECS
+            })
+    };
+    let (brief, lasting): (Vec<(i32, i64)>, Vec<(i32, i64)>) =
+        roots.into_iter().partition(|&(r, _)| transient(r));
+    if lasting.is_empty() && !brief.is_empty() {
+        let waiting: i64 = brief.iter().map(|&(_, n)| n).sum();
+        return vec![ok(
+            "locks",
+            format!("Only brief lock waits: none has lasted {}", dur(TRANSIENT_SECS)),
+            format!(
+                "{} waiting behind {} (pids {}), each for less than {} or behind a session idle for less than that: ordinary contention",
+                sessions(waiting),
+                if brief.len() == 1 { "one session".to_string() } else { format!("{} sessions", brief.len()) },
+                pid_list(&brief.iter().map(|&(r, _)| r).collect::<Vec<_>>()),
+                dur(TRANSIENT_SECS)
+            ),
+        )];
+    }
+    let roots = lasting;
     let mut out: Vec<Finding> = roots
         .iter()
         .take(TOP)
@@ -1123,7 +1251,8 @@ fn lock_pileups(c: &Ctx) -> Vec<Finding> {
         .filter(|ch| ch.root_pid.is_none())
         .map(|ch| ch.pid)
         .collect();
-    if let Some(&first) = cycle.iter().min() {
+    let cycle_wait = cycle.iter().map(|&p| wait_of(p)).fold(0.0, f64::max);
+    if let (Some(&first), true) = (cycle.iter().min(), cycle_wait >= TRANSIENT_SECS) {
         out.push(flag(
             "locks",
             Status::Info,
@@ -1154,12 +1283,80 @@ pub enum Pattern {
     Intermittent,
     /// A steady rise: "leak or attack".
     Increasing,
+    /// A lasting change of level (a scale-out, a deployment, a pool resized): the samples
+    /// from this index on sit at another level, each level flat.
+    Step(usize),
+}
+
+/// Samples on each side of a step, at least.
+pub const STEP_MIN_SIDE: usize = 3;
+
+/// Sum of squared deviations from the mean.
+fn sse_flat(v: &[f64]) -> f64 {
+    let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    v.iter().map(|y| (y - m) * (y - m)).sum()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Where `series` steps from one flat level to another, if it does: the split into two flat
+/// levels (at least [`STEP_MIN_SIDE`] samples each) that fits best, when it fits at least
+/// twice as well as a straight line (residual sum of squares) and the levels differ by at
+/// least 3 sessions and 20% of the mean. A steady rise fits a line better; a step fits two
+/// levels.
+fn step_at(series: &[f64]) -> Option<usize> {
+    let n = series.len();
+    if n < 2 * STEP_MIN_SIDE {
+        return None;
+    }
+    let nf = n as f64;
+    let mean_t = (nf - 1.0) / 2.0;
+    let m = mean(series);
+    let (mut cov, mut var_t, mut var_y) = (0.0, 0.0, 0.0);
+    for (i, y) in series.iter().enumerate() {
+        let dt = i as f64 - mean_t;
+        cov += dt * (y - m);
+        var_t += dt * dt;
+        var_y += (y - m) * (y - m);
+    }
+    let sse_line = var_y - cov * cov / var_t;
+    let (sse, k) = (STEP_MIN_SIDE..=n - STEP_MIN_SIDE)
+        .map(|k| (sse_flat(&series[..k]) + sse_flat(&series[k..]), k))
+        .min_by(|a, b| a.0.total_cmp(&b.0))?;
+    let jump = (mean(&series[k..]) - mean(&series[..k])).abs();
+    // each level flat: a ramp (a leak that began within the window) rises inside a level
+    let flat = |v: &[f64]| fitted_rise(v).abs() < 0.25 * jump;
+    (jump >= 3.0_f64.max(0.2 * m)
+        && sse <= 0.5 * sse_line
+        && flat(&series[..k])
+        && flat(&series[k..]))
+    .then_some(k)
+}
+
+/// How much the least-squares line through `v` rises from its first sample to its last.
+fn fitted_rise(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let mean_t = (n - 1.0) / 2.0;
+    let m = mean(v);
+    let (mut cov, mut var_t) = (0.0, 0.0);
+    for (i, y) in v.iter().enumerate() {
+        let dt = i as f64 - mean_t;
+        cov += dt * (y - m);
+        var_t += dt * dt;
+    }
+    cov / var_t * (n - 1.0)
 }
 
 /// The pattern of `series` (oldest first); `None` with fewer than [`MIN_HISTORY_SAMPLES`].
 ///
-/// Increasing: the counts correlate with time (Pearson r >= 0.7) and the fitted line rises by
-/// at least 3 sessions and 20% of the mean. Intermittent: otherwise, a peak at least 5
+/// Step: two flat levels fit far better than a line (see `step_at`). Increasing: otherwise,
+/// the counts correlate with time (Pearson r >= 0.7) and the fitted line rises by at least 3
+/// sessions and 20% of the mean. Intermittent: otherwise, a peak at least 5
 /// sessions and 50% above the median. Constant: neither.
 pub fn classify(series: &[f64]) -> Option<Pattern> {
     let n = series.len();
@@ -1176,6 +1373,9 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
         cov += dt * dy;
         var_t += dt * dt;
         var_y += dy * dy;
+    }
+    if let Some(k) = step_at(series) {
+        return Some(Pattern::Step(k));
     }
     if var_y > 0.0 {
         let r = cov / (var_t * var_y).sqrt();
@@ -1234,6 +1434,32 @@ fn error_pattern(c: &Ctx) -> Vec<Finding> {
     );
     let high = peak_pct >= warn_pct;
     match pattern {
+        Pattern::Step(k) => {
+            let (before, after) = (&series[..k], &series[k..]);
+            let (from, to) = (mean(before).round(), mean(after).round());
+            let at = c.samples[k].time;
+            let ago = secs_between(c.now, at);
+            let up = to > from;
+            let finding = format!(
+                "Client connections stepped {} from {from:.0} to {to:.0} at {} ({} ago) and stayed there: a change of level (a scale-out, a deployment, a pool resized), not a leak",
+                if up { "up" } else { "down" },
+                clock(at),
+                dur(ago)
+            );
+            // who stepped: the groups around the step
+            let action = format!(
+                "SELECT time, datname, usename, application_name, connections, active, idle FROM dbconn_guard.history_by_group_between(now() - interval '{} seconds', now() - interval '{} seconds') ORDER BY time, connections DESC;",
+                (ago + 60.0).ceil() as i64,
+                (ago - 60.0).max(0.0).floor() as i64
+            );
+            if up && high {
+                vec![flag("error pattern", Status::Warning, finding, evidence, action)]
+            } else if up {
+                vec![flag("error pattern", Status::Info, finding, evidence, action)]
+            } else {
+                vec![ok("error pattern", finding, evidence)]
+            }
+        }
         Pattern::Increasing => vec![flag(
             "error pattern",
             Status::Warning,
@@ -1608,9 +1834,11 @@ fn timeouts(c: &Ctx) -> Vec<Finding> {
                 "ALTER SYSTEM SET idle_in_transaction_session_timeout = '{RECOMMENDED_IIT_TIMEOUT}'; SELECT pg_reload_conf();"
             )
         };
+        // advice about configuration: nothing is wrong now (a session idle in transaction
+        // that is, is the idle-in-transaction row's)
         return vec![flag(
             "timeouts",
-            Status::Warning,
+            Status::Info,
             "Nothing ends a session idle in transaction: neither PostgreSQL's timeouts nor the guard's cover it",
             evidence,
             action,
@@ -2316,6 +2544,13 @@ pub fn dur(seconds: f64) -> String {
     }
 }
 
+/// The time of day of `t` (PostgreSQL's microseconds since 2000-01-01 00:00 UTC), as
+/// `14:05 UTC`.
+fn clock(t: Micros) -> String {
+    let minutes = t.div_euclid(60 * SECOND).rem_euclid(24 * 60);
+    format!("{:02}:{:02} UTC", minutes / 60, minutes % 60)
+}
+
 fn setting(v: Option<Micros>) -> String {
     match v {
         None => "?".into(),
@@ -2724,7 +2959,7 @@ mod tests {
     #[test]
     fn a_pool_larger_than_its_work_is_named_by_client() {
         let mut clients: Vec<Backend> = (0..11)
-            .map(|p| addr(c(10 + p, "idle", 30), "10.0.0.5"))
+            .map(|p| addr(c(10 + p, "idle", 400), "10.0.0.5"))
             .collect();
         clients.push(addr(c(30, "active", 1), "10.0.0.5"));
         let fs = diagnose(&with(clients.clone()));
@@ -2732,9 +2967,15 @@ mod tests {
         assert_eq!(o.status, Status::Warning);
         assert!(
             o.finding
-                .contains("11 of 12 sessions from \"10.0.0.5\" are idle"),
+                .contains("11 of 12 sessions from \"10.0.0.5\" (application \"api\")"),
             "{}",
             o.finding
+        );
+        // its busiest moment in the history (2 busy) plus headroom
+        assert!(
+            o.evidence.contains("a pool of about 4 would do"),
+            "{}",
+            o.evidence
         );
         assert_eq!(
             action(o),
@@ -2750,11 +2991,33 @@ mod tests {
             Status::Ok
         );
         // a pooler's are left to the pooler row
-        let pooled: Vec<Backend> = clients.into_iter().map(|b| app(b, "pgbouncer")).collect();
+        let pooled: Vec<Backend> = clients
+            .iter()
+            .cloned()
+            .map(|b| app(b, "pgbouncer"))
+            .collect();
         assert_eq!(
             one(&diagnose(&with(pooled)), "oversized pool").status,
             Status::Ok
         );
+        // a pool whose busiest moment in the window needed most of it is sized for its peak
+        let mut peaked = with(clients.clone());
+        peaked.history.samples[2] = sample(1800, 8, 4);
+        assert_eq!(one(&diagnose(&peaked), "oversized pool").status, Status::Ok);
+    }
+
+    #[test]
+    fn a_healthy_pool_that_takes_each_connection_within_seconds_is_not_oversized() {
+        // ten connections, each used every half second: idle for a second at most, at any
+        // instant most of them idle
+        let mut clients: Vec<Backend> = (0..9)
+            .map(|p| addr(c(10 + p, "idle", 1), "10.0.0.5"))
+            .collect();
+        clients.push(addr(c(30, "active", 0), "10.0.0.5"));
+        clients.extend((0..10).map(|p| addr(c(40 + p, "idle", 0), "10.0.0.6")));
+        let fs = diagnose(&with(clients));
+        assert_eq!(one(&fs, "oversized pool").status, Status::Ok);
+        assert!(not_ok(&fs, "oversized pool").is_empty());
     }
 
     // --- leaks -------------------------------------------------------------------------------
@@ -3028,14 +3291,67 @@ mod tests {
 
     #[test]
     fn lock_cycles_and_no_waits() {
-        let mut i = with(vec![c(1, "active", 5), c(2, "active", 5)]);
-        i.lock_waits = vec![wait(1, &[2], 1), wait(2, &[1], 1)];
+        let mut i = with(vec![c(1, "active", 30), c(2, "active", 30)]);
+        i.lock_waits = vec![wait(1, &[2], 20), wait(2, &[1], 20)];
         let fs = diagnose(&i);
         let l = one(&fs, "locks");
         assert_eq!(l.status, Status::Info);
         assert!(l.finding.contains("lock cycle"));
         assert_eq!(action(l), "SELECT pg_cancel_backend(1);");
+        // a cycle of a second is the deadlock detector's to break: no action
+        i.lock_waits = vec![wait(1, &[2], 1), wait(2, &[1], 1)];
+        assert!(not_ok(&diagnose(&i), "locks").is_empty());
         assert_eq!(one(&diagnose(&input()), "locks").status, Status::Ok);
+    }
+
+    #[test]
+    fn the_session_idle_in_transaction_that_holds_others_up_comes_first() {
+        // four older sessions idle in transaction that hold up nobody, and a younger root of
+        // five waiters
+        let mut clients: Vec<Backend> = (0..4)
+            .map(|p| c(10 + p, "idle in transaction", 3600 + i64::from(p)))
+            .collect();
+        clients.push(c(20, "idle in transaction", 120));
+        clients.extend((0..5).map(|p| c(30 + p, "active", 60)));
+        let mut i = with(clients);
+        i.lock_waits = (0..5).map(|p| wait(30 + p, &[20], 60)).collect();
+        let fs = diagnose(&i);
+        let rows = area(&fs, "idle in transaction");
+        assert!(rows[0].finding.starts_with("pid 20 "), "{rows:#?}");
+        assert!(
+            rows[0].evidence.contains("holds up 5 sessions"),
+            "{}",
+            rows[0].evidence
+        );
+    }
+
+    #[test]
+    fn a_root_of_brief_waits_or_idle_for_a_moment_is_ordinary_contention() {
+        // pgbench: a transaction idle between two statements holds a row another waits for
+        let mut i = with(vec![
+            c(1, "idle in transaction", 0),
+            c(2, "active", 0),
+            c(3, "idle in transaction", 2),
+            c(4, "active", 3),
+        ]);
+        i.lock_waits = vec![wait(2, &[1], 0), wait(4, &[3], 3)];
+        let fs = diagnose(&i);
+        assert!(not_ok(&fs, "locks").is_empty(), "{fs:#?}");
+        assert!(area(&fs, "locks").iter().all(|f| f.action.is_none()));
+        // nor is a session idle in transaction for a moment offered for termination, whatever
+        // the warning age
+        i.guard.thresholds.idle_in_transaction_age = 0.0;
+        let fs = diagnose(&i);
+        assert!(not_ok(&fs, "idle in transaction").is_empty(), "{fs:#?}");
+        // a root idle for a minute whose waiter has waited 30 s is offered
+        let mut i = with(vec![c(1, "idle in transaction", 60), c(2, "active", 30)]);
+        i.lock_waits = vec![wait(2, &[1], 30)];
+        let l = one(&diagnose(&i), "locks").clone();
+        assert_eq!(l.status, Status::Warning);
+        assert_eq!(action(&l), "SELECT pg_terminate_backend(1);");
+        // a root idle for a minute whose waiter came a second ago: not yet
+        i.lock_waits = vec![wait(2, &[1], 1)];
+        assert!(not_ok(&diagnose(&i), "locks").is_empty());
     }
 
     // --- error pattern -------------------------------------------------------------------------
@@ -3053,6 +3369,51 @@ mod tests {
         );
         // a rise of 2 sessions is noise, not a leak
         assert_eq!(f(&[10, 10, 11, 11, 12]), Some(Pattern::Constant));
+        // a step is not a trend: a scale-out in the middle of the window, with noise
+        let mut step = vec![120u32, 122, 119, 121, 120, 118, 121];
+        step.extend([300, 302, 299, 301, 300, 298, 301, 300]);
+        assert_eq!(f(&step), Some(Pattern::Step(7)));
+        // nor at a quarter or three quarters of it
+        let early: Vec<u32> = (0..12).map(|k| if k < 3 { 120 } else { 300 }).collect();
+        assert_eq!(f(&early), Some(Pattern::Step(3)));
+        let late: Vec<u32> = (0..12).map(|k| if k < 9 { 120 } else { 300 }).collect();
+        assert_eq!(f(&late), Some(Pattern::Step(9)));
+        // a leak growing one session a sample is a trend, noisy or not
+        let leak: Vec<u32> = (0..20).map(|k| 100 + 3 * k).collect();
+        assert_eq!(f(&leak), Some(Pattern::Increasing));
+        let noisy: Vec<u32> = (0..20).map(|k| 100 + 2 * k + (k % 3) * 3).collect();
+        assert_eq!(f(&noisy), Some(Pattern::Increasing));
+        // a leak that began within the window (flat, then a ramp) is not a step either
+        let hockey: Vec<u32> = (0..60)
+            .map(|k| if k < 45 { 100 } else { 100 + 2 * (k - 44) })
+            .collect();
+        assert!(
+            !matches!(f(&hockey), Some(Pattern::Step(_))),
+            "{:?}",
+            f(&hockey)
+        );
+    }
+
+    #[test]
+    fn a_step_reads_as_a_change_of_level_with_its_time_not_as_a_leak() {
+        let mut series = vec![120u32; 30];
+        series.extend([300u32; 30]);
+        let fs = diagnose(&with_series(&series));
+        let e = one(&fs, "error pattern");
+        // 120 + 300 sessions of 100: high
+        assert_eq!(e.status, Status::Warning);
+        assert!(e.finding.contains("from 120 to 300"), "{}", e.finding);
+        assert!(!e.finding.contains("leak or"), "{}", e.finding);
+        // the step's sample was taken 29 minutes ago (one a minute, the last one now)
+        assert!(e.finding.contains("(29min ago)"), "{}", e.finding);
+        assert!(
+            action(e).contains("history_by_group_between(now() - interval '1800 seconds', now() - interval '1680 seconds')"),
+            "{}",
+            action(e)
+        );
+        // and a step down is no alarm
+        series.reverse();
+        assert!(not_ok(&diagnose(&with_series(&series)), "error pattern").is_empty());
     }
 
     fn with_series(series: &[u32]) -> Input {
@@ -3254,12 +3615,13 @@ mod tests {
     // --- configuration ------------------------------------------------------------------------
 
     #[test]
-    fn timeouts_warn_where_neither_covers_idle_in_transaction() {
+    fn timeouts_advise_where_neither_covers_idle_in_transaction() {
         let mut i = input();
         i.guard.policy.idle_in_transaction_timeout = 0;
         let fs = diagnose(&i);
         let t = one(&fs, "timeouts");
-        assert_eq!(t.status, Status::Warning);
+        // configuration advice: nothing is wrong now
+        assert_eq!(t.status, Status::Info);
         assert_eq!(action(t), enable_iit_action());
         assert!(t
             .evidence
@@ -3277,7 +3639,7 @@ mod tests {
         // the guard's rule does not count while it ends nothing
         let mut i = input();
         i.guard.enabled = false;
-        assert_eq!(one(&diagnose(&i), "timeouts").status, Status::Warning);
+        assert_eq!(one(&diagnose(&i), "timeouts").status, Status::Info);
         // PostgreSQL 16: no transaction_timeout
         let mut i = input();
         i.server.transaction_timeout = None;
