@@ -1159,8 +1159,8 @@ fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                     && b.state_age(c.now) < TRANSIENT_SECS
             })
     };
-    let (brief, lasting): (Vec<(i32, i64)>, Vec<(i32, i64)>) =
-        roots.into_iter().partition(|&(r, _)| transient(r));
+    type Roots = Vec<(i32, i64)>;
+    let (brief, lasting): (Roots, Roots) = roots.into_iter().partition(|&(r, _)| transient(r));
     if lasting.is_empty() && !brief.is_empty() {
         let waiting: i64 = brief.iter().map(|&(_, n)| n).sum();
         return vec![ok(
