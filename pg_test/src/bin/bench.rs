@@ -773,48 +773,12 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
     // the same scrapes while 64 clients connect and send nothing (each reconnecting once the
     // endpoint cuts it off) and 16 send a byte every 0.3 s
     let loaded = {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut pests = Vec::new();
-        for k in 0..80 {
-            let (endpoint, stop) = (endpoint.clone(), stop.clone());
-            pests.push(thread::spawn(move || {
-                use std::io::{Read, Write};
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let Ok(mut s) = std::net::TcpStream::connect(&endpoint) else {
-                        thread::sleep(Duration::from_millis(50));
-                        continue;
-                    };
-                    s.set_read_timeout(Some(Duration::from_millis(300)))
-                        .unwrap();
-                    let mut b = [0u8; 256];
-                    let mut sent = 0;
-                    // silent: wait for the cut; slow: a byte of a request each 0.3 s
-                    loop {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            return;
-                        }
-                        if k >= 64 {
-                            let req = b"GET /metrics HTTP/1.1\r\n";
-                            if s.write_all(&req[sent % req.len()..sent % req.len() + 1])
-                                .is_err()
-                            {
-                                break;
-                            }
-                            sent += 1;
-                        }
-                        match s.read(&mut b) {
-                            Ok(_) => break,
-                            Err(e)
-                                if matches!(
-                                    e.kind(),
-                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                ) => {}
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }));
-        }
+        // the misbehaving clients run in a process of their own, as they would in the field
+        let mut pests = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--pests", &endpoint])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the misbehaving clients");
         thread::sleep(Duration::from_millis(700));
         let mut rounds_lat = Vec::new();
         for _ in 0..rounds {
@@ -828,10 +792,9 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
             }
             rounds_lat.push(lat);
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for p in pests {
-            let _ = p.join();
-        }
+        // their stdin closes: they stop
+        drop(pests.stdin.take());
+        let _ = pests.wait();
         rounds_lat
     };
     let round_pct =
@@ -1252,7 +1215,61 @@ fn blocker_reaction(ctx: &mut Ctx, n: usize, background: usize) {
     writeln!(ctx.out, "## 9. The root-blocker rule: reaction\n\n{n} lock pile-ups (a root idle in the transaction that holds a row, one session waiting on it) begin spread over {:.0}s, among {background} other sessions (70% idle, 20% idle in transaction, 10% active); `blocker_timeout` = 5s, naptime 10s. Latency = the root's audit row − (its waiter's `pg_locks.waitstart` + 5s): the worker wakes at the oldest wait's deadline. Target: p99 ≤ 250 ms.\n\n{t}", spread.as_secs_f64()).unwrap();
 }
 
+/// `--pests <addr>`: 64 clients that connect to the metrics endpoint and send nothing (each
+/// reconnecting once the endpoint cuts it off) and 16 that send a byte of a request every
+/// 0.3 s, until stdin closes.
+fn pests(endpoint: &str) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for k in 0..80 {
+        let (endpoint, stop) = (endpoint.to_string(), stop.clone());
+        thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = std::net::TcpStream::connect(&endpoint) else {
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut b = [0u8; 256];
+                let mut sent = 0;
+                // silent: wait for the cut; slow: a byte of a request each 0.3 s
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if k >= 64 {
+                        let req = b"GET /metrics HTTP/1.1\r\n";
+                        if s.write_all(&req[sent % req.len()..sent % req.len() + 1])
+                            .is_err()
+                        {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                    match s.read(&mut b) {
+                        Ok(_) => break,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+    }
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--pests") {
+        return pests(&args[i + 1]);
+    }
     let check = std::env::args().any(|a| a == "--check");
     let max_n: usize = std::env::var("DBCONN_GUARD_BENCH_MAX_N")
         .ok()
