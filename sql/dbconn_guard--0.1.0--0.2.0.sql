@@ -256,6 +256,21 @@ COMMENT ON FUNCTION _blocking_edges() IS 'Internal: the pairs of the blocking_pa
 COMMENT ON FUNCTION _blocking_sessions() IS 'Internal: the sessions of the blocking_pairs view.';
 COMMENT ON FUNCTION _blocking_locks() IS 'Internal: the waits of the blocking_pairs view, by position.';
 
+-- setting_changes(): what each configuration reload changed (issue 18)
+CREATE FUNCTION "setting_changes"() RETURNS TABLE (
+	"changed_at" timestamp with time zone,
+	"name" TEXT,
+	"old_value" TEXT,
+	"new_value" TEXT
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'setting_changes_wrapper';
+REVOKE EXECUTE ON FUNCTION setting_changes() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION setting_changes() TO pg_read_all_settings;
+COMMENT ON FUNCTION setting_changes() IS
+  'The settings the configuration reloads changed, as the background worker saw each reload (the last 64 changes, kept in shared memory, lost at a restart), newest first: when, the setting, and its value before and after as SHOW shows it ("(changed: takes effect at a restart)" for a setting that waits for one). For pg_read_all_settings members.';
+
 -- Said at CREATE EXTENSION (and ALTER EXTENSION UPDATE) in the guard's own database: an owner
 -- that is not a superuser can hold up the guard's audit and drop the database while the worker
 -- is away (the worker says so at every start too, and diagnose() in its guard row).

@@ -87,6 +87,13 @@ GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) TO dbc
 REVOKE EXECUTE ON FUNCTION recent_terminations() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION recent_terminations() TO dbconn_guard_admin, pg_read_all_stats;
 
+-- setting values can hold what pg_settings shows only to pg_read_all_settings (a
+-- primary_conninfo's password): to its members only
+REVOKE EXECUTE ON FUNCTION setting_changes() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION setting_changes() TO pg_read_all_settings;
+COMMENT ON FUNCTION setting_changes() IS
+  'The settings the configuration reloads changed, as the background worker saw each reload (the last 64 changes, kept in shared memory, lost at a restart), newest first: when, the setting, and its value before and after as SHOW shows it ("(changed: takes effect at a restart)" for a setting that waits for one). For pg_read_all_settings members.';
+
 -- the history counts every role's sessions: pg_monitor (through pg_read_all_stats) and the
 -- guard's admins may read it, not PUBLIC
 REVOKE EXECUTE ON FUNCTION _history(), _history_by_group() FROM PUBLIC;

@@ -131,6 +131,10 @@ fn read(slow_query_age: f64) -> Input {
             // work_mem in kB, shared_buffers in blocks
             work_mem: bytes("work_mem", 1024),
             shared_buffers: bytes("shared_buffers", i64::from(pg_sys::BLCKSZ)),
+            // setting values can hold what only pg_read_all_settings may read
+            setting_changes: (preloaded
+                && has_privs_of(pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_SETTINGS)))
+            .then(crate::setting_changes::kept),
         },
         guard: Guard {
             policy: guc::policy(),

@@ -12,6 +12,7 @@
 //! * `diagnose` — reads the server for `diagnose()`, the runbook's tree (`core::diagnose`).
 //! * `metrics` — what `/metrics` and `metrics()` show; `endpoint` the HTTP worker serving it.
 //! * `encoding` — text between the database encoding and Rust's UTF-8.
+//! * `setting_changes` — what each configuration reload changed, as the worker saw it.
 
 use pgrx::prelude::*;
 
@@ -30,6 +31,7 @@ mod locks;
 mod metrics;
 mod requests;
 mod rows;
+mod setting_changes;
 mod shared;
 mod snapshot;
 mod views;

@@ -64,6 +64,53 @@ impl<const N: usize> FixedText<N> {
     }
 }
 
+/// Setting changes kept: the last ones the worker saw a reload make.
+pub const SETTING_CHANGES: usize = 64;
+const VALUE_TEXT: usize = 200;
+
+/// One setting a reload changed (`setting_changes()`, `diagnose()`).
+#[derive(Clone, Copy)]
+pub struct SettingChangeRecord {
+    pub at: Micros,
+    pub name: FixedText<TEXT>,
+    pub old: FixedText<VALUE_TEXT>,
+    pub new: FixedText<VALUE_TEXT>,
+}
+
+impl SettingChangeRecord {
+    pub const fn empty() -> Self {
+        SettingChangeRecord {
+            at: 0,
+            name: FixedText::empty(),
+            old: FixedText::empty(),
+            new: FixedText::empty(),
+        }
+    }
+
+    pub fn new(at: Micros, c: &crate::core::config_changes::Change) -> Self {
+        // a value too long to keep whole says so
+        fn cut<const N: usize>(v: &str) -> FixedText<N> {
+            let mut t = FixedText::empty();
+            if v.len() <= N {
+                t.set(v);
+            } else {
+                let mut end = N - "…".len();
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.set(&format!("{}…", &v[..end]));
+            }
+            t
+        }
+        SettingChangeRecord {
+            at,
+            name: cut(&c.name),
+            old: cut(&c.old),
+            new: cut(&c.new),
+        }
+    }
+}
+
 /// One recorded termination (worker or manual, real or dry run).
 #[derive(Clone, Copy)]
 pub struct TerminationRecord {
@@ -176,6 +223,9 @@ pub struct Shared {
     /// Such records that found `pending` full: they are in the server log (and the ring) only.
     pub audit_lost: i64,
     pub recent: [TerminationRecord; RECENT],
+    /// Setting changes seen so far; the ring holds the last `SETTING_CHANGES`.
+    pub setting_changes_seen: u64,
+    pub setting_changes: [SettingChangeRecord; SETTING_CHANGES],
 }
 
 impl Shared {
@@ -212,7 +262,22 @@ impl Shared {
             pending: [TerminationRecord::empty(); PENDING],
             audit_lost: 0,
             recent: [TerminationRecord::empty(); RECENT],
+            setting_changes_seen: 0,
+            setting_changes: [SettingChangeRecord::empty(); SETTING_CHANGES],
         }
+    }
+
+    pub fn push_setting_change(&mut self, r: SettingChangeRecord) {
+        self.setting_changes[(self.setting_changes_seen % SETTING_CHANGES as u64) as usize] = r;
+        self.setting_changes_seen += 1;
+    }
+
+    /// The kept setting changes, oldest first.
+    pub fn setting_changes(&self) -> Vec<SettingChangeRecord> {
+        let n = self.setting_changes_seen.min(SETTING_CHANGES as u64);
+        (self.setting_changes_seen - n..self.setting_changes_seen)
+            .map(|i| self.setting_changes[(i % SETTING_CHANGES as u64) as usize])
+            .collect()
     }
 
     pub fn push_recent(&mut self, r: TerminationRecord) {

@@ -23,7 +23,7 @@ use crate::core::session::{Micros, SECOND};
 use crate::core::utilization;
 use crate::guard::{self, Actor, Outcome};
 use crate::shared::{POLICY_TEXT, SHARED};
-use crate::{guc, history, locks, requests, snapshot, xact};
+use crate::{guc, history, locks, requests, setting_changes, snapshot, xact};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -471,6 +471,8 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         ..Default::default()
     };
     check_refused_settings(&mut state);
+    // what the next reload changes is told from this reading
+    let mut settings = setting_changes::read();
     let mut sleep: Micros = 0;
     loop {
         wait(sleep);
@@ -480,6 +482,11 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
             pin_settings();
+            let now_set = setting_changes::read();
+            if let (Some(before), Some(after)) = (&settings, &now_set) {
+                setting_changes::record(before, after);
+            }
+            settings = now_set.or(settings);
             if publish_policy() {
                 state.forget_dry_runs();
             }

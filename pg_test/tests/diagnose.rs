@@ -102,11 +102,13 @@ fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
     well_formed(&rows);
     let dump = format!("{rows:#?}");
 
+    // the idle pool is a leak suspect too (leak_idle_age 1s): one story, told by the leaks
+    // row, to which the oversized-pool row points
     let oversized = area(&rows, "oversized pool");
     assert!(
-        oversized
-            .iter()
-            .any(|r| r.status != "ok" && r.evidence.contains("it_d_pool")),
+        oversized.iter().any(|r| r.status == "ok"
+            && r.finding.contains("\"it_d_pool\"")
+            && r.finding.contains("see leaks")),
         "{dump}"
     );
     assert!(
@@ -128,10 +130,11 @@ fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
         timeouts.iter().any(|r| r.status == "info"),
         "neither PostgreSQL nor the guard ends idle transactions (advice: info): {dump}"
     );
+    // 32 new sessions of the leaking pool: the storm row points to the leak
     assert!(
         area(&rows, "connection storm")
             .iter()
-            .any(|r| r.status != "ok"),
+            .any(|r| r.finding.contains("\"it_d_pool\"") && r.finding.contains("see leaks")),
         "{dump}"
     );
     assert!(
@@ -347,5 +350,87 @@ fn a_hostile_application_name_never_becomes_a_statement() {
         .get(0);
     assert!(exists);
     drop(pool);
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_reload_is_named_by_the_settings_it_changed_from_what_to_what() {
+    let mut a = guard_admin();
+    let seen = |a: &mut Client, name: &str, new: &str| -> Option<String> {
+        a.query_opt(
+            "SELECT old_value FROM dbconn_guard.setting_changes() WHERE name = $1 AND new_value = $2 \
+              AND changed_at > now() - interval '1 minute' ORDER BY changed_at DESC LIMIT 1",
+            &[&name, &new],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    };
+    let count = |a: &mut Client| -> i64 {
+        a.query_one("SELECT count(*) FROM dbconn_guard.setting_changes()", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = count(&mut a);
+    // what the incident did: ALTER SYSTEM SET work_mem and a reload; and a setting the worker
+    // pins for itself (statement_timeout): its own value must not hide the server's change
+    alter_system(
+        &mut a,
+        &[("work_mem", "64MB"), ("statement_timeout", "1min")],
+    );
+    let start = std::time::Instant::now();
+    while seen(&mut a, "work_mem", "64MB").is_none()
+        || seen(&mut a, "statement_timeout", "1min").is_none()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the worker did not record the reload"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen(&mut a, "work_mem", "64MB").as_deref(), Some("4MB"));
+    assert_eq!(
+        seen(&mut a, "statement_timeout", "1min").as_deref(),
+        Some("0ms")
+    );
+    assert_eq!(count(&mut a), before + 2, "only what changed");
+    // diagnose() names them in its finding
+    let rows = diagnose(&mut a, "5 minutes");
+    let r = area(&rows, "recent changes")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(r.status, "info");
+    assert!(r.finding.contains("work_mem 4MB → 64MB"), "{r:?}");
+    assert!(r.finding.contains("statement_timeout 0ms → 1min"), "{r:?}");
+    // a reload that changes nothing adds nothing
+    a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&mut a), before + 2);
+    // values can hold what only pg_read_all_settings may read: nobody else gets them
+    ensure_role(&mut a, "it_d_settings_viewer", "");
+    let mut v = connect_as("it_d_settings_viewer", "it_d_settings_viewer");
+    let e = v
+        .batch_execute("SELECT * FROM dbconn_guard.setting_changes()")
+        .expect_err("a plain role");
+    assert!(
+        db_error(&e).contains("permission denied"),
+        "{}",
+        db_error(&e)
+    );
+    let rows = diagnose(&mut v, "5 minutes");
+    let dump = format!("{rows:#?}");
+    assert!(
+        area(&rows, "recent changes")
+            .iter()
+            .all(|r| !r.finding.contains("work_mem") && !r.evidence.contains("work_mem")),
+        "{dump}"
+    );
+    a.batch_execute("GRANT pg_read_all_settings TO it_d_settings_viewer")
+        .unwrap();
+    let mut v = connect_as("it_d_settings_viewer", "it_d_settings_viewer");
+    v.batch_execute("SELECT * FROM dbconn_guard.setting_changes()")
+        .unwrap();
+    a.batch_execute("REVOKE pg_read_all_settings FROM it_d_settings_viewer")
+        .unwrap();
     reset_system(&mut a);
 }

@@ -17,6 +17,7 @@
 //! of status `info`, with the action that would let it be checked or the manual query.
 
 use crate::blocking::{self, Chain, LockWait};
+use crate::config_changes::TimedChange;
 use crate::health::{self, Thresholds};
 use crate::history::{self, GroupName, Sample, StateCounts};
 use crate::leaks;
@@ -93,6 +94,10 @@ pub struct Server {
     pub work_mem: Option<i64>,
     /// Bytes.
     pub shared_buffers: Option<i64>,
+    /// The settings the configuration reloads changed, as the worker saw them (oldest first);
+    /// `None` when the caller may not read them (`pg_read_all_settings`) or there is no worker
+    /// to have seen them.
+    pub setting_changes: Option<Vec<TimedChange>>,
 }
 
 /// The guard's settings.
@@ -283,6 +288,9 @@ struct Ctx<'a> {
     /// `terminate_idle()` works: preloaded, worker running, extension in its database.
     terminate_idle_works: bool,
     chains: Vec<Chain>,
+    /// The leak suspects (what the `leaks` row reports): one story per incident, so the
+    /// other rows point to them rather than diagnose the same sessions again.
+    leaks: Vec<leaks::SuspectRow>,
 }
 
 impl<'a> Ctx<'a> {
@@ -290,7 +298,13 @@ impl<'a> Ctx<'a> {
         let running = i.worker.as_ref().is_some_and(|w| w.running);
         let mut samples = i.history.samples.clone();
         samples.sort_by_key(|s| s.time);
+        let g = &i.guard;
+        let window = g.leak_trend_samples.max(2);
+        let leak_rows = leaks::suspects_with_trend(&i.snapshot, g.leak_idle_age, window, |n| {
+            history::idle_series(&samples, n, window)
+        });
         Ctx {
+            leaks: leak_rows,
             i,
             now: i.snapshot.now,
             util: utilization::utilization(&i.snapshot, i.limits),
@@ -352,6 +366,16 @@ impl<'a> Ctx<'a> {
     /// Seconds after which an idle session of a pool counts as unused.
     fn unused_after(&self) -> f64 {
         self.i.guard.thresholds.idle_age.max(TRANSIENT_SECS)
+    }
+
+    /// Is a leak suspect of this client, user and application reported in the `leaks` row?
+    fn is_leak(&self, addr: Option<&str>, user: Option<&str>, app: Option<&str>) -> bool {
+        self.leaks.iter().any(|r| {
+            let k = &r.group.key;
+            k.client_addr.as_deref() == addr
+                && k.usename.as_deref() == user
+                && k.application_name.as_deref() == app
+        })
     }
 
     /// Threshold of a connection storm.
@@ -690,7 +714,7 @@ fn peak_busy_in_history(c: &Ctx, user: Option<&str>, app: Option<&str>) -> Optio
 /// however idle it looks at one instant.
 fn oversized_pool(c: &Ctx) -> Vec<Finding> {
     let t = &c.i.guard.thresholds;
-    let mut big: Vec<(ClientGroup, u32, Option<u32>)> = client_groups(c)
+    let big: Vec<(ClientGroup, u32, Option<u32>)> = client_groups(c)
         .into_iter()
         .filter(|g| {
             let n = g.counts.total();
@@ -708,6 +732,28 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
             ((peak + OVERSIZED_HEADROOM) * 2 <= g.counts.total()).then_some((g, peak, past))
         })
         .collect();
+    // a group the leaks row reports is that story, not a second one
+    let (leaking, big): (Vec<_>, Vec<_>) = big
+        .into_iter()
+        .partition(|(g, _, _)| c.is_leak(g.addr, g.user, g.app));
+    let mut big = big;
+    if big.is_empty() && !leaking.is_empty() {
+        let names: Vec<String> = leaking
+            .iter()
+            .map(|(g, _, _)| {
+                format!(
+                    "{} from {}",
+                    quoted_or(g.app, "-"),
+                    quoted_or(g.addr, "local")
+                )
+            })
+            .collect();
+        return vec![ok(
+            "oversized pool",
+            format!("The idle sessions of {} are a leak suspect: see leaks", names.join(", ")),
+            "a pool larger than its work and a leak are one story here; the leaks row has it and its action",
+        )];
+    }
     if big.is_empty() {
         return vec![ok(
             "oversized pool",
@@ -759,9 +805,7 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
 fn leak_suspects(c: &Ctx) -> Vec<Finding> {
     let g = &c.i.guard;
     let window = g.leak_trend_samples.max(2);
-    let rows = leaks::suspects_with_trend(&c.i.snapshot, g.leak_idle_age, window, |n| {
-        history::idle_series(&c.samples, n, window)
-    });
+    let rows = c.leaks.clone();
     let trend_note = if c.i.history.enabled && c.samples.len() >= window {
         format!("idle counts over the last {window} samples")
     } else {
@@ -1507,7 +1551,15 @@ fn config_changes(c: &Ctx) -> Vec<Finding> {
     let s = &c.i.server;
     let start = c.window_start();
     let window = dur(c.i.history.window as f64 / 1e6);
-    if let Some(t) = s.postmaster_start.filter(|&t| t >= start) {
+    // a reload after a start within the window names what it changed: the newer story
+    let reloaded_since_start = s.setting_changes.as_ref().is_some_and(|all| {
+        all.iter()
+            .any(|ch| ch.at >= start && s.postmaster_start.is_none_or(|p| ch.at >= p))
+    });
+    if let Some(t) = s
+        .postmaster_start
+        .filter(|&t| t >= start && !reloaded_since_start)
+    {
         return vec![flag(
             "recent changes",
             Status::Info,
@@ -1527,16 +1579,65 @@ fn config_changes(c: &Ctx) -> Vec<Finding> {
             "no configuration load time",
             "SELECT pg_conf_load_time(), pg_postmaster_start_time();",
         )],
-        Some(t) if t >= start => vec![flag(
-            "recent changes",
-            Status::Info,
-            format!(
-                "The configuration was reloaded {} ago: review settings",
-                dur(secs_between(c.now, t))
-            ),
-            format!("pg_conf_load_time() is within the last {window}"),
-            REVIEW_SETTINGS,
-        )],
+        Some(t) if t >= start => match &s.setting_changes {
+            Some(all) => {
+                let recent: Vec<&TimedChange> = all
+                    .iter()
+                    .filter(|ch| ch.at >= start.max(s.postmaster_start.unwrap_or(0)))
+                    .collect();
+                let Some(last) = recent.last() else {
+                    return vec![ok(
+                        "recent changes",
+                        format!(
+                            "The configuration was reloaded {} ago and changed no setting",
+                            dur(secs_between(c.now, t))
+                        ),
+                        format!("pg_conf_load_time() is within the last {window}; the worker saw no setting change in it"),
+                    )];
+                };
+                // the latest reload's changes, then the window's others
+                let at = last.at;
+                let latest: Vec<&&TimedChange> = recent.iter().filter(|ch| ch.at == at).collect();
+                let named: Vec<String> = latest
+                    .iter()
+                    .take(TOP)
+                    .map(|ch| format!("{} {} → {}", ch.change.name, ch.change.old, ch.change.new))
+                    .collect();
+                let more = latest.len().saturating_sub(TOP);
+                let earlier = recent.len() - latest.len();
+                vec![flag(
+                    "recent changes",
+                    Status::Info,
+                    format!(
+                        "A reload changed {} at {} ({} ago): {}{}",
+                        if latest.len() == 1 { "a setting".to_string() } else { format!("{} settings", latest.len()) },
+                        clock(at),
+                        dur(secs_between(c.now, at)),
+                        named.join(", "),
+                        if more > 0 { format!(" and {more} more") } else { String::new() }
+                    ),
+                    format!(
+                        "{} setting change(s) in the last {window}{}",
+                        recent.len(),
+                        if earlier > 0 { format!(", {earlier} of them by earlier reloads") } else { String::new() }
+                    ),
+                    format!(
+                        "SELECT * FROM dbconn_guard.setting_changes() WHERE changed_at > now() - interval '{} seconds';",
+                        c.i.history.window / SECOND
+                    ),
+                )]
+            }
+            None => vec![flag(
+                "recent changes",
+                Status::Info,
+                format!(
+                    "The configuration was reloaded {} ago: review settings",
+                    dur(secs_between(c.now, t))
+                ),
+                format!("pg_conf_load_time() is within the last {window}; which settings changed is shown to members of pg_read_all_settings (dbconn_guard.setting_changes()), with the library preloaded"),
+                REVIEW_SETTINGS,
+            )],
+        },
         Some(t) => vec![ok(
             "recent changes",
             format!("No configuration reload or restart in the last {window}"),
@@ -1581,10 +1682,29 @@ fn new_applications(c: &Ctx) -> Vec<Finding> {
         .filter(|g| !g.other)
         .map(|g| &g.name)
         .collect();
+    // the calling session's own group, when it is the only session in it (a DBA's psql)
+    let own: Option<GroupName> =
+        c.i.snapshot
+            .backends
+            .iter()
+            .find(|b| b.pid == c.i.caller.pid)
+            .map(|b| GroupName {
+                datname: b.datname.as_deref().map(Into::into),
+                usename: b.usename.as_deref().map(Into::into),
+                application_name: b.application_name.as_deref().map(Into::into),
+            });
     let fresh: Vec<&GroupName> = last
         .groups
         .iter()
         .filter(|g| !g.other && g.counts.total() > 0 && !known.contains(&&g.name))
+        // no name is no application: nothing to tell a deployment by
+        .filter(|g| {
+            g.name
+                .application_name
+                .as_deref()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .filter(|g| !(own.as_ref() == Some(&g.name) && g.counts.total() <= 1))
         .map(|g| &g.name)
         .collect();
     let since = dur(secs_between(c.now, first.time));
@@ -1764,9 +1884,53 @@ fn connection_storm(c: &Ctx) -> Vec<Finding> {
     if new_now < threshold && !jumped {
         return vec![ok("connection storm", "No connection storm", evidence)];
     }
+    // who stormed: the (application, client) with the most of the new sessions
+    // (application, client, user)
+    type Who<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let mut by_group: BTreeMap<Who, i64> = BTreeMap::new();
+    for b in c
+        .clients
+        .iter()
+        .filter(|b| b.backend_start.is_some_and(|t| t >= since))
+    {
+        *by_group
+            .entry((
+                b.application_name.as_deref(),
+                b.client_addr.as_deref(),
+                b.usename.as_deref(),
+            ))
+            .or_default() += 1;
+    }
+    let culprit = by_group
+        .iter()
+        .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
+        .map(|(k, n)| (*k, *n));
+    if new_now >= threshold {
+        if let Some(((app, addr, user), _)) = culprit {
+            if c.is_leak(addr, user, app) {
+                return vec![ok(
+                    "connection storm",
+                    format!(
+                        "The new sessions are mostly {}'s, a leak suspect: see leaks",
+                        quoted_or(app, "-")
+                    ),
+                    format!("{evidence}; a leak that opens sessions fast and a storm are one story here"),
+                )];
+            }
+        }
+    }
     let finding = if new_now >= threshold {
+        let who = culprit
+            .map(|((app, addr, _), n)| {
+                format!(
+                    ", {n} of them from application {} ({})",
+                    quoted_or(app, "-"),
+                    quoted_or(addr, "local")
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "Connection storm: {new_now} new sessions in the last {}s: a traffic spike (scale issue)",
+            "Connection storm: {new_now} new sessions in the last {}s{who}: a traffic spike (scale issue)",
             STORM_SPAN / SECOND
         )
     } else {
@@ -2730,6 +2894,7 @@ mod tests {
                 transaction_timeout: Some(0),
                 work_mem: Some(4 * MB),
                 shared_buffers: Some(128 * MB),
+                setting_changes: Some(vec![]),
             },
             guard: Guard {
                 policy: policy(),
@@ -3505,6 +3670,7 @@ mod tests {
     #[test]
     fn a_reload_or_a_start_within_the_window_means_review_settings() {
         let mut i = input();
+        i.server.setting_changes = None;
         i.server.conf_load_time = Some(NOW - 720 * SECOND);
         let fs = diagnose(&i);
         let r = one(&fs, "recent changes");
@@ -3533,6 +3699,58 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_names_the_settings_it_changed_from_what_to_what_and_when() {
+        use crate::config_changes::Change;
+        let change = |ago: i64, name: &str, old: &str, new: &str| TimedChange {
+            at: NOW - ago * SECOND,
+            change: Change {
+                name: name.into(),
+                old: old.into(),
+                new: new.into(),
+            },
+        };
+        let mut i = input();
+        i.server.conf_load_time = Some(NOW - 180 * SECOND);
+        // one before the window, one by an earlier reload in it, one by the last
+        i.server.setting_changes = Some(vec![
+            change(7200, "log_min_duration_statement", "-1", "1s"),
+            change(1200, "maintenance_work_mem", "64MB", "1GB"),
+            change(180, "work_mem", "4MB", "64MB"),
+        ]);
+        let fs = diagnose(&i);
+        let r = one(&fs, "recent changes");
+        assert_eq!(r.status, Status::Info);
+        assert!(r.finding.contains("work_mem 4MB → 64MB"), "{}", r.finding);
+        assert!(r.finding.contains("(3min ago)"), "{}", r.finding);
+        assert!(!r.finding.contains("maintenance_work_mem"), "{}", r.finding);
+        assert!(
+            r.evidence.starts_with("2 setting change(s)"),
+            "{}",
+            r.evidence
+        );
+        assert!(action(r).contains("dbconn_guard.setting_changes()"));
+        // a start in the window before the reload: the reload's changes are the newer story
+        i.server.postmaster_start = Some(NOW - 600 * SECOND);
+        let r = one(&diagnose(&i), "recent changes").clone();
+        assert!(r.finding.contains("work_mem 4MB → 64MB"), "{}", r.finding);
+        assert!(
+            r.evidence.starts_with("1 setting change(s)"),
+            "{}",
+            r.evidence
+        );
+        i.server.postmaster_start = Some(NOW - 120 * SECOND);
+        let r = one(&diagnose(&i), "recent changes").clone();
+        assert!(r.finding.contains("started 2min ago"), "{}", r.finding);
+        i.server.postmaster_start = Some(NOW - 240 * HOUR);
+        // a reload that changed nothing is no finding
+        i.server.setting_changes = Some(vec![change(7200, "work_mem", "4MB", "64MB")]);
+        let fs = diagnose(&i);
+        let r = one(&fs, "recent changes");
+        assert_eq!(r.status, Status::Ok);
+        assert!(r.finding.contains("changed no setting"), "{}", r.finding);
+    }
+
+    #[test]
     fn a_new_application_in_the_history_means_deployment() {
         let mut i = input();
         let mut last = sample(0, 2, 3);
@@ -3555,6 +3773,27 @@ mod tests {
             d[0].evidence
         );
         assert!(action(d[0]).contains("WHERE application_name = ANY (ARRAY['billing-v2'])"));
+        // neither a group with no application name nor the DBA's own session is a deployment
+        let mut quiet = input();
+        let mut last = sample(0, 2, 3);
+        let mut dba = app(c(77, "active", 0), "psql");
+        dba.usename = Some("dba".into());
+        quiet.snapshot.backends.push(dba);
+        quiet.caller.pid = 77;
+        for (app_name, user) in [(Some(""), "web"), (None, "web"), (Some("psql"), "dba")] {
+            last.groups.push(GroupSample {
+                name: GroupName {
+                    datname: Some("app".into()),
+                    usename: Some(user.into()),
+                    application_name: app_name.map(Into::into),
+                },
+                counts: counts(1, 0),
+                other: false,
+            });
+        }
+        *quiet.history.samples.last_mut().unwrap() = last;
+        let fs = diagnose(&quiet);
+        assert!(not_ok(&fs, "deployment").is_empty(), "{fs:#?}");
         // a remainder in the oldest sample: cannot tell
         i.history.samples[0].groups.push(GroupSample {
             name: GroupName::default(),
@@ -3585,6 +3824,40 @@ mod tests {
     }
 
     #[test]
+    fn a_leak_is_one_story_the_pool_and_storm_rows_point_to() {
+        // a leak: 30 sessions of "orders" idle for 15 minutes (past leak_idle_age), all opened
+        // within the last minute of the history's view... as a pool they are oversized too
+        let mut clients = input().snapshot.backends;
+        clients.extend((0..30).map(|p| app(addr(c(100 + p, "idle", 900), "10.0.0.9"), "orders")));
+        let fs = diagnose(&with(clients.clone()));
+        assert_eq!(not_ok(&fs, "leaks").len(), 1, "{fs:#?}");
+        let o = one(&fs, "oversized pool");
+        assert_eq!(o.status, Status::Ok);
+        assert!(o.finding.contains("see leaks"), "{}", o.finding);
+        // a leak opening its sessions fast: the storm row points to it
+        for b in clients.iter_mut().filter(|b| b.pid >= 100) {
+            b.backend_start = Some(NOW - 30 * SECOND);
+            b.state_change = Some(NOW - 20 * SECOND);
+        }
+        let mut i = with(clients);
+        i.guard.leak_idle_age = 15.0;
+        let fs = diagnose(&i);
+        assert!(
+            not_ok(&fs, "leaks")
+                .iter()
+                .any(|f| f.finding.contains("\"orders\"")),
+            "{fs:#?}"
+        );
+        let s = one(&fs, "connection storm");
+        assert_eq!(s.status, Status::Ok);
+        assert!(
+            s.finding.contains("\"orders\"") && s.finding.contains("see leaks"),
+            "{}",
+            s.finding
+        );
+    }
+
+    #[test]
     fn a_burst_of_new_backends_is_a_connection_storm() {
         let mut clients = input().snapshot.backends;
         clients.extend((0..25).map(|p| {
@@ -3601,6 +3874,13 @@ mod tests {
             s.finding
         );
         assert!(s.finding.contains("traffic spike"));
+        // the culprit is in the finding
+        assert!(
+            s.finding
+                .contains("25 of them from application \"api\" (\"10.0.0.1\")"),
+            "{}",
+            s.finding
+        );
         // or a jump between two samples
         let fs = diagnose(&with_series(&[10, 10, 40, 40]));
         let s = one(&fs, "connection storm");
@@ -4069,6 +4349,9 @@ mod tests {
         let mut clients: Vec<Backend> = (0..12)
             .map(|p| evil(addr(c(10 + p, "idle", 900), "10.0.0.5")))
             .collect();
+        // a pool larger than its work that is no leak (idle past idle_warning_age, not past
+        // leak_idle_age): the leak's own sessions are the leaks row's story
+        clients.extend((0..12).map(|p| evil(addr(c(60 + p, "idle", 400), "10.0.0.6"))));
         clients.push(evil(c(40, "active", 1)));
         let mut i = with(clients.clone());
         i.guard.policy.idle_timeout = 900 * SECOND;
@@ -4105,7 +4388,8 @@ mod tests {
                 area(&fs, a)
             );
         }
-        assert_eq!(checked, 5, "{fs:#?}");
+        // oversized pool, leaks, deployment, visibility, and a pooler row per client address
+        assert_eq!(checked, 6, "{fs:#?}");
         // without the worker, the pg_stat_activity form too
         let mut i = with(clients);
         i.worker = None;

@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod blocking;
+pub mod config_changes;
 pub mod diagnose;
 pub mod fasthash;
 pub mod health;

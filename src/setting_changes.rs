@@ -1,0 +1,138 @@
+//! What each configuration reload changed: the worker reads every setting at its start and
+//! after each reload it processes (`read`), keeps the difference from the previous reading in
+//! shared memory and logs it (`record`); `setting_changes()` shows it, and `diagnose()` names it.
+
+// pgrx spells a set-returning function's columns in its return type (`name!(...)`).
+#![allow(clippy::type_complexity)]
+
+use crate::core::config_changes::{self, Setting, TimedChange};
+use crate::core::quote::quoted;
+use crate::shared::{self, SettingChangeRecord, SHARED};
+use crate::xact;
+use pgrx::prelude::*;
+
+/// The most changes of one reload named in the server log (all are kept in shared memory, up
+/// to its size).
+const LOGGED: usize = 20;
+
+/// Every setting, as the server's configuration gives it rather than as the worker's session
+/// has it: `reset_val` (what a RESET returns to: files, command line, defaults); for the
+/// settings the worker pins above everything (`source = 'override'`, where `reset_val` is the
+/// pinned value), the last line of the configuration files that sets it, or its built-in
+/// default. With its unit and whether it waits for a restart; `None` when it could not be read
+/// (logged).
+pub fn read() -> Option<Vec<Setting>> {
+    const SETTINGS: &str = "SELECT s.name, \
+                CASE WHEN s.source OPERATOR(pg_catalog.=) 'override' THEN COALESCE(f.setting, s.boot_val) \
+                     ELSE COALESCE(s.reset_val, s.setting) END, \
+                s.unit, s.pending_restart \
+           FROM pg_catalog.pg_settings s \
+           LEFT JOIN (SELECT DISTINCT ON (name) name, setting FROM pg_catalog.pg_file_settings \
+                       WHERE error IS NULL ORDER BY name, seqno DESC) f ON f.name OPERATOR(pg_catalog.=) s.name";
+    let read = xact::transaction(c"dbconn_guard: reading the settings", || {
+        Spi::connect(|client| {
+            let rows = client.select(SETTINGS, None, &[])?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(Setting {
+                    name: r.get::<String>(1)?.unwrap_or_default(),
+                    value: r.get::<String>(2)?.unwrap_or_default(),
+                    unit: r.get::<String>(3)?,
+                    pending_restart: r.get::<bool>(4)?.unwrap_or(false),
+                });
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    });
+    match read {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            log!("dbconn_guard worker: could not read the settings to see what the reload changes: {e}");
+            None
+        }
+        Err(f) => {
+            log!("dbconn_guard worker: could not read the settings to see what the reload changes: {f}");
+            None
+        }
+    }
+}
+
+/// Keeps and logs what changed between `before` and `after` (the settings read before and
+/// after one reload).
+pub fn record(before: &[Setting], after: &[Setting]) {
+    let changes = config_changes::diff(before, after);
+    if changes.is_empty() {
+        log!("dbconn_guard worker: the configuration reload changed no setting");
+        return;
+    }
+    let at = unsafe { pg_sys::GetCurrentTimestamp() };
+    if shared::available() {
+        let mut s = SHARED.exclusive();
+        for c in &changes {
+            s.push_setting_change(SettingChangeRecord::new(at, c));
+        }
+    }
+    let shown: Vec<String> = changes
+        .iter()
+        .take(LOGGED)
+        .map(|c| format!("{} {} -> {}", c.name, quoted(&c.old), quoted(&c.new)))
+        .collect();
+    let more = changes.len().saturating_sub(LOGGED);
+    log!(
+        "dbconn_guard worker: the configuration reload changed {} setting(s): {}{}",
+        changes.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more (dbconn_guard.setting_changes())")
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// The kept changes, oldest first.
+pub fn kept() -> Vec<TimedChange> {
+    if !shared::available() {
+        return Vec::new();
+    }
+    SHARED
+        .share()
+        .setting_changes()
+        .into_iter()
+        .map(|r| TimedChange {
+            at: r.at,
+            change: config_changes::Change {
+                name: r.name.get().to_string(),
+                old: r.old.get().to_string(),
+                new: r.new.get().to_string(),
+            },
+        })
+        .collect()
+}
+
+/// The settings the configuration reloads changed (the last 64), newest first: when the worker
+/// saw the reload, the setting, and its value before and after, as `SHOW` shows them.
+#[pg_extern]
+fn setting_changes() -> TableIterator<
+    'static,
+    (
+        name!(changed_at, Option<TimestampWithTimeZone>),
+        name!(name, String),
+        name!(old_value, String),
+        name!(new_value, String),
+    ),
+> {
+    let rows: Vec<_> = kept()
+        .into_iter()
+        .rev()
+        .map(|c| {
+            (
+                TimestampWithTimeZone::try_from(c.at).ok(),
+                c.change.name,
+                c.change.old,
+                c.change.new,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
