@@ -73,10 +73,36 @@ REVOKE EXECUTE ON FUNCTION recent_terminations() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION recent_terminations() TO dbconn_guard_admin, pg_read_all_stats;
 
 -- terminate_idle() hands its sessions to the worker, and reads nothing through the caller's
--- search_path
-COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean) IS
-  'Ends client sessions in the given states (default: idle and both idle-in-transaction states) for at least older_than, optionally of one application_name, with the worker''s protections. The background worker records each in dbconn_guard.terminations (committed) before it signals it, whatever becomes of the calling transaction. dry_run only records and reports. Returns every matched session with what was done.';
-ALTER FUNCTION terminate_idle(interval, text[], text, boolean) SET search_path = pg_catalog, pg_temp;
+-- search_path; it takes filters by role, client address and database besides the application
+-- (issue 18): a new signature, so the old one goes
+DROP FUNCTION terminate_idle(interval, text[], text, boolean);
+CREATE  FUNCTION "terminate_idle"(
+	"older_than" interval,
+	"states" TEXT[] DEFAULT ARRAY['idle', 'idle in transaction', 'idle in transaction (aborted)'],
+	"application_name" TEXT DEFAULT NULL,
+	"dry_run" bool DEFAULT false,
+	"usename" TEXT DEFAULT NULL,
+	"client_addr" TEXT DEFAULT NULL,
+	"datname" TEXT DEFAULT NULL
+) RETURNS TABLE (
+	"pid" INT,
+	"usename" TEXT,
+	"datname" TEXT,
+	"application_name" TEXT,
+	"client_addr" TEXT,
+	"state" TEXT,
+	"state_age_seconds" double precision,
+	"xact_age_seconds" double precision,
+	"action" TEXT
+)
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'terminate_idle_filtered_wrapper';
+COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) IS
+  'Ends client sessions in the given states (default: idle and both idle-in-transaction states) for at least older_than, optionally only those of one application_name, usename, client_addr (''local'': Unix-socket sessions) and datname, with the worker''s protections. The background worker records each in dbconn_guard.terminations (committed) before it signals it, whatever becomes of the calling transaction. dry_run only records and reports. Returns every matched session with what was done.';
+ALTER FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) TO dbconn_guard_admin;
 
 -- the history: samples taken by the worker, kept in shared memory (issue 9)
 CREATE FUNCTION _history(

@@ -76,14 +76,14 @@ COMMENT ON FUNCTION worker_status() IS
   'The background worker: running, pid, last cycle (start, wall and CPU time, sessions examined, terminations), totals, next wake-up, last error, and the policy it applies (jsonb).';
 COMMENT ON FUNCTION recent_terminations() IS
   'The latest terminations on this server (worker and manual, newest first), kept in shared memory: on a hot standby the only record, since the terminations table cannot be written there (persisted = false). signal_window_us: microseconds from the last read of the session''s status to the signal.';
-COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean) IS
-  'Ends client sessions in the given states (default: idle and both idle-in-transaction states) for at least older_than, optionally of one application_name, with the worker''s protections. The background worker records each in dbconn_guard.terminations (committed) before it signals it, whatever becomes of the calling transaction. dry_run only records and reports. Returns every matched session with what was done.';
+COMMENT ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) IS
+  'Ends client sessions in the given states (default: idle and both idle-in-transaction states) for at least older_than, optionally only those of one application_name, usename, client_addr (''local'': Unix-socket sessions) and datname, with the worker''s protections. The background worker records each in dbconn_guard.terminations (committed) before it signals it, whatever becomes of the calling transaction. dry_run only records and reports. Returns every matched session with what was done.';
 
 -- terminate_idle() reads nothing through the caller's search_path
-ALTER FUNCTION terminate_idle(interval, text[], text, boolean) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) SET search_path = pg_catalog, pg_temp;
 
-REVOKE EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean) TO dbconn_guard_admin;
+REVOKE EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) TO dbconn_guard_admin;
 REVOKE EXECUTE ON FUNCTION recent_terminations() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION recent_terminations() TO dbconn_guard_admin, pg_read_all_stats;
 

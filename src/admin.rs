@@ -4,6 +4,7 @@
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
 
+use crate::core::filter::{self, SessionFilter};
 use crate::core::policy::{self, IDLE_STATES};
 use crate::core::session::{owned, Micros};
 use crate::encoding::DbText;
@@ -183,11 +184,48 @@ fn caller_has_privs_of(role: &str) -> bool {
     }
 }
 
-/// Ends sessions idle (in the given states) for at least `older_than`, with the worker's
-/// protections, recording each in `dbconn_guard.terminations`. The sessions are handed to the
-/// background worker, which records each (committed) before it signals it; see `requests`.
-#[pg_extern(volatile)]
+/// 0.1.0's `terminate_idle(interval, text[], text, boolean)`: kept so that an install of 0.1.0
+/// works between the restart onto this library and `ALTER EXTENSION dbconn_guard UPDATE`,
+/// which replaces it with the one below (declared in no SQL of this version).
+#[pg_extern(volatile, sql = false)]
 fn terminate_idle(
+    older_than: Option<Interval>,
+    states: Option<Vec<Option<String>>>,
+    application_name: Option<String>,
+    dry_run: Option<bool>,
+) -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(usename, Option<DbText>),
+        name!(datname, Option<DbText>),
+        name!(application_name, Option<DbText>),
+        name!(client_addr, Option<String>),
+        name!(state, Option<String>),
+        name!(state_age_seconds, f64),
+        name!(xact_age_seconds, Option<f64>),
+        name!(action, DbText),
+    ),
+> {
+    // pgrx spells the columns in the return type: the same as terminate_idle_filtered()'s
+    terminate_idle_filtered(
+        older_than,
+        states,
+        application_name,
+        dry_run,
+        None,
+        None,
+        None,
+    )
+}
+
+/// Ends sessions idle (in the given states) for at least `older_than`, with the worker's
+/// protections, recording each in `dbconn_guard.terminations`; optionally only those of one
+/// application, role, client address (`'local'`: Unix-socket sessions) and database. The
+/// sessions are handed to the background worker, which records each (committed) before it
+/// signals it; see `requests`.
+#[pg_extern(volatile, name = "terminate_idle")]
+fn terminate_idle_filtered(
     older_than: Option<Interval>,
     states: default!(
         Option<Vec<Option<String>>>,
@@ -195,6 +233,9 @@ fn terminate_idle(
     ),
     application_name: default!(Option<String>, "NULL"),
     dry_run: default!(Option<bool>, false),
+    usename: default!(Option<String>, "NULL"),
+    client_addr: default!(Option<String>, "NULL"),
+    datname: default!(Option<String>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -253,6 +294,19 @@ fn terminate_idle(
             ),
         }
     }
+    let client_addr = client_addr.map(|a| match filter::parse_client_addr(&a) {
+        Ok(ip) => ip,
+        Err(why) => errors::invalid_argument(
+            format!("dbconn_guard.terminate_idle: {why}"),
+            "Give one address as pg_stat_activity.client_addr shows it (10.0.0.5, ::1), or 'local' for sessions over a Unix socket.",
+        ),
+    });
+    let filters = SessionFilter {
+        application_name,
+        usename,
+        client_addr,
+        datname,
+    };
     if let Err(why) = requests::worker_ready() {
         errors::not_ready(
             "dbconn_guard.terminate_idle: nothing was ended",
@@ -313,10 +367,7 @@ fn terminate_idle(
         if (b.state_age(snap.now) * 1e6) < older_than_us as f64 {
             continue;
         }
-        if application_name
-            .as_ref()
-            .is_some_and(|a| b.application_name.as_deref() != Some(a.as_str()))
-        {
+        if !filters.keep(b) {
             continue;
         }
         // PostgreSQL's rule for pg_terminate_backend(): a superuser's session only for a

@@ -89,6 +89,23 @@ fn read(slow_query_age: f64) -> Input {
         .iter()
         .filter(|b| b.kind == Kind::Hidden)
         .count() as i64;
+    // the roles of visible sessions this role has the privileges of (it may signal their
+    // sessions, by pg_terminate_backend()'s rules)
+    let mut member_of: Vec<String> = Vec::new();
+    let mut checked: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for b in snap.backends.iter().filter(|b| b.kind == Kind::Client) {
+        let Some(u) = b.usename.as_deref() else {
+            continue;
+        };
+        if !checked.insert(u) {
+            continue;
+        }
+        if let Ok(name) = std::ffi::CString::new(u) {
+            if has_privs_of(role_oid(&name)) {
+                member_of.push(u.to_string());
+            }
+        }
+    }
     let database = unsafe {
         let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
         crate::encoding::cstr_to_rust(p).unwrap_or_default()
@@ -154,6 +171,9 @@ fn read(slow_query_age: f64) -> Input {
             has_read_all_stats: read_all_stats,
             lacks_terminate_idle: !unsafe { pg_sys::superuser() }
                 && !has_privs_of(role_oid(c"dbconn_guard_admin")),
+            is_superuser: unsafe { pg_sys::superuser() },
+            has_signal_backend: has_privs_of(pg_sys::Oid::from(pg_sys::ROLE_PG_SIGNAL_BACKEND)),
+            member_of,
         },
         snapshot: snap,
     }

@@ -542,7 +542,7 @@ fn terminate_idle_skips_sessions_the_caller_may_not_signal() {
     ensure_role(
         &mut a,
         "it_t_exec",
-        "GRANT EXECUTE ON FUNCTION dbconn_guard.terminate_idle(interval, text[], text, boolean) TO it_t_exec; \
+        "GRANT EXECUTE ON FUNCTION dbconn_guard.terminate_idle(interval, text[], text, boolean, text, text, text) TO it_t_exec; \
          GRANT pg_read_all_stats TO it_t_exec",
     );
     let (_s1, others) = idle_in_transaction_as(APP_ROLE, "it_t_perm");
@@ -568,7 +568,7 @@ fn terminate_idle_skips_sessions_the_caller_may_not_signal() {
     assert!(audit(&mut a, others).is_empty());
     assert_eq!(audit(&mut a, own)[0].2, "manual:it_t_exec");
     a.batch_execute(
-        "REVOKE EXECUTE ON FUNCTION dbconn_guard.terminate_idle(interval, text[], text, boolean) FROM it_t_exec",
+        "REVOKE EXECUTE ON FUNCTION dbconn_guard.terminate_idle(interval, text[], text, boolean, text, text, text) FROM it_t_exec",
     )
     .unwrap();
 }

@@ -101,6 +101,13 @@ fn an_update_from_0_1_0_matches_a_fresh_install_and_keeps_guarding() {
 
     // between the restart onto the new library and the update, everything answers
     query_every_0_1_0_view(&mut su, "0.1.0 objects on the new library");
+    // and 0.1.0's terminate_idle(interval, text[], text, boolean), whose entry point the new
+    // library keeps beside the one with filters
+    su.query(
+        "SELECT * FROM dbconn_guard.terminate_idle('1 hour', ARRAY['idle'], 'it_nobody', true)",
+        &[],
+    )
+    .unwrap();
     let ring: i64 = su
         .query_one(
             "SELECT count(*) FROM dbconn_guard.recent_terminations() WHERE pid = $1",

@@ -630,6 +630,70 @@ fn terminate_idle_follows_the_same_protections() {
 }
 
 #[test]
+fn terminate_idle_ends_only_the_group_its_filters_name() {
+    let mut a = guard_admin();
+    ensure_role(&mut a, "it_w_app", "");
+    ensure_role(&mut a, "it_w_other", "");
+    ensure_role(&mut a, "it_w_dba", "GRANT dbconn_guard_admin TO it_w_dba");
+    a.batch_execute("DROP DATABASE IF EXISTS it_w_filter_db")
+        .unwrap();
+    a.batch_execute("CREATE DATABASE it_w_filter_db").unwrap();
+    // the culprit: application it_f_pool of it_w_app in postgres, over TCP; bystanders: the
+    // same application of another role, of the same role in another database, and another
+    // application of the same role
+    let open = |user: &str, db: &str, app: &str| {
+        let mut c = config_db(user, db, app).connect(postgres::NoTls).unwrap();
+        let p = pid(&mut c);
+        (c, p)
+    };
+    let (_c1, culprit) = open("it_w_app", "postgres", "it_f_pool");
+    let (_c2, other_role) = open("it_w_other", "postgres", "it_f_pool");
+    let (_c3, other_db) = open("it_w_app", "it_w_filter_db", "it_f_pool");
+    let (_c4, other_app) = open("it_w_app", "postgres", "it_f_web");
+    thread::sleep(Duration::from_millis(300));
+    let mut dba = connect_as("it_w_dba", "it_m_dba");
+    // a client address that is no address: refused, nothing ended
+    let err = dba
+        .query(
+            "SELECT * FROM dbconn_guard.terminate_idle('0', client_addr => 'db.example.com')",
+            &[],
+        )
+        .expect_err("a host name");
+    let d = err.as_db_error().expect("a server error");
+    assert_eq!(d.code().code(), "22023");
+    assert!(d.message().contains("not an IP address"), "{}", d.message());
+    assert!(d.hint().is_some_and(|h| h.contains("'local'")));
+    // local: these sessions come over TCP, so none
+    let n: i64 = dba
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.terminate_idle('0', ARRAY['idle'], application_name => 'it_f_pool', client_addr => 'local', dry_run => true)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // what diagnose() pastes: the group by application, role, client and database
+    let ended: Vec<i32> = dba
+        .query(
+            "SELECT pid FROM dbconn_guard.terminate_idle('0', ARRAY['idle'], application_name => 'it_f_pool', \
+               usename => 'it_w_app', client_addr => '127.0.0.1', datname => 'postgres') WHERE action = 'terminated'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ended, vec![culprit]);
+    wait_gone(&mut a, culprit, Duration::from_secs(5));
+    for p in [other_role, other_db, other_app] {
+        assert!(alive(&mut a, p), "a bystander was ended");
+    }
+    drop((_c1, _c2, _c3, _c4));
+    a.batch_execute("DROP DATABASE IF EXISTS it_w_filter_db WITH (FORCE)")
+        .unwrap();
+}
+
+#[test]
 fn unprivileged_role_cannot_end_anyone() {
     let mut a = guard_admin();
     ensure_role(&mut a, "it_plain", "");

@@ -153,6 +153,51 @@ pub struct Caller {
     /// The caller may not execute `terminate_idle()` (it is granted to `dbconn_guard_admin`
     /// only): actions end sessions with `pg_terminate_backend()` instead.
     pub lacks_terminate_idle: bool,
+    /// A superuser: may signal any session.
+    pub is_superuser: bool,
+    /// Has the privileges of `pg_signal_backend`: may signal any session but a superuser's.
+    pub has_signal_backend: bool,
+    /// The roles of visible sessions whose privileges the caller has (it may signal their
+    /// sessions, as PostgreSQL's `pg_terminate_backend()` allows).
+    pub member_of: Vec<String>,
+}
+
+impl Caller {
+    /// May this role run `pg_terminate_backend()` / `pg_cancel_backend()` on `b`, by
+    /// PostgreSQL's rules? A superuser's session only for a superuser; any other for
+    /// `pg_signal_backend` or a member of the session's role.
+    pub fn may_signal(&self, b: &Backend) -> bool {
+        if self.is_superuser {
+            return true;
+        }
+        if b.is_superuser != Some(false) {
+            return false;
+        }
+        self.has_signal_backend
+            || b.usename
+                .as_deref()
+                .is_some_and(|u| self.member_of.iter().any(|m| m == u))
+    }
+
+    /// What to add to an action that signals `b` when this role may not: who may.
+    fn signal_note(&self, b: Option<&Backend>) -> Option<String> {
+        match b {
+            Some(b) if self.may_signal(b) => None,
+            Some(b) if b.is_superuser != Some(false) => Some(format!(
+                "{} may not signal this session (a superuser's, or one whose role it cannot see): a superuser must run the action",
+                quoted(&self.role)
+            )),
+            Some(b) => Some(format!(
+                "{} may not signal this session: run the action as a member of pg_signal_backend (dbconn_guard_admin is one) or of role {}",
+                quoted(&self.role),
+                quoted_or(b.usename.as_deref(), "-")
+            )),
+            None => Some(format!(
+                "{} cannot see this session: run the action as a role that may see and signal it",
+                quoted(&self.role)
+            )),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,12 +565,53 @@ fn pool(c: &Ctx) -> Vec<Finding> {
             u.utilization_pct
         ),
     };
-    let action = if u.idle > 0 {
-        end_idle(c, None, t.idle_age)
+    let (action, evidence) = if u.idle > 0 {
+        // the culprit: the group (application, user, client, database) holding most of the
+        // idle sessions, when one does; otherwise every group's, said to be wider
+        let mut idle_by: BTreeMap<IdleKey, u32> = BTreeMap::new();
+        for b in c.clients.iter().filter(|b| b.has_state(IDLE)) {
+            *idle_by
+                .entry((
+                    b.application_name.as_deref(),
+                    b.usename.as_deref(),
+                    b.client_addr.as_deref(),
+                    b.datname.as_deref(),
+                ))
+                .or_default() += 1;
+        }
+        let total: u32 = idle_by.values().sum();
+        let top = idle_by
+            .iter()
+            .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
+            .map(|(k, n)| (*k, *n));
+        let scope = match top {
+            Some(((app, user, client, db), n)) if n >= 2 && 2 * n >= total => {
+                IdleScope::group(app, user, client, db)
+            }
+            _ => IdleScope::default(),
+        };
+        let held = top.map_or(0, |(_, n)| n);
+        let whose = if scope.is_everyone() {
+            format!(
+                "; no single group holds most of the {total} idle sessions (the largest {held})"
+            )
+        } else {
+            format!(
+                "; {} holds {held} of the {total} idle sessions",
+                scope.describe()
+            )
+        };
+        (
+            end_idle(c, &scope, t.idle_age),
+            format!("{evidence}{whose}{}", end_idle_scope(c, &scope, t.idle_age)),
+        )
     } else {
-        format!(
-            "ALTER SYSTEM SET max_connections = {};  -- takes effect after a restart",
-            round_up_10((f64::from(l.max_connections) * 1.5) as i64)
+        (
+            format!(
+                "ALTER SYSTEM SET max_connections = {};  -- takes effect after a restart",
+                round_up_10((f64::from(l.max_connections) * 1.5) as i64)
+            ),
+            evidence,
         )
     };
     vec![flag("pool", status, finding, evidence, action)]
@@ -533,6 +619,14 @@ fn pool(c: &Ctx) -> Vec<Finding> {
 
 /// How a consumer is named in the evidence.
 type NameOf = fn(&Backend) -> String;
+
+/// (application, user, client address, database) of a client backend.
+type IdleKey<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
 
 /// Who holds the slots: the top applications, users and client addresses.
 fn consumers(c: &Ctx) -> Vec<Finding> {
@@ -769,6 +863,7 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
     big.iter()
         .take(TOP)
         .map(|(g, peak, past)| {
+            let scope = IdleScope::group(g.app, g.user, g.addr, None);
             let busiest = match past {
                 Some(_) => format!(
                     "at most {peak} busy at once now and over the last {} of samples",
@@ -792,9 +887,9 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
                     g.describe(),
                     dur(g.oldest_idle),
                     peak + OVERSIZED_HEADROOM,
-                    end_idle_scope(c, g.app.unwrap_or(""), t.idle_age)
+                    end_idle_scope(c, &scope, t.idle_age)
                 ),
-                end_idle(c, Some(g.app.unwrap_or("")), t.idle_age),
+                end_idle(c, &scope, t.idle_age),
             )
         })
         .collect()
@@ -882,6 +977,13 @@ fn leak_suspects(c: &Ctx) -> Vec<Finding> {
                     g.leak_idle_age,
                 )
             };
+            // the leaking group only: its application, user, client and database
+            let scope = IdleScope::group(
+                k.application_name.as_deref(),
+                k.usename.as_deref(),
+                k.client_addr.as_deref(),
+                k.datname.as_deref(),
+            );
             flag(
                 "leaks",
                 Status::Warning,
@@ -890,13 +992,9 @@ fn leak_suspects(c: &Ctx) -> Vec<Finding> {
                     "{} idle sessions of {who}, oldest idle {}; {trend}{more}{}",
                     r.group.connection_count,
                     dur(r.group.max_age_seconds),
-                    end_idle_scope(c, k.application_name.as_deref().unwrap_or(""), older_than)
+                    end_idle_scope(c, &scope, older_than)
                 ),
-                end_idle(
-                    c,
-                    Some(k.application_name.as_deref().unwrap_or("")),
-                    older_than,
-                ),
+                end_idle(c, &scope, older_than),
             )
         })
         .collect()
@@ -1031,6 +1129,10 @@ fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                 dur(b.state_age(c.now))
             );
             let terminate = format!("SELECT pg_terminate_backend({});", b.pid);
+            // who may run it, when this role may not
+            if let Some(note) = c.i.caller.signal_note(Some(b)) {
+                let _ = write!(ev, "; {note}");
+            }
             let cv = covers(c, b);
             if let Some(first) = cv.first() {
                 let overdue = first.deadline < c.now.saturating_sub(OVERDUE_SLACK);
@@ -1152,6 +1254,18 @@ fn slow_queries(c: &Ctx) -> Vec<Finding> {
                 format!("SELECT pg_cancel_backend({});", b.pid),
             )
         })
+        .map(|mut f| {
+            let pid = f.action.as_deref().and_then(|a| {
+                a.strip_prefix("SELECT pg_cancel_backend(")
+                    .and_then(|r| r.strip_suffix(");"))
+                    .and_then(|p| p.parse::<i32>().ok())
+            });
+            let b = pid.and_then(|p| c.clients.iter().copied().find(|b| b.pid == p));
+            if let Some(note) = c.i.caller.signal_note(b) {
+                let _ = write!(f.evidence, "; {note}");
+            }
+            f
+        })
         .collect()
 }
 
@@ -1264,10 +1378,24 @@ fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 state,
                 Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
             );
-            let (verb, action) = if idle {
-                ("end it: it runs nothing", format!("SELECT pg_terminate_backend({root});"))
+            let hidden = b.is_none_or(|b| b.is_hidden());
+            let (verb, action) = if hidden {
+                // a cancel does nothing to a session idle in its transaction, and its state
+                // is not known here: look first, as a role that may see it
+                (
+                    "its state is hidden from this role: look at it before acting".to_string(),
+                    format!(
+                        "SELECT pid, usename, application_name, state, now() - state_change AS in_state, query FROM pg_stat_activity WHERE pid = {root};  -- as a member of pg_read_all_stats: cancel it if active, end it if idle"
+                    ),
+                )
+            } else if idle {
+                ("end it: it runs nothing".to_string(), format!("SELECT pg_terminate_backend({root});"))
             } else {
-                ("cancel its statement", format!("SELECT pg_cancel_backend({root});"))
+                ("cancel its statement".to_string(), format!("SELECT pg_cancel_backend({root});"))
+            };
+            let who = match (hidden, b.and_then(|b| c.i.caller.signal_note(Some(b)))) {
+                (false, Some(note)) => format!("{who}; {note}"),
+                _ => who,
             };
             let status = if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
                 Status::Critical
@@ -2514,11 +2642,66 @@ fn visibility(c: &Ctx) -> Vec<Finding> {
 /// or straight from `pg_stat_activity` (sparing superusers and this session) when not.
 /// What an `end_idle` action for one application ends, said in the evidence: it is wider than
 /// the finding's group (every client, user and database of that application).
-fn end_idle_scope(c: &Ctx, app: &str, older_than: f64) -> String {
+/// Whose idle sessions an action ends: one group's (every name given must match), or, with
+/// none given, every client's.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdleScope<'a> {
+    app: Option<&'a str>,
+    user: Option<&'a str>,
+    /// `Some(None)`: local (Unix-socket) sessions.
+    client: Option<Option<&'a str>>,
+    db: Option<&'a str>,
+}
+
+impl<'a> IdleScope<'a> {
+    /// A group of client backends: application (an absent one is the empty name), user,
+    /// client address (absent: local) and, when known, database.
+    fn group(
+        app: Option<&'a str>,
+        user: Option<&'a str>,
+        client: Option<&'a str>,
+        db: Option<&'a str>,
+    ) -> Self {
+        IdleScope {
+            app: Some(app.unwrap_or("")),
+            user,
+            client: Some(client),
+            db,
+        }
+    }
+
+    fn is_everyone(&self) -> bool {
+        self.app.is_none() && self.user.is_none() && self.client.is_none() && self.db.is_none()
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = self.app {
+            parts.push(format!("application {}", quoted(a)));
+        }
+        if let Some(u) = self.user {
+            parts.push(format!("user {}", quoted(u)));
+        }
+        if let Some(cl) = self.client {
+            parts.push(format!("client {}", quoted_or(cl, "local")));
+        }
+        if let Some(d) = self.db {
+            parts.push(format!("database {}", quoted(d)));
+        }
+        parts.join(", ")
+    }
+}
+
+/// What an `end_idle` action ends, in words, for the evidence.
+fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
     let secs = older_than.max(0.0).ceil() as i64;
+    let whose = if scope.is_everyone() {
+        "of every application, user and client (wider: no single group stands out)".to_string()
+    } else {
+        format!("of {} only", scope.describe())
+    };
     format!(
-        "; the action ends every session of application {} idle for longer than {secs}s, from any client, user or database{}",
-        quoted(app),
+        "; the action ends the sessions {whose} idle for longer than {secs}s{}",
         if c.terminate_idle_works {
             " (through terminate_idle(): the guard's protections and audit apply)"
         } else {
@@ -2527,22 +2710,54 @@ fn end_idle_scope(c: &Ctx, app: &str, older_than: f64) -> String {
     )
 }
 
-fn end_idle(c: &Ctx, app: Option<&str>, older_than: f64) -> String {
+/// The statement that ends the idle sessions of `scope` idle for longer than `older_than`:
+/// `terminate_idle()` with the group's names as literals, or, where it cannot work, the same
+/// over `pg_stat_activity`.
+fn end_idle(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
     let secs = older_than.max(0.0).ceil() as i64;
     if c.terminate_idle_works {
-        match app {
-            Some(a) => format!(
-                "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle'], application_name => {});",
-                sql_literal(a)
-            ),
-            None => format!(
-                "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']);"
-            ),
+        let mut named = String::new();
+        if let Some(a) = scope.app {
+            let _ = write!(named, ", application_name => {}", sql_literal(a));
         }
+        if let Some(u) = scope.user {
+            let _ = write!(named, ", usename => {}", sql_literal(u));
+        }
+        if let Some(cl) = scope.client {
+            let _ = write!(
+                named,
+                ", client_addr => {}",
+                sql_literal(cl.unwrap_or("local"))
+            );
+        }
+        if let Some(d) = scope.db {
+            let _ = write!(named, ", datname => {}", sql_literal(d));
+        }
+        format!(
+            "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']{named});"
+        )
     } else {
-        let filter = app
-            .map(|a| format!(" AND application_name = {}", sql_literal(a)))
-            .unwrap_or_default();
+        let mut filter = String::new();
+        if let Some(a) = scope.app {
+            let _ = write!(
+                filter,
+                " AND coalesce(application_name, '') = {}",
+                sql_literal(a)
+            );
+        }
+        if let Some(u) = scope.user {
+            let _ = write!(filter, " AND usename = {}", sql_literal(u));
+        }
+        match scope.client {
+            Some(Some(cl)) => {
+                let _ = write!(filter, " AND client_addr = {}::inet", sql_literal(cl));
+            }
+            Some(None) => filter.push_str(" AND client_addr IS NULL"),
+            None => {}
+        }
+        if let Some(d) = scope.db {
+            let _ = write!(filter, " AND datname = {}", sql_literal(d));
+        }
         format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'idle'{filter} AND state_change < now() - interval '{secs} seconds' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);"
         )
@@ -2921,6 +3136,9 @@ mod tests {
                 hidden_backends: 0,
                 has_read_all_stats: true,
                 lacks_terminate_idle: false,
+                is_superuser: true,
+                has_signal_backend: true,
+                member_of: vec![],
             },
         }
     }
@@ -3030,15 +3248,33 @@ mod tests {
         );
         assert!(p.evidence.contains("3 reserved, 47 left"), "{}", p.evidence);
 
+        // one group holds the idle sessions: the action ends its idle sessions only, and
+        // spares the bystanders
         let mut clients = n_clients(40, "active");
         clients.extend((0..40).map(|i| c(200 + i, "idle", 400)));
-        let fs = diagnose(&with(clients));
+        clients.extend((0..5).map(|i| app(c(300 + i, "idle", 400), "billing")));
+        let fs = diagnose(&with(clients.clone()));
         let p = one(&fs, "pool");
         assert_eq!(p.status, Status::Warning);
         assert_eq!(
             action(p),
+            "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle'], application_name => 'api', usename => 'web', client_addr => '10.0.0.1', datname => 'app');"
+        );
+        assert!(
+            p.evidence.contains("holds 40 of the 45 idle sessions"),
+            "{}",
+            p.evidence
+        );
+        // none stands out: every group's, and said to be wider
+        let mut spread = n_clients(40, "active");
+        spread.extend((0..40).map(|i| app(c(200 + i, "idle", 400), &format!("app{}", i % 4))));
+        let fs = diagnose(&with(spread));
+        let p = one(&fs, "pool");
+        assert_eq!(
+            action(p),
             "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle']);"
         );
+        assert!(p.evidence.contains("wider"), "{}", p.evidence);
 
         let fs = diagnose(&with(n_clients(92, "active")));
         let p = one(&fs, "pool");
@@ -3144,7 +3380,7 @@ mod tests {
         );
         assert_eq!(
             action(o),
-            "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle'], application_name => 'api');"
+            "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle'], application_name => 'api', usename => 'web', client_addr => '10.0.0.5');"
         );
         // below the size, or not idle enough: nothing
         let fs = diagnose(&with(clients[..9].to_vec()));
@@ -3204,9 +3440,10 @@ mod tests {
             "{}",
             l.evidence
         );
+        // the leaking group only: application, user, client and database
         assert_eq!(
             action(l),
-            "SELECT * FROM dbconn_guard.terminate_idle('600 seconds', ARRAY['idle'], application_name => 'orders');"
+            "SELECT * FROM dbconn_guard.terminate_idle('600 seconds', ARRAY['idle'], application_name => 'orders', usename => 'web', client_addr => '10.0.0.1', datname => 'app');"
         );
         assert_eq!(one(&diagnose(&input()), "leaks").status, Status::Ok);
     }
@@ -3487,6 +3724,58 @@ mod tests {
             rows[0].evidence.contains("holds up 5 sessions"),
             "{}",
             rows[0].evidence
+        );
+    }
+
+    #[test]
+    fn an_action_the_caller_may_not_run_says_who_may_and_a_hidden_root_is_looked_at_first() {
+        // a pg_monitor member: sees everything, may signal nobody
+        let monitor = |i: &mut Input| {
+            i.caller.is_superuser = false;
+            i.caller.has_signal_backend = false;
+            i.caller.member_of = vec![];
+        };
+        let mut i = with(vec![c(1, "idle in transaction", 600), c(2, "active", 400)]);
+        i.guard.policy.idle_in_transaction_timeout = 0;
+        i.guard.enabled = false;
+        monitor(&mut i);
+        i.caller.pid = 99;
+        i.guard.slow_query_age = 60.0;
+        let fs = diagnose(&i);
+        for a in ["idle in transaction", "slow queries"] {
+            let rows = not_ok(&fs, a);
+            assert!(!rows.is_empty(), "{a}: {fs:#?}");
+            assert!(
+                rows[0].evidence.contains(
+                    "may not signal this session: run the action as a member of pg_signal_backend"
+                ),
+                "{a}: {}",
+                rows[0].evidence
+            );
+        }
+        // a member of the sessions' role may: no note
+        i.caller.member_of = vec!["web".into()];
+        let fs = diagnose(&i);
+        assert!(!not_ok(&fs, "slow queries")[0]
+            .evidence
+            .contains("may not signal"));
+
+        // a plain role that cannot see the root: no cancel (it may be idle in its transaction,
+        // where a cancel does nothing), a look first
+        let mut root = c(1, "idle in transaction", 600);
+        root.kind = Kind::Hidden;
+        root.state = None;
+        root.usename = None;
+        let mut i = with(vec![root, c(2, "active", 30)]);
+        i.lock_waits = vec![wait(2, &[1], 30)];
+        monitor(&mut i);
+        let l = not_ok(&diagnose(&i), "locks")[0].clone();
+        assert!(l.finding.contains("hidden from this role"), "{}", l.finding);
+        assert!(!action(&l).contains("pg_cancel_backend"), "{}", action(&l));
+        assert!(
+            action(&l).starts_with("SELECT pid, usename"),
+            "{}",
+            action(&l)
         );
     }
 

@@ -12,6 +12,7 @@ pub mod blocking;
 pub mod config_changes;
 pub mod diagnose;
 pub mod fasthash;
+pub mod filter;
 pub mod health;
 pub mod history;
 pub mod http;
