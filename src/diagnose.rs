@@ -152,6 +152,7 @@ fn read(slow_query_age: f64) -> Input {
             setting_changes: (preloaded
                 && has_privs_of(pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_SETTINGS)))
             .then(crate::setting_changes::kept),
+            settings_compared_reload: crate::setting_changes::compared_reload(),
         },
         guard: Guard {
             policy: guc::policy(),

@@ -16,15 +16,16 @@ use pgrx::prelude::*;
 const LOGGED: usize = 20;
 
 /// Every setting, as the server's configuration gives it rather than as the worker's session
-/// has it: `reset_val` (what a RESET returns to: files, command line, defaults); for the
-/// settings the worker pins above everything (`source = 'override'`, where `reset_val` is the
-/// pinned value), the last line of the configuration files that sets it, or its built-in
+/// has it: `reset_val` (what a RESET returns to) where that comes from the server's own
+/// sources (defaults, environment, command line, configuration files); where the worker's
+/// session has it from a source above those (a database or role setting, or the worker's own
+/// pins, `override`), the last line of the configuration files that sets it, or its built-in
 /// default. With its unit and whether it waits for a restart; `None` when it could not be read
 /// (logged).
 pub fn read() -> Option<Vec<Setting>> {
     const SETTINGS: &str = "SELECT s.name, \
-                CASE WHEN s.source OPERATOR(pg_catalog.=) 'override' THEN COALESCE(f.setting, s.boot_val) \
-                     ELSE COALESCE(s.reset_val, s.setting) END, \
+                CASE WHEN s.source OPERATOR(pg_catalog.=) ANY (ARRAY['default', 'environment variable', 'configuration file', 'command line']) \
+                     THEN COALESCE(s.reset_val, s.setting) ELSE COALESCE(f.setting, s.boot_val) END, \
                 s.unit, s.pending_restart \
            FROM pg_catalog.pg_settings s \
            LEFT JOIN (SELECT DISTINCT ON (name) name, setting FROM pg_catalog.pg_file_settings \
@@ -61,6 +62,9 @@ pub fn read() -> Option<Vec<Setting>> {
 /// after one reload).
 pub fn record(before: &[Setting], after: &[Setting]) {
     let changes = config_changes::diff(before, after);
+    if shared::available() {
+        SHARED.exclusive().settings_compared_reload = unsafe { pg_sys::PgReloadTime };
+    }
     if changes.is_empty() {
         log!("dbconn_guard worker: the configuration reload changed no setting");
         return;
@@ -88,6 +92,14 @@ pub fn record(before: &[Setting], after: &[Setting]) {
             String::new()
         }
     );
+}
+
+/// `pg_conf_load_time()` of the last reload whose changes the worker compared (0: none).
+pub fn compared_reload() -> crate::core::session::Micros {
+    if !shared::available() {
+        return 0;
+    }
+    SHARED.share().settings_compared_reload
 }
 
 /// The kept changes, oldest first.

@@ -225,6 +225,9 @@ pub struct Shared {
     pub recent: [TerminationRecord; RECENT],
     /// Setting changes seen so far; the ring holds the last `SETTING_CHANGES`.
     pub setting_changes_seen: u64,
+    /// `pg_conf_load_time()` of the last reload the worker compared the settings across (0:
+    /// none yet): a reload after it is one whose changes nobody saw.
+    pub settings_compared_reload: Micros,
     pub setting_changes: [SettingChangeRecord; SETTING_CHANGES],
 }
 
@@ -263,6 +266,7 @@ impl Shared {
             audit_lost: 0,
             recent: [TerminationRecord::empty(); RECENT],
             setting_changes_seen: 0,
+            settings_compared_reload: 0,
             setting_changes: [SettingChangeRecord::empty(); SETTING_CHANGES],
         }
     }

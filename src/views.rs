@@ -346,8 +346,9 @@ unsafe fn with_graph<R>(fcinfo: pg_sys::FunctionCallInfo, f: impl FnOnce(&mut Gr
         let i = match graphs.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                graphs.push((key, Graph::read()));
-                // forgotten when the query's memory goes (at its end, or at an error)
+                let graph = Graph::read();
+                // forgotten when the query's memory goes (at its end, or at an error);
+                // registered before it is kept, so no reading is kept without its way out
                 unsafe {
                     let cxt = (*estate).es_query_cxt;
                     let cb = pg_sys::MemoryContextAlloc(
@@ -359,6 +360,7 @@ unsafe fn with_graph<R>(fcinfo: pg_sys::FunctionCallInfo, f: impl FnOnce(&mut Gr
                     (*cb).next = std::ptr::null_mut();
                     pg_sys::MemoryContextRegisterResetCallback(cxt, cb);
                 }
+                graphs.push((key, graph));
                 graphs.len() - 1
             }
         };

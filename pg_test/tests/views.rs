@@ -683,3 +683,34 @@ fn settings_reload_with_alter_system_and_refuse_bad_values() {
         a.batch_execute(sql).unwrap();
     }
 }
+
+#[test]
+fn counting_pairs_reads_only_the_edges_and_filters_on_both_sides_stay_hash_joins() {
+    let mut a = connect("it_v_plan");
+    let plan = |a: &mut Client, sql: &str| -> String {
+        a.query(&format!("EXPLAIN (COSTS OFF) {sql}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // what a dashboard counts, and who blocks the most: the lock manager only
+    for sql in [
+        "SELECT count(*) FROM dbconn_guard.blocking_pairs",
+        "SELECT blocking_pid, count(*) FROM dbconn_guard.blocking_pairs GROUP BY 1",
+    ] {
+        let p = plan(&mut a, sql);
+        assert!(p.contains("_blocking_edges"), "{p}");
+        assert!(
+            !p.contains("_blocking_sessions") && !p.contains("_blocking_locks"),
+            "{sql}: joins not left out:\n{p}"
+        );
+    }
+    // a filter on each side's columns: no nested loop over every pair
+    let p = plan(
+        &mut a,
+        "SELECT * FROM dbconn_guard.blocking_pairs WHERE blocked_application = 'x' AND blocking_application = 'y'",
+    );
+    assert!(!p.contains("Nested Loop"), "{p}");
+}

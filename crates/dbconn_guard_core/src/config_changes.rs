@@ -41,8 +41,69 @@ pub const NOT_SET: &str = "(not set)";
 /// one until then.
 pub const PENDING_RESTART: &str = "(changed: takes effect at a restart)";
 
-/// The settings that differ between `before` and `after`, by name.
+/// `value` with every `password=...` of a connection string (`primary_conninfo`, ...) written
+/// as `password=********`: a change is kept in shared memory, logged and shown by diagnose(),
+/// whose text goes into tickets.
+pub fn redact(value: &str) -> String {
+    let lower = value.to_ascii_lowercase();
+    let mut out = String::with_capacity(value.len());
+    let mut rest = 0;
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("password") {
+        let at = from + i;
+        // `password`, optional spaces, `=`
+        let after = &lower[at + "password".len()..];
+        let eq = after.len() - after.trim_start().len();
+        if !after[eq..].starts_with('=') {
+            from = at + "password".len();
+            continue;
+        }
+        let value_start = at + "password".len() + eq + 1;
+        let v = &value[value_start..];
+        let v_trim = v.len() - v.trim_start().len();
+        let vs = value_start + v_trim;
+        // a quoted value ends at its closing quote, a bare one at white space
+        let end = if value[vs..].starts_with('\'') {
+            let mut j = vs + 1;
+            let b = value.as_bytes();
+            while j < b.len() {
+                if b[j] == b'\\' {
+                    j += 2;
+                    continue;
+                }
+                if b[j] == b'\'' {
+                    j += 1;
+                    break;
+                }
+                j += 1;
+            }
+            j.min(value.len())
+        } else {
+            value[vs..]
+                .find(char::is_whitespace)
+                .map_or(value.len(), |k| vs + k)
+        };
+        out.push_str(&value[rest..vs]);
+        out.push_str("********");
+        rest = end;
+        from = end;
+    }
+    out.push_str(&value[rest..]);
+    out
+}
+
+/// The settings that differ between `before` and `after`, by name; passwords in their values
+/// redacted.
 pub fn diff(before: &[Setting], after: &[Setting]) -> Vec<Change> {
+    let mut out = diff_plain(before, after);
+    for c in &mut out {
+        c.old = redact(&c.old);
+        c.new = redact(&c.new);
+    }
+    out
+}
+
+fn diff_plain(before: &[Setting], after: &[Setting]) -> Vec<Change> {
     let old: BTreeMap<&str, &Setting> = before.iter().map(|s| (s.name.as_str(), s)).collect();
     let new: BTreeMap<&str, &Setting> = after.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut out = Vec::new();
@@ -188,6 +249,26 @@ mod tests {
         assert_eq!(display(&s("x", "12", Some("furlongs"))), "12furlongs");
         // as a configuration file line writes it
         assert_eq!(display(&s("statement_timeout", "1min", Some("ms"))), "1min");
+    }
+
+    #[test]
+    fn passwords_in_connection_strings_are_never_kept() {
+        assert_eq!(
+            redact("host=a password=secret1 user=r"),
+            "host=a password=******** user=r"
+        );
+        assert_eq!(
+            redact("password = 'se cr\\'et' port=5"),
+            "password = ******** port=5"
+        );
+        assert_eq!(redact("PASSWORD=x"), "PASSWORD=********");
+        assert_eq!(redact("passwordless=1"), "passwordless=1");
+        assert_eq!(redact("no secret here"), "no secret here");
+        let before = vec![s("primary_conninfo", "host=a password=old", None)];
+        let after = vec![s("primary_conninfo", "host=b password=new", None)];
+        let d = diff(&before, &after);
+        assert_eq!(d[0].old, "host=a password=********");
+        assert_eq!(d[0].new, "host=b password=********");
     }
 
     #[test]

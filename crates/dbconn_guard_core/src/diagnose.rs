@@ -98,6 +98,9 @@ pub struct Server {
     /// `None` when the caller may not read them (`pg_read_all_settings`) or there is no worker
     /// to have seen them.
     pub setting_changes: Option<Vec<TimedChange>>,
+    /// `pg_conf_load_time()` of the last reload whose changes the worker compared (0: none):
+    /// a later reload's changes were not seen.
+    pub settings_compared_reload: Micros,
 }
 
 /// The guard's settings.
@@ -246,6 +249,9 @@ pub struct Finding {
 pub const MIN_HISTORY_SAMPLES: usize = 3;
 /// Rows per branch that lists sessions, roots or groups.
 pub const TOP: usize = 3;
+/// A group with fewer old idle sessions than this is no leak (a DBA's psql, a cron job's
+/// connection), unless its idle count keeps growing.
+pub const LEAK_MIN_SESSIONS: i64 = 3;
 /// "Pool larger than its work": at least this many sessions from one client address, user and
 /// application ...
 pub const OVERSIZED_MIN_SESSIONS: u32 = 10;
@@ -345,9 +351,14 @@ impl<'a> Ctx<'a> {
         samples.sort_by_key(|s| s.time);
         let g = &i.guard;
         let window = g.leak_trend_samples.max(2);
+        // a leak is many sessions: one or two old idle sessions (a DBA's psql, a cron job's
+        // connection) are not one, unless their count keeps growing
         let leak_rows = leaks::suspects_with_trend(&i.snapshot, g.leak_idle_age, window, |n| {
             history::idle_series(&samples, n, window)
-        });
+        })
+        .into_iter()
+        .filter(|r| r.reason == "growing" || r.group.connection_count >= LEAK_MIN_SESSIONS)
+        .collect();
         Ctx {
             leaks: leak_rows,
             i,
@@ -821,7 +832,19 @@ fn oversized_pool(c: &Ctx) -> Vec<Finding> {
             let now = g.counts.active
                 + g.counts.idle_in_transaction
                 + g.counts.idle_in_transaction_aborted;
-            let past = peak_busy_in_history(c, g.user, g.app);
+            // the history counts (user, application) over every client address: this
+            // address's part of it, by its share of those sessions now
+            let all_now = c
+                .clients
+                .iter()
+                .filter(|b| {
+                    b.usename.as_deref() == g.user && b.application_name.as_deref() == g.app
+                })
+                .count()
+                .max(1) as f64;
+            let share = f64::from(g.counts.total()) / all_now;
+            let past = peak_busy_in_history(c, g.user, g.app)
+                .map(|p| (f64::from(p) * share).ceil() as u32);
             let peak = now.max(past.unwrap_or(0));
             ((peak + OVERSIZED_HEADROOM) * 2 <= g.counts.total()).then_some((g, peak, past))
         })
@@ -912,7 +935,7 @@ fn leak_suspects(c: &Ctx) -> Vec<Finding> {
             "leaks",
             "No connection leak suspects",
             format!(
-                "no session idle longer than {} (dbconn_guard.leak_idle_age); {trend_note}",
+                "no client holds {LEAK_MIN_SESSIONS} or more sessions idle longer than {} (dbconn_guard.leak_idle_age), and no client's idle count keeps growing; {trend_note}",
                 dur(g.leak_idle_age)
             ),
         )];
@@ -1306,6 +1329,8 @@ fn lock_pileups(c: &Ctx) -> Vec<Finding> {
             .map(|ch| wait_of(ch.pid))
             .fold(0.0, f64::max)
     };
+    // (a root between two statements of a long transaction is idle for a moment only: its
+    // transaction's age, not its state's, tells ordinary contention from a long hold)
     let transient = |root: i32| {
         longest_of(root) < TRANSIENT_SECS
             || index.get(&root).is_some_and(|b| {
@@ -1314,7 +1339,7 @@ fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                         b.state,
                         Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
                     )
-                    && b.state_age(c.now) < TRANSIENT_SECS
+                    && b.xact_age(c.now).unwrap_or(f64::MAX) < TRANSIENT_SECS
             })
     };
     type Roots = Vec<(i32, i64)>;
@@ -1612,6 +1637,22 @@ fn error_pattern(c: &Ctx) -> Vec<Finding> {
             let at = c.samples[k].time;
             let ago = secs_between(c.now, at);
             let up = to > from;
+            let t = &c.i.guard.thresholds;
+            let at_limit = peak_pct >= t.critical_pct || c.util.available_connections == 0;
+            if up && at_limit {
+                // a level that is the limit tells no scale-out from a fast leak
+                return vec![flag(
+                    "error pattern",
+                    Status::Warning,
+                    format!(
+                        "Client connections stepped up from {from:.0} to {to:.0} at {} ({} ago) and sit at the limit: a fast leak, or more clients than the server can take (see the pool and leaks rows)",
+                        clock(at),
+                        dur(secs_between(c.now, at))
+                    ),
+                    evidence,
+                    "SELECT * FROM dbconn_guard.leak_suspects;",
+                )];
+            }
             let finding = format!(
                 "Client connections stepped {} from {from:.0} to {to:.0} at {} ({} ago) and stayed there: a change of level (a scale-out, a deployment, a pool resized), not a leak",
                 if up { "up" } else { "down" },
@@ -1714,6 +1755,20 @@ fn config_changes(c: &Ctx) -> Vec<Finding> {
                     .filter(|ch| ch.at >= start.max(s.postmaster_start.unwrap_or(0)))
                     .collect();
                 let Some(last) = recent.last() else {
+                    if s.settings_compared_reload < t {
+                        // the worker did not compare this reload: it was away, or could not
+                        // read the settings
+                        return vec![flag(
+                            "recent changes",
+                            Status::Info,
+                            format!(
+                                "The configuration was reloaded {} ago: review settings",
+                                dur(secs_between(c.now, t))
+                            ),
+                            format!("pg_conf_load_time() is within the last {window}; the worker did not compare the settings across this reload (it was not running, has not processed it yet, or could not read them)"),
+                            REVIEW_SETTINGS,
+                        )];
+                    }
                     return vec![ok(
                         "recent changes",
                         format!(
@@ -1982,6 +2037,7 @@ fn connection_storm(c: &Ctx) -> Vec<Finding> {
         .iter()
         .filter(|b| b.backend_start.is_some_and(|t| t >= since))
         .count() as i64;
+    // the largest rise between two samples: by how much, when, and which group rose most
     let jump = c
         .samples
         .windows(2)
@@ -1989,53 +2045,71 @@ fn connection_storm(c: &Ctx) -> Vec<Finding> {
             (
                 i64::from(w[1].clients.total()) - i64::from(w[0].clients.total()),
                 w[1].time,
+                w,
             )
         })
-        .max_by_key(|(d, _)| *d);
+        .max_by_key(|(d, _, _)| *d);
     let mut evidence = format!(
         "{new_now} sessions started in the last {}s",
         STORM_SPAN / SECOND
     );
-    match jump {
-        Some((d, t)) => {
+    match &jump {
+        Some((d, t, _)) => {
             let _ = write!(
                 evidence,
                 "; largest rise between two samples +{} ({} ago)",
-                d.max(0),
-                dur(secs_between(c.now, t))
+                (*d).max(0),
+                dur(secs_between(c.now, *t))
             );
         }
         None => evidence.push_str("; no history to compare samples"),
     }
     let _ = write!(evidence, "; storm threshold {threshold}");
-    let jumped = jump.is_some_and(|(d, _)| d >= threshold);
+    let jumped = jump.as_ref().is_some_and(|(d, _, _)| *d >= threshold);
     if new_now < threshold && !jumped {
         return vec![ok("connection storm", "No connection storm", evidence)];
     }
-    // who stormed: the (application, client) with the most of the new sessions
-    // (application, client, user)
-    type Who<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
-    let mut by_group: BTreeMap<Who, i64> = BTreeMap::new();
-    for b in c
-        .clients
-        .iter()
-        .filter(|b| b.backend_start.is_some_and(|t| t >= since))
-    {
-        *by_group
-            .entry((
-                b.application_name.as_deref(),
-                b.client_addr.as_deref(),
-                b.usename.as_deref(),
-            ))
-            .or_default() += 1;
-    }
-    let culprit = by_group
-        .iter()
-        .max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k)))
-        .map(|(k, n)| (*k, *n));
+    const LOOK: &str = "SELECT client_addr, application_name, usename, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND backend_start > now() - interval '10 minutes' GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 10;";
     if new_now >= threshold {
-        if let Some(((app, addr, user), _)) = culprit {
-            if c.is_leak(addr, user, app) {
+        // who stormed: the (application, client) with the most of the new sessions
+        type Who<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        let mut by_group: BTreeMap<Who, (i64, i64)> = BTreeMap::new();
+        for b in c
+            .clients
+            .iter()
+            .filter(|b| b.backend_start.is_some_and(|t| t >= since))
+        {
+            let e = by_group
+                .entry((
+                    b.application_name.as_deref(),
+                    b.client_addr.as_deref(),
+                    b.usename.as_deref(),
+                ))
+                .or_default();
+            e.0 += 1;
+            if b.has_state("active") {
+                e.1 += 1;
+            }
+        }
+        let culprit = by_group
+            .iter()
+            .max_by_key(|(k, (n, _))| (*n, std::cmp::Reverse(**k)))
+            .map(|(k, n)| (*k, *n));
+        if let Some(((app, addr, user), (n, active))) = culprit {
+            // one story: the new sessions are a leak's (most of them, and idle), or slow
+            // queries'
+            let idle_new = c
+                .clients
+                .iter()
+                .filter(|b| {
+                    b.backend_start.is_some_and(|t| t >= since)
+                        && b.application_name.as_deref() == app
+                        && b.client_addr.as_deref() == addr
+                        && b.usename.as_deref() == user
+                        && b.has_state(IDLE)
+                })
+                .count() as i64;
+            if c.is_leak(addr, user, app) && 2 * n >= new_now && 2 * idle_new >= n {
                 return vec![ok(
                     "connection storm",
                     format!(
@@ -2045,31 +2119,89 @@ fn connection_storm(c: &Ctx) -> Vec<Finding> {
                     format!("{evidence}; a leak that opens sessions fast and a storm are one story here"),
                 )];
             }
-        }
-    }
-    let finding = if new_now >= threshold {
-        let who = culprit
-            .map(|((app, addr, _), n)| {
+            let slow = c.i.guard.slow_query_age;
+            let running_long = c
+                .clients
+                .iter()
+                .filter(|b| {
+                    b.backend_start.is_some_and(|t| t >= since)
+                        && b.application_name.as_deref() == app
+                        && b.has_state("active")
+                        && slow > 0.0
+                        && age_seconds(c.now, b.query_start).unwrap_or(0.0) > slow
+                })
+                .count() as i64;
+            if active > 0 && running_long * 2 >= n {
+                return vec![ok(
+                    "connection storm",
+                    format!(
+                        "The new sessions are mostly {}'s slow queries: see slow queries",
+                        quoted_or(app, "-")
+                    ),
+                    format!(
+                        "{evidence}; {running_long} of its {n} new sessions run statements past {}",
+                        dur(slow)
+                    ),
+                )];
+            }
+            return vec![flag(
+                "connection storm",
+                Status::Warning,
                 format!(
-                    ", {n} of them from application {} ({})",
+                    "Connection storm: {new_now} new sessions in the last {}s, {n} of them from application {} ({}): a traffic spike (scale issue)",
+                    STORM_SPAN / SECOND,
                     quoted_or(app, "-"),
                     quoted_or(addr, "local")
-                )
-            })
-            .unwrap_or_default();
-        format!(
-            "Connection storm: {new_now} new sessions in the last {}s{who}: a traffic spike (scale issue)",
-            STORM_SPAN / SECOND
-        )
-    } else {
-        "Connection storm in the window: client backends jumped between two samples: a traffic spike (scale issue)".into()
+                ),
+                evidence,
+                LOOK,
+            )];
+        }
+    }
+    // a rise between two samples: who rose most, and whether it is still there
+    let Some((d, t, w)) = jump else {
+        return vec![ok("connection storm", "No connection storm", evidence)];
     };
+    let rose = w[1]
+        .groups
+        .iter()
+        .filter(|g| !g.other)
+        .map(|g| {
+            let before = w[0]
+                .groups
+                .iter()
+                .find(|o| !o.other && o.name == g.name)
+                .map_or(0, |o| o.counts.total());
+            (i64::from(g.counts.total()) - i64::from(before), &g.name)
+        })
+        .max_by_key(|(r, _)| *r)
+        .filter(|(r, _)| *r > 0);
+    let who = rose
+        .map(|(r, n)| {
+            format!(
+                ", {r} of them of application {}",
+                quoted_or(n.application_name.as_deref(), "-")
+            )
+        })
+        .unwrap_or_default();
+    let now_total = c.util.client_backends;
+    let over = now_total < i64::from(w[1].clients.total()) - d / 2;
+    let finding = format!(
+        "Connection storm at {} ({} ago): client backends rose by {d} between two samples{who}{}",
+        clock(t),
+        dur(secs_between(c.now, t)),
+        if over {
+            "; over now (most of those sessions are gone)"
+        } else {
+            ": a traffic spike (scale issue)"
+        }
+    );
     vec![flag(
         "connection storm",
-        Status::Warning,
+        if over { Status::Info } else { Status::Warning },
         finding,
-        evidence,
-        "SELECT client_addr, application_name, usename, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND backend_start > now() - interval '10 minutes' GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 10;",
+        format!("{evidence}; {now_total} client backends now"),
+        LOOK,
     )]
 }
 
@@ -2694,7 +2826,7 @@ impl<'a> IdleScope<'a> {
 
 /// What an `end_idle` action ends, in words, for the evidence.
 fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
-    let secs = older_than.max(0.0).ceil() as i64;
+    let secs = older_than.max(TRANSIENT_SECS).ceil() as i64;
     let whose = if scope.is_everyone() {
         "of every application, user and client (wider: no single group stands out)".to_string()
     } else {
@@ -2713,8 +2845,10 @@ fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
 /// The statement that ends the idle sessions of `scope` idle for longer than `older_than`:
 /// `terminate_idle()` with the group's names as literals, or, where it cannot work, the same
 /// over `pg_stat_activity`.
+/// Never younger than [`TRANSIENT_SECS`]: a healthy client's session is idle for a moment
+/// between two uses.
 fn end_idle(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
-    let secs = older_than.max(0.0).ceil() as i64;
+    let secs = older_than.max(TRANSIENT_SECS).ceil() as i64;
     if c.terminate_idle_works {
         let mut named = String::new();
         if let Some(a) = scope.app {
@@ -3110,6 +3244,7 @@ mod tests {
                 work_mem: Some(4 * MB),
                 shared_buffers: Some(128 * MB),
                 setting_changes: Some(vec![]),
+                settings_compared_reload: NOW - 200 * HOUR,
             },
             guard: Guard {
                 policy: policy(),
@@ -3408,6 +3543,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_on_several_hosts_is_judged_by_its_share_of_the_history() {
+        // three pods of 12 sessions each, all unused for minutes; the history's busiest sample
+        // had 12 busy in all (4 a pod): each pod's pool is three times its work
+        let clients: Vec<Backend> = (0..36)
+            .map(|p| addr(c(10 + p, "idle", 400), &format!("10.0.0.{}", 10 + p / 12)))
+            .collect();
+        let mut i = with(clients);
+        i.history.samples[2] = sample(1800, 12, 24);
+        let fs = diagnose(&i);
+        assert_eq!(not_ok(&fs, "oversized pool").len(), 3, "{fs:#?}");
+        assert!(not_ok(&fs, "oversized pool")[0]
+            .evidence
+            .contains("a pool of about 6 would do"));
+    }
+
+    #[test]
     fn a_healthy_pool_that_takes_each_connection_within_seconds_is_not_oversized() {
         // ten connections, each used every half second: idle for a second at most, at any
         // instant most of them idle
@@ -3478,8 +3629,8 @@ mod tests {
 
     #[test]
     fn leak_rows_are_bounded() {
-        let clients: Vec<Backend> = (0..6)
-            .map(|p| app(c(10 + p, "idle", 900), &format!("app{p}")))
+        let clients: Vec<Backend> = (0..18)
+            .map(|p| app(c(10 + p, "idle", 900), &format!("app{}", p / 3)))
             .collect();
         let fs = diagnose(&with(clients));
         let rows = area(&fs, "leaks");
@@ -3806,6 +3957,15 @@ mod tests {
         // a root idle for a minute whose waiter came a second ago: not yet
         i.lock_waits = vec![wait(2, &[1], 1)];
         assert!(not_ok(&diagnose(&i), "locks").is_empty());
+        // a long transaction between two of its statements (idle for a moment) that has held
+        // a lock for 20 minutes: a pile-up, never hidden as brief
+        let mut root = c(1, "idle in transaction", 1);
+        root.xact_start = Some(NOW - 1200 * SECOND);
+        let mut i = with(vec![root, c(2, "active", 600)]);
+        i.lock_waits = vec![wait(2, &[1], 600)];
+        let l = not_ok(&diagnose(&i), "locks")[0].clone();
+        assert_eq!(l.status, Status::Critical);
+        assert_eq!(action(&l), "SELECT pg_terminate_backend(1);");
     }
 
     // --- error pattern -------------------------------------------------------------------------
@@ -3852,9 +4012,13 @@ mod tests {
     fn a_step_reads_as_a_change_of_level_with_its_time_not_as_a_leak() {
         let mut series = vec![120u32; 30];
         series.extend([300u32; 30]);
-        let fs = diagnose(&with_series(&series));
+        // of 360 slots: 83% at the new level, high (warning) but not at the limit
+        let mut i = with_series(&series);
+        for s in &mut i.history.samples {
+            s.utilization_pct = f64::from(s.clients.total()) / 3.6;
+        }
+        let fs = diagnose(&i);
         let e = one(&fs, "error pattern");
-        // 120 + 300 sessions of 100: high
         assert_eq!(e.status, Status::Warning);
         assert!(e.finding.contains("from 120 to 300"), "{}", e.finding);
         assert!(!e.finding.contains("leak or"), "{}", e.finding);
@@ -3865,6 +4029,17 @@ mod tests {
             "{}",
             action(e)
         );
+        // a step up to the limit is not called a change of level: a fast leak is as likely
+        let mut full = vec![100u32; 30];
+        full.extend([297u32; 30]);
+        let mut i = with_series(&full);
+        for s in &mut i.history.samples {
+            s.utilization_pct = f64::from(s.clients.total()) / 3.0;
+        }
+        let e = one(&diagnose(&i), "error pattern").clone();
+        assert!(e.finding.contains("sit at the limit"), "{}", e.finding);
+        assert!(!e.finding.contains("not a leak"), "{}", e.finding);
+        assert_eq!(action(&e), "SELECT * FROM dbconn_guard.leak_suspects;");
         // and a step down is no alarm
         series.reverse();
         assert!(not_ok(&diagnose(&with_series(&series)), "error pattern").is_empty());
@@ -4031,12 +4206,18 @@ mod tests {
         let r = one(&diagnose(&i), "recent changes").clone();
         assert!(r.finding.contains("started 2min ago"), "{}", r.finding);
         i.server.postmaster_start = Some(NOW - 240 * HOUR);
-        // a reload that changed nothing is no finding
+        // a reload that changed nothing is no finding, once the worker compared it
         i.server.setting_changes = Some(vec![change(7200, "work_mem", "4MB", "64MB")]);
+        i.server.settings_compared_reload = NOW - 180 * SECOND;
         let fs = diagnose(&i);
         let r = one(&fs, "recent changes");
         assert_eq!(r.status, Status::Ok);
         assert!(r.finding.contains("changed no setting"), "{}", r.finding);
+        // a reload the worker did not compare (it was away): review settings
+        i.server.settings_compared_reload = NOW - 7200 * SECOND;
+        let r = one(&diagnose(&i), "recent changes").clone();
+        assert_eq!(r.status, Status::Info);
+        assert!(r.evidence.contains("did not compare"), "{}", r.evidence);
     }
 
     #[test]
@@ -4170,11 +4351,25 @@ mod tests {
             "{}",
             s.finding
         );
-        // or a jump between two samples
-        let fs = diagnose(&with_series(&[10, 10, 40, 40]));
+        // or a jump between two samples, named by the group that rose, still there...
+        let mut i = with_series(&[10, 10, 40, 40]);
+        i.snapshot
+            .backends
+            .extend((0..35).map(|p| c(400 + p, "idle", 200)));
+        let fs = diagnose(&i);
         let s = one(&fs, "connection storm");
         assert_eq!(s.status, Status::Warning);
         assert!(s.evidence.contains("+30"), "{}", s.evidence);
+        assert!(
+            s.finding.contains("30 of them of application \"api\""),
+            "{}",
+            s.finding
+        );
+        // ... or over (its sessions gone): info
+        let fs = diagnose(&with_series(&[10, 10, 40, 40]));
+        let s = one(&fs, "connection storm");
+        assert_eq!(s.status, Status::Info);
+        assert!(s.finding.contains("over now"), "{}", s.finding);
         assert_eq!(
             one(&diagnose(&input()), "connection storm").status,
             Status::Ok

@@ -1,0 +1,447 @@
+//! The incident suite: incidents an on-call DBA meets, staged with real sessions on the test
+//! server, each beside a healthy busy pool (the bystanders). diagnose() is run as the DBA would
+//! run it, and each incident is scored: detected (a row that is not ok in the incident's area),
+//! the culprit named in that row's finding, the pasted action fixing it while sparing the
+//! bystanders (where the action is one that ends or cancels), and false alarms (warning or
+//! critical rows elsewhere). The table is printed and written to target/incidents.md;
+//! docs/incidents.md holds the one of a real run.
+
+use dbconn_guard_integration::*;
+use postgres::Client;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+struct Row {
+    area: String,
+    finding: String,
+    status: String,
+    action: Option<String>,
+}
+
+fn diagnose(c: &mut Client, slow: &str) -> Vec<Row> {
+    c.query(
+        "SELECT area, finding, status, action FROM dbconn_guard.diagnose($1::text::interval)",
+        &[&slow],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Row {
+        area: r.get(0),
+        finding: r.get(1),
+        status: r.get(2),
+        action: r.get(3),
+    })
+    .collect()
+}
+
+fn alarm(r: &Row) -> bool {
+    r.status == "warning" || r.status == "critical"
+}
+
+/// A healthy pool: `n` sessions of one application, each running a short statement every half
+/// second (so each is idle for half a second at most), until dropped.
+struct BusyPool {
+    pids: Vec<i32>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BusyPool {
+    fn start(app: &str, n: usize) -> BusyPool {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut pids = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..n {
+            let mut c = connect_as(APP_ROLE, app);
+            pids.push(pid(&mut c));
+            let stop = stop.clone();
+            threads.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if c.batch_execute("SELECT 1").is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+            }));
+        }
+        BusyPool {
+            pids,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for BusyPool {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One incident's score.
+struct Score {
+    incident: &'static str,
+    /// The incident's row: (area, status), or what was found instead.
+    detected: Option<(String, String)>,
+    culprit_named: bool,
+    /// `None`: the row's action looks, it does not end or cancel (nothing to fix by pasting).
+    fixed: Option<bool>,
+    spared: Option<bool>,
+    false_alarms: Vec<String>,
+    note: &'static str,
+}
+
+/// Scores `rows` for an incident whose row is in one of `areas` and names `culprit`.
+fn score(incident: &'static str, rows: &[Row], areas: &[&str], culprit: &str) -> Score {
+    let mine = rows
+        .iter()
+        .find(|r| {
+            areas.contains(&r.area.as_str()) && r.status != "ok" && r.finding.contains(culprit)
+        })
+        .or_else(|| {
+            rows.iter()
+                .find(|r| areas.contains(&r.area.as_str()) && r.status != "ok")
+        });
+    Score {
+        incident,
+        detected: mine.map(|r| (r.area.clone(), r.status.clone())),
+        culprit_named: mine.is_some_and(|r| r.finding.contains(culprit)),
+        fixed: None,
+        spared: None,
+        false_alarms: rows
+            .iter()
+            .filter(|r| alarm(r) && !areas.contains(&r.area.as_str()))
+            .map(|r| format!("{}: {}", r.area, r.finding))
+            .collect(),
+        note: "",
+    }
+}
+
+/// Pastes `row`'s action as the DBA would (statement by statement, in psql).
+fn paste(c: &mut Client, row: &Row) {
+    let action = row
+        .action
+        .as_deref()
+        .expect("a row that is not ok has an action");
+    c.simple_query(action)
+        .unwrap_or_else(|e| panic!("{action}: {}", db_error(&e)));
+}
+
+fn the_row<'a>(rows: &'a [Row], area: &str, culprit: &str) -> &'a Row {
+    rows.iter()
+        .find(|r| r.area == area && r.status != "ok" && r.finding.contains(culprit))
+        .unwrap_or_else(|| panic!("no {area} row naming {culprit}: {rows:#?}"))
+}
+
+fn all_gone(a: &mut Client, pids: &[i32]) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if pids.iter().all(|&p| !alive(a, p)) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn all_alive(a: &mut Client, pids: &[i32]) -> bool {
+    pids.iter().all(|&p| alive(a, p))
+}
+
+#[test]
+fn the_incident_suite() {
+    let mut a = guard_admin();
+    ensure_role(
+        &mut a,
+        "it_i_dba",
+        "GRANT dbconn_guard_admin, pg_monitor TO it_i_dba",
+    );
+    a.batch_execute(&format!(
+        "DROP TABLE IF EXISTS it_i_t, it_i_victim; CREATE TABLE it_i_t (id int PRIMARY KEY); \
+         INSERT INTO it_i_t VALUES (1); GRANT SELECT, UPDATE ON it_i_t TO {APP_ROLE}; \
+         CREATE TABLE it_i_victim ()"
+    ))
+    .unwrap();
+    alter_system(&mut a, &[("dbconn_guard.sample_interval", "1")]);
+    // the DBA's thresholds for a test's ages (superuser-settable: set for the role)
+    for (name, value) in [
+        ("dbconn_guard.leak_idle_age", "3s"),
+        ("dbconn_guard.idle_warning_age", "3s"),
+        ("dbconn_guard.idle_in_transaction_warning_age", "3s"),
+        ("dbconn_guard.diagnose_window", "2min"),
+    ] {
+        a.batch_execute(&format!("ALTER ROLE it_i_dba SET {name} = '{value}'"))
+            .unwrap();
+    }
+    let mut dba = connect_as("it_i_dba", "psql");
+    let bystanders = BusyPool::start("it_i_web", 10);
+    let mut scores = Vec::new();
+
+    // 0. healthy: the busy pool, short transactions contending for one row
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<JoinHandle<()>> = (0..4)
+            .map(|_| {
+                let mut c = connect_as(APP_ROLE, "it_i_oltp");
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = c.batch_execute("BEGIN; UPDATE it_i_t SET id = id WHERE id = 1; SELECT pg_sleep(0.01); COMMIT");
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_secs(6));
+        let rows = diagnose(&mut dba, "5 minutes");
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            let _ = w.join();
+        }
+        let mut s = score(
+            "healthy: a busy pool of 10 and short contending transactions",
+            &rows,
+            &[],
+            "",
+        );
+        s.detected = None;
+        s.note = "no row may be warning or critical";
+        scores.push(s);
+    }
+
+    // 1. an application leaking idle connections
+    {
+        let leak: Vec<(Client, i32)> = (0..40).map(|_| stale_idle("it_i_leaky")).collect();
+        let pids: Vec<i32> = leak.iter().map(|(_, p)| *p).collect();
+        // past leak_idle_age (3s) and the 5 s under which no action ends an idle session
+        thread::sleep(Duration::from_secs(6));
+        let rows = diagnose(&mut dba, "5 minutes");
+        let mut s = score(
+            "an application leaking idle connections (40)",
+            &rows,
+            &["leaks"],
+            "\"it_i_leaky\"",
+        );
+        paste(&mut dba, the_row(&rows, "leaks", "\"it_i_leaky\""));
+        s.fixed = Some(all_gone(&mut a, &pids));
+        s.spared = Some(all_alive(&mut a, &bystanders.pids));
+        scores.push(s);
+    }
+
+    // 2. an idle-in-transaction root holding up five sessions
+    {
+        let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_i_root");
+        root_c
+            .batch_execute("UPDATE it_i_t SET id = id WHERE id = 1")
+            .unwrap();
+        let waiters: Vec<(i32, Finished)> = (0..5)
+            .map(|_| {
+                in_background_as(
+                    APP_ROLE,
+                    "it_i_waiter",
+                    "UPDATE it_i_t SET id = id WHERE id = 1",
+                )
+            })
+            .collect();
+        let wpids: Vec<i32> = waiters.iter().map(|(p, _)| *p).collect();
+        wait_for_lock_waits(&mut a, &wpids);
+        thread::sleep(Duration::from_secs(6));
+        let rows = diagnose(&mut dba, "5 minutes");
+        let culprit = format!("pid {root}");
+        let mut s = score(
+            "an idle-in-transaction root holding up 5 sessions",
+            &rows,
+            &["locks", "idle in transaction"],
+            &culprit,
+        );
+        paste(&mut dba, the_row(&rows, "locks", &culprit));
+        s.fixed = Some(
+            all_gone(&mut a, &[root])
+                && waiters
+                    .into_iter()
+                    .all(|(_, h)| h.join().unwrap().0.is_ok()),
+        );
+        s.spared = Some(all_alive(&mut a, &bystanders.pids));
+        scores.push(s);
+    }
+
+    // 3. thirty slow queries from one application
+    {
+        let slow: Vec<(i32, Finished)> = (0..30)
+            .map(|_| in_background_as(APP_ROLE, "it_i_report", "SELECT pg_sleep(120)"))
+            .collect();
+        let pids: Vec<i32> = slow.iter().map(|(p, _)| *p).collect();
+        thread::sleep(Duration::from_secs(6));
+        let rows = diagnose(&mut dba, "5 seconds");
+        let mut s = score(
+            "thirty 2-minute queries from one application",
+            &rows,
+            &["slow queries"],
+            "\"it_i_report\"",
+        );
+        paste(&mut dba, the_row(&rows, "slow queries", "\"it_i_report\""));
+        thread::sleep(Duration::from_millis(500));
+        let still: i64 = a
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND state = 'active'",
+                &[&pids],
+            )
+            .unwrap()
+            .get(0);
+        s.fixed = Some(still == 0);
+        s.spared = Some(all_alive(&mut a, &bystanders.pids));
+        s.note = "one paste cancels one statement: a group action is still to come";
+        terminate(&mut a, &pids);
+        for (_, h) in slow {
+            let _ = h.join();
+        }
+        scores.push(s);
+    }
+
+    // 4. a deployment opening many connections at once
+    {
+        let burst: Vec<(Client, i32)> = (0..40).map(|_| stale_idle("it_i_deploy_v2")).collect();
+        let rows = diagnose(&mut dba, "5 minutes");
+        let s = score(
+            "a new deployment opening 40 connections at once",
+            &rows,
+            &["connection storm", "deployment"],
+            "\"it_i_deploy_v2\"",
+        );
+        scores.push(s);
+        drop(burst);
+    }
+
+    // 5. a configuration change
+    {
+        alter_system(&mut a, &[("work_mem", "64MB")]);
+        thread::sleep(Duration::from_millis(500));
+        let rows = diagnose(&mut dba, "5 minutes");
+        let s = score(
+            "ALTER SYSTEM SET work_mem and a reload",
+            &rows,
+            &["recent changes"],
+            "work_mem",
+        );
+        scores.push(s);
+        a.batch_execute("ALTER SYSTEM RESET work_mem").unwrap();
+        a.batch_execute("SELECT pg_reload_conf()").unwrap();
+    }
+
+    // 6. three forgotten BEGINs
+    {
+        let forgotten: Vec<(Client, i32)> = (0..3)
+            .map(|_| idle_in_transaction_as(APP_ROLE, "it_i_forgot"))
+            .collect();
+        thread::sleep(Duration::from_secs(6));
+        let rows = diagnose(&mut dba, "5 minutes");
+        let first = format!("pid {}", forgotten[0].1);
+        let mut s = score(
+            "three forgotten BEGINs",
+            &rows,
+            &["idle in transaction"],
+            "idle in transaction",
+        );
+        s.culprit_named = rows
+            .iter()
+            .filter(|r| r.area == "idle in transaction" && r.status != "ok")
+            .count()
+            == 3
+            && rows.iter().any(|r| r.finding.contains(&first));
+        s.note =
+            "the action sets the guard's idle-in-transaction timeout (5min): it ends them then";
+        scores.push(s);
+        drop(forgotten);
+    }
+
+    // 7. a leak under a hostile application_name
+    {
+        let evil = "x'); DROP TABLE it_i_victim; --";
+        let leak: Vec<(Client, i32)> = (0..12).map(|_| stale_idle(evil)).collect();
+        let pids: Vec<i32> = leak.iter().map(|(_, p)| *p).collect();
+        // past leak_idle_age (3s) and the 5 s under which no action ends an idle session
+        thread::sleep(Duration::from_secs(6));
+        let rows = diagnose(&mut dba, "5 minutes");
+        let mut s = score(
+            "a leak under a hostile application_name",
+            &rows,
+            &["leaks"],
+            "DROP TABLE it_i_victim",
+        );
+        paste(&mut dba, the_row(&rows, "leaks", "DROP TABLE it_i_victim"));
+        let table: bool = a
+            .query_one("SELECT to_regclass('it_i_victim') IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        s.fixed = Some(all_gone(&mut a, &pids) && table);
+        s.spared = Some(all_alive(&mut a, &bystanders.pids) && table);
+        scores.push(s);
+    }
+
+    drop(bystanders);
+    a.batch_execute("ALTER ROLE it_i_dba RESET ALL").unwrap();
+    reset_system(&mut a);
+
+    // the table
+    let mut t = String::from(
+        "| incident | detected (area, status) | culprit in the finding | the pasted action fixed it | bystanders spared | false alarms | note |\n|---|---|---|---|---|---|---|\n",
+    );
+    let yes = |b: bool| if b { "yes" } else { "**no**" };
+    for s in &scores {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            s.incident,
+            s.detected
+                .as_ref()
+                .map_or("—".to_string(), |(a, st)| format!("{a}, {st}")),
+            if s.detected.is_some() {
+                yes(s.culprit_named)
+            } else {
+                "—"
+            },
+            s.fixed.map_or("— (the action looks)", yes),
+            s.spared.map_or("—", yes),
+            if s.false_alarms.is_empty() {
+                "none".to_string()
+            } else {
+                s.false_alarms.join("; ").replace('|', "\\|")
+            },
+            s.note
+        );
+    }
+    println!("{t}");
+    let _ = std::fs::create_dir_all("../target");
+    let _ = std::fs::write("../target/incidents.md", &t);
+
+    // what the suite holds diagnose() to
+    for s in &scores {
+        assert!(
+            s.false_alarms.is_empty(),
+            "{}: false alarms {:?}\n{t}",
+            s.incident,
+            s.false_alarms
+        );
+        if !s.note.starts_with("no row") {
+            assert!(s.detected.is_some(), "{}: not detected\n{t}", s.incident);
+            assert!(
+                s.culprit_named,
+                "{}: culprit not in the finding\n{t}",
+                s.incident
+            );
+        }
+        if s.spared == Some(false) {
+            panic!("{}: a bystander was ended\n{t}", s.incident);
+        }
+        if s.fixed == Some(false) && !s.note.contains("still to come") {
+            panic!("{}: the pasted action did not fix it\n{t}", s.incident);
+        }
+    }
+}
