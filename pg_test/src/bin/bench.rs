@@ -857,6 +857,12 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
         .query_one("SELECT count(*) FROM dbconn_guard.history_by_group", &[])
         .unwrap()
         .get(0);
+    // diagnose() at this scale, over a full history (its window, 1h, of the 24 h)
+    let diagnose_ms = time_query(
+        a,
+        "SELECT count(*) FROM dbconn_guard.diagnose()",
+        runs.min(10),
+    );
     let hist_rounds: Vec<f64> = (0..rounds)
         .map(|_| time_query(a, "SELECT * FROM dbconn_guard.history", runs.min(20)))
         .collect();
@@ -985,6 +991,7 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
          | postgres_exporter scrape (default metrics + queries.yaml), median | {:.1} ms ({:.0}× the endpoint) |\n\
          | `SELECT * FROM dbconn_guard.history`: {rows} samples (24 h at 10s), min / median / max of {rounds} rounds' medians (target ≤ 20 ms) | **{}** ms |\n\
          | the last hour of it (`WHERE time > now() - '1 hour'`) | {hour_ms:.2} ms |\n\
+         | **`diagnose()` at {n} sessions over this history** (target ≤ 50 ms), median | **{diagnose_ms:.1} ms** |\n\
          | the last hour through `history_between(now() - '1 hour', now())` | {hour_between_ms:.2} ms |\n\
          | `SELECT * FROM dbconn_guard.history_by_group`: {group_rows} rows | {groups_ms:.1} ms |\n\
          | **the last hour of it through `history_by_group_between()`**: {groups_hour_rows} rows (target ≤ 20 ms) | **{groups_hour_ms:.2} ms** |\n\

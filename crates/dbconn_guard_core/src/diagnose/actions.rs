@@ -1,0 +1,227 @@
+//! Where names become SQL: the actions that end idle sessions, and the preload action.
+
+use super::*;
+
+/// Whose idle sessions an action ends: one group's (every name given must match), or, with
+/// none given, every client's.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct IdleScope<'a> {
+    pub(super) app: Option<&'a str>,
+    pub(super) user: Option<&'a str>,
+    /// `Some(None)`: local (Unix-socket) sessions.
+    pub(super) client: Option<Option<&'a str>>,
+    pub(super) db: Option<&'a str>,
+}
+
+impl<'a> IdleScope<'a> {
+    /// A group of client backends: application (an absent one is the empty name), user,
+    /// client address (absent: local) and, when known, database.
+    pub(super) fn group(
+        app: Option<&'a str>,
+        user: Option<&'a str>,
+        client: Option<&'a str>,
+        db: Option<&'a str>,
+    ) -> Self {
+        IdleScope {
+            app: Some(app.unwrap_or("")),
+            user,
+            client: Some(client),
+            db,
+        }
+    }
+
+    pub(super) fn is_everyone(&self) -> bool {
+        self.app.is_none() && self.user.is_none() && self.client.is_none() && self.db.is_none()
+    }
+
+    pub(super) fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = self.app {
+            parts.push(format!("application {}", quoted(a)));
+        }
+        if let Some(u) = self.user {
+            parts.push(format!("user {}", quoted(u)));
+        }
+        if let Some(cl) = self.client {
+            parts.push(format!("client {}", quoted_or(cl, "local")));
+        }
+        if let Some(d) = self.db {
+            parts.push(format!("database {}", quoted(d)));
+        }
+        parts.join(", ")
+    }
+}
+
+/// What an `end_idle` action ends, in words, for the evidence.
+pub(super) fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
+    let secs = older_than.max(TRANSIENT_SECS).ceil() as i64;
+    let whose = if scope.is_everyone() {
+        "of every application, user and client (wider: no single group stands out)".to_string()
+    } else {
+        format!("of {} only", scope.describe())
+    };
+    format!(
+        "; the action ends the sessions {whose} idle for longer than {secs}s{}",
+        if c.terminate_idle_works {
+            " (through terminate_idle(): the guard's protections and audit apply)"
+        } else {
+            " (superusers and this session excepted; no audit row)"
+        }
+    )
+}
+
+/// The statement that ends the idle sessions of `scope` idle for longer than `older_than`:
+/// `terminate_idle()` with the group's names as literals, or, where it cannot work, the same
+/// over `pg_stat_activity`.
+/// Never younger than [`TRANSIENT_SECS`]: a healthy client's session is idle for a moment
+/// between two uses.
+pub(super) fn end_idle(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
+    let secs = older_than.max(TRANSIENT_SECS).ceil() as i64;
+    if c.terminate_idle_works {
+        let mut named = String::new();
+        if let Some(a) = scope.app {
+            let _ = write!(named, ", application_name => {}", sql_literal(a));
+        }
+        if let Some(u) = scope.user {
+            let _ = write!(named, ", usename => {}", sql_literal(u));
+        }
+        if let Some(cl) = scope.client {
+            let _ = write!(
+                named,
+                ", client_addr => {}",
+                sql_literal(cl.unwrap_or("local"))
+            );
+        }
+        if let Some(d) = scope.db {
+            let _ = write!(named, ", datname => {}", sql_literal(d));
+        }
+        format!(
+            "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']{named});"
+        )
+    } else {
+        let mut filter = String::new();
+        if let Some(a) = scope.app {
+            let _ = write!(
+                filter,
+                " AND coalesce(application_name, '') = {}",
+                sql_literal(a)
+            );
+        }
+        if let Some(u) = scope.user {
+            let _ = write!(filter, " AND usename = {}", sql_literal(u));
+        }
+        match scope.client {
+            Some(Some(cl)) => {
+                let _ = write!(filter, " AND client_addr = {}::inet", sql_literal(cl));
+            }
+            Some(None) => filter.push_str(" AND client_addr IS NULL"),
+            None => {}
+        }
+        if let Some(d) = scope.db {
+            let _ = write!(filter, " AND datname = {}", sql_literal(d));
+        }
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'idle'{filter} AND state_change < now() - interval '{secs} seconds' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);"
+        )
+    }
+}
+
+/// The names of a list setting as `SHOW` displays it (`a, "b c"`): split at commas outside
+/// double quotes, each unquoted (`""` inside quotes is one quote).
+pub(super) fn library_items(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = list.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(ch),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// Adds dbconn_guard to `shared_preload_libraries`, keeping what is there.
+pub(super) fn preload_action(s: &Server) -> String {
+    let listed = |l: &str| {
+        l.split(',')
+            .any(|x| x.trim().trim_matches('"') == "dbconn_guard")
+    };
+    match s.shared_preload_libraries.as_deref().map(str::trim) {
+        Some(l) if listed(l) => "SELECT name, setting, pending_restart FROM pg_settings WHERE name = 'shared_preload_libraries';  -- dbconn_guard is listed but not loaded: restart PostgreSQL".into(),
+        Some("") => "ALTER SYSTEM SET shared_preload_libraries = 'dbconn_guard';  -- then restart PostgreSQL".into(),
+        // one literal per library: a single literal holding "a, b" would be stored as ONE
+        // quoted name, and the server would not start
+        Some(list) => format!(
+            "ALTER SYSTEM SET shared_preload_libraries = {};  -- then restart PostgreSQL",
+            library_items(list)
+                .iter()
+                .map(String::as_str)
+                .chain(["dbconn_guard"])
+                .map(sql_literal)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "SHOW shared_preload_libraries;  -- then ALTER SYSTEM SET shared_preload_libraries to that list plus dbconn_guard, and restart PostgreSQL".into(),
+    }
+}
+
+/// `s` as a SQL string literal that is always one literal: `'...'` with quotes doubled, or
+/// `E'...'` with backslashes and control characters escaped when it holds any (so it reads the
+/// same whatever `standard_conforming_strings` is, and stays on one line).
+pub fn sql_literal(s: &str) -> String {
+    let escape = s.chars().any(|c| c == '\\' || c.is_control());
+    let mut out = String::with_capacity(s.len() + 3);
+    if escape {
+        out.push('E');
+    }
+    out.push('\'');
+    for ch in s.chars() {
+        match ch {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            ch if ch.is_control() => {
+                let _ = write!(out, "\\u{:04x}", ch as u32);
+            }
+            ch => out.push(ch),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `s` as a quoted SQL identifier (`"..."`, quotes doubled): always one identifier.
+pub fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `s` as one shell word (`'...'`, a quote written `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A name for a name list or override item: bare, or in double quotes when it holds what the
+/// list syntax reads (comma, quote, `=`, spaces at either end).
+pub(super) fn list_name(name: &str) -> String {
+    let special = name.contains([',', '"', '='])
+        || name.starts_with([' ', '\t'])
+        || name.ends_with([' ', '\t']);
+    if special {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    } else {
+        name.to_string()
+    }
+}

@@ -1,0 +1,178 @@
+//! Lock pile-ups: their roots, how many each holds up, and what to end or cancel.
+
+use super::*;
+
+/// Lock pile-ups from the blocking chains: the root, how many it holds up, what to end.
+pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
+    if c.chains.is_empty() {
+        return vec![ok(
+            "locks",
+            "No lock pile-up",
+            format!("{} sessions waiting for a lock", c.i.lock_waits.len()),
+        )];
+    }
+    let t = &c.i.guard.thresholds;
+    let index = c.i.snapshot.index();
+    let wait_of = |pid: i32| -> f64 {
+        let since =
+            c.i.lock_waits
+                .iter()
+                .find(|w| w.pid == pid)
+                .and_then(|w| w.wait_start)
+                .or_else(|| index.get(&pid).and_then(|b| b.state_change));
+        age_seconds(c.now, since).unwrap_or(0.0)
+    };
+    let mut roots: Vec<(i32, i64)> = Vec::new();
+    for ch in &c.chains {
+        if let Some(r) = ch.root_pid {
+            if !roots.iter().any(|(p, _)| *p == r) {
+                roots.push((r, ch.root_blocked_count));
+            }
+        }
+    }
+    // a root whose waiters have waited only a moment, or that has been idle only a moment, is
+    // ordinary contention: nothing to end or cancel
+    let longest_of = |root: i32| {
+        c.chains
+            .iter()
+            .filter(|ch| ch.root_pid == Some(root))
+            .map(|ch| wait_of(ch.pid))
+            .fold(0.0, f64::max)
+    };
+    // (a root between two statements of a long transaction is idle for a moment only: its
+    // transaction's age, not its state's, tells ordinary contention from a long hold)
+    let transient = |root: i32| {
+        longest_of(root) < TRANSIENT_SECS
+            || index.get(&root).is_some_and(|b| {
+                !b.is_hidden()
+                    && matches!(
+                        b.state,
+                        Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
+                    )
+                    && b.xact_age(c.now).unwrap_or(f64::MAX) < TRANSIENT_SECS
+            })
+    };
+    type Roots = Vec<(i32, i64)>;
+    let (brief, lasting): (Roots, Roots) = roots.into_iter().partition(|&(r, _)| transient(r));
+    if lasting.is_empty() && !brief.is_empty() {
+        let waiting: i64 = brief.iter().map(|&(_, n)| n).sum();
+        return vec![ok(
+            "locks",
+            format!("Only brief lock waits: none has lasted {}", dur(TRANSIENT_SECS)),
+            format!(
+                "{} waiting behind {} (pids {}), each for less than {} or behind a session idle for less than that: ordinary contention",
+                sessions(waiting),
+                if brief.len() == 1 { "one session".to_string() } else { format!("{} sessions", brief.len()) },
+                pid_list(&brief.iter().map(|&(r, _)| r).collect::<Vec<_>>()),
+                dur(TRANSIENT_SECS)
+            ),
+        )];
+    }
+    let roots = lasting;
+    let mut out: Vec<Finding> = roots
+        .iter()
+        .take(TOP)
+        .map(|&(root, count)| {
+            let mine: Vec<&Chain> = c
+                .chains
+                .iter()
+                .filter(|ch| ch.root_pid == Some(root))
+                .collect();
+            let direct: Vec<i32> = mine
+                .iter()
+                .filter(|ch| ch.depth == Some(1))
+                .map(|ch| ch.pid)
+                .collect();
+            let longest = mine.iter().map(|ch| wait_of(ch.pid)).fold(0.0, f64::max);
+            let on = direct
+                .first()
+                .and_then(|p| c.i.lock_waits.iter().find(|w| w.pid == *p))
+                .map(|w| {
+                    format!(
+                        "; waiting for {} on {} {}",
+                        w.mode.as_deref().unwrap_or("a lock"),
+                        w.locktype.as_deref().unwrap_or("object"),
+                        quoted_or(w.relation.as_deref(), "")
+                    )
+                })
+                .unwrap_or_default();
+            let b = index.get(&root).copied();
+            let state = b.and_then(|b| b.state);
+            let who = match b {
+                Some(b) if !b.is_hidden() => format!(
+                    "{} for {}, user {}, application {}",
+                    state.unwrap_or("state unknown"),
+                    dur(b.state_age(c.now)),
+                    quoted_or(b.usename.as_deref(), "-"),
+                    quoted_or(b.application_name.as_deref(), "-")
+                ),
+                Some(_) => "details hidden from this role".into(),
+                None => "not in pg_stat_activity".into(),
+            };
+            let idle = matches!(
+                state,
+                Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
+            );
+            let hidden = b.is_none_or(|b| b.is_hidden());
+            let (verb, action) = if hidden {
+                // a cancel does nothing to a session idle in its transaction, and its state
+                // is not known here: look first, as a role that may see it
+                (
+                    "its state is hidden from this role: look at it before acting".to_string(),
+                    format!(
+                        "SELECT pid, usename, application_name, state, now() - state_change AS in_state, query FROM pg_stat_activity WHERE pid = {root};  -- as a member of pg_read_all_stats: cancel it if active, end it if idle"
+                    ),
+                )
+            } else if idle {
+                ("end it: it runs nothing".to_string(), format!("SELECT pg_terminate_backend({root});"))
+            } else {
+                ("cancel its statement".to_string(), format!("SELECT pg_cancel_backend({root});"))
+            };
+            let who = match (hidden, b.and_then(|b| c.i.caller.signal_note(Some(b)))) {
+                (false, Some(note)) => format!("{who}; {note}"),
+                _ => who,
+            };
+            let status = if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
+                Status::Critical
+            } else if longest > t.lock_wait_warning {
+                Status::Warning
+            } else {
+                Status::Info
+            };
+            flag(
+                "locks",
+                status,
+                format!("Lock pile-up: pid {root} holds up {}; {verb}", sessions(count)),
+                format!(
+                    "root pid {root} ({who}) blocks {} directly, {count} in all; longest wait {}{on}",
+                    direct.len(),
+                    dur(longest)
+                ),
+                action,
+            )
+        })
+        .collect();
+    let cycle: Vec<i32> = c
+        .chains
+        .iter()
+        .filter(|ch| ch.root_pid.is_none())
+        .map(|ch| ch.pid)
+        .collect();
+    let cycle_wait = cycle.iter().map(|&p| wait_of(p)).fold(0.0, f64::max);
+    if let (Some(&first), true) = (cycle.iter().min(), cycle_wait >= TRANSIENT_SECS) {
+        out.push(flag(
+            "locks",
+            Status::Info,
+            format!(
+                "{} sessions wait on each other in a lock cycle",
+                cycle.len()
+            ),
+            format!(
+                "pids {}; PostgreSQL's deadlock detector ends one of them after deadlock_timeout",
+                pid_list(&cycle)
+            ),
+            format!("SELECT pg_cancel_backend({first});"),
+        ));
+    }
+    out
+}

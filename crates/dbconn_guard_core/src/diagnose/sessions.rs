@@ -1,0 +1,272 @@
+//! Sessions idle in transaction (and what will end them) and slow queries.
+
+use super::*;
+
+/// A timeout that will end an idle-in-transaction session.
+pub(super) struct Cover {
+    pub(super) rule: String,
+    pub(super) timeout: Micros,
+    pub(super) deadline: Micros,
+    pub(super) by_guard: bool,
+}
+
+/// The timeout `overrides` give `b` (the first item that matches), or `global`.
+pub(super) fn effective(b: &Backend, global: Micros, overrides: &Overrides) -> (Micros, bool) {
+    match overrides.timeout_for(b) {
+        Some(t) => (t, true),
+        None => (global, false),
+    }
+}
+
+/// Every timeout that ends `b` (idle in transaction), earliest first.
+pub(super) fn covers(c: &Ctx, b: &Backend) -> Vec<Cover> {
+    let p: &Policy = &c.i.guard.policy;
+    let mut out = Vec::new();
+    let mut push = |rule: String, timeout: Micros, since: Option<Micros>, by_guard: bool| {
+        if let (true, Some(s)) = (timeout > 0, since) {
+            out.push(Cover {
+                rule,
+                timeout,
+                deadline: s.saturating_add(timeout),
+                by_guard,
+            });
+        }
+    };
+    if c.guard_ending && p.scope.protection(b, c.i.caller.pid).is_none() {
+        let (t, o) = effective(
+            b,
+            p.idle_in_transaction_timeout,
+            &p.idle_in_transaction_timeout_overrides,
+        );
+        let name = if o {
+            "dbconn_guard.idle_in_transaction_timeout_overrides"
+        } else {
+            "dbconn_guard.idle_in_transaction_timeout"
+        };
+        push(name.into(), t, b.state_change, true);
+        let (t, o) = effective(b, p.transaction_timeout, &p.transaction_timeout_overrides);
+        let name = if o {
+            "dbconn_guard.transaction_timeout_overrides"
+        } else {
+            "dbconn_guard.transaction_timeout"
+        };
+        push(name.into(), t, b.xact_start, true);
+    }
+    let s = &c.i.server;
+    if let Some(t) = s.idle_in_transaction_session_timeout {
+        push(
+            "PostgreSQL's idle_in_transaction_session_timeout".into(),
+            t,
+            b.state_change,
+            false,
+        );
+    }
+    if let Some(t) = s.transaction_timeout {
+        push(
+            "PostgreSQL's transaction_timeout".into(),
+            t,
+            b.xact_start,
+            false,
+        );
+    }
+    out.sort_by_key(|cv| cv.deadline);
+    out
+}
+
+pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
+    // never younger than a healthy client's pause between two statements
+    let age =
+        c.i.guard
+            .thresholds
+            .idle_in_transaction_age
+            .max(TRANSIENT_SECS);
+    let mut old: Vec<&Backend> = c
+        .clients
+        .iter()
+        .copied()
+        .filter(|b| {
+            (b.has_state(IDLE_IN_TRANSACTION) || b.has_state(IDLE_IN_TRANSACTION_ABORTED))
+                && b.state_age(c.now) > age
+        })
+        .collect();
+    if old.is_empty() {
+        return vec![ok(
+            "idle in transaction",
+            format!("No session idle in transaction for more than {}", dur(age)),
+            "dbconn_guard.idle_in_transaction_warning_age decides what counts",
+        )];
+    }
+    // harm first: a session that holds others up before older ones that hold up nobody
+    old.sort_by(|a, b| {
+        c.holds_up(b.pid)
+            .cmp(&c.holds_up(a.pid))
+            .then(b.state_age(c.now).total_cmp(&a.state_age(c.now)))
+            .then(a.pid.cmp(&b.pid))
+    });
+    let total = old.len();
+    old.iter()
+        .take(TOP)
+        .enumerate()
+        .map(|(i, b)| {
+            let mut ev = format!(
+                "{} for {} (user {}, application {}, client {}); transaction open {}; last statement {}",
+                b.state.unwrap_or("?"),
+                dur(b.state_age(c.now)),
+                quoted_or(b.usename.as_deref(), "-"),
+                quoted_or(b.application_name.as_deref(), "-"),
+                quoted_or(b.client_addr.as_deref(), "local"),
+                b.xact_age(c.now).map_or_else(|| "?".into(), dur),
+                query_text(b)
+            );
+            let held = c.holds_up(b.pid);
+            if held > 0 {
+                let _ = write!(ev, "; holds up {}", sessions(held));
+            }
+            if i == 0 && total > TOP {
+                let _ = write!(ev, "; {} sessions in all", total);
+            }
+            let finding = format!(
+                "pid {} idle in transaction for {}",
+                b.pid,
+                dur(b.state_age(c.now))
+            );
+            let terminate = format!("SELECT pg_terminate_backend({});", b.pid);
+            // who may run it, when this role may not
+            if let Some(note) = c.i.caller.signal_note(Some(b)) {
+                let _ = write!(ev, "; {note}");
+            }
+            let cv = covers(c, b);
+            if let Some(first) = cv.first() {
+                let overdue = first.deadline < c.now.saturating_sub(OVERDUE_SLACK);
+                let rule = format!("{} ({})", first.rule, dur(first.timeout as f64 / 1e6));
+                let _ = if first.deadline <= c.now {
+                    write!(
+                        ev,
+                        "; {rule} was due to end it {} ago",
+                        dur(secs_between(c.now, first.deadline))
+                    )
+                } else {
+                    write!(
+                        ev,
+                        "; {rule} ends it in {}",
+                        dur(secs_between(first.deadline, c.now))
+                    )
+                };
+                let (status, finding) = if overdue && first.by_guard {
+                    (
+                        Status::Warning,
+                        format!("{finding}, past the guard's deadline: is the worker keeping up?"),
+                    )
+                } else {
+                    (Status::Info, format!("{finding}; a timeout will end it"))
+                };
+                return flag("idle in transaction", status, finding, ev, terminate);
+            }
+            let p = &c.i.guard.policy;
+            let protection = p.scope.protection(b, c.i.caller.pid);
+            let never = p.idle_in_transaction_timeout_overrides.timeout_for(b) == Some(0);
+            let action = if let Some(pr) = protection {
+                let _ = write!(ev, "; the guard never ends it: {}", pr.as_str());
+                terminate
+            } else if never {
+                ev.push_str("; dbconn_guard.idle_in_transaction_timeout_overrides gives it 0 (never)");
+                terminate
+            } else if c.guard_ending {
+                ev.push_str("; no timeout ends it: the guard's idle_in_transaction_timeout and transaction_timeout are off, and PostgreSQL's too");
+                enable_iit_action()
+            } else {
+                ev.push_str("; no timeout ends it, and the guard is not ending sessions (see the guard row)");
+                terminate
+            };
+            flag(
+                "idle in transaction",
+                Status::Warning,
+                format!("{finding}; nothing will end it"),
+                ev,
+                action,
+            )
+        })
+        .collect()
+}
+
+pub(super) fn enable_iit_action() -> String {
+    format!(
+        "ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '{RECOMMENDED_IIT_TIMEOUT}'; SELECT pg_reload_conf();"
+    )
+}
+
+pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
+    let limit = c.i.guard.slow_query_age;
+    if limit <= 0.0 {
+        return vec![flag(
+            "slow queries",
+            Status::Info,
+            "Slow queries not checked: the threshold is 0",
+            "a threshold of 0 or less turns this check off",
+            "SELECT pid, now() - query_start AS running, query FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() ORDER BY query_start LIMIT 10;",
+        )];
+    }
+    let running = |b: &Backend| age_seconds(c.now, b.query_start).unwrap_or(0.0);
+    let mut slow: Vec<&Backend> = c
+        .clients
+        .iter()
+        .copied()
+        .filter(|b| b.has_state("active") && b.pid != c.i.caller.pid && running(b) > limit)
+        .collect();
+    if slow.is_empty() {
+        return vec![ok(
+            "slow queries",
+            format!("No statement running longer than {}", dur(limit)),
+            format!(
+                "{} active client sessions, none past {}",
+                c.util.active,
+                dur(limit)
+            ),
+        )];
+    }
+    slow.sort_by(|a, b| running(b).total_cmp(&running(a)).then(a.pid.cmp(&b.pid)));
+    let total = slow.len();
+    slow.iter()
+        .take(TOP)
+        .enumerate()
+        .map(|(i, b)| {
+            let waiting = c.i.lock_waits.iter().any(|w| w.pid == b.pid);
+            flag(
+                "slow queries",
+                Status::Warning,
+                format!(
+                    "Slow query: pid {} of application {} running for {}",
+                    b.pid,
+                    quoted_or(b.application_name.as_deref(), "-"),
+                    dur(running(b))
+                ),
+                format!(
+                    "user {}, application {}, client {}{}; {}{}",
+                    quoted_or(b.usename.as_deref(), "-"),
+                    quoted_or(b.application_name.as_deref(), "-"),
+                    quoted_or(b.client_addr.as_deref(), "local"),
+                    if waiting { ", waiting for a lock" } else { "" },
+                    query_text(b),
+                    if i == 0 && total > TOP {
+                        format!("; {total} statements past {} in all", dur(limit))
+                    } else {
+                        String::new()
+                    }
+                ),
+                format!("SELECT pg_cancel_backend({});", b.pid),
+            )
+        })
+        .map(|mut f| {
+            let pid = f.action.as_deref().and_then(|a| {
+                a.strip_prefix("SELECT pg_cancel_backend(")
+                    .and_then(|r| r.strip_suffix(");"))
+                    .and_then(|p| p.parse::<i32>().ok())
+            });
+            let b = pid.and_then(|p| c.clients.iter().copied().find(|b| b.pid == p));
+            if let Some(note) = c.i.caller.signal_note(b) {
+                let _ = write!(f.evidence, "; {note}");
+            }
+            f
+        })
+        .collect()
+}

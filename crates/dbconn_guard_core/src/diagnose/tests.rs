@@ -1,0 +1,1910 @@
+//! The tree's unit tests, over plain data.
+
+use super::*;
+use crate::blocking::LockWait;
+use crate::history::GroupSample;
+use crate::patterns::PatternList;
+use crate::policy::Scope;
+use crate::session::fixtures::*;
+
+const MB: i64 = 1024 * 1024;
+const HOUR: Micros = 3600 * SECOND;
+
+/// A client connected two hours ago (before the window), in `state` for `age_s` seconds.
+fn c(pid: i32, state: &'static str, age_s: i64) -> Backend {
+    let mut b = client(pid, state, age_s);
+    b.backend_start = Some(NOW - 2 * HOUR - age_s * SECOND);
+    if state == "active" {
+        b.query_start = b.state_change;
+    }
+    if state.starts_with("idle in transaction") {
+        b.xact_start = Some(NOW - (age_s + 5) * SECOND);
+    }
+    b
+}
+
+fn app(mut b: Backend, name: &str) -> Backend {
+    b.application_name = Some(name.into());
+    b
+}
+
+fn addr(mut b: Backend, a: &str) -> Backend {
+    b.client_addr = Some(a.into());
+    b
+}
+
+fn policy() -> Policy {
+    Policy {
+        scope: Scope::default(),
+        idle_timeout: 0,
+        idle_in_transaction_timeout: 300 * SECOND,
+        transaction_timeout: 0,
+        min_utilization_pct: 0.0,
+        max_terminations_per_cycle: 100,
+        idle_timeout_overrides: Overrides::default(),
+        idle_in_transaction_timeout_overrides: Overrides::default(),
+        transaction_timeout_overrides: Overrides::default(),
+        blocker_timeout: 0,
+        blocker_timeout_overrides: Default::default(),
+        blocker_min_waiters: 1,
+        cancel_active_blockers: false,
+    }
+}
+
+fn counts(active: u32, idle: u32) -> StateCounts {
+    StateCounts {
+        active,
+        idle,
+        ..Default::default()
+    }
+}
+
+/// A sample `ago_s` seconds ago with one group ("app", "web", "api").
+fn sample(ago_s: i64, active: u32, idle: u32) -> Sample {
+    let cl = counts(active, idle);
+    Sample {
+        time: NOW - ago_s * SECOND,
+        clients: cl,
+        max_connections: 100,
+        utilization_pct: f64::from(cl.total()),
+        groups: vec![GroupSample {
+            name: GroupName {
+                datname: Some("app".into()),
+                usename: Some("web".into()),
+                application_name: Some("api".into()),
+            },
+            counts: cl,
+            other: false,
+        }],
+        ..Default::default()
+    }
+}
+
+/// A quiet, healthy server: 2 active and 3 idle sessions, an hour of steady history.
+fn input() -> Input {
+    with(vec![
+        c(1, "active", 1),
+        c(2, "active", 2),
+        c(3, "idle", 10),
+        c(4, "idle", 20),
+        c(5, "idle", 30),
+    ])
+}
+
+fn with(backends: Vec<Backend>) -> Input {
+    Input {
+        snapshot: snapshot(backends),
+        limits: Limits {
+            max_connections: 100,
+            superuser_reserved_connections: 3,
+            reserved_connections: None,
+        },
+        lock_waits: vec![],
+        history: History {
+            enabled: true,
+            hidden_from_caller: false,
+            window: HOUR,
+            samples: (0..6).rev().map(|i| sample(i * 600, 2, 3)).collect(),
+        },
+        server: Server {
+            in_recovery: false,
+            postmaster_start: Some(NOW - 240 * HOUR),
+            conf_load_time: Some(NOW - 200 * HOUR),
+            preloaded: true,
+            shared_preload_libraries: Some("pg_stat_statements,dbconn_guard".into()),
+            idle_in_transaction_session_timeout: Some(0),
+            idle_session_timeout: Some(0),
+            statement_timeout: Some(0),
+            transaction_timeout: Some(0),
+            work_mem: Some(4 * MB),
+            shared_buffers: Some(128 * MB),
+            setting_changes: Some(vec![]),
+            settings_compared_reload: NOW - 200 * HOUR,
+        },
+        guard: Guard {
+            policy: policy(),
+            enabled: true,
+            dry_run: false,
+            thresholds: Thresholds::default(),
+            leak_idle_age: 600.0,
+            leak_trend_samples: 6,
+            slow_query_age: 300.0,
+        },
+        worker: Some(WorkerInfo {
+            running: true,
+            pid: Some(99),
+            database: "app".into(),
+            last_error: None,
+            last_error_at: None,
+            extension_ready: true,
+            database_owner_not_superuser: None,
+        }),
+        caller: Caller {
+            pid: 1,
+            role: "dba".into(),
+            database: "app".into(),
+            hidden_backends: 0,
+            has_read_all_stats: true,
+            lacks_terminate_idle: false,
+            is_superuser: true,
+            has_signal_backend: true,
+            member_of: vec![],
+        },
+    }
+}
+
+fn area<'a>(fs: &'a [Finding], a: &str) -> Vec<&'a Finding> {
+    fs.iter().filter(|f| f.area == a).collect()
+}
+
+fn one<'a>(fs: &'a [Finding], a: &str) -> &'a Finding {
+    let rows = area(fs, a);
+    assert_eq!(rows.len(), 1, "{a}: {rows:#?}");
+    rows[0]
+}
+
+fn not_ok<'a>(fs: &'a [Finding], a: &str) -> Vec<&'a Finding> {
+    area(fs, a)
+        .into_iter()
+        .filter(|f| f.status != Status::Ok)
+        .collect()
+}
+
+fn action(f: &Finding) -> &str {
+    f.action
+        .as_deref()
+        .unwrap_or_else(|| panic!("no action: {f:#?}"))
+}
+
+const ORDER: [&str; 18] = [
+    "server",
+    "pool",
+    "consumers",
+    "oversized pool",
+    "leaks",
+    "idle in transaction",
+    "slow queries",
+    "locks",
+    "error pattern",
+    "recent changes",
+    "deployment",
+    "connection storm",
+    "timeouts",
+    "guard",
+    "memory",
+    "pgbouncer",
+    "pooler",
+    "worker",
+];
+
+// --- shape ---------------------------------------------------------------------------
+
+#[test]
+fn a_healthy_server_is_ok_everywhere_in_the_runbooks_order() {
+    let fs = diagnose(&input());
+    for f in &fs {
+        assert_eq!(f.status, Status::Ok, "{f:#?}");
+    }
+    let steps: Vec<i32> = fs.iter().map(|f| f.step).collect();
+    assert_eq!(steps, (1..=fs.len() as i32).collect::<Vec<_>>());
+    let mut areas: Vec<&str> = fs.iter().map(|f| f.area).collect();
+    areas.dedup();
+    let mut expected = ORDER.to_vec();
+    expected.push("visibility");
+    assert_eq!(areas, expected);
+}
+
+#[test]
+fn status_names() {
+    assert_eq!(
+        [Status::Ok, Status::Info, Status::Warning, Status::Critical].map(Status::as_str),
+        ["ok", "info", "warning", "critical"]
+    );
+    assert!(Status::Critical > Status::Warning && Status::Info > Status::Ok);
+}
+
+// --- server ------------------------------------------------------------------------------
+
+#[test]
+fn a_standby_says_what_differs_and_everything_else_still_runs() {
+    let mut i = input();
+    i.server.in_recovery = true;
+    let fs = diagnose(&i);
+    let s = one(&fs, "server");
+    assert_eq!(s.status, Status::Info);
+    assert!(s.evidence.contains("read-only"), "{}", s.evidence);
+    assert_eq!(
+        action(s),
+        "SELECT * FROM dbconn_guard.recent_terminations();"
+    );
+    assert_eq!(fs.len(), diagnose(&input()).len());
+}
+
+// --- pool ---------------------------------------------------------------------------------
+
+fn n_clients(n: i32, state: &'static str) -> Vec<Backend> {
+    (1..=n).map(|p| c(p + 10, state, 5)).collect()
+}
+
+#[test]
+fn pool_grades_by_the_health_thresholds_and_reserved_slots() {
+    let fs = diagnose(&with(n_clients(50, "active")));
+    let p = one(&fs, "pool");
+    assert_eq!(p.status, Status::Ok);
+    assert!(
+        p.evidence.starts_with("50 of 100 slots (50.0%)"),
+        "{}",
+        p.evidence
+    );
+    assert!(p.evidence.contains("3 reserved, 47 left"), "{}", p.evidence);
+
+    // one group holds the idle sessions: the action ends its idle sessions only, and
+    // spares the bystanders
+    let mut clients = n_clients(40, "active");
+    clients.extend((0..40).map(|i| c(200 + i, "idle", 400)));
+    clients.extend((0..5).map(|i| app(c(300 + i, "idle", 400), "billing")));
+    let fs = diagnose(&with(clients.clone()));
+    let p = one(&fs, "pool");
+    assert_eq!(p.status, Status::Warning);
+    assert_eq!(
+        action(p),
+        "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle'], application_name => 'api', usename => 'web', client_addr => '10.0.0.1', datname => 'app');"
+    );
+    assert!(
+        p.evidence.contains("holds 40 of the 45 idle sessions"),
+        "{}",
+        p.evidence
+    );
+    // none stands out: every group's, and said to be wider
+    let mut spread = n_clients(40, "active");
+    spread.extend((0..40).map(|i| app(c(200 + i, "idle", 400), &format!("app{}", i % 4))));
+    let fs = diagnose(&with(spread));
+    let p = one(&fs, "pool");
+    assert_eq!(
+        action(p),
+        "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle']);"
+    );
+    assert!(p.evidence.contains("wider"), "{}", p.evidence);
+
+    let fs = diagnose(&with(n_clients(92, "active")));
+    let p = one(&fs, "pool");
+    assert_eq!(p.status, Status::Critical);
+    assert!(
+        action(p).starts_with("ALTER SYSTEM SET max_connections = 150;"),
+        "{p:#?}"
+    );
+
+    let fs = diagnose(&with(n_clients(97, "active")));
+    let p = one(&fs, "pool");
+    assert_eq!(p.status, Status::Critical);
+    assert!(p.finding.starts_with("Pool exhausted"), "{}", p.finding);
+}
+
+#[test]
+fn pool_without_max_connections_cannot_be_checked() {
+    let mut i = input();
+    i.limits.max_connections = 0;
+    let fs = diagnose(&i);
+    let p = one(&fs, "pool");
+    assert_eq!(
+        (p.status, action(p)),
+        (Status::Info, "SHOW max_connections;")
+    );
+    assert_eq!(one(&fs, "memory").status, Status::Info);
+}
+
+#[test]
+fn pool_action_without_the_worker_reads_pg_stat_activity() {
+    let mut clients = n_clients(10, "active");
+    clients.extend((0..75).map(|i| c(200 + i, "idle", 400)));
+    let mut i = with(clients);
+    i.worker.as_mut().unwrap().running = false;
+    let fs = diagnose(&i);
+    let a = action(one(&fs, "pool"));
+    assert!(
+        a.starts_with("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
+        "{a}"
+    );
+    assert!(
+        a.contains("state_change < now() - interval '300 seconds'"),
+        "{a}"
+    );
+    assert!(a.contains("rolsuper"), "spares superusers: {a}");
+}
+
+// --- consumers -----------------------------------------------------------------------------
+
+#[test]
+fn consumers_by_application_user_and_client_with_shares() {
+    let mut clients: Vec<Backend> = (0..6).map(|p| c(10 + p, "idle", 5)).collect();
+    clients.push(app(c(20, "active", 1), "batch"));
+    clients.push(addr(app(c(21, "active", 1), "batch"), "10.0.0.2"));
+    let fs = diagnose(&with(clients));
+    let rows = area(&fs, "consumers");
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[0].finding.starts_with(
+            "Top application: \"api\" holds 6 of 8 client sessions (75%), 100% of them idle"
+        ),
+        "{}",
+        rows[0].finding
+    );
+    assert_eq!(
+        rows[0].evidence,
+        "by application: \"api\" 6 (75%, 100% idle), \"batch\" 2 (25%, 0% idle)"
+    );
+    assert!(rows[1].evidence.starts_with("by user: \"web\" 8 (100%"));
+    assert!(
+        rows[2].evidence.contains("\"10.0.0.2\" 1 (12%, 0% idle)"),
+        "{}",
+        rows[2].evidence
+    );
+    assert!(rows.iter().all(|r| r.status == Status::Ok));
+
+    let fs = diagnose(&with(vec![]));
+    assert_eq!(one(&fs, "consumers").finding, "No client sessions visible");
+}
+
+// --- oversized pool ------------------------------------------------------------------------
+
+#[test]
+fn a_pool_larger_than_its_work_is_named_by_client() {
+    let mut clients: Vec<Backend> = (0..11)
+        .map(|p| addr(c(10 + p, "idle", 400), "10.0.0.5"))
+        .collect();
+    clients.push(addr(c(30, "active", 1), "10.0.0.5"));
+    let fs = diagnose(&with(clients.clone()));
+    let o = one(&fs, "oversized pool");
+    assert_eq!(o.status, Status::Warning);
+    assert!(
+        o.finding
+            .contains("11 of 12 sessions from \"10.0.0.5\" (application \"api\")"),
+        "{}",
+        o.finding
+    );
+    // its busiest moment in the history (2 busy) plus headroom
+    assert!(
+        o.evidence.contains("a pool of about 4 would do"),
+        "{}",
+        o.evidence
+    );
+    assert_eq!(
+        action(o),
+        "SELECT * FROM dbconn_guard.terminate_idle('300 seconds', ARRAY['idle'], application_name => 'api', usename => 'web', client_addr => '10.0.0.5');"
+    );
+    // below the size, or not idle enough: nothing
+    let fs = diagnose(&with(clients[..9].to_vec()));
+    assert_eq!(one(&fs, "oversized pool").status, Status::Ok);
+    let mut busy = clients.clone();
+    busy.extend((0..4).map(|p| addr(c(40 + p, "active", 1), "10.0.0.5")));
+    assert_eq!(
+        one(&diagnose(&with(busy)), "oversized pool").status,
+        Status::Ok
+    );
+    // a pooler's are left to the pooler row
+    let pooled: Vec<Backend> = clients
+        .iter()
+        .cloned()
+        .map(|b| app(b, "pgbouncer"))
+        .collect();
+    assert_eq!(
+        one(&diagnose(&with(pooled)), "oversized pool").status,
+        Status::Ok
+    );
+    // a pool whose busiest moment in the window needed most of it is sized for its peak
+    let mut peaked = with(clients.clone());
+    peaked.history.samples[2] = sample(1800, 8, 4);
+    assert_eq!(one(&diagnose(&peaked), "oversized pool").status, Status::Ok);
+}
+
+#[test]
+fn a_pool_on_several_hosts_is_judged_by_its_share_of_the_history() {
+    // three pods of 12 sessions each, all unused for minutes; the history's busiest sample
+    // had 12 busy in all (4 a pod): each pod's pool is three times its work
+    let clients: Vec<Backend> = (0..36)
+        .map(|p| addr(c(10 + p, "idle", 400), &format!("10.0.0.{}", 10 + p / 12)))
+        .collect();
+    let mut i = with(clients);
+    i.history.samples[2] = sample(1800, 12, 24);
+    let fs = diagnose(&i);
+    assert_eq!(not_ok(&fs, "oversized pool").len(), 3, "{fs:#?}");
+    assert!(not_ok(&fs, "oversized pool")[0]
+        .evidence
+        .contains("a pool of about 6 would do"));
+}
+
+#[test]
+fn a_healthy_pool_that_takes_each_connection_within_seconds_is_not_oversized() {
+    // ten connections, each used every half second: idle for a second at most, at any
+    // instant most of them idle
+    let mut clients: Vec<Backend> = (0..9)
+        .map(|p| addr(c(10 + p, "idle", 1), "10.0.0.5"))
+        .collect();
+    clients.push(addr(c(30, "active", 0), "10.0.0.5"));
+    clients.extend((0..10).map(|p| addr(c(40 + p, "idle", 0), "10.0.0.6")));
+    let fs = diagnose(&with(clients));
+    assert_eq!(one(&fs, "oversized pool").status, Status::Ok);
+    assert!(not_ok(&fs, "oversized pool").is_empty());
+}
+
+// --- leaks -------------------------------------------------------------------------------
+
+#[test]
+fn leak_suspects_by_idle_age() {
+    let mut clients = vec![c(1, "active", 1)];
+    clients.extend((0..4).map(|p| app(c(10 + p, "idle", 900 + i64::from(p)), "orders")));
+    let fs = diagnose(&with(clients));
+    let l = one(&fs, "leaks");
+    assert_eq!(l.status, Status::Warning);
+    assert!(
+        l.finding.contains("4 sessions idle for up to 15min"),
+        "{}",
+        l.finding
+    );
+    assert!(
+        l.evidence.contains("application \"orders\""),
+        "{}",
+        l.evidence
+    );
+    // the leaking group only: application, user, client and database
+    assert_eq!(
+        action(l),
+        "SELECT * FROM dbconn_guard.terminate_idle('600 seconds', ARRAY['idle'], application_name => 'orders', usename => 'web', client_addr => '10.0.0.1', datname => 'app');"
+    );
+    assert_eq!(one(&diagnose(&input()), "leaks").status, Status::Ok);
+}
+
+#[test]
+fn leak_suspects_by_a_growing_trend_from_history() {
+    let mut i = with((0..6).map(|p| c(10 + p, "idle", 30)).collect());
+    i.history.samples = (0..6)
+        .map(|k| sample((5 - k) * 60, 0, k as u32 + 1))
+        .collect();
+    let fs = diagnose(&i);
+    let l = one(&fs, "leaks");
+    assert_eq!(l.status, Status::Warning);
+    assert!(l.finding.contains("keep growing"), "{}", l.finding);
+    assert!(
+        l.evidence.contains("trend growing (1, 2, 3, 4, 5, 6)"),
+        "{}",
+        l.evidence
+    );
+    // without history only the age is checked, and the row says so
+    i.history = History {
+        enabled: false,
+        hidden_from_caller: false,
+        window: HOUR,
+        samples: vec![],
+    };
+    let l = diagnose(&i);
+    let l = one(&l, "leaks");
+    assert_eq!(l.status, Status::Ok);
+    assert!(l.evidence.contains("trend not checked"), "{}", l.evidence);
+}
+
+#[test]
+fn leak_rows_are_bounded() {
+    let clients: Vec<Backend> = (0..18)
+        .map(|p| app(c(10 + p, "idle", 900), &format!("app{}", p / 3)))
+        .collect();
+    let fs = diagnose(&with(clients));
+    let rows = area(&fs, "leaks");
+    assert_eq!(rows.len(), TOP);
+    assert!(rows[2]
+        .evidence
+        .contains("3 more in dbconn_guard.leak_suspects"));
+}
+
+// --- idle in transaction ---------------------------------------------------------------------
+
+#[test]
+fn idle_in_transaction_names_the_guard_rule_that_ends_it() {
+    let fs = diagnose(&with(vec![c(4711, "idle in transaction", 120)]));
+    let f = one(&fs, "idle in transaction");
+    assert_eq!(f.status, Status::Info);
+    assert!(
+        f.evidence
+            .contains("dbconn_guard.idle_in_transaction_timeout (5min) ends it in 3min"),
+        "{}",
+        f.evidence
+    );
+    assert_eq!(action(f), "SELECT pg_terminate_backend(4711);");
+    // young ones are not reported
+    let fs = diagnose(&with(vec![c(4711, "idle in transaction", 30)]));
+    assert_eq!(one(&fs, "idle in transaction").status, Status::Ok);
+}
+
+#[test]
+fn idle_in_transaction_past_the_guards_deadline_asks_about_the_worker() {
+    let fs = diagnose(&with(vec![c(4711, "idle in transaction (aborted)", 1200)]));
+    let f = one(&fs, "idle in transaction");
+    assert_eq!(f.status, Status::Warning);
+    assert!(
+        f.finding.contains("past the guard's deadline"),
+        "{}",
+        f.finding
+    );
+    assert!(
+        f.evidence.contains("was due to end it 15min ago"),
+        "{}",
+        f.evidence
+    );
+}
+
+#[test]
+fn idle_in_transaction_nobody_ends_gets_the_setting_to_enable() {
+    let mut i = with(vec![c(4711, "idle in transaction", 120)]);
+    i.guard.policy.idle_in_transaction_timeout = 0;
+    let fs = diagnose(&i);
+    let f = one(&fs, "idle in transaction");
+    assert_eq!(f.status, Status::Warning);
+    assert_eq!(
+        action(f),
+        "ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '5min'; SELECT pg_reload_conf();"
+    );
+    // PostgreSQL's own timeout covers it
+    i.server.idle_in_transaction_session_timeout = Some(600 * SECOND);
+    let fs = diagnose(&i);
+    let f = one(&fs, "idle in transaction");
+    assert_eq!(f.status, Status::Info);
+    assert!(
+        f.evidence
+            .contains("PostgreSQL's idle_in_transaction_session_timeout (10min) ends it in 8min"),
+        "{}",
+        f.evidence
+    );
+    // transaction_timeout of the guard: from the transaction's start
+    i.server.idle_in_transaction_session_timeout = Some(0);
+    i.guard.policy.transaction_timeout = 130 * SECOND;
+    let fs = diagnose(&i);
+    let f = one(&fs, "idle in transaction");
+    assert!(
+        f.evidence
+            .contains("dbconn_guard.transaction_timeout (2min 10s) ends it in 5s"),
+        "{}",
+        f.evidence
+    );
+}
+
+#[test]
+fn idle_in_transaction_the_guard_may_not_end_is_terminated_by_pid() {
+    // a superuser: protected
+    let mut su = c(4711, "idle in transaction", 120);
+    su.is_superuser = Some(true);
+    let fs = diagnose(&with(vec![su]));
+    let f = one(&fs, "idle in transaction");
+    assert_eq!(f.status, Status::Warning);
+    assert!(f.evidence.contains("superuser"), "{}", f.evidence);
+    assert_eq!(action(f), "SELECT pg_terminate_backend(4711);");
+    // an override of 0 for its application
+    let mut i = with(vec![c(4712, "idle in transaction", 120)]);
+    i.guard.policy.idle_in_transaction_timeout_overrides = Overrides::parse("app:api=0").unwrap();
+    let fs = diagnose(&i);
+    let f = one(&fs, "idle in transaction");
+    assert!(f.evidence.contains("gives it 0 (never)"), "{}", f.evidence);
+    assert_eq!(action(f), "SELECT pg_terminate_backend(4712);");
+    // the guard in dry run ends nothing
+    let mut i = with(vec![c(4713, "idle in transaction", 120)]);
+    i.guard.dry_run = true;
+    let fs = diagnose(&i);
+    assert_eq!(
+        action(one(&fs, "idle in transaction")),
+        "SELECT pg_terminate_backend(4713);"
+    );
+}
+
+#[test]
+fn idle_in_transaction_mentions_what_it_blocks() {
+    let mut i = with(vec![
+        c(4711, "idle in transaction", 120),
+        c(20, "active", 30),
+    ]);
+    i.lock_waits = vec![LockWait {
+        pid: 20,
+        blocked_by: vec![4711],
+        ..Default::default()
+    }];
+    let fs = diagnose(&i);
+    assert!(one(&fs, "idle in transaction")
+        .evidence
+        .contains("holds up 1 session"));
+}
+
+// --- slow queries ----------------------------------------------------------------------------
+
+#[test]
+fn slow_queries_are_cancelled_by_pid_oldest_first() {
+    let mut mine = c(1, "active", 4000);
+    mine.pid = 1; // the caller's own session
+    let clients = vec![
+        mine,
+        c(4711, "active", 600),
+        c(4712, "active", 900),
+        c(3, "active", 10),
+    ];
+    let fs = diagnose(&with(clients));
+    let rows = area(&fs, "slow queries");
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(action(rows[0]), "SELECT pg_cancel_backend(4712);");
+    assert_eq!(action(rows[1]), "SELECT pg_cancel_backend(4711);");
+    assert!(rows[0].finding.contains("running for 15min"));
+    assert!(
+        rows[0].evidence.contains("\"select 4712\""),
+        "{}",
+        rows[0].evidence
+    );
+}
+
+#[test]
+fn slow_queries_off_or_none() {
+    let mut i = with(vec![c(4711, "active", 600)]);
+    i.guard.slow_query_age = 0.0;
+    let fs = diagnose(&i);
+    assert_eq!(one(&fs, "slow queries").status, Status::Info);
+    assert_eq!(one(&diagnose(&input()), "slow queries").status, Status::Ok);
+}
+
+#[test]
+fn slow_query_rows_are_bounded() {
+    let fs = diagnose(&with((0..5).map(|p| c(10 + p, "active", 600)).collect()));
+    let rows = area(&fs, "slow queries");
+    assert_eq!(rows.len(), TOP);
+    assert!(rows[0].evidence.contains("5 statements past 5min in all"));
+}
+
+// --- locks ------------------------------------------------------------------------------
+
+fn wait(pid: i32, by: &[i32], waited_s: i64) -> LockWait {
+    LockWait {
+        pid,
+        blocked_by: by.to_vec(),
+        locktype: Some("relation".into()),
+        mode: Some("RowExclusiveLock".into()),
+        relation: Some("orders".into()),
+        wait_start: Some(NOW - waited_s * SECOND),
+        leader_pid: 0,
+    }
+}
+
+#[test]
+fn a_root_idle_in_transaction_is_terminated_and_an_active_one_cancelled() {
+    let mut i = with(vec![
+        c(4711, "idle in transaction", 100),
+        c(21, "active", 90),
+        c(22, "active", 80),
+        c(5000, "active", 20),
+        c(31, "active", 5),
+    ]);
+    i.lock_waits = vec![
+        wait(21, &[4711], 90),
+        wait(22, &[21], 80),
+        wait(31, &[5000], 5),
+    ];
+    let fs = diagnose(&i);
+    let rows = area(&fs, "locks");
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(rows[0].status, Status::Critical);
+    assert_eq!(action(rows[0]), "SELECT pg_terminate_backend(4711);");
+    assert!(
+        rows[0].finding.contains("pid 4711 holds up 2 sessions"),
+        "{}",
+        rows[0].finding
+    );
+    assert!(rows[0].evidence.contains("blocks 1 directly, 2 in all; longest wait 90s; waiting for RowExclusiveLock on relation \"orders\""), "{}", rows[0].evidence);
+    assert_eq!(rows[1].status, Status::Info, "a 5s wait is ordinary");
+    assert_eq!(action(rows[1]), "SELECT pg_cancel_backend(5000);");
+}
+
+#[test]
+fn lock_cycles_and_no_waits() {
+    let mut i = with(vec![c(1, "active", 30), c(2, "active", 30)]);
+    i.lock_waits = vec![wait(1, &[2], 20), wait(2, &[1], 20)];
+    let fs = diagnose(&i);
+    let l = one(&fs, "locks");
+    assert_eq!(l.status, Status::Info);
+    assert!(l.finding.contains("lock cycle"));
+    assert_eq!(action(l), "SELECT pg_cancel_backend(1);");
+    // a cycle of a second is the deadlock detector's to break: no action
+    i.lock_waits = vec![wait(1, &[2], 1), wait(2, &[1], 1)];
+    assert!(not_ok(&diagnose(&i), "locks").is_empty());
+    assert_eq!(one(&diagnose(&input()), "locks").status, Status::Ok);
+}
+
+#[test]
+fn the_session_idle_in_transaction_that_holds_others_up_comes_first() {
+    // four older sessions idle in transaction that hold up nobody, and a younger root of
+    // five waiters
+    let mut clients: Vec<Backend> = (0..4)
+        .map(|p| c(10 + p, "idle in transaction", 3600 + i64::from(p)))
+        .collect();
+    clients.push(c(20, "idle in transaction", 120));
+    clients.extend((0..5).map(|p| c(30 + p, "active", 60)));
+    let mut i = with(clients);
+    i.lock_waits = (0..5).map(|p| wait(30 + p, &[20], 60)).collect();
+    let fs = diagnose(&i);
+    let rows = area(&fs, "idle in transaction");
+    assert!(rows[0].finding.starts_with("pid 20 "), "{rows:#?}");
+    assert!(
+        rows[0].evidence.contains("holds up 5 sessions"),
+        "{}",
+        rows[0].evidence
+    );
+}
+
+#[test]
+fn an_action_the_caller_may_not_run_says_who_may_and_a_hidden_root_is_looked_at_first() {
+    // a pg_monitor member: sees everything, may signal nobody
+    let monitor = |i: &mut Input| {
+        i.caller.is_superuser = false;
+        i.caller.has_signal_backend = false;
+        i.caller.member_of = vec![];
+    };
+    let mut i = with(vec![c(1, "idle in transaction", 600), c(2, "active", 400)]);
+    i.guard.policy.idle_in_transaction_timeout = 0;
+    i.guard.enabled = false;
+    monitor(&mut i);
+    i.caller.pid = 99;
+    i.guard.slow_query_age = 60.0;
+    let fs = diagnose(&i);
+    for a in ["idle in transaction", "slow queries"] {
+        let rows = not_ok(&fs, a);
+        assert!(!rows.is_empty(), "{a}: {fs:#?}");
+        assert!(
+            rows[0].evidence.contains(
+                "may not signal this session: run the action as a member of pg_signal_backend"
+            ),
+            "{a}: {}",
+            rows[0].evidence
+        );
+    }
+    // a member of the sessions' role may: no note
+    i.caller.member_of = vec!["web".into()];
+    let fs = diagnose(&i);
+    assert!(!not_ok(&fs, "slow queries")[0]
+        .evidence
+        .contains("may not signal"));
+
+    // a plain role that cannot see the root: no cancel (it may be idle in its transaction,
+    // where a cancel does nothing), a look first
+    let mut root = c(1, "idle in transaction", 600);
+    root.kind = Kind::Hidden;
+    root.state = None;
+    root.usename = None;
+    let mut i = with(vec![root, c(2, "active", 30)]);
+    i.lock_waits = vec![wait(2, &[1], 30)];
+    monitor(&mut i);
+    let l = not_ok(&diagnose(&i), "locks")[0].clone();
+    assert!(l.finding.contains("hidden from this role"), "{}", l.finding);
+    assert!(!action(&l).contains("pg_cancel_backend"), "{}", action(&l));
+    assert!(
+        action(&l).starts_with("SELECT pid, usename"),
+        "{}",
+        action(&l)
+    );
+}
+
+#[test]
+fn a_root_of_brief_waits_or_idle_for_a_moment_is_ordinary_contention() {
+    // pgbench: a transaction idle between two statements holds a row another waits for
+    let mut i = with(vec![
+        c(1, "idle in transaction", 0),
+        c(2, "active", 0),
+        c(3, "idle in transaction", 2),
+        c(4, "active", 3),
+    ]);
+    i.lock_waits = vec![wait(2, &[1], 0), wait(4, &[3], 3)];
+    let fs = diagnose(&i);
+    assert!(not_ok(&fs, "locks").is_empty(), "{fs:#?}");
+    assert!(area(&fs, "locks").iter().all(|f| f.action.is_none()));
+    // nor is a session idle in transaction for a moment offered for termination, whatever
+    // the warning age
+    i.guard.thresholds.idle_in_transaction_age = 0.0;
+    let fs = diagnose(&i);
+    assert!(not_ok(&fs, "idle in transaction").is_empty(), "{fs:#?}");
+    // a root idle for a minute whose waiter has waited 30 s is offered
+    let mut i = with(vec![c(1, "idle in transaction", 60), c(2, "active", 30)]);
+    i.lock_waits = vec![wait(2, &[1], 30)];
+    let l = one(&diagnose(&i), "locks").clone();
+    assert_eq!(l.status, Status::Warning);
+    assert_eq!(action(&l), "SELECT pg_terminate_backend(1);");
+    // a root idle for a minute whose waiter came a second ago: not yet
+    i.lock_waits = vec![wait(2, &[1], 1)];
+    assert!(not_ok(&diagnose(&i), "locks").is_empty());
+    // a long transaction between two of its statements (idle for a moment) that has held
+    // a lock for 20 minutes: a pile-up, never hidden as brief
+    let mut root = c(1, "idle in transaction", 1);
+    root.xact_start = Some(NOW - 1200 * SECOND);
+    let mut i = with(vec![root, c(2, "active", 600)]);
+    i.lock_waits = vec![wait(2, &[1], 600)];
+    let l = not_ok(&diagnose(&i), "locks")[0].clone();
+    assert_eq!(l.status, Status::Critical);
+    assert_eq!(action(&l), "SELECT pg_terminate_backend(1);");
+}
+
+// --- error pattern -------------------------------------------------------------------------
+
+#[test]
+fn classify_shapes() {
+    let f = |v: &[u32]| classify(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+    assert_eq!(f(&[5, 5]), None);
+    assert_eq!(f(&[50, 51, 49, 50, 50, 52]), Some(Pattern::Constant));
+    assert_eq!(f(&[7, 7, 7]), Some(Pattern::Constant));
+    assert_eq!(f(&[40, 45, 43, 52, 58, 61, 70]), Some(Pattern::Increasing));
+    assert_eq!(
+        f(&[40, 41, 90, 40, 42, 95, 41]),
+        Some(Pattern::Intermittent)
+    );
+    // a rise of 2 sessions is noise, not a leak
+    assert_eq!(f(&[10, 10, 11, 11, 12]), Some(Pattern::Constant));
+    // a step is not a trend: a scale-out in the middle of the window, with noise
+    let mut step = vec![120u32, 122, 119, 121, 120, 118, 121];
+    step.extend([300, 302, 299, 301, 300, 298, 301, 300]);
+    assert_eq!(f(&step), Some(Pattern::Step(7)));
+    // nor at a quarter or three quarters of it
+    let early: Vec<u32> = (0..12).map(|k| if k < 3 { 120 } else { 300 }).collect();
+    assert_eq!(f(&early), Some(Pattern::Step(3)));
+    let late: Vec<u32> = (0..12).map(|k| if k < 9 { 120 } else { 300 }).collect();
+    assert_eq!(f(&late), Some(Pattern::Step(9)));
+    // a leak growing one session a sample is a trend, noisy or not
+    let leak: Vec<u32> = (0..20).map(|k| 100 + 3 * k).collect();
+    assert_eq!(f(&leak), Some(Pattern::Increasing));
+    let noisy: Vec<u32> = (0..20).map(|k| 100 + 2 * k + (k % 3) * 3).collect();
+    assert_eq!(f(&noisy), Some(Pattern::Increasing));
+    // a leak that began within the window (flat, then a ramp) is not a step either
+    let hockey: Vec<u32> = (0..60)
+        .map(|k| if k < 45 { 100 } else { 100 + 2 * (k - 44) })
+        .collect();
+    assert!(
+        !matches!(f(&hockey), Some(Pattern::Step(_))),
+        "{:?}",
+        f(&hockey)
+    );
+}
+
+#[test]
+fn a_step_reads_as_a_change_of_level_with_its_time_not_as_a_leak() {
+    let mut series = vec![120u32; 30];
+    series.extend([300u32; 30]);
+    // of 360 slots: 83% at the new level, high (warning) but not at the limit
+    let mut i = with_series(&series);
+    for s in &mut i.history.samples {
+        s.utilization_pct = f64::from(s.clients.total()) / 3.6;
+    }
+    let fs = diagnose(&i);
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Warning);
+    assert!(e.finding.contains("from 120 to 300"), "{}", e.finding);
+    assert!(!e.finding.contains("leak or"), "{}", e.finding);
+    // the step's sample was taken 29 minutes ago (one a minute, the last one now)
+    assert!(e.finding.contains("(29min ago)"), "{}", e.finding);
+    assert!(
+        action(e).contains("history_by_group_between(now() - interval '1800 seconds', now() - interval '1680 seconds')"),
+        "{}",
+        action(e)
+    );
+    // a step up to the limit is not called a change of level: a fast leak is as likely
+    let mut full = vec![100u32; 30];
+    full.extend([297u32; 30]);
+    let mut i = with_series(&full);
+    for s in &mut i.history.samples {
+        s.utilization_pct = f64::from(s.clients.total()) / 3.0;
+    }
+    let e = one(&diagnose(&i), "error pattern").clone();
+    assert!(e.finding.contains("sit at the limit"), "{}", e.finding);
+    assert!(!e.finding.contains("not a leak"), "{}", e.finding);
+    assert_eq!(action(&e), "SELECT * FROM dbconn_guard.leak_suspects;");
+    // and a step down is no alarm
+    series.reverse();
+    assert!(not_ok(&diagnose(&with_series(&series)), "error pattern").is_empty());
+}
+
+fn with_series(series: &[u32]) -> Input {
+    let mut i = input();
+    let n = series.len() as i64;
+    i.history.samples = series
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| sample((n - 1 - k as i64) * 60, v, 0))
+        .collect();
+    i
+}
+
+#[test]
+fn error_pattern_gives_the_runbooks_readings() {
+    let fs = diagnose(&with_series(&[40, 45, 43, 52, 58, 61, 70]));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Warning);
+    assert!(e.finding.contains("leak or an attack"));
+    assert_eq!(action(e), "SELECT * FROM dbconn_guard.leak_suspects;");
+
+    let fs = diagnose(&with_series(&[40, 41, 90, 40, 42, 95, 41]));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Warning, "peaks past 80%");
+    assert!(e.finding.contains("resource contention"));
+    assert!(action(e).contains("client_backends >= 68"), "{}", action(e));
+
+    let fs = diagnose(&with_series(&[85, 86, 85, 86]));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Warning);
+    assert!(e.finding.contains("configuration issue"));
+    assert!(
+        action(e).starts_with("ALTER SYSTEM SET max_connections = 120;"),
+        "{}",
+        action(e)
+    );
+
+    let fs = diagnose(&with_series(&[20, 21, 20, 20]));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Ok);
+    assert!(e.evidence.contains("4 samples over 3min"), "{}", e.evidence);
+}
+
+#[test]
+fn error_pattern_without_history_says_why() {
+    let fs = diagnose(&with_series(&[5, 5]));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info);
+    assert!(
+        e.evidence.contains("not enough history: 2 sample(s)"),
+        "{}",
+        e.evidence
+    );
+
+    let mut i = input();
+    i.history.enabled = false;
+    i.history.samples.clear();
+    let fs = diagnose(&i);
+    let e = one(&fs, "error pattern");
+    assert!(e.evidence.contains("history_size is 0"));
+    assert!(action(e).contains("history_size = 8640"));
+
+    let mut i = input();
+    i.server.preloaded = false;
+    i.server.shared_preload_libraries = Some("pg_stat_statements".into());
+    i.history.enabled = false;
+    i.history.samples.clear();
+    let fs = diagnose(&i);
+    let e = one(&fs, "error pattern");
+    assert_eq!(
+        action(e),
+        "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', 'dbconn_guard';  -- then restart PostgreSQL",
+        "one literal per library: one literal with a comma would be one library name"
+    );
+    i.server.shared_preload_libraries = Some("auto_explain, \"$libdir/my, lib\"".into());
+    let fs = diagnose(&i);
+    assert_eq!(
+        action(one(&fs, "error pattern")),
+        "ALTER SYSTEM SET shared_preload_libraries = 'auto_explain', '$libdir/my, lib', 'dbconn_guard';  -- then restart PostgreSQL"
+    );
+    // listed already, not loaded: a restart is pending, nothing to add
+    i.server.shared_preload_libraries = Some("pg_stat_statements, dbconn_guard".into());
+    let fs = diagnose(&i);
+    assert!(action(one(&fs, "guard")).contains("listed but not loaded: restart"));
+}
+
+// --- recent changes -----------------------------------------------------------------------
+
+#[test]
+fn a_reload_or_a_start_within_the_window_means_review_settings() {
+    let mut i = input();
+    i.server.setting_changes = None;
+    i.server.conf_load_time = Some(NOW - 720 * SECOND);
+    let fs = diagnose(&i);
+    let r = one(&fs, "recent changes");
+    assert_eq!(r.status, Status::Info);
+    assert!(
+        r.finding.contains("reloaded 12min ago: review settings"),
+        "{}",
+        r.finding
+    );
+    assert_eq!(action(r), REVIEW_SETTINGS);
+
+    i.server.postmaster_start = Some(NOW - 1200 * SECOND);
+    let fs = diagnose(&i);
+    assert!(one(&fs, "recent changes")
+        .finding
+        .contains("started 20min ago"));
+    // and new clients cannot be told apart from the restart
+    assert!(area(&fs, "deployment")
+        .iter()
+        .any(|f| f.finding.starts_with("New clients not checked")));
+
+    i.server.postmaster_start = None;
+    i.server.conf_load_time = None;
+    let fs = diagnose(&i);
+    assert_eq!(one(&fs, "recent changes").status, Status::Info);
+}
+
+#[test]
+fn a_reload_names_the_settings_it_changed_from_what_to_what_and_when() {
+    use crate::config_changes::Change;
+    let change = |ago: i64, name: &str, old: &str, new: &str| TimedChange {
+        at: NOW - ago * SECOND,
+        change: Change {
+            name: name.into(),
+            old: old.into(),
+            new: new.into(),
+        },
+    };
+    let mut i = input();
+    i.server.conf_load_time = Some(NOW - 180 * SECOND);
+    // one before the window, one by an earlier reload in it, one by the last
+    i.server.setting_changes = Some(vec![
+        change(7200, "log_min_duration_statement", "-1", "1s"),
+        change(1200, "maintenance_work_mem", "64MB", "1GB"),
+        change(180, "work_mem", "4MB", "64MB"),
+    ]);
+    let fs = diagnose(&i);
+    let r = one(&fs, "recent changes");
+    assert_eq!(r.status, Status::Info);
+    assert!(r.finding.contains("work_mem 4MB → 64MB"), "{}", r.finding);
+    assert!(r.finding.contains("(3min ago)"), "{}", r.finding);
+    assert!(!r.finding.contains("maintenance_work_mem"), "{}", r.finding);
+    assert!(
+        r.evidence.starts_with("2 setting change(s)"),
+        "{}",
+        r.evidence
+    );
+    assert!(action(r).contains("dbconn_guard.setting_changes()"));
+    // a start in the window before the reload: the reload's changes are the newer story
+    i.server.postmaster_start = Some(NOW - 600 * SECOND);
+    let r = one(&diagnose(&i), "recent changes").clone();
+    assert!(r.finding.contains("work_mem 4MB → 64MB"), "{}", r.finding);
+    assert!(
+        r.evidence.starts_with("1 setting change(s)"),
+        "{}",
+        r.evidence
+    );
+    i.server.postmaster_start = Some(NOW - 120 * SECOND);
+    let r = one(&diagnose(&i), "recent changes").clone();
+    assert!(r.finding.contains("started 2min ago"), "{}", r.finding);
+    i.server.postmaster_start = Some(NOW - 240 * HOUR);
+    // a reload that changed nothing is no finding, once the worker compared it
+    i.server.setting_changes = Some(vec![change(7200, "work_mem", "4MB", "64MB")]);
+    i.server.settings_compared_reload = NOW - 180 * SECOND;
+    let fs = diagnose(&i);
+    let r = one(&fs, "recent changes");
+    assert_eq!(r.status, Status::Ok);
+    assert!(r.finding.contains("changed no setting"), "{}", r.finding);
+    // a reload the worker did not compare (it was away): review settings
+    i.server.settings_compared_reload = NOW - 7200 * SECOND;
+    let r = one(&diagnose(&i), "recent changes").clone();
+    assert_eq!(r.status, Status::Info);
+    assert!(r.evidence.contains("did not compare"), "{}", r.evidence);
+}
+
+#[test]
+fn a_new_application_in_the_history_means_deployment() {
+    let mut i = input();
+    let mut last = sample(0, 2, 3);
+    last.groups.push(GroupSample {
+        name: GroupName {
+            datname: Some("app".into()),
+            usename: Some("web".into()),
+            application_name: Some("billing-v2".into()),
+        },
+        counts: counts(4, 0),
+        other: false,
+    });
+    *i.history.samples.last_mut().unwrap() = last;
+    let fs = diagnose(&i);
+    let d = area(&fs, "deployment");
+    assert_eq!(d[0].status, Status::Info);
+    assert!(
+        d[0].evidence.contains("application \"billing-v2\""),
+        "{}",
+        d[0].evidence
+    );
+    assert!(action(d[0]).contains("WHERE application_name = ANY (ARRAY['billing-v2'])"));
+    // neither a group with no application name nor the DBA's own session is a deployment
+    let mut quiet = input();
+    let mut last = sample(0, 2, 3);
+    let mut dba = app(c(77, "active", 0), "psql");
+    dba.usename = Some("dba".into());
+    quiet.snapshot.backends.push(dba);
+    quiet.caller.pid = 77;
+    for (app_name, user) in [(Some(""), "web"), (None, "web"), (Some("psql"), "dba")] {
+        last.groups.push(GroupSample {
+            name: GroupName {
+                datname: Some("app".into()),
+                usename: Some(user.into()),
+                application_name: app_name.map(Into::into),
+            },
+            counts: counts(1, 0),
+            other: false,
+        });
+    }
+    *quiet.history.samples.last_mut().unwrap() = last;
+    let fs = diagnose(&quiet);
+    assert!(not_ok(&fs, "deployment").is_empty(), "{fs:#?}");
+    // a remainder in the oldest sample: cannot tell
+    i.history.samples[0].groups.push(GroupSample {
+        name: GroupName::default(),
+        counts: counts(1, 0),
+        other: true,
+    });
+    let fs = diagnose(&i);
+    assert!(area(&fs, "deployment")[0].finding.contains("remainder"));
+}
+
+#[test]
+fn a_client_address_with_only_young_sessions_is_new() {
+    let mut b = addr(c(50, "idle", 10), "10.9.9.9");
+    b.backend_start = Some(NOW - 600 * SECOND);
+    let mut clients = input().snapshot.backends;
+    clients.push(b);
+    let fs = diagnose(&with(clients));
+    let d = area(&fs, "deployment");
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[1].status, Status::Info);
+    assert!(
+        d[1].evidence
+            .contains("\"10.9.9.9\" (1 sessions, first 10min ago)"),
+        "{}",
+        d[1].evidence
+    );
+    assert!(action(d[1]).contains("client_addr = ANY (ARRAY['10.9.9.9']::inet[])"));
+}
+
+#[test]
+fn a_leak_is_one_story_the_pool_and_storm_rows_point_to() {
+    // a leak: 30 sessions of "orders" idle for 15 minutes (past leak_idle_age), all opened
+    // within the last minute of the history's view... as a pool they are oversized too
+    let mut clients = input().snapshot.backends;
+    clients.extend((0..30).map(|p| app(addr(c(100 + p, "idle", 900), "10.0.0.9"), "orders")));
+    let fs = diagnose(&with(clients.clone()));
+    assert_eq!(not_ok(&fs, "leaks").len(), 1, "{fs:#?}");
+    let o = one(&fs, "oversized pool");
+    assert_eq!(o.status, Status::Ok);
+    assert!(o.finding.contains("see leaks"), "{}", o.finding);
+    // a leak opening its sessions fast: the storm row points to it
+    for b in clients.iter_mut().filter(|b| b.pid >= 100) {
+        b.backend_start = Some(NOW - 30 * SECOND);
+        b.state_change = Some(NOW - 20 * SECOND);
+    }
+    let mut i = with(clients);
+    i.guard.leak_idle_age = 15.0;
+    let fs = diagnose(&i);
+    assert!(
+        not_ok(&fs, "leaks")
+            .iter()
+            .any(|f| f.finding.contains("\"orders\"")),
+        "{fs:#?}"
+    );
+    let s = one(&fs, "connection storm");
+    assert_eq!(s.status, Status::Ok);
+    assert!(
+        s.finding.contains("\"orders\"") && s.finding.contains("see leaks"),
+        "{}",
+        s.finding
+    );
+}
+
+#[test]
+fn a_burst_of_new_backends_is_a_connection_storm() {
+    let mut clients = input().snapshot.backends;
+    clients.extend((0..25).map(|p| {
+        let mut b = c(100 + p, "idle", 1);
+        b.backend_start = Some(NOW - 10 * SECOND);
+        b
+    }));
+    let fs = diagnose(&with(clients));
+    let s = one(&fs, "connection storm");
+    assert_eq!(s.status, Status::Warning);
+    assert!(
+        s.finding.contains("25 new sessions in the last 60s"),
+        "{}",
+        s.finding
+    );
+    assert!(s.finding.contains("traffic spike"));
+    // the culprit is in the finding
+    assert!(
+        s.finding
+            .contains("25 of them from application \"api\" (\"10.0.0.1\")"),
+        "{}",
+        s.finding
+    );
+    // or a jump between two samples, named by the group that rose, still there...
+    let mut i = with_series(&[10, 10, 40, 40]);
+    i.snapshot
+        .backends
+        .extend((0..35).map(|p| c(400 + p, "idle", 200)));
+    let fs = diagnose(&i);
+    let s = one(&fs, "connection storm");
+    assert_eq!(s.status, Status::Warning);
+    assert!(s.evidence.contains("+30"), "{}", s.evidence);
+    assert!(
+        s.finding.contains("30 of them of application \"api\""),
+        "{}",
+        s.finding
+    );
+    // ... or over (its sessions gone): info
+    let fs = diagnose(&with_series(&[10, 10, 40, 40]));
+    let s = one(&fs, "connection storm");
+    assert_eq!(s.status, Status::Info);
+    assert!(s.finding.contains("over now"), "{}", s.finding);
+    assert_eq!(
+        one(&diagnose(&input()), "connection storm").status,
+        Status::Ok
+    );
+}
+
+// --- configuration ------------------------------------------------------------------------
+
+#[test]
+fn timeouts_advise_where_neither_covers_idle_in_transaction() {
+    let mut i = input();
+    i.guard.policy.idle_in_transaction_timeout = 0;
+    let fs = diagnose(&i);
+    let t = one(&fs, "timeouts");
+    // configuration advice: nothing is wrong now
+    assert_eq!(t.status, Status::Info);
+    assert_eq!(action(t), enable_iit_action());
+    assert!(t
+        .evidence
+        .contains("idle_in_transaction_session_timeout 0 (off)"));
+    // not preloaded: PostgreSQL's own
+    i.server.preloaded = false;
+    let fs = diagnose(&i);
+    assert_eq!(
+        action(one(&fs, "timeouts")),
+        "ALTER SYSTEM SET idle_in_transaction_session_timeout = '5min'; SELECT pg_reload_conf();"
+    );
+    // PostgreSQL's covers it
+    i.server.idle_in_transaction_session_timeout = Some(600 * SECOND);
+    assert_eq!(one(&diagnose(&i), "timeouts").status, Status::Ok);
+    // the guard's rule does not count while it ends nothing
+    let mut i = input();
+    i.guard.enabled = false;
+    assert_eq!(one(&diagnose(&i), "timeouts").status, Status::Info);
+    // PostgreSQL 16: no transaction_timeout
+    let mut i = input();
+    i.server.transaction_timeout = None;
+    assert!(one(&diagnose(&i), "timeouts")
+        .evidence
+        .contains("n/a (before PostgreSQL 17)"));
+}
+
+#[test]
+fn the_guard_not_preloaded_disabled_or_in_dry_run() {
+    let mut i = input();
+    i.guard.dry_run = true;
+    let g = diagnose(&i);
+    let g = one(&g, "guard");
+    assert_eq!(
+        (g.status, action(g)),
+        (
+            Status::Info,
+            "ALTER SYSTEM SET dbconn_guard.dry_run = off; SELECT pg_reload_conf();"
+        )
+    );
+    i.guard.enabled = false;
+    let g = diagnose(&i);
+    let g = one(&g, "guard");
+    assert_eq!(g.status, Status::Warning);
+    assert_eq!(
+        action(g),
+        "ALTER SYSTEM SET dbconn_guard.enabled = on; SELECT pg_reload_conf();"
+    );
+    i.server.preloaded = false;
+    i.server.shared_preload_libraries = Some(String::new());
+    let g = diagnose(&i);
+    let g = one(&g, "guard");
+    assert!(g.finding.contains("not preloaded"));
+    assert!(action(g).starts_with("ALTER SYSTEM SET shared_preload_libraries = 'dbconn_guard';"));
+    i.server.shared_preload_libraries = None;
+    let g = diagnose(&i);
+    assert!(action(one(&g, "guard")).starts_with("SHOW shared_preload_libraries;"));
+}
+
+#[test]
+fn a_guard_database_owned_by_a_plain_role_is_said_loudly() {
+    let mut i = input();
+    assert_eq!(one(&diagnose(&i), "guard").status, Status::Ok);
+    i.worker.as_mut().unwrap().database_owner_not_superuser = Some("app_owner".into());
+    let g = diagnose(&i);
+    let g = one(&g, "guard");
+    assert_eq!(g.status, Status::Warning);
+    assert!(g.finding.contains("\"app_owner\""), "{}", g.finding);
+    assert!(action(g).starts_with("ALTER SYSTEM SET dbconn_guard.database = 'postgres';"));
+    // even in a dry run (the owner's reach does not depend on it)
+    i.guard.dry_run = true;
+    assert_eq!(one(&diagnose(&i), "guard").status, Status::Warning);
+}
+
+#[test]
+fn memory_states_what_is_checked_and_what_is_not() {
+    let fs = diagnose(&input());
+    let m = one(&fs, "memory");
+    assert_eq!(m.status, Status::Ok);
+    assert!(
+        m.evidence
+            .contains("work_mem 4MB × max_connections 100 = 400MB, + shared_buffers 128MB = 528MB"),
+        "{}",
+        m.evidence
+    );
+    assert!(m
+        .evidence
+        .contains("available RAM is not readable from SQL"));
+
+    let mut i = input();
+    i.limits.max_connections = 1000;
+    let fs = diagnose(&i);
+    let m = one(&fs, "memory");
+    assert_eq!(m.status, Status::Info);
+    assert!(
+        action(m).starts_with("ALTER SYSTEM SET max_connections = 20;"),
+        "{}",
+        action(m)
+    );
+    // a standby with a lower max_connections than its primary's does not start: work_mem
+    i.server.in_recovery = true;
+    let fs = diagnose(&i);
+    let m = one(&fs, "memory");
+    assert!(!action(m).contains("max_connections"), "{}", action(m));
+    assert!(
+        action(m).starts_with("ALTER SYSTEM SET work_mem"),
+        "{}",
+        action(m)
+    );
+    // every slot used: work_mem instead
+    let mut i = with(n_clients(95, "active"));
+    i.server.work_mem = Some(64 * MB);
+    let fs = diagnose(&i);
+    assert_eq!(
+        action(one(&fs, "memory")),
+        "ALTER SYSTEM SET work_mem = '5MB'; SELECT pg_reload_conf();"
+    );
+    let mut i = input();
+    i.server.work_mem = None;
+    assert_eq!(one(&diagnose(&i), "memory").status, Status::Info);
+}
+
+#[test]
+fn pgbouncer_advice_when_most_connections_sit_idle() {
+    let mut clients = n_clients(4, "active");
+    clients.extend((0..26).map(|p| addr(c(100 + p, "idle", 30), &format!("10.1.0.{p}"))));
+    let mut i = with(clients.clone());
+    i.history.samples = vec![sample(120, 8, 20), sample(60, 11, 19), sample(0, 4, 26)];
+    let fs = diagnose(&i);
+    let p = one(&fs, "pgbouncer");
+    assert_eq!(p.status, Status::Info);
+    assert_eq!(
+        action(p),
+        "[pgbouncer]\npool_mode = transaction\ndefault_pool_size = 14"
+    );
+    assert!(
+        p.evidence.contains("26 of 30 client sessions idle (87%)"),
+        "{}",
+        p.evidence
+    );
+    assert!(p
+        .evidence
+        .contains("11 sessions active or in a transaction"));
+    // with a pooler in front: its pool size
+    let behind: Vec<Backend> = clients.into_iter().map(|b| app(b, "pgbouncer")).collect();
+    let fs = diagnose(&with(behind));
+    assert_eq!(action(one(&fs, "pgbouncer")), "default_pool_size = 5");
+    assert_eq!(one(&diagnose(&input()), "pgbouncer").status, Status::Ok);
+}
+
+fn pgbouncer_sessions() -> Vec<Backend> {
+    let mut v: Vec<Backend> = (0..12)
+        .map(|p| app(addr(c(100 + p, "idle", 30), "10.0.0.7"), "pgbouncer"))
+        .collect();
+    v.push(app(addr(c(200, "active", 1), "10.0.0.7"), "pgbouncer"));
+    v
+}
+
+#[test]
+fn a_poolers_connections_are_kept_from_the_idle_timeout() {
+    let mut i = with(pgbouncer_sessions());
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    i.guard.policy.idle_timeout_overrides =
+        Overrides::parse("user:etl=30min, app:\"a,b\"=1500ms").unwrap();
+    let fs = diagnose(&i);
+    let p = one(&fs, "pooler");
+    assert_eq!(p.status, Status::Warning);
+    assert!(
+        p.finding.contains("idle_timeout (15min) ends them"),
+        "{}",
+        p.finding
+    );
+    assert!(p.evidence.contains("server_idle_timeout = 600"));
+    let a = action(p);
+    assert_eq!(
+        a,
+        "ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides = 'user:web=0, user:etl=1800s, app:\"a,b\"=1500ms'; SELECT pg_reload_conf();"
+    );
+    // the list it sets parses, keeps the old items, and exempts the pooler
+    let list = a.split('\'').nth(1).unwrap();
+    let o = Overrides::parse(list).unwrap();
+    assert_eq!(o.items().len(), 3);
+    assert_eq!(o.timeout_for(&pgbouncer_sessions()[0]), Some(0));
+    // the idle timeout off: nothing to warn about
+    let mut i = with(pgbouncer_sessions());
+    i.guard.policy.idle_timeout = 0;
+    assert_eq!(one(&diagnose(&i), "pooler").status, Status::Ok);
+    // excluded already
+    let mut i = with(pgbouncer_sessions());
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    i.guard.policy.scope.exclude_applications = PatternList::parse("pgbouncer").unwrap();
+    assert_eq!(one(&diagnose(&i), "pooler").status, Status::Ok);
+    assert_eq!(one(&diagnose(&input()), "pooler").status, Status::Ok);
+}
+
+#[test]
+fn a_pooler_takes_more_than_a_name_and_no_name_becomes_a_wildcard() {
+    // one client that calls itself pgbouncer is no pooler
+    let mut i = with(vec![app(addr(c(300, "idle", 30), "10.0.0.9"), "pgbouncer")]);
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    let fs = diagnose(&i);
+    let p = one(&fs, "pooler");
+    assert_eq!(p.status, Status::Ok, "{}", p.finding);
+    // a pool whose role is named `*`: `user:*=0` would exempt everyone
+    let starred: Vec<Backend> = pgbouncer_sessions()
+        .into_iter()
+        .map(|mut b| {
+            b.usename = Some("*".into());
+            b.application_name = Some("pg*bouncer".into());
+            b
+        })
+        .collect();
+    let mut i = with(starred);
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    let fs = diagnose(&i);
+    let p = one(&fs, "pooler");
+    let a = action(p);
+    assert!(!a.contains("=0'"), "{a}");
+    assert!(!a.contains("user:*"), "{a}");
+    assert!(
+        a.starts_with("SHOW dbconn_guard.idle_timeout_overrides;"),
+        "{a}"
+    );
+}
+
+#[test]
+fn a_many_sessions_client_may_be_a_pooler() {
+    let clients: Vec<Backend> = pgbouncer_sessions()
+        .into_iter()
+        .map(|b| app(b, ""))
+        .collect();
+    let mut i = with(clients);
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    let fs = diagnose(&i);
+    let p = one(&fs, "pooler");
+    assert_eq!(p.status, Status::Info);
+    // no application name to key on: the user
+    assert_eq!(
+        action(p),
+        "ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides = 'user:web=0'; SELECT pg_reload_conf();"
+    );
+}
+
+// --- worker -------------------------------------------------------------------------------
+
+#[test]
+fn worker_problems_each_get_a_row() {
+    let mut i = input();
+    {
+        let w = i.worker.as_mut().unwrap();
+        w.running = false;
+        w.extension_ready = false;
+        w.database = "postgres".into();
+        w.last_error = Some("could not connect\nto database".into());
+        w.last_error_at = Some(NOW - 30 * SECOND);
+    }
+    let fs = diagnose(&i);
+    let rows = area(&fs, "worker");
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    assert_eq!(rows[0].status, Status::Warning);
+    assert!(
+        rows[0]
+            .evidence
+            .contains("last error \"could not connect to database\" 30s ago"),
+        "{}",
+        rows[0].evidence
+    );
+    assert_eq!(
+        action(rows[1]),
+        "psql -d 'postgres' -c 'CREATE EXTENSION dbconn_guard;'"
+    );
+    assert_eq!(rows[2].status, Status::Info);
+    assert!(rows[2]
+        .finding
+        .contains("attached to database \"postgres\""));
+
+    // running, with an error in the window
+    let mut i = input();
+    i.worker.as_mut().unwrap().last_error = Some("boom".into());
+    i.worker.as_mut().unwrap().last_error_at = Some(NOW - 60 * SECOND);
+    let fs = diagnose(&i);
+    assert_eq!(one(&fs, "worker").status, Status::Warning);
+    // an old error: ok, said
+    i.worker.as_mut().unwrap().last_error_at = Some(NOW - 3 * HOUR);
+    let fs = diagnose(&i);
+    let w = one(&fs, "worker");
+    assert_eq!(w.status, Status::Ok);
+    assert!(w.evidence.contains("outside the window"));
+}
+
+#[test]
+fn no_preload_says_what_could_not_be_checked() {
+    let mut i = input();
+    i.server.preloaded = false;
+    i.worker = None;
+    i.history = History {
+        enabled: false,
+        window: HOUR,
+        samples: vec![],
+        hidden_from_caller: false,
+    };
+    let fs = diagnose(&i);
+    let w = one(&fs, "worker");
+    assert_eq!(w.status, Status::Info);
+    assert!(w.finding.contains("not preloaded"));
+    assert_eq!(one(&fs, "error pattern").status, Status::Info);
+    assert_eq!(area(&fs, "deployment")[0].status, Status::Info);
+    assert_eq!(one(&fs, "guard").status, Status::Warning);
+    // the actions that end sessions fall back to pg_stat_activity
+    let mut clients = vec![c(1, "active", 1)];
+    clients.extend((0..4).map(|p| c(10 + p, "idle", 900)));
+    i.snapshot = snapshot(clients);
+    let fs = diagnose(&i);
+    assert!(action(one(&fs, "leaks"))
+        .starts_with("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"));
+}
+
+// --- visibility ------------------------------------------------------------------------------
+
+#[test]
+fn hidden_sessions_say_which_role_shows_them() {
+    let mut i = input();
+    i.caller.has_read_all_stats = false;
+    i.caller.hidden_backends = 4;
+    i.caller.role = "app_ro".into();
+    let fs = diagnose(&i);
+    let v = one(&fs, "visibility");
+    assert_eq!(v.status, Status::Warning);
+    assert_eq!(action(v), "GRANT pg_read_all_stats TO \"app_ro\";");
+    // a few of many: info
+    let mut i = with(n_clients(60, "active"));
+    i.caller.has_read_all_stats = false;
+    i.caller.hidden_backends = 2;
+    assert_eq!(one(&diagnose(&i), "visibility").status, Status::Info);
+    // hidden backends in the snapshot count too
+    let mut h = c(9, "idle", 5);
+    h.kind = Kind::Hidden;
+    let mut i = with(vec![h]);
+    i.caller.has_read_all_stats = false;
+    let fs = diagnose(&i);
+    assert_eq!(one(&fs, "visibility").status, Status::Warning);
+    assert!(one(&fs, "pool")
+        .evidence
+        .contains("1 backends hidden from this role are not counted"));
+}
+
+// --- quoting ---------------------------------------------------------------------------------
+
+/// The statements of `sql` (split at `;` outside literals, quoted identifiers and `--`
+/// comments), each with its literals and identifiers blanked to `?`.
+fn statements(sql: &str) -> Vec<String> {
+    let ch: Vec<char> = sql.chars().collect();
+    let mut out = vec![String::new()];
+    let mut i = 0;
+    while i < ch.len() {
+        let cur = out.last_mut().unwrap();
+        match ch[i] {
+            '-' if ch.get(i + 1) == Some(&'-') => {
+                while i < ch.len() && ch[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '\'' => {
+                let escapes = cur.ends_with('E');
+                if escapes {
+                    cur.pop();
+                }
+                i += 1;
+                loop {
+                    assert!(i < ch.len(), "unterminated literal in {sql}");
+                    match ch[i] {
+                        '\\' if escapes => i += 2,
+                        '\'' if ch.get(i + 1) == Some(&'\'') => i += 2,
+                        '\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                cur.push('?');
+                i += 1;
+            }
+            '"' => {
+                i += 1;
+                loop {
+                    assert!(i < ch.len(), "unterminated identifier in {sql}");
+                    match ch[i] {
+                        '"' if ch.get(i + 1) == Some(&'"') => i += 2,
+                        '"' => break,
+                        _ => i += 1,
+                    }
+                }
+                cur.push('?');
+                i += 1;
+            }
+            ';' => {
+                out.push(String::new());
+                i += 1;
+            }
+            c => {
+                cur.push(c);
+                i += 1;
+            }
+        }
+    }
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+const HOSTILE: &str = "'); DROP TABLE x; --";
+
+fn assert_single_intended(sql: &str, n: usize) {
+    let st = statements(sql);
+    assert_eq!(st.len(), n, "{sql} -> {st:?}");
+    for s in &st {
+        assert!(!s.to_uppercase().contains("DROP"), "{sql} -> {s}");
+        let first = s.split_whitespace().next().unwrap_or("");
+        assert!(
+            ["SELECT", "ALTER", "GRANT", "SHOW"].contains(&first),
+            "{sql} -> {s}"
+        );
+    }
+}
+
+#[test]
+fn sql_quoting() {
+    assert_eq!(sql_literal("api"), "'api'");
+    assert_eq!(sql_literal(HOSTILE), "'''); DROP TABLE x; --'");
+    assert_eq!(sql_literal("a\\'b"), "E'a\\\\''b'");
+    assert_eq!(sql_literal("x\ny\u{1}"), "E'x\\ny\\u0001'");
+    assert_eq!(sql_ident("a\"b"), "\"a\"\"b\"");
+    assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    assert_eq!(
+        statements(&format!("SELECT {};", sql_literal("a\\'; DROP x; --"))),
+        vec!["SELECT ?"]
+    );
+}
+
+#[test]
+fn hostile_names_never_become_another_statement() {
+    let evil = |b: Backend| app(b, HOSTILE);
+    // leaks, oversized pool, pool: terminate_idle with the name as a literal
+    let mut clients: Vec<Backend> = (0..12)
+        .map(|p| evil(addr(c(10 + p, "idle", 900), "10.0.0.5")))
+        .collect();
+    // a pool larger than its work that is no leak (idle past idle_warning_age, not past
+    // leak_idle_age): the leak's own sessions are the leaks row's story
+    clients.extend((0..12).map(|p| evil(addr(c(60 + p, "idle", 400), "10.0.0.6"))));
+    clients.push(evil(c(40, "active", 1)));
+    let mut i = with(clients.clone());
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    i.caller.role = "x\"; DROP ROLE y; --".into();
+    i.caller.has_read_all_stats = false;
+    i.caller.hidden_backends = 5;
+    let mut last = sample(0, 2, 3);
+    last.groups[0].name.application_name = Some(HOSTILE.into());
+    i.history.samples.push(last);
+    let fs = diagnose(&i);
+    let mut checked = 0;
+    for f in &fs {
+        let Some(a) = f.action.as_deref() else {
+            continue;
+        };
+        let n = match f.area {
+            "pgbouncer" => continue,
+            _ if a.starts_with("psql ") => continue,
+            _ => a.matches("pg_reload_conf").count() + 1,
+        };
+        assert_single_intended(a, n);
+        checked += 1;
+    }
+    for a in [
+        "oversized pool",
+        "leaks",
+        "pooler",
+        "deployment",
+        "visibility",
+    ] {
+        assert!(
+            !not_ok(&fs, a).is_empty(),
+            "{a} should fire: {:#?}",
+            area(&fs, a)
+        );
+    }
+    // oversized pool, leaks, deployment, visibility, and a pooler row per client address
+    assert_eq!(checked, 6, "{fs:#?}");
+    // without the worker, the pg_stat_activity form too
+    let mut i = with(clients);
+    i.worker = None;
+    for f in diagnose(&i).iter().filter(|f| f.area == "leaks") {
+        assert_single_intended(action(f), 1);
+    }
+    // a hostile database name stays one shell word
+    let mut i = input();
+    i.worker.as_mut().unwrap().extension_ready = false;
+    i.worker.as_mut().unwrap().database = "x'; rm -rf /; '".into();
+    let fs = diagnose(&i);
+    let a = action(area(&fs, "worker")[0]);
+    assert_eq!(
+        a,
+        "psql -d 'x'\\''; rm -rf /; '\\''' -c 'CREATE EXTENSION dbconn_guard;'"
+    );
+}
+
+#[test]
+fn hostile_names_in_evidence_are_quoted() {
+    let fs = diagnose(&with(
+        (0..4)
+            .map(|p| app(c(10 + p, "idle", 900), "x\"\nLOG: fake"))
+            .collect(),
+    ));
+    let l = one(&fs, "leaks");
+    assert!(
+        l.evidence.contains("\"x\\\"\\nLOG: fake\""),
+        "{}",
+        l.evidence
+    );
+    assert!(!l.evidence.contains('\n'));
+}
+
+// --- every fixture ----------------------------------------------------------------------------
+
+/// Every state the tests use, and a few odd ones: none panics, every non-ok row has one
+/// action, steps ascend.
+#[test]
+fn every_non_ok_row_has_an_action_in_every_state() {
+    let mut states: Vec<Input> = vec![
+        input(),
+        with(vec![]),
+        with(n_clients(97, "active")),
+        with(n_clients(40, "idle in transaction")),
+        with(pgbouncer_sessions()),
+        with_series(&[40, 45, 43, 52, 58, 61, 70]),
+        with_series(&[40, 41, 90, 40, 42, 95, 41]),
+        with_series(&[85, 86, 85, 86]),
+        with_series(&[1]),
+    ];
+    let mut odd = input();
+    odd.limits = Limits::default();
+    odd.server = Server::default();
+    odd.worker = None;
+    odd.history = History::default();
+    odd.caller = Caller::default();
+    odd.guard.leak_trend_samples = 0;
+    odd.guard.slow_query_age = -1.0;
+    states.push(odd);
+    let mut standby = with(n_clients(30, "idle"));
+    standby.server.in_recovery = true;
+    standby.worker.as_mut().unwrap().running = false;
+    states.push(standby);
+    let mut locked = with(vec![c(4711, "idle in transaction", 100), c(2, "active", 5)]);
+    locked.lock_waits = vec![
+        wait(2, &[4711], 100),
+        wait(3, &[2], 1),
+        wait(4, &[5], 1),
+        wait(5, &[4], 1),
+    ];
+    locked.guard.policy.idle_in_transaction_timeout = 0;
+    states.push(locked);
+    let mut weird_clock = input();
+    weird_clock.snapshot.backends.push(Backend {
+        pid: 77,
+        kind: Kind::Client,
+        ..Default::default()
+    });
+    weird_clock.history.samples.reverse();
+    weird_clock.history.window = -5;
+    states.push(weird_clock);
+    for (n, i) in states.iter().enumerate() {
+        let fs = diagnose(i);
+        assert!(fs.len() >= 19, "state {n}");
+        for (k, f) in fs.iter().enumerate() {
+            assert_eq!(f.step, k as i32 + 1);
+            assert!(
+                !f.finding.is_empty() && !f.evidence.is_empty(),
+                "state {n}: {f:#?}"
+            );
+            if f.status != Status::Ok {
+                let a = f
+                    .action
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("state {n}: {f:#?}"));
+                assert!(!a.trim().is_empty());
+            }
+        }
+        let mut areas: Vec<&str> = fs.iter().map(|f| f.area).collect();
+        areas.dedup();
+        assert_eq!(&areas[..ORDER.len()], &ORDER[..], "state {n}");
+    }
+}
+
+#[test]
+fn text_helpers() {
+    assert_eq!(dur(45.0), "45s");
+    assert_eq!(dur(720.0), "12min");
+    assert_eq!(dur(3.0 * 3600.0 + 300.0), "3h 5min");
+    assert_eq!(dur(7200.0), "2h");
+    assert_eq!(dur(2.0 * 86400.0 + 3.0 * 3600.0), "2d 3h");
+    assert_eq!(dur(f64::NAN), "0s");
+    assert_eq!(bytes(4 * MB), "4MB");
+    assert_eq!(bytes(1536 * MB), "1.5GB");
+    assert_eq!(bytes(512), "512B");
+    assert_eq!(truncate("a\n  b   c", 80), "a b c");
+    assert_eq!(truncate("abcdef", 3), "abc…");
+}
+
+#[test]
+fn pgbouncers_session_pool_is_recognised_by_its_reset_query() {
+    // what a session pool's idle server connections look like (measured with pgbouncer
+    // 1.18): no application_name, last query DISCARD ALL
+    let mut v: Vec<Backend> = (0..4)
+        .map(|p| {
+            let mut b = app(addr(c(100 + p, "idle", 30), "10.0.0.9"), "");
+            b.query = Some("DISCARD ALL".into());
+            b
+        })
+        .collect();
+    v.push(app(addr(c(200, "active", 1), "10.0.0.9"), ""));
+    let mut i = with(v);
+    i.guard.policy.idle_timeout = 900 * SECOND;
+    let fs = diagnose(&i);
+    let p = one(&fs, "pooler");
+    assert_eq!(p.status, Status::Warning, "{p:?}");
+    assert!(p.evidence.contains("DISCARD ALL"), "{}", p.evidence);
+    assert!(
+        action(p).contains("'user:web=0'"),
+        "the pooler's role is exempted: {}",
+        action(p)
+    );
+}
+
+#[test]
+fn a_history_hidden_from_the_caller_is_said_to_be_hidden() {
+    let mut i = input();
+    i.history.samples.clear();
+    i.history.hidden_from_caller = true;
+    i.caller.role = "app".into();
+    let fs = diagnose(&i);
+    let e = one(&fs, "error pattern");
+    assert!(
+        e.evidence.contains("not readable by \"app\""),
+        "{}",
+        e.evidence
+    );
+    assert!(
+        action(e).starts_with("GRANT pg_monitor TO \"app\";"),
+        "{}",
+        action(e)
+    );
+}
