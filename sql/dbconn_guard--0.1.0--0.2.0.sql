@@ -225,7 +225,7 @@ STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'diagnose_wrapper';
 COMMENT ON FUNCTION diagnose(interval) IS
-  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. One row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
+  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. The first row (area incident) states the most harmful finding that is warning or critical, or that nothing is wrong now; then one row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
 
 -- blocking_pairs: the pairs joined to what is shown of each session and each wait (issue 17):
 -- a query that counts or groups pairs reads the lock manager only, and no text is copied once

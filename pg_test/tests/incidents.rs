@@ -95,6 +95,9 @@ struct Score {
     fixed: Option<bool>,
     spared: Option<bool>,
     false_alarms: Vec<String>,
+    /// The first row (`incident`) names the culprit, when the incident's row is warning or
+    /// critical; `ok` on the healthy server.
+    first_row: bool,
     note: &'static str,
 }
 
@@ -117,9 +120,17 @@ fn score(incident: &'static str, rows: &[Row], areas: &[&str], culprit: &str) ->
         spared: None,
         false_alarms: rows
             .iter()
-            .filter(|r| alarm(r) && !areas.contains(&r.area.as_str()))
+            .filter(|r| alarm(r) && r.area != "incident" && !areas.contains(&r.area.as_str()))
             .map(|r| format!("{}: {}", r.area, r.finding))
             .collect(),
+        first_row: rows.first().is_some_and(|f| {
+            f.area == "incident"
+                && if mine.is_some_and(alarm) {
+                    alarm(f) && f.finding.contains(culprit)
+                } else {
+                    !alarm(f)
+                }
+        }),
         note: "",
     }
 }
@@ -391,13 +402,13 @@ fn the_incident_suite() {
 
     // the table
     let mut t = String::from(
-        "| incident | detected (area, status) | culprit in the finding | the pasted action fixed it | bystanders spared | false alarms | note |\n|---|---|---|---|---|---|---|\n",
+        "| incident | detected (area, status) | culprit in the finding | the first row names it | the pasted action fixed it | bystanders spared | false alarms | note |\n|---|---|---|---|---|---|---|---|\n",
     );
     let yes = |b: bool| if b { "yes" } else { "**no**" };
     for s in &scores {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             s.incident,
             s.detected
                 .as_ref()
@@ -407,6 +418,7 @@ fn the_incident_suite() {
             } else {
                 "—"
             },
+            yes(s.first_row),
             s.fixed.map_or("— (the action looks)", yes),
             s.spared.map_or("—", yes),
             if s.false_alarms.is_empty() {
@@ -428,6 +440,11 @@ fn the_incident_suite() {
             "{}: false alarms {:?}\n{t}",
             s.incident,
             s.false_alarms
+        );
+        assert!(
+            s.first_row,
+            "{}: the first row does not name it\n{t}",
+            s.incident
         );
         if !s.note.starts_with("no row") {
             assert!(s.detected.is_some(), "{}: not detected\n{t}", s.incident);

@@ -324,11 +324,78 @@ pub fn diagnose(input: &Input) -> Vec<Finding> {
         worker,
         visibility,
     ];
-    let mut out: Vec<Finding> = branches.iter().flat_map(|b| b(&c)).collect();
+    let rows: Vec<Finding> = branches.iter().flat_map(|b| b(&c)).collect();
+    // the incident in one line first, then the tree
+    let mut out = vec![incident(&rows)];
+    out.extend(rows);
     for (i, f) in out.iter_mut().enumerate() {
         f.step = i as i32 + 1;
     }
     out
+}
+
+/// The areas of findings that are an incident in progress, most harmful first: slots running
+/// out, work held up, slots held by what does no work, then what arrived or changed.
+const HARM: [&str; 10] = [
+    "pool",
+    "locks",
+    "leaks",
+    "idle in transaction",
+    "slow queries",
+    "connection storm",
+    "oversized pool",
+    "error pattern",
+    "recent changes",
+    "worker",
+];
+
+/// The first row: the most harmful finding that is `warning` or `critical` (critical first,
+/// then by [`HARM`], then in the tree's order), in one line with its action, so the first row
+/// that is not ok names the incident and its culprit; `ok` when nothing is wrong now.
+fn incident(rows: &[Finding]) -> Finding {
+    let rank = |f: &Finding| {
+        (
+            std::cmp::Reverse(f.status),
+            HARM.iter().position(|a| *a == f.area).unwrap_or(HARM.len()),
+        )
+    };
+    let alarms: Vec<&Finding> = rows
+        .iter()
+        .filter(|f| f.status >= Status::Warning)
+        .collect();
+    let Some(worst) = alarms.iter().copied().min_by_key(|f| rank(f)) else {
+        let info = rows.iter().filter(|f| f.status == Status::Info).count();
+        return ok(
+            "incident",
+            "No incident: nothing is wrong now",
+            format!("no row is warning or critical; {info} rows are info (advice or context)"),
+        );
+    };
+    let mut others: Vec<&str> = alarms
+        .iter()
+        .filter(|f| !std::ptr::eq(**f, worst))
+        .map(|f| f.area)
+        .collect();
+    others.dedup();
+    Finding {
+        step: 0,
+        area: "incident",
+        finding: worst.finding.clone(),
+        status: worst.status,
+        evidence: if others.is_empty() {
+            format!(
+                "from the {} row below, the only one that is warning or critical",
+                worst.area
+            )
+        } else {
+            format!(
+                "from the {} row below; also warning or critical: {}",
+                worst.area,
+                others.join(", ")
+            )
+        },
+        action: worst.action.clone(),
+    }
 }
 
 /// What every branch needs, worked out once.

@@ -209,9 +209,44 @@ fn a_healthy_server_is_ok_everywhere_in_the_runbooks_order() {
     assert_eq!(steps, (1..=fs.len() as i32).collect::<Vec<_>>());
     let mut areas: Vec<&str> = fs.iter().map(|f| f.area).collect();
     areas.dedup();
-    let mut expected = ORDER.to_vec();
+    let mut expected = vec!["incident"];
+    expected.extend(ORDER);
     expected.push("visibility");
     assert_eq!(areas, expected);
+    assert_eq!(fs[0].finding, "No incident: nothing is wrong now");
+}
+
+#[test]
+fn the_first_row_names_the_most_harmful_finding_and_its_culprit() {
+    // a leak, and an idle-in-transaction root holding up two sessions: work held up comes
+    // before slots held
+    let mut clients: Vec<Backend> = (0..12)
+        .map(|p| app(c(10 + p, "idle", 900), "orders"))
+        .collect();
+    clients.push(c(1, "idle in transaction", 600));
+    clients.extend((0..2).map(|p| c(30 + p, "active", 60)));
+    let mut i = with(clients);
+    i.lock_waits = (0..2).map(|p| wait(30 + p, &[1], 60)).collect();
+    let fs = diagnose(&i);
+    let first = &fs[0];
+    assert_eq!(first.area, "incident");
+    assert_eq!(first.status, Status::Warning, "{first:#?}");
+    assert!(
+        first.finding.contains("pid 1 holds up 2 sessions"),
+        "{}",
+        first.finding
+    );
+    assert_eq!(action(first), "SELECT pg_terminate_backend(1);");
+    assert!(first.evidence.contains("leaks"), "{}", first.evidence);
+    // the leak alone: it is the incident, named
+    let fs = diagnose(&with(
+        (0..12)
+            .map(|p| app(c(10 + p, "idle", 900), "orders"))
+            .collect(),
+    ));
+    assert_eq!(fs[0].status, Status::Warning);
+    assert!(fs[0].finding.contains("\"orders\""), "{}", fs[0].finding);
+    assert_eq!(fs[0].action, one(&fs, "leaks").action);
 }
 
 #[test]
@@ -1743,7 +1778,8 @@ fn hostile_names_never_become_another_statement() {
         );
     }
     // oversized pool, leaks, deployment, visibility, and a pooler row per client address
-    assert_eq!(checked, 6, "{fs:#?}");
+    // ... and the incident row, which repeats the most harmful one's
+    assert_eq!(checked, 7, "{fs:#?}");
     // without the worker, the pg_stat_activity form too
     let mut i = with(clients);
     i.worker = None;
@@ -1845,7 +1881,8 @@ fn every_non_ok_row_has_an_action_in_every_state() {
         }
         let mut areas: Vec<&str> = fs.iter().map(|f| f.area).collect();
         areas.dedup();
-        assert_eq!(&areas[..ORDER.len()], &ORDER[..], "state {n}");
+        assert_eq!(areas[0], "incident", "state {n}");
+        assert_eq!(&areas[1..=ORDER.len()], &ORDER[..], "state {n}");
     }
 }
 
