@@ -905,6 +905,12 @@ fn classify_shapes() {
     assert_eq!(f(&leak), Some(Pattern::Increasing));
     let noisy: Vec<u32> = (0..20).map(|k| 100 + 2 * k + (k % 3) * 3).collect();
     assert_eq!(f(&noisy), Some(Pattern::Increasing));
+    // incidents come and gone one after another (sessions opened, then ended) rise overall,
+    // but give back: no trend
+    let staircase = [
+        15u32, 15, 15, 20, 20, 60, 60, 25, 25, 56, 56, 26, 26, 70, 70, 70, 30, 75, 75, 75,
+    ];
+    assert_ne!(f(&staircase), Some(Pattern::Increasing));
     // a leak that began within the window (flat, then a ramp) is not a step either
     let hockey: Vec<u32> = (0..60)
         .map(|k| if k < 45 { 100 } else { 100 + 2 * (k - 44) })
