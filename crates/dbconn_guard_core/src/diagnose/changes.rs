@@ -85,8 +85,8 @@ pub(super) fn fitted_rise(v: &[f64]) -> f64 {
 ///
 /// Step: two flat levels fit far better than a line (see `step_at`). Increasing: otherwise,
 /// the counts correlate with time (Pearson r >= 0.7), the fitted line rises by at least 3
-/// sessions and 20% of the mean, and no two samples drop by half that rise or more (a leak
-/// does not give back). Intermittent: otherwise, a peak at least 5
+/// sessions and 20% of the mean, and after its last lowest point no two samples drop by half
+/// that rise or more (a leak does not give back). Intermittent: otherwise, a peak at least 5
 /// sessions and 50% above the median. Constant: neither.
 pub fn classify(series: &[f64]) -> Option<Pattern> {
     let n = series.len();
@@ -110,9 +110,15 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
     if var_y > 0.0 {
         let r = cov / (var_t * var_y).sqrt();
         let rise = cov / var_t * (nf - 1.0);
-        // a leak grows and does not give back: a series that drops by half its rise or more
-        // between two samples is spikes come and gone, not a trend
-        let gives_back = series.windows(2).any(|w| w[0] - w[1] >= 0.5 * rise);
+        // a leak grows and does not give back: a series that, after its last lowest point,
+        // drops by half its rise or more between two samples is spikes come and gone, not a
+        // trend (what dropped before the growth began says nothing of it)
+        let low = series
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+            .map_or(0, |(i, _)| i);
+        let gives_back = series[low..].windows(2).any(|w| w[0] - w[1] >= 0.5 * rise);
         if r >= 0.7 && rise >= 3.0_f64.max(0.2 * mean) && !gives_back {
             return Some(Pattern::Increasing);
         }

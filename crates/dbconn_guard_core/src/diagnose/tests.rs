@@ -911,6 +911,11 @@ fn classify_shapes() {
         15u32, 15, 15, 20, 20, 60, 60, 25, 25, 56, 56, 26, 26, 70, 70, 70, 30, 75, 75, 75,
     ];
     assert_ne!(f(&staircase), Some(Pattern::Increasing));
+    // but sessions that ended before a leak began take nothing from it
+    let after_a_drop = [
+        12u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 20, 20,
+    ];
+    assert_eq!(f(&after_a_drop), Some(Pattern::Increasing));
     // a leak that began within the window (flat, then a ramp) is not a step either
     let hockey: Vec<u32> = (0..60)
         .map(|k| if k < 45 { 100 } else { 100 + 2 * (k - 44) })
