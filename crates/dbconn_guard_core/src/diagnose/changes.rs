@@ -81,13 +81,55 @@ pub(super) fn fitted_rise(v: &[f64]) -> f64 {
     cov / var_t * (n - 1.0)
 }
 
+/// The index of the series' last lowest point.
+fn last_lowest(series: &[f64]) -> usize {
+    series
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(i, _)| i)
+}
+
+/// Where a leak that began within the window starts, when what came before it (spikes, an
+/// earlier incident come and gone) hides it from a line over the whole window: the series'
+/// last lowest point, when from there on at least [`MIN_HISTORY_SAMPLES`] + 2 samples rise
+/// steadily (Pearson r >= 0.7, a fitted rise of at least 3 sessions and 20% of their mean, no
+/// drop of half that rise between two samples) to a level no earlier sample reached.
+pub(super) fn rising_since(series: &[f64]) -> Option<usize> {
+    let low = last_lowest(series);
+    let tail = &series[low..];
+    if tail.len() < MIN_HISTORY_SAMPLES + 2 {
+        return None;
+    }
+    let n = tail.len() as f64;
+    let (mean_t, m) = ((n - 1.0) / 2.0, mean(tail));
+    let (mut cov, mut var_t, mut var_y) = (0.0, 0.0, 0.0);
+    for (i, y) in tail.iter().enumerate() {
+        let dt = i as f64 - mean_t;
+        cov += dt * (y - m);
+        var_t += dt * dt;
+        var_y += (y - m) * (y - m);
+    }
+    if var_y <= 0.0 {
+        return None;
+    }
+    let r = cov / (var_t * var_y).sqrt();
+    let rise = cov / var_t * (n - 1.0);
+    let gives_back = tail.windows(2).any(|w| w[0] - w[1] >= 0.5 * rise);
+    let before = series[..low].iter().copied().fold(f64::MIN, f64::max);
+    let now = tail[tail.len() - 1];
+    (r >= 0.7 && rise >= 3.0_f64.max(0.2 * m) && !gives_back && now > before).then_some(low)
+}
+
 /// The pattern of `series` (oldest first); `None` with fewer than [`MIN_HISTORY_SAMPLES`].
 ///
 /// Step: two flat levels fit far better than a line (see `step_at`). Increasing: otherwise,
 /// the counts correlate with time (Pearson r >= 0.7), the fitted line rises by at least 3
 /// sessions and 20% of the mean, and after its last lowest point no two samples drop by half
-/// that rise or more (a leak does not give back). Intermittent: otherwise, a peak at least 5
-/// sessions and 50% above the median. Constant: neither.
+/// that rise or more (a leak does not give back); or, when what came first hides it, the
+/// series rises that way from its last lowest point to a new high (`rising_since`).
+/// Intermittent: otherwise, a peak at least 5 sessions and 50% above the median. Constant:
+/// neither.
 pub fn classify(series: &[f64]) -> Option<Pattern> {
     let n = series.len();
     if n < MIN_HISTORY_SAMPLES {
@@ -113,15 +155,14 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
         // a leak grows and does not give back: a series that, after its last lowest point,
         // drops by half its rise or more between two samples is spikes come and gone, not a
         // trend (what dropped before the growth began says nothing of it)
-        let low = series
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-            .map_or(0, |(i, _)| i);
+        let low = last_lowest(series);
         let gives_back = series[low..].windows(2).any(|w| w[0] - w[1] >= 0.5 * rise);
         if r >= 0.7 && rise >= 3.0_f64.max(0.2 * mean) && !gives_back {
             return Some(Pattern::Increasing);
         }
+    }
+    if rising_since(series).is_some() {
+        return Some(Pattern::Increasing);
     }
     let mut sorted = series.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -219,7 +260,15 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             "error pattern",
             Status::Warning,
             "Client connections are increasing: the runbook reads this as a leak or an attack",
-            evidence,
+            match rising_since(&series) {
+                Some(k) if k > 0 => format!(
+                    "{evidence}; rising since {} ({} ago), from {:.0}",
+                    clock(c.samples[k].time),
+                    dur(secs_between(c.now, c.samples[k].time)),
+                    series[k]
+                ),
+                _ => evidence,
+            },
             "SELECT * FROM dbconn_guard.leak_suspects;",
         )],
         Pattern::Intermittent => vec![flag(

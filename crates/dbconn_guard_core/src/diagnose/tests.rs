@@ -916,6 +916,18 @@ fn classify_shapes() {
         12u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 20, 20,
     ];
     assert_eq!(f(&after_a_drop), Some(Pattern::Increasing));
+    // nor do the sessions of an earlier incident, higher than the leak's start: it grows from
+    // its last lowest point to a level not seen before (the CI run of 7 Dec: read as spikes)
+    let after_an_incident = [
+        3u32, 3, 9, 10, 10, 9, 4, 1, 1, 2, 4, 6, 8, 10, 12, 14, 16, 17, 17, 17,
+    ];
+    assert_eq!(f(&after_an_incident), Some(Pattern::Increasing));
+    // a small rise after a larger spike is not: the spike stays the high
+    let below_the_spike = [3u32, 3, 30, 30, 4, 1, 1, 3, 5, 7, 9, 9, 9];
+    assert_ne!(f(&below_the_spike), Some(Pattern::Increasing));
+    // nor a rise of a few samples only
+    let short = [10u32, 10, 12, 30, 2, 8, 40];
+    assert_ne!(f(&short), Some(Pattern::Increasing));
     // a leak that began within the window (flat, then a ramp) is not a step either
     let hockey: Vec<u32> = (0..60)
         .map(|k| if k < 45 { 100 } else { 100 + 2 * (k - 44) })
