@@ -10,7 +10,7 @@
 -- readers, nor the worker for longer than a second)
 ALTER TABLE terminations DROP CONSTRAINT terminations_rule_check;
 ALTER TABLE terminations ADD CONSTRAINT terminations_rule_check
-    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel')) NOT VALID;
+    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel')) NOT VALID;
 ALTER TABLE terminations VALIDATE CONSTRAINT terminations_rule_check;
 
 -- The background worker is the only writer of the audit: admins read it.
@@ -104,6 +104,34 @@ ALTER FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text)
 REVOKE EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION terminate_idle(interval, text[], text, boolean, text, text, text) TO dbconn_guard_admin;
 
+-- cancel_statements(): a group's statements cancelled through the kill path (issue 18)
+CREATE  FUNCTION "cancel_statements"(
+	"older_than" interval,
+	"application_name" TEXT DEFAULT NULL,
+	"usename" TEXT DEFAULT NULL,
+	"client_addr" TEXT DEFAULT NULL,
+	"datname" TEXT DEFAULT NULL,
+	"dry_run" bool DEFAULT false
+) RETURNS TABLE (
+	"pid" INT,
+	"usename" TEXT,
+	"datname" TEXT,
+	"application_name" TEXT,
+	"client_addr" TEXT,
+	"state" TEXT,
+	"state_age_seconds" double precision,
+	"xact_age_seconds" double precision,
+	"action" TEXT
+)
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cancel_statements_wrapper';
+COMMENT ON FUNCTION cancel_statements(interval, text, text, text, text, boolean) IS
+  'Cancels the statements of client sessions active for at least older_than (pg_cancel_backend: the sessions stay), optionally only those of one application_name, usename, client_addr (''local'': Unix-socket sessions) and datname, with the worker''s protections; a COMMIT waiting for a synchronous standby is never cancelled. The background worker records each in dbconn_guard.terminations (rule manual_cancel, committed) before it signals it. dry_run only records and reports. Returns every matched session with what was done.';
+ALTER FUNCTION cancel_statements(interval, text, text, text, text, boolean) SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION cancel_statements(interval, text, text, text, text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cancel_statements(interval, text, text, text, text, boolean) TO dbconn_guard_admin;
+
 -- the history: samples taken by the worker, kept in shared memory (issue 9)
 CREATE FUNCTION _history(
     OUT "time" timestamp with time zone,
@@ -126,6 +154,7 @@ CREATE FUNCTION _history(
     OUT terminated_manual bigint,
     OUT terminated_blocker_timeout bigint,
     OUT cancelled_blocker_statements bigint,
+    OUT cancelled_manual_statements bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

@@ -1,5 +1,5 @@
-//! The guard's SQL surface: `worker_status()`, `recent_terminations()` and the manual
-//! `terminate_idle()`.
+//! The guard's SQL surface: `worker_status()`, `recent_terminations()`, and the manual
+//! `terminate_idle()` and `cancel_statements()`.
 
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
@@ -9,6 +9,7 @@ use crate::core::policy::{self, IDLE_STATES};
 use crate::core::session::{owned, Micros};
 use crate::encoding::DbText;
 use crate::guard::Outcome;
+use crate::requests::Ask;
 use crate::shared::{self, RequestTarget, POLICY_TEXT, SHARED};
 use crate::worker::BACKEND_TYPE;
 use crate::{errors, guc, requests, snapshot};
@@ -250,23 +251,7 @@ fn terminate_idle_filtered(
         name!(action, DbText),
     ),
 > {
-    let Some(older_than) = older_than else {
-        errors::raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "dbconn_guard.terminate_idle: older_than must not be NULL",
-            None,
-            Some("Give an interval, for example '10 minutes'; '0' means any age."),
-        )
-    };
-    let older_than_us = older_than.as_micros();
-    if older_than_us < 0 {
-        errors::invalid_argument(
-            format!(
-                "dbconn_guard.terminate_idle: older_than must not be negative (got {older_than})"
-            ),
-            "Give an interval of 0 or more, for example '10 minutes'.",
-        );
-    }
+    let older_than_us = older_than_micros(Ask::Terminate, older_than);
     let Some(states) = states else {
         errors::raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -294,38 +279,149 @@ fn terminate_idle_filtered(
             ),
         }
     }
-    let client_addr = client_addr.map(|a| match filter::parse_client_addr(&a) {
-        Ok(ip) => ip,
-        Err(why) => errors::invalid_argument(
-            format!("dbconn_guard.terminate_idle: {why}"),
-            "Give one address as pg_stat_activity.client_addr shows it (10.0.0.5, ::1), or 'local' for sessions over a Unix socket.",
-        ),
-    });
-    let filters = SessionFilter {
+    let filters = session_filter(
+        Ask::Terminate,
         application_name,
         usename,
         client_addr,
         datname,
+    );
+    TableIterator::new(ask_worker(
+        Ask::Terminate,
+        older_than_us,
+        &wanted,
+        filters,
+        dry_run,
+    ))
+}
+
+/// Cancels the statements that have run for at least `older_than`, optionally only those of
+/// one application, role, client address (`'local'`: Unix-socket sessions) and database, with
+/// the worker's protections; the sessions stay. Each is recorded in `dbconn_guard.terminations`
+/// (rule `manual_cancel`) before it is signalled, by the worker, as for `terminate_idle()`.
+#[pg_extern(volatile)]
+fn cancel_statements(
+    older_than: Option<Interval>,
+    application_name: default!(Option<String>, "NULL"),
+    usename: default!(Option<String>, "NULL"),
+    client_addr: default!(Option<String>, "NULL"),
+    datname: default!(Option<String>, "NULL"),
+    dry_run: default!(Option<bool>, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(usename, Option<DbText>),
+        name!(datname, Option<DbText>),
+        name!(application_name, Option<DbText>),
+        name!(client_addr, Option<String>),
+        name!(state, Option<String>),
+        name!(state_age_seconds, f64),
+        name!(xact_age_seconds, Option<f64>),
+        name!(action, DbText),
+    ),
+> {
+    let older_than_us = older_than_micros(Ask::Cancel, older_than);
+    let filters = session_filter(Ask::Cancel, application_name, usename, client_addr, datname);
+    TableIterator::new(ask_worker(
+        Ask::Cancel,
+        older_than_us,
+        &["active".to_string()],
+        filters,
+        dry_run,
+    ))
+}
+
+/// `older_than` in microseconds: refused when NULL or negative.
+fn older_than_micros(ask: Ask, older_than: Option<Interval>) -> i64 {
+    let f = ask.function();
+    let Some(older_than) = older_than else {
+        errors::raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{f}: older_than must not be NULL"),
+            None,
+            Some("Give an interval, for example '10 minutes'; '0' means any age."),
+        )
     };
+    let us = older_than.as_micros();
+    if us < 0 {
+        errors::invalid_argument(
+            format!("{f}: older_than must not be negative (got {older_than})"),
+            "Give an interval of 0 or more, for example '10 minutes'.",
+        );
+    }
+    us as i64
+}
+
+/// The filters of a call, the client address checked.
+fn session_filter(
+    ask: Ask,
+    application_name: Option<String>,
+    usename: Option<String>,
+    client_addr: Option<String>,
+    datname: Option<String>,
+) -> SessionFilter {
+    let client_addr = client_addr.map(|a| match filter::parse_client_addr(&a) {
+        Ok(ip) => ip,
+        Err(why) => errors::invalid_argument(
+            format!("{}: {why}", ask.function()),
+            "Give one address as pg_stat_activity.client_addr shows it (10.0.0.5, ::1), or 'local' for sessions over a Unix socket.",
+        ),
+    });
+    SessionFilter {
+        application_name,
+        usename,
+        client_addr,
+        datname,
+    }
+}
+
+/// A row of `terminate_idle()` and `cancel_statements()`.
+type SessionRow = (
+    i32,
+    Option<DbText>,
+    Option<DbText>,
+    Option<DbText>,
+    Option<String>,
+    Option<String>,
+    f64,
+    Option<f64>,
+    DbText,
+);
+
+/// The client sessions in one of `wanted` states for at least `older_than_us` that pass
+/// `filters`, handed to the worker to end (or cancel) each through the kill path; one row per
+/// session matched, with what was done.
+fn ask_worker(
+    ask: Ask,
+    older_than_us: i64,
+    wanted: &[String],
+    filters: SessionFilter,
+    dry_run: Option<bool>,
+) -> Vec<SessionRow> {
+    let f = ask.function();
     if let Err(why) = requests::worker_ready() {
         errors::not_ready(
-            "dbconn_guard.terminate_idle: nothing was ended",
+            format!("{f}: {}", ask.nothing_done()),
             Some(why.to_string()),
-            "The background worker carries out and records every termination: check SELECT * FROM dbconn_guard.worker_status().",
+            "The background worker carries out and records every termination and cancel: check SELECT * FROM dbconn_guard.worker_status().",
         );
     }
     // the gates the worker's rules obey: closed, refused; in a dry run, a dry run
     let worker_dry_run = match requests::gates() {
         Ok(d) => d,
-        Err(c) => errors::not_ready(
-            "dbconn_guard.terminate_idle: nothing was ended",
-            Some(c.why),
-            c.hint,
-        ),
+        Err(c) => errors::not_ready(format!("{f}: {}", ask.nothing_done()), Some(c.why), c.hint),
     };
     if worker_dry_run && dry_run != Some(true) {
         notice!(
-            "dbconn_guard.dry_run is on: terminate_idle() records the sessions it would end, and ends none"
+            "dbconn_guard.dry_run is on: {}() records the sessions it would {}, and {} none",
+            f.trim_start_matches("dbconn_guard."),
+            if ask == Ask::Cancel { "cancel" } else { "end" },
+            if ask == Ask::Cancel {
+                "cancels"
+            } else {
+                "ends"
+            },
         );
     }
     let dry_run = dry_run.unwrap_or(false) || worker_dry_run;
@@ -334,16 +430,15 @@ fn terminate_idle_filtered(
         if let Err(rows) = requests::dry_run_budget(role, 0) {
             errors::raise(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                "dbconn_guard.terminate_idle: too many dry runs: nothing was recorded",
+                format!("{f}: too many dry runs: nothing was recorded"),
                 Some(format!(
                     "This role recorded {rows} dry-run rows in the last minute; the limit is {} a minute per role.",
                     crate::shared::DRY_RUN_ROWS_PER_MINUTE
                 )),
-                Some("Wait a minute and call it again; dbconn_guard.terminations already holds what the earlier dry runs would end."),
+                Some("Wait a minute and call it again; dbconn_guard.terminations already holds what the earlier dry runs would do."),
             );
         }
     }
-
     let snap = snapshot::activity();
     let scope = guc::scope();
     let me = unsafe { pg_sys::MyProcPid };
@@ -355,7 +450,7 @@ fn terminate_idle_filtered(
             .unwrap_or_default()
     );
 
-    let mut rows = Vec::new();
+    let mut rows: Vec<SessionRow> = Vec::new();
     let mut asked: Vec<(usize, RequestTarget)> = Vec::new();
     for b in snap.clients() {
         let Some(state) = b.state else {
@@ -403,15 +498,18 @@ fn terminate_idle_filtered(
                         slot,
                         backend_start,
                         state_change,
+                        // a cancel's target is active: not read
                         state: IDLE_STATES.iter().position(|s| *s == state).unwrap_or(0) as u8,
                     },
                 )),
                 None => {
                     rows.push(row);
                     let last = rows.len() - 1;
-                    rows[last].8 = DbText::from(
-                        "skipped: session changed or ended before it could be ended (its status could not be read)",
-                    );
+                    rows[last].8 = DbText::from(if ask == Ask::Cancel {
+                        "skipped: the statement ended or changed before it could be cancelled (its status could not be read)"
+                    } else {
+                        "skipped: session changed or ended before it could be ended (its status could not be read)"
+                    });
                     continue;
                 }
             }
@@ -419,7 +517,7 @@ fn terminate_idle_filtered(
         rows.push(row);
     }
     let only: Vec<RequestTarget> = asked.iter().map(|(_, t)| *t).collect();
-    let (outcomes, error) = requests::hand_over(&only, role, &actor, dry_run);
+    let (outcomes, error) = requests::hand_over(&only, role, &actor, dry_run, ask);
     if dry_run {
         let recorded = outcomes
             .iter()
@@ -429,14 +527,21 @@ fn terminate_idle_filtered(
         let _ = requests::dry_run_budget(role, recorded);
     }
     for ((i, _), o) in asked.iter().zip(&outcomes) {
-        rows[*i].8 = DbText(o.action());
+        rows[*i].8 = DbText(o.action(ask == Ask::Cancel));
     }
     if let Some(e) = error {
         if outcomes.contains(&Outcome::NotRecorded) {
-            warning!("dbconn_guard.terminate_idle: some sessions were not ended because their audit rows could not be written: {e}");
+            warning!(
+                "{f}: some sessions were not {} because their audit rows could not be written: {e}",
+                if ask == Ask::Cancel {
+                    "cancelled"
+                } else {
+                    "ended"
+                }
+            );
         } else {
-            warning!("dbconn_guard.terminate_idle: {e}");
+            warning!("{f}: {e}");
         }
     }
-    TableIterator::new(rows)
+    rows
 }

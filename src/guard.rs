@@ -90,9 +90,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// What `terminate_idle()` reports.
-    pub fn action(self) -> String {
+    /// What was done, as `terminate_idle()` (`cancel` false) or `cancel_statements()` says it.
+    pub fn action(self, cancel: bool) -> String {
         match self {
+            Outcome::Terminated { .. } if cancel => "cancelled".into(),
+            Outcome::WouldTerminate if cancel => "dry run: would cancel".into(),
+            Outcome::Spared(v) | Outcome::Withdrawn(v)
+                if cancel && !matches!(v, Verdict::Protected(_)) =>
+            {
+                format!(
+                    "skipped: the statement ended or changed before it could be cancelled ({})",
+                    v.as_str()
+                )
+            }
+            Outcome::NotRecorded if cancel => {
+                "skipped: its record could not be written, so it was not cancelled".into()
+            }
             Outcome::Terminated { .. } => "terminated".into(),
             Outcome::WouldTerminate => "dry run: would terminate".into(),
             Outcome::Spared(Verdict::Protected(p)) | Outcome::Withdrawn(Verdict::Protected(p)) => {
@@ -245,9 +258,14 @@ const SYNC_REP_WAIT: &str = "SyncRep";
 
 /// For a target of a root-blocker rule, a fresh read of the lock graph: is it still the root
 /// of a pile-up past the rule, under the policy in force now? (Its status entry, read next,
-/// says whether it is still in the same transaction, or the same statement.) Other rules'
-/// targets pass.
+/// says whether it is still in the same transaction, or the same statement.) For any cancel:
+/// is its statement a COMMIT waiting for a synchronous standby? Other targets pass.
 fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
+    // a COMMIT waiting for a synchronous standby holds its locks until the standby answers;
+    // cancelling it commits locally without the standby: never, whoever asks
+    if t.rule.cancels() && locks::wait_event_of(t.backend.pid).as_deref() == Some(SYNC_REP_WAIT) {
+        return Verdict::CommitWaitsForStandby;
+    }
     if !t.rule.is_blocker_rule() {
         return Verdict::Proceed;
     }
@@ -257,13 +275,6 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     // it, or one of its parallel workers, waits itself: not the root
     if locks::waits_itself(t.backend.pid) {
         return Verdict::NoLongerBlocking;
-    }
-    // a COMMIT waiting for a synchronous standby holds its locks until the standby answers;
-    // cancelling it commits locally without the standby: never
-    if t.rule == Rule::BlockerCancel
-        && locks::wait_event_of(t.backend.pid).as_deref() == Some(SYNC_REP_WAIT)
-    {
-        return Verdict::CommitWaitsForStandby;
     }
     let waits = locks::lock_graph();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };

@@ -128,14 +128,22 @@ fn carry_out(
             if b.pid != a.pid || b.backend_start != Some(a.backend_start) {
                 continue;
             }
-            let same = b.state_change == Some(a.state_change)
-                && b.state == IDLE_STATES.get(usize::from(a.state)).copied();
+            let state = if req.cancel {
+                Some("active")
+            } else {
+                IDLE_STATES.get(usize::from(a.state)).copied()
+            };
+            let same = b.state_change == Some(a.state_change) && b.state == state;
             if same {
                 targets.push((
                     k,
                     Target {
                         backend: b,
-                        rule: Rule::Manual,
+                        rule: if req.cancel {
+                            Rule::ManualCancel
+                        } else {
+                            Rule::Manual
+                        },
                         deadline: now,
                         held_up: 0,
                     },
@@ -196,14 +204,14 @@ pub fn gates() -> Result<bool, Closed> {
     let s = SHARED.share();
     if !s.enabled {
         return Err(Closed {
-            why: "dbconn_guard.enabled is off: the guard ends no session, terminate_idle() included".into(),
+            why: "dbconn_guard.enabled is off: the guard ends no session, terminate_idle() and cancel_statements() included".into(),
             hint: "Turn the guard on (ALTER SYSTEM SET dbconn_guard.enabled = on; SELECT pg_reload_conf();), or end a session yourself with pg_terminate_backend(pid).",
         });
     }
     if s.refused_config {
         return Err(Closed {
             why: format!(
-                "the configuration files hold dbconn_guard settings PostgreSQL refused, so the policy in force is not the one written there and the guard ends no session, terminate_idle() included: {}",
+                "the configuration files hold dbconn_guard settings PostgreSQL refused, so the policy in force is not the one written there and the guard ends no session, terminate_idle() and cancel_statements() included: {}",
                 s.last_error.get()
             ),
             hint: "Fix the lines SELECT * FROM pg_file_settings WHERE error IS NOT NULL shows, then SELECT pg_reload_conf().",
@@ -274,17 +282,44 @@ pub fn worker_ready() -> Result<(), String> {
     Ok(())
 }
 
+/// What a request asks of the worker: end the sessions (`terminate_idle()`), or cancel their
+/// statements (`cancel_statements()`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Terminate,
+    Cancel,
+}
+
+impl Ask {
+    /// The SQL function that asks, for messages.
+    pub fn function(self) -> &'static str {
+        match self {
+            Ask::Terminate => "dbconn_guard.terminate_idle",
+            Ask::Cancel => "dbconn_guard.cancel_statements",
+        }
+    }
+
+    /// "nothing was ended", or cancelled.
+    pub fn nothing_done(self) -> &'static str {
+        match self {
+            Ask::Terminate => "nothing was ended",
+            Ask::Cancel => "nothing was cancelled",
+        }
+    }
+}
+
 /// Hands `targets` to the worker and waits for their outcomes (one per target).
 pub fn hand_over(
     targets: &[RequestTarget],
     role: pg_sys::Oid,
     actor: &str,
     dry_run: bool,
+    ask: Ask,
 ) -> (Vec<Outcome>, Option<String>) {
     let mut outcomes = Vec::with_capacity(targets.len());
     let mut errors = Vec::new();
     for chunk in targets.chunks(REQUEST_TARGETS) {
-        let (o, e) = round_trip(chunk, role, actor, dry_run);
+        let (o, e) = round_trip(chunk, role, actor, dry_run, ask);
         outcomes.extend(o);
         errors.extend(e);
     }
@@ -296,6 +331,7 @@ fn round_trip(
     role: pg_sys::Oid,
     actor: &str,
     dry_run: bool,
+    ask: Ask,
 ) -> (Vec<Outcome>, Option<String>) {
     let my_latch = unsafe { pg_sys::MyLatch } as usize;
     let started = Instant::now();
@@ -325,6 +361,7 @@ fn round_trip(
                 s.role = u32::from(role);
                 s.actor.set(actor);
                 s.dry_run = dry_run;
+                s.cancel = ask == Ask::Cancel;
                 s.len = chunk.len() as u16;
                 s.targets[..chunk.len()].copy_from_slice(chunk);
                 s.outcomes = [0; REQUEST_TARGETS];
@@ -336,7 +373,11 @@ fn round_trip(
         if started.elapsed() > ANSWER_WITHIN {
             crate::errors::raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
-                "dbconn_guard.terminate_idle: the worker is busy with other requests; nothing was ended",
+                format!(
+                    "{}: the worker is busy with other requests; {}",
+                    ask.function(),
+                    ask.nothing_done()
+                ),
                 None,
                 Some("Try again."),
             );
@@ -363,7 +404,7 @@ fn round_trip(
         if started.elapsed() > ANSWER_WITHIN || worker_ready().is_err() {
             abandon(slot, ticket);
             crate::errors::not_ready(
-                "dbconn_guard.terminate_idle: the worker did not answer",
+                format!("{}: the worker did not answer", ask.function()),
                 None,
                 &format!(
                     "What it did is in dbconn_guard.terminations of database {} and in dbconn_guard.recent_terminations(); check dbconn_guard.worker_status().",

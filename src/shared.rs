@@ -397,7 +397,7 @@ pub struct RequestTarget {
     pub slot: u32,
     pub backend_start: Micros,
     pub state_change: Micros,
-    /// Index into `policy::IDLE_STATES`.
+    /// Index into `policy::IDLE_STATES` (a cancel's target is `active`: not read).
     pub state: u8,
 }
 
@@ -415,6 +415,9 @@ pub struct Request {
     pub role: u32,
     pub actor: FixedText<TEXT_ACTOR>,
     pub dry_run: bool,
+    /// `cancel_statements()`: each target's statement is cancelled (its state is `active`),
+    /// and the session kept.
+    pub cancel: bool,
     pub len: u16,
     pub targets: [RequestTarget; REQUEST_TARGETS],
     /// `guard::Outcome` codes, one per target, when done.
@@ -436,6 +439,7 @@ impl Request {
             role: 0,
             actor: FixedText::empty(),
             dry_run: false,
+            cancel: false,
             len: 0,
             targets: [RequestTarget {
                 pid: 0,

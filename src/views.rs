@@ -623,7 +623,7 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
 pub unsafe extern "C-unwind" fn dbconn_guard_history(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 21) };
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 22) };
     let int8 = |v: u32| i64::from(v).into_datum();
     for s in unsafe { history_rows(fcinfo, false) } {
         let c = s.clients;
@@ -648,6 +648,7 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
             int8(s.terminations.manual),
             int8(s.terminations.blocker_timeout),
             int8(s.terminations.blocker_cancel),
+            int8(s.terminations.manual_cancel),
             int8(s.leak_suspect_groups),
         ]);
     }
@@ -720,6 +721,7 @@ CREATE FUNCTION _history(
     OUT terminated_manual bigint,
     OUT terminated_blocker_timeout bigint,
     OUT cancelled_blocker_statements bigint,
+    OUT cancelled_manual_statements bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

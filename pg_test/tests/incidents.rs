@@ -3,8 +3,9 @@
 //! run it, and each incident is scored: detected (a row that is not ok in the incident's area),
 //! the culprit named in that row's finding, the pasted action fixing it while sparing the
 //! bystanders (where the action is one that ends or cancels), and false alarms (warning or
-//! critical rows elsewhere). The table is printed and written to target/incidents.md;
-//! docs/incidents.md holds the one of a real run.
+//! critical rows elsewhere). The table is printed and written to target/incidents.md (what
+//! diagnose() said of each, to target/incident-rows.md); docs/incidents.md holds the one of a
+//! real run.
 
 use dbconn_guard_integration::*;
 use postgres::Client;
@@ -99,6 +100,27 @@ struct Score {
     /// critical; `ok` on the healthy server.
     first_row: bool,
     note: &'static str,
+    /// What diagnose() said: its rows that are not ok (the first row always), as psql shows them.
+    output: String,
+}
+
+/// `rows` that are not ok, and the first row, as `SELECT area, status, finding, action` shows
+/// them in psql (unaligned, `|` between columns).
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from("area | status | finding | action\n");
+    for (i, r) in rows.iter().enumerate() {
+        if i == 0 || r.status != "ok" {
+            let _ = writeln!(
+                out,
+                "{} | {} | {} | {}",
+                r.area,
+                r.status,
+                r.finding,
+                r.action.as_deref().unwrap_or("")
+            );
+        }
+    }
+    out
 }
 
 /// Scores `rows` for an incident whose row is in one of `areas` and names `culprit`.
@@ -132,6 +154,7 @@ fn score(incident: &'static str, rows: &[Row], areas: &[&str], culprit: &str) ->
                 }
         }),
         note: "",
+        output: render(rows),
     }
 }
 
@@ -297,22 +320,41 @@ fn the_incident_suite() {
             &["slow queries"],
             "\"it_i_report\"",
         );
+        // one row for the group, one paste for its thirty statements
         paste(&mut dba, the_row(&rows, "slow queries", "\"it_i_report\""));
-        thread::sleep(Duration::from_millis(500));
-        let still: i64 = a
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND state = 'active'",
-                &[&pids],
-            )
-            .unwrap()
-            .get(0);
-        s.fixed = Some(still == 0);
-        s.spared = Some(all_alive(&mut a, &bystanders.pids));
-        s.note = "one paste cancels one statement: a group action is still to come";
-        terminate(&mut a, &pids);
-        for (_, h) in slow {
-            let _ = h.join();
+        let running =
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND state = 'active'";
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5)
+            && a.query_one(running, &[&pids]).unwrap().get::<_, i64>(0) > 0
+        {
+            thread::sleep(Duration::from_millis(100));
         }
+        let missed: i64 = a.query_one(running, &[&pids]).unwrap().get(0);
+        // what the paste missed is cancelled here, so that the threads return
+        a.execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1) AND state = 'active'",
+            &[&pids],
+        )
+        .unwrap();
+        // the sessions are kept open until checked
+        let returned: Vec<_> = slow.into_iter().map(|(_, h)| h.join().unwrap()).collect();
+        let cancelled = returned
+            .iter()
+            .filter(|(r, _)| {
+                r.as_ref()
+                    .err()
+                    .and_then(|e| e.as_db_error())
+                    .is_some_and(|d| d.code().code() == "57014")
+            })
+            .count();
+        // every statement ended by the paste's cancel (not by the clean-up above)
+        s.fixed = Some(missed == 0 && cancelled == pids.len());
+        // a cancel: the sessions stay, as do the bystanders
+        s.spared = Some(all_alive(&mut a, &bystanders.pids) && all_alive(&mut a, &pids));
+        s.note = "one paste: cancel_statements() for the group, its sessions kept";
+        drop(returned);
+        terminate(&mut a, &pids);
         scores.push(s);
     }
 
@@ -432,6 +474,12 @@ fn the_incident_suite() {
     println!("{t}");
     let _ = std::fs::create_dir_all("../target");
     let _ = std::fs::write("../target/incidents.md", &t);
+    // what diagnose() said of each incident, for the documentation
+    let mut said = String::new();
+    for s in &scores {
+        let _ = writeln!(said, "## {}\n\n```text\n{}```\n", s.incident, s.output);
+    }
+    let _ = std::fs::write("../target/incident-rows.md", &said);
 
     // what the suite holds diagnose() to
     for s in &scores {

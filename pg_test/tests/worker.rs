@@ -1,5 +1,6 @@
-//! The background worker and the manual terminate_idle(), against a real server with real
-//! sessions. Run through `./dev.sh test`; one test at a time (they change server settings).
+//! The background worker and the manual terminate_idle() and cancel_statements(), against a
+//! real server with real sessions. Run through `./dev.sh test`; one test at a time (they change
+//! server settings).
 
 use dbconn_guard_integration::*;
 use std::collections::BTreeMap;
@@ -691,6 +692,167 @@ fn terminate_idle_ends_only_the_group_its_filters_name() {
     drop((_c1, _c2, _c3, _c4));
     a.batch_execute("DROP DATABASE IF EXISTS it_w_filter_db WITH (FORCE)")
         .unwrap();
+}
+
+#[test]
+fn cancel_statements_cancels_only_the_group_its_filters_name_and_keeps_the_sessions() {
+    let mut a = guard_admin();
+    ensure_role(&mut a, "it_w_app", "");
+    ensure_role(&mut a, "it_w_dba", "GRANT dbconn_guard_admin TO it_w_dba");
+    alter_system(
+        &mut a,
+        &[("dbconn_guard.exclude_applications", "it_c_keep")],
+    );
+    // the culprit: three long statements of one application; bystanders: the same statement
+    // of another application, of an excluded one, and the culprit's idle session
+    let slow = "SELECT pg_sleep(60)";
+    let culprit: Vec<(i32, Finished)> = (0..3)
+        .map(|_| in_background_as("it_w_app", "it_c_report", slow))
+        .collect();
+    let (other_app, other_h) = in_background_as("it_w_app", "it_c_web", slow);
+    let (kept, kept_h) = in_background_as("it_w_app", "it_c_keep", slow);
+    let (_idle, idle_pid) = stale_idle("it_c_report");
+    let pids: Vec<i32> = culprit.iter().map(|(p, _)| *p).collect();
+    wait_until(
+        &mut a,
+        &format!(
+            "SELECT count(*) = 5 FROM pg_stat_activity WHERE state = 'active' AND query = '{slow}'"
+        ),
+        Duration::from_secs(10),
+    );
+    thread::sleep(Duration::from_millis(1100));
+    let mut dba = connect_as("it_w_dba", "it_c_dba");
+
+    // bad arguments: a clear error, nothing cancelled
+    for (sql, why, code) in [
+        (
+            "SELECT * FROM dbconn_guard.cancel_statements('-1 minute')",
+            "must not be negative",
+            "22023",
+        ),
+        (
+            "SELECT * FROM dbconn_guard.cancel_statements(NULL)",
+            "must not be NULL",
+            "22004",
+        ),
+        (
+            "SELECT * FROM dbconn_guard.cancel_statements('0', client_addr => 'db.example.com')",
+            "not an IP address",
+            "22023",
+        ),
+    ] {
+        let err = dba.query(sql, &[]).expect_err(sql);
+        let d = err.as_db_error().expect("a server error");
+        assert!(d.message().contains(why), "{sql}: {}", d.message());
+        assert!(
+            d.message().starts_with("dbconn_guard.cancel_statements"),
+            "{}",
+            d.message()
+        );
+        assert_eq!(d.code().code(), code, "{sql}");
+        assert!(d.hint().is_some_and(|h| h.len() > 10), "{sql}: no hint");
+    }
+    // a dry run records and cancels nothing
+    let rows: BTreeMap<i32, String> = dba
+        .query(
+            "SELECT pid, action FROM dbconn_guard.cancel_statements('1 second', application_name => 'it_c_report', dry_run => true)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.values().all(|v| v == "dry run: would cancel"),
+        "{rows:?}"
+    );
+    // statements younger than older_than are not touched
+    let young: i64 = dba
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.cancel_statements('1 hour', application_name => 'it_c_report')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(young, 0);
+    // the paste: every statement of the group, in one call
+    let rows: BTreeMap<i32, String> = dba
+        .query(
+            "SELECT pid, action FROM dbconn_guard.cancel_statements('1 second', usename => 'it_w_app')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for p in &pids {
+        assert_eq!(
+            rows.get(p).map(String::as_str),
+            Some("cancelled"),
+            "{rows:?}"
+        );
+    }
+    assert_eq!(rows.get(&other_app).map(String::as_str), Some("cancelled"));
+    assert!(
+        rows.get(&kept)
+            .is_some_and(|v| v.starts_with("skipped: protected")),
+        "{rows:?}"
+    );
+    assert!(
+        !rows.contains_key(&idle_pid),
+        "an idle session has no statement: {rows:?}"
+    );
+    // the statements failed with a cancel, and the sessions stayed
+    for (p, h) in culprit.into_iter().chain([(other_app, other_h)]) {
+        let (r, mut c) = h.join().unwrap();
+        let e = r.expect_err("cancelled");
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("57014"),
+            "{e}"
+        );
+        assert!(
+            c.is_valid(Duration::from_secs(5)).is_ok(),
+            "pid {p}: the session stayed"
+        );
+        // recorded before it was signalled, as a cancel by the DBA
+        let rec = audit(&mut a, p);
+        assert_eq!(
+            rec.iter()
+                .filter(|r| r.0 == "manual_cancel" && !r.1 && r.2 == "manual:it_w_dba")
+                .count(),
+            1,
+            "{rec:?}"
+        );
+    }
+    // the excluded application's statement runs on
+    assert!(alive(&mut a, kept));
+    a.query_one("SELECT pg_cancel_backend($1)", &[&kept])
+        .unwrap();
+    let _ = kept_h.join();
+    assert!(alive(&mut a, idle_pid));
+    // and the ring of recent actions has them as cancels, besides their dry runs
+    let n: i64 = a
+        .query_one(
+            "SELECT count(*) FROM dbconn_guard.recent_terminations() WHERE rule = 'manual_cancel' AND NOT dry_run AND pid = ANY($1)",
+            &[&pids],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    // a plain role may not call it
+    ensure_role(&mut a, "it_plain", "");
+    let mut plain = connect_as("it_plain", "it_plain_app");
+    let err = plain
+        .query("SELECT * FROM dbconn_guard.cancel_statements('0')", &[])
+        .expect_err("granted to dbconn_guard_admin only");
+    assert!(
+        db_error(&err).contains("permission denied"),
+        "{}",
+        db_error(&err)
+    );
+    reset_system(&mut a);
 }
 
 #[test]

@@ -90,6 +90,8 @@ pub struct ByRule {
     pub blocker_timeout: u32,
     /// Statements cancelled (the sessions were not ended).
     pub blocker_cancel: u32,
+    /// Statements cancelled by `cancel_statements()` (the sessions were not ended).
+    pub manual_cancel: u32,
 }
 
 impl ByRule {
@@ -111,6 +113,7 @@ impl ByRule {
             transaction_timeout: d(Rule::TransactionTimeout.index()),
             blocker_timeout: d(Rule::BlockerTimeout.index()),
             blocker_cancel: d(Rule::BlockerCancel.index()),
+            manual_cancel: d(Rule::ManualCancel.index()),
         }
     }
 
@@ -123,6 +126,7 @@ impl ByRule {
         a[Rule::TransactionTimeout.index()] = self.transaction_timeout;
         a[Rule::BlockerTimeout.index()] = self.blocker_timeout;
         a[Rule::BlockerCancel.index()] = self.blocker_cancel;
+        a[Rule::ManualCancel.index()] = self.manual_cancel;
         a
     }
 
@@ -134,6 +138,7 @@ impl ByRule {
             transaction_timeout: a[Rule::TransactionTimeout.index()],
             blocker_timeout: a[Rule::BlockerTimeout.index()],
             blocker_cancel: a[Rule::BlockerCancel.index()],
+            manual_cancel: a[Rule::ManualCancel.index()],
         }
     }
 }
@@ -535,7 +540,7 @@ mod tests {
     #[test]
     fn terminations_since_the_previous_sample() {
         assert_eq!(
-            ByRule::since([5, 7, 9, 4, 6, 2], [2, 7, 1, 0, 1, 2]),
+            ByRule::since([5, 7, 9, 4, 6, 2, 3], [2, 7, 1, 0, 1, 2, 1]),
             ByRule {
                 idle_timeout: 3,
                 idle_in_transaction_timeout: 0,
@@ -543,14 +548,15 @@ mod tests {
                 transaction_timeout: 4,
                 blocker_timeout: 5,
                 blocker_cancel: 0,
+                manual_cancel: 2,
             }
         );
         // counters that went back (a crash-restart reset shared memory)
         assert_eq!(
-            ByRule::since([1, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0]).idle_timeout,
+            ByRule::since([1, 0, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0]).idle_timeout,
             1
         );
-        let b = ByRule::since([1, 2, 3, 4, 5, 6], [0; 6]);
+        let b = ByRule::since([1, 2, 3, 4, 5, 6, 7], [0; 7]);
         assert_eq!(ByRule::from_array(b.as_array()), b);
     }
 

@@ -254,7 +254,7 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             name: "terminations",
             unit: None,
             kind: Kind::Counter,
-            help: "Sessions the guard ended since the server started, by rule; rule blocker_cancel counts cancelled statements, whose sessions stayed (dry-run records are not counted)",
+            help: "Sessions the guard ended since the server started, by rule; rules blocker_cancel and manual_cancel count cancelled statements, whose sessions stayed (dry-run records are not counted)",
             samples: Rule::ALL
                 .iter()
                 .zip(i.terminations_by_rule)
@@ -453,7 +453,7 @@ mod tests {
                 ..Default::default()
             },
             oldest_lock_wait_start: Some(UNIX_EPOCH + 1_700_000_000 * SECOND),
-            terminations_by_rule: [4, 1, 0, 2, 0, 0],
+            terminations_by_rule: [4, 1, 0, 2, 0, 0, 0],
             worker_up: true,
             health: vec![
                 ("utilization", Status::Ok),

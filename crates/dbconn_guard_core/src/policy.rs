@@ -51,6 +51,9 @@ pub enum Rule {
     IdleTimeout,
     /// `dbconn_guard.terminate_idle()`, called by a DBA.
     Manual,
+    /// `dbconn_guard.cancel_statements()`, called by a DBA: the statement cancelled, the
+    /// session kept.
+    ManualCancel,
 }
 
 impl Rule {
@@ -62,6 +65,7 @@ impl Rule {
             Rule::Manual => "manual",
             Rule::BlockerTimeout => "blocker_timeout",
             Rule::BlockerCancel => "blocker_cancel",
+            Rule::ManualCancel => "manual_cancel",
         }
     }
 
@@ -74,6 +78,7 @@ impl Rule {
             Rule::TransactionTimeout => 3,
             Rule::BlockerTimeout => 4,
             Rule::BlockerCancel => 5,
+            Rule::ManualCancel => 6,
         }
     }
 
@@ -84,7 +89,7 @@ impl Rule {
 
     /// Whether acting on it cancels the session's statement instead of ending the session.
     pub fn cancels(self) -> bool {
-        self == Rule::BlockerCancel
+        matches!(self, Rule::BlockerCancel | Rule::ManualCancel)
     }
 
     /// Every rule, in the order of `index`.
@@ -95,11 +100,12 @@ impl Rule {
         Rule::TransactionTimeout,
         Rule::BlockerTimeout,
         Rule::BlockerCancel,
+        Rule::ManualCancel,
     ];
 }
 
 /// How many rules there are (per-rule counters).
-pub const RULES: usize = 6;
+pub const RULES: usize = 7;
 
 /// Why a session is never ended, whatever its age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,8 +34,9 @@ pub enum Verdict {
     /// Root-blocker rules: it no longer holds up enough waits past `blocker_timeout` (they
     /// gave up or got their lock, it waits itself now, or the rule changed).
     NoLongerBlocking,
-    /// `blocker_cancel`: its statement is a COMMIT waiting for a synchronous standby. A cancel
-    /// would make it commit locally without the standby's confirmation: never.
+    /// A cancel (`blocker_cancel`, `manual_cancel`): its statement is a COMMIT waiting for a
+    /// synchronous standby. A cancel would make it commit locally without the standby's
+    /// confirmation: never.
     CommitWaitsForStandby,
 }
 

@@ -1,4 +1,5 @@
-//! Where names become SQL: the actions that end idle sessions, and the preload action.
+//! Where names become SQL: the actions that end idle sessions or cancel a group's statements,
+//! and the preload action.
 
 use super::*;
 
@@ -70,6 +71,56 @@ pub(super) fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> Str
     )
 }
 
+impl IdleScope<'_> {
+    /// The group as named arguments of `terminate_idle()` and `cancel_statements()`.
+    fn named_args(&self) -> String {
+        let mut named = String::new();
+        if let Some(a) = self.app {
+            let _ = write!(named, ", application_name => {}", sql_literal(a));
+        }
+        if let Some(u) = self.user {
+            let _ = write!(named, ", usename => {}", sql_literal(u));
+        }
+        if let Some(cl) = self.client {
+            let _ = write!(
+                named,
+                ", client_addr => {}",
+                sql_literal(cl.unwrap_or("local"))
+            );
+        }
+        if let Some(d) = self.db {
+            let _ = write!(named, ", datname => {}", sql_literal(d));
+        }
+        named
+    }
+
+    /// The group as conditions over `pg_stat_activity` (each beginning with ` AND`).
+    fn activity_filter(&self) -> String {
+        let mut filter = String::new();
+        if let Some(a) = self.app {
+            let _ = write!(
+                filter,
+                " AND coalesce(application_name, '') = {}",
+                sql_literal(a)
+            );
+        }
+        if let Some(u) = self.user {
+            let _ = write!(filter, " AND usename = {}", sql_literal(u));
+        }
+        match self.client {
+            Some(Some(cl)) => {
+                let _ = write!(filter, " AND client_addr = {}::inet", sql_literal(cl));
+            }
+            Some(None) => filter.push_str(" AND client_addr IS NULL"),
+            None => {}
+        }
+        if let Some(d) = self.db {
+            let _ = write!(filter, " AND datname = {}", sql_literal(d));
+        }
+        filter
+    }
+}
+
 /// The statement that ends the idle sessions of `scope` idle for longer than `older_than`:
 /// `terminate_idle()` with the group's names as literals, or, where it cannot work, the same
 /// over `pg_stat_activity`.
@@ -78,50 +129,39 @@ pub(super) fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> Str
 pub(super) fn end_idle(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
     let secs = older_than.max(TRANSIENT_SECS).ceil() as i64;
     if c.terminate_idle_works {
-        let mut named = String::new();
-        if let Some(a) = scope.app {
-            let _ = write!(named, ", application_name => {}", sql_literal(a));
-        }
-        if let Some(u) = scope.user {
-            let _ = write!(named, ", usename => {}", sql_literal(u));
-        }
-        if let Some(cl) = scope.client {
-            let _ = write!(
-                named,
-                ", client_addr => {}",
-                sql_literal(cl.unwrap_or("local"))
-            );
-        }
-        if let Some(d) = scope.db {
-            let _ = write!(named, ", datname => {}", sql_literal(d));
-        }
         format!(
-            "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']{named});"
+            "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']{});",
+            scope.named_args()
         )
     } else {
-        let mut filter = String::new();
-        if let Some(a) = scope.app {
-            let _ = write!(
-                filter,
-                " AND coalesce(application_name, '') = {}",
-                sql_literal(a)
-            );
-        }
-        if let Some(u) = scope.user {
-            let _ = write!(filter, " AND usename = {}", sql_literal(u));
-        }
-        match scope.client {
-            Some(Some(cl)) => {
-                let _ = write!(filter, " AND client_addr = {}::inet", sql_literal(cl));
-            }
-            Some(None) => filter.push_str(" AND client_addr IS NULL"),
-            None => {}
-        }
-        if let Some(d) = scope.db {
-            let _ = write!(filter, " AND datname = {}", sql_literal(d));
-        }
         format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'idle'{filter} AND state_change < now() - interval '{secs} seconds' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'idle'{} AND state_change < now() - interval '{secs} seconds' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);",
+            scope.activity_filter()
+        )
+    }
+}
+
+/// The statement that cancels the statements of `scope` running for longer than
+/// `older_than` (the sessions stay): `cancel_statements()` with the group's names as
+/// literals, or, where it cannot work, `pg_cancel_backend()` over `pg_stat_activity` (a
+/// superuser's statements only for a superuser: PostgreSQL refuses the whole statement
+/// otherwise).
+pub(super) fn cancel_group(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
+    let secs = older_than.max(TRANSIENT_SECS).floor() as i64;
+    if c.terminate_idle_works {
+        format!(
+            "SELECT * FROM dbconn_guard.cancel_statements('{secs} seconds'{});",
+            scope.named_args()
+        )
+    } else {
+        format!(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active'{} AND query_start < now() - interval '{secs} seconds' AND pid <> pg_backend_pid(){};",
+            scope.activity_filter(),
+            if c.i.caller.is_superuser {
+                ""
+            } else {
+                " AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper)"
+            }
         )
     }
 }

@@ -409,7 +409,8 @@ struct Ctx<'a> {
     samples: Vec<Sample>,
     /// The worker is there to end sessions: preloaded, enabled, not a dry run, running.
     guard_ending: bool,
-    /// `terminate_idle()` works: preloaded, worker running, extension in its database.
+    /// `terminate_idle()` and `cancel_statements()` work: preloaded, the guard enabled (they
+    /// obey its gates), worker running, extension in its database, and the caller may run them.
     terminate_idle_works: bool,
     chains: Vec<Chain>,
     /// The leak suspects (what the `leaks` row reports): one story per incident, so the
@@ -441,6 +442,7 @@ impl<'a> Ctx<'a> {
             samples,
             guard_ending: i.server.preloaded && i.guard.enabled && !i.guard.dry_run && running,
             terminate_idle_works: i.server.preloaded
+                && i.guard.enabled
                 && running
                 && i.worker.as_ref().is_some_and(|w| w.extension_ready)
                 && !i.caller.lacks_terminate_idle,

@@ -226,44 +226,118 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
     }
     slow.sort_by(|a, b| running(b).total_cmp(&running(a)).then(a.pid.cmp(&b.pid)));
     let total = slow.len();
-    slow.iter()
+    // one row per group (application, user, client, database): a group's statements are
+    // cancelled in one paste, through cancel_statements(); the group with the most first,
+    // then the longest running
+    type Key<'k> = (
+        Option<&'k str>,
+        Option<&'k str>,
+        Option<&'k str>,
+        Option<&'k str>,
+    );
+    fn key(b: &Backend) -> Key<'_> {
+        (
+            b.application_name.as_deref(),
+            b.usename.as_deref(),
+            b.client_addr.as_deref(),
+            b.datname.as_deref(),
+        )
+    }
+    let mut groups: Vec<(Key, Vec<&Backend>)> = Vec::new();
+    for b in &slow {
+        match groups.iter_mut().find(|(k, _)| *k == key(b)) {
+            Some((_, v)) => v.push(b),
+            None => groups.push((key(b), vec![b])),
+        }
+    }
+    groups.sort_by(|a, b| {
+        b.1.len()
+            .cmp(&a.1.len())
+            .then(running(b.1[0]).total_cmp(&running(a.1[0])))
+    });
+    let shown = groups.len().min(TOP);
+    groups
+        .iter()
         .take(TOP)
         .enumerate()
-        .map(|(i, b)| {
-            let waiting = c.i.lock_waits.iter().any(|w| w.pid == b.pid);
-            flag(
-                "slow queries",
-                Status::Warning,
+        .map(|(i, (k, members))| {
+            let b = members[0];
+            let waiting = members
+                .iter()
+                .filter(|m| c.i.lock_waits.iter().any(|w| w.pid == m.pid))
+                .count();
+            let n = members.len();
+            let rest = if i == 0 && groups.len() > shown {
                 format!(
-                    "Slow query: pid {} of application {} running for {}",
-                    b.pid,
-                    quoted_or(b.application_name.as_deref(), "-"),
-                    dur(running(b))
-                ),
-                format!(
-                    "user {}, application {}, client {}{}; {}{}",
-                    quoted_or(b.usename.as_deref(), "-"),
-                    quoted_or(b.application_name.as_deref(), "-"),
-                    quoted_or(b.client_addr.as_deref(), "local"),
-                    if waiting { ", waiting for a lock" } else { "" },
-                    query_text(b),
-                    if i == 0 && total > TOP {
-                        format!("; {total} statements past {} in all", dur(limit))
-                    } else {
-                        String::new()
-                    }
-                ),
-                format!("SELECT pg_cancel_backend({});", b.pid),
-            )
-        })
-        .map(|mut f| {
-            let pid = f.action.as_deref().and_then(|a| {
-                a.strip_prefix("SELECT pg_cancel_backend(")
-                    .and_then(|r| r.strip_suffix(");"))
-                    .and_then(|p| p.parse::<i32>().ok())
-            });
-            let b = pid.and_then(|p| c.clients.iter().copied().find(|b| b.pid == p));
-            if let Some(note) = c.i.caller.signal_note(b) {
+                    "; {total} statements past {} in all, in {} groups",
+                    dur(limit),
+                    groups.len()
+                )
+            } else {
+                String::new()
+            };
+            let mut f = if n == 1 {
+                flag(
+                    "slow queries",
+                    Status::Warning,
+                    format!(
+                        "Slow query: pid {} of application {} running for {}",
+                        b.pid,
+                        quoted_or(b.application_name.as_deref(), "-"),
+                        dur(running(b))
+                    ),
+                    format!(
+                        "user {}, application {}, client {}{}; {}{rest}",
+                        quoted_or(b.usename.as_deref(), "-"),
+                        quoted_or(b.application_name.as_deref(), "-"),
+                        quoted_or(b.client_addr.as_deref(), "local"),
+                        if waiting > 0 { ", waiting for a lock" } else { "" },
+                        query_text(b),
+                    ),
+                    format!("SELECT pg_cancel_backend({});", b.pid),
+                )
+            } else {
+                let scope = IdleScope {
+                    app: Some(k.0.unwrap_or("")),
+                    user: k.1,
+                    client: Some(k.2),
+                    db: k.3,
+                };
+                let shortest = members.iter().map(|m| running(m)).fold(f64::MAX, f64::min);
+                let mut pids: Vec<i32> = members.iter().map(|m| m.pid).collect();
+                pids.sort_unstable();
+                flag(
+                    "slow queries",
+                    Status::Warning,
+                    format!(
+                        "{n} slow queries of application {}: running for {} to {}",
+                        quoted_or(b.application_name.as_deref(), "-"),
+                        dur(shortest),
+                        dur(running(b))
+                    ),
+                    format!(
+                        "{}{}; pids {}; the longest (pid {}): {}; the action cancels the statements of {} running for longer than {} (the sessions stay){}{rest}",
+                        scope.describe(),
+                        if waiting > 0 {
+                            format!(", {waiting} of them waiting for a lock")
+                        } else {
+                            String::new()
+                        },
+                        pid_list(&pids),
+                        b.pid,
+                        query_text(b),
+                        scope.describe(),
+                        dur(limit),
+                        if c.terminate_idle_works {
+                            " through cancel_statements(): the guard's protections and audit apply"
+                        } else {
+                            ""
+                        },
+                    ),
+                    cancel_group(c, &scope, limit),
+                )
+            };
+            if let Some(note) = c.i.caller.signal_note(Some(b)) {
                 let _ = write!(f.evidence, "; {note}");
             }
             f

@@ -668,7 +668,7 @@ fn idle_in_transaction_mentions_what_it_blocks() {
 // --- slow queries ----------------------------------------------------------------------------
 
 #[test]
-fn slow_queries_are_cancelled_by_pid_oldest_first() {
+fn slow_queries_of_one_group_are_cancelled_in_one_paste() {
     let mut mine = c(1, "active", 4000);
     mine.pid = 1; // the caller's own session
     let clients = vec![
@@ -676,18 +676,51 @@ fn slow_queries_are_cancelled_by_pid_oldest_first() {
         c(4711, "active", 600),
         c(4712, "active", 900),
         c(3, "active", 10),
+        // another application's one slow statement: its own row, by pid
+        app(c(50, "active", 1200), "batch"),
     ];
     let fs = diagnose(&with(clients));
     let rows = area(&fs, "slow queries");
     assert_eq!(rows.len(), 2, "{rows:#?}");
-    assert_eq!(action(rows[0]), "SELECT pg_cancel_backend(4712);");
-    assert_eq!(action(rows[1]), "SELECT pg_cancel_backend(4711);");
-    assert!(rows[0].finding.contains("running for 15min"));
+    // the group with the most statements first, named in the finding, one paste for all
+    assert_eq!(rows[0].status, Status::Warning);
+    assert!(rows[0]
+        .finding
+        .contains("2 slow queries of application \"api\""));
+    assert!(rows[0].finding.contains("15min"), "{}", rows[0].finding);
+    assert_eq!(
+        action(rows[0]),
+        "SELECT * FROM dbconn_guard.cancel_statements('300 seconds', application_name => 'api', usename => 'web', client_addr => '10.0.0.1', datname => 'app');"
+    );
     assert!(
-        rows[0].evidence.contains("\"select 4712\""),
+        rows[0].evidence.contains("pids 4711, 4712"),
         "{}",
         rows[0].evidence
     );
+    assert!(rows[0].evidence.contains("\"select 4712\""));
+    // a statement alone in its group: cancelled by pid
+    assert_eq!(action(rows[1]), "SELECT pg_cancel_backend(50);");
+    assert!(rows[1].finding.contains("\"batch\""));
+}
+
+#[test]
+fn a_slow_group_without_cancel_statements_is_cancelled_over_pg_stat_activity() {
+    let mut i = with(vec![c(4711, "active", 600), c(4712, "active", 900)]);
+    i.caller.lacks_terminate_idle = true;
+    // not a superuser: a superuser's statement would make PostgreSQL refuse the whole paste
+    i.caller.is_superuser = false;
+    i.caller.has_signal_backend = true;
+    let fs = diagnose(&i);
+    let row = one(&fs, "slow queries");
+    assert_eq!(
+        action(row),
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND coalesce(application_name, '') = 'api' AND usename = 'web' AND client_addr = '10.0.0.1'::inet AND datname = 'app' AND query_start < now() - interval '300 seconds' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);"
+    );
+    // nor with the guard switched off: cancel_statements() obeys its gates
+    let mut off = with(vec![c(4711, "active", 600), c(4712, "active", 900)]);
+    off.guard.enabled = false;
+    assert!(action(one(&diagnose(&off), "slow queries"))
+        .starts_with("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"));
 }
 
 #[test]
@@ -701,10 +734,20 @@ fn slow_queries_off_or_none() {
 
 #[test]
 fn slow_query_rows_are_bounded() {
-    let fs = diagnose(&with((0..5).map(|p| c(10 + p, "active", 600)).collect()));
+    let fs = diagnose(&with(
+        (0..5)
+            .map(|p| app(c(10 + p, "active", 600), &format!("app{p}")))
+            .collect(),
+    ));
     let rows = area(&fs, "slow queries");
     assert_eq!(rows.len(), TOP);
-    assert!(rows[0].evidence.contains("5 statements past 5min in all"));
+    assert!(
+        rows[0]
+            .evidence
+            .contains("5 statements past 5min in all, in 5 groups"),
+        "{}",
+        rows[0].evidence
+    );
 }
 
 // --- locks ------------------------------------------------------------------------------
