@@ -145,6 +145,7 @@ CREATE FUNCTION _history(
     OUT longest_lock_wait_seconds double precision,
     OUT oldest_xact_age_seconds double precision,
     OUT longest_idle_in_transaction_seconds double precision,
+    OUT longest_statement_seconds double precision,
     OUT max_connections integer,
     OUT available_connections bigint,
     OUT utilization_pct double precision,
@@ -241,7 +242,7 @@ COMMENT ON FUNCTION metrics() IS
 -- diagnose(): the runbook's decision tree, evaluated live (issue 10); runs as the calling role,
 -- with pg_stat_activity's visibility rules
 CREATE FUNCTION "diagnose"(
-	"slow_query" interval DEFAULT '5 minutes'
+	"slow_query" interval DEFAULT NULL
 ) RETURNS TABLE (
 	"step" INT,
 	"area" TEXT,
@@ -250,11 +251,10 @@ CREATE FUNCTION "diagnose"(
 	"evidence" text,
 	"action" text
 )
-STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'diagnose_wrapper';
 COMMENT ON FUNCTION diagnose(interval) IS
-  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query, lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. The first row (area incident) states the most harmful finding that is warning or critical, or that nothing is wrong now; then one row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
+  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query (NULL, the default: 4 times the longest statements the history shows this server usually runs, between 1 minute and 1 hour; 5 minutes without history), lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. The first row (area incident) states the most harmful finding that is warning or critical, or that nothing is wrong now; then one row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
 
 -- blocking_pairs: the pairs joined to what is shown of each session and each wait (issue 17):
 -- a query that counts or groups pairs reads the lock manager only, and no text is copied once

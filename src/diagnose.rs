@@ -49,7 +49,7 @@ fn interval_micros(i: &Interval) -> Micros {
 }
 
 /// Reads everything the tree looks at, as the calling role.
-fn read(slow_query_age: f64) -> Input {
+fn read(slow_query_age: Option<f64>) -> Input {
     let snap = snapshot::activity_with_queries(|_| true);
     let now = snap.now;
     let user = unsafe { pg_sys::GetUserId() };
@@ -184,7 +184,7 @@ fn read(slow_query_age: f64) -> Input {
 /// order, each not-ok row with one action to paste.
 #[pg_extern]
 fn diagnose(
-    slow_query: default!(Interval, "'5 minutes'"),
+    slow_query: default!(Option<Interval>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -196,13 +196,17 @@ fn diagnose(
         name!(action, Option<DbText>),
     ),
 > {
-    let slow = interval_micros(&slow_query);
-    if slow < 0 {
-        error!(
-            "dbconn_guard.diagnose(): slow_query must not be negative (it is {slow_query}); give the age from which an active statement counts as slow, e.g. '5 minutes'"
-        );
-    }
-    let input = read(slow as f64 / 1e6);
+    // NULL: relative to how long this server's statements usually run (the history)
+    let slow = slow_query.map(|given| {
+        let us = interval_micros(&given);
+        if us < 0 {
+            error!(
+                "dbconn_guard.diagnose(): slow_query must not be negative (it is {given}); give the age from which an active statement counts as slow, e.g. '5 minutes', or NULL for the default relative to this server's statements"
+            );
+        }
+        us as f64 / 1e6
+    });
+    let input = read(slow);
     let rows = diagnose::diagnose(&input);
     TableIterator::new(rows.into_iter().map(|f| {
         // client-chosen names are in the texts: converted to the database's encoding

@@ -623,7 +623,7 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
 pub unsafe extern "C-unwind" fn dbconn_guard_history(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 22) };
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 23) };
     let int8 = |v: u32| i64::from(v).into_datum();
     for s in unsafe { history_rows(fcinfo, false) } {
         let c = s.clients;
@@ -639,6 +639,7 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
             round2(s.longest_lock_wait_s).into_datum(),
             round2(s.oldest_xact_age_s).into_datum(),
             round2(s.longest_idle_in_xact_s).into_datum(),
+            round2(s.longest_statement_s).into_datum(),
             s.max_connections.into_datum(),
             s.available_connections.into_datum(),
             round2(s.utilization_pct).into_datum(),
@@ -712,6 +713,7 @@ CREATE FUNCTION _history(
     OUT longest_lock_wait_seconds double precision,
     OUT oldest_xact_age_seconds double precision,
     OUT longest_idle_in_transaction_seconds double precision,
+    OUT longest_statement_seconds double precision,
     OUT max_connections integer,
     OUT available_connections bigint,
     OUT utilization_pct double precision,

@@ -273,6 +273,22 @@ fn the_history_shows_a_growing_client_a_new_application_and_the_dry_run() {
             .any(|r| r.status != "ok" && r.finding.contains("dry run")),
         "{dump}"
     );
+    // the default slow-query threshold comes from the history (this test server's statements
+    // take milliseconds: 1 minute, unless an earlier test's long statements are in the
+    // window), named in the row
+    let slow: String = a
+        .query_one(
+            "SELECT evidence FROM dbconn_guard.diagnose() WHERE area = 'slow queries'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        slow.contains(
+            "threshold 60s (the default: 4× the longest statements this server usually runs"
+        ),
+        "{slow}"
+    );
     drop(grown);
     reset_system(&mut a);
 }

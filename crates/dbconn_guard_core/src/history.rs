@@ -158,6 +158,10 @@ pub struct Sample {
     /// Longest time a client backend has been idle in transaction (aborted or not), in
     /// seconds (0: none).
     pub longest_idle_in_xact_s: f64,
+    /// Longest time a client backend's current statement has run (`active`, since
+    /// `query_start`), in seconds (0: none active): how long this server's statements run,
+    /// from which diagnose() judges a slow one.
+    pub longest_statement_s: f64,
     pub max_connections: i32,
     pub utilization_pct: f64,
     pub available_connections: i64,
@@ -187,6 +191,7 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
     let mut clients = StateCounts::default();
     let mut oldest_xact: f64 = 0.0;
     let mut longest_iit: f64 = 0.0;
+    let mut longest_statement: f64 = 0.0;
     // grouped on borrowed names, in runs of sessions with the same names (a pool's sessions
     // sit side by side and share their strings: a run goes on on a pointer comparison); owned
     // strings only for the groups that are kept
@@ -203,6 +208,10 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
             Some("idle in transaction") | Some("idle in transaction (aborted)")
         ) {
             longest_iit = longest_iit.max(b.state_age(now));
+        } else if b.state == Some("active") {
+            if let Some(q) = b.query_start {
+                longest_statement = longest_statement.max((now - q).max(0) as f64 / SECOND as f64);
+            }
         }
         match &mut run {
             Some((first, c)) if same_names(first, b) => c.count(b.state),
@@ -259,6 +268,7 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         longest_lock_wait_s: longest_wait,
         oldest_xact_age_s: oldest_xact,
         longest_idle_in_xact_s: longest_iit,
+        longest_statement_s: longest_statement,
         max_connections: limits.max_connections,
         utilization_pct: u.utilization_pct,
         available_connections: u.available_connections,
@@ -350,6 +360,7 @@ mod tests {
             }),
             state_change: Some(now - age_s * SECOND),
             xact_start: (state == "iit" || state == "active").then_some(now - 2 * age_s * SECOND),
+            query_start: Some(now - age_s * SECOND),
             ..Default::default()
         }
     }
@@ -430,6 +441,8 @@ mod tests {
         assert_eq!(s.lock_waiters, 3);
         assert!((s.longest_lock_wait_s - 65.0).abs() < 1e-9);
         assert!((s.longest_idle_in_xact_s - 70.0).abs() < 1e-9);
+        // the active ones' statements only (an idle session's last query ran long ago)
+        assert!((s.longest_statement_s - 1.0).abs() < 1e-9);
         assert!((s.oldest_xact_age_s - 80.0).abs() < 1e-9);
         assert!((s.utilization_pct - 12.0).abs() < 1e-9);
         assert_eq!(s.available_connections, 100 - 3 - 12);

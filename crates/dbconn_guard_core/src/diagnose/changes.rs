@@ -706,7 +706,7 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
                     format!("{evidence}; a leak that opens sessions fast and a storm are one story here"),
                 )];
             }
-            let slow = c.i.guard.slow_query_age;
+            let slow = c.slow_limit;
             let running_long = c
                 .clients
                 .iter()

@@ -126,8 +126,9 @@ pub struct Guard {
     /// `dbconn_guard.leak_trend_samples`.
     pub leak_trend_samples: usize,
     /// Active statements running longer than this many seconds are slow (the caller's
-    /// argument, 5 min by default; 0 or less: not checked).
-    pub slow_query_age: f64,
+    /// argument; 0 or less: not checked). `None`: relative to this server's statements (see
+    /// `sessions::slow_threshold`).
+    pub slow_query_age: Option<f64>,
 }
 
 /// `dbconn_guard.worker_status()`.
@@ -413,6 +414,10 @@ struct Ctx<'a> {
     /// obey its gates), worker running, extension in its database, and the caller may run them.
     terminate_idle_works: bool,
     chains: Vec<Chain>,
+    /// Seconds after which an active statement is slow (0 or less: not checked), and how that
+    /// was chosen, for the rows.
+    slow_limit: f64,
+    slow_basis: String,
     /// The leak suspects (what the `leaks` row reports): one story per incident, so the
     /// other rows point to them rather than diagnose the same sessions again.
     leaks: Vec<leaks::SuspectRow>,
@@ -433,7 +438,7 @@ impl<'a> Ctx<'a> {
         .into_iter()
         .filter(|r| r.reason == "growing" || r.group.connection_count >= LEAK_MIN_SESSIONS)
         .collect();
-        Ctx {
+        let mut c = Ctx {
             leaks: leak_rows,
             i,
             now: i.snapshot.now,
@@ -447,7 +452,11 @@ impl<'a> Ctx<'a> {
                 && i.worker.as_ref().is_some_and(|w| w.extension_ready)
                 && !i.caller.lacks_terminate_idle,
             chains: blocking::chains(&i.lock_waits),
-        }
+            slow_limit: 0.0,
+            slow_basis: String::new(),
+        };
+        (c.slow_limit, c.slow_basis) = sessions::slow_threshold(&c);
+        c
     }
 
     fn window_start(&self) -> Micros {

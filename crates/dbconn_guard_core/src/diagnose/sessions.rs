@@ -195,8 +195,85 @@ pub(super) fn enable_iit_action() -> String {
     )
 }
 
+/// How many times the longest statements this server usually runs a statement must run to
+/// be slow, by default.
+pub const SLOW_QUERY_FACTOR: f64 = 4.0;
+/// The default threshold is never under this (seconds): a statement of a minute is worth a
+/// look on any server.
+pub const SLOW_QUERY_FLOOR: f64 = 60.0;
+/// Nor over this: a statement of an hour is worth a look on any server.
+pub const SLOW_QUERY_CEILING: f64 = 3600.0;
+/// The default where this server's statements are not known (no history): 5 minutes.
+pub const SLOW_QUERY_UNKNOWN: f64 = 300.0;
+
+/// The threshold from which an active statement is slow, in seconds, and how it was chosen.
+///
+/// Given by the caller: that. By default, relative to this server: [`SLOW_QUERY_FACTOR`] ×
+/// the 90th percentile of the longest running statement of each sample of the window, taken
+/// over the samples from before the oldest statement running now began (a stuck statement
+/// does not make itself usual), rounded up to a minute, between [`SLOW_QUERY_FLOOR`] and
+/// [`SLOW_QUERY_CEILING`]; [`SLOW_QUERY_UNKNOWN`] without at least `MIN_HISTORY_SAMPLES` such
+/// samples. An OLTP server whose statements take milliseconds gets 1 minute; a reporting
+/// server whose statements often run 20 minutes, 1 hour.
+pub(super) fn slow_threshold(c: &Ctx) -> (f64, String) {
+    if let Some(given) = c.i.guard.slow_query_age {
+        return (given, format!("threshold {} (as given)", dur(given)));
+    }
+    // the samples from before the oldest statement running now (the caller's aside) began
+    let oldest = c
+        .clients
+        .iter()
+        .filter(|b| b.has_state("active") && b.pid != c.i.caller.pid)
+        .filter_map(|b| b.query_start)
+        .min()
+        .unwrap_or(c.now);
+    let mut longest: Vec<f64> = if c.history_missing().is_some() {
+        Vec::new()
+    } else {
+        c.samples
+            .iter()
+            .filter(|s| s.time < oldest)
+            .map(|s| s.longest_statement_s)
+            .collect()
+    };
+    if longest.len() < MIN_HISTORY_SAMPLES {
+        let why = c.history_missing().unwrap_or_else(|| {
+            format!(
+                "{} sample(s) of the history from before the oldest statement running now",
+                longest.len()
+            )
+        });
+        return (
+            SLOW_QUERY_UNKNOWN,
+            format!(
+                "threshold {} (the default where this server's statement times are not known: {why})",
+                dur(SLOW_QUERY_UNKNOWN)
+            ),
+        );
+    }
+    longest.sort_by(f64::total_cmp);
+    let usual = longest[((longest.len() - 1) as f64 * 0.9).round() as usize];
+    let limit = ((SLOW_QUERY_FACTOR * usual / 60.0).ceil() * 60.0)
+        .clamp(SLOW_QUERY_FLOOR, SLOW_QUERY_CEILING);
+    (
+        limit,
+        format!(
+            "threshold {} (the default: {SLOW_QUERY_FACTOR}× the longest statements this server usually runs, {} at the 90th percentile of {} samples, between {} and {})",
+            dur(limit),
+            if usual < 10.0 {
+                format!("{usual:.1}s")
+            } else {
+                dur(usual)
+            },
+            longest.len(),
+            dur(SLOW_QUERY_FLOOR),
+            dur(SLOW_QUERY_CEILING)
+        ),
+    )
+}
+
 pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
-    let limit = c.i.guard.slow_query_age;
+    let limit = c.slow_limit;
     if limit <= 0.0 {
         return vec![flag(
             "slow queries",
@@ -218,9 +295,10 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
             "slow queries",
             format!("No statement running longer than {}", dur(limit)),
             format!(
-                "{} active client sessions, none past {}",
+                "{} active client sessions, none past {}; {}",
                 c.util.active,
-                dur(limit)
+                dur(limit),
+                c.slow_basis
             ),
         )];
     }
@@ -337,6 +415,7 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
                     cancel_group(c, &scope, limit),
                 )
             };
+            let _ = write!(f.evidence, "; {}", c.slow_basis);
             if let Some(note) = c.i.caller.signal_note(Some(b)) {
                 let _ = write!(f.evidence, "; {note}");
             }

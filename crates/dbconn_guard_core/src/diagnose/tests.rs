@@ -128,7 +128,7 @@ fn with(backends: Vec<Backend>) -> Input {
             thresholds: Thresholds::default(),
             leak_idle_age: 600.0,
             leak_trend_samples: 6,
-            slow_query_age: 300.0,
+            slow_query_age: Some(300.0),
         },
         worker: Some(WorkerInfo {
             running: true,
@@ -726,10 +726,86 @@ fn a_slow_group_without_cancel_statements_is_cancelled_over_pg_stat_activity() {
 #[test]
 fn slow_queries_off_or_none() {
     let mut i = with(vec![c(4711, "active", 600)]);
-    i.guard.slow_query_age = 0.0;
+    i.guard.slow_query_age = Some(0.0);
     let fs = diagnose(&i);
     assert_eq!(one(&fs, "slow queries").status, Status::Info);
     assert_eq!(one(&diagnose(&input()), "slow queries").status, Status::Ok);
+}
+
+/// An hour of history whose samples saw statements of at most `longest_s` running.
+fn with_statement_history(clients: Vec<Backend>, longest_s: &[f64]) -> Input {
+    let mut i = with(clients);
+    i.guard.slow_query_age = None;
+    let n = 60;
+    i.history.samples = (0..n)
+        .rev()
+        .map(|k| {
+            let mut s = sample(k * 60 + 30, 2, 3);
+            s.longest_statement_s = longest_s[k as usize % longest_s.len()];
+            s
+        })
+        .collect();
+    i
+}
+
+#[test]
+fn the_default_slow_query_threshold_is_relative_to_this_servers_statements() {
+    // an OLTP server: statements of milliseconds; a 2-minute statement is slow (1 minute)
+    let oltp = with_statement_history(vec![c(4711, "active", 120)], &[0.02, 0.1, 0.3]);
+    let row = one(&diagnose(&oltp), "slow queries").clone();
+    assert_eq!(row.status, Status::Warning, "{row:#?}");
+    assert!(row.evidence.contains("threshold 60s (the default: 4× the longest statements this server usually runs, 0.3s at the 90th percentile"), "{}", row.evidence);
+    // a reporting server whose statements often run 20 minutes: a 25-minute one is not slow
+    // (4 × 20 min, at most 1 hour), a 2-hour one is
+    let reports = [1200.0, 900.0, 1150.0, 30.0, 1200.0];
+    let r = with_statement_history(vec![c(4711, "active", 1500)], &reports);
+    let row = one(&diagnose(&r), "slow queries").clone();
+    assert_eq!(row.status, Status::Ok, "{row:#?}");
+    assert!(
+        row.evidence.contains("threshold 60min (the default"),
+        "{}",
+        row.evidence
+    );
+    let stuck = with_statement_history(vec![c(4711, "active", 7200)], &reports);
+    assert_eq!(
+        one(&diagnose(&stuck), "slow queries").status,
+        Status::Warning
+    );
+    // a stuck statement does not make itself usual: the samples taken while it ran (here all
+    // the last 40 minutes, when it was the longest) are not read
+    let mut own = with_statement_history(vec![c(4711, "active", 2400)], &[0.1]);
+    for s in own.history.samples.iter_mut() {
+        let since = (NOW - s.time) / SECOND;
+        if since < 2400 {
+            s.longest_statement_s = (2400 - since) as f64;
+        }
+    }
+    let row = one(&diagnose(&own), "slow queries").clone();
+    assert_eq!(row.status, Status::Warning, "{row:#?}");
+    assert!(row.evidence.contains("threshold 60s"), "{}", row.evidence);
+    // without history: 5 minutes, said to be a default without knowledge
+    let mut blind = with(vec![c(4711, "active", 200)]);
+    blind.guard.slow_query_age = None;
+    blind.server.preloaded = false;
+    let row = one(&diagnose(&blind), "slow queries").clone();
+    assert_eq!(row.status, Status::Ok);
+    assert!(
+        row.evidence.contains(
+            "threshold 5min (the default where this server's statement times are not known"
+        ),
+        "{}",
+        row.evidence
+    );
+    // a threshold given is used as given, and named
+    let mut given = with_statement_history(vec![c(4711, "active", 120)], &[0.1]);
+    given.guard.slow_query_age = Some(600.0);
+    let row = one(&diagnose(&given), "slow queries").clone();
+    assert_eq!(row.status, Status::Ok);
+    assert!(
+        row.evidence.contains("threshold 10min (as given)"),
+        "{}",
+        row.evidence
+    );
 }
 
 #[test]
@@ -842,7 +918,7 @@ fn an_action_the_caller_may_not_run_says_who_may_and_a_hidden_root_is_looked_at_
     i.guard.enabled = false;
     monitor(&mut i);
     i.caller.pid = 99;
-    i.guard.slow_query_age = 60.0;
+    i.guard.slow_query_age = Some(60.0);
     let fs = diagnose(&i);
     for a in ["idle in transaction", "slow queries"] {
         let rows = not_ok(&fs, a);
@@ -1904,7 +1980,7 @@ fn every_non_ok_row_has_an_action_in_every_state() {
     odd.history = History::default();
     odd.caller = Caller::default();
     odd.guard.leak_trend_samples = 0;
-    odd.guard.slow_query_age = -1.0;
+    odd.guard.slow_query_age = Some(-1.0);
     states.push(odd);
     let mut standby = with(n_clients(30, "idle"));
     standby.server.in_recovery = true;
