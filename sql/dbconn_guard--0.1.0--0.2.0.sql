@@ -127,7 +127,7 @@ VOLATILE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'cancel_statements_wrapper';
 COMMENT ON FUNCTION cancel_statements(interval, text, text, text, text, boolean) IS
-  'Cancels the statements of client sessions active for at least older_than (pg_cancel_backend: the sessions stay), optionally only those of one application_name, usename, client_addr (''local'': Unix-socket sessions) and datname, with the worker''s protections; a COMMIT waiting for a synchronous standby is never cancelled. The background worker records each in dbconn_guard.terminations (rule manual_cancel, committed) before it signals it. dry_run only records and reports. Returns every matched session with what was done.';
+  'Cancels the statements of client sessions active for at least older_than (pg_cancel_backend: the sessions stay), optionally only those of one application_name, usename, client_addr (''local'': Unix-socket sessions) and datname, with the worker''s protections; a COMMIT seen waiting for a synchronous standby right before the signal is not cancelled. The background worker records each in dbconn_guard.terminations (rule manual_cancel, committed) before it signals it. dry_run only records and reports. Returns every matched session with what was done.';
 ALTER FUNCTION cancel_statements(interval, text, text, text, text, boolean) SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION cancel_statements(interval, text, text, text, text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION cancel_statements(interval, text, text, text, text, boolean) TO dbconn_guard_admin;

@@ -95,6 +95,10 @@ impl Outcome {
         match self {
             Outcome::Terminated { .. } if cancel => "cancelled".into(),
             Outcome::WouldTerminate if cancel => "dry run: would cancel".into(),
+            Outcome::Spared(v @ Verdict::CommitWaitsForStandby)
+            | Outcome::Withdrawn(v @ Verdict::CommitWaitsForStandby) => {
+                format!("skipped: {}", v.as_str())
+            }
             Outcome::Spared(v) | Outcome::Withdrawn(v)
                 if cancel && !matches!(v, Verdict::Protected(_)) =>
             {

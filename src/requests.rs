@@ -74,9 +74,13 @@ pub fn serve(terminations_total: &mut i64) -> Vec<crate::core::session::Backend>
             return ended;
         };
         let (outcomes, error, done) = carry_out(&req);
-        ended.extend(done);
-        *terminations_total += outcomes.iter().filter(|o| o.ended()).count() as i64;
-        SHARED.exclusive().terminations_total = *terminations_total;
+        // a cancelled statement is no ended session: not counted, and its session may be
+        // acted on again (a statement that survives a cancel is still the rules' to judge)
+        if !req.cancel {
+            ended.extend(done);
+            *terminations_total += outcomes.iter().filter(|o| o.ended()).count() as i64;
+            SHARED.exclusive().terminations_total = *terminations_total;
+        }
         let mut r = REQUESTS.exclusive();
         let slot = &mut r.slots[i];
         if slot.ticket != req.ticket {

@@ -776,6 +776,13 @@ fn cancel_statements_cancels_only_the_group_its_filters_name_and_keeps_the_sessi
         .unwrap()
         .get(0);
     assert_eq!(young, 0);
+    let ended_before: i64 = a
+        .query_one(
+            "SELECT terminations_total FROM dbconn_guard.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     // the paste: every statement of the group, in one call
     let rows: BTreeMap<i32, String> = dba
         .query(
@@ -826,6 +833,15 @@ fn cancel_statements_cancels_only_the_group_its_filters_name_and_keeps_the_sessi
             "{rec:?}"
         );
     }
+    // a cancel ends no session: the worker's count of ended sessions did not move
+    let ended_after: i64 = a
+        .query_one(
+            "SELECT terminations_total FROM dbconn_guard.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended_after, ended_before);
     // the excluded application's statement runs on
     assert!(alive(&mut a, kept));
     a.query_one("SELECT pg_cancel_backend($1)", &[&kept])

@@ -8,24 +8,27 @@ use super::*;
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct IdleScope<'a> {
     pub(super) app: Option<&'a str>,
-    pub(super) user: Option<&'a str>,
+    /// `Some(None)`: sessions whose role has no name (dropped while they stayed connected).
+    pub(super) user: Option<Option<&'a str>>,
     /// `Some(None)`: local (Unix-socket) sessions.
     pub(super) client: Option<Option<&'a str>>,
-    pub(super) db: Option<&'a str>,
+    /// `Some(None)`: sessions without a database name.
+    pub(super) db: Option<Option<&'a str>>,
 }
 
 impl<'a> IdleScope<'a> {
-    /// A group of client backends: application (an absent one is the empty name), user,
-    /// client address (absent: local) and, when known, database.
+    /// A group of client backends: application (an absent one is the empty name), user
+    /// (absent: a role without a name), client address (absent: local) and, when the group
+    /// has one (`Some`), database (absent: none).
     pub(super) fn group(
         app: Option<&'a str>,
         user: Option<&'a str>,
         client: Option<&'a str>,
-        db: Option<&'a str>,
+        db: Option<Option<&'a str>>,
     ) -> Self {
         IdleScope {
             app: Some(app.unwrap_or("")),
-            user,
+            user: Some(user),
             client: Some(client),
             db,
         }
@@ -41,13 +44,13 @@ impl<'a> IdleScope<'a> {
             parts.push(format!("application {}", quoted(a)));
         }
         if let Some(u) = self.user {
-            parts.push(format!("user {}", quoted(u)));
+            parts.push(format!("user {}", quoted_or(u, "(no name)")));
         }
         if let Some(cl) = self.client {
             parts.push(format!("client {}", quoted_or(cl, "local")));
         }
         if let Some(d) = self.db {
-            parts.push(format!("database {}", quoted(d)));
+            parts.push(format!("database {}", quoted_or(d, "(none)")));
         }
         parts.join(", ")
     }
@@ -72,13 +75,18 @@ pub(super) fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> Str
 }
 
 impl IdleScope<'_> {
-    /// The group as named arguments of `terminate_idle()` and `cancel_statements()`.
-    fn named_args(&self) -> String {
+    /// The group as named arguments of `terminate_idle()` and `cancel_statements()`; `None`
+    /// when they cannot name it (a role or database without a name: leaving the filter out
+    /// would take in every role's or database's sessions).
+    fn named_args(&self) -> Option<String> {
+        if self.user == Some(None) || self.db == Some(None) {
+            return None;
+        }
         let mut named = String::new();
         if let Some(a) = self.app {
             let _ = write!(named, ", application_name => {}", sql_literal(a));
         }
-        if let Some(u) = self.user {
+        if let Some(Some(u)) = self.user {
             let _ = write!(named, ", usename => {}", sql_literal(u));
         }
         if let Some(cl) = self.client {
@@ -88,14 +96,14 @@ impl IdleScope<'_> {
                 sql_literal(cl.unwrap_or("local"))
             );
         }
-        if let Some(d) = self.db {
+        if let Some(Some(d)) = self.db {
             let _ = write!(named, ", datname => {}", sql_literal(d));
         }
-        named
+        Some(named)
     }
 
     /// The group as conditions over `pg_stat_activity` (each beginning with ` AND`).
-    fn activity_filter(&self) -> String {
+    pub(super) fn activity_filter(&self) -> String {
         let mut filter = String::new();
         if let Some(a) = self.app {
             let _ = write!(
@@ -104,8 +112,12 @@ impl IdleScope<'_> {
                 sql_literal(a)
             );
         }
-        if let Some(u) = self.user {
-            let _ = write!(filter, " AND usename = {}", sql_literal(u));
+        match self.user {
+            Some(Some(u)) => {
+                let _ = write!(filter, " AND usename = {}", sql_literal(u));
+            }
+            Some(None) => filter.push_str(" AND usename IS NULL"),
+            None => {}
         }
         match self.client {
             Some(Some(cl)) => {
@@ -114,8 +126,12 @@ impl IdleScope<'_> {
             Some(None) => filter.push_str(" AND client_addr IS NULL"),
             None => {}
         }
-        if let Some(d) = self.db {
-            let _ = write!(filter, " AND datname = {}", sql_literal(d));
+        match self.db {
+            Some(Some(d)) => {
+                let _ = write!(filter, " AND datname = {}", sql_literal(d));
+            }
+            Some(None) => filter.push_str(" AND datname IS NULL"),
+            None => {}
         }
         filter
     }
@@ -128,10 +144,9 @@ impl IdleScope<'_> {
 /// between two uses.
 pub(super) fn end_idle(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
     let secs = older_than.max(TRANSIENT_SECS).ceil() as i64;
-    if c.terminate_idle_works {
+    if let (true, Some(named)) = (c.terminate_idle_works, scope.named_args()) {
         format!(
-            "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']{});",
-            scope.named_args()
+            "SELECT * FROM dbconn_guard.terminate_idle('{secs} seconds', ARRAY['idle']{named});"
         )
     } else {
         format!(
@@ -141,29 +156,66 @@ pub(super) fn end_idle(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
     }
 }
 
+/// How a group's statements are cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CancelWay {
+    /// `cancel_statements()`: the guard's kill path, protections and audit.
+    ThroughTheGuard,
+    /// `pg_cancel_backend()` over `pg_stat_activity`: where the guard's function cannot work
+    /// or cannot name the group, or where its protections cover the group.
+    OverPgStatActivity,
+}
+
+/// The threshold a cancel action uses: never under [`TRANSIENT_SECS`].
+pub(super) fn cancel_after(older_than: f64) -> f64 {
+    older_than.max(TRANSIENT_SECS).floor()
+}
+
 /// The statement that cancels the statements of `scope` running for longer than
-/// `older_than` (the sessions stay): `cancel_statements()` with the group's names as
-/// literals, or, where it cannot work, `pg_cancel_backend()` over `pg_stat_activity` (a
-/// superuser's statements only for a superuser: PostgreSQL refuses the whole statement
-/// otherwise).
-pub(super) fn cancel_group(c: &Ctx, scope: &IdleScope, older_than: f64) -> String {
-    let secs = older_than.max(TRANSIENT_SECS).floor() as i64;
-    if c.terminate_idle_works {
+/// `older_than` (the sessions stay), and how: `cancel_statements()` with the group's names as
+/// literals, unless `over_activity` or it cannot work or name the group; then
+/// `pg_cancel_backend()` over `pg_stat_activity`, which spares a COMMIT waiting for a
+/// synchronous standby (a cancel would commit it locally), PostgreSQL's client tools while
+/// `dbconn_guard.exclude_client_tools` is on, and, for a caller who is not a superuser, a
+/// superuser's statements (PostgreSQL would refuse the whole statement).
+pub(super) fn cancel_group(
+    c: &Ctx,
+    scope: &IdleScope,
+    older_than: f64,
+    over_activity: bool,
+) -> (String, CancelWay) {
+    let secs = cancel_after(older_than) as i64;
+    if let (true, false, Some(named)) = (c.terminate_idle_works, over_activity, scope.named_args())
+    {
+        return (
+            format!("SELECT * FROM dbconn_guard.cancel_statements('{secs} seconds'{named});"),
+            CancelWay::ThroughTheGuard,
+        );
+    }
+    let tools = if c.i.guard.policy.scope.exclude_client_tools {
         format!(
-            "SELECT * FROM dbconn_guard.cancel_statements('{secs} seconds'{});",
-            scope.named_args()
+            " AND coalesce(application_name, '') <> ALL (ARRAY[{}])",
+            CLIENT_TOOLS
+                .iter()
+                .map(|t| sql_literal(t))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     } else {
+        String::new()
+    };
+    (
         format!(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active'{} AND query_start < now() - interval '{secs} seconds' AND pid <> pg_backend_pid(){};",
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active'{} AND query_start < now() - interval '{secs} seconds' AND wait_event IS DISTINCT FROM 'SyncRep'{tools} AND pid <> pg_backend_pid(){};",
             scope.activity_filter(),
             if c.i.caller.is_superuser {
                 ""
             } else {
                 " AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper)"
             }
-        )
-    }
+        ),
+        CancelWay::OverPgStatActivity,
+    )
 }
 
 /// The names of a list setting as `SHOW` displays it (`a, "b c"`): split at commas outside

@@ -28,7 +28,9 @@ use crate::health::{self, Thresholds};
 use crate::history::{self, GroupName, Sample, StateCounts};
 use crate::leaks;
 use crate::overrides::{Key, Overrides};
-use crate::policy::{Policy, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED};
+use crate::policy::{
+    Policy, Protection, CLIENT_TOOLS, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED,
+};
 use crate::quote::{quoted, quoted_or};
 use crate::session::{age_seconds, Backend, Micros, Snapshot, SECOND};
 use crate::utilization::{self, Limits, Utilization};
@@ -529,6 +531,17 @@ impl<'a> Ctx<'a> {
             .iter()
             .find(|ch| ch.root_pid == Some(pid))
             .map_or(0, |ch| ch.root_blocked_count)
+    }
+
+    /// Seconds the longest wait that `pid` holds up as a root blocker has lasted (0: none, or
+    /// none with a known start).
+    fn longest_wait_held(&self, pid: i32) -> f64 {
+        self.chains
+            .iter()
+            .filter(|ch| ch.root_pid == Some(pid))
+            .filter_map(|ch| self.i.lock_waits.iter().find(|w| w.pid == ch.pid))
+            .filter_map(|w| age_seconds(self.now, w.wait_start))
+            .fold(0.0, f64::max)
     }
 }
 

@@ -116,7 +116,7 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
             .map(|(k, n)| (*k, *n));
         let scope = match top {
             Some(((app, user, client, db), n)) if n >= 2 && 2 * n >= total => {
-                IdleScope::group(app, user, client, db)
+                IdleScope::group(app, user, client, Some(db))
             }
             _ => IdleScope::default(),
         };
@@ -524,7 +524,7 @@ pub(super) fn leak_suspects(c: &Ctx) -> Vec<Finding> {
                 k.application_name.as_deref(),
                 k.usename.as_deref(),
                 k.client_addr.as_deref(),
-                k.datname.as_deref(),
+                Some(k.datname.as_deref()),
             );
             flag(
                 "leaks",

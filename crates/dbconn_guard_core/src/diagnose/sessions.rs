@@ -125,11 +125,23 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             if i == 0 && total > TOP {
                 let _ = write!(ev, "; {} sessions in all", total);
             }
-            let finding = format!(
-                "pid {} idle in transaction for {}",
-                b.pid,
-                dur(b.state_age(c.now))
-            );
+            // harm now: a root whose waiters have waited past the moment of ordinary
+            // contention is ended now, whatever timeout would end it later
+            let harming = held > 0 && c.longest_wait_held(b.pid) >= TRANSIENT_SECS;
+            let finding = if held > 0 {
+                format!(
+                    "pid {} idle in transaction for {} holds up {}",
+                    b.pid,
+                    dur(b.state_age(c.now)),
+                    sessions(held)
+                )
+            } else {
+                format!(
+                    "pid {} idle in transaction for {}",
+                    b.pid,
+                    dur(b.state_age(c.now))
+                )
+            };
             let terminate = format!("SELECT pg_terminate_backend({});", b.pid);
             // who may run it, when this role may not
             if let Some(note) = c.i.caller.signal_note(Some(b)) {
@@ -157,6 +169,11 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                         Status::Warning,
                         format!("{finding}, past the guard's deadline: is the worker keeping up?"),
                     )
+                } else if harming {
+                    (
+                        Status::Warning,
+                        format!("{finding}; a timeout will end it, but work waits now: end it"),
+                    )
                 } else {
                     (Status::Info, format!("{finding}; a timeout will end it"))
                 };
@@ -167,6 +184,10 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             let never = p.idle_in_transaction_timeout_overrides.timeout_for(b) == Some(0);
             let action = if let Some(pr) = protection {
                 let _ = write!(ev, "; the guard never ends it: {}", pr.as_str());
+                terminate
+            } else if harming {
+                // a timeout set now would end it only later: the work it holds up waits now
+                ev.push_str("; no timeout ends it: end it now, then set one (the timeouts row)");
                 terminate
             } else if never {
                 ev.push_str("; dbconn_guard.idle_in_transaction_timeout_overrides gives it 0 (never)");
@@ -181,7 +202,11 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             flag(
                 "idle in transaction",
                 Status::Warning,
-                format!("{finding}; nothing will end it"),
+                if harming && protection.is_none() && !never {
+                    format!("{finding}: end it now (no timeout will)")
+                } else {
+                    format!("{finding}; nothing will end it")
+                },
                 ev,
                 action,
             )
@@ -354,7 +379,36 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
             } else {
                 String::new()
             };
-            let mut f = if n == 1 {
+            let scope = IdleScope::group(k.0, k.1, k.2, Some(k.3));
+            let protection = c.i.guard.policy.scope.protection(b, c.i.caller.pid);
+            let mut f = if protection == Some(Protection::ClientTool) {
+                // a dump or restore runs long by design, and the guard protects it: a look,
+                // never a cancel offered as the fix
+                flag(
+                    "slow queries",
+                    Status::Info,
+                    format!(
+                        "{} of PostgreSQL's client tool {} running for up to {}",
+                        if n == 1 {
+                            format!("A statement (pid {})", b.pid)
+                        } else {
+                            format!("{n} statements")
+                        },
+                        quoted_or(b.application_name.as_deref(), "-"),
+                        dur(running(b))
+                    ),
+                    format!(
+                        "{}; the longest (pid {}): {}; a backup or restore runs long by design, and the guard never touches it (dbconn_guard.exclude_client_tools): the action looks; cancel it yourself only to stop it{rest}",
+                        scope.describe(),
+                        b.pid,
+                        query_text(b),
+                    ),
+                    format!(
+                        "SELECT pid, now() - query_start AS running, wait_event_type, wait_event, query FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active'{} ORDER BY query_start;",
+                        scope.activity_filter()
+                    ),
+                )
+            } else if n == 1 {
                 flag(
                     "slow queries",
                     Status::Warning,
@@ -375,26 +429,39 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
                     format!("SELECT pg_cancel_backend({});", b.pid),
                 )
             } else {
-                let scope = IdleScope {
-                    app: Some(k.0.unwrap_or("")),
-                    user: k.1,
-                    client: Some(k.2),
-                    db: k.3,
-                };
                 let shortest = members.iter().map(|m| running(m)).fold(f64::MAX, f64::min);
                 let mut pids: Vec<i32> = members.iter().map(|m| m.pid).collect();
                 pids.sort_unstable();
+                // the guard's protections cover the group (a superuser's sessions, an excluded
+                // application, ...): cancel_statements() would skip them all
+                let (action, way) = cancel_group(c, &scope, limit, protection.is_some());
+                let how = match (way, protection) {
+                    (CancelWay::ThroughTheGuard, _) => {
+                        " through cancel_statements(): the guard's protections and audit apply".to_string()
+                    }
+                    (CancelWay::OverPgStatActivity, Some(p)) => format!(
+                        " over pg_stat_activity, without an audit row: the guard protects these sessions ({}), so cancel_statements() would skip them",
+                        p.as_str()
+                    ),
+                    (CancelWay::OverPgStatActivity, None) => {
+                        " over pg_stat_activity, without an audit row".to_string()
+                    }
+                };
+                let (from, to) = (dur(shortest), dur(running(b)));
                 flag(
                     "slow queries",
                     Status::Warning,
                     format!(
-                        "{n} slow queries of application {}: running for {} to {}",
+                        "{n} slow queries of application {}: running for {}",
                         quoted_or(b.application_name.as_deref(), "-"),
-                        dur(shortest),
-                        dur(running(b))
+                        if from == to {
+                            to
+                        } else {
+                            format!("{from} to {to}")
+                        }
                     ),
                     format!(
-                        "{}{}; pids {}; the longest (pid {}): {}; the action cancels the statements of {} running for longer than {} (the sessions stay){}{rest}",
+                        "{}{}; pids {}; the longest (pid {}): {}; the action cancels the statements of {} running for longer than {} (and any of the group's that pass it by the time it runs; the sessions stay){how}{rest}",
                         scope.describe(),
                         if waiting > 0 {
                             format!(", {waiting} of them waiting for a lock")
@@ -405,14 +472,9 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
                         b.pid,
                         query_text(b),
                         scope.describe(),
-                        dur(limit),
-                        if c.terminate_idle_works {
-                            " through cancel_statements(): the guard's protections and audit apply"
-                        } else {
-                            ""
-                        },
+                        dur(cancel_after(limit)),
                     ),
-                    cancel_group(c, &scope, limit),
+                    action,
                 )
             };
             let _ = write!(f.evidence, "; {}", c.slow_basis);

@@ -665,6 +665,36 @@ fn idle_in_transaction_mentions_what_it_blocks() {
         .contains("holds up 1 session"));
 }
 
+#[test]
+fn a_root_idle_in_transaction_that_holds_up_work_now_is_ended_now() {
+    // five sessions waiting 30 s behind it: the finding says so, and the action ends it (a
+    // timeout set now would end it only later), whatever the guard's configuration
+    let mut i = with(vec![
+        c(4711, "idle in transaction", 120),
+        c(20, "active", 30),
+        c(21, "active", 30),
+    ]);
+    i.lock_waits = vec![wait(20, &[4711], 30), wait(21, &[4711], 30)];
+    let fs = diagnose(&i);
+    let row = one(&fs, "idle in transaction");
+    assert_eq!(row.status, Status::Warning);
+    assert!(
+        row.finding.contains("holds up 2 sessions"),
+        "{}",
+        row.finding
+    );
+    assert_eq!(action(row), "SELECT pg_terminate_backend(4711);");
+    // and the first row is it
+    assert!(fs[0].finding.contains("pid 4711"), "{:#?}", fs[0]);
+    assert_eq!(action(&fs[0]), "SELECT pg_terminate_backend(4711);");
+    // waits of a moment are ordinary contention: the timeout that will end it is enough
+    i.lock_waits = vec![wait(20, &[4711], 2), wait(21, &[4711], 2)];
+    let fs = diagnose(&i);
+    let row = one(&fs, "idle in transaction");
+    assert_eq!(row.status, Status::Info, "{row:#?}");
+    assert!(!row.finding.contains("work waits now"), "{row:#?}");
+}
+
 // --- slow queries ----------------------------------------------------------------------------
 
 #[test]
@@ -714,7 +744,7 @@ fn a_slow_group_without_cancel_statements_is_cancelled_over_pg_stat_activity() {
     let row = one(&fs, "slow queries");
     assert_eq!(
         action(row),
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND coalesce(application_name, '') = 'api' AND usename = 'web' AND client_addr = '10.0.0.1'::inet AND datname = 'app' AND query_start < now() - interval '300 seconds' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);"
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND coalesce(application_name, '') = 'api' AND usename = 'web' AND client_addr = '10.0.0.1'::inet AND datname = 'app' AND query_start < now() - interval '300 seconds' AND wait_event IS DISTINCT FROM 'SyncRep' AND pid <> pg_backend_pid() AND usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper);"
     );
     // nor with the guard switched off: cancel_statements() obeys its gates
     let mut off = with(vec![c(4711, "active", 600), c(4712, "active", 900)]);
@@ -730,6 +760,67 @@ fn slow_queries_off_or_none() {
     let fs = diagnose(&i);
     assert_eq!(one(&fs, "slow queries").status, Status::Info);
     assert_eq!(one(&diagnose(&input()), "slow queries").status, Status::Ok);
+}
+
+#[test]
+fn a_slow_group_the_guard_protects_is_cancelled_over_pg_stat_activity_and_says_why() {
+    // an application connecting as a superuser: cancel_statements() would skip every one
+    let su = |pid| {
+        let mut b = c(pid, "active", 600);
+        b.is_superuser = Some(true);
+        b
+    };
+    let fs = diagnose(&with(vec![su(4711), su(4712)]));
+    let row = one(&fs, "slow queries");
+    assert_eq!(row.status, Status::Warning);
+    assert!(
+        action(row).starts_with("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"),
+        "{}",
+        action(row)
+    );
+    assert!(
+        row.evidence
+            .contains("the guard protects these sessions (superuser"),
+        "{}",
+        row.evidence
+    );
+    // a role without a name (dropped while its sessions stayed): never a filter left out
+    let anon = |pid| {
+        let mut b = c(pid, "active", 600);
+        b.usename = None;
+        b
+    };
+    let fs = diagnose(&with(vec![anon(4711), anon(4712)]));
+    let a = action(one(&fs, "slow queries"));
+    assert!(a.contains(" AND usename IS NULL"), "{a}");
+    assert!(!a.contains("cancel_statements"), "{a}");
+    // with exclude_client_tools, the fallback spares the client tools
+    let mut i = with(vec![c(4711, "active", 600), c(4712, "active", 600)]);
+    i.caller.lacks_terminate_idle = true;
+    i.guard.policy.scope.exclude_client_tools = true;
+    let fs = diagnose(&i);
+    let a = action(one(&fs, "slow queries"));
+    assert!(a.contains("<> ALL (ARRAY['pg_dump', "), "{a}");
+}
+
+#[test]
+fn a_long_dump_is_looked_at_not_cancelled() {
+    let mut i = with(vec![
+        app(c(4711, "active", 3 * 3600), "pg_dump"),
+        app(c(4712, "active", 3 * 3600), "pg_dump"),
+    ]);
+    i.guard.policy.scope.exclude_client_tools = true;
+    let fs = diagnose(&i);
+    let row = one(&fs, "slow queries");
+    assert_eq!(row.status, Status::Info, "{row:#?}");
+    assert!(
+        action(row).starts_with("SELECT pid, now() - query_start AS running"),
+        "{}",
+        action(row)
+    );
+    assert!(row.finding.contains("\"pg_dump\""));
+    // nor is it the incident
+    assert!(!fs[0].finding.contains("pg_dump"), "{:#?}", fs[0]);
 }
 
 /// An hour of history whose samples saw statements of at most `longest_s` running.
