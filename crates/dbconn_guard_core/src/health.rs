@@ -4,22 +4,8 @@ use super::blocking::LockWait;
 use super::session::{age_seconds, Snapshot};
 use super::utilization::Utilization;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
-    Ok,
-    Warning,
-    Critical,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Warning => "warning",
-            Status::Critical => "critical",
-        }
-    }
-}
+/// A check is `Ok`, `Warning` or `Critical` (never `Info`).
+pub use super::status::Status;
 
 /// Thresholds, from the `dbconn_guard.*` settings. Ages are in seconds; 0 turns an age check off.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -24,4 +24,5 @@ pub mod policy;
 pub mod quote;
 pub mod recheck;
 pub mod session;
+pub mod status;
 pub mod utilization;

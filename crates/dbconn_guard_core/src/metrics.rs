@@ -306,7 +306,8 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
                 .iter()
                 .map(|(check, st)| {
                     let v = match st {
-                        Status::Ok => 0.0,
+                        // a health check is never info
+                        Status::Ok | Status::Info => 0.0,
                         Status::Warning => 1.0,
                         Status::Critical => 2.0,
                     };

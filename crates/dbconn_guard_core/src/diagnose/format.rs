@@ -11,14 +11,6 @@ pub(super) fn duration_text(us: Micros) -> String {
     }
 }
 
-pub(super) fn from_health(s: health::Status) -> Status {
-    match s {
-        health::Status::Ok => Status::Ok,
-        health::Status::Warning => Status::Warning,
-        health::Status::Critical => Status::Critical,
-    }
-}
-
 pub(super) fn reserved(l: &Limits) -> i32 {
     l.superuser_reserved_connections + l.reserved_connections.unwrap_or(0)
 }

@@ -216,24 +216,7 @@ impl Caller {
 // Output
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
-    Ok,
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Info => "info",
-            Status::Warning => "warning",
-            Status::Critical => "critical",
-        }
-    }
-}
+pub use crate::status::Status;
 
 /// One row of `diagnose()`.
 #[derive(Clone, Debug, PartialEq)]

@@ -47,7 +47,7 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
     let mut status = checks
         .iter()
         .find(|k| k.name == "utilization")
-        .map_or(Status::Ok, |k| from_health(k.status));
+        .map_or(Status::Ok, |k| k.status);
     let exhausted = u.available_connections == 0;
     if exhausted {
         status = Status::Critical;
