@@ -7,6 +7,7 @@
 //! diagnose() said of each, to target/incident-rows.md); docs/incidents.md holds the one of a
 //! real run.
 
+use dbconn_guard_integration::pgbouncer::pgbench_bin;
 use dbconn_guard_integration::*;
 use postgres::Client;
 use std::fmt::Write as _;
@@ -250,6 +251,73 @@ fn the_incident_suite() {
         scores.push(s);
     }
 
+    // 0b. healthy: pgbench's TPC-B-like load (8 clients contending for pgbench_branches'
+    // rows), the first incident: its sessions are idle in transaction for a moment
+    // between statements and wait on each other for milliseconds; nothing is wrong
+    {
+        a.batch_execute("DROP DATABASE IF EXISTS it_i_bench WITH (FORCE)")
+            .unwrap();
+        a.batch_execute(&format!("CREATE DATABASE it_i_bench OWNER {APP_ROLE}"))
+            .unwrap();
+        let port = test_port().to_string();
+        let host = std::env::var("DBCONN_GUARD_TEST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let init = std::process::Command::new(pgbench_bin())
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                "1",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                APP_ROLE,
+                "it_i_bench",
+            ])
+            .output()
+            .expect("pgbench -i");
+        assert!(
+            init.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let bench = std::process::Command::new(pgbench_bin())
+            .args([
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-T",
+                "10",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                APP_ROLE,
+                "it_i_bench",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("pgbench");
+        thread::sleep(Duration::from_secs(7));
+        let rows = diagnose(&mut dba, "5 minutes");
+        let out = bench.wait_with_output().expect("pgbench");
+        let mut s = score("healthy: pgbench, 8 clients (TPC-B-like)", &rows, &[], "");
+        s.detected = None;
+        s.note = "no row may be warning or critical";
+        scores.push(s);
+        assert!(
+            out.status.success(),
+            "pgbench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        a.batch_execute("DROP DATABASE IF EXISTS it_i_bench WITH (FORCE)")
+            .unwrap();
+    }
+
     // 1. an application leaking idle connections
     {
         let leak: Vec<(Client, i32)> = (0..40).map(|_| stale_idle("it_i_leaky")).collect();
@@ -266,6 +334,45 @@ fn the_incident_suite() {
         paste(&mut dba, the_row(&rows, "leaks", "\"it_i_leaky\""));
         s.fixed = Some(all_gone(&mut a, &pids));
         s.spared = Some(all_alive(&mut a, &bystanders.pids));
+        scores.push(s);
+    }
+
+    // 1b. a leak growing by one connection a second
+    {
+        let mut leak: Vec<(std::time::Instant, Client, i32)> = Vec::new();
+        for _ in 0..12 {
+            let (c, p) = stale_idle("it_i_dripping");
+            leak.push((std::time::Instant::now(), c, p));
+            thread::sleep(Duration::from_secs(1));
+        }
+        let rows = diagnose(&mut dba, "5 minutes");
+        let mut s = score(
+            "a leak growing by one connection a second",
+            &rows,
+            &["leaks"],
+            "\"it_i_dripping\"",
+        );
+        let pasted = std::time::Instant::now();
+        paste(&mut dba, the_row(&rows, "leaks", "\"it_i_dripping\""));
+        // what the paste ends: the sessions idle past 5 s (younger ones are never offered
+        // for ending: a healthy client's session is idle for a moment between two uses)
+        let (old, young): (Vec<i32>, Vec<i32>) = leak
+            .iter()
+            .map(|(t, _, p)| (pasted.duration_since(*t), *p))
+            .fold((Vec::new(), Vec::new()), |(mut o, mut y), (age, p)| {
+                if age > Duration::from_secs(7) {
+                    o.push(p);
+                } else if age < Duration::from_secs(5) {
+                    y.push(p);
+                }
+                (o, y)
+            });
+        s.fixed = Some(!old.is_empty() && all_gone(&mut a, &old));
+        s.spared = Some(all_alive(&mut a, &bystanders.pids) && all_alive(&mut a, &young));
+        s.note = "the paste ends the sessions idle past 5 s; younger ones stay, and the application leaks on until it is fixed";
+        let pids: Vec<i32> = leak.iter().map(|(_, _, p)| *p).collect();
+        drop(leak);
+        terminate(&mut a, &pids);
         scores.push(s);
     }
 

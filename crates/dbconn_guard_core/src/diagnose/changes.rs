@@ -81,6 +81,15 @@ pub(super) fn fitted_rise(v: &[f64]) -> f64 {
     cov / var_t * (n - 1.0)
 }
 
+/// Does `v` rise from its first sample to its last in many small steps, as a leak grows, and
+/// not in one or two jumps, as sessions opened at once (a step, a storm, a benchmark's clients)
+/// do? No rise between two samples is more than a third of the whole.
+fn steady(v: &[f64]) -> bool {
+    let total = v[v.len() - 1] - v[0];
+    let biggest = v.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    total > 0.0 && biggest <= total / 3.0
+}
+
 /// The index of the series' last lowest point.
 fn last_lowest(series: &[f64]) -> usize {
     series
@@ -94,7 +103,7 @@ fn last_lowest(series: &[f64]) -> usize {
 /// earlier incident come and gone) hides it from a line over the whole window: the series'
 /// last lowest point, when from there on at least [`MIN_HISTORY_SAMPLES`] + 2 samples rise
 /// steadily (Pearson r >= 0.7, a fitted rise of at least 3 sessions and 20% of their mean, no
-/// drop of half that rise between two samples) to a level no earlier sample reached.
+/// drop of half that rise between two samples, `steady`) to a level no earlier sample reached.
 pub(super) fn rising_since(series: &[f64]) -> Option<usize> {
     let low = last_lowest(series);
     let tail = &series[low..];
@@ -118,7 +127,8 @@ pub(super) fn rising_since(series: &[f64]) -> Option<usize> {
     let gives_back = tail.windows(2).any(|w| w[0] - w[1] >= 0.5 * rise);
     let before = series[..low].iter().copied().fold(f64::MIN, f64::max);
     let now = tail[tail.len() - 1];
-    (r >= 0.7 && rise >= 3.0_f64.max(0.2 * m) && !gives_back && now > before).then_some(low)
+    (r >= 0.7 && rise >= 3.0_f64.max(0.2 * m) && !gives_back && now > before && steady(tail))
+        .then_some(low)
 }
 
 /// The pattern of `series` (oldest first); `None` with fewer than [`MIN_HISTORY_SAMPLES`].
@@ -126,8 +136,9 @@ pub(super) fn rising_since(series: &[f64]) -> Option<usize> {
 /// Step: two flat levels fit far better than a line (see `step_at`). Increasing: otherwise,
 /// the counts correlate with time (Pearson r >= 0.7), the fitted line rises by at least 3
 /// sessions and 20% of the mean, and after its last lowest point no two samples drop by half
-/// that rise or more (a leak does not give back); or, when what came first hides it, the
-/// series rises that way from its last lowest point to a new high (`rising_since`).
+/// that rise or more (a leak does not give back) and it rises in small steps (`steady`); or,
+/// when what came first hides it, the series rises that way from its last lowest point to a
+/// new high (`rising_since`).
 /// Intermittent: otherwise, a peak at least 5 sessions and 50% above the median. Constant:
 /// neither.
 pub fn classify(series: &[f64]) -> Option<Pattern> {
@@ -157,7 +168,7 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
         // trend (what dropped before the growth began says nothing of it)
         let low = last_lowest(series);
         let gives_back = series[low..].windows(2).any(|w| w[0] - w[1] >= 0.5 * rise);
-        if r >= 0.7 && rise >= 3.0_f64.max(0.2 * mean) && !gives_back {
+        if r >= 0.7 && rise >= 3.0_f64.max(0.2 * mean) && !gives_back && steady(&series[low..]) {
             return Some(Pattern::Increasing);
         }
     }
@@ -172,6 +183,15 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
         return Some(Pattern::Intermittent);
     }
     Some(Pattern::Constant)
+}
+
+/// Do the leak suspects' idle sessions account for at least half of the rise of `series`
+/// (from its last lowest point, or its start, to its end)?
+fn leaks_account_for(c: &Ctx, series: &[f64]) -> bool {
+    let from = rising_since(series).map_or(series[0], |k| series[k]);
+    let rise = series[series.len() - 1] - from;
+    let leaked: i64 = c.leaks.iter().map(|r| r.group.connection_count).sum();
+    !c.leaks.is_empty() && rise > 0.0 && leaked as f64 >= 0.5 * rise
 }
 
 pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
@@ -256,6 +276,20 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                 vec![ok("error pattern", finding, evidence)]
             }
         }
+        // one story: a rise the leak suspects account for is the leaks row's
+        Pattern::Increasing if leaks_account_for(c, &series) => vec![flag(
+            "error pattern",
+            Status::Info,
+            "Client connections are increasing, as the leak suspects grow: see leaks",
+            format!(
+                "{evidence}; the leak suspects hold {} idle sessions",
+                c.leaks
+                    .iter()
+                    .map(|r| r.group.connection_count)
+                    .sum::<i64>()
+            ),
+            "SELECT * FROM dbconn_guard.leak_suspects;",
+        )],
         Pattern::Increasing => vec![flag(
             "error pattern",
             Status::Warning,
@@ -302,6 +336,20 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
 
 pub(super) const REVIEW_SETTINGS: &str = "SELECT name, setting, source, sourcefile, pending_restart FROM pg_settings WHERE source NOT IN ('default', 'override', 'client', 'session') OR pending_restart ORDER BY name;";
 
+/// A reload at `t` whose changes cannot be named: "review settings", and `why` not.
+fn review_reload(c: &Ctx, t: Micros, why: String) -> Finding {
+    flag(
+        "recent changes",
+        Status::Info,
+        format!(
+            "The configuration was reloaded {} ago: review settings",
+            dur(secs_between(c.now, t))
+        ),
+        why,
+        REVIEW_SETTINGS,
+    )
+}
+
 /// A configuration reload or a server start within the window: "review settings".
 pub(super) fn config_changes(c: &Ctx) -> Vec<Finding> {
     let s = &c.i.server;
@@ -345,15 +393,10 @@ pub(super) fn config_changes(c: &Ctx) -> Vec<Finding> {
                     if s.settings_compared_reload < t {
                         // the worker did not compare this reload: it was away, or could not
                         // read the settings
-                        return vec![flag(
-                            "recent changes",
-                            Status::Info,
-                            format!(
-                                "The configuration was reloaded {} ago: review settings",
-                                dur(secs_between(c.now, t))
-                            ),
+                        return vec![review_reload(
+                            c,
+                            t,
                             format!("pg_conf_load_time() is within the last {window}; the worker did not compare the settings across this reload (it was not running, has not processed it yet, or could not read them)"),
-                            REVIEW_SETTINGS,
                         )];
                     }
                     return vec![ok(
@@ -397,15 +440,10 @@ pub(super) fn config_changes(c: &Ctx) -> Vec<Finding> {
                     ),
                 )]
             }
-            None => vec![flag(
-                "recent changes",
-                Status::Info,
-                format!(
-                    "The configuration was reloaded {} ago: review settings",
-                    dur(secs_between(c.now, t))
-                ),
+            None => vec![review_reload(
+                c,
+                t,
                 format!("pg_conf_load_time() is within the last {window}; which settings changed is shown to members of pg_read_all_settings (dbconn_guard.setting_changes()), with the library preloaded"),
-                REVIEW_SETTINGS,
             )],
         },
         Some(t) => vec![ok(
@@ -713,6 +751,8 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
                 .filter(|b| {
                     b.backend_start.is_some_and(|t| t >= since)
                         && b.application_name.as_deref() == app
+                        && b.client_addr.as_deref() == addr
+                        && b.usename.as_deref() == user
                         && b.has_state("active")
                         && slow > 0.0
                         && age_seconds(c.now, b.query_start).unwrap_or(0.0) > slow

@@ -1135,6 +1135,19 @@ fn classify_shapes() {
     // a small rise after a larger spike is not: the spike stays the high
     let below_the_spike = [3u32, 3, 30, 30, 4, 1, 1, 3, 5, 7, 9, 9, 9];
     assert_ne!(f(&below_the_spike), Some(Pattern::Increasing));
+    // nor sessions opened at once after an earlier bump (the incident suite's leak of 40
+    // after a pgbench run): one jump is no steady rise
+    let jump = [
+        16u32, 40, 40, 40, 16, 16, 17, 17, 56, 56, 56, 56, 56, 56, 56,
+    ];
+    assert_ne!(f(&jump), Some(Pattern::Increasing));
+    // nor clients that came in two or three batches (a pool filled, then a benchmark's
+    // clients): a staircase of few big steps is no trend (the incident suite's pgbench run)
+    let batches = [0u32, 0, 0, 10, 10, 10, 16, 16, 16, 16, 24, 24, 24, 24];
+    assert_ne!(f(&batches), Some(Pattern::Increasing));
+    // but a slow leak, one session every five samples, is one
+    let slow_leak: Vec<u32> = (0..60).map(|k| 10 + k / 5).collect();
+    assert_eq!(f(&slow_leak), Some(Pattern::Increasing));
     // nor a rise of a few samples only
     let short = [10u32, 10, 12, 30, 2, 8, 40];
     assert_ne!(f(&short), Some(Pattern::Increasing));
@@ -1225,6 +1238,23 @@ fn error_pattern_gives_the_runbooks_readings() {
     let e = one(&fs, "error pattern");
     assert_eq!(e.status, Status::Ok);
     assert!(e.evidence.contains("4 samples over 3min"), "{}", e.evidence);
+}
+
+#[test]
+fn a_rise_the_leak_suspects_account_for_is_the_leaks_rows_story() {
+    // the series rises by 30 while 30 sessions of "orders" sit idle past leak_idle_age
+    let mut i = with_series(&[40, 45, 50, 55, 60, 65, 70]);
+    i.snapshot
+        .backends
+        .extend((0..30).map(|p| app(c(100 + p, "idle", 900), "orders")));
+    let fs = diagnose(&i);
+    assert_eq!(not_ok(&fs, "leaks").len(), 1, "{fs:#?}");
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info, "{e:#?}");
+    assert!(e.finding.contains("see leaks"), "{}", e.finding);
+    // without them, the rise is the runbook's "leak or attack", a warning of its own
+    let fs = diagnose(&with_series(&[40, 45, 50, 55, 60, 65, 70]));
+    assert_eq!(one(&fs, "error pattern").status, Status::Warning);
 }
 
 #[test]
