@@ -555,6 +555,10 @@ fn the_incident_suite() {
     a.batch_execute("ALTER ROLE it_i_dba RESET ALL").unwrap();
     reset_system(&mut a);
 
+    // 8. a leak taking 92% of the slots, on a server of its own (50 slots): the pool is
+    // critical, and the pasted first row ends the leak's sessions only
+    scores.push(leak_to_92_percent());
+
     // the table
     let mut t = String::from(
         "| incident | detected (area, status) | culprit in the finding | the first row names it | the pasted action fixed it | bystanders spared | false alarms | note |\n|---|---|---|---|---|---|---|---|\n",
@@ -622,4 +626,88 @@ fn the_incident_suite() {
             panic!("{}: the pasted action did not fix it\n{t}", s.incident);
         }
     }
+}
+
+/// An application leaking idle connections until 92% of the slots are taken (46 of 50), beside
+/// a busy pool of 4, on a cluster of its own (the shared test server has 300 slots).
+fn leak_to_92_percent() -> Score {
+    let cluster = Cluster::start(
+        "incident92",
+        361,
+        &[
+            "shared_preload_libraries = 'dbconn_guard'",
+            "max_connections = 50",
+            "dbconn_guard.sample_interval = '1s'",
+        ],
+    );
+    let mut su = cluster.connect("postgres", "postgres", "it_i_su");
+    su.batch_execute(&format!(
+        "CREATE EXTENSION dbconn_guard; CREATE ROLE {APP_ROLE} LOGIN; CREATE ROLE it_i_dba LOGIN; \
+         GRANT dbconn_guard_admin, pg_monitor TO it_i_dba"
+    ))
+    .unwrap();
+    for (name, value) in [
+        ("dbconn_guard.leak_idle_age", "3s"),
+        ("dbconn_guard.idle_warning_age", "3s"),
+        ("dbconn_guard.idle_in_transaction_warning_age", "3s"),
+        ("dbconn_guard.diagnose_window", "2min"),
+    ] {
+        su.batch_execute(&format!("ALTER ROLE it_i_dba SET {name} = '{value}'"))
+            .unwrap();
+    }
+    wait_until(
+        &mut su,
+        "SELECT running AND extension_ready FROM dbconn_guard.worker_status()",
+        Duration::from_secs(30),
+    );
+    // the bystanders: 4 sessions running a statement every half second
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut busy = Vec::new();
+    let mut busy_pids = Vec::new();
+    for _ in 0..4 {
+        let mut c = cluster.connect(APP_ROLE, "postgres", "it_i_web");
+        busy_pids.push(pid(&mut c));
+        let stop = stop.clone();
+        busy.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if c.batch_execute("SELECT 1").is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+        }));
+    }
+    let mut dba = cluster.connect("it_i_dba", "postgres", "psql");
+    // the leak: 40 idle sessions, with the others 46 of 50 slots
+    let leak: Vec<(Client, i32)> = (0..40)
+        .map(|_| {
+            let mut c = cluster.connect(APP_ROLE, "postgres", "it_i_flood");
+            let p = pid(&mut c);
+            (c, p)
+        })
+        .collect();
+    let pids: Vec<i32> = leak.iter().map(|(_, p)| *p).collect();
+    thread::sleep(Duration::from_secs(6));
+    let rows = diagnose(&mut dba, "5 minutes");
+    let mut s = score(
+        "an application leaking idle connections until 92% of the slots are taken",
+        &rows,
+        &["pool", "leaks"],
+        "\"it_i_flood\"",
+    );
+    // the DBA pastes the first row
+    assert!(
+        rows[0].finding.contains("\"it_i_flood\""),
+        "the first row: {:#?}",
+        rows[0]
+    );
+    paste(&mut dba, &rows[0]);
+    s.fixed = Some(all_gone(&mut su, &pids));
+    s.spared = Some(all_alive(&mut su, &busy_pids));
+    stop.store(true, Ordering::Relaxed);
+    for t in busy {
+        let _ = t.join();
+    }
+    drop(leak);
+    s
 }

@@ -6,7 +6,7 @@
 //! aligned instant), never from a read of its own.
 
 use super::fasthash::FastMap;
-use super::policy::{Rule, RULES};
+use super::policy::{Rule, CLIENT_TOOLS, RULES};
 use super::session::{Backend, Micros, Name, Snapshot, SECOND};
 use super::utilization::{self, Limits};
 use std::rc::Rc;
@@ -159,8 +159,8 @@ pub struct Sample {
     /// seconds (0: none).
     pub longest_idle_in_xact_s: f64,
     /// Longest time a client backend's current statement has run (`active`, since
-    /// `query_start`), in seconds (0: none active): how long this server's statements run,
-    /// from which diagnose() judges a slow one.
+    /// `query_start`; PostgreSQL's client tools aside), in seconds (0: none active): how long
+    /// this server's statements run, from which diagnose() judges a slow one.
     pub longest_statement_s: f64,
     pub max_connections: i32,
     pub utilization_pct: f64,
@@ -208,7 +208,11 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
             Some("idle in transaction") | Some("idle in transaction (aborted)")
         ) {
             longest_iit = longest_iit.max(b.state_age(now));
-        } else if b.state == Some("active") {
+        } else if b.state == Some("active")
+            && !CLIENT_TOOLS.contains(&b.application_name.as_deref().unwrap_or(""))
+        {
+            // a dump or restore runs long by design: it says nothing of the workload's
+            // statements
             if let Some(q) = b.query_start {
                 longest_statement = longest_statement.max((now - q).max(0) as f64 / SECOND as f64);
             }

@@ -82,12 +82,20 @@ pub(super) fn fitted_rise(v: &[f64]) -> f64 {
 }
 
 /// Does `v` rise from its first sample to its last in many small steps, as a leak grows, and
-/// not in one or two jumps, as sessions opened at once (a step, a storm, a benchmark's clients)
-/// do? No rise between two samples is more than a third of the whole.
+/// not in a few jumps, as sessions opened in batches (a step, a storm, a benchmark's clients)
+/// do? Every new high is less than a third of the whole rise above the one before (new highs,
+/// not rises between two samples: a noisy leak's ups and downs are no jumps).
 fn steady(v: &[f64]) -> bool {
     let total = v[v.len() - 1] - v[0];
-    let biggest = v.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    total > 0.0 && biggest <= total / 3.0
+    let mut high = v[0];
+    let mut biggest: f64 = 0.0;
+    for &x in &v[1..] {
+        if x > high {
+            biggest = biggest.max(x - high);
+            high = x;
+        }
+    }
+    total > 0.0 && biggest < total / 3.0
 }
 
 /// The index of the series' last lowest point.
@@ -185,13 +193,21 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
     Some(Pattern::Constant)
 }
 
+/// An increasing count of client connections that reaches the warning share of the slots
+/// within this many seconds at its rate (or is there) is a warning; a slower one is info.
+pub const INCREASING_WARNS_WITHIN: f64 = 3600.0;
+
+/// The leak suspects' idle sessions.
+fn leaked(c: &Ctx) -> i64 {
+    c.leaks.iter().map(|r| r.group.connection_count).sum()
+}
+
 /// Do the leak suspects' idle sessions account for at least half of the rise of `series`
 /// (from its last lowest point, or its start, to its end)?
 fn leaks_account_for(c: &Ctx, series: &[f64]) -> bool {
     let from = rising_since(series).map_or(series[0], |k| series[k]);
     let rise = series[series.len() - 1] - from;
-    let leaked: i64 = c.leaks.iter().map(|r| r.group.connection_count).sum();
-    !c.leaks.is_empty() && rise > 0.0 && leaked as f64 >= 0.5 * rise
+    !c.leaks.is_empty() && rise > 0.0 && leaked(c) as f64 >= 0.5 * rise
 }
 
 pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
@@ -242,6 +258,20 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             let up = to > from;
             let t = &c.i.guard.thresholds;
             let at_limit = peak_pct >= t.critical_pct || c.util.available_connections == 0;
+            if up && at_limit && leaks_account_for(c, &series) {
+                // one story: the leak suspects hold the sessions that stepped up
+                return vec![flag(
+                    "error pattern",
+                    Status::Info,
+                    format!(
+                        "Client connections stepped up from {from:.0} to {to:.0} at {} ({} ago) to the limit, as the leak suspects grew: see leaks",
+                        clock(at),
+                        dur(secs_between(c.now, at))
+                    ),
+                    evidence,
+                    "SELECT * FROM dbconn_guard.leak_suspects;",
+                )];
+            }
             if up && at_limit {
                 // a level that is the limit tells no scale-out from a fast leak
                 return vec![flag(
@@ -281,30 +311,58 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             "error pattern",
             Status::Info,
             "Client connections are increasing, as the leak suspects grow: see leaks",
-            format!(
-                "{evidence}; the leak suspects hold {} idle sessions",
-                c.leaks
-                    .iter()
-                    .map(|r| r.group.connection_count)
-                    .sum::<i64>()
-            ),
+            format!("{evidence}; the leak suspects hold {} idle sessions", leaked(c)),
             "SELECT * FROM dbconn_guard.leak_suspects;",
         )],
-        Pattern::Increasing => vec![flag(
-            "error pattern",
-            Status::Warning,
-            "Client connections are increasing: the runbook reads this as a leak or an attack",
-            match rising_since(&series) {
-                Some(k) if k > 0 => format!(
-                    "{evidence}; rising since {} ({} ago), from {:.0}",
-                    clock(c.samples[k].time),
-                    dur(secs_between(c.now, c.samples[k].time)),
-                    series[k]
+        Pattern::Increasing => {
+            // since when, and at what rate: a rise that reaches the warning share soon (or is
+            // there) is a warning; a slow one (a morning ramp-up, instances added one by one,
+            // a pool filling) is worth knowing, with the time it would take
+            let from = rising_since(&series).unwrap_or(0);
+            let tail = &series[from..];
+            let span = secs_between(c.samples[c.samples.len() - 1].time, c.samples[from].time);
+            let per_hour = if span > 0.0 {
+                fitted_rise(tail) / span * 3600.0
+            } else {
+                0.0
+            };
+            let now_count = series[series.len() - 1];
+            let warn_count = warn_pct / 100.0 * f64::from(c.i.limits.max_connections);
+            let eta = (per_hour > 0.0).then(|| (warn_count - now_count).max(0.0) / per_hour * 3600.0);
+            let soon = eta.is_some_and(|e| e <= INCREASING_WARNS_WITHIN);
+            let mut ev = evidence;
+            if from > 0 {
+                let _ = write!(
+                    ev,
+                    "; rising since {} ({} ago), from {:.0}",
+                    clock(c.samples[from].time),
+                    dur(secs_between(c.now, c.samples[from].time)),
+                    series[from]
+                );
+            }
+            let _ = write!(ev, "; about {per_hour:.0} connections an hour");
+            let rate = match eta {
+                _ if high => format!("; past {warn_pct:.0}% of the slots already"),
+                Some(e) => format!(
+                    "; at this rate {warn_pct:.0}% of the slots ({warn_count:.0} connections) in {}",
+                    dur(e)
                 ),
-                _ => evidence,
-            },
-            "SELECT * FROM dbconn_guard.leak_suspects;",
-        )],
+                None => String::new(),
+            };
+            vec![flag(
+                "error pattern",
+                if high || soon {
+                    Status::Warning
+                } else {
+                    Status::Info
+                },
+                format!(
+                    "Client connections are increasing: the runbook reads this as a leak or an attack{rate}"
+                ),
+                ev,
+                "SELECT * FROM dbconn_guard.leak_suspects;",
+            )]
+        }
         Pattern::Intermittent => vec![flag(
             "error pattern",
             if high { Status::Warning } else { Status::Info },
@@ -315,6 +373,14 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                 c.i.history.window / SECOND,
                 ((median + max) / 2.0).ceil() as i64
             ),
+        )],
+        // one story: a high level the leak suspects hold half of is the leaks row's
+        Pattern::Constant if high && 2 * leaked(c) >= median as i64 => vec![flag(
+            "error pattern",
+            Status::Info,
+            "Client connections are constantly high, and the leak suspects hold half of them or more: see leaks",
+            format!("{evidence}; the leak suspects hold {} idle sessions", leaked(c)),
+            "SELECT * FROM dbconn_guard.leak_suspects;",
         )],
         Pattern::Constant if high => vec![flag(
             "error pattern",

@@ -74,7 +74,7 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
         t.warning_pct,
         t.critical_pct,
     );
-    let finding = match (status, exhausted) {
+    let mut finding = match (status, exhausted) {
         (Status::Ok, _) => {
             return vec![ok(
                 "pool",
@@ -126,6 +126,12 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
                 "; no single group holds most of the {total} idle sessions (the largest {held})"
             )
         } else {
+            // the culprit, in the finding
+            let _ = write!(
+                finding,
+                "; application {} holds {held} of them idle",
+                quoted_or(scope.app.filter(|a| !a.is_empty()), "-")
+            );
             format!(
                 "; {} holds {held} of the {total} idle sessions",
                 scope.describe()

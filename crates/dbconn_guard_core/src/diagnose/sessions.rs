@@ -143,6 +143,15 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                 )
             };
             let terminate = format!("SELECT pg_terminate_backend({});", b.pid);
+            let p = &c.i.guard.policy;
+            let protection = p.scope.protection(b, c.i.caller.pid);
+            // a root the guard protects (a client tool's dump, a superuser's session) is not
+            // ended on diagnose()'s word: a look at what waits behind it (a DDL statement
+            // queued behind a dump is the one to cancel)
+            let waiters = format!(
+                "SELECT pid, usename, application_name, state, wait_event_type, wait_event, now() - query_start AS waiting, query FROM pg_stat_activity WHERE {} = ANY (pg_blocking_pids(pid));",
+                b.pid
+            );
             // who may run it, when this role may not
             if let Some(note) = c.i.caller.signal_note(Some(b)) {
                 let _ = write!(ev, "; {note}");
@@ -164,27 +173,42 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                         dur(secs_between(first.deadline, c.now))
                     )
                 };
-                let (status, finding) = if overdue && first.by_guard {
-                    (
+                let (status, finding, action) = match protection {
+                    Some(pr) if harming => (
+                        Status::Warning,
+                        format!(
+                            "{finding}; a timeout will end it, but work waits now, and the guard protects it ({}): look at what waits",
+                            pr.as_str()
+                        ),
+                        waiters,
+                    ),
+                    _ if overdue && first.by_guard => (
                         Status::Warning,
                         format!("{finding}, past the guard's deadline: is the worker keeping up?"),
-                    )
-                } else if harming {
-                    (
+                        terminate,
+                    ),
+                    _ if harming => (
                         Status::Warning,
                         format!("{finding}; a timeout will end it, but work waits now: end it"),
-                    )
-                } else {
-                    (Status::Info, format!("{finding}; a timeout will end it"))
+                        terminate,
+                    ),
+                    _ => (
+                        Status::Info,
+                        format!("{finding}; a timeout will end it"),
+                        terminate,
+                    ),
                 };
-                return flag("idle in transaction", status, finding, ev, terminate);
+                return flag("idle in transaction", status, finding, ev, action);
             }
-            let p = &c.i.guard.policy;
-            let protection = p.scope.protection(b, c.i.caller.pid);
             let never = p.idle_in_transaction_timeout_overrides.timeout_for(b) == Some(0);
             let action = if let Some(pr) = protection {
                 let _ = write!(ev, "; the guard never ends it: {}", pr.as_str());
-                terminate
+                if harming {
+                    ev.push_str("; work waits behind it: the action looks at what waits");
+                    waiters
+                } else {
+                    terminate
+                }
             } else if harming {
                 // a timeout set now would end it only later: the work it holds up waits now
                 ev.push_str("; no timeout ends it: end it now, then set one (the timeouts row)");
@@ -202,10 +226,15 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             flag(
                 "idle in transaction",
                 Status::Warning,
-                if harming && protection.is_none() && !never {
-                    format!("{finding}: end it now (no timeout will)")
-                } else {
-                    format!("{finding}; nothing will end it")
+                match protection {
+                    Some(pr) if harming => format!(
+                        "{finding}; nothing will end it, and the guard protects it ({}): look at what waits",
+                        pr.as_str()
+                    ),
+                    None if harming && !never => {
+                        format!("{finding}: end it now (no timeout will)")
+                    }
+                    _ => format!("{finding}; nothing will end it"),
                 },
                 ev,
                 action,
@@ -220,7 +249,7 @@ pub(super) fn enable_iit_action() -> String {
     )
 }
 
-/// How many times the longest statements this server usually runs a statement must run to
+/// How many times the length this server's statements usually reach a statement must run to
 /// be slow, by default.
 pub const SLOW_QUERY_FACTOR: f64 = 4.0;
 /// The default threshold is never under this (seconds): a statement of a minute is worth a
@@ -228,18 +257,50 @@ pub const SLOW_QUERY_FACTOR: f64 = 4.0;
 pub const SLOW_QUERY_FLOOR: f64 = 60.0;
 /// Nor over this: a statement of an hour is worth a look on any server.
 pub const SLOW_QUERY_CEILING: f64 = 3600.0;
-/// The default where this server's statements are not known (no history): 5 minutes.
+/// The default where this server's statements are not known (no history, or too little of it
+/// with a statement running): 5 minutes.
 pub const SLOW_QUERY_UNKNOWN: f64 = 300.0;
+/// Samples that saw a statement running, at least, before the threshold is relative.
+pub const SLOW_QUERY_BUSY_SAMPLES: usize = 10;
+/// A length is usual once this many separate statements reached it.
+pub const SLOW_QUERY_RECURRING: usize = 3;
+
+/// The lengths of the statements the samples saw, each once: the samples' longest running
+/// statement climbs while one statement runs on, so each climb counts once, at its peak (a
+/// stuck statement of 20 minutes is one statement, not 120 samples). Samples with no statement
+/// running (0) or an unreadable value end a climb and count for nothing.
+pub(super) fn statement_lengths(longest: &[f64]) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut peak: Option<f64> = None;
+    for &v in longest {
+        if !v.is_finite() || v <= 0.0 {
+            out.extend(peak.take());
+            continue;
+        }
+        match peak {
+            Some(p) if v > p => peak = Some(v),
+            Some(p) => {
+                out.push(p);
+                peak = Some(v);
+            }
+            None => peak = Some(v),
+        }
+    }
+    out.extend(peak);
+    out
+}
 
 /// The threshold from which an active statement is slow, in seconds, and how it was chosen.
 ///
 /// Given by the caller: that. By default, relative to this server: [`SLOW_QUERY_FACTOR`] ×
-/// the 90th percentile of the longest running statement of each sample of the window, taken
-/// over the samples from before the oldest statement running now began (a stuck statement
-/// does not make itself usual), rounded up to a minute, between [`SLOW_QUERY_FLOOR`] and
-/// [`SLOW_QUERY_CEILING`]; [`SLOW_QUERY_UNKNOWN`] without at least `MIN_HISTORY_SAMPLES` such
-/// samples. An OLTP server whose statements take milliseconds gets 1 minute; a reporting
-/// server whose statements often run 20 minutes, 1 hour.
+/// the length that [`SLOW_QUERY_RECURRING`] separate statements reached in the window's history
+/// (`statement_lengths`: one incident's stuck statement does not make long statements usual;
+/// recurring reports do), read from the samples taken before the oldest statement running now
+/// began (a stuck statement does not make itself usual either), rounded up to a minute, between
+/// [`SLOW_QUERY_FLOOR`] and [`SLOW_QUERY_CEILING`]; [`SLOW_QUERY_UNKNOWN`] with fewer than
+/// [`SLOW_QUERY_BUSY_SAMPLES`] such samples that saw a statement running (an idle history
+/// tells nothing of how long this server's statements run). An OLTP server whose statements
+/// take milliseconds gets 1 minute; a reporting server whose reports run 20 minutes, 1 hour.
 pub(super) fn slow_threshold(c: &Ctx) -> (f64, String) {
     if let Some(given) = c.i.guard.slow_query_age {
         return (given, format!("threshold {} (as given)", dur(given)));
@@ -252,7 +313,7 @@ pub(super) fn slow_threshold(c: &Ctx) -> (f64, String) {
         .filter_map(|b| b.query_start)
         .min()
         .unwrap_or(c.now);
-    let mut longest: Vec<f64> = if c.history_missing().is_some() {
+    let longest: Vec<f64> = if c.history_missing().is_some() {
         Vec::new()
     } else {
         c.samples
@@ -261,11 +322,15 @@ pub(super) fn slow_threshold(c: &Ctx) -> (f64, String) {
             .map(|s| s.longest_statement_s)
             .collect()
     };
-    if longest.len() < MIN_HISTORY_SAMPLES {
+    let busy = longest
+        .iter()
+        .filter(|v| v.is_finite() && **v > 0.0)
+        .count();
+    let mut lengths = statement_lengths(&longest);
+    if busy < SLOW_QUERY_BUSY_SAMPLES || lengths.len() < SLOW_QUERY_RECURRING {
         let why = c.history_missing().unwrap_or_else(|| {
             format!(
-                "{} sample(s) of the history from before the oldest statement running now",
-                longest.len()
+                "{busy} sample(s) of the history that saw a statement running, from before the oldest statement running now ({SLOW_QUERY_BUSY_SAMPLES} needed)"
             )
         });
         return (
@@ -276,20 +341,21 @@ pub(super) fn slow_threshold(c: &Ctx) -> (f64, String) {
             ),
         );
     }
-    longest.sort_by(f64::total_cmp);
-    let usual = longest[((longest.len() - 1) as f64 * 0.9).round() as usize];
+    lengths.sort_by(|a, b| b.total_cmp(a));
+    let usual = lengths[SLOW_QUERY_RECURRING - 1];
     let limit = ((SLOW_QUERY_FACTOR * usual / 60.0).ceil() * 60.0)
         .clamp(SLOW_QUERY_FLOOR, SLOW_QUERY_CEILING);
     (
         limit,
         format!(
-            "threshold {} (the default: {SLOW_QUERY_FACTOR}× the longest statements this server usually runs, {} at the 90th percentile of {} samples, between {} and {})",
+            "threshold {} (the default: {SLOW_QUERY_FACTOR}× the length {SLOW_QUERY_RECURRING} separate statements reached in the history, {}, over {} statements seen in {} samples; between {} and {})",
             dur(limit),
             if usual < 10.0 {
                 format!("{usual:.1}s")
             } else {
                 dur(usual)
             },
+            lengths.len(),
             longest.len(),
             dur(SLOW_QUERY_FLOOR),
             dur(SLOW_QUERY_CEILING)

@@ -310,6 +310,13 @@ fn pool_grades_by_the_health_thresholds_and_reserved_slots() {
         "{}",
         p.evidence
     );
+    // and the finding names it
+    assert!(
+        p.finding
+            .contains("application \"api\" holds 40 of them idle"),
+        "{}",
+        p.finding
+    );
     // none stands out: every group's, and said to be wider
     let mut spread = n_clients(40, "active");
     spread.extend((0..40).map(|i| app(c(200 + i, "idle", 400), &format!("app{}", i % 4))));
@@ -695,6 +702,43 @@ fn a_root_idle_in_transaction_that_holds_up_work_now_is_ended_now() {
     assert!(!row.finding.contains("work waits now"), "{row:#?}");
 }
 
+#[test]
+fn a_root_the_guard_protects_gets_a_look_at_what_waits_not_an_end() {
+    // a dump's leader, idle in its transaction, with an ALTER TABLE waiting 30 s behind it
+    let mut i = with(vec![
+        app(c(4711, "idle in transaction", 1200), "pg_dump"),
+        c(20, "active", 30),
+    ]);
+    i.guard.policy.scope.exclude_client_tools = true;
+    i.lock_waits = vec![wait(20, &[4711], 30)];
+    // PostgreSQL's own timeout will end it, in an hour
+    i.server.idle_in_transaction_session_timeout = Some(2 * HOUR);
+    let fs = diagnose(&i);
+    let row = one(&fs, "idle in transaction");
+    assert_eq!(row.status, Status::Warning);
+    assert!(
+        row.finding
+            .contains("a timeout will end it, but work waits now, and the guard protects it"),
+        "{}",
+        row.finding
+    );
+    assert_eq!(
+        action(row),
+        "SELECT pid, usename, application_name, state, wait_event_type, wait_event, now() - query_start AS waiting, query FROM pg_stat_activity WHERE 4711 = ANY (pg_blocking_pids(pid));"
+    );
+    // without a timeout that covers it, the same
+    i.guard.policy.idle_in_transaction_timeout = 0;
+    i.server.idle_in_transaction_session_timeout = Some(0);
+    let fs = diagnose(&i);
+    let row = one(&fs, "idle in transaction");
+    assert!(
+        row.finding.contains("the guard protects it"),
+        "{}",
+        row.finding
+    );
+    assert!(action(row).contains("pg_blocking_pids"));
+}
+
 // --- slow queries ----------------------------------------------------------------------------
 
 #[test]
@@ -845,7 +889,7 @@ fn the_default_slow_query_threshold_is_relative_to_this_servers_statements() {
     let oltp = with_statement_history(vec![c(4711, "active", 120)], &[0.02, 0.1, 0.3]);
     let row = one(&diagnose(&oltp), "slow queries").clone();
     assert_eq!(row.status, Status::Warning, "{row:#?}");
-    assert!(row.evidence.contains("threshold 60s (the default: 4× the longest statements this server usually runs, 0.3s at the 90th percentile"), "{}", row.evidence);
+    assert!(row.evidence.contains("threshold 60s (the default: 4× the length 3 separate statements reached in the history, 0.3s"), "{}", row.evidence);
     // a reporting server whose statements often run 20 minutes: a 25-minute one is not slow
     // (4 × 20 min, at most 1 hour), a 2-hour one is
     let reports = [1200.0, 900.0, 1150.0, 30.0, 1200.0];
@@ -874,6 +918,30 @@ fn the_default_slow_query_threshold_is_relative_to_this_servers_statements() {
     let row = one(&diagnose(&own), "slow queries").clone();
     assert_eq!(row.status, Status::Warning, "{row:#?}");
     assert!(row.evidence.contains("threshold 60s"), "{}", row.evidence);
+    // an earlier incident's stuck statement (20 minutes, cancelled) is one statement: it does
+    // not make the next stuck one, running for 30 minutes now, usual
+    let mut again = with_statement_history(vec![c(4711, "active", 1800)], &[0.1]);
+    for s in again.history.samples.iter_mut() {
+        let since = (NOW - s.time) / SECOND;
+        if (2100..3300).contains(&since) {
+            s.longest_statement_s = (3300 - since) as f64;
+        }
+    }
+    let row = one(&diagnose(&again), "slow queries").clone();
+    assert_eq!(row.status, Status::Warning, "{row:#?}");
+    // an idle history says nothing of how long statements run: 5 minutes, not 1, for a
+    // nightly job's 90-second statement
+    let idle = with_statement_history(vec![c(4711, "active", 90)], &[0.0]);
+    let row = one(&diagnose(&idle), "slow queries").clone();
+    assert_eq!(row.status, Status::Ok, "{row:#?}");
+    assert!(
+        row.evidence.contains("threshold 5min (the default where"),
+        "{}",
+        row.evidence
+    );
+    // an unreadable value in the history never turns the check off
+    let nan = with_statement_history(vec![c(4711, "active", 120)], &[0.1, f64::NAN, 0.2]);
+    assert_eq!(one(&diagnose(&nan), "slow queries").status, Status::Warning);
     // without history: 5 minutes, said to be a default without knowledge
     let mut blind = with(vec![c(4711, "active", 200)]);
     blind.guard.slow_query_age = None;
@@ -1145,6 +1213,16 @@ fn classify_shapes() {
     // clients): a staircase of few big steps is no trend (the incident suite's pgbench run)
     let batches = [0u32, 0, 0, 10, 10, 10, 16, 16, 16, 16, 24, 24, 24, 24];
     assert_ne!(f(&batches), Some(Pattern::Increasing));
+    // three equal batches are no trend either
+    assert_ne!(
+        f(&[0u32, 0, 0, 8, 8, 8, 16, 16, 16, 24, 24, 24]),
+        Some(Pattern::Increasing)
+    );
+    // a noisy leak is one: its ups and downs are no jumps
+    let noisy_leak: Vec<u32> = (0..60u32)
+        .map(|k| 100 + k / 2 + [0, 6, 1, 7, 2, 0, 5][k as usize % 7])
+        .collect();
+    assert_eq!(f(&noisy_leak), Some(Pattern::Increasing));
     // but a slow leak, one session every five samples, is one
     let slow_leak: Vec<u32> = (0..60).map(|k| 10 + k / 5).collect();
     assert_eq!(f(&slow_leak), Some(Pattern::Increasing));
@@ -1194,6 +1272,17 @@ fn a_step_reads_as_a_change_of_level_with_its_time_not_as_a_leak() {
     assert!(e.finding.contains("sit at the limit"), "{}", e.finding);
     assert!(!e.finding.contains("not a leak"), "{}", e.finding);
     assert_eq!(action(&e), "SELECT * FROM dbconn_guard.leak_suspects;");
+    assert_eq!(e.status, Status::Warning);
+    // unless the leak suspects hold the sessions that stepped up: one story, the leaks row's
+    let mut leaked = i.clone();
+    leaked
+        .snapshot
+        .backends
+        .extend((0..150).map(|p| app(c(1000 + p, "idle", 900), "orders")));
+    let fs = diagnose(&leaked);
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info, "{e:#?}");
+    assert!(e.finding.contains("see leaks"), "{}", e.finding);
     // and a step down is no alarm
     series.reverse();
     assert!(not_ok(&diagnose(&with_series(&series)), "error pattern").is_empty());
@@ -1234,10 +1323,46 @@ fn error_pattern_gives_the_runbooks_readings() {
         action(e)
     );
 
+    // the same high level, half of it held by leak suspects: the leaks row's story
+    let mut i = with_series(&[85, 86, 85, 86]);
+    i.snapshot
+        .backends
+        .extend((0..50).map(|p| app(c(1000 + p, "idle", 900), "orders")));
+    let fs = diagnose(&i);
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info, "{e:#?}");
+    assert!(e.finding.contains("see leaks"), "{}", e.finding);
+
     let fs = diagnose(&with_series(&[20, 21, 20, 20]));
     let e = one(&fs, "error pattern");
     assert_eq!(e.status, Status::Ok);
     assert!(e.evidence.contains("4 samples over 3min"), "{}", e.evidence);
+}
+
+#[test]
+fn a_slow_rise_is_info_with_the_time_it_would_take_a_fast_one_a_warning() {
+    // a morning ramp-up: 20 to 32 connections over an hour (100 slots, warning at 80%): at
+    // this rate the warning share is hours away
+    let ramp: Vec<u32> = (0..61).map(|k| 20 + k / 5).collect();
+    let fs = diagnose(&with_series(&ramp));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info, "{e:#?}");
+    assert!(
+        e.finding
+            .contains("at this rate 80% of the slots (80 connections) in 3h 59min"),
+        "{}",
+        e.finding
+    );
+    assert!(
+        e.evidence.contains("about 12 connections an hour"),
+        "{}",
+        e.evidence
+    );
+    // the same rise in ten minutes reaches it within the hour: a warning
+    let fast: Vec<u32> = (0..11).map(|k| 20 + 3 * k).collect();
+    let fs = diagnose(&with_series(&fast));
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Warning, "{e:#?}");
 }
 
 #[test]
