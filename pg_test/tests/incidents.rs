@@ -217,6 +217,14 @@ fn the_incident_suite() {
     }
     let mut dba = connect_as("it_i_dba", "psql");
     let bystanders = BusyPool::start("it_i_web", 10);
+    // the incidents that read the same rows as others on every version, and take longest
+    // (pgbench, the growing leak, the 92% leak on a cluster of its own), run on PostgreSQL 15
+    // only: the test command stays within its 30 minutes
+    let version: i32 = a
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get(0);
+    let all = version / 10000 == 15;
     let mut scores = Vec::new();
 
     // 0. healthy: the busy pool, short transactions contending for one row
@@ -254,7 +262,7 @@ fn the_incident_suite() {
     // 0b. healthy: pgbench's TPC-B-like load (8 clients contending for pgbench_branches'
     // rows), the first incident: its sessions are idle in transaction for a moment
     // between statements and wait on each other for milliseconds; nothing is wrong
-    {
+    if all {
         a.batch_execute("DROP DATABASE IF EXISTS it_i_bench WITH (FORCE)")
             .unwrap();
         a.batch_execute(&format!("CREATE DATABASE it_i_bench OWNER {APP_ROLE}"))
@@ -289,7 +297,7 @@ fn the_incident_suite() {
                 "-j",
                 "2",
                 "-T",
-                "10",
+                "7",
                 "-h",
                 &host,
                 "-p",
@@ -302,7 +310,7 @@ fn the_incident_suite() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("pgbench");
-        thread::sleep(Duration::from_secs(7));
+        thread::sleep(Duration::from_secs(5));
         let rows = diagnose(&mut dba, "5 minutes");
         let out = bench.wait_with_output().expect("pgbench");
         let mut s = score("healthy: pgbench, 8 clients (TPC-B-like)", &rows, &[], "");
@@ -338,7 +346,7 @@ fn the_incident_suite() {
     }
 
     // 1b. a leak growing by one connection a second
-    {
+    if all {
         let mut leak: Vec<(std::time::Instant, Client, i32)> = Vec::new();
         for _ in 0..12 {
             let (c, p) = stale_idle("it_i_dripping");
@@ -557,7 +565,9 @@ fn the_incident_suite() {
 
     // 8. a leak taking 92% of the slots, on a server of its own (50 slots): the pool is
     // critical, and the pasted first row ends the leak's sessions only
-    scores.push(leak_to_92_percent());
+    if all {
+        scores.push(leak_to_92_percent());
+    }
 
     // the table
     let mut t = String::from(
