@@ -1,4 +1,5 @@
-//! Client-chosen text in log lines.
+//! Client-chosen text in log lines, and in the statements diagnose() offers to paste: the one
+//! place where names become text.
 //!
 //! Application names, role and database names and client addresses go into the guard's LOG and
 //! WARNING lines as `key=value` fields. A client may call itself anything — say
@@ -32,6 +33,43 @@ pub fn quoted(value: &str) -> String {
 /// `quoted`, or a bare word for an absent value (`-`, or what the caller says).
 pub fn quoted_or(value: Option<&str>, absent: &str) -> String {
     value.map_or_else(|| absent.to_string(), quoted)
+}
+
+/// `s` as a SQL string literal that is always one literal: `'...'` with quotes doubled, or
+/// `E'...'` with backslashes and control characters escaped when it holds any (so it reads the
+/// same whatever `standard_conforming_strings` is, and stays on one line).
+pub fn sql_literal(s: &str) -> String {
+    let escape = s.chars().any(|c| c == '\\' || c.is_control());
+    let mut out = String::with_capacity(s.len() + 3);
+    if escape {
+        out.push('E');
+    }
+    out.push('\'');
+    for ch in s.chars() {
+        match ch {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            ch if ch.is_control() => {
+                let _ = write!(out, "\\u{:04x}", ch as u32);
+            }
+            ch => out.push(ch),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `s` as a quoted SQL identifier (`"..."`, quotes doubled): always one identifier.
+pub fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `s` as one shell word (`'...'`, a quote written `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]

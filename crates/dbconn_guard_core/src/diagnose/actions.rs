@@ -1,5 +1,5 @@
-//! Where names become SQL: the actions that end idle sessions or cancel a group's statements,
-//! and the preload action.
+//! The actions that end idle sessions or cancel a group's statements, and the preload action
+//! (names become SQL through `quote`).
 
 use super::*;
 
@@ -266,43 +266,6 @@ pub(super) fn preload_action(s: &Server) -> String {
         ),
         None => "SHOW shared_preload_libraries;  -- then ALTER SYSTEM SET shared_preload_libraries to that list plus dbconn_guard, and restart PostgreSQL".into(),
     }
-}
-
-/// `s` as a SQL string literal that is always one literal: `'...'` with quotes doubled, or
-/// `E'...'` with backslashes and control characters escaped when it holds any (so it reads the
-/// same whatever `standard_conforming_strings` is, and stays on one line).
-pub fn sql_literal(s: &str) -> String {
-    let escape = s.chars().any(|c| c == '\\' || c.is_control());
-    let mut out = String::with_capacity(s.len() + 3);
-    if escape {
-        out.push('E');
-    }
-    out.push('\'');
-    for ch in s.chars() {
-        match ch {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            ch if ch.is_control() => {
-                let _ = write!(out, "\\u{:04x}", ch as u32);
-            }
-            ch => out.push(ch),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// `s` as a quoted SQL identifier (`"..."`, quotes doubled): always one identifier.
-pub fn sql_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `s` as one shell word (`'...'`, a quote written `'\''`).
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// A name for a name list or override item: bare, or in double quotes when it holds what the

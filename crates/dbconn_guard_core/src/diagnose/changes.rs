@@ -848,7 +848,8 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
                 ),
                 evidence,
                 LOOK,
-            )];
+            )
+            .about(Culprit::Application(app.unwrap_or("").to_string()))];
         }
     }
     // a rise between two samples: who rose most, and whether it is still there

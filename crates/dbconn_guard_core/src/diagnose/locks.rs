@@ -150,6 +150,7 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 ),
                 action,
             )
+            .about(Culprit::Session(root))
         })
         .collect();
     let cycle: Vec<i32> = c

@@ -231,6 +231,83 @@ pub struct Finding {
     pub evidence: String,
     /// One statement or setting to paste; always present unless `status` is `ok`.
     pub action: Option<String>,
+    /// Who the finding is about, when it is about someone: the culprit it names.
+    pub culprit: Option<Culprit>,
+    /// What pasting `action` does.
+    pub action_kind: ActionKind,
+}
+
+/// Who a finding is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Culprit {
+    /// One session (a root blocker, a session idle in transaction, a slow statement).
+    Session(i32),
+    /// A group of client sessions, by its application_name (the empty name for none): a
+    /// leak, a slow group, a storm, the group that holds the idle slots.
+    Application(String),
+}
+
+/// What pasting a finding's action does: the kind of statement it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionKind {
+    /// No action (an `ok` row).
+    None,
+    /// Reads: a look before acting, or the context of a finding.
+    Look,
+    /// `pg_terminate_backend(pid)`: ends one session.
+    EndSession,
+    /// `pg_cancel_backend(pid)`: cancels one session's statement.
+    CancelStatement,
+    /// `terminate_idle(...)`: ends a group's idle sessions through the guard's kill path.
+    EndIdleThroughGuard,
+    /// `cancel_statements(...)`: cancels a group's statements through the guard's kill path.
+    CancelThroughGuard,
+    /// `pg_terminate_backend()` or `pg_cancel_backend()` over `pg_stat_activity`: a group,
+    /// without the guard (where its functions cannot work or its protections cover the group).
+    SignalOverActivity,
+    /// A setting: `ALTER SYSTEM`, `ALTER ROLE`, `ALTER DATABASE`, or pgbouncer's configuration.
+    Setting,
+    /// `GRANT`: lets the caller see or do more.
+    Grant,
+}
+
+impl ActionKind {
+    /// The kind of the action text `a` (as the tree writes its actions).
+    pub fn of(a: &str) -> ActionKind {
+        let a = a.trim_start();
+        let starts = |p: &str| a.starts_with(p);
+        if starts("SELECT * FROM dbconn_guard.terminate_idle(") {
+            ActionKind::EndIdleThroughGuard
+        } else if starts("SELECT * FROM dbconn_guard.cancel_statements(") {
+            ActionKind::CancelThroughGuard
+        } else if starts("SELECT pg_terminate_backend(pid) FROM pg_stat_activity")
+            || starts("SELECT pg_cancel_backend(pid) FROM pg_stat_activity")
+        {
+            ActionKind::SignalOverActivity
+        } else if starts("SELECT pg_terminate_backend(") {
+            ActionKind::EndSession
+        } else if starts("SELECT pg_cancel_backend(") {
+            ActionKind::CancelStatement
+        } else if starts("ALTER SYSTEM")
+            || starts("ALTER ROLE")
+            || starts("ALTER DATABASE")
+            || starts("[pgbouncer]")
+        {
+            ActionKind::Setting
+        } else if starts("GRANT") {
+            ActionKind::Grant
+        } else {
+            ActionKind::Look
+        }
+    }
+}
+
+impl Finding {
+    /// The finding, naming `who`.
+    fn about(mut self, who: Culprit) -> Finding {
+        self.culprit = Some(who);
+        self
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,6 +458,8 @@ fn incident(rows: &[Finding]) -> Finding {
             )
         },
         action: worst.action.clone(),
+        culprit: worst.culprit.clone(),
+        action_kind: worst.action_kind,
     }
 }
 
@@ -536,6 +615,8 @@ fn ok(area: &'static str, finding: impl Into<String>, evidence: impl Into<String
         status: Status::Ok,
         evidence: evidence.into(),
         action: None,
+        culprit: None,
+        action_kind: ActionKind::None,
     }
 }
 
@@ -546,13 +627,16 @@ fn flag(
     evidence: impl Into<String>,
     action: impl Into<String>,
 ) -> Finding {
+    let action: String = action.into();
     Finding {
         step: 0,
         area,
         finding: finding.into(),
         status,
         evidence: evidence.into(),
-        action: Some(action.into()),
+        action_kind: ActionKind::of(&action),
+        action: Some(action),
+        culprit: None,
     }
 }
 
@@ -574,7 +658,7 @@ use pool::*;
 use sessions::*;
 use worker::*;
 
-pub use actions::{shell_quote, sql_ident, sql_literal};
+pub use crate::quote::{shell_quote, sql_ident, sql_literal};
 use changes::*;
 pub use changes::{classify, Pattern, STEP_MIN_SIDE};
 use format::*;

@@ -95,6 +95,7 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
             u.utilization_pct
         ),
     };
+    let mut culprit = None;
     let (action, evidence) = if u.idle > 0 {
         // the culprit: the group (application, user, client, database) holding most of the
         // idle sessions, when one does; otherwise every group's, said to be wider
@@ -137,6 +138,9 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
                 scope.describe()
             )
         };
+        if !scope.is_everyone() {
+            culprit = Some(Culprit::Application(scope.app.unwrap_or("").to_string()));
+        }
         (
             end_idle(c, &scope, t.idle_age),
             format!("{evidence}{whose}{}", end_idle_scope(c, &scope, t.idle_age)),
@@ -150,7 +154,11 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
             evidence,
         )
     };
-    vec![flag("pool", status, finding, evidence, action)]
+    let row = flag("pool", status, finding, evidence, action);
+    vec![match culprit {
+        Some(who) => row.about(who),
+        None => row,
+    }]
 }
 
 /// How a consumer is named in the evidence.
@@ -439,6 +447,7 @@ pub(super) fn oversized_pool(c: &Ctx) -> Vec<Finding> {
                 ),
                 end_idle(c, &scope, t.idle_age),
             )
+            .about(Culprit::Application(g.app.unwrap_or("").to_string()))
         })
         .collect()
 }
@@ -544,6 +553,9 @@ pub(super) fn leak_suspects(c: &Ctx) -> Vec<Finding> {
                 ),
                 end_idle(c, &scope, older_than),
             )
+            .about(Culprit::Application(
+                k.application_name.as_deref().unwrap_or("").to_string(),
+            ))
         })
         .collect()
 }

@@ -198,7 +198,8 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                         terminate,
                     ),
                 };
-                return flag("idle in transaction", status, finding, ev, action);
+                return flag("idle in transaction", status, finding, ev, action)
+                    .about(Culprit::Session(b.pid));
             }
             let never = p.idle_in_transaction_timeout_overrides.timeout_for(b) == Some(0);
             let action = if let Some(pr) = protection {
@@ -239,6 +240,7 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                 ev,
                 action,
             )
+            .about(Culprit::Session(b.pid))
         })
         .collect()
 }
@@ -543,6 +545,11 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
                     action,
                 )
             };
+            f.culprit = Some(if n == 1 && protection != Some(Protection::ClientTool) {
+                Culprit::Session(b.pid)
+            } else {
+                Culprit::Application(k.0.unwrap_or("").to_string())
+            });
             let _ = write!(f.evidence, "; {}", c.slow_basis);
             if let Some(note) = c.i.caller.signal_note(Some(b)) {
                 let _ = write!(f.evidence, "; {note}");

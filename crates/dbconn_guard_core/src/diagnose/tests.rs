@@ -2333,3 +2333,154 @@ fn a_history_hidden_from_the_caller_is_said_to_be_hidden() {
         action(e)
     );
 }
+
+// --- structured findings ---------------------------------------------------------------------
+
+/// (area, status, culprit, kind of action) of a finding: what the tests below assert, rather
+/// than its wording.
+fn shape(f: &Finding) -> (&'static str, Status, Option<Culprit>, ActionKind) {
+    (f.area, f.status, f.culprit.clone(), f.action_kind)
+}
+
+fn application(name: &str) -> Option<Culprit> {
+    Some(Culprit::Application(name.into()))
+}
+
+#[test]
+fn the_kind_of_an_action_is_read_from_its_statement() {
+    for (text, kind) in [
+        ("SELECT * FROM dbconn_guard.terminate_idle('5 seconds', ARRAY['idle'])", ActionKind::EndIdleThroughGuard),
+        ("SELECT * FROM dbconn_guard.cancel_statements('60 seconds')", ActionKind::CancelThroughGuard),
+        ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle'", ActionKind::SignalOverActivity),
+        ("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE state = 'active'", ActionKind::SignalOverActivity),
+        ("SELECT pg_terminate_backend(4711);", ActionKind::EndSession),
+        ("SELECT pg_cancel_backend(4711);", ActionKind::CancelStatement),
+        ("ALTER SYSTEM SET dbconn_guard.idle_in_transaction_timeout = '5min'; SELECT pg_reload_conf();", ActionKind::Setting),
+        ("[pgbouncer]\npool_mode = transaction", ActionKind::Setting),
+        ("GRANT pg_read_all_stats TO \"x\";", ActionKind::Grant),
+        ("SELECT * FROM dbconn_guard.leak_suspects;", ActionKind::Look),
+    ] {
+        assert_eq!(ActionKind::of(text), kind, "{text}");
+    }
+    // an ok row has none, every other row one
+    for f in diagnose(&input()) {
+        assert_eq!(
+            f.action_kind == ActionKind::None,
+            f.status == Status::Ok,
+            "{f:#?}"
+        );
+    }
+}
+
+#[test]
+fn each_incident_is_one_structured_finding_naming_its_culprit() {
+    // a leak of 30 idle sessions of "orders"
+    let mut leak = input().snapshot.backends;
+    leak.extend((0..30).map(|p| app(c(100 + p, "idle", 900), "orders")));
+    let fs = diagnose(&with(leak));
+    assert_eq!(
+        shape(one(&fs, "leaks")),
+        (
+            "leaks",
+            Status::Warning,
+            application("orders"),
+            ActionKind::EndIdleThroughGuard
+        )
+    );
+    // the first row is it
+    assert_eq!(fs[0].culprit, application("orders"));
+
+    // a pool at 92%, most of its idle slots held by one group: critical, naming the group
+    let mut full = n_clients(40, "active");
+    full.extend((0..52).map(|i| app(c(200 + i, "idle", 400), "orders")));
+    let fs = diagnose(&with(full));
+    assert_eq!(
+        shape(one(&fs, "pool")),
+        (
+            "pool",
+            Status::Critical,
+            application("orders"),
+            ActionKind::EndIdleThroughGuard
+        )
+    );
+    assert_eq!(
+        (fs[0].status, fs[0].culprit.clone()),
+        (Status::Critical, application("orders"))
+    );
+
+    // a root idle in transaction that holds two sessions up for 30 s: ended now
+    let mut i = with(vec![
+        c(4711, "idle in transaction", 120),
+        c(20, "active", 30),
+        c(21, "active", 30),
+    ]);
+    i.lock_waits = vec![wait(20, &[4711], 30), wait(21, &[4711], 30)];
+    let fs = diagnose(&i);
+    assert_eq!(
+        shape(one(&fs, "idle in transaction")),
+        (
+            "idle in transaction",
+            Status::Warning,
+            Some(Culprit::Session(4711)),
+            ActionKind::EndSession
+        )
+    );
+    assert_eq!(
+        area(&fs, "locks")
+            .iter()
+            .map(|f| f.culprit.clone())
+            .collect::<Vec<_>>(),
+        vec![Some(Culprit::Session(4711))]
+    );
+
+    // a group's slow statements: one row, one paste through the guard; a lone one, by pid
+    let fs = diagnose(&with(vec![
+        c(4711, "active", 600),
+        c(4712, "active", 900),
+        app(c(50, "active", 1200), "batch"),
+    ]));
+    let slow: Vec<_> = area(&fs, "slow queries").into_iter().map(shape).collect();
+    assert_eq!(
+        slow,
+        vec![
+            (
+                "slow queries",
+                Status::Warning,
+                application("api"),
+                ActionKind::CancelThroughGuard
+            ),
+            (
+                "slow queries",
+                Status::Warning,
+                Some(Culprit::Session(50)),
+                ActionKind::CancelStatement
+            ),
+        ]
+    );
+
+    // a storm of 25 new sessions of one application: a look, naming it
+    let mut storm = input().snapshot.backends;
+    storm.extend((0..25).map(|p| {
+        let mut b = app(c(100 + p, "idle", 1), "deploy-v2");
+        b.backend_start = Some(NOW - 10 * SECOND);
+        b
+    }));
+    let fs = diagnose(&with(storm));
+    assert_eq!(
+        shape(one(&fs, "connection storm")),
+        (
+            "connection storm",
+            Status::Warning,
+            application("deploy-v2"),
+            ActionKind::Look
+        )
+    );
+
+    // a healthy server: no culprit anywhere, nothing to end
+    let fs = diagnose(&input());
+    assert!(
+        fs.iter()
+            .all(|f| f.culprit.is_none() && f.status < Status::Warning),
+        "{fs:#?}"
+    );
+}
