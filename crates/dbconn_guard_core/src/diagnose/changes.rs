@@ -890,11 +890,17 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
             ": a traffic spike (scale issue)"
         }
     );
-    vec![flag(
+    let row = flag(
         "connection storm",
         if over { Status::Info } else { Status::Warning },
         finding,
         format!("{evidence}; {now_total} client backends now"),
         LOOK,
-    )]
+    );
+    vec![match rose {
+        Some((_, n)) => row.about(Culprit::Application(
+            n.application_name.clone().unwrap_or_default(),
+        )),
+        None => row,
+    }]
 }
