@@ -47,6 +47,7 @@ pub fn collect() -> Inputs {
         &snap,
         f64::from(guc::LEAK_IDLE_AGE.get()),
         window,
+        samples::previous_sample_time(&recent),
         |n: &samples::GroupName| samples::idle_series(&recent, n, window),
     );
     let util = utilization::utilization(&snap, limits);

@@ -81,23 +81,29 @@ fn leak_suspect_rows() -> TableIterator<
     let samples_of =
         |n: &crate::core::history::GroupName| crate::core::history::idle_series(&recent, n, window);
     TableIterator::new(
-        leaks::suspects_with_trend(&snap, age, window, samples_of)
-            .into_iter()
-            .map(|r| {
-                let g = r.group;
-                (
-                    g.key.datname.map(DbText),
-                    g.key.usename.map(DbText),
-                    g.key.application_name.map(DbText),
-                    g.key.client_addr.map(DbText),
-                    g.connection_count,
-                    round2(g.avg_age_seconds),
-                    round2(g.max_age_seconds),
-                    g.pids,
-                    r.trend.as_str(),
-                    r.reason,
-                )
-            }),
+        leaks::suspects_with_trend(
+            &snap,
+            age,
+            window,
+            crate::core::history::previous_sample_time(&recent),
+            samples_of,
+        )
+        .into_iter()
+        .map(|r| {
+            let g = r.group;
+            (
+                g.key.datname.map(DbText),
+                g.key.usename.map(DbText),
+                g.key.application_name.map(DbText),
+                g.key.client_addr.map(DbText),
+                g.connection_count,
+                round2(g.avg_age_seconds),
+                round2(g.max_age_seconds),
+                g.pids,
+                r.trend.as_str(),
+                r.reason,
+            )
+        }),
     )
 }
 

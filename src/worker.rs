@@ -978,7 +978,13 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     }
     let samples_of = |n: &samples::GroupName| samples::idle_series(&recent, n, window);
     let idle_age = f64::from(guc::LEAK_IDLE_AGE.get());
-    let rows = leaks::suspects_with_trend(snap, idle_age, window, samples_of);
+    let rows = leaks::suspects_with_trend(
+        snap,
+        idle_age,
+        window,
+        samples::previous_sample_time(&recent),
+        samples_of,
+    );
     sample.leak_suspect_groups = rows.len() as u32;
     history::append(&sample);
     SHARED.exclusive().sampled_by_rule = by_rule;

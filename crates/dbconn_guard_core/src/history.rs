@@ -335,6 +335,12 @@ pub fn idle_series(samples: &[Sample], name: &GroupName, window: usize) -> Vec<u
     out
 }
 
+/// The time of the newest sample but one of `samples` (oldest first): a session idle since then
+/// was idle at that sample and at every one since (`leaks::suspects_with_trend`).
+pub fn previous_sample_time(samples: &[Sample]) -> Option<Micros> {
+    samples.len().checked_sub(2).map(|i| samples[i].time)
+}
+
 /// Bytes of shared memory a ring of `samples` samples of `groups` top groups takes, given the
 /// size of one sample's fixed part and of one group entry.
 pub fn ring_bytes(samples: usize, groups: usize, fixed: usize, entry: usize) -> usize {

@@ -4,7 +4,7 @@
 use super::analysis::{group, ConnectionGroup, GroupKey};
 use super::fasthash::FastMap;
 use super::history::{same_names, GroupName};
-use super::session::{Backend, Snapshot};
+use super::session::{Backend, Micros, Snapshot};
 use std::collections::{HashMap, HashSet};
 
 /// A group of idle client sessions older than the leak threshold.
@@ -24,6 +24,14 @@ pub fn leak_suspects(snapshot: &Snapshot, idle_age: f64) -> Vec<LeakSuspect> {
 /// (datname, usename, application_name), borrowed from a snapshot.
 type Name3<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
+fn names_of(b: &Backend) -> Name3<'_> {
+    (
+        b.datname.as_deref(),
+        b.usename.as_deref(),
+        b.application_name.as_deref(),
+    )
+}
+
 /// A row of the `leak_suspects` view.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SuspectRow {
@@ -39,22 +47,28 @@ pub struct SuspectRow {
 /// idle counts of a (datname, usename, application_name) in the history, oldest first (empty
 /// when there are none), and is asked once per such name.
 ///
+/// A growing idle count is a leak only when it is made of sessions that stay idle
+/// (`leak_growth`): it rose at two samples at least (a pool that opens is one step), and the
+/// group holds as many sessions idle since `previous_sample` (the time of the newest sample but
+/// one) as the count rose by. A busy pool's sessions are idle for milliseconds between uses:
+/// its idle count can rise from sample to sample by chance, but none of them stays idle.
+///
 /// The worker runs this at every sample over thousands of sessions: one pass over the idle
 /// sessions with borrowed names finds the few to group (old ones, and those of a growing name).
 pub fn suspects_with_trend<'s>(
     snapshot: &'s Snapshot,
     idle_age: f64,
     window: usize,
+    previous_sample: Option<Micros>,
     samples_of: impl Fn(&GroupName) -> Vec<u32>,
 ) -> Vec<SuspectRow> {
     let now = snapshot.now;
-    let mut trends: FastMap<Name3<'s>, (Trend, bool)> = FastMap::default();
-    let mut trend_of = |b: &'s Backend| -> (Trend, bool) {
-        let k: Name3<'s> = (
-            b.datname.as_deref(),
-            b.usename.as_deref(),
-            b.application_name.as_deref(),
-        );
+    // a session idle since the newest sample but one: idle at it and at every sample since
+    let stayed_age = previous_sample.map(|t| (now - t) as f64 / 1e6);
+    // per name: its trend, and the rise a growing count must be made of (None: not growing)
+    let mut trends: FastMap<Name3<'s>, (Trend, Option<u32>)> = FastMap::default();
+    let mut trend_of = |b: &'s Backend| -> (Trend, Option<u32>) {
+        let k: Name3<'s> = names_of(b);
         if let Some(t) = trends.get(&k) {
             return *t;
         }
@@ -65,26 +79,38 @@ pub fn suspects_with_trend<'s>(
         };
         let samples = samples_of(&name);
         let t = trend(&samples);
-        let v = (t, t == Trend::Growing && samples.len() >= window.max(2));
+        let rise = (samples.len() >= window.max(2))
+            .then(|| leak_growth(&samples))
+            .flatten();
+        let v = (t, rise);
         trends.insert(k, v);
         v
     };
     let idle: Vec<&'s Backend> = snapshot.clients().filter(|b| b.has_state("idle")).collect();
-    let mut growing: Vec<&'s Backend> = Vec::new();
+    let mut growing: Vec<(&'s Backend, u32)> = Vec::new();
+    let mut stayed: FastMap<Name3<'s>, u32> = FastMap::default();
     let mut any_old = false;
     // a pool's sessions sit side by side with shared names: a run reuses its first's answer
-    let mut run: Option<(&'s Backend, bool)> = None;
+    let mut run: Option<(&'s Backend, Option<u32>)> = None;
     for b in &idle {
         let g = match run {
             Some((first, g)) if same_names(first, b) => g,
             _ => trend_of(b).1,
         };
         run = Some((b, g));
-        if g {
-            growing.push(b);
+        if let Some(rise) = g {
+            growing.push((b, rise));
+            if stayed_age.is_some_and(|s| b.state_age(now) >= s) {
+                *stayed.entry(names_of(b)).or_default() += 1;
+            }
         }
         any_old |= b.state_age(now) > idle_age;
     }
+    // a growing count of sessions that do not stay idle is a busy pool, not a leak
+    let growing = growing
+        .into_iter()
+        .filter(|(b, rise)| stayed.get(&names_of(b)).is_some_and(|n| n >= rise))
+        .map(|(b, _)| b);
     let mut rows = Vec::new();
     let mut old_keys: HashSet<GroupKey> = HashSet::new();
     if any_old {
@@ -107,7 +133,7 @@ pub fn suspects_with_trend<'s>(
             });
         }
     }
-    for g in group(now, growing.into_iter(), false) {
+    for g in group(now, growing, false) {
         if !old_keys.contains(&g.key) {
             rows.push(SuspectRow {
                 group: g,
@@ -151,6 +177,15 @@ impl Trend {
     }
 }
 
+/// The rise a growing idle count must be made of, if `samples` (oldest first) grow like a leak:
+/// never falling, and rising at two samples at least (one rise is a step: a pool that opens,
+/// a deployment). `None` when they do not.
+pub fn leak_growth(samples: &[u32]) -> Option<u32> {
+    let rises = samples.windows(2).filter(|w| w[1] > w[0]).count();
+    (trend(samples) == Trend::Growing && rises >= 2)
+        .then(|| samples[samples.len() - 1] - samples[0])
+}
+
 /// The trend of `samples` (oldest first).
 pub fn trend(samples: &[u32]) -> Trend {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
@@ -186,9 +221,10 @@ impl LeakReports {
         snapshot: &Snapshot,
         idle_age: f64,
         window: usize,
+        previous_sample: Option<Micros>,
         samples_of: impl Fn(&GroupName) -> Vec<u32>,
     ) -> Vec<LeakSuspectNote> {
-        let rows = suspects_with_trend(snapshot, idle_age, window, &samples_of);
+        let rows = suspects_with_trend(snapshot, idle_age, window, previous_sample, &samples_of);
         self.note(&rows, samples_of)
     }
 
@@ -275,12 +311,23 @@ mod tests {
 mod trend_tests {
     use super::*;
     use crate::session::fixtures::*;
+    use crate::session::SECOND;
 
     #[test]
     fn suspects_come_from_old_idle_sessions_or_a_growing_trend() {
-        let mut other = client(7, "idle", 5);
-        other.application_name = Some("other".into());
-        let snap = snapshot(vec![client(1, "idle", 700), client(2, "idle", 5), other]);
+        let other = |pid: i32, age: i64| {
+            let mut o = client(pid, "idle", age);
+            o.application_name = Some("other".into());
+            o
+        };
+        let snap = snapshot(vec![
+            client(1, "idle", 700),
+            client(2, "idle", 5),
+            other(7, 5),
+            other(8, 3),
+        ]);
+        // the newest sample but one was taken 2 s ago
+        let prev = Some(NOW - 2 * SECOND);
         let samples = |k: &GroupName| {
             if k.application_name.as_deref() == Some("other") {
                 vec![1, 1, 1, 1]
@@ -288,15 +335,15 @@ mod trend_tests {
                 vec![3, 2]
             }
         };
-        let rows = suspects_with_trend(&snap, 600.0, 4, samples);
+        let rows = suspects_with_trend(&snap, 600.0, 4, prev, samples);
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].reason, rows[0].trend, rows[0].group.pids.clone()),
             ("idle_age", Trend::Shrinking, vec![1])
         );
 
-        let growing = |_: &GroupName| vec![0, 1, 1, 1];
-        let rows = suspects_with_trend(&snap, 600.0, 4, growing);
+        let growing = |_: &GroupName| vec![0, 1, 2, 2];
+        let rows = suspects_with_trend(&snap, 600.0, 4, prev, growing);
         let other_row = rows
             .iter()
             .find(|r| r.group.key.application_name.as_deref() == Some("other"))
@@ -307,11 +354,54 @@ mod trend_tests {
                 other_row.trend,
                 other_row.group.pids.clone()
             ),
-            ("growing", Trend::Growing, vec![7])
+            ("growing", Trend::Growing, vec![7, 8])
         );
         // a window not yet full is not enough
         let short = |_: &GroupName| vec![0, 1];
-        assert_eq!(suspects_with_trend(&snap, 600.0, 4, short).len(), 1);
+        assert_eq!(suspects_with_trend(&snap, 600.0, 4, prev, short).len(), 1);
+        // one rise is a step (a pool that opens), not a leak
+        let step = |_: &GroupName| vec![0, 0, 2, 2];
+        assert_eq!(suspects_with_trend(&snap, 600.0, 4, prev, step).len(), 1);
+        // the rise must be made of sessions idle since the newest sample but one: with that
+        // sample 4 s ago, only pid 7 was idle at it, and the count rose by 2
+        let rows = suspects_with_trend(&snap, 600.0, 4, Some(NOW - 4 * SECOND), growing);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        // without two samples, no growth can be shown
+        assert_eq!(suspects_with_trend(&snap, 600.0, 4, None, growing).len(), 1);
+    }
+
+    #[test]
+    fn a_busy_pool_whose_idle_count_rises_by_chance_is_no_leak() {
+        // a pool of 10, each session used every 0.5 s: idle between uses for milliseconds;
+        // its idle counts at the last samples happen to climb
+        let pool: Vec<Backend> = (1..=10)
+            .map(|p| {
+                let mut b = client(p, if p <= 6 { "idle" } else { "active" }, 0);
+                b.state_change = Some(NOW - 20_000 * i64::from(p));
+                b
+            })
+            .collect();
+        let snap = snapshot(pool);
+        let climbing = |_: &GroupName| vec![2, 3, 3, 5, 6, 6];
+        let rows = suspects_with_trend(&snap, 600.0, 6, Some(NOW - SECOND), climbing);
+        assert!(rows.is_empty(), "{rows:?}");
+        // the same counts made of sessions that stay idle are a leak
+        let leaking: Vec<Backend> = (1..=6)
+            .map(|p| client(p, "idle", 2 * i64::from(p)))
+            .collect();
+        let rows = suspects_with_trend(&snapshot(leaking), 600.0, 6, Some(NOW - SECOND), climbing);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].reason, "growing");
+    }
+
+    #[test]
+    fn leak_growth_needs_two_rises_and_no_fall() {
+        assert_eq!(leak_growth(&[1, 2, 3, 4]), Some(3));
+        assert_eq!(leak_growth(&[1, 1, 2, 2, 3]), Some(2));
+        assert_eq!(leak_growth(&[1, 1, 1, 4]), None, "a step");
+        assert_eq!(leak_growth(&[1, 2, 1, 4]), None, "it fell");
+        assert_eq!(leak_growth(&[2, 2, 2]), None);
+        assert_eq!(leak_growth(&[]), None);
     }
 
     #[test]
@@ -327,13 +417,25 @@ mod trend_tests {
     #[test]
     fn new_suspects_are_reported_once() {
         let mut h = LeakReports::default();
-        let growing = |n: i32| snapshot((1..=n).map(|p| client(p, "idle", 1)).collect());
+        let growing = |n: i32| {
+            snapshot(
+                (1..=n)
+                    .map(|p| client(p, "idle", i64::from(n - p + 1)))
+                    .collect(),
+            )
+        };
         // the samples so far of the one group (the history's idle counts), newest last
         let mut series: Vec<u32> = Vec::new();
         let mut step = |h: &mut LeakReports, n: i32| {
             series.push(n as u32);
             let window: Vec<u32> = series.iter().rev().take(4).rev().copied().collect();
-            h.new_suspects(&growing(n), 600.0, 4, |_: &GroupName| window.clone())
+            h.new_suspects(
+                &growing(n),
+                600.0,
+                4,
+                Some(NOW - SECOND),
+                |_: &GroupName| window.clone(),
+            )
         };
         let notes: Vec<_> = (1..=4).map(|n| step(&mut h, n)).collect();
         assert!(notes[..3].iter().all(Vec::is_empty), "{notes:?}");
@@ -350,7 +452,9 @@ mod trend_tests {
         let mut elsewhere = client(9, "idle", 700);
         elsewhere.application_name = Some("batch".into());
         let old = snapshot(vec![elsewhere]);
-        let fresh = h.new_suspects(&old, 600.0, 4, |_: &GroupName| vec![1, 1]);
+        let fresh = h.new_suspects(&old, 600.0, 4, Some(NOW - SECOND), |_: &GroupName| {
+            vec![1, 1]
+        });
         assert_eq!(fresh.len(), 1);
         assert!(matches!(fresh[0].reason, Reason::OldIdle(a) if a == 700.0));
     }
@@ -360,25 +464,33 @@ mod trend_tests {
         let mut h = LeakReports::default();
         let snap = snapshot(vec![client(1, "idle", 700)]);
         assert_eq!(
-            h.new_suspects(&snap, 600.0, 2, |_: &GroupName| vec![1])
+            h.new_suspects(&snap, 600.0, 2, Some(NOW - SECOND), |_: &GroupName| vec![1])
                 .len(),
             1
         );
         let gone = snapshot(vec![]);
         // still idle within the window: the episode goes on
         assert!(h
-            .new_suspects(&gone, 600.0, 2, |_: &GroupName| vec![1, 0])
+            .new_suspects(&gone, 600.0, 2, Some(NOW - SECOND), |_: &GroupName| vec![
+                1, 0
+            ])
             .is_empty());
         assert!(h
-            .new_suspects(&snap, 600.0, 2, |_: &GroupName| vec![0, 1])
+            .new_suspects(&snap, 600.0, 2, Some(NOW - SECOND), |_: &GroupName| vec![
+                0, 1
+            ])
             .is_empty());
         // a whole window at 0: the next one is a new episode
         assert!(h
-            .new_suspects(&gone, 600.0, 2, |_: &GroupName| vec![0, 0])
+            .new_suspects(&gone, 600.0, 2, Some(NOW - SECOND), |_: &GroupName| vec![
+                0, 0
+            ])
             .is_empty());
         assert_eq!(
-            h.new_suspects(&snap, 600.0, 2, |_: &GroupName| vec![0, 1])
-                .len(),
+            h.new_suspects(&snap, 600.0, 2, Some(NOW - SECOND), |_: &GroupName| vec![
+                0, 1
+            ])
+            .len(),
             1
         );
     }

@@ -496,9 +496,13 @@ impl<'a> Ctx<'a> {
         let window = g.leak_trend_samples.max(2);
         // a leak is many sessions: one or two old idle sessions (a DBA's psql, a cron job's
         // connection) are not one, unless their count keeps growing
-        let leak_rows = leaks::suspects_with_trend(&i.snapshot, g.leak_idle_age, window, |n| {
-            history::idle_series(&samples, n, window)
-        })
+        let leak_rows = leaks::suspects_with_trend(
+            &i.snapshot,
+            g.leak_idle_age,
+            window,
+            history::previous_sample_time(&samples),
+            |n| history::idle_series(&samples, n, window),
+        )
         .into_iter()
         .filter(|r| r.reason == "growing" || r.group.connection_count >= LEAK_MIN_SESSIONS)
         .collect();

@@ -525,7 +525,12 @@ fn leak_suspects_by_idle_age() {
 
 #[test]
 fn leak_suspects_by_a_growing_trend_from_history() {
-    let mut i = with((0..6).map(|p| c(10 + p, "idle", 30)).collect());
+    // one more session a minute, each idle since it came (a session that stays idle)
+    let mut i = with(
+        (0..6)
+            .map(|p| c(10 + p, "idle", 30 + 60 * i64::from(p)))
+            .collect(),
+    );
     i.history.samples = (0..6)
         .map(|k| sample((5 - k) * 60, 0, k as u32 + 1))
         .collect();
