@@ -29,7 +29,7 @@ use crate::history::{self, GroupName, Sample, StateCounts};
 use crate::leaks;
 use crate::overrides::{Key, Overrides};
 use crate::policy::{
-    Policy, Protection, CLIENT_TOOLS, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED,
+    self, Policy, Protection, CLIENT_TOOLS, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED,
 };
 use crate::quote::{quoted, quoted_or};
 use crate::session::{age_seconds, Backend, Micros, Snapshot, SECOND};
@@ -600,12 +600,15 @@ impl<'a> Ctx<'a> {
     }
 
     /// Seconds the longest wait that `pid` holds up as a root blocker has lasted (0: none, or
-    /// none with a known start).
+    /// none with a known start). Only the waits of a pile-up count, as for the root-blocker
+    /// rule (`policy::counts_for_blocker_rule`): not a CREATE INDEX CONCURRENTLY waiting for
+    /// every older snapshot, nor an application waiting on an advisory lock on purpose.
     fn longest_wait_held(&self, pid: i32) -> f64 {
         self.chains
             .iter()
             .filter(|ch| ch.root_pid == Some(pid))
             .filter_map(|ch| self.i.lock_waits.iter().find(|w| w.pid == ch.pid))
+            .filter(|w| policy::counts_for_blocker_rule(w))
             .filter_map(|w| age_seconds(self.now, w.wait_start))
             .fold(0.0, f64::max)
     }

@@ -449,24 +449,51 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
             };
             let scope = IdleScope::group(k.0, k.1, k.2, Some(k.3));
             let protection = c.i.guard.policy.scope.protection(b, c.i.caller.pid);
-            let mut f = if protection == Some(Protection::ClientTool) {
-                // a dump or restore runs long by design, and the guard protects it: a look,
-                // never a cancel offered as the fix
+            // what the DBA told the guard never to touch (a client tool's dump or restore, an
+            // excluded application, user or database, one outside include_applications) runs
+            // long by the DBA's own account: a look, never a cancel offered as the fix. A
+            // superuser's statements are protected from the worker only: they get the cancel
+            let why_spared = match protection {
+                Some(Protection::ClientTool) => Some(
+                    "a backup or restore runs long by design, and the guard never touches it (dbconn_guard.exclude_client_tools)".to_string(),
+                ),
+                Some(
+                    p @ (Protection::ExcludedDatabase
+                    | Protection::ExcludedUser
+                    | Protection::ExcludedApplication
+                    | Protection::NotIncludedApplication),
+                ) => Some(format!(
+                    "the guard never touches these sessions ({}), so they may run long by design",
+                    p.as_str()
+                )),
+                _ => None,
+            };
+            let spared = why_spared.is_some();
+            let mut f = if let Some(why) = why_spared {
+                let what = if n == 1 {
+                    format!("A statement (pid {})", b.pid)
+                } else {
+                    format!("{n} statements")
+                };
+                let finding = if protection == Some(Protection::ClientTool) {
+                    format!(
+                        "{what} of PostgreSQL's client tool {} running for up to {}",
+                        quoted_or(b.application_name.as_deref(), "-"),
+                        dur(running(b))
+                    )
+                } else {
+                    format!(
+                        "{what} of application {}, which the guard is told to spare, running for up to {}",
+                        quoted_or(b.application_name.as_deref(), "-"),
+                        dur(running(b))
+                    )
+                };
                 flag(
                     "slow queries",
                     Status::Info,
+                    finding,
                     format!(
-                        "{} of PostgreSQL's client tool {} running for up to {}",
-                        if n == 1 {
-                            format!("A statement (pid {})", b.pid)
-                        } else {
-                            format!("{n} statements")
-                        },
-                        quoted_or(b.application_name.as_deref(), "-"),
-                        dur(running(b))
-                    ),
-                    format!(
-                        "{}; the longest (pid {}): {}; a backup or restore runs long by design, and the guard never touches it (dbconn_guard.exclude_client_tools): the action looks; cancel it yourself only to stop it{rest}",
+                        "{}; the longest (pid {}): {}; {why}: the action looks; cancel them yourself only to stop them{rest}",
                         scope.describe(),
                         b.pid,
                         query_text(b),
@@ -476,32 +503,8 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
                         scope.activity_filter()
                     ),
                 )
-            } else if n == 1 {
-                flag(
-                    "slow queries",
-                    Status::Warning,
-                    format!(
-                        "Slow query: pid {} of application {} running for {}",
-                        b.pid,
-                        quoted_or(b.application_name.as_deref(), "-"),
-                        dur(running(b))
-                    ),
-                    format!(
-                        "user {}, application {}, client {}{}; {}{rest}",
-                        quoted_or(b.usename.as_deref(), "-"),
-                        quoted_or(b.application_name.as_deref(), "-"),
-                        quoted_or(b.client_addr.as_deref(), "local"),
-                        if waiting > 0 { ", waiting for a lock" } else { "" },
-                        query_text(b),
-                    ),
-                    format!("SELECT pg_cancel_backend({});", b.pid),
-                )
             } else {
-                let shortest = members.iter().map(|m| running(m)).fold(f64::MAX, f64::min);
-                let mut pids: Vec<i32> = members.iter().map(|m| m.pid).collect();
-                pids.sort_unstable();
-                // the guard's protections cover the group (a superuser's sessions, an excluded
-                // application, ...): cancel_statements() would skip them all
+                // a superuser's sessions: cancel_statements() would skip them all
                 let (action, way) = cancel_group(c, &scope, limit, protection.is_some());
                 let how = match (way, protection) {
                     (CancelWay::ThroughTheGuard, _) => {
@@ -515,37 +518,67 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
                         " over pg_stat_activity, without an audit row".to_string()
                     }
                 };
-                let (from, to) = (dur(shortest), dur(running(b)));
-                flag(
-                    "slow queries",
-                    Status::Warning,
-                    format!(
-                        "{n} slow queries of application {}: running for {}",
-                        quoted_or(b.application_name.as_deref(), "-"),
-                        if from == to {
-                            to
-                        } else {
-                            format!("{from} to {to}")
-                        }
-                    ),
-                    format!(
-                        "{}{}; pids {}; the longest (pid {}): {}; the action cancels the statements of {} running for longer than {} (and any of the group's that pass it by the time it runs; the sessions stay){how}{rest}",
-                        scope.describe(),
-                        if waiting > 0 {
-                            format!(", {waiting} of them waiting for a lock")
-                        } else {
-                            String::new()
-                        },
-                        pid_list(&pids),
-                        b.pid,
-                        query_text(b),
-                        scope.describe(),
-                        dur(cancel_after(limit)),
-                    ),
-                    action,
-                )
+                // by the statement's age, not by pid: a pooled connection's next statement is
+                // another client's, and is spared unless it too runs past the threshold
+                let cancels = format!(
+                    "the action cancels the statements of {} running for longer than {} (and any of the group's that pass it by the time it runs; the sessions stay){how}",
+                    scope.describe(),
+                    dur(cancel_after(limit)),
+                );
+                if n == 1 {
+                    flag(
+                        "slow queries",
+                        Status::Warning,
+                        format!(
+                            "Slow query: pid {} of application {} running for {}",
+                            b.pid,
+                            quoted_or(b.application_name.as_deref(), "-"),
+                            dur(running(b))
+                        ),
+                        format!(
+                            "user {}, application {}, client {}{}; {}; {cancels}{rest}",
+                            quoted_or(b.usename.as_deref(), "-"),
+                            quoted_or(b.application_name.as_deref(), "-"),
+                            quoted_or(b.client_addr.as_deref(), "local"),
+                            if waiting > 0 { ", waiting for a lock" } else { "" },
+                            query_text(b),
+                        ),
+                        action,
+                    )
+                } else {
+                    let shortest = members.iter().map(|m| running(m)).fold(f64::MAX, f64::min);
+                    let mut pids: Vec<i32> = members.iter().map(|m| m.pid).collect();
+                    pids.sort_unstable();
+                    let (from, to) = (dur(shortest), dur(running(b)));
+                    flag(
+                        "slow queries",
+                        Status::Warning,
+                        format!(
+                            "{n} slow queries of application {}: running for {}",
+                            quoted_or(b.application_name.as_deref(), "-"),
+                            if from == to {
+                                to
+                            } else {
+                                format!("{from} to {to}")
+                            }
+                        ),
+                        format!(
+                            "{}{}; pids {}; the longest (pid {}): {}; {cancels}{rest}",
+                            scope.describe(),
+                            if waiting > 0 {
+                                format!(", {waiting} of them waiting for a lock")
+                            } else {
+                                String::new()
+                            },
+                            pid_list(&pids),
+                            b.pid,
+                            query_text(b),
+                        ),
+                        action,
+                    )
+                }
             };
-            f.culprit = Some(if n == 1 && protection != Some(Protection::ClientTool) {
+            f.culprit = Some(if n == 1 && !spared {
                 Culprit::Session(b.pid)
             } else {
                 Culprit::Application(k.0.unwrap_or("").to_string())

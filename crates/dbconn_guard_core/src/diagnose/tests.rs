@@ -720,6 +720,21 @@ fn a_root_idle_in_transaction_that_holds_up_work_now_is_ended_now() {
     let row = one(&fs, "idle in transaction");
     assert_eq!(row.status, Status::Info, "{row:#?}");
     assert!(!row.finding.contains("work waits now"), "{row:#?}");
+    // a CREATE INDEX CONCURRENTLY waiting 30 s for its snapshot (a virtualxid wait: it waits
+    // for every older transaction, whoever holds it) is no pile-up to end it for now; nor an
+    // advisory lock's waiter (applications wait on those on purpose)
+    for locktype in ["virtualxid", "advisory"] {
+        let mut w = wait(20, &[4711], 30);
+        w.locktype = Some(locktype.into());
+        i.lock_waits = vec![w];
+        let fs = diagnose(&i);
+        let row = one(&fs, "idle in transaction");
+        assert_eq!(row.status, Status::Info, "{locktype}: {row:#?}");
+        assert!(
+            !row.finding.contains("work waits now"),
+            "{locktype}: {row:#?}"
+        );
+    }
 }
 
 #[test]
@@ -792,10 +807,76 @@ fn slow_queries_of_one_group_are_cancelled_in_one_paste() {
         rows[0].evidence
     );
     assert!(rows[0].evidence.contains("\"select 4712\""));
-    // a statement alone in its group: cancelled by pid
-    assert_eq!(action(rows[1]), "SELECT pg_cancel_backend(50);");
+    // a statement alone in its group: its pid is the culprit, and it is cancelled by its age
+    // through the guard, not by pid (a pooled connection's next statement is another client's)
+    assert_eq!(
+        action(rows[1]),
+        "SELECT * FROM dbconn_guard.cancel_statements('300 seconds', application_name => 'batch', usename => 'web', client_addr => '10.0.0.1', datname => 'app');"
+    );
     assert_eq!(rows[1].culprit, Some(Culprit::Session(50)));
     assert!(rows[1].finding.contains("\"batch\""));
+    assert!(rows[1].finding.contains("pid 50"), "{}", rows[1].finding);
+}
+
+#[test]
+fn slow_statements_the_dba_excluded_are_looked_at_not_cancelled() {
+    // an excluded application's reports, an excluded user's statement, one outside
+    // include_applications: the DBA told the guard to spare them, so they run long by the
+    // DBA's own account
+    let cases: Vec<(Box<dyn Fn(&mut Input)>, &str)> = vec![
+        (
+            Box::new(|i: &mut Input| {
+                i.guard.policy.scope.exclude_applications = PatternList::parse("api").unwrap();
+            }),
+            "application in dbconn_guard.exclude_applications",
+        ),
+        (
+            Box::new(|i: &mut Input| {
+                i.guard.policy.scope.exclude_users = PatternList::parse("web").unwrap()
+            }),
+            "user in dbconn_guard.exclude_users",
+        ),
+        (
+            Box::new(|i: &mut Input| {
+                i.guard.policy.scope.exclude_databases = PatternList::parse("app").unwrap();
+            }),
+            "database in dbconn_guard.exclude_databases",
+        ),
+        (
+            Box::new(|i: &mut Input| {
+                i.guard.policy.scope.include_applications = PatternList::parse("other").unwrap();
+            }),
+            "application not in dbconn_guard.include_applications",
+        ),
+    ];
+    for (exclude, why) in cases {
+        for clients in [
+            vec![c(4711, "active", 900), c(4712, "active", 600)],
+            vec![c(4711, "active", 900)],
+        ] {
+            let mut i = with(clients);
+            exclude(&mut i);
+            let fs = diagnose(&i);
+            let row = one(&fs, "slow queries");
+            assert_eq!(row.status, Status::Info, "{why}: {row:#?}");
+            assert_eq!(
+                (ActionKind::of(action(row)), row.culprit.clone()),
+                (ActionKind::Look, application("api")),
+                "{why}: {row:#?}"
+            );
+            assert!(
+                action(row).contains("coalesce(application_name, '') = 'api'"),
+                "{}",
+                action(row)
+            );
+            assert!(row.evidence.contains(why), "{why}: {}", row.evidence);
+            assert!(
+                row.finding.contains("which the guard is told to spare"),
+                "{}",
+                row.finding
+            );
+        }
+    }
 }
 
 #[test]
@@ -2483,7 +2564,7 @@ fn each_incident_is_one_structured_finding_naming_its_culprit() {
                 "slow queries",
                 Status::Warning,
                 Some(Culprit::Session(50)),
-                ActionKind::CancelStatement
+                ActionKind::CancelThroughGuard
             ),
         ]
     );
