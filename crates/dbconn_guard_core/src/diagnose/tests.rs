@@ -823,27 +823,28 @@ fn slow_statements_the_dba_excluded_are_looked_at_not_cancelled() {
     // an excluded application's reports, an excluded user's statement, one outside
     // include_applications: the DBA told the guard to spare them, so they run long by the
     // DBA's own account
-    let cases: Vec<(Box<dyn Fn(&mut Input)>, &str)> = vec![
+    type Exclude = fn(&mut Input);
+    let cases: [(Exclude, &str); 4] = [
         (
-            Box::new(|i: &mut Input| {
+            (|i: &mut Input| {
                 i.guard.policy.scope.exclude_applications = PatternList::parse("api").unwrap();
             }),
             "application in dbconn_guard.exclude_applications",
         ),
         (
-            Box::new(|i: &mut Input| {
+            (|i: &mut Input| {
                 i.guard.policy.scope.exclude_users = PatternList::parse("web").unwrap()
             }),
             "user in dbconn_guard.exclude_users",
         ),
         (
-            Box::new(|i: &mut Input| {
+            (|i: &mut Input| {
                 i.guard.policy.scope.exclude_databases = PatternList::parse("app").unwrap();
             }),
             "database in dbconn_guard.exclude_databases",
         ),
         (
-            Box::new(|i: &mut Input| {
+            (|i: &mut Input| {
                 i.guard.policy.scope.include_applications = PatternList::parse("other").unwrap();
             }),
             "application not in dbconn_guard.include_applications",
