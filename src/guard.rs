@@ -33,6 +33,7 @@ use crate::backend_status::{self, Slot};
 use crate::core::policy::{self, Policy, Rule, Scope, Target};
 use crate::core::quote::{quoted, quoted_or};
 use crate::core::recheck::{self, Fresh, Verdict};
+use crate::core::rules::LastLook;
 use crate::core::session::{age_seconds, Micros, Name};
 use crate::encoding::DbText;
 use crate::shared::{self, FixedText, TerminationRecord, Withdrawal};
@@ -154,6 +155,7 @@ impl Outcome {
                 Verdict::Changed => 12,
                 Verdict::NoLongerBlocking => 13,
                 Verdict::CommitWaitsForStandby => 14,
+                Verdict::NoLongerQueued => 15,
                 Verdict::Protected(p) => {
                     20 + match p {
                         P::NotAClientBackend => 0,
@@ -183,6 +185,7 @@ impl Outcome {
             12 => Outcome::Spared(Verdict::Changed),
             13 => Outcome::Spared(Verdict::NoLongerBlocking),
             14 => Outcome::Spared(Verdict::CommitWaitsForStandby),
+            15 => Outcome::Spared(Verdict::NoLongerQueued),
             20..=27 => Outcome::Spared(Verdict::Protected(
                 [
                     P::NotAClientBackend,
@@ -270,8 +273,18 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     if t.rule.cancels() && locks::wait_event_of(t.backend.pid).as_deref() == Some(SYNC_REP_WAIT) {
         return Verdict::CommitWaitsForStandby;
     }
-    if !t.rule.is_blocker_rule() {
-        return Verdict::Proceed;
+    match t.rule.row().last_look {
+        LastLook::Session => return Verdict::Proceed,
+        LastLook::StillQueued => {
+            let waits = locks::lock_graph();
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            return if policy::still_queued(&t.backend, &waits, now, pol) {
+                Verdict::Proceed
+            } else {
+                Verdict::NoLongerQueued
+            };
+        }
+        LastLook::StillTheRoot => {}
     }
     if t.rule == Rule::BlockerCancel && !pol.cancel_active_blockers {
         return Verdict::NoLongerBlocking;
@@ -282,7 +295,7 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     }
     let waits = locks::lock_graph();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    if policy::still_blocking(&t.backend, &waits, now, pol) {
+    if policy::still_blocking(&t.backend, &waits, now, pol, &t.left_to_lock_queue_rule) {
         Verdict::Proceed
     } else {
         Verdict::NoLongerBlocking
@@ -843,14 +856,27 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
     };
     let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
     let xact_age = age_seconds(judged_at, b.xact_start);
-    let holding = if t.held_up > 0 {
-        format!(
-            ", the root of a lock pile-up holding up {} session{}",
-            t.held_up,
-            if t.held_up == 1 { "" } else { "s" }
-        )
-    } else {
-        String::new()
+    let sessions = |n: usize| format!("{n} session{}", if n == 1 { "" } else { "s" });
+    let holding = match &t.queued {
+        Some(q) => format!(
+            ", waiting for {} on {} {} behind pid {}, holding up {}",
+            q.mode.as_deref().unwrap_or("a lock"),
+            q.locktype.as_deref().unwrap_or("?"),
+            q.relation
+                .as_deref()
+                .map_or_else(|| "-".to_string(), locks::relation_label),
+            q.behind
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            sessions(t.held_up)
+        ),
+        None if t.held_up > 0 => format!(
+            ", the root of a lock pile-up holding up {}",
+            sessions(t.held_up)
+        ),
+        None => String::new(),
     };
     log!(
         "dbconn_guard: {verb} pid {} ({} for {}; rule {}{holding}): user={} database={} application={} client={} transaction_age={} actor={}",

@@ -40,6 +40,8 @@ pub static TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static BLOCKER_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static BLOCKER_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CANCEL_ACTIVE_BLOCKERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static LOCK_QUEUE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static LOCK_QUEUE_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
@@ -56,6 +58,8 @@ pub static IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
 pub static TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static BLOCKER_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+pub static LOCK_QUEUE_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static EXCLUDE_CLIENT_TOOLS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -340,7 +344,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 39] = [
+pub static SETTINGS: [Setting; 42] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -485,6 +489,22 @@ pub static SETTINGS: [Setting; 39] = [
         &CANCEL_ACTIVE_BLOCKERS,
         "off",
     ),
+    timeout(
+        c"dbconn_guard.lock_queue_timeout",
+        c"Cancels a statement waiting in a lock queue (an ALTER TABLE behind a long transaction) once dbconn_guard.lock_queue_min_waiters of the sessions queued behind it have waited longer than this; never ends the session (0: never).",
+        &LOCK_QUEUE_TIMEOUT,
+    ),
+    Setting {
+        name: c"dbconn_guard.lock_queue_min_waiters",
+        short: c"How many sessions queued behind a waiting statement must have waited longer than dbconn_guard.lock_queue_timeout before the rule cancels it.",
+        long: c"Counts every waiting session it holds up, directly or behind another waiter.",
+        value: Value::Int { var: &LOCK_QUEUE_MIN_WAITERS, min: 1, max: 10000 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "1",
+        doc_default: "1",
+        doc_range: "1–10000",
+    },
     Setting {
         name: c"dbconn_guard.min_utilization_pct",
         short: c"Idle sessions are ended only while connection utilization is at or above this percentage.",
@@ -554,6 +574,17 @@ pub static SETTINGS: [Setting; 39] = [
         short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a root blocker replaces blocker_timeout for it (0: never).",
         long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. Covers cancel_active_blockers too; the other rules' overrides do not reach the root-blocker rule.",
         value: Value::Overrides(&BLOCKER_TIMEOUT_OVERRIDES),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "''",
+        doc_range: "override list",
+    },
+    Setting {
+        name: c"dbconn_guard.lock_queue_timeout_overrides",
+        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a waiting statement's session replaces lock_queue_timeout for it (0: never).",
+        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. The other rules' overrides do not reach the lock-queue rule.",
+        value: Value::Overrides(&LOCK_QUEUE_TIMEOUT_OVERRIDES),
         changed: Changed::Reload,
         in_policy: true,
         boot_val: "",
@@ -877,6 +908,9 @@ pub fn policy() -> Policy {
         blocker_timeout_overrides: overrides(&BLOCKER_TIMEOUT_OVERRIDES),
         blocker_min_waiters: BLOCKER_MIN_WAITERS.get().max(1) as usize,
         cancel_active_blockers: CANCEL_ACTIVE_BLOCKERS.get(),
+        lock_queue_timeout: seconds_us(LOCK_QUEUE_TIMEOUT.get()),
+        lock_queue_timeout_overrides: overrides(&LOCK_QUEUE_TIMEOUT_OVERRIDES),
+        lock_queue_min_waiters: LOCK_QUEUE_MIN_WAITERS.get().max(1) as usize,
     }
 }
 
@@ -897,20 +931,30 @@ pub fn database() -> String {
 /// The policy in force as `(setting, value as SHOW displays it)`; "" for a setting that does not
 /// exist in this process (`database` without the preload).
 pub fn policy_values() -> Vec<(&'static str, String)> {
-    let show = |name: &str| unsafe {
-        let cname = CString::new(format!("dbconn_guard.{name}")).unwrap_or_default();
+    SETTINGS
+        .iter()
+        .filter(|s| s.in_policy)
+        .map(|s| {
+            (
+                s.short_name(),
+                show(&format!("dbconn_guard.{}", s.short_name())),
+            )
+        })
+        .collect()
+}
+
+/// A setting's value as `SHOW` displays it, by its full name ("" where it does not exist in
+/// this process).
+pub fn show(name: &str) -> String {
+    let cname = CString::new(name).unwrap_or_default();
+    unsafe {
         let v = pg_sys::GetConfigOptionByName(cname.as_ptr(), std::ptr::null_mut(), true);
         if v.is_null() {
             String::new()
         } else {
             crate::encoding::cstr_to_rust(v).unwrap_or_default()
         }
-    };
-    SETTINGS
-        .iter()
-        .filter(|s| s.in_policy)
-        .map(|s| (s.short_name(), show(s.short_name())))
-        .collect()
+    }
 }
 
 #[cfg(test)]

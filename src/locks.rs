@@ -259,6 +259,30 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
     }
 }
 
+/// The oid of the relation a lock is on, as text (no catalog access).
+fn relation_oid(tag: &pg_sys::LOCKTAG) -> Option<String> {
+    let t = tag.locktag_type as u32;
+    (t == pg_sys::LockTagType::LOCKTAG_RELATION).then(|| tag.locktag_field2.to_string())
+}
+
+/// A relation for a log line: its name where the worker can read it (in a transaction, in its
+/// own database), with its oid; the oid alone otherwise.
+pub fn relation_label(oid_text: &str) -> String {
+    let Ok(oid) = oid_text.parse::<u32>() else {
+        return oid_text.to_string();
+    };
+    unsafe {
+        if pg_sys::IsTransactionState() {
+            let name = pg_sys::get_rel_name(pg_sys::Oid::from(oid));
+            if !name.is_null() {
+                let n = crate::encoding::cstr_to_rust(name).unwrap_or_default();
+                return format!("{} (oid {oid})", crate::core::quote::quoted(&n));
+            }
+        }
+    }
+    format!("oid {oid}")
+}
+
 /// Every backend waiting for a heavyweight lock, with exactly what `pg_blocking_pids()` would
 /// return for it (order aside).
 pub fn lock_waits() -> Vec<LockWait> {
@@ -307,7 +331,11 @@ fn read_waits(named: bool) -> Vec<LockWait> {
         // the same for every waiter of this lock
         let (locktype, relation) = (
             locktype_name(&tag),
-            named.then(|| relation_name(&tag)).flatten(),
+            if named {
+                relation_name(&tag)
+            } else {
+                relation_oid(&tag)
+            },
         );
         let instance_of: FastMap<i32, &pg_sys::LockInstanceData> =
             read.instances.iter().map(|i| (i.pid, i)).collect();

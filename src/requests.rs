@@ -150,6 +150,8 @@ fn carry_out(
                         },
                         deadline: now,
                         held_up: 0,
+                        queued: None,
+                        left_to_lock_queue_rule: Vec::new(),
                     },
                 ));
             } else {

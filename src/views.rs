@@ -620,6 +620,9 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
     }
 }
 
+/// The `history` view's columns: 15 of the server, one per rule, the leak suspects.
+const HISTORY_COLUMNS: usize = 16 + crate::core::policy::RULES;
+
 /// Rows of the `history` view: every sample of the ring, oldest first; of
 /// `history_between(since, until)`: those in the range.
 ///
@@ -629,11 +632,11 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
 pub unsafe extern "C-unwind" fn dbconn_guard_history(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 23) };
+    let mut out = unsafe { rows::ResultSet::begin(fcinfo, HISTORY_COLUMNS) };
     let int8 = |v: u32| i64::from(v).into_datum();
     for s in unsafe { history_rows(fcinfo, false) } {
         let c = s.clients;
-        out.push(&[
+        let mut row: Vec<Cell> = vec![
             s.time.into_datum(),
             int8(c.total()),
             int8(c.active),
@@ -649,15 +652,15 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
             s.max_connections.into_datum(),
             s.available_connections.into_datum(),
             round2(s.utilization_pct).into_datum(),
-            int8(s.terminations.idle_timeout),
-            int8(s.terminations.idle_in_transaction_timeout),
-            int8(s.terminations.transaction_timeout),
-            int8(s.terminations.manual),
-            int8(s.terminations.blocker_timeout),
-            int8(s.terminations.blocker_cancel),
-            int8(s.terminations.manual_cancel),
-            int8(s.leak_suspect_groups),
-        ]);
+        ];
+        // the rules' columns, in the order of the rule table (tests/history.rs checks the view)
+        row.extend(s.terminations.as_array().map(int8));
+        row.push(int8(s.leak_suspect_groups));
+        let row: [Cell; HISTORY_COLUMNS] = match row.try_into() {
+            Ok(r) => r,
+            Err(_) => unreachable!("a history row has HISTORY_COLUMNS cells"),
+        };
+        out.push(&row);
     }
     pg_sys::Datum::from(0)
 }
@@ -730,6 +733,7 @@ CREATE FUNCTION _history(
     OUT terminated_blocker_timeout bigint,
     OUT cancelled_blocker_statements bigint,
     OUT cancelled_manual_statements bigint,
+    OUT cancelled_lock_queue_statements bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

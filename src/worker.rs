@@ -323,63 +323,35 @@ fn announce_policy(pol: &policy::Policy) {
     for w in policy::warnings(pol) {
         warning!("{w}");
     }
-    let rules: Vec<String> = [
-        (
-            "idle_in_transaction_timeout",
-            pol.idle_in_transaction_timeout,
-        ),
-        ("transaction_timeout", pol.transaction_timeout),
-        ("idle_timeout", pol.idle_timeout),
-        ("blocker_timeout", pol.blocker_timeout),
-    ]
-    .iter()
-    .filter(|(_, t)| *t > 0)
-    .map(|(n, t)| format!("{n} = {}s", *t as f64 / 1e6))
-    .chain(
-        [
-            (
-                "idle_timeout_overrides",
-                &pol.idle_timeout_overrides,
-                &guc::IDLE_TIMEOUT_OVERRIDES,
-            ),
-            (
-                "idle_in_transaction_timeout_overrides",
-                &pol.idle_in_transaction_timeout_overrides,
-                &guc::IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES,
-            ),
-            (
-                "transaction_timeout_overrides",
-                &pol.transaction_timeout_overrides,
-                &guc::TRANSACTION_TIMEOUT_OVERRIDES,
-            ),
-            (
-                "blocker_timeout_overrides",
-                &pol.blocker_timeout_overrides,
-                &guc::BLOCKER_TIMEOUT_OVERRIDES,
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, o, _)| !o.is_empty())
-        .map(|(n, _, g)| {
-            let text = g
-                .get()
-                .map(|c| c.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            format!("{n} = {}", quoted(&text))
-        }),
-    )
-    .chain(pol.watches_blockers().then(|| {
-        format!(
-            "blocker_min_waiters = {}, cancel_active_blockers = {}",
-            pol.blocker_min_waiters,
-            if pol.cancel_active_blockers {
-                "on"
-            } else {
-                "off"
-            }
+    // every worker rule's timeout, then its overrides, from the rule table
+    let settings = crate::core::rules::timeout_settings();
+    let short = |n: &'static str| n.strip_prefix("dbconn_guard.").unwrap_or(n);
+    let rules: Vec<String> = settings
+        .iter()
+        .filter(|(_, _, r)| pol.timeout(*r) > 0)
+        .map(|(n, _, r)| format!("{} = {}s", short(n), pol.timeout(*r) as f64 / 1e6))
+        .chain(
+            settings
+                .iter()
+                .filter(|(_, _, r)| pol.overrides(*r).is_some_and(|o| !o.is_empty()))
+                .map(|(_, o, _)| format!("{} = {}", short(o), quoted(&guc::show(o)))),
         )
-    }))
-    .collect();
+        .chain(
+            pol.watches_lock_queues()
+                .then(|| format!("lock_queue_min_waiters = {}", pol.lock_queue_min_waiters)),
+        )
+        .chain(pol.watches_blockers().then(|| {
+            format!(
+                "blocker_min_waiters = {}, cancel_active_blockers = {}",
+                pol.blocker_min_waiters,
+                if pol.cancel_active_blockers {
+                    "on"
+                } else {
+                    "off"
+                }
+            )
+        }))
+        .collect();
     match history::shape() {
         None => log!(
             "dbconn_guard worker: dbconn_guard.history_size is 0: no history, and leak_suspects has no trend (no 'growing' suspects)"
@@ -395,8 +367,11 @@ fn announce_policy(pol: &policy::Policy) {
     if !guc::ENABLED.get() {
         log!("dbconn_guard worker: dbconn_guard.enabled is off: it ends no session");
     } else if rules.is_empty() {
+        let names: Vec<&str> = settings.iter().map(|(n, _, _)| short(n)).collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
         log!(
-            "dbconn_guard worker: no termination rule is set (dbconn_guard.idle_timeout, idle_in_transaction_timeout, transaction_timeout and blocker_timeout are 0, and no override gives a timeout): it ends no session, and only watches"
+            "dbconn_guard worker: no termination rule is set (dbconn_guard.{} and {last} are 0, and no override gives a timeout): it ends no session, and only watches",
+            rest.join(", ")
         );
     } else {
         log!(
@@ -811,8 +786,9 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         };
         let (acted, acted_xacts, backoff) = (&state.acted, &state.acted_xacts, &state.backoff);
         let judged_at = snap.now;
-        // the lock graph only for the root-blocker rule (no catalog access, no names)
-        let waits = if pol.watches_blockers() {
+        // the lock graph only for the root-blocker and lock-queue rules (no catalog access,
+        // no names)
+        let waits = if pol.watches_locks() {
             locks::lock_graph()
         } else {
             Vec::new()

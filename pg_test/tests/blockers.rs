@@ -352,3 +352,188 @@ fn a_commit_waiting_for_a_synchronous_standby_is_never_cancelled() {
     finished_ok(hw, "the waiter");
     reset_system(&mut a);
 }
+
+// --- the lock-queue rule (dbconn_guard.lock_queue_timeout) ----------------------------------
+
+/// A table the application role owns (so that its ALTER TABLE is no superuser's), with rows.
+fn queue_table(a: &mut postgres::Client) {
+    a.batch_execute(&format!(
+        "DROP TABLE IF EXISTS it_b_q; CREATE TABLE it_b_q (id int PRIMARY KEY);
+         INSERT INTO it_b_q SELECT g FROM generate_series(1, 9) g;
+         ALTER TABLE it_b_q OWNER TO {APP_ROLE}"
+    ))
+    .unwrap();
+}
+
+const QUEUED_ALTER: &str = "ALTER TABLE it_b_q ADD COLUMN c int";
+
+/// `n` readers of the table, each in a session of its own, queued behind the ALTER.
+fn queued_readers(n: usize) -> Vec<(i32, Finished)> {
+    (0..n)
+        .map(|_| in_background_as(APP_ROLE, "it_b_q_reader", "SELECT count(*) FROM it_b_q"))
+        .collect()
+}
+
+/// The root's session and pid, the ALTER's pid and statement, the readers'.
+type Queue = (postgres::Client, i32, i32, Finished, Vec<(i32, Finished)>);
+
+/// A root idle in a transaction that read the table, the ALTER queued behind it, and
+/// `readers` queued behind the ALTER, all waiting when it returns.
+fn queue_behind_an_idle_root(a: &mut postgres::Client, readers: usize) -> Queue {
+    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_q_root");
+    root_c.batch_execute("SELECT count(*) FROM it_b_q").unwrap();
+    let (alter, alter_h) = in_background_as(APP_ROLE, "it_b_q_migrate", QUEUED_ALTER);
+    wait_for_lock_waits(a, &[alter]);
+    let readers = queued_readers(readers);
+    let pids: Vec<i32> = readers.iter().map(|(p, _)| *p).collect();
+    wait_for_lock_waits(a, &pids);
+    (root_c, root, alter, alter_h, readers)
+}
+
+/// The SQLSTATE a background statement ended with (None: it succeeded), and its session,
+/// still open.
+fn sqlstate(h: Finished) -> (Option<String>, postgres::Client) {
+    let (r, c) = h.join().unwrap();
+    let state = r.err().map(|e| {
+        e.as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.code().code().to_string())
+    });
+    (state, c)
+}
+
+#[test]
+fn a_queued_alter_table_is_cancelled_and_the_fifty_readers_behind_it_go_on() {
+    let mut a = guard_admin();
+    queue_table(&mut a);
+    alter_system(&mut a, &[("dbconn_guard.lock_queue_timeout", "2s")]);
+    // a report that reads the table for a minute
+    let (report, report_h) = in_background_as(
+        APP_ROLE,
+        "it_b_q_report",
+        "SELECT pg_sleep(60) FROM it_b_q LIMIT 1",
+    );
+    wait_for_event(&mut a, report, "PgSleep");
+    // the DBA's ALTER TABLE, without lock_timeout: it queues behind the report
+    let (alter, alter_h) = in_background_as(APP_ROLE, "it_b_q_migrate", QUEUED_ALTER);
+    wait_for_lock_waits(&mut a, &[alter]);
+    // and every reader after it queues behind it
+    let readers = queued_readers(50);
+    let pids: Vec<i32> = readers.iter().map(|(p, _)| *p).collect();
+    wait_for_lock_waits(&mut a, &pids);
+    let queued = Instant::now();
+    // the ALTER's statement is cancelled, once the readers have waited 2 s
+    let (state, _alter_c) = sqlstate(alter_h);
+    assert_eq!(state.as_deref(), Some("57014"), "query_canceled");
+    assert!(
+        queued.elapsed() >= Duration::from_millis(1500),
+        "cancelled {:?} after the readers queued: before lock_queue_timeout",
+        queued.elapsed()
+    );
+    assert!(
+        alive(&mut a, alter),
+        "its session stays: a cancel, never an end"
+    );
+    for (p, h) in readers {
+        finished_ok(h, &format!("reader {p}"));
+    }
+    // the report is the root, and no rule here touches it
+    assert!(alive(&mut a, report), "the report runs on");
+    let rows = audit(&mut a, alter);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1, rows[0].2.as_str()),
+        ("lock_queue_cancel", false, "worker")
+    );
+    assert!(audit(&mut a, report).is_empty());
+    let columns: i64 = a
+        .query_one(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'it_b_q'::regclass AND attname = 'c'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 0, "the ALTER did not run");
+    // the LOG line says what it waited for, behind whom, and how many it held up
+    let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("cancelled the statement of pid {alter} ")))
+        .unwrap_or_else(|| panic!("the LOG line of pid {alter}"));
+    assert!(
+        line.contains(
+            "rule lock_queue_cancel, waiting for AccessExclusiveLock on relation \"it_b_q\" (oid "
+        ) && line.contains(&format!("behind pid {report}, holding up 50 sessions")),
+        "{line}"
+    );
+    // the history counts it under its own column
+    wait_until(
+        &mut a,
+        "SELECT coalesce(sum(cancelled_lock_queue_statements), 0) >= 1 FROM dbconn_guard.history",
+        Duration::from_secs(15),
+    );
+    a.batch_execute(&format!("SELECT pg_cancel_backend({report})"))
+        .unwrap();
+    let _ = report_h.join();
+    reset_system(&mut a);
+}
+
+#[test]
+fn with_an_idle_root_the_queued_statement_is_cancelled_and_the_root_kept() {
+    // both rules on, due together: the queued ALTER is cancelled (its client can retry), and
+    // the root, whose only pile-up was the queue behind the ALTER, is not ended for it
+    let mut a = guard_admin();
+    queue_table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.lock_queue_timeout", "2s"),
+            ("dbconn_guard.blocker_timeout", "2s"),
+        ],
+    );
+    let (mut root_c, root, alter, alter_h, readers) = queue_behind_an_idle_root(&mut a, 5);
+    let (state, _alter_c) = sqlstate(alter_h);
+    assert_eq!(state.as_deref(), Some("57014"), "query_canceled");
+    for (p, h) in readers {
+        finished_ok(h, &format!("reader {p}"));
+    }
+    // two more timeouts: the root holds nobody up now, and stays
+    thread::sleep(Duration::from_millis(4000));
+    assert!(alive(&mut a, root), "the idle root is kept");
+    assert!(audit(&mut a, root).is_empty(), "{:?}", audit(&mut a, root));
+    assert_eq!(audit(&mut a, alter).len(), 1);
+    root_c.batch_execute("ROLLBACK").unwrap();
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_queued_statement_the_guard_protects_is_never_cancelled() {
+    let mut a = guard_admin();
+    queue_table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.lock_queue_timeout", "1s"),
+            ("dbconn_guard.exclude_applications", "it_b_q_migrate"),
+        ],
+    );
+    let (mut root_c, root, alter, alter_h, readers) = queue_behind_an_idle_root(&mut a, 3);
+    thread::sleep(Duration::from_millis(3000));
+    assert!(
+        a.query_one(
+            &format!("SELECT count(*) = 1 FROM pg_locks WHERE pid = {alter} AND NOT granted"),
+            &[],
+        )
+        .unwrap()
+        .get::<_, bool>(0),
+        "the excluded application's ALTER still waits"
+    );
+    assert!(audit(&mut a, alter).is_empty());
+    // once the root ends its transaction, the ALTER runs, and the readers after it
+    root_c.batch_execute("ROLLBACK").unwrap();
+    finished_ok(alter_h, "the ALTER");
+    for (p, h) in readers {
+        finished_ok(h, &format!("reader {p}"));
+    }
+    assert!(alive(&mut a, root));
+    reset_system(&mut a);
+}

@@ -389,7 +389,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         .unwrap()
         .get(0);
     assert_eq!(most, 2);
-    // the memory it takes, as docs/reference.md gives it: 32 + samples × (128 + 224 × (groups + 1))
+    // the memory it takes, as docs/reference.md gives it: 32 + samples × (136 + 224 × (groups + 1))
     let size: i64 = c
         .query_one(
             "SELECT size FROM pg_shmem_allocations WHERE name = 'dbconn_guard history'",
@@ -397,7 +397,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(size, 32 + 4 * (128 + 224 * 2));
+    assert_eq!(size, 32 + 4 * (136 + 224 * 2));
     others.clear();
 }
 
@@ -443,4 +443,42 @@ fn an_empty_application_name_is_a_name_of_its_own_and_not_a_growing_leak() {
     }
     drop(unnamed);
     reset_system(&mut a);
+}
+
+/// The rule table is the one list of rules: the audit table's CHECK list and the rule columns of
+/// `history` and `history_between()`, as the server has them, are its names and its columns,
+/// in its order.
+#[test]
+fn the_audit_check_list_and_the_history_columns_are_the_rule_tables() {
+    use dbconn_guard_core::rules::RULE_TABLE;
+    let mut a = guard_admin();
+    let check: String = a
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = 'dbconn_guard.terminations'::regclass AND contype = 'c' \
+               AND pg_get_constraintdef(oid) LIKE '%rule%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // CHECK ((rule = ANY (ARRAY['idle_timeout'::text, ...])))
+    let mut in_check: Vec<&str> = check.split('\'').skip(1).step_by(2).collect();
+    let mut names: Vec<&str> = RULE_TABLE.iter().map(|r| r.name).collect();
+    in_check.sort_unstable();
+    names.sort_unstable();
+    assert_eq!(in_check, names, "{check}");
+    let columns: Vec<&str> = RULE_TABLE.iter().map(|r| r.history_column).collect();
+    for q in [
+        "SELECT * FROM dbconn_guard.history",
+        "SELECT * FROM dbconn_guard.history_between(now() - interval '1 hour', now())",
+    ] {
+        let st = a.prepare(q).unwrap();
+        let rule_columns: Vec<&str> = st
+            .columns()
+            .iter()
+            .map(|c| c.name())
+            .filter(|n| n.starts_with("terminated_") || n.starts_with("cancelled_"))
+            .collect();
+        assert_eq!(rule_columns, columns, "{q}");
+    }
 }

@@ -80,66 +80,42 @@ pub struct GroupSample {
     pub other: bool,
 }
 
-/// Terminations by rule (ended sessions, not dry-run records).
+/// What each rule did since the previous sample (sessions ended, or statements cancelled; not
+/// dry-run records), in the order of `Rule::index`: the rule columns of the `history` view.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ByRule {
-    pub idle_timeout: u32,
-    pub idle_in_transaction_timeout: u32,
-    pub manual: u32,
-    pub transaction_timeout: u32,
-    pub blocker_timeout: u32,
-    /// Statements cancelled (the sessions were not ended).
-    pub blocker_cancel: u32,
-    /// Statements cancelled by `cancel_statements()` (the sessions were not ended).
-    pub manual_cancel: u32,
-}
+pub struct ByRule(pub [u32; RULES]);
 
 impl ByRule {
     /// `now - before`, for counters that only grow (a counter that went back, as after a
     /// restart of the server, counts from zero).
     pub fn since(now: [i64; RULES], before: [i64; RULES]) -> ByRule {
-        let d = |i: usize| {
+        ByRule(std::array::from_fn(|i| {
             let v = if now[i] >= before[i] {
                 now[i] - before[i]
             } else {
                 now[i]
             };
             v.clamp(0, i64::from(u32::MAX)) as u32
-        };
-        ByRule {
-            idle_timeout: d(Rule::IdleTimeout.index()),
-            idle_in_transaction_timeout: d(Rule::IdleInTransactionTimeout.index()),
-            manual: d(Rule::Manual.index()),
-            transaction_timeout: d(Rule::TransactionTimeout.index()),
-            blocker_timeout: d(Rule::BlockerTimeout.index()),
-            blocker_cancel: d(Rule::BlockerCancel.index()),
-            manual_cancel: d(Rule::ManualCancel.index()),
-        }
+        }))
+    }
+
+    /// What `rule` did.
+    pub fn get(&self, rule: Rule) -> u32 {
+        self.0[rule.index()]
+    }
+
+    /// Sets what `rule` did.
+    pub fn set(&mut self, rule: Rule, n: u32) {
+        self.0[rule.index()] = n;
     }
 
     /// The counts in the order of `Rule::index`.
     pub fn as_array(&self) -> [u32; RULES] {
-        let mut a = [0; RULES];
-        a[Rule::IdleTimeout.index()] = self.idle_timeout;
-        a[Rule::IdleInTransactionTimeout.index()] = self.idle_in_transaction_timeout;
-        a[Rule::Manual.index()] = self.manual;
-        a[Rule::TransactionTimeout.index()] = self.transaction_timeout;
-        a[Rule::BlockerTimeout.index()] = self.blocker_timeout;
-        a[Rule::BlockerCancel.index()] = self.blocker_cancel;
-        a[Rule::ManualCancel.index()] = self.manual_cancel;
-        a
+        self.0
     }
 
     pub fn from_array(a: [u32; RULES]) -> ByRule {
-        ByRule {
-            idle_timeout: a[Rule::IdleTimeout.index()],
-            idle_in_transaction_timeout: a[Rule::IdleInTransactionTimeout.index()],
-            manual: a[Rule::Manual.index()],
-            transaction_timeout: a[Rule::TransactionTimeout.index()],
-            blocker_timeout: a[Rule::BlockerTimeout.index()],
-            blocker_cancel: a[Rule::BlockerCancel.index()],
-            manual_cancel: a[Rule::ManualCancel.index()],
-        }
+        ByRule(a)
     }
 }
 
@@ -428,12 +404,12 @@ mod tests {
         };
         let extra = Extra {
             lock_wait_starts: vec![now - 5 * SECOND, 0, now - 65 * SECOND],
-            terminations: ByRule {
-                idle_timeout: 1,
-                idle_in_transaction_timeout: 2,
-                manual: 3,
-                transaction_timeout: 0,
-                ..Default::default()
+            terminations: {
+                let mut t = ByRule::default();
+                t.set(Rule::IdleTimeout, 1);
+                t.set(Rule::IdleInTransactionTimeout, 2);
+                t.set(Rule::Manual, 3);
+                t
             },
             leak_suspect_groups: 4,
         };
@@ -457,7 +433,7 @@ mod tests {
         assert!((s.utilization_pct - 12.0).abs() < 1e-9);
         assert_eq!(s.available_connections, 100 - 3 - 12);
         assert_eq!(s.leak_suspect_groups, 4);
-        assert_eq!(s.terminations.manual, 3);
+        assert_eq!(s.terminations.get(Rule::Manual), 3);
         // top two, largest first, then the remainder
         assert_eq!(s.groups.len(), 3);
         assert_eq!(s.groups[0].name.application_name.as_deref(), Some("big"));
@@ -563,23 +539,16 @@ mod tests {
     #[test]
     fn terminations_since_the_previous_sample() {
         assert_eq!(
-            ByRule::since([5, 7, 9, 4, 6, 2, 3], [2, 7, 1, 0, 1, 2, 1]),
-            ByRule {
-                idle_timeout: 3,
-                idle_in_transaction_timeout: 0,
-                manual: 8,
-                transaction_timeout: 4,
-                blocker_timeout: 5,
-                blocker_cancel: 0,
-                manual_cancel: 2,
-            }
+            ByRule::since([5, 7, 9, 4, 6, 2, 3, 4], [2, 7, 1, 0, 1, 2, 1, 1]),
+            ByRule([3, 0, 8, 4, 5, 0, 2, 3])
         );
         // counters that went back (a crash-restart reset shared memory)
         assert_eq!(
-            ByRule::since([1, 0, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0]).idle_timeout,
+            ByRule::since([1, 0, 0, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0])
+                .get(Rule::IdleTimeout),
             1
         );
-        let b = ByRule::since([1, 2, 3, 4, 5, 6, 7], [0; 7]);
+        let b = ByRule::since([1, 2, 3, 4, 5, 6, 7, 8], [0; 8]);
         assert_eq!(ByRule::from_array(b.as_array()), b);
     }
 

@@ -23,6 +23,7 @@ pub mod patterns;
 pub mod policy;
 pub mod quote;
 pub mod recheck;
+pub mod rules;
 pub mod session;
 pub mod status;
 pub mod utilization;

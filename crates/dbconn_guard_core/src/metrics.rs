@@ -454,7 +454,7 @@ mod tests {
                 ..Default::default()
             },
             oldest_lock_wait_start: Some(UNIX_EPOCH + 1_700_000_000 * SECOND),
-            terminations_by_rule: [4, 1, 0, 2, 0, 0, 0],
+            terminations_by_rule: [4, 1, 2, 0, 0, 0, 0, 0],
             worker_up: true,
             health: vec![
                 ("utilization", Status::Ok),

@@ -9,6 +9,7 @@
 use super::blocking::{self, LockWait};
 use super::overrides::Overrides;
 use super::patterns::PatternList;
+use super::rules;
 use super::session::{Backend, Micros, Name, Snapshot};
 use super::utilization::percent;
 
@@ -34,78 +35,7 @@ pub const CLIENT_TOOLS: [&str; 10] = [
     "clusterdb",
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rule {
-    /// The root of a lock pile-up, idle in transaction (or aborted), holding up at least
-    /// `blocker_min_waiters` waits that have lasted longer than `blocker_timeout`: terminated.
-    BlockerTimeout,
-    /// The same, for a root running a statement, while `cancel_active_blockers` is on: its
-    /// statement is cancelled (never the session ended), once per statement.
-    BlockerCancel,
-    /// `idle in transaction` or `idle in transaction (aborted)` past `idle_in_transaction_timeout`.
-    IdleInTransactionTimeout,
-    /// A transaction older than `transaction_timeout`, ended at a moment it is idle in it
-    /// (never while a statement runs).
-    TransactionTimeout,
-    /// `idle` past `idle_timeout` (while utilization is at or above `min_utilization_pct`).
-    IdleTimeout,
-    /// `dbconn_guard.terminate_idle()`, called by a DBA.
-    Manual,
-    /// `dbconn_guard.cancel_statements()`, called by a DBA: the statement cancelled, the
-    /// session kept.
-    ManualCancel,
-}
-
-impl Rule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::IdleInTransactionTimeout => "idle_in_transaction_timeout",
-            Rule::TransactionTimeout => "transaction_timeout",
-            Rule::IdleTimeout => "idle_timeout",
-            Rule::Manual => "manual",
-            Rule::BlockerTimeout => "blocker_timeout",
-            Rule::BlockerCancel => "blocker_cancel",
-            Rule::ManualCancel => "manual_cancel",
-        }
-    }
-
-    /// Its slot in per-rule counters (`RULES` long).
-    pub fn index(self) -> usize {
-        match self {
-            Rule::IdleTimeout => 0,
-            Rule::IdleInTransactionTimeout => 1,
-            Rule::Manual => 2,
-            Rule::TransactionTimeout => 3,
-            Rule::BlockerTimeout => 4,
-            Rule::BlockerCancel => 5,
-            Rule::ManualCancel => 6,
-        }
-    }
-
-    /// A rule of the root-blocker family (acted on only while the session still blocks).
-    pub fn is_blocker_rule(self) -> bool {
-        matches!(self, Rule::BlockerTimeout | Rule::BlockerCancel)
-    }
-
-    /// Whether acting on it cancels the session's statement instead of ending the session.
-    pub fn cancels(self) -> bool {
-        matches!(self, Rule::BlockerCancel | Rule::ManualCancel)
-    }
-
-    /// Every rule, in the order of `index`.
-    pub const ALL: [Rule; RULES] = [
-        Rule::IdleTimeout,
-        Rule::IdleInTransactionTimeout,
-        Rule::Manual,
-        Rule::TransactionTimeout,
-        Rule::BlockerTimeout,
-        Rule::BlockerCancel,
-        Rule::ManualCancel,
-    ];
-}
-
-/// How many rules there are (per-rule counters).
-pub const RULES: usize = 7;
+pub use super::rules::{Rule, RULES};
 
 /// Why a session is never ended, whatever its age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,12 +145,89 @@ pub struct Policy {
     pub blocker_min_waiters: usize,
     /// Whether a root running a statement has that statement cancelled under the same rule.
     pub cancel_active_blockers: bool,
+    /// Microseconds; 0 = off. A statement waiting in a lock queue is cancelled once
+    /// `lock_queue_min_waiters` of the waits it holds up have lasted longer than this.
+    pub lock_queue_timeout: Micros,
+    /// Per application / user: the first match replaces `lock_queue_timeout` for the waiting
+    /// statement's session (0: never).
+    pub lock_queue_timeout_overrides: Overrides,
+    /// How many waits (at least 1) held up behind the queued statement must have lasted
+    /// `lock_queue_timeout`.
+    pub lock_queue_min_waiters: usize,
+}
+
+/// Every rule off, no scope, the settings' defaults otherwise (as the GUCs' boot values): a
+/// fixture states only what it turns on.
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            scope: Scope::default(),
+            idle_timeout: 0,
+            idle_in_transaction_timeout: 0,
+            transaction_timeout: 0,
+            min_utilization_pct: 0.0,
+            max_terminations_per_cycle: 100,
+            idle_timeout_overrides: Overrides::default(),
+            idle_in_transaction_timeout_overrides: Overrides::default(),
+            transaction_timeout_overrides: Overrides::default(),
+            blocker_timeout: 0,
+            blocker_timeout_overrides: Overrides::default(),
+            blocker_min_waiters: 1,
+            cancel_active_blockers: false,
+            lock_queue_timeout: 0,
+            lock_queue_timeout_overrides: Overrides::default(),
+            lock_queue_min_waiters: 1,
+        }
+    }
 }
 
 impl Policy {
+    /// The timeout a worker rule's setting gives (0: off; 0 for a manual rule). The one place
+    /// a rule meets its fields; everything that lists the timeouts goes through it.
+    pub fn timeout(&self, rule: Rule) -> Micros {
+        match rule {
+            Rule::IdleTimeout => self.idle_timeout,
+            Rule::IdleInTransactionTimeout => self.idle_in_transaction_timeout,
+            Rule::TransactionTimeout => self.transaction_timeout,
+            Rule::BlockerTimeout | Rule::BlockerCancel => self.blocker_timeout,
+            Rule::LockQueueCancel => self.lock_queue_timeout,
+            Rule::Manual | Rule::ManualCancel => 0,
+        }
+    }
+
+    /// The per-application / per-user overrides of a worker rule's timeout (None: a manual
+    /// rule).
+    pub fn overrides(&self, rule: Rule) -> Option<&Overrides> {
+        match rule {
+            Rule::IdleTimeout => Some(&self.idle_timeout_overrides),
+            Rule::IdleInTransactionTimeout => Some(&self.idle_in_transaction_timeout_overrides),
+            Rule::TransactionTimeout => Some(&self.transaction_timeout_overrides),
+            Rule::BlockerTimeout | Rule::BlockerCancel => Some(&self.blocker_timeout_overrides),
+            Rule::LockQueueCancel => Some(&self.lock_queue_timeout_overrides),
+            Rule::Manual | Rule::ManualCancel => None,
+        }
+    }
+
     /// Whether the root-blocker rule is on (it needs the lock waits read).
     pub fn watches_blockers(&self) -> bool {
         self.blocker_timeout > 0 || self.blocker_timeout_overrides.shortest().is_some()
+    }
+
+    /// Whether the lock-queue rule is on (it needs the lock waits read).
+    pub fn watches_lock_queues(&self) -> bool {
+        self.lock_queue_timeout > 0 || self.lock_queue_timeout_overrides.shortest().is_some()
+    }
+
+    /// Whether any rule needs the lock waits read.
+    pub fn watches_locks(&self) -> bool {
+        self.watches_blockers() || self.watches_lock_queues()
+    }
+
+    /// The lock-queue rule's timeout for the waiting session `b`.
+    pub fn lock_queue_timeout_for(&self, b: &Backend) -> Micros {
+        self.lock_queue_timeout_overrides
+            .timeout_for(b)
+            .unwrap_or(self.lock_queue_timeout)
     }
 
     /// The root-blocker rule's timeout for root `b`: the first of `blocker_timeout_overrides`
@@ -246,8 +253,26 @@ pub struct Target {
     pub rule: Rule,
     /// When its timeout expired.
     pub deadline: Micros,
-    /// Root-blocker rules: how many waiting sessions it held up when judged (0 otherwise).
+    /// Root-blocker and lock-queue rules: how many waiting sessions it held up when judged
+    /// (0 otherwise).
     pub held_up: usize,
+    /// The lock-queue rule: what its statement waited for, and behind whom.
+    pub queued: Option<Queued>,
+    /// Root-blocker rules: the queued statements whose waits, and the waits behind them, the
+    /// root was judged without (the lock-queue rule's business); the re-check does the same.
+    pub left_to_lock_queue_rule: Vec<i32>,
+}
+
+/// A statement waiting in a lock queue, as the lock-queue rule judged it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Queued {
+    /// `pg_locks.locktype` and `mode` of its wait.
+    pub locktype: Option<String>,
+    pub mode: Option<String>,
+    /// The relation (name, or oid where the reader does not name it).
+    pub relation: Option<String>,
+    /// The sessions it waits behind (`pg_blocking_pids`), once each.
+    pub behind: Vec<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -389,6 +414,219 @@ fn blocker_roots(
         .collect()
 }
 
+/// A statement waiting in a lock queue and the waits it holds up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LockQueue {
+    pub queued: Queued,
+    /// The oldest wait start of each session it holds up, directly or through others waiting
+    /// behind it (`None`: just begun).
+    pub wait_starts: Vec<Option<Micros>>,
+}
+
+/// Every statement waiting for a relation lock with sessions queued behind it (`queues_in`),
+/// by its session pid: an ALTER TABLE queued behind a long transaction, and the readers queued
+/// behind it. Empty while the lock-queue rule is off.
+pub fn lock_queues(
+    waits: &[LockWait],
+    policy: &Policy,
+) -> std::collections::HashMap<i32, LockQueue> {
+    if !policy.watches_lock_queues() {
+        return Default::default();
+    }
+    queues_in(waits)
+}
+
+/// `lock_queues`, whatever the policy (diagnose() names a queued statement with the rule off).
+///
+/// A session is queued behind statement S when it waits for a lock on the same relation, in a
+/// mode that conflicts with the one S asks for, behind S, and behind none of the sessions S
+/// waits for itself: the sessions a cancel of S lets go. A writer waiting on a row S holds is
+/// not queued behind S (S is then a link in a chain whose root is the culprit), nor is a reader
+/// that the root would hold up anyway. One pass over the waits: a long queue costs what its
+/// pairs cost.
+pub fn queues_in(waits: &[LockWait]) -> std::collections::HashMap<i32, LockQueue> {
+    use std::collections::{HashMap, HashSet};
+    let mut out: HashMap<i32, LockQueue> = HashMap::new();
+    if waits.is_empty() {
+        return out;
+    }
+    let by_pid: HashMap<i32, &LockWait> = waits.iter().map(|w| (w.pid, w)).collect();
+    let session = |p: i32| by_pid.get(&p).map_or(p, |w| w.session_pid());
+    // each relation waiter, with the sessions it waits for
+    let mut ahead_of: HashMap<i32, HashSet<i32>> = HashMap::new();
+    for w in waits {
+        ahead_of
+            .entry(w.session_pid())
+            .or_default()
+            .extend(w.blocked_by.iter().map(|&p| session(p)));
+    }
+    // (queued statement, the session queued behind it, its wait start)
+    let mut pairs: Vec<(i32, i32, Option<Micros>)> = Vec::new();
+    for w in waits
+        .iter()
+        .filter(|w| w.locktype.as_deref() == Some("relation"))
+    {
+        let me = w.session_pid();
+        for &by in &w.blocked_by {
+            let Some(s) = by_pid.get(&by) else {
+                continue; // blocked by a lock holder that does not wait: no queue
+            };
+            let head = s.session_pid();
+            let queued_behind = head != me
+                && s.locktype.as_deref() == Some("relation")
+                && s.relation.is_some()
+                && s.relation == w.relation
+                && modes_conflict(s.mode.as_deref(), w.mode.as_deref())
+                && ahead_of.get(&head).is_some_and(|a| {
+                    !a.is_empty() && w.blocked_by.iter().all(|&p| !a.contains(&session(p)))
+                });
+            if queued_behind {
+                pairs.push((head, me, w.wait_start.filter(|&t| t != 0)));
+            }
+        }
+    }
+    pairs.sort_unstable_by_key(|&(h, m, _)| (h, m));
+    pairs.dedup_by_key(|&mut (h, m, _)| (h, m));
+    let mut relation_wait_of: HashMap<i32, &LockWait> = HashMap::new();
+    for w in waits
+        .iter()
+        .filter(|w| w.locktype.as_deref() == Some("relation"))
+    {
+        relation_wait_of.entry(w.session_pid()).or_insert(w);
+    }
+    for (head, _, start) in pairs {
+        let Some(s) = relation_wait_of.get(&head) else {
+            continue;
+        };
+        let q = out.entry(head).or_insert_with(|| {
+            let mut behind: Vec<i32> = ahead_of.get(&head).into_iter().flatten().copied().collect();
+            behind.sort_unstable();
+            LockQueue {
+                queued: Queued {
+                    locktype: s.locktype.clone(),
+                    mode: s.mode.clone(),
+                    relation: s.relation.clone(),
+                    behind,
+                },
+                wait_starts: Vec::new(),
+            }
+        });
+        q.wait_starts.push(start);
+    }
+    out
+}
+
+/// Whether two table-lock modes conflict (PostgreSQL's table of "Conflicting Lock Modes"); an
+/// unknown mode conflicts with nothing here, so it never makes a queue.
+pub fn modes_conflict(a: Option<&str>, b: Option<&str>) -> bool {
+    const MODES: [&str; 8] = [
+        "AccessShareLock",
+        "RowShareLock",
+        "RowExclusiveLock",
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    ];
+    // the modes (by their index above) each mode conflicts with, as bit masks
+    const CONFLICTS: [u8; 8] = [
+        0b1000_0000,
+        0b1100_0000,
+        0b1111_0000,
+        0b1111_1000,
+        0b1110_1100,
+        0b1111_1100,
+        0b1111_1110,
+        0b1111_1111,
+    ];
+    let index = |m: Option<&str>| m.and_then(|m| MODES.iter().position(|x| *x == m));
+    match (index(a), index(b)) {
+        (Some(i), Some(j)) => CONFLICTS[i] & (1 << j) != 0,
+        _ => false,
+    }
+}
+
+/// When the queued statement of `b` crosses the lock-queue rule, and how many waits it holds
+/// up: only a statement (`active`: a waiting statement is active), never a session idle in its
+/// transaction (that one is the root-blocker rule's).
+fn queue_deadline(
+    b: &Backend,
+    queue: Option<&LockQueue>,
+    now: Micros,
+    policy: &Policy,
+) -> Option<(Micros, usize)> {
+    let q = queue?;
+    if !b.has_state("active") {
+        return None;
+    }
+    blocker_deadline(
+        &q.wait_starts,
+        now,
+        policy.lock_queue_timeout_for(b),
+        policy.lock_queue_min_waiters,
+    )
+    .map(|d| (d, q.wait_starts.len()))
+}
+
+/// The queued statements the lock-queue rule will act on, by pid: running, unprotected, with a
+/// timeout (no override of 0), and holding up at least `lock_queue_min_waiters` sessions. Their
+/// waits, and the waits behind them, are left to it: the root-blocker rule does not count them,
+/// so a root that holds up only a queued ALTER TABLE and the readers behind it is not ended for
+/// them — the ALTER is cancelled, and its client can retry. A queued statement the lock-queue
+/// rule leaves alone counts toward its root as any wait does.
+pub fn left_to_lock_queue_rule(
+    snapshot: &Snapshot,
+    queues: &std::collections::HashMap<i32, LockQueue>,
+    policy: &Policy,
+    own_pid: i32,
+) -> Vec<i32> {
+    if queues.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<i32> = snapshot
+        .clients()
+        .filter(|b| {
+            queues
+                .get(&b.pid)
+                .is_some_and(|q| q.wait_starts.len() >= policy.lock_queue_min_waiters.max(1))
+                && b.has_state("active")
+                && policy.lock_queue_timeout_for(b) > 0
+                && policy.scope.protection(b, own_pid).is_none()
+        })
+        .map(|b| b.pid)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The lock graph as it will be once the statements of `sessions` are cancelled: their waits
+/// gone, and they gone from every blocker list (a wait left with no blocker is gone too).
+pub fn without_sessions(waits: &[LockWait], sessions: &[i32]) -> Vec<LockWait> {
+    let gone = |p: i32| {
+        sessions.contains(&p)
+            || waits
+                .iter()
+                .any(|w| w.pid == p && sessions.contains(&w.session_pid()))
+    };
+    waits
+        .iter()
+        .filter(|w| !sessions.contains(&w.session_pid()))
+        .filter_map(|w| {
+            let mut w = w.clone();
+            w.blocked_by.retain(|&p| !gone(p));
+            (!w.blocked_by.is_empty()).then_some(w)
+        })
+        .collect()
+}
+
+/// Whether the statement of `b` still waits, in `waits` read at `now`, in a lock queue past
+/// the lock-queue rule: the re-check right before its cancel.
+pub fn still_queued(b: &Backend, waits: &[LockWait], now: Micros, policy: &Policy) -> bool {
+    let queues = lock_queues(waits, policy);
+    queue_deadline(b, queues.get(&b.pid), now, policy).is_some_and(|(d, _)| d <= now)
+}
+
 /// When root `b` crosses the root-blocker rule under `policy`, and how many waits it holds up.
 fn root_deadline(
     b: &Backend,
@@ -406,11 +644,25 @@ fn root_deadline(
 }
 
 /// Whether session `b` is still, in `waits` read at `now`, the root of a pile-up past the
-/// root-blocker rule: the re-check right before it is acted on.
-pub fn still_blocking(b: &Backend, waits: &[LockWait], now: Micros, policy: &Policy) -> bool {
+/// root-blocker rule: the re-check right before it is acted on. `left` are the queued
+/// statements it was judged without (`Target::left_to_lock_queue_rule`).
+pub fn still_blocking(
+    b: &Backend,
+    waits: &[LockWait],
+    now: Micros,
+    policy: &Policy,
+    left: &[i32],
+) -> bool {
     if !policy.watches_blockers() {
         return false;
     }
+    let reduced;
+    let waits = if left.is_empty() {
+        waits
+    } else {
+        reduced = without_sessions(waits, left);
+        &reduced
+    };
     blocking::roots(waits, counts_for_blocker_rule, held_up_by)
         .iter()
         .find(|r| r.pid == b.pid)
@@ -427,22 +679,19 @@ pub const BUSY_TRANSACTION_POLL: Micros = 1_000_000;
 /// timeout in force. A session entering a state right after a check is then seen before its
 /// deadline, and the worker can wake exactly at it, however short the timeout.
 pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
-    [
-        policy.idle_timeout,
-        policy.idle_in_transaction_timeout,
-        policy.transaction_timeout,
-        policy.idle_timeout_overrides.shortest().unwrap_or(0),
-        policy
-            .idle_in_transaction_timeout_overrides
-            .shortest()
-            .unwrap_or(0),
-        policy.transaction_timeout_overrides.shortest().unwrap_or(0),
-        policy.blocker_timeout,
-        policy.blocker_timeout_overrides.shortest().unwrap_or(0),
-    ]
-    .into_iter()
-    .filter(|&t| t > 0)
-    .fold(naptime, Micros::min)
+    rules::timeout_settings()
+        .into_iter()
+        .flat_map(|(_, _, r)| {
+            [
+                policy.timeout(r),
+                policy
+                    .overrides(r)
+                    .and_then(Overrides::shortest)
+                    .unwrap_or(0),
+            ]
+        })
+        .filter(|&t| t > 0)
+        .fold(naptime, Micros::min)
 }
 
 /// The shortest sleep between two checks, whatever the plan says: nothing can make the worker
@@ -475,7 +724,15 @@ pub fn plan(
     handled: impl Fn(&Backend) -> bool,
 ) -> Plan {
     let now = snapshot.now;
-    let roots = blocker_roots(waits, policy);
+    let queues = lock_queues(waits, policy);
+    // the queues the lock-queue rule will act on are its business: the root-blocker rule judges
+    // the graph without them (see `left_to_lock_queue_rule`)
+    let left = left_to_lock_queue_rule(snapshot, &queues, policy, own_pid);
+    let roots = if left.is_empty() {
+        blocker_roots(waits, policy)
+    } else {
+        blocker_roots(&without_sessions(waits, &left), policy)
+    };
     let gate = policy.min_utilization_pct > 0.0;
     let idle_allowed =
         !gate || percent(load.client_backends, load.max_connections) >= policy.min_utilization_pct;
@@ -489,10 +746,13 @@ pub fn plan(
         let by_blocking =
             blocking.and_then(|(d, n)| blocker_rule_for(b, policy).map(|r| (r, d, n)));
         let by_state = rule_for(b, policy, idle_allowed).map(|(r, d)| (r, d, 0));
-        let chosen = match (by_blocking, by_state) {
-            (Some(x), Some(y)) => Some(if y.1 < x.1 { y } else { x }),
-            (x, y) => x.or(y),
-        };
+        let by_queue = queue_deadline(b, queues.get(&b.pid), now, policy)
+            .map(|(d, n)| (Rule::LockQueueCancel, d, n));
+        // the earliest deadline decides (a tie: the more urgent rule)
+        let chosen = [by_queue, by_blocking, by_state]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(r, d, _)| (*d, r.row().urgency));
         let Some((rule, deadline, held_up)) = chosen else {
             // a statement running in a transaction already past its timeout: look again soon,
             // to find it idle in it (it is never ended while it runs)
@@ -513,11 +773,20 @@ pub fn plan(
             continue;
         }
         if deadline <= now {
+            let queued = (rule == Rule::LockQueueCancel)
+                .then(|| queues.get(&b.pid).map(|q| q.queued.clone()))
+                .flatten();
             expired.push(Target {
                 backend: b.clone(),
                 rule,
                 deadline,
                 held_up,
+                queued,
+                left_to_lock_queue_rule: if rule.is_blocker_rule() {
+                    left.clone()
+                } else {
+                    Vec::new()
+                },
             });
         } else {
             out.next_deadline = Some(
@@ -528,7 +797,9 @@ pub fn plan(
     }
     expired.sort_by(|a, b| {
         a.rule
-            .cmp(&b.rule)
+            .row()
+            .urgency
+            .cmp(&b.rule.row().urgency)
             .then(a.deadline.cmp(&b.deadline))
             .then(a.backend.pid.cmp(&b.backend.pid))
     });
@@ -562,49 +833,26 @@ pub const SHORT_TIMEOUT: Micros = 10 * 1_000_000;
 /// WARNING texts for a policy whose timeouts are short enough to end sessions in ordinary use.
 pub fn warnings(policy: &Policy) -> Vec<String> {
     let mut out = Vec::new();
-    for (name, o) in [
-        ("idle_timeout_overrides", &policy.idle_timeout_overrides),
-        (
-            "idle_in_transaction_timeout_overrides",
-            &policy.idle_in_transaction_timeout_overrides,
-        ),
-        (
-            "transaction_timeout_overrides",
-            &policy.transaction_timeout_overrides,
-        ),
-        (
-            "blocker_timeout_overrides",
-            &policy.blocker_timeout_overrides,
-        ),
-    ] {
-        if let Some(t) = o.shortest().filter(|&t| t < SHORT_TIMEOUT) {
+    let settings = rules::timeout_settings();
+    for (_, name, r) in &settings {
+        let shortest = policy.overrides(*r).and_then(Overrides::shortest);
+        if let Some(t) = shortest.filter(|&t| t < SHORT_TIMEOUT) {
             out.push(format!(
-                "dbconn_guard.{name} gives a timeout of {}s: sessions in ordinary use are ended; values under {}s are meant for tests",
+                "{name} gives a timeout of {}s: sessions in ordinary use are ended; values under {}s are meant for tests",
                 t as f64 / 1e6,
                 SHORT_TIMEOUT / 1_000_000
             ));
         }
     }
-    for (name, t, what) in [
-        (
-            "idle_in_transaction_timeout",
-            policy.idle_in_transaction_timeout,
-            "transactions that wait on their client between statements",
-        ),
-        (
-            "idle_timeout",
-            policy.idle_timeout,
-            "pooled connections between two uses",
-        ),
-        (
-            "transaction_timeout",
-            policy.transaction_timeout,
-            "ordinary transactions",
-        ),
-    ] {
-        if t > 0 && t < SHORT_TIMEOUT {
+    for (name, _, r) in &settings {
+        let t = policy.timeout(*r);
+        if let Some(what) = r
+            .row()
+            .short_timeout_ends
+            .filter(|_| t > 0 && t < SHORT_TIMEOUT)
+        {
             out.push(format!(
-                "dbconn_guard.{name} is {}s: {what} are ended; values under {}s are meant for tests",
+                "{name} is {}s: {what} are ended; values under {}s are meant for tests",
                 t as f64 / 1e6,
                 SHORT_TIMEOUT / 1_000_000
             ));
@@ -656,25 +904,70 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            scope: Scope::default(),
             idle_timeout: 600 * SECOND,
             idle_in_transaction_timeout: 300 * SECOND,
-            min_utilization_pct: 0.0,
-            max_terminations_per_cycle: 100,
-            transaction_timeout: 0,
-            idle_timeout_overrides: Overrides::default(),
-            idle_in_transaction_timeout_overrides: Overrides::default(),
-            transaction_timeout_overrides: Overrides::default(),
-            blocker_timeout: 0,
-            blocker_timeout_overrides: Overrides::default(),
-            blocker_min_waiters: 1,
-            cancel_active_blockers: false,
+            ..Policy::default()
         }
     }
 
     #[test]
     fn rule_all_is_in_index_order() {
         assert!(Rule::ALL.iter().enumerate().all(|(i, r)| r.index() == i));
+    }
+
+    #[test]
+    fn each_worker_rule_has_its_timeout_and_overrides_and_a_manual_rule_none() {
+        use crate::rules::{Trigger, RULE_TABLE};
+        let mut pol = Policy::default();
+        for (k, r) in RULE_TABLE.iter().enumerate() {
+            let t = (k as Micros + 1) * SECOND;
+            match r.trigger {
+                Trigger::Worker { .. } => {
+                    assert!(pol.overrides(r.rule).is_some(), "{r:?}");
+                    // the timeout the rule reads is the one its setting gives
+                    match r.rule {
+                        Rule::IdleTimeout => pol.idle_timeout = t,
+                        Rule::IdleInTransactionTimeout => pol.idle_in_transaction_timeout = t,
+                        Rule::TransactionTimeout => pol.transaction_timeout = t,
+                        Rule::BlockerTimeout | Rule::BlockerCancel => pol.blocker_timeout = t,
+                        Rule::LockQueueCancel => pol.lock_queue_timeout = t,
+                        Rule::Manual | Rule::ManualCancel => unreachable!(),
+                    }
+                    assert_eq!(pol.timeout(r.rule), t, "{r:?}");
+                }
+                Trigger::Manual => {
+                    assert_eq!(pol.timeout(r.rule), 0, "{r:?}");
+                    assert!(pol.overrides(r.rule).is_none(), "{r:?}");
+                }
+            }
+        }
+        // the root-blocker rule's two effects share its one setting
+        assert_eq!(
+            pol.timeout(Rule::BlockerTimeout),
+            pol.timeout(Rule::BlockerCancel)
+        );
+    }
+
+    #[test]
+    fn warnings_name_each_short_timeout_by_its_setting() {
+        let mut pol = Policy {
+            idle_timeout: 5 * SECOND,
+            idle_in_transaction_timeout: 2 * SECOND,
+            transaction_timeout: 3 * SECOND,
+            // short by purpose: no warning
+            blocker_timeout: SECOND,
+            ..Policy::default()
+        };
+        pol.blocker_timeout_overrides = Overrides::parse("app:x=1s").unwrap();
+        let w = warnings(&pol);
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w[0].starts_with("dbconn_guard.blocker_timeout_overrides gives a timeout of 1s"));
+        assert!(w[1].starts_with(
+            "dbconn_guard.idle_timeout is 5s: pooled connections between two uses are ended"
+        ));
+        assert!(w[2].starts_with("dbconn_guard.idle_in_transaction_timeout is 2s"));
+        assert!(w[3].starts_with("dbconn_guard.transaction_timeout is 3s: ordinary transactions"));
+        assert!(warnings(&Policy::default()).is_empty());
     }
 
     #[test]
@@ -1157,6 +1450,216 @@ mod tests {
         plan(snap, waits, load(10.0), pol, 0, |_| false)
     }
 
+    fn relation_wait(pid: i32, blockers: &[i32], age_s: i64, mode: &str) -> LockWait {
+        LockWait {
+            pid,
+            blocked_by: blockers.to_vec(),
+            wait_start: Some(NOW - age_s * SECOND),
+            locktype: Some("relation".into()),
+            mode: Some(mode.into()),
+            relation: Some("orders".into()),
+            ..Default::default()
+        }
+    }
+
+    /// A report (1) that has read `orders` for an hour, an ALTER TABLE (10) queued behind it
+    /// for 40 s, and five readers (20..24) queued behind the ALTER for 30 s.
+    fn queued_alter(root_state: &'static str) -> (Snapshot, Vec<LockWait>) {
+        let mut sessions = vec![client(1, root_state, 3600), client(10, "active", 40)];
+        sessions.extend((20..25).map(|p| client(p, "active", 30)));
+        let mut waits = vec![relation_wait(10, &[1], 40, "AccessExclusiveLock")];
+        waits.extend((20..25).map(|p| relation_wait(p, &[10], 30, "AccessShareLock")));
+        (snapshot(sessions), waits)
+    }
+
+    /// The same waits, the readers' (20..) begun `age_s` ago.
+    fn readers_waited(waits: &[LockWait], age_s: i64) -> Vec<LockWait> {
+        waits
+            .iter()
+            .map(|w| {
+                let mut w = w.clone();
+                if w.pid >= 20 {
+                    w.wait_start = Some(NOW - age_s * SECOND);
+                }
+                w
+            })
+            .collect()
+    }
+
+    fn queue_policy() -> Policy {
+        Policy {
+            lock_queue_timeout: 10 * SECOND,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_statement_queued_for_a_lock_that_holds_up_others_is_cancelled() {
+        let (snap, waits) = queued_alter("active");
+        let p = blocker_plan(&snap, &waits, &queue_policy());
+        assert_eq!(pids(&p), vec![10], "{p:#?}");
+        let t = &p.targets[0];
+        assert_eq!((t.rule, t.held_up), (Rule::LockQueueCancel, 5));
+        assert!(t.rule.cancels());
+        assert_eq!(t.deadline, NOW - 20 * SECOND);
+        let q = t.queued.clone().unwrap();
+        assert_eq!(
+            (q.mode.as_deref(), q.relation.as_deref(), q.behind),
+            (Some("AccessExclusiveLock"), Some("orders"), vec![1])
+        );
+        // its waiters younger than the timeout: not yet, and the worker wakes at the deadline
+        let young = readers_waited(&waits, 4);
+        let p = blocker_plan(&snap, &young, &queue_policy());
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, Some(NOW + 6 * SECOND));
+        // six waiters wanted, five there: never
+        let six = Policy {
+            lock_queue_min_waiters: 6,
+            ..queue_policy()
+        };
+        let p = blocker_plan(&snap, &waits, &six);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, None);
+        // off, by default
+        assert!(blocker_plan(&snap, &waits, &Policy::default())
+            .targets
+            .is_empty());
+        // the worker never sleeps past the rule's timeout
+        assert_eq!(longest_sleep(3600 * SECOND, &queue_policy()), 10 * SECOND);
+        // the re-check right before the cancel
+        let b = snap.clients().find(|b| b.pid == 10).unwrap();
+        assert!(still_queued(b, &waits, NOW, &queue_policy()));
+        let granted: Vec<LockWait> = waits.iter().filter(|w| w.pid != 10).cloned().collect();
+        assert!(!still_queued(b, &granted, NOW, &queue_policy()));
+    }
+
+    #[test]
+    fn only_sessions_a_cancel_would_let_go_are_queued_behind_a_statement() {
+        // a writer waiting on a row the waiting statement holds: a chain, not a queue
+        let mut row = lock_wait(30, &[10], Some(60));
+        row.locktype = Some("transactionid".into());
+        // a writer in a mode the ALTER's request does not conflict with... none does with
+        // AccessExclusiveLock: take a SHARE request, which a RowShareLock reader passes
+        let mut share = relation_wait(10, &[1], 40, "ShareLock");
+        share.relation = Some("orders".into());
+        let reader = relation_wait(20, &[10], 30, "RowShareLock");
+        // a reader of another table, and one the root holds up too
+        let mut elsewhere = relation_wait(21, &[10], 30, "AccessShareLock");
+        elsewhere.relation = Some("lines".into());
+        let both = relation_wait(22, &[10, 1], 30, "AccessShareLock");
+        let q = queues_in(&[share, row, reader, elsewhere, both]);
+        assert!(q.is_empty(), "{q:#?}");
+        // the ALTER and a reader queued behind it: a queue of one
+        let q = queues_in(&[
+            relation_wait(10, &[1], 40, "AccessExclusiveLock"),
+            relation_wait(20, &[10], 30, "AccessShareLock"),
+        ]);
+        assert_eq!(q[&10].wait_starts, vec![Some(NOW - 30 * SECOND)]);
+        assert!(modes_conflict(
+            Some("AccessShareLock"),
+            Some("AccessExclusiveLock")
+        ));
+        assert!(modes_conflict(Some("ShareLock"), Some("RowExclusiveLock")));
+        assert!(!modes_conflict(Some("ShareLock"), Some("ShareLock")));
+        assert!(!modes_conflict(
+            Some("RowExclusiveLock"),
+            Some("RowExclusiveLock")
+        ));
+        assert!(!modes_conflict(
+            Some("ExclusiveLock"),
+            Some("AccessShareLock")
+        ));
+        assert!(!modes_conflict(None, Some("AccessExclusiveLock")));
+    }
+
+    #[test]
+    fn the_lock_queue_rule_spares_what_it_must() {
+        let (snap, waits) = queued_alter("active");
+        // an excluded application's migration is not cancelled
+        let mut pol = queue_policy();
+        pol.scope.exclude_applications = PatternList::parse("api").unwrap();
+        assert!(blocker_plan(&snap, &waits, &pol).targets.is_empty());
+        // an override of 0 for its application: never
+        let mut never = queue_policy();
+        never.lock_queue_timeout_overrides = Overrides::parse("app:api=0").unwrap();
+        assert!(blocker_plan(&snap, &waits, &never).targets.is_empty());
+        // a session waiting on an advisory lock waits on purpose: not a queue
+        let advisory: Vec<LockWait> = waits
+            .iter()
+            .map(|w| {
+                let mut w = w.clone();
+                if w.pid == 10 {
+                    w.locktype = Some("advisory".into());
+                }
+                w
+            })
+            .collect();
+        assert!(blocker_plan(&snap, &advisory, &queue_policy())
+            .targets
+            .is_empty());
+        // a queue nobody waits behind: nothing
+        let alone = [relation_wait(10, &[1], 40, "AccessExclusiveLock")];
+        assert!(blocker_plan(&snap, &alone, &queue_policy())
+            .targets
+            .is_empty());
+        // a dry run records a session once: one already handled is left out
+        let p = plan(&snap, &waits, load(10.0), &queue_policy(), 0, |b| {
+            b.pid == 10
+        });
+        assert!(p.targets.is_empty());
+    }
+
+    #[test]
+    fn a_queued_statement_is_cancelled_before_its_root_is_ended() {
+        // the report's session idle in its transaction, and both rules on at the same
+        // timeout: the queued ALTER is cancelled (the client can retry), and its root, whose
+        // pile-up is only the queue behind the ALTER, is not ended for it
+        let (snap, waits) = queued_alter("idle in transaction");
+        let both = Policy {
+            blocker_timeout: 10 * SECOND,
+            ..queue_policy()
+        };
+        let p = blocker_plan(&snap, &waits, &both);
+        assert_eq!(pids(&p), vec![10], "{p:#?}");
+        assert_eq!(p.targets[0].rule, Rule::LockQueueCancel);
+        // a writer that waits on the root itself still makes it a pile-up root
+        let mut more = waits.clone();
+        more.push(lock_wait(30, &[1], Some(60)));
+        let mut sessions: Vec<Backend> = snap.backends.clone();
+        sessions.push(client(30, "active", 60));
+        let p = blocker_plan(&snapshot(sessions), &more, &both);
+        assert_eq!(pids(&p), vec![10, 1], "{p:#?}");
+        assert_eq!(
+            p.targets.iter().map(|t| t.rule).collect::<Vec<_>>(),
+            vec![Rule::LockQueueCancel, Rule::BlockerTimeout]
+        );
+        // the ALTER has waited 40 s, its readers only 4: the queue is the lock-queue rule's
+        // business, so the root is not ended for the ALTER's long wait; the cancel comes when
+        // the readers have waited the timeout
+        let young = readers_waited(&waits, 4);
+        let p = blocker_plan(&snap, &young, &both);
+        assert!(p.targets.is_empty(), "{p:#?}");
+        assert_eq!(p.next_deadline, Some(NOW + 6 * SECOND));
+        // a queued statement the lock-queue rule leaves alone (an excluded application's)
+        // counts toward its root as before
+        let mut spared_alter = both.clone();
+        spared_alter.scope.exclude_applications = PatternList::parse("api").unwrap();
+        let mut sessions: Vec<Backend> = snap.backends.clone();
+        sessions[0].application_name = Some("report".into());
+        let p = blocker_plan(&snapshot(sessions), &waits, &spared_alter);
+        assert_eq!(pids(&p), vec![1], "{p:#?}");
+        assert_eq!(p.targets[0].rule, Rule::BlockerTimeout);
+        // the root-blocker rule alone ends the root, as before
+        let roots_only = Policy {
+            blocker_timeout: 10 * SECOND,
+            ..Policy::default()
+        };
+        assert_eq!(pids(&blocker_plan(&snap, &waits, &roots_only)), vec![1]);
+        // the cancelled statement's wait and the waits behind it alone leave the graph
+        let after = without_sessions(&more, &[10]);
+        assert_eq!(after.iter().map(|w| w.pid).collect::<Vec<_>>(), vec![30]);
+    }
+
     #[test]
     fn the_root_of_a_pile_up_idle_in_its_transaction_is_ended_once_its_waits_are_old() {
         let snap = snapshot(vec![
@@ -1297,10 +1800,17 @@ mod tests {
             &client(1, "idle in transaction", 100),
             &waits,
             NOW,
-            &pol
+            &pol,
+            &[]
         ));
         assert!(
-            !still_blocking(&client(2, "idle in transaction", 100), &waits, NOW, &pol),
+            !still_blocking(
+                &client(2, "idle in transaction", 100),
+                &waits,
+                NOW,
+                &pol,
+                &[]
+            ),
             "2 waits itself: no root"
         );
         // its waiter gave up (lock_timeout, cancel): only the young wait is left
@@ -1309,13 +1819,15 @@ mod tests {
             &client(1, "idle in transaction", 100),
             &waits,
             NOW,
-            &pol
+            &pol,
+            &[]
         ));
         assert!(!still_blocking(
             &client(1, "idle in transaction", 100),
             &[],
             NOW,
-            &pol
+            &pol,
+            &[]
         ));
         // the rule was turned off by a reload
         let waits = [lock_wait(2, &[1], Some(40))];
@@ -1327,7 +1839,8 @@ mod tests {
             &client(1, "idle in transaction", 100),
             &waits,
             NOW,
-            &off
+            &off,
+            &[]
         ));
         let more = Policy {
             blocker_min_waiters: 2,
@@ -1337,7 +1850,8 @@ mod tests {
             &client(1, "idle in transaction", 100),
             &waits,
             NOW,
-            &more
+            &more,
+            &[]
         ));
     }
 
@@ -1363,7 +1877,10 @@ mod tests {
                 blocker_plan(&snap, &[wt.clone()], &pol).targets.is_empty(),
                 "a wait on a {t} lock"
             );
-            assert!(!still_blocking(&snap.backends[0], &[wt], NOW, &pol), "{t}");
+            assert!(
+                !still_blocking(&snap.backends[0], &[wt], NOW, &pol, &[]),
+                "{t}"
+            );
         }
         for t in PILE_UP_LOCKTYPES {
             let mut wt = lock_wait(2, &[1], Some(40));
@@ -1385,7 +1902,7 @@ mod tests {
         // its own does: 0 is never
         pol.blocker_timeout_overrides = Overrides::parse("app:reporting=0").unwrap();
         assert!(blocker_plan(&snap, &waits, &pol).targets.is_empty());
-        assert!(!still_blocking(&root, &waits, NOW, &pol));
+        assert!(!still_blocking(&root, &waits, NOW, &pol, &[]));
         // a longer one waits longer; another application keeps the global timeout
         pol.blocker_timeout_overrides = Overrides::parse("app:reporting=1min").unwrap();
         let p = blocker_plan(&snap, &waits, &pol);
@@ -1418,7 +1935,8 @@ mod tests {
             &client(1, "idle in transaction", 100),
             &[adv],
             NOW,
-            &blocker_policy()
+            &blocker_policy(),
+            &[]
         ));
     }
 }

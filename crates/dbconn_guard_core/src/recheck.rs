@@ -34,6 +34,9 @@ pub enum Verdict {
     /// Root-blocker rules: it no longer holds up enough waits past `blocker_timeout` (they
     /// gave up or got their lock, it waits itself now, or the rule changed).
     NoLongerBlocking,
+    /// The lock-queue rule: its statement no longer waits in the queue holding up enough
+    /// waits past `lock_queue_timeout` (it got its lock, they gave up, or the rule changed).
+    NoLongerQueued,
     /// A cancel (`blocker_cancel`, `manual_cancel`): its statement is a COMMIT waiting for a
     /// synchronous standby. A cancel would make it commit locally without the standby's
     /// confirmation: never.
@@ -50,6 +53,9 @@ impl Verdict {
             Verdict::Protected(p) => p.as_str(),
             Verdict::NoLongerBlocking => {
                 "it no longer holds up other sessions past dbconn_guard.blocker_timeout"
+            }
+            Verdict::NoLongerQueued => {
+                "it no longer waits in a lock queue holding up other sessions past dbconn_guard.lock_queue_timeout"
             }
             Verdict::CommitWaitsForStandby => {
                 "its COMMIT waits for a synchronous standby: a cancel would commit it without the standby"

@@ -69,6 +69,10 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
         )];
     }
     let roots = lasting;
+    // statements queued for a relation lock that hold up others (an ALTER TABLE behind a long
+    // report, and the readers behind the ALTER): the story of their pile-up
+    let queues = policy::queues_in(&c.i.lock_waits);
+    let mut queue_rows: Vec<Finding> = Vec::new();
     let mut out: Vec<Finding> = roots
         .iter()
         .take(TOP)
@@ -78,6 +82,18 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 .iter()
                 .filter(|ch| ch.root_pid == Some(root))
                 .collect();
+            let queued = mine
+                .iter()
+                .filter_map(|ch| queues.get(&ch.pid).map(|q| (ch.pid, q)))
+                .max_by_key(|(p, q)| (q.wait_starts.len(), -p));
+            let queue_note = queued.and_then(|(qpid, q)| {
+                let row = queued_statement(c, root, qpid, q)?;
+                queue_rows.push(row);
+                Some(format!(
+                    "; {} of them queue behind the statement of pid {qpid}, itself waiting for a lock: see that row",
+                    q.wait_starts.len()
+                ))
+            });
             let direct: Vec<i32> = mine
                 .iter()
                 .filter(|ch| ch.depth == Some(1))
@@ -132,7 +148,10 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 (false, Some(note)) => format!("{who}; {note}"),
                 _ => who,
             };
-            let status = if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
+            let status = if queue_note.is_some() {
+                // the queued statement's row tells this pile-up's story
+                Status::Info
+            } else if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
                 Status::Critical
             } else if longest > t.lock_wait_warning {
                 Status::Warning
@@ -142,7 +161,11 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
             flag(
                 "locks",
                 status,
-                format!("Lock pile-up: pid {root} holds up {}; {verb}", sessions(count)),
+                format!(
+                    "Lock pile-up: pid {root} holds up {}{}; {verb}",
+                    sessions(count),
+                    queue_note.as_deref().unwrap_or("")
+                ),
                 format!(
                     "root pid {root} ({who}) blocks {} directly, {count} in all; longest wait {}{on}",
                     direct.len(),
@@ -153,6 +176,9 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
             .about(Culprit::Session(root))
         })
         .collect();
+    // the queued statements first: cancelling one lets its queue go at once
+    queue_rows.append(&mut out);
+    let mut out = queue_rows;
     let cycle: Vec<i32> = c
         .chains
         .iter()
@@ -176,4 +202,126 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// What a queued statement is, from its text: `ALTER TABLE`, `VACUUM`, ... (None: not known).
+fn statement_kind(query: Option<&str>) -> Option<String> {
+    let mut words = query?.split_whitespace().map(str::to_uppercase);
+    let first = words.next()?;
+    match first.as_str() {
+        "ALTER" | "DROP" | "CREATE" => {
+            let second = words.next()?;
+            let third = words.next();
+            // CREATE UNIQUE INDEX, DROP MATERIALIZED VIEW: the third word names it
+            match (second.as_str(), third) {
+                ("UNIQUE" | "MATERIALIZED", Some(t)) => Some(format!("{first} {second} {t}")),
+                _ => Some(format!("{first} {second}")),
+            }
+        }
+        "VACUUM" | "TRUNCATE" | "REINDEX" | "LOCK" | "CLUSTER" | "REFRESH" => Some(first),
+        _ => None,
+    }
+    .map(|k| {
+        k.chars()
+            .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+            .collect()
+    })
+}
+
+/// The row of a statement queued for a relation lock behind `root`, holding up the sessions
+/// of `q`: once its waiters have waited past ordinary contention (None before).
+fn queued_statement(c: &Ctx, root: i32, qpid: i32, q: &policy::LockQueue) -> Option<Finding> {
+    let longest = q
+        .wait_starts
+        .iter()
+        .map(|s| age_seconds(c.now, *s).unwrap_or(0.0))
+        .fold(0.0, f64::max);
+    if longest < TRANSIENT_SECS {
+        return None;
+    }
+    let index = c.i.snapshot.index();
+    let b = index.get(&qpid).copied();
+    let kind = statement_kind(b.and_then(|b| b.query.as_deref()));
+    let what = kind.clone().unwrap_or_else(|| "statement".into());
+    let on = q
+        .queued
+        .relation
+        .as_deref()
+        .map_or_else(String::new, |r| format!(" on {}", quoted(r)));
+    let behind = match index.get(&root) {
+        Some(r) if !r.is_hidden() => format!(
+            "pid {root} ({} for {}, application {})",
+            r.state.unwrap_or("state unknown"),
+            dur(r.state_age(c.now)),
+            quoted_or(r.application_name.as_deref(), "-")
+        ),
+        _ => format!("pid {root}"),
+    };
+    let t = &c.i.guard.thresholds;
+    let status = if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
+        Status::Critical
+    } else if longest > t.lock_wait_warning {
+        Status::Warning
+    } else {
+        Status::Info
+    };
+    let held = q.wait_starts.len() as i64;
+    let rule = match c.i.guard.policy.lock_queue_timeout {
+        0 => "the lock-queue rule is off (dbconn_guard.lock_queue_timeout)".to_string(),
+        us => format!(
+            "dbconn_guard.lock_queue_timeout ({}) cancels such a statement",
+            dur(us as f64 / 1e6)
+        ),
+    };
+    let protection = b.and_then(|b| c.i.guard.policy.scope.protection(b, c.i.caller.pid));
+    let look = format!(
+        "SELECT pid, usename, application_name, state, wait_event_type, wait_event, now() - query_start AS running, query FROM pg_stat_activity WHERE pid = {qpid} OR {qpid} = ANY (pg_blocking_pids(pid));"
+    );
+    let (finding, action) = match (b, protection) {
+        (Some(b), p) if !b.is_hidden() && !matches!(p, Some(Protection::ClientTool) | Some(Protection::ExcludedApplication) | Some(Protection::ExcludedUser) | Some(Protection::ExcludedDatabase) | Some(Protection::NotIncludedApplication)) => (
+            format!(
+                "A queued {what}{on} holds up {} behind {behind}: cancel the {} (it can retry with lock_timeout)",
+                sessions(held),
+                kind.as_deref().map_or("statement", |k| k.split(' ').next().unwrap_or("statement")),
+            ),
+            // only while it still waits for a lock: a pid's next statement is never hit
+            format!(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {qpid} AND wait_event_type = 'Lock';"
+            ),
+        ),
+        (Some(b), Some(p)) if !b.is_hidden() => (
+            format!(
+                "A queued {what}{on} holds up {} behind {behind}; the guard is told to spare it ({}): look at it and at what waits",
+                sessions(held),
+                p.as_str()
+            ),
+            look,
+        ),
+        _ => (
+            format!(
+                "A statement queued for a lock{on} holds up {} behind {behind}; its details are hidden from this role: look at it",
+                sessions(held)
+            ),
+            look,
+        ),
+    };
+    let mut f = flag(
+        "locks",
+        status,
+        finding,
+        format!(
+            "pid {qpid} waits for {}{on} behind pid{} {}; {} queued behind it, longest wait {}; {}; {rule}{}",
+            q.queued.mode.as_deref().unwrap_or("a lock"),
+            if q.queued.behind.len() == 1 { "" } else { "s" },
+            pid_list(&q.queued.behind),
+            sessions(held),
+            dur(longest),
+            b.map_or_else(|| "query hidden".to_string(), query_text),
+            b.and_then(|b| c.i.caller.signal_note(Some(b)))
+                .map_or_else(String::new, |n| format!("; {n}"))
+        ),
+        action,
+    );
+    f.culprit = Some(Culprit::Session(qpid));
+    Some(f)
 }

@@ -4,7 +4,6 @@ use super::*;
 use crate::blocking::LockWait;
 use crate::history::GroupSample;
 use crate::patterns::PatternList;
-use crate::policy::Scope;
 use crate::session::fixtures::*;
 
 const MB: i64 = 1024 * 1024;
@@ -35,19 +34,8 @@ fn addr(mut b: Backend, a: &str) -> Backend {
 
 fn policy() -> Policy {
     Policy {
-        scope: Scope::default(),
-        idle_timeout: 0,
         idle_in_transaction_timeout: 300 * SECOND,
-        transaction_timeout: 0,
-        min_utilization_pct: 0.0,
-        max_terminations_per_cycle: 100,
-        idle_timeout_overrides: Overrides::default(),
-        idle_in_transaction_timeout_overrides: Overrides::default(),
-        transaction_timeout_overrides: Overrides::default(),
-        blocker_timeout: 0,
-        blocker_timeout_overrides: Default::default(),
-        blocker_min_waiters: 1,
-        cancel_active_blockers: false,
+        ..Policy::default()
     }
 }
 
@@ -2593,6 +2581,75 @@ fn each_incident_is_one_structured_finding_naming_its_culprit() {
     assert!(
         fs.iter()
             .all(|f| f.culprit.is_none() && f.status < Status::Warning),
+        "{fs:#?}"
+    );
+}
+
+#[test]
+fn a_queued_alter_table_is_named_and_cancelled_not_its_root() {
+    // a 2-hour report reads orders; an ALTER TABLE queued behind it for 90 s; 40 readers
+    // queued behind the ALTER for 80 s
+    let mut report = app(c(4711, "active", 7200), "reports");
+    report.query = Some("SELECT * FROM orders JOIN lines USING (id)".into());
+    let mut alter = app(c(50, "active", 90), "psql");
+    alter.query = Some("alter table orders add column note text".into());
+    let mut clients = vec![report, alter];
+    clients.extend((100..140).map(|p| c(p, "active", 80)));
+    let mut i = with(clients);
+    let mut w = wait(50, &[4711], 90);
+    w.mode = Some("AccessExclusiveLock".into());
+    i.lock_waits = vec![w];
+    i.lock_waits.extend((100..140).map(|p| {
+        let mut r = wait(p, &[50], 80);
+        r.mode = Some("AccessShareLock".into());
+        r
+    }));
+    let fs = diagnose(&i);
+    let rows = area(&fs, "locks");
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let q = rows[0];
+    assert_eq!(
+        q.finding,
+        "A queued ALTER TABLE on \"orders\" holds up 40 sessions behind pid 4711 (active for 2h, application \"reports\"): cancel the ALTER (it can retry with lock_timeout)"
+    );
+    assert_eq!(q.status, Status::Critical);
+    assert_eq!(
+        action(q),
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = 50 AND wait_event_type = 'Lock';"
+    );
+    assert_eq!(q.culprit, Some(Culprit::Session(50)));
+    assert!(
+        q.evidence
+            .contains("the lock-queue rule is off (dbconn_guard.lock_queue_timeout)"),
+        "{}",
+        q.evidence
+    );
+    // the report's row points to it, as info: one story
+    assert_eq!(rows[1].status, Status::Info, "{:#?}", rows[1]);
+    assert!(
+        rows[1]
+            .finding
+            .contains("40 of them queue behind the statement of pid 50"),
+        "{}",
+        rows[1].finding
+    );
+    // and the incident row is the queued ALTER
+    assert_eq!(fs[0].culprit, Some(Culprit::Session(50)), "{:#?}", fs[0]);
+    // the rule on: the row says it cancels such a statement
+    i.guard.policy.lock_queue_timeout = 30 * SECOND;
+    let fs = diagnose(&i);
+    assert!(area(&fs, "locks")[0]
+        .evidence
+        .contains("dbconn_guard.lock_queue_timeout (30s) cancels such a statement"));
+    // waits of a moment: ordinary contention, no row
+    for w in i.lock_waits.iter_mut() {
+        w.wait_start = Some(NOW - SECOND);
+    }
+    let fs = diagnose(&i);
+    assert!(
+        area(&fs, "locks")
+            .iter()
+            .all(|r| !r.finding.contains("queued")),
         "{fs:#?}"
     );
 }
