@@ -286,6 +286,11 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
         }
         LastLook::StillTheRoot => {}
     }
+    if t.rule == Rule::BlockerTerminate
+        && (!pol.cancel_active_blockers || pol.blocker_terminate_after == 0)
+    {
+        return Verdict::NoLongerBlocking;
+    }
     if t.rule == Rule::BlockerCancel && !pol.cancel_active_blockers {
         return Verdict::NoLongerBlocking;
     }

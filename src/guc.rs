@@ -40,6 +40,7 @@ pub static TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static BLOCKER_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static BLOCKER_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static CANCEL_ACTIVE_BLOCKERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static BLOCKER_TERMINATE_AFTER: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static LOCK_QUEUE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static LOCK_QUEUE_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -344,7 +345,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 42] = [
+pub static SETTINGS: [Setting; 43] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -488,6 +489,11 @@ pub static SETTINGS: [Setting; 42] = [
         c"When on, a root blocker running a statement has that statement cancelled (pg_cancel_backend, never terminated) under dbconn_guard.blocker_timeout, once per statement.",
         &CANCEL_ACTIVE_BLOCKERS,
         "off",
+    ),
+    timeout(
+        c"dbconn_guard.blocker_terminate_after",
+        c"Ends an active root blocker whose statement was cancelled under dbconn_guard.cancel_active_blockers and that still holds up a pile-up past dbconn_guard.blocker_timeout this long after that first cancel (0: never).",
+        &BLOCKER_TERMINATE_AFTER,
     ),
     timeout(
         c"dbconn_guard.lock_queue_timeout",
@@ -908,6 +914,7 @@ pub fn policy() -> Policy {
         blocker_timeout_overrides: overrides(&BLOCKER_TIMEOUT_OVERRIDES),
         blocker_min_waiters: BLOCKER_MIN_WAITERS.get().max(1) as usize,
         cancel_active_blockers: CANCEL_ACTIVE_BLOCKERS.get(),
+        blocker_terminate_after: seconds_us(BLOCKER_TERMINATE_AFTER.get()),
         lock_queue_timeout: seconds_us(LOCK_QUEUE_TIMEOUT.get()),
         lock_queue_timeout_overrides: overrides(&LOCK_QUEUE_TIMEOUT_OVERRIDES),
         lock_queue_min_waiters: LOCK_QUEUE_MIN_WAITERS.get().max(1) as usize,

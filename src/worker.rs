@@ -99,6 +99,11 @@ struct State {
     /// waiting for a synchronous standby, which is never cancelled), by the same key as
     /// `acted`: not judged again before `until`, then with a doubled delay; logged once.
     backoff: HashMap<(i32, Micros, Micros), Backoff>,
+    /// Active roots whose statement was cancelled under `blocker_cancel`, by (pid,
+    /// backend_start): when first and when last in this episode (`blocker_terminate_after`
+    /// counts from the first). An episode ends when no cancel came for longer than
+    /// `blocker_terminate_after` + `blocker_timeout` (the root let go), or the session ends.
+    first_cancels: HashMap<(i32, Micros), (Micros, Micros)>,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
@@ -599,6 +604,29 @@ fn cycle(state: &mut State) -> Micros {
                         Outcome::WouldTerminate => Some(Acted::DryRun),
                         _ => None,
                     };
+                    // the escalation counts from an active root's first cancel
+                    // (a dry run's records too: it records the escalation once, then the
+                    // same statement is one acted on)
+                    match (t.rule, acted.is_some()) {
+                        (policy::Rule::BlockerCancel, true) => {
+                            let at = p.judged_at;
+                            let gap = episode_gap(&pol);
+                            state
+                                .first_cancels
+                                .entry(session_key(&t.backend))
+                                .and_modify(|(first, last)| {
+                                    if at - *last > gap {
+                                        *first = at;
+                                    }
+                                    *last = at;
+                                })
+                                .or_insert((at, at));
+                        }
+                        (policy::Rule::BlockerTerminate, true) => {
+                            state.first_cancels.remove(&session_key(&t.backend));
+                        }
+                        _ => {}
+                    }
                     if let Some(a) = acted {
                         acted_on += 1;
                         state.acted.insert(key(&t.backend), a);
@@ -703,6 +731,16 @@ fn key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
     )
 }
 
+/// How long an active root may go without a cancel before its escalation starts afresh:
+/// `blocker_terminate_after` + `blocker_timeout` (at least a second of slack).
+fn episode_gap(pol: &policy::Policy) -> Micros {
+    pol.blocker_terminate_after + pol.blocker_timeout.max(SECOND)
+}
+
+fn session_key(b: &crate::core::session::Backend) -> (i32, Micros) {
+    (b.pid, b.backend_start.unwrap_or(0))
+}
+
 fn xact_key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
     (
         b.pid,
@@ -773,6 +811,11 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             snap.backends.iter().map(xact_key).collect();
         state.acted_xacts.retain(|k, _| present.contains(k));
     }
+    if !state.first_cancels.is_empty() && snap.torn == 0 {
+        let present: std::collections::HashSet<(i32, Micros)> =
+            snap.backends.iter().map(session_key).collect();
+        state.first_cancels.retain(|k, _| present.contains(k));
+    }
     if !state.backoff.is_empty() && snap.torn == 0 {
         let present: std::collections::HashSet<(i32, Micros, Micros)> =
             snap.backends.iter().map(key).collect();
@@ -784,7 +827,12 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             client_backends: util.client_backends,
             max_connections: util.limits.max_connections,
         };
-        let (acted, acted_xacts, backoff) = (&state.acted, &state.acted_xacts, &state.backoff);
+        let (acted, acted_xacts, backoff, first_cancels) = (
+            &state.acted,
+            &state.acted_xacts,
+            &state.backoff,
+            &state.first_cancels,
+        );
         let judged_at = snap.now;
         // the lock graph only for the root-blocker and lock-queue rules (no catalog access,
         // no names)
@@ -798,7 +846,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             max_terminations_per_cycle: usize::MAX,
             ..pol.clone()
         };
-        let plan = policy::plan(
+        let plan = policy::plan_with(
             &snap,
             &waits,
             load,
@@ -808,6 +856,12 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
                 acted.contains_key(&key(b))
                     || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
                     || backoff.get(&key(b)).is_some_and(|o| o.until > judged_at)
+            },
+            |b| {
+                first_cancels
+                    .get(&session_key(b))
+                    .filter(|(_, last)| judged_at - last <= episode_gap(&uncapped))
+                    .map(|(first, _)| *first)
             },
         );
         out.targets = plan.targets;

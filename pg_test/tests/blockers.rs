@@ -2,8 +2,10 @@
 //! `cancel_active_blockers`), with real sessions and real lock waits: the idle root of a pile-up
 //! is ended once its waits are old, and only the root; its waiters go on; a protected root is
 //! kept; fewer waiters than asked for keep it; an active root is only ever cancelled, and only
-//! when asked, once per statement; a root whose waiters gave up between the record and the
-//! signal is spared at the last look; a dry run records a root once.
+//! when asked, once per statement, and ended when it still holds its pile-up
+//! `blocker_terminate_after` past its first cancel; a root whose waiters gave up between the
+//! record and the signal is spared at the last look; a dry run records a root once. And the
+//! lock-queue rule (`lock_queue_timeout`): a queued ALTER TABLE is cancelled, not its root.
 
 use dbconn_guard_integration::*;
 use std::thread;
@@ -535,5 +537,92 @@ fn a_queued_statement_the_guard_protects_is_never_cancelled() {
         finished_ok(h, &format!("reader {p}"));
     }
     assert!(alive(&mut a, root));
+    reset_system(&mut a);
+}
+
+// --- the escalation (dbconn_guard.blocker_terminate_after) ---------------------------------
+
+#[test]
+fn a_root_that_retries_after_every_cancel_is_ended_after_blocker_terminate_after() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut a = guard_admin();
+    table(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "1s"),
+            ("dbconn_guard.cancel_active_blockers", "on"),
+            ("dbconn_guard.blocker_terminate_after", "4s"),
+        ],
+    );
+    // the root: a client that re-issues its locking transaction right after every cancel
+    let mut root_c = connect_as(APP_ROLE, "it_b_retry");
+    let root = pid(&mut root_c);
+    let retries = thread::spawn(move || {
+        let mut cancelled = 0;
+        loop {
+            let r = root_c.batch_execute(&format!(
+                "BEGIN; {}; SELECT pg_sleep(30); COMMIT",
+                update(3)
+            ));
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) => {
+                    cancelled += 1;
+                    let _ = root_c.batch_execute("ROLLBACK");
+                }
+                Err(_) => return cancelled, // its session was ended
+            }
+        }
+    });
+    // its victim: a writer of the same row, again and again
+    let stop = Arc::new(AtomicBool::new(false));
+    let victim = {
+        let stop = stop.clone();
+        let mut c = connect_as(APP_ROLE, "it_b_retry_victim");
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = c.batch_execute(&update(3));
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let started = Instant::now();
+    wait_gone(&mut a, root, Duration::from_secs(30));
+    let cancelled = retries.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    victim.join().unwrap();
+    let rows: Vec<(String, f64)> = a
+        .query(
+            "SELECT rule, extract(epoch FROM terminated_at)::float8 FROM dbconn_guard.terminations \
+              WHERE pid = $1 AND NOT dry_run ORDER BY id",
+            &[&root],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let cancels: Vec<f64> = rows
+        .iter()
+        .filter(|(r, _)| r == "blocker_cancel")
+        .map(|(_, t)| *t)
+        .collect();
+    let ends: Vec<f64> = rows
+        .iter()
+        .filter(|(r, _)| r == "blocker_terminate")
+        .map(|(_, t)| *t)
+        .collect();
+    assert!(
+        cancels.len() >= 2 && cancelled >= 2,
+        "cancelled, retried, cancelled again before the end: {rows:?} ({cancelled} cancels seen)"
+    );
+    assert_eq!(ends.len(), 1, "{rows:?}");
+    let after = ends[0] - cancels[0];
+    assert!(
+        (3.9..10.0).contains(&after),
+        "ended {after:.1}s after its first cancel (blocker_terminate_after 4s): {rows:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
     reset_system(&mut a);
 }

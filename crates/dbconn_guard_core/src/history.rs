@@ -538,17 +538,19 @@ mod tests {
 
     #[test]
     fn terminations_since_the_previous_sample() {
+        let now: [i64; RULES] = std::array::from_fn(|i| 5 + 2 * i as i64);
+        let before: [i64; RULES] = std::array::from_fn(|i| i as i64);
         assert_eq!(
-            ByRule::since([5, 7, 9, 4, 6, 2, 3, 4], [2, 7, 1, 0, 1, 2, 1, 1]),
-            ByRule([3, 0, 8, 4, 5, 0, 2, 3])
+            ByRule::since(now, before),
+            ByRule(std::array::from_fn(|i| 5 + i as u32))
         );
         // counters that went back (a crash-restart reset shared memory)
-        assert_eq!(
-            ByRule::since([1, 0, 0, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0])
-                .get(Rule::IdleTimeout),
-            1
-        );
-        let b = ByRule::since([1, 2, 3, 4, 5, 6, 7, 8], [0; 8]);
+        let mut now = [0; RULES];
+        now[Rule::IdleTimeout.index()] = 1;
+        let mut before = [0; RULES];
+        before[Rule::IdleTimeout.index()] = 4;
+        assert_eq!(ByRule::since(now, before).get(Rule::IdleTimeout), 1);
+        let b = ByRule::since(std::array::from_fn(|i| 1 + i as i64), [0; RULES]);
         assert_eq!(ByRule::from_array(b.as_array()), b);
     }
 

@@ -454,7 +454,13 @@ mod tests {
                 ..Default::default()
             },
             oldest_lock_wait_start: Some(UNIX_EPOCH + 1_700_000_000 * SECOND),
-            terminations_by_rule: [4, 1, 2, 0, 0, 0, 0, 0],
+            terminations_by_rule: {
+                let mut t = [0; RULES];
+                t[Rule::IdleTimeout.index()] = 4;
+                t[Rule::IdleInTransactionTimeout.index()] = 1;
+                t[Rule::TransactionTimeout.index()] = 2;
+                t
+            },
             worker_up: true,
             health: vec![
                 ("utilization", Status::Ok),

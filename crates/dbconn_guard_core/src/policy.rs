@@ -145,6 +145,9 @@ pub struct Policy {
     pub blocker_min_waiters: usize,
     /// Whether a root running a statement has that statement cancelled under the same rule.
     pub cancel_active_blockers: bool,
+    /// Microseconds; 0 = off. An active root still holding up a pile-up past `blocker_timeout`
+    /// this long after its first cancel (under `cancel_active_blockers`) is ended.
+    pub blocker_terminate_after: Micros,
     /// Microseconds; 0 = off. A statement waiting in a lock queue is cancelled once
     /// `lock_queue_min_waiters` of the waits it holds up have lasted longer than this.
     pub lock_queue_timeout: Micros,
@@ -174,6 +177,7 @@ impl Default for Policy {
             blocker_timeout_overrides: Overrides::default(),
             blocker_min_waiters: 1,
             cancel_active_blockers: false,
+            blocker_terminate_after: 0,
             lock_queue_timeout: 0,
             lock_queue_timeout_overrides: Overrides::default(),
             lock_queue_min_waiters: 1,
@@ -191,6 +195,7 @@ impl Policy {
             Rule::TransactionTimeout => self.transaction_timeout,
             Rule::BlockerTimeout | Rule::BlockerCancel => self.blocker_timeout,
             Rule::LockQueueCancel => self.lock_queue_timeout,
+            Rule::BlockerTerminate => self.blocker_terminate_after,
             Rule::Manual | Rule::ManualCancel => 0,
         }
     }
@@ -202,7 +207,9 @@ impl Policy {
             Rule::IdleTimeout => Some(&self.idle_timeout_overrides),
             Rule::IdleInTransactionTimeout => Some(&self.idle_in_transaction_timeout_overrides),
             Rule::TransactionTimeout => Some(&self.transaction_timeout_overrides),
-            Rule::BlockerTimeout | Rule::BlockerCancel => Some(&self.blocker_timeout_overrides),
+            Rule::BlockerTimeout | Rule::BlockerCancel | Rule::BlockerTerminate => {
+                Some(&self.blocker_timeout_overrides)
+            }
             Rule::LockQueueCancel => Some(&self.lock_queue_timeout_overrides),
             Rule::Manual | Rule::ManualCancel => None,
         }
@@ -723,6 +730,21 @@ pub fn plan(
     own_pid: i32,
     handled: impl Fn(&Backend) -> bool,
 ) -> Plan {
+    plan_with(snapshot, waits, load, policy, own_pid, handled, |_| None)
+}
+
+/// `plan`, with the worker's memory of the active roots it cancelled: `first_cancel` gives when
+/// a session's statement was first cancelled under `blocker_cancel` in the pile-up it still
+/// holds (None: never), for `blocker_terminate_after`.
+pub fn plan_with(
+    snapshot: &Snapshot,
+    waits: &[LockWait],
+    load: Load,
+    policy: &Policy,
+    own_pid: i32,
+    handled: impl Fn(&Backend) -> bool,
+    first_cancel: impl Fn(&Backend) -> Option<Micros>,
+) -> Plan {
     let now = snapshot.now;
     let queues = lock_queues(waits, policy);
     // the queues the lock-queue rule will act on are its business: the root-blocker rule judges
@@ -745,6 +767,28 @@ pub fn plan(
             .and_then(|r| root_deadline(b, r, now, policy));
         let by_blocking =
             blocking.and_then(|(d, n)| blocker_rule_for(b, policy).map(|r| (r, d, n)));
+        // an active root cancelled before, still the root of a pile-up past the rule: ended
+        // once `blocker_terminate_after` has passed since that first cancel; until then each
+        // statement it issues is cancelled, and the worker wakes for the escalation
+        let escalation = match (by_blocking, first_cancel(b)) {
+            (Some((Rule::BlockerCancel, d, n)), Some(c)) if policy.blocker_terminate_after > 0 => {
+                Some((
+                    Rule::BlockerTerminate,
+                    d.max(c.saturating_add(policy.blocker_terminate_after)),
+                    n,
+                ))
+            }
+            _ => None,
+        };
+        if let Some((_, d, _)) = escalation.filter(|e| e.1 > now) {
+            if policy.scope.protection(b, own_pid).is_none() {
+                out.next_deadline = Some(out.next_deadline.map_or(d, |x: Micros| x.min(d)));
+            }
+        }
+        let by_blocking = match escalation {
+            Some(e) if e.1 <= now => Some(e),
+            _ => by_blocking,
+        };
         let by_state = rule_for(b, policy, idle_allowed).map(|(r, d)| (r, d, 0));
         let by_queue = queue_deadline(b, queues.get(&b.pid), now, policy)
             .map(|(d, n)| (Rule::LockQueueCancel, d, n));
@@ -769,7 +813,11 @@ pub fn plan(
             }
             continue;
         };
-        if policy.scope.protection(b, own_pid).is_some() || handled(b) {
+        // a statement that ignored its cancel is the same statement: `handled` (acted on once
+        // per statement) does not hold back its escalation
+        if policy.scope.protection(b, own_pid).is_some()
+            || (rule != Rule::BlockerTerminate && handled(b))
+        {
             continue;
         }
         if deadline <= now {
@@ -834,7 +882,7 @@ pub const SHORT_TIMEOUT: Micros = 10 * 1_000_000;
 pub fn warnings(policy: &Policy) -> Vec<String> {
     let mut out = Vec::new();
     let settings = rules::timeout_settings();
-    for (_, name, r) in &settings {
+    for (name, r) in &rules::overrides_settings() {
         let shortest = policy.overrides(*r).and_then(Overrides::shortest);
         if let Some(t) = shortest.filter(|&t| t < SHORT_TIMEOUT) {
             out.push(format!(
@@ -931,6 +979,7 @@ mod tests {
                         Rule::TransactionTimeout => pol.transaction_timeout = t,
                         Rule::BlockerTimeout | Rule::BlockerCancel => pol.blocker_timeout = t,
                         Rule::LockQueueCancel => pol.lock_queue_timeout = t,
+                        Rule::BlockerTerminate => pol.blocker_terminate_after = t,
                         Rule::Manual | Rule::ManualCancel => unreachable!(),
                     }
                     assert_eq!(pol.timeout(r.rule), t, "{r:?}");
@@ -1658,6 +1707,73 @@ mod tests {
         // the cancelled statement's wait and the waits behind it alone leave the graph
         let after = without_sessions(&more, &[10]);
         assert_eq!(after.iter().map(|w| w.pid).collect::<Vec<_>>(), vec![30]);
+    }
+
+    #[test]
+    fn an_active_root_cancelled_before_is_ended_once_terminate_after_has_passed() {
+        // an active root holding a row, its waiter's wait 40 s old
+        let snap = snapshot(vec![client(1, "active", 5), client(2, "active", 40)]);
+        let waits = [lock_wait(2, &[1], Some(40))];
+        let pol = Policy {
+            cancel_active_blockers: true,
+            blocker_terminate_after: 20 * SECOND,
+            ..blocker_policy()
+        };
+        let run = |pol: &Policy, handled: bool, first: Option<Micros>| {
+            plan_with(&snap, &waits, load(10.0), pol, 0, |_| handled, |_| first)
+        };
+        let rules = |p: &Plan| p.targets.iter().map(|t| t.rule).collect::<Vec<_>>();
+        // never cancelled: a cancel
+        let p = run(&pol, false, None);
+        assert_eq!(rules(&p), vec![Rule::BlockerCancel]);
+        // first cancelled 30 s ago, still the root: ended
+        let p = run(&pol, false, Some(NOW - 30 * SECOND));
+        assert_eq!(rules(&p), vec![Rule::BlockerTerminate]);
+        assert!(!p.targets[0].rule.cancels());
+        assert_eq!(p.targets[0].deadline, NOW - 10 * SECOND);
+        // a statement that ignored its cancel is acted on once per statement, but that does
+        // not hold back its escalation
+        assert_eq!(
+            rules(&run(&pol, true, Some(NOW - 30 * SECOND))),
+            vec![Rule::BlockerTerminate]
+        );
+        // first cancelled 5 s ago: this statement (a new one) is cancelled again, and the
+        // worker wakes when 20 s have passed since the first cancel
+        let p = run(&pol, false, Some(NOW - 5 * SECOND));
+        assert_eq!(rules(&p), vec![Rule::BlockerCancel]);
+        assert_eq!(p.next_deadline, Some(NOW + 15 * SECOND));
+        // the same statement, cancelled already: nothing now, the wake-up stays
+        let p = run(&pol, true, Some(NOW - 5 * SECOND));
+        assert!(p.targets.is_empty());
+        assert_eq!(p.next_deadline, Some(NOW + 15 * SECOND));
+        // off: cancels, never an end
+        let off = Policy {
+            blocker_terminate_after: 0,
+            ..pol.clone()
+        };
+        assert_eq!(
+            rules(&run(&off, false, Some(NOW - 30 * SECOND))),
+            vec![Rule::BlockerCancel]
+        );
+        // without cancel_active_blockers nothing is cancelled, so nothing escalates
+        let no_cancel = Policy {
+            cancel_active_blockers: false,
+            ..pol.clone()
+        };
+        assert!(run(&no_cancel, false, Some(NOW - 30 * SECOND))
+            .targets
+            .is_empty());
+        // a protected root: never
+        let mut protected = pol.clone();
+        protected.scope.exclude_applications = PatternList::parse("api").unwrap();
+        let p = run(&protected, false, Some(NOW - 30 * SECOND));
+        assert!(p.targets.is_empty());
+        // an override of 0 for its application spares it from the whole family
+        let mut never = pol.clone();
+        never.blocker_timeout_overrides = Overrides::parse("app:api=0").unwrap();
+        assert!(run(&never, false, Some(NOW - 30 * SECOND))
+            .targets
+            .is_empty());
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub enum Rule {
     /// sessions whose waits have lasted `lock_queue_timeout`: the statement is cancelled (the
     /// client can retry), never the session ended.
     LockQueueCancel = 7,
+    /// An active root whose statement was cancelled under `blocker_cancel` and that still holds
+    /// up a pile-up past `blocker_timeout` `blocker_terminate_after` after that first cancel (a
+    /// client that re-issues its statement after every cancel, a statement that ignores it):
+    /// the session is ended.
+    BlockerTerminate = 8,
 }
 
 /// How many rules there are (per-rule counters).
@@ -104,10 +109,10 @@ pub struct RuleRow {
 }
 
 /// The rules, in the order of `Rule`'s discriminants.
-pub const RULE_TABLE: [RuleRow; 8] = [
+pub const RULE_TABLE: [RuleRow; 9] = [
     RuleRow {
         rule: Rule::IdleTimeout,
-        urgency: 5,
+        urgency: 6,
         name: "idle_timeout",
         history_column: "terminated_idle_timeout",
         trigger: Trigger::Worker {
@@ -122,7 +127,7 @@ pub const RULE_TABLE: [RuleRow; 8] = [
     },
     RuleRow {
         rule: Rule::IdleInTransactionTimeout,
-        urgency: 3,
+        urgency: 4,
         name: "idle_in_transaction_timeout",
         history_column: "terminated_idle_in_transaction_timeout",
         trigger: Trigger::Worker {
@@ -137,7 +142,7 @@ pub const RULE_TABLE: [RuleRow; 8] = [
     },
     RuleRow {
         rule: Rule::TransactionTimeout,
-        urgency: 4,
+        urgency: 5,
         name: "transaction_timeout",
         history_column: "terminated_transaction_timeout",
         trigger: Trigger::Worker {
@@ -152,7 +157,7 @@ pub const RULE_TABLE: [RuleRow; 8] = [
     },
     RuleRow {
         rule: Rule::Manual,
-        urgency: 6,
+        urgency: 7,
         name: "manual",
         history_column: "terminated_manual",
         trigger: Trigger::Manual,
@@ -179,7 +184,7 @@ pub const RULE_TABLE: [RuleRow; 8] = [
     },
     RuleRow {
         rule: Rule::BlockerCancel,
-        urgency: 2,
+        urgency: 3,
         name: "blocker_cancel",
         history_column: "cancelled_blocker_statements",
         // the root-blocker rule's own timeout, for a root running a statement
@@ -195,7 +200,7 @@ pub const RULE_TABLE: [RuleRow; 8] = [
     },
     RuleRow {
         rule: Rule::ManualCancel,
-        urgency: 7,
+        urgency: 8,
         name: "manual_cancel",
         history_column: "cancelled_manual_statements",
         trigger: Trigger::Manual,
@@ -217,6 +222,22 @@ pub const RULE_TABLE: [RuleRow; 8] = [
         },
         effect: Effect::CancelStatement,
         last_look: LastLook::StillQueued,
+        utilization_gate: false,
+        protections: true,
+        short_timeout_ends: None,
+    },
+    RuleRow {
+        rule: Rule::BlockerTerminate,
+        urgency: 2,
+        name: "blocker_terminate",
+        history_column: "terminated_active_blockers",
+        // the root-blocker rule's overrides: an override of 0 spares a root from the family
+        trigger: Trigger::Worker {
+            timeout_setting: "dbconn_guard.blocker_terminate_after",
+            overrides_setting: "dbconn_guard.blocker_timeout_overrides",
+        },
+        effect: Effect::EndSession,
+        last_look: LastLook::StillTheRoot,
         utilization_gate: false,
         protections: true,
         short_timeout_ends: None,
@@ -284,6 +305,17 @@ pub fn timeout_settings() -> Vec<(&'static str, &'static str, Rule)> {
     out
 }
 
+/// The worker's overrides settings, once each, with the first rule that reads each.
+pub fn overrides_settings() -> Vec<(&'static str, Rule)> {
+    let mut out: Vec<(&'static str, Rule)> = Vec::new();
+    for (_, o, r) in timeout_settings() {
+        if !out.iter().any(|(x, _)| *x == o) {
+            out.push((o, r));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,11 +361,16 @@ mod tests {
                 "dbconn_guard.idle_in_transaction_timeout",
                 "dbconn_guard.transaction_timeout",
                 "dbconn_guard.blocker_timeout",
-                "dbconn_guard.lock_queue_timeout"
+                "dbconn_guard.lock_queue_timeout",
+                "dbconn_guard.blocker_terminate_after"
             ]
         );
+        // the escalation reads the root-blocker rule's overrides; every other its own
         assert!(s
             .iter()
-            .all(|(t, o, _)| *o == format!("{t}_overrides").as_str()));
+            .all(|(t, o, _)| *o == format!("{t}_overrides").as_str()
+                || *t == "dbconn_guard.blocker_terminate_after"));
+        let o: Vec<&str> = overrides_settings().iter().map(|(o, _)| *o).collect();
+        assert_eq!(o.len(), 5, "{o:?}");
     }
 }
