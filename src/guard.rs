@@ -269,8 +269,11 @@ const SYNC_REP_WAIT: &str = "SyncRep";
 /// is its statement a COMMIT waiting for a synchronous standby? Other targets pass.
 fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     // a COMMIT waiting for a synchronous standby holds its locks until the standby answers;
-    // cancelling it commits locally without the standby: never, whoever asks
-    if t.rule.cancels() && locks::wait_event_of(t.backend.pid).as_deref() == Some(SYNC_REP_WAIT) {
+    // cancelling it, or ending its session, commits locally without the standby: never,
+    // whoever asks (a session in a state other than active waits for no standby)
+    if (t.rule.cancels() || t.backend.has_state("active"))
+        && locks::wait_event_of(t.backend.pid).as_deref() == Some(SYNC_REP_WAIT)
+    {
         return Verdict::CommitWaitsForStandby;
     }
     match t.rule.row().last_look {
@@ -867,9 +870,7 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
             ", waiting for {} on {} {} behind pid {}, holding up {}",
             q.mode.as_deref().unwrap_or("a lock"),
             q.locktype.as_deref().unwrap_or("?"),
-            q.relation
-                .as_deref()
-                .map_or_else(|| "-".to_string(), locks::relation_label),
+            q.relation.as_deref().unwrap_or("-"),
             q.behind
                 .iter()
                 .map(i32::to_string)

@@ -259,17 +259,29 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
     }
 }
 
-/// The oid of the relation a lock is on, as text (no catalog access).
+/// The relation a lock is on, as text without catalog access: its oid, and its database's
+/// when that is not this process's (the same oid names another table there).
 fn relation_oid(tag: &pg_sys::LOCKTAG) -> Option<String> {
     let t = tag.locktag_type as u32;
-    (t == pg_sys::LockTagType::LOCKTAG_RELATION).then(|| tag.locktag_field2.to_string())
+    if t != pg_sys::LockTagType::LOCKTAG_RELATION {
+        return None;
+    }
+    let (db, rel) = (tag.locktag_field1, tag.locktag_field2);
+    Some(
+        if pg_sys::Oid::from(db) == unsafe { pg_sys::MyDatabaseId } {
+            rel.to_string()
+        } else {
+            format!("{rel} in database {db}")
+        },
+    )
 }
 
-/// A relation for a log line: its name where the worker can read it (in a transaction, in its
-/// own database), with its oid; the oid alone otherwise.
+/// A relation for the worker's log line, from `relation_oid`'s text: `"orders" (oid 16390)`
+/// for one of its own database, named in the check's transaction (called while planning, never
+/// with interrupts held); the oid as given otherwise.
 pub fn relation_label(oid_text: &str) -> String {
     let Ok(oid) = oid_text.parse::<u32>() else {
-        return oid_text.to_string();
+        return format!("oid {oid_text}");
     };
     unsafe {
         if pg_sys::IsTransactionState() {

@@ -104,6 +104,10 @@ struct State {
     /// counts from the first). An episode ends when no cancel came for longer than
     /// `blocker_terminate_after` + `blocker_timeout` (the root let go), or the session ends.
     first_cancels: HashMap<(i32, Micros), (Micros, Micros)>,
+    /// Sessions whose queued statement the lock-queue rule cancelled, by (pid, backend_start):
+    /// when. A client that re-issues its DDL after the cancel queues again: for a while, its
+    /// queue is counted toward its root again (`Recall::queue_cancelled_lately`).
+    queue_cancels: HashMap<(i32, Micros), Micros>,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
@@ -605,9 +609,15 @@ fn cycle(state: &mut State) -> Micros {
                         _ => None,
                     };
                     // the escalation counts from an active root's first cancel
-                    // (a dry run's records too: it records the escalation once, then the
-                    // same statement is one acted on)
-                    match (t.rule, acted.is_some()) {
+                    // only cancels that were sent: a dry run's records never make a real
+                    // escalation
+                    let sent = matches!(o, Outcome::Terminated { .. });
+                    match (t.rule, sent) {
+                        (policy::Rule::LockQueueCancel, true) => {
+                            state
+                                .queue_cancels
+                                .insert(session_key(&t.backend), p.judged_at);
+                        }
                         (policy::Rule::BlockerCancel, true) => {
                             let at = p.judged_at;
                             let gap = episode_gap(&pol);
@@ -731,6 +741,12 @@ fn key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
     )
 }
 
+/// How long a session whose queued statement was cancelled counts as one that re-issues it:
+/// two lock-queue timeouts, at least a minute.
+fn queue_memory(pol: &policy::Policy) -> Micros {
+    (2 * pol.lock_queue_timeout).max(60 * SECOND)
+}
+
 /// How long an active root may go without a cancel before its escalation starts afresh:
 /// `blocker_terminate_after` + `blocker_timeout` (at least a second of slack).
 fn episode_gap(pol: &policy::Policy) -> Micros {
@@ -811,10 +827,19 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             snap.backends.iter().map(xact_key).collect();
         state.acted_xacts.retain(|k, _| present.contains(k));
     }
-    if !state.first_cancels.is_empty() && snap.torn == 0 {
+    if (!state.first_cancels.is_empty() || !state.queue_cancels.is_empty()) && snap.torn == 0 {
+        // a session that ended, or (for the escalation) that is idle outside a transaction,
+        // starts afresh: a pooler's server connection serves another client's transaction next
+        let busy: std::collections::HashSet<(i32, Micros)> = snap
+            .backends
+            .iter()
+            .filter(|b| !b.has_state("idle"))
+            .map(session_key)
+            .collect();
         let present: std::collections::HashSet<(i32, Micros)> =
             snap.backends.iter().map(session_key).collect();
-        state.first_cancels.retain(|k, _| present.contains(k));
+        state.first_cancels.retain(|k, _| busy.contains(k));
+        state.queue_cancels.retain(|k, _| present.contains(k));
     }
     if !state.backoff.is_empty() && snap.torn == 0 {
         let present: std::collections::HashSet<(i32, Micros, Micros)> =
@@ -827,11 +852,12 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             client_backends: util.client_backends,
             max_connections: util.limits.max_connections,
         };
-        let (acted, acted_xacts, backoff, first_cancels) = (
+        let (acted, acted_xacts, backoff, first_cancels, queue_cancels) = (
             &state.acted,
             &state.acted_xacts,
             &state.backoff,
             &state.first_cancels,
+            &state.queue_cancels,
         );
         let judged_at = snap.now;
         // the lock graph only for the root-blocker and lock-queue rules (no catalog access,
@@ -852,19 +878,31 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             load,
             &uncapped,
             unsafe { pg_sys::MyProcPid },
-            |b| {
-                acted.contains_key(&key(b))
+            |b, rule| {
+                // a statement that ignored its cancel is the same statement: acted on once,
+                // but its escalation is judged all the same
+                (rule != policy::Rule::BlockerTerminate && acted.contains_key(&key(b)))
                     || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
                     || backoff.get(&key(b)).is_some_and(|o| o.until > judged_at)
             },
-            |b| {
-                first_cancels
+            |b| policy::Recall {
+                first_blocker_cancel: first_cancels
                     .get(&session_key(b))
                     .filter(|(_, last)| judged_at - last <= episode_gap(&uncapped))
-                    .map(|(first, _)| *first)
+                    .map(|(first, _)| *first),
+                queue_cancelled_lately: queue_cancels
+                    .get(&session_key(b))
+                    .is_some_and(|at| judged_at - at <= queue_memory(&uncapped)),
             },
         );
         out.targets = plan.targets;
+        // a queued statement's relation, named here, in the check's transaction (the kill path
+        // logs it later, with interrupts held: no catalog access there)
+        for t in out.targets.iter_mut() {
+            if let Some(r) = t.queued.as_mut().and_then(|q| q.relation.as_mut()) {
+                *r = locks::relation_label(r);
+            }
+        }
         out.deferred = plan.deferred as i64;
         // a back-off that ends wakes nobody: its session is judged again at the first check
         // after it (at most a naptime, or the shortest timeout, later), so sessions spared at

@@ -587,19 +587,34 @@ pub fn left_to_lock_queue_rule(
     queues: &std::collections::HashMap<i32, LockQueue>,
     policy: &Policy,
     own_pid: i32,
+    set_aside: impl Fn(&Backend) -> bool,
 ) -> Vec<i32> {
     if queues.is_empty() {
         return Vec::new();
     }
+    let index = snapshot.index();
+    // the queue rule acts no later than the root-blocker rule would on the sessions it waits for
+    let first = |b: &Backend, q: &LockQueue| {
+        let mine = policy.lock_queue_timeout_for(b);
+        q.queued.behind.iter().all(|r| {
+            index.get(r).is_none_or(|root| {
+                let theirs = policy.blocker_timeout_for(root);
+                theirs == 0 || mine <= theirs
+            })
+        })
+    };
     let mut out: Vec<i32> = snapshot
         .clients()
         .filter(|b| {
-            queues
-                .get(&b.pid)
-                .is_some_and(|q| q.wait_starts.len() >= policy.lock_queue_min_waiters.max(1))
-                && b.has_state("active")
+            queues.get(&b.pid).is_some_and(|q| {
+                q.wait_starts.len() >= policy.lock_queue_min_waiters.max(1) && first(b, q)
+            }) && b.has_state("active")
                 && policy.lock_queue_timeout_for(b) > 0
                 && policy.scope.protection(b, own_pid).is_none()
+                // one cancelled already (a statement that caught its cancel and waits on), or
+                // a client that re-issues its DDL after every cancel: the root-blocker rule
+                // counts its queue again
+                && !set_aside(b)
         })
         .map(|b| b.pid)
         .collect();
@@ -610,12 +625,18 @@ pub fn left_to_lock_queue_rule(
 /// The lock graph as it will be once the statements of `sessions` are cancelled: their waits
 /// gone, and they gone from every blocker list (a wait left with no blocker is gone too).
 pub fn without_sessions(waits: &[LockWait], sessions: &[i32]) -> Vec<LockWait> {
-    let gone = |p: i32| {
-        sessions.contains(&p)
-            || waits
+    // the sessions' pids and their parallel workers' that wait
+    let gone: std::collections::HashSet<i32> = sessions
+        .iter()
+        .copied()
+        .chain(
+            waits
                 .iter()
-                .any(|w| w.pid == p && sessions.contains(&w.session_pid()))
-    };
+                .filter(|w| sessions.contains(&w.session_pid()))
+                .map(|w| w.pid),
+        )
+        .collect();
+    let gone = |p: i32| gone.contains(&p);
     waits
         .iter()
         .filter(|w| !sessions.contains(&w.session_pid()))
@@ -730,26 +751,48 @@ pub fn plan(
     own_pid: i32,
     handled: impl Fn(&Backend) -> bool,
 ) -> Plan {
-    plan_with(snapshot, waits, load, policy, own_pid, handled, |_| None)
+    plan_with(
+        snapshot,
+        waits,
+        load,
+        policy,
+        own_pid,
+        |b, _| handled(b),
+        |_| Recall::default(),
+    )
 }
 
-/// `plan`, with the worker's memory of the active roots it cancelled: `first_cancel` gives when
-/// a session's statement was first cancelled under `blocker_cancel` in the pile-up it still
-/// holds (None: never), for `blocker_terminate_after`.
+/// What the worker remembers of a session across checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recall {
+    /// When its statement was first cancelled under `blocker_cancel` in the episode it is in
+    /// (for `blocker_terminate_after`); None: never.
+    pub first_blocker_cancel: Option<Micros>,
+    /// A statement of its was cancelled by the lock-queue rule lately: a client that re-issues
+    /// its DDL after every cancel. Its next queue is not left to that rule alone (the
+    /// root-blocker rule counts it again).
+    pub queue_cancelled_lately: bool,
+}
+
+/// `plan`, with the worker's memory: `handled(b, rule)` says whether `b` was already acted on
+/// for that rule (a statement cancelled once is not cancelled again; its escalation is judged
+/// all the same), `recall` what it remembers of `b`.
 pub fn plan_with(
     snapshot: &Snapshot,
     waits: &[LockWait],
     load: Load,
     policy: &Policy,
     own_pid: i32,
-    handled: impl Fn(&Backend) -> bool,
-    first_cancel: impl Fn(&Backend) -> Option<Micros>,
+    handled: impl Fn(&Backend, Rule) -> bool,
+    recall: impl Fn(&Backend) -> Recall,
 ) -> Plan {
     let now = snapshot.now;
     let queues = lock_queues(waits, policy);
     // the queues the lock-queue rule will act on are its business: the root-blocker rule judges
     // the graph without them (see `left_to_lock_queue_rule`)
-    let left = left_to_lock_queue_rule(snapshot, &queues, policy, own_pid);
+    let left = left_to_lock_queue_rule(snapshot, &queues, policy, own_pid, |b| {
+        handled(b, Rule::LockQueueCancel) || recall(b).queue_cancelled_lately
+    });
     let roots = if left.is_empty() {
         blocker_roots(waits, policy)
     } else {
@@ -770,7 +813,7 @@ pub fn plan_with(
         // an active root cancelled before, still the root of a pile-up past the rule: ended
         // once `blocker_terminate_after` has passed since that first cancel; until then each
         // statement it issues is cancelled, and the worker wakes for the escalation
-        let escalation = match (by_blocking, first_cancel(b)) {
+        let escalation = match (by_blocking, recall(b).first_blocker_cancel) {
             (Some((Rule::BlockerCancel, d, n)), Some(c)) if policy.blocker_terminate_after > 0 => {
                 Some((
                     Rule::BlockerTerminate,
@@ -813,11 +856,7 @@ pub fn plan_with(
             }
             continue;
         };
-        // a statement that ignored its cancel is the same statement: `handled` (acted on once
-        // per statement) does not hold back its escalation
-        if policy.scope.protection(b, own_pid).is_some()
-            || (rule != Rule::BlockerTerminate && handled(b))
-        {
+        if policy.scope.protection(b, own_pid).is_some() || handled(b, rule) {
             continue;
         }
         if deadline <= now {
@@ -1698,6 +1737,39 @@ mod tests {
         let p = blocker_plan(&snapshot(sessions), &waits, &spared_alter);
         assert_eq!(pids(&p), vec![1], "{p:#?}");
         assert_eq!(p.targets[0].rule, Rule::BlockerTimeout);
+        // the queue is left to the lock-queue rule only while that rule will act on it first:
+        // not when its statement was cancelled once already (it caught its cancel and waits
+        // on), not for a client that re-issues its DDL after every cancel, and not when its
+        // timeout is longer than the root-blocker rule's
+        let root_of = |p: &Plan| p.targets.iter().any(|t| t.backend.pid == 1);
+        let cancelled_once = plan_with(
+            &snap,
+            &young,
+            load(10.0),
+            &both,
+            0,
+            |b, r| b.pid == 10 && r == Rule::LockQueueCancel,
+            |_| Recall::default(),
+        );
+        assert!(root_of(&cancelled_once), "{cancelled_once:#?}");
+        let re_issued = plan_with(
+            &snap,
+            &young,
+            load(10.0),
+            &both,
+            0,
+            |_, _| false,
+            |b| Recall {
+                queue_cancelled_lately: b.pid == 10,
+                ..Default::default()
+            },
+        );
+        assert!(root_of(&re_issued), "{re_issued:#?}");
+        let slower = Policy {
+            lock_queue_timeout: 20 * SECOND,
+            ..both.clone()
+        };
+        assert!(root_of(&blocker_plan(&snap, &young, &slower)));
         // the root-blocker rule alone ends the root, as before
         let roots_only = Policy {
             blocker_timeout: 10 * SECOND,
@@ -1719,8 +1791,20 @@ mod tests {
             blocker_terminate_after: 20 * SECOND,
             ..blocker_policy()
         };
+        // `handled`: the statement was cancelled already (once per statement)
         let run = |pol: &Policy, handled: bool, first: Option<Micros>| {
-            plan_with(&snap, &waits, load(10.0), pol, 0, |_| handled, |_| first)
+            plan_with(
+                &snap,
+                &waits,
+                load(10.0),
+                pol,
+                0,
+                |_, rule| handled && rule == Rule::BlockerCancel,
+                |_| Recall {
+                    first_blocker_cancel: first,
+                    ..Default::default()
+                },
+            )
         };
         let rules = |p: &Plan| p.targets.iter().map(|t| t.rule).collect::<Vec<_>>();
         // never cancelled: a cancel

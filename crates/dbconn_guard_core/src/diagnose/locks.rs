@@ -86,12 +86,16 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 .iter()
                 .filter_map(|ch| queues.get(&ch.pid).map(|q| (ch.pid, q)))
                 .max_by_key(|(p, q)| (q.wait_starts.len(), -p));
+            // (and whether the queue, with the statement itself, is all it holds up)
             let queue_note = queued.and_then(|(qpid, q)| {
                 let row = queued_statement(c, root, qpid, q)?;
                 queue_rows.push(row);
-                Some(format!(
-                    "; {} of them queue behind the statement of pid {qpid}, itself waiting for a lock: see that row",
-                    q.wait_starts.len()
+                Some((
+                    format!(
+                        "; {} of them queue behind the statement of pid {qpid}, itself waiting for a lock: see that row",
+                        q.wait_starts.len()
+                    ),
+                    q.wait_starts.len() as i64 + 1 >= count,
                 ))
             });
             let direct: Vec<i32> = mine
@@ -148,7 +152,7 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 (false, Some(note)) => format!("{who}; {note}"),
                 _ => who,
             };
-            let status = if queue_note.is_some() {
+            let status = if queue_note.as_ref().is_some_and(|(_, all)| *all) {
                 // the queued statement's row tells this pile-up's story
                 Status::Info
             } else if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
@@ -164,12 +168,13 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 format!(
                     "Lock pile-up: pid {root} holds up {}{}; {verb}",
                     sessions(count),
-                    queue_note.as_deref().unwrap_or("")
+                    queue_note.as_ref().map_or("", |(n, _)| n.as_str())
                 ),
                 format!(
-                    "root pid {root} ({who}) blocks {} directly, {count} in all; longest wait {}{on}",
+                    "root pid {root} ({who}) blocks {} directly, {count} in all; longest wait {}{on}{}",
                     direct.len(),
-                    dur(longest)
+                    dur(longest),
+                    if idle || hidden { String::new() } else { retry_note(c) }
                 ),
                 action,
             )
@@ -286,7 +291,7 @@ fn queued_statement(c: &Ctx, root: i32, qpid: i32, q: &policy::LockQueue) -> Opt
             ),
             // only while it still waits for a lock: a pid's next statement is never hit
             format!(
-                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {qpid} AND wait_event_type = 'Lock';"
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = {qpid} AND wait_event_type = 'Lock' AND wait_event = 'relation';"
             ),
         ),
         (Some(b), Some(p)) if !b.is_hidden() => (
@@ -324,4 +329,22 @@ fn queued_statement(c: &Ctx, root: i32, qpid: i32, q: &policy::LockQueue) -> Opt
     );
     f.culprit = Some(Culprit::Session(qpid));
     Some(f)
+}
+
+/// For an active root: what to do when a cancel does not help (its client re-issues the
+/// statement, or the statement ignores the cancel), and whether the guard does it by itself.
+fn retry_note(c: &Ctx) -> String {
+    let p = &c.i.guard.policy;
+    let by_guard = if p.cancel_active_blockers && p.blocker_terminate_after > 0 {
+        format!(
+            "dbconn_guard.blocker_terminate_after ({}) does so by itself",
+            dur(p.blocker_terminate_after as f64 / 1e6)
+        )
+    } else {
+        "dbconn_guard.blocker_terminate_after (with cancel_active_blockers) would do so by itself"
+            .to_string()
+    };
+    format!(
+        "; if the pile-up comes back after the cancel (its client retries, or the statement ignores the cancel), end the session (pg_terminate_backend): {by_guard}"
+    )
 }

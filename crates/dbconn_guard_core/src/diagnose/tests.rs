@@ -1125,6 +1125,18 @@ fn a_root_idle_in_transaction_is_terminated_and_an_active_one_cancelled() {
     assert!(rows[0].evidence.contains("blocks 1 directly, 2 in all; longest wait 90s; waiting for RowExclusiveLock on relation \"orders\""), "{}", rows[0].evidence);
     assert_eq!(rows[1].status, Status::Info, "a 5s wait is ordinary");
     assert_eq!(action(rows[1]), "SELECT pg_cancel_backend(5000);");
+    // an active root: what to do when a cancel does not help, and whether the guard does it
+    assert!(rows[1].evidence.contains("if the pile-up comes back after the cancel (its client retries, or the statement ignores the cancel), end the session (pg_terminate_backend): dbconn_guard.blocker_terminate_after (with cancel_active_blockers) would do so by itself"), "{}", rows[1].evidence);
+    assert!(
+        !rows[0].evidence.contains("comes back"),
+        "an idle root is ended, not cancelled"
+    );
+    i.guard.policy.cancel_active_blockers = true;
+    i.guard.policy.blocker_terminate_after = 30 * SECOND;
+    let fs = diagnose(&i);
+    assert!(area(&fs, "locks")[1]
+        .evidence
+        .contains("dbconn_guard.blocker_terminate_after (30s) does so by itself"));
 }
 
 #[test]
@@ -2615,7 +2627,7 @@ fn a_queued_alter_table_is_named_and_cancelled_not_its_root() {
     assert_eq!(q.status, Status::Critical);
     assert_eq!(
         action(q),
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = 50 AND wait_event_type = 'Lock';"
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = 50 AND wait_event_type = 'Lock' AND wait_event = 'relation';"
     );
     assert_eq!(q.culprit, Some(Culprit::Session(50)));
     assert!(
@@ -2635,6 +2647,17 @@ fn a_queued_alter_table_is_named_and_cancelled_not_its_root() {
     );
     // and the incident row is the queued ALTER
     assert_eq!(fs[0].culprit, Some(Culprit::Session(50)), "{:#?}", fs[0]);
+    // a root that also holds up sessions of its own (a writer on its row, for 2 minutes)
+    // keeps its own status: it is a culprit too
+    let mut more = i.clone();
+    more.snapshot.backends.push(c(60, "active", 120));
+    more.lock_waits.push(wait(60, &[4711], 120));
+    let fs = diagnose(&more);
+    let root_row = area(&fs, "locks")
+        .into_iter()
+        .find(|r| r.finding.starts_with("Lock pile-up: pid 4711"))
+        .unwrap();
+    assert_eq!(root_row.status, Status::Critical, "{root_row:#?}");
     // the rule on: the row says it cancels such a statement
     i.guard.policy.lock_queue_timeout = 30 * SECOND;
     let fs = diagnose(&i);
