@@ -97,10 +97,22 @@ fn connection_analysis_groups_real_sessions() {
 #[test]
 fn utilization_counts_client_backends_against_max_connections() {
     let mut a = admin();
-    let before: i64 = a
-        .query_one("SELECT client_backends FROM dbconn_guard.utilization", &[])
-        .unwrap()
-        .get(0);
+    // a session of an earlier test may still be exiting: the count before must hold still
+    // (three reads 100 ms apart), or a session that exits in between reads as one less
+    let clients_now = |a: &mut Client| -> i64 {
+        a.query_one("SELECT client_backends FROM dbconn_guard.utilization", &[])
+            .unwrap()
+            .get(0)
+    };
+    let mut before = clients_now(&mut a);
+    let mut still = 0;
+    let settle = std::time::Instant::now();
+    while still < 2 && settle.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(100));
+        let n = clients_now(&mut a);
+        still = if n == before { still + 1 } else { 0 };
+        before = n;
+    }
     let extra: Vec<_> = (0..5).map(|_| idle("it_util")).collect();
     let r = a
         .query_one(
