@@ -435,6 +435,30 @@ pub enum Slot {
 /// Reads the entry at `slot` of the status array once more, in place, with full visibility:
 /// the guard's last look at a session before signalling it. Costs one entry, whatever the
 /// number of sessions.
+/// Whether the backend in `slot` builds an index CONCURRENTLY (`CREATE INDEX CONCURRENTLY`,
+/// `REINDEX CONCURRENTLY`), by its progress report (`pg_stat_progress_create_index.command`),
+/// read racily: a build moves between waits for older snapshots and work of its own, and
+/// only DDL queues behind its lock.
+pub fn builds_index_concurrently(slot: u32) -> bool {
+    use std::ptr::{addr_of, read_volatile};
+    // PROGRESS_CREATEIDX_COMMAND's values for the two CONCURRENTLY forms (progress.h)
+    const CREATE_INDEX_CONCURRENTLY: i64 = 2;
+    const REINDEX_CONCURRENTLY: i64 = 4;
+    let Some((base, slots)) = shared_array() else {
+        return false;
+    };
+    if slot as usize >= slots {
+        return false;
+    }
+    unsafe {
+        let entry = base.add(slot as usize);
+        let command = read_volatile(addr_of!((*entry).st_progress_command));
+        let kind = read_volatile(addr_of!((*entry).st_progress_param))[0];
+        command == pg_sys::ProgressCommandType::PROGRESS_COMMAND_CREATE_INDEX
+            && matches!(kind, CREATE_INDEX_CONCURRENTLY | REINDEX_CONCURRENTLY)
+    }
+}
+
 pub fn read_slot(slot: u32) -> Slot {
     let Some((base, slots)) = shared_array() else {
         return Slot::Torn;

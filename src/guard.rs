@@ -156,6 +156,7 @@ impl Outcome {
                 Verdict::NoLongerBlocking => 13,
                 Verdict::CommitWaitsForStandby => 14,
                 Verdict::NoLongerQueued => 15,
+                Verdict::ConcurrentIndexBuild => 16,
                 Verdict::Protected(p) => {
                     20 + match p {
                         P::NotAClientBackend => 0,
@@ -186,6 +187,7 @@ impl Outcome {
             13 => Outcome::Spared(Verdict::NoLongerBlocking),
             14 => Outcome::Spared(Verdict::CommitWaitsForStandby),
             15 => Outcome::Spared(Verdict::NoLongerQueued),
+            16 => Outcome::Spared(Verdict::ConcurrentIndexBuild),
             20..=27 => Outcome::Spared(Verdict::Protected(
                 [
                     P::NotAClientBackend,
@@ -300,6 +302,14 @@ fn still_the_root(t: &Target, pol: &Policy) -> Verdict {
     // it, or one of its parallel workers, waits itself: not the root
     if locks::waits_itself(t.backend.pid) {
         return Verdict::NoLongerBlocking;
+    }
+    // a CONCURRENTLY index build between two of its waits for older snapshots
+    if t.backend.has_state("active")
+        && t.backend
+            .slot
+            .is_some_and(backend_status::builds_index_concurrently)
+    {
+        return Verdict::ConcurrentIndexBuild;
     }
     let waits = locks::lock_graph();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };

@@ -644,7 +644,10 @@ fn cycle(state: &mut State) -> Micros {
                             state.acted_xacts.insert(xact_key(&t.backend), a);
                         }
                     }
-                    if let Outcome::Spared(v @ Verdict::CommitWaitsForStandby) = o {
+                    if let Outcome::Spared(
+                        v @ (Verdict::CommitWaitsForStandby | Verdict::ConcurrentIndexBuild),
+                    ) = o
+                    {
                         state.back_off(t, *v, p.judged_at);
                     }
                     // a cancelled statement is no ended session

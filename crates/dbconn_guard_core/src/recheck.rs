@@ -34,6 +34,10 @@ pub enum Verdict {
     /// Root-blocker rules: it no longer holds up enough waits past `blocker_timeout` (they
     /// gave up or got their lock, it waits itself now, or the rule changed).
     NoLongerBlocking,
+    /// The root-blocker rules on an active root: it builds an index CONCURRENTLY. Such a build
+    /// waits for older snapshots in turns, and between them it is a root for a moment; only
+    /// DDL queues behind its lock (the lock-queue rule's business): never cancelled or ended.
+    ConcurrentIndexBuild,
     /// The lock-queue rule: its statement no longer waits in the queue holding up enough
     /// waits past `lock_queue_timeout` (it got its lock, they gave up, or the rule changed).
     NoLongerQueued,
@@ -53,6 +57,9 @@ impl Verdict {
             Verdict::Protected(p) => p.as_str(),
             Verdict::NoLongerBlocking => {
                 "it no longer holds up other sessions past dbconn_guard.blocker_timeout"
+            }
+            Verdict::ConcurrentIndexBuild => {
+                "it builds an index CONCURRENTLY: only DDL queues behind it, and that is the lock-queue rule's business"
             }
             Verdict::NoLongerQueued => {
                 "it no longer waits in a lock queue holding up other sessions past dbconn_guard.lock_queue_timeout"
