@@ -3,7 +3,8 @@
 #
 #   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
 #                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
-#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18,
+#   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18
+#                    (15's beside 16's and 18's, on ports of their own: it_port),
 #                    the expected-output tests (test/), a 60-second soak and the Debian
 #                    package test on 15
 #   ./dev.sh regress [accept]  the expected-output tests (test/) against the installed PG 15
@@ -295,8 +296,7 @@ cmd_package() {
 # test_package: install the .deb onto Debian's PostgreSQL 15, create the extension in a fresh
 # preloaded cluster, query every view, remove the package, and check nothing is left behind
 test_package() {
-    local deb name port=$((TEST_PORT_BASE + 60)) data files rc=0
-    deb=$(build_package 15)
+    local deb=$1 name port=$((TEST_PORT_BASE + 60)) data files rc=0
     name=$(dpkg-deb --field "$deb" Package)
     log "package test: dpkg -i $(basename "$deb")"
     as_root dpkg -i "$deb" >&2
@@ -391,17 +391,61 @@ run_pg_tests() {
     CARGO_PGRX_TEST_RUNAS=$PGUSER_OS CARGO_PGRX_TEST_PGDATA=$pgdata cargo pgrx test "pg$v"
 }
 
-run_integration_tests() {
-    local v=$1 port=$((TEST_PORT_BASE + $1)) name="it-pg$1"
+# it_port VERSION: the port of that version's integration cluster. Each version has a block of
+# 1000 ports (its clusters, replicas, poolers, exporters and endpoint sit at fixed offsets under
+# 1000 from it), so that the suites of two versions can run at the same time
+it_port() {
+    case "$1" in
+        15) echo $((TEST_PORT_BASE + 15)) ;;
+        16) echo $((TEST_PORT_BASE + 1016)) ;;
+        18) echo $((TEST_PORT_BASE + 2018)) ;;
+        *) die "unknown PostgreSQL version $1" ;;
+    esac
+}
+
+# install_for_integration VERSION: the build the integration tests run against, installed
+install_for_integration() {
+    local v=$1
     # test_hooks: a setting that delays the guard's last look, for the race tests
     log "building and installing dbconn_guard (with test hooks) into PostgreSQL $v"
     cargo pgrx install --pg-config "$(bin_dir "$v")/pg_config" --no-default-features --features "pg$v test_hooks" >&2
     install_released "$v"
+}
+
+# build_integration: the integration tests' executables (pg_test/), built once for every
+# version (they are clients); their paths, one per line, into target/dbconn_guard-it.list
+IT_LIST="$ROOT/target/dbconn_guard-it.list"
+build_integration() {
+    log "building the integration tests (pg_test/)"
+    cargo build -q -p dbconn_guard_integration --bins >&2
+    # in cargo test's order (the library's tests, the programs', then the files by name): a
+    # file's tests may find what an earlier file left in the cluster
+    cargo test -q --no-run -p dbconn_guard_integration ${DBCONN_GUARD_IT_TEST:+--test "$DBCONN_GUARD_IT_TEST"} \
+        --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+found = []
+for line in sys.stdin:
+    m = json.loads(line) if line.startswith("{") else {}
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        kind = m["target"]["kind"][0]
+        found.append(({"lib": 0, "bin": 1}.get(kind, 2), m["target"]["name"], m["executable"]))
+for _, _, exe in sorted(found):
+    print(exe)
+' >"$IT_LIST"
+    [ -s "$IT_LIST" ] || die "building the integration tests gave no executable"
+}
+
+# run_integration_tests VERSION: a fresh cluster of that version, the integration tests built
+# by build_integration against it, then the small benchmark check; no cargo runs here, so that
+# two versions can run at the same time
+run_integration_tests() {
+    local v=$1 port name="it-pg$1"
+    port=$(it_port "$v")
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"
     # the metrics endpoint runs through the whole suite (the guard must never end it)
-    local metrics="127.0.0.1:$((port + 1500))"
+    local metrics="127.0.0.1:$((port + 900))"
     local extra=("dbconn_guard.metrics_listen = '$metrics'")
     # PostgreSQL 16's reserved_connections, counted by the utilization view
     [ "$v" -ge 16 ] && extra+=("reserved_connections = 2")
@@ -411,11 +455,13 @@ run_integration_tests() {
     # the tests behind a real pgbouncer run on 15 only: what they test does not differ by version
     local include_ignored=""
     [ "$v" = 15 ] && include_ignored="--include-ignored"
-    local rc=0
-    DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" \
-        DBCONN_GUARD_TEST_STATE="$(state_dir)" \
-        cargo test --no-fail-fast -p dbconn_guard_integration ${DBCONN_GUARD_IT_TEST:+--test "$DBCONN_GUARD_IT_TEST"} \
-        -- --test-threads=1 ${include_ignored} ${DBCONN_GUARD_IT_FILTER:-} || rc=$?
+    local rc=0 exe
+    while read -r exe; do
+        # as cargo test runs them: from the package's directory, each file's tests one at a time
+        (cd "$ROOT/pg_test" && DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") \
+            DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" DBCONN_GUARD_TEST_STATE="$(state_dir)" \
+            "$exe" --test-threads=1 ${include_ignored} ${DBCONN_GUARD_IT_FILTER:-}) || rc=$?
+    done <"$IT_LIST"
     if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ]; then
         log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"
         # the history and endpoint section (section 8) on 15 only: it exercises no code that
@@ -423,7 +469,7 @@ run_integration_tests() {
         local bench_metrics=""
         [ "$v" = 15 ] && bench_metrics=$metrics
         DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_BENCH_METRICS=$bench_metrics \
-            cargo run -q -p dbconn_guard_integration --bin bench -- --check || rc=$?
+            "$ROOT/target/debug/bench" --check || rc=$?
     fi
     if [ $rc -ne 0 ]; then
         log "server log of $name (last 60 lines):"
@@ -433,33 +479,70 @@ run_integration_tests() {
     return $rc
 }
 
+# test_stream VERSIONS...: the integration tests of each version in turn, and after 15's the
+# expected-output tests, the 60-second soak and the package test ($PACKAGE_DEB, built
+# beforehand). Run in a subshell (cmd_test): the first failure ends it (set -e)
+test_stream() {
+    local v
+    for v in "$@"; do
+        run_integration_tests "$v"
+        if [ "$v" = 15 ]; then
+            run_regress
+            # the soak's short version: every kind of session, every disturbance, 60 seconds
+            run_soak 60
+            [ -z "${PACKAGE_DEB:-}" ] || test_package "$PACKAGE_DEB"
+        fi
+    done
+}
+
 cmd_test() {
     setup
-    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 16 18"}
+    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 16 18"} v
     local out
     out=$(mktemp)
     log "unit tests of the core (crates/dbconn_guard_core: no PostgreSQL, no pgrx)"
     cargo test -p dbconn_guard_core 2>&1 | tee -a "$out"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "unit tests of the core failed"; }
+    # first what keeps both cores busy, one after the other: the #[pg_test]s, the builds
     for v in $versions; do
         [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v" 2>&1 | tee -a "$out"
         [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "tests failed on PostgreSQL $v"; }
-        run_integration_tests "$v" 2>&1 | tee -a "$out"
-        [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "integration tests failed on PostgreSQL $v"; }
-        if [ "$v" = 15 ]; then
-            run_regress 2>&1 | tee -a "$out"
-            [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "the expected-output tests (test/) failed"; }
-            # the soak's short version: every kind of session, every disturbance, 60 seconds
-            run_soak 60 2>&1 | tee -a "$out"
-            [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "the soak failed on PostgreSQL $v"; }
-        fi
     done
-    case " $versions " in
-        *" 15 "*) test_package 2>&1 | tee -a "$out"
-            [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "the Debian package test failed"; } ;;
-    esac
+    PACKAGE_DEB=""
+    case " $versions " in *" 15 "*) PACKAGE_DEB=$(build_package 15) ;; esac
+    export PACKAGE_DEB
+    for v in $versions; do install_for_integration "$v"; done
+    build_integration
+    # then the suites, which mostly wait for sessions and the worker: PostgreSQL 15's (with the
+    # expected-output tests, the soak and the package) beside the other versions' in turn, each
+    # on clusters and ports of its own (it_port)
+    local first=() rest=()
+    for v in $versions; do
+        if [ "$v" = 15 ] || [ ${#first[@]} -eq 0 ]; then first+=("$v"); else rest+=("$v"); fi
+    done
+    local side rc_first=0 rc_rest=0 pid=""
+    side=$(mktemp)
+    if [ ${#rest[@]} -gt 0 ]; then
+        log "PostgreSQL ${rest[*]}: at the same time as ${first[*]} (its output follows when both are done)"
+        test_stream "${rest[@]}" >"$side" 2>&1 &
+        pid=$!
+    fi
+    test_stream "${first[@]}" 2>&1 | tee -a "$out" || rc_first=$?
+    if [ -n "$pid" ]; then
+        wait "$pid" || rc_rest=$?
+        log "the output of PostgreSQL ${rest[*]}:"
+        cat "$side"
+        cat "$side" >>"$out"
+    fi
+    rm -f "$side"
+    if [ "$rc_first" -ne 0 ] || [ "$rc_rest" -ne 0 ]; then
+        awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
+             END { printf "all: %d passed, %d failed\n", p, f }' "$out"
+        rm -f "$out"
+        die "tests failed (PostgreSQL ${first[*]}: exit $rc_first; ${rest[*]:-none}: exit $rc_rest)"
+    fi
     log "all tests passed on PostgreSQL $versions"
-    # one closing tally of every runner above (cargo's "test result" lines and the bench check)
+    # one closing tally of every runner above (the tests' "test result" lines and the bench check)
     awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
          END { printf "all: %d passed, %d failed\n", p, f }' "$out"
     rm -f "$out"
@@ -482,13 +565,14 @@ run_soak() {
     local seconds=$1 out=${2:-} port=$((TEST_PORT_BASE + 70)) name=soak-pg15 rc=0
     stop_cluster "$name" 15
     as_root rm -rf "$(state_dir)/$name"
+    cargo build -q -p dbconn_guard_integration --bin soak >&2
     start_cluster "$name" 15 "$port" "max_connections = 700"
     psql_on 15 "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     log "soak: $seconds s, 500+ sessions, on PostgreSQL 15 (port $port)"
     env DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$PG15_BIN DBCONN_GUARD_SOAK_SECONDS="$seconds" DBCONN_GUARD_TEST_STATE="$(state_dir)" \
         DBCONN_GUARD_SOAK_LOG="$(state_dir)/$name/server.log" ${out:+"DBCONN_GUARD_SOAK_OUT=$out"} \
-        cargo run -q -p dbconn_guard_integration --bin soak || rc=$?
+        "$ROOT/target/debug/soak" || rc=$?
     if [ $rc -ne 0 ]; then
         log "server log of $name (last 60 lines):"
         tail -n 60 "$(state_dir)/$name/server.log" >&2 || true
@@ -595,13 +679,13 @@ case "${1:-}" in
     soak) shift; cmd_soak "$@" ;;
     soak-seconds) shift; run_soak "$1" ;; # the installed build, no report (development)
     # development: one version's integration tests; DBCONN_GUARD_IT_TEST=<file> DBCONN_GUARD_IT_FILTER=<name>
-    it) shift; setup; run_integration_tests "${1:-15}" ;;
+    it) shift; setup; install_for_integration "${1:-15}"; build_integration; run_integration_tests "${1:-15}" ;;
     regress) shift; run_regress "$@" ;;
     package) cmd_package ;;
     stop) cmd_stop ;;
     clean) cmd_clean ;;
     psql) shift; psql_on 15 "$RUN_PORT" "$@" ;;
     setup) setup ;;
-    test-package) setup_packages; setup_cargo_pgrx; setup_pgrx_init_15; test_package ;;
+    test-package) setup_packages; setup_cargo_pgrx; setup_pgrx_init_15; test_package "$(build_package 15)" ;;
     *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -13,7 +13,7 @@ const PRELOAD: &str = "shared_preload_libraries = 'dbconn_guard'";
 
 /// A loopback port for an endpoint of a test (apart from the servers' ports).
 fn endpoint_port(offset: u16) -> u16 {
-    test_port() + 2000 + offset
+    test_port() + 700 + offset
 }
 
 #[test]

@@ -91,8 +91,8 @@ fn instances(result: &[serde_json::Value]) -> Vec<String> {
 
 #[test]
 fn every_dashboard_and_alert_expression_has_data_for_a_primary_and_a_standby() {
-    let p_port = test_port() + 2000 + 11;
-    let s_port = test_port() + 2000 + 12;
+    let p_port = test_port() + 700 + 11;
+    let s_port = test_port() + 700 + 12;
     let primary = Cluster::start(
         "prom-primary",
         331,
@@ -144,7 +144,7 @@ fn every_dashboard_and_alert_expression_has_data_for_a_primary_and_a_standby() {
     std::fs::write(&rules, immediate).unwrap();
 
     let prom = Prometheus::start(
-        test_port() + 2000 + 13,
+        test_port() + 700 + 13,
         &[p_addr.clone(), s_addr.clone()],
         &rules,
     );
