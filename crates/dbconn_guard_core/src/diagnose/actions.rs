@@ -65,13 +65,38 @@ pub(super) fn end_idle_scope(c: &Ctx, scope: &IdleScope, older_than: f64) -> Str
         format!("of {} only", scope.describe())
     };
     format!(
-        "; the action ends the sessions {whose} idle for longer than {secs}s{}",
+        "; the action ends the sessions {whose} idle for longer than {secs}s{}{}",
         if c.terminate_idle_works {
             " (through terminate_idle(): the guard's protections and audit apply)"
         } else {
             " (superusers and this session excepted; no audit row)"
-        }
+        },
+        who_may_end_idle(c, scope).unwrap_or_default()
     )
+}
+
+/// When this role may not run the `pg_terminate_backend()` form of `end_idle` (PostgreSQL
+/// refuses the whole statement at the first session it may not signal): who may.
+fn who_may_end_idle(c: &Ctx, scope: &IdleScope) -> Option<String> {
+    let caller = &c.i.caller;
+    if c.terminate_idle_works || caller.is_superuser || caller.has_signal_backend {
+        return None;
+    }
+    // a member of the group's role may signal its sessions
+    if let Some(Some(u)) = scope.user {
+        if caller.member_of.iter().any(|m| m == u) {
+            return None;
+        }
+    }
+    let admin = if c.i.server.preloaded && c.i.guard.enabled {
+        " (a member of dbconn_guard_admin gets terminate_idle() instead, with the guard's audit)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "; {} may not run it (it signals other roles' sessions, and PostgreSQL refuses the whole statement): run it as a superuser or a member of pg_signal_backend{admin}",
+        quoted(&caller.role)
+    ))
 }
 
 impl IdleScope<'_> {

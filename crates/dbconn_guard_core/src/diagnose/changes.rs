@@ -258,15 +258,16 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             let up = to > from;
             let t = &c.i.guard.thresholds;
             let at_limit = peak_pct >= t.critical_pct || c.util.available_connections == 0;
-            if up && at_limit && leaks_account_for(c, &series) {
+            if up && leaks_account_for(c, &series) {
                 // one story: the leak suspects hold the sessions that stepped up
                 return vec![flag(
                     "error pattern",
                     Status::Info,
                     format!(
-                        "Client connections stepped up from {from:.0} to {to:.0} at {} ({} ago) to the limit, as the leak suspects grew: see leaks",
+                        "Client connections stepped up from {from:.0} to {to:.0} at {} ({} ago){}, as the leak suspects grew: see leaks",
                         clock(at),
-                        dur(secs_between(c.now, at))
+                        dur(secs_between(c.now, at)),
+                        if at_limit { " to the limit" } else { "" }
                     ),
                     evidence,
                     "SELECT * FROM dbconn_guard.leak_suspects;",
@@ -540,7 +541,7 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
             MANUAL,
         )];
     }
-    let (first, last) = (&c.samples[0], &c.samples[c.samples.len() - 1]);
+    let first = &c.samples[0];
     if first.groups.iter().any(|g| g.other && g.counts.total() > 0) {
         return vec![flag(
             "deployment",
@@ -556,38 +557,47 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
         .filter(|g| !g.other)
         .map(|g| &g.name)
         .collect();
-    // the calling session's own group, when it is the only session in it (a DBA's psql)
-    let own: Option<GroupName> =
-        c.i.snapshot
-            .backends
-            .iter()
-            .find(|b| b.pid == c.i.caller.pid)
-            .map(|b| GroupName {
-                datname: b.datname.as_deref().map(Into::into),
-                usename: b.usename.as_deref().map(Into::into),
-                application_name: b.application_name.as_deref().map(Into::into),
-            });
-    let fresh: Vec<&GroupName> = last
-        .groups
+    // the groups connected now (not the newest sample's: a group of that sample may be gone,
+    // and one that came after it is the news), without the calling session (a DBA's psql)
+    let mut live: Vec<(GroupName, u32)> = Vec::new();
+    for b in c.clients.iter().filter(|b| b.pid != c.i.caller.pid) {
+        let name = GroupName {
+            datname: b.datname.as_deref().map(Into::into),
+            usename: b.usename.as_deref().map(Into::into),
+            application_name: b.application_name.as_deref().map(Into::into),
+        };
+        match live.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, k)) => *k += 1,
+            None => live.push((name, 1)),
+        }
+    }
+    let (fresh, leaking): (Vec<&GroupName>, Vec<&GroupName>) = live
         .iter()
-        .filter(|g| !g.other && g.counts.total() > 0 && !known.contains(&&g.name))
+        .map(|(n, _)| n)
+        .filter(|n| !known.contains(n))
         // no name is no application: nothing to tell a deployment by
-        .filter(|g| {
-            g.name
-                .application_name
-                .as_deref()
-                .is_some_and(|a| !a.is_empty())
-        })
-        .filter(|g| !(own.as_ref() == Some(&g.name) && g.counts.total() <= 1))
-        .map(|g| &g.name)
-        .collect();
+        .filter(|n| n.application_name.as_deref().is_some_and(|a| !a.is_empty()))
+        // one story: a new group that leaks is the leaks row's
+        .partition(|n| !c.leaks_in(n.usename.as_deref(), n.application_name.as_deref()));
     let since = dur(secs_between(c.now, first.time));
+    if fresh.is_empty() && !leaking.is_empty() {
+        return vec![flag(
+            "deployment",
+            Status::Info,
+            format!(
+                "{} new application group(s) connected in the last {since}, and they are the leak suspects: see leaks",
+                leaking.len()
+            ),
+            format!("not in the oldest sample: {}", leaking.iter().take(TOP).map(|n| describe_group(n)).collect::<Vec<_>>().join("; ")),
+            "SELECT * FROM dbconn_guard.leak_suspects;",
+        )];
+    }
     if fresh.is_empty() {
         return vec![ok(
             "deployment",
             format!("No new application in the last {since}"),
             format!(
-                "every group of the newest sample was in the oldest ({} groups)",
+                "every group connected now was in the oldest sample ({} groups)",
                 known.len()
             ),
         )];
@@ -597,18 +607,15 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
         .map(|n| n.application_name.as_deref().unwrap_or(""))
         .collect();
     apps.dedup();
-    let shown: Vec<String> = fresh
-        .iter()
-        .take(TOP)
-        .map(|n| {
-            format!(
-                "application {} (user {}, database {})",
-                quoted_or(n.application_name.as_deref(), "-"),
-                quoted_or(n.usename.as_deref(), "-"),
-                quoted_or(n.datname.as_deref(), "-")
-            )
-        })
-        .collect();
+    let shown: Vec<String> = fresh.iter().take(TOP).map(|n| describe_group(n)).collect();
+    let leaks_too = if leaking.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} more are the leak suspects (see leaks)",
+            leaking.len()
+        )
+    };
     let list: Vec<String> = apps.iter().take(TOP).map(|a| sql_literal(a)).collect();
     vec![flag(
         "deployment",
@@ -617,12 +624,22 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
             "{} new application group(s) connected in the last {since}: a deployment? check its migrations",
             fresh.len()
         ),
-        format!("in the newest sample, not the oldest: {}", shown.join("; ")),
+        format!("connected now, not in the oldest sample: {}{leaks_too}", shown.join("; ")),
         format!(
             "SELECT application_name, usename, client_addr, count(*), min(backend_start) AS first_connected FROM pg_stat_activity WHERE application_name = ANY (ARRAY[{}]) GROUP BY 1, 2, 3;",
             list.join(", ")
         ),
     )]
+}
+
+/// A group as the deployment rows name it.
+fn describe_group(n: &GroupName) -> String {
+    format!(
+        "application {} (user {}, database {})",
+        quoted_or(n.application_name.as_deref(), "-"),
+        quoted_or(n.usename.as_deref(), "-"),
+        quoted_or(n.datname.as_deref(), "-")
+    )
 }
 
 /// Client addresses whose every current session started within the window (new, or all
@@ -653,7 +670,8 @@ pub(super) fn new_clients(c: &Ctx) -> Vec<Finding> {
         }
     }
     let mut by_addr: BTreeMap<Option<&str>, (Micros, u32)> = BTreeMap::new();
-    for b in &c.clients {
+    // the calling session is no client of the incident (a DBA's psql from a new address)
+    for b in c.clients.iter().filter(|b| b.pid != c.i.caller.pid) {
         let Some(bs) = b.backend_start else { continue };
         let e = by_addr
             .entry(b.client_addr.as_deref())

@@ -134,6 +134,7 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
             );
             let hidden = b.is_none_or(|b| b.is_hidden());
+            let told_elsewhere = idle && !hidden && sessions::told_by_idle_in_transaction(c, root);
             let (verb, action) = if hidden {
                 // a cancel does nothing to a session idle in its transaction, and its state
                 // is not known here: look first, as a role that may see it
@@ -141,6 +142,15 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                     "its state is hidden from this role: look at it before acting".to_string(),
                     format!(
                         "SELECT pid, usename, application_name, state, now() - state_change AS in_state, query FROM pg_stat_activity WHERE pid = {root};  -- as a member of pg_read_all_stats: cancel it if active, end it if idle"
+                    ),
+                )
+            } else if told_elsewhere {
+                // one story: the idle-in-transaction row names this root and ends it; here,
+                // what it holds up
+                (
+                    "it is idle in its transaction: see idle in transaction".to_string(),
+                    format!(
+                        "SELECT pid, usename, application_name, now() - query_start AS waiting, query FROM pg_stat_activity WHERE {root} = ANY (pg_blocking_pids(pid)) ORDER BY query_start;"
                     ),
                 )
             } else if idle {
@@ -152,8 +162,9 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 (false, Some(note)) => format!("{who}; {note}"),
                 _ => who,
             };
-            let status = if queue_note.as_ref().is_some_and(|(_, all)| *all) {
-                // the queued statement's row tells this pile-up's story
+            let status = if queue_note.as_ref().is_some_and(|(_, all)| *all) || told_elsewhere {
+                // the queued statement's row, or the idle-in-transaction row, tells this
+                // pile-up's story
                 Status::Info
             } else if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
                 Status::Critical

@@ -402,8 +402,9 @@ pub fn diagnose(input: &Input) -> Vec<Finding> {
 const HARM: [&str; 10] = [
     "pool",
     "locks",
-    "leaks",
+    // an open transaction holds locks (and the row ends the root of a pile-up)
     "idle in transaction",
+    "leaks",
     "slow queries",
     "connection storm",
     "oversized pool",
@@ -583,6 +584,14 @@ impl<'a> Ctx<'a> {
             k.client_addr.as_deref() == addr
                 && k.usename.as_deref() == user
                 && k.application_name.as_deref() == app
+        })
+    }
+
+    /// Whether the leak suspects include a group of this user and application (any client).
+    fn leaks_in(&self, user: Option<&str>, app: Option<&str>) -> bool {
+        self.leaks.iter().any(|r| {
+            let k = &r.group.key;
+            k.usename.as_deref() == user && k.application_name.as_deref() == app
         })
     }
 

@@ -73,7 +73,10 @@ pub(super) fn covers(c: &Ctx, b: &Backend) -> Vec<Cover> {
     out
 }
 
-pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
+/// The sessions idle in transaction past the row's age, harm first: a session that holds
+/// others up before older ones that hold up nobody (all of them; the row shows `TOP`), and
+/// that age.
+pub(super) fn idle_in_transaction_listed<'a>(c: &Ctx<'a>) -> (Vec<&'a Backend>, f64) {
     // never younger than a healthy client's pause between two statements
     let age =
         c.i.guard
@@ -89,6 +92,27 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                 && b.state_age(c.now) > age
         })
         .collect();
+    old.sort_by(|a, b| {
+        c.holds_up(b.pid)
+            .cmp(&c.holds_up(a.pid))
+            .then(b.state_age(c.now).total_cmp(&a.state_age(c.now)))
+            .then(a.pid.cmp(&b.pid))
+    });
+    (old, age)
+}
+
+/// Whether the idle-in-transaction row tells `pid`'s story (its row names it, and says
+/// what to do about it).
+pub(super) fn told_by_idle_in_transaction(c: &Ctx, pid: i32) -> bool {
+    idle_in_transaction_listed(c)
+        .0
+        .iter()
+        .take(TOP)
+        .any(|b| b.pid == pid)
+}
+
+pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
+    let (old, age) = idle_in_transaction_listed(c);
     if old.is_empty() {
         return vec![ok(
             "idle in transaction",
@@ -96,15 +120,9 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             "dbconn_guard.idle_in_transaction_warning_age decides what counts",
         )];
     }
-    // harm first: a session that holds others up before older ones that hold up nobody
-    old.sort_by(|a, b| {
-        c.holds_up(b.pid)
-            .cmp(&c.holds_up(a.pid))
-            .then(b.state_age(c.now).total_cmp(&a.state_age(c.now)))
-            .then(a.pid.cmp(&b.pid))
-    });
     let total = old.len();
-    old.iter()
+    let mut rows: Vec<Finding> = old
+        .iter()
         .take(TOP)
         .enumerate()
         .map(|(i, b)| {
@@ -242,7 +260,21 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
             )
             .about(Culprit::Session(b.pid))
         })
-        .collect()
+        .collect();
+    // a root this row ends tells its pile-up's story (the locks row points here): as grave
+    // as the pile-up's waits are long
+    let t = &c.i.guard.thresholds;
+    for (f, b) in rows.iter_mut().zip(old.iter()) {
+        let longest = c.longest_wait_held(b.pid);
+        if c.holds_up(b.pid) > 0
+            && f.status >= Status::Warning
+            && t.lock_wait_critical > 0.0
+            && longest > t.lock_wait_critical
+        {
+            f.status = Status::Critical;
+        }
+    }
+    rows
 }
 
 pub(super) fn enable_iit_action() -> String {

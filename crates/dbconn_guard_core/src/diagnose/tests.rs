@@ -211,20 +211,25 @@ fn the_first_row_names_the_most_harmful_finding_and_its_culprit() {
     let mut clients: Vec<Backend> = (0..12)
         .map(|p| app(c(10 + p, "idle", 900), "orders"))
         .collect();
-    clients.push(c(1, "idle in transaction", 600));
+    clients.push(c(7, "idle in transaction", 600));
     clients.extend((0..2).map(|p| c(30 + p, "active", 60)));
     let mut i = with(clients);
-    i.lock_waits = (0..2).map(|p| wait(30 + p, &[1], 60)).collect();
+    i.lock_waits = (0..2).map(|p| wait(30 + p, &[7], 60)).collect();
     let fs = diagnose(&i);
     let first = &fs[0];
     assert_eq!(first.area, "incident");
     assert_eq!(first.status, Status::Warning, "{first:#?}");
     assert!(
-        first.finding.contains("pid 1 holds up 2 sessions"),
+        first.finding.contains("pid 7 idle in transaction for 10min holds up 2 sessions"),
         "{}",
         first.finding
     );
-    assert_eq!(action(first), "SELECT pg_terminate_backend(1);");
+    assert_eq!(action(first), "SELECT pg_terminate_backend(7);");
+    // one story: the locks row points to the idle-in-transaction row, which ends the root
+    let l = one(&fs, "locks");
+    assert_eq!(l.status, Status::Info, "{l:#?}");
+    assert!(l.finding.contains("see idle in transaction"), "{}", l.finding);
+    assert!(!action(l).contains("pg_terminate_backend"), "{}", action(l));
     assert!(first.evidence.contains("leaks"), "{}", first.evidence);
     // the leak alone: it is the incident, named
     let fs = diagnose(&with(
@@ -1115,10 +1120,21 @@ fn a_root_idle_in_transaction_is_terminated_and_an_active_one_cancelled() {
     let fs = diagnose(&i);
     let rows = area(&fs, "locks");
     assert_eq!(rows.len(), 2, "{rows:#?}");
-    assert_eq!(rows[0].status, Status::Critical);
-    assert_eq!(action(rows[0]), "SELECT pg_terminate_backend(4711);");
+    // the idle root's story is the idle-in-transaction row's: as grave as the pile-up (a 90s
+    // wait is past lock_wait_critical), and it ends the root
+    let iit = one(&fs, "idle in transaction");
+    assert_eq!(iit.status, Status::Critical, "{iit:#?}");
+    assert_eq!(action(iit), "SELECT pg_terminate_backend(4711);");
+    assert_eq!(fs[0].action, iit.action, "the incident row: {:#?}", fs[0]);
+    assert_eq!(rows[0].status, Status::Info);
     assert!(
-        rows[0].finding.contains("pid 4711 holds up 2 sessions"),
+        action(rows[0]).contains("WHERE 4711 = ANY (pg_blocking_pids(pid))"),
+        "{}",
+        action(rows[0])
+    );
+    assert!(
+        rows[0].finding.contains("pid 4711 holds up 2 sessions")
+            && rows[0].finding.contains("see idle in transaction"),
         "{}",
         rows[0].finding
     );
@@ -1225,6 +1241,60 @@ fn an_action_the_caller_may_not_run_says_who_may_and_a_hidden_root_is_looked_at_
         "{}",
         action(&l)
     );
+}
+
+#[test]
+fn a_group_action_the_caller_may_not_run_says_who_may() {
+    // a pg_monitor member without dbconn_guard_admin: the leak's action falls back to
+    // pg_terminate_backend() over pg_stat_activity, which PostgreSQL refuses it whole
+    let leak = || {
+        let mut clients = vec![c(1, "active", 1)];
+        clients.extend((0..4).map(|p| app(c(10 + p, "idle", 900 + i64::from(p)), "orders")));
+        let mut i = with(clients);
+        i.caller.lacks_terminate_idle = true;
+        i.caller.is_superuser = false;
+        i.caller.has_signal_backend = false;
+        i.caller.member_of = vec![];
+        i
+    };
+    let fs = diagnose(&leak());
+    let l = one(&fs, "leaks");
+    assert!(
+        action(l).starts_with("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
+        "{}",
+        action(l)
+    );
+    assert!(
+        l.evidence.contains("may not run it (it signals other roles' sessions")
+            && l.evidence.contains("a superuser or a member of pg_signal_backend")
+            && l.evidence.contains("dbconn_guard_admin gets terminate_idle()"),
+        "{}",
+        l.evidence
+    );
+    // the pool row (critical: every slot nearly taken) says the same
+    let mut clients = n_clients(10, "active");
+    clients.extend((0..85).map(|i| c(200 + i, "idle", 400)));
+    let mut i = with(clients);
+    (i.caller.lacks_terminate_idle, i.caller.is_superuser) = (true, false);
+    (i.caller.has_signal_backend, i.caller.member_of) = (false, vec![]);
+    let p = one(&diagnose(&i), "pool").clone();
+    assert_ne!(p.status, Status::Ok, "{p:#?}");
+    assert!(p.evidence.contains("may not run it"), "{}", p.evidence);
+    // who may: pg_signal_backend, or a member of the group's role; or terminate_idle()
+    for may in [
+        |i: &mut Input| i.caller.has_signal_backend = true,
+        |i: &mut Input| i.caller.member_of = vec!["web".into()],
+        |i: &mut Input| i.caller.lacks_terminate_idle = false,
+    ] {
+        let mut i = leak();
+        may(&mut i);
+        let fs = diagnose(&i);
+        assert!(
+            !one(&fs, "leaks").evidence.contains("may not run it"),
+            "{}",
+            one(&fs, "leaks").evidence
+        );
+    }
 }
 
 #[test]
@@ -1394,6 +1464,26 @@ fn a_step_reads_as_a_change_of_level_with_its_time_not_as_a_leak() {
     let e = one(&fs, "error pattern");
     assert_eq!(e.status, Status::Info, "{e:#?}");
     assert!(e.finding.contains("see leaks"), "{}", e.finding);
+    // below the limit too: a leak is never also "a change of level, not a leak"
+    let mut below = with_series(&{
+        let mut v = vec![100u32; 30];
+        v.extend([160u32; 30]);
+        v
+    });
+    below
+        .snapshot
+        .backends
+        .extend((0..50).map(|p| app(c(1000 + p, "idle", 900), "orders")));
+    let fs = diagnose(&below);
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info, "{e:#?}");
+    assert!(
+        e.finding.contains("stepped up from 100 to 160")
+            && e.finding.contains("as the leak suspects grew: see leaks")
+            && !e.finding.contains("not a leak"),
+        "{}",
+        e.finding
+    );
     // and a step down is no alarm
     series.reverse();
     assert!(not_ok(&diagnose(&with_series(&series)), "error pattern").is_empty());
@@ -1629,18 +1719,11 @@ fn a_reload_names_the_settings_it_changed_from_what_to_what_and_when() {
 
 #[test]
 fn a_new_application_in_the_history_means_deployment() {
-    let mut i = input();
-    let mut last = sample(0, 2, 3);
-    last.groups.push(GroupSample {
-        name: GroupName {
-            datname: Some("app".into()),
-            usename: Some("web".into()),
-            application_name: Some("billing-v2".into()),
-        },
-        counts: counts(4, 0),
-        other: false,
-    });
-    *i.history.samples.last_mut().unwrap() = last;
+    // four sessions of an application the oldest sample did not have, connected now
+    let billing = |pid| app(c(pid, "active", 1), "billing-v2");
+    let mut clients = input().snapshot.backends;
+    clients.extend((60..64).map(billing));
+    let mut i = with(clients);
     let fs = diagnose(&i);
     let d = area(&fs, "deployment");
     assert_eq!(d[0].status, Status::Info);
@@ -1650,27 +1733,41 @@ fn a_new_application_in_the_history_means_deployment() {
         d[0].evidence
     );
     assert!(action(d[0]).contains("WHERE application_name = ANY (ARRAY['billing-v2'])"));
-    // neither a group with no application name nor the DBA's own session is a deployment
-    let mut quiet = input();
+    // a group of the newest sample that is gone now is no news
+    let mut gone = input();
     let mut last = sample(0, 2, 3);
+    last.groups.push(GroupSample {
+        name: GroupName {
+            datname: Some("app".into()),
+            usename: Some("web".into()),
+            application_name: Some("report".into()),
+        },
+        counts: counts(4, 0),
+        other: false,
+    });
+    *gone.history.samples.last_mut().unwrap() = last;
+    assert!(not_ok(&diagnose(&gone), "deployment").is_empty());
+    // neither a group with no application name nor the DBA's own session is a deployment
+    let mut clients = input().snapshot.backends;
     let mut dba = app(c(77, "active", 0), "psql");
     dba.usename = Some("dba".into());
-    quiet.snapshot.backends.push(dba);
+    clients.push(dba);
+    clients.push(app(c(78, "idle", 5), ""));
+    let mut unnamed = c(79, "idle", 5);
+    unnamed.application_name = None;
+    clients.push(unnamed);
+    let mut quiet = with(clients);
     quiet.caller.pid = 77;
-    for (app_name, user) in [(Some(""), "web"), (None, "web"), (Some("psql"), "dba")] {
-        last.groups.push(GroupSample {
-            name: GroupName {
-                datname: Some("app".into()),
-                usename: Some(user.into()),
-                application_name: app_name.map(Into::into),
-            },
-            counts: counts(1, 0),
-            other: false,
-        });
-    }
-    *quiet.history.samples.last_mut().unwrap() = last;
     let fs = diagnose(&quiet);
     assert!(not_ok(&fs, "deployment").is_empty(), "{fs:#?}");
+    // one story: a new application that leaks is the leaks row's
+    let mut clients = input().snapshot.backends;
+    clients.extend((80..90).map(|p| app(c(p, "idle", 900 + i64::from(p)), "leaky")));
+    let fs = diagnose(&with(clients));
+    assert_ne!(one(&fs, "leaks").status, Status::Ok);
+    let d = area(&fs, "deployment");
+    assert!(d[0].finding.contains("they are the leak suspects: see leaks"), "{d:#?}");
+    assert_eq!(action(d[0]), "SELECT * FROM dbconn_guard.leak_suspects;");
     // a remainder in the oldest sample: cannot tell
     i.history.samples[0].groups.push(GroupSample {
         name: GroupName::default(),
@@ -1698,6 +1795,13 @@ fn a_client_address_with_only_young_sessions_is_new() {
         d[1].evidence
     );
     assert!(action(d[1]).contains("client_addr = ANY (ARRAY['10.9.9.9']::inet[])"));
+    // the DBA's own session from a new address is no new client
+    let mut me = with(input().snapshot.backends);
+    let mut dba = addr(c(50, "active", 0), "10.9.9.9");
+    dba.backend_start = Some(NOW - 60 * SECOND);
+    me.snapshot = snapshot(vec![dba].into_iter().chain(input().snapshot.backends).collect());
+    me.caller.pid = 50;
+    assert!(not_ok(&diagnose(&me), "deployment").is_empty());
 }
 
 #[test]
