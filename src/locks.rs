@@ -284,10 +284,31 @@ pub fn relation_label(oid_text: &str) -> String {
         return format!("oid {oid_text}");
     };
     unsafe {
+        // named only when pg_class and its oid index can be read at once: a lock on them held
+        // by another session (a database owner's VACUUM FULL pg_class, on PostgreSQL 16 and
+        // older) must not stall the worker's check (the oid alone is logged then)
+        let lockmode = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let catalogs = [
+            pg_sys::RelationRelationId,
+            pg_sys::Oid::from(pg_sys::ClassOidIndexId),
+        ];
         if pg_sys::IsTransactionState() {
-            let name = pg_sys::get_rel_name(pg_sys::Oid::from(oid));
-            if !name.is_null() {
-                let n = crate::encoding::cstr_to_rust(name).unwrap_or_default();
+            let mut locked = 0;
+            while locked < catalogs.len()
+                && pg_sys::ConditionalLockRelationOid(catalogs[locked], lockmode)
+            {
+                locked += 1;
+            }
+            let name = if locked == catalogs.len() {
+                let name = pg_sys::get_rel_name(pg_sys::Oid::from(oid));
+                (!name.is_null()).then(|| crate::encoding::cstr_to_rust(name).unwrap_or_default())
+            } else {
+                None
+            };
+            for c in &catalogs[..locked] {
+                pg_sys::UnlockRelationOid(*c, lockmode);
+            }
+            if let Some(n) = name {
                 return format!("{} (oid {oid})", crate::core::quote::quoted(&n));
             }
         }
