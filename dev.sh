@@ -559,13 +559,13 @@ cmd_lint() {
     done
 }
 
-# run_soak SECONDS [OUT]: the soak (pg_test/src/bin/soak.rs) on a fresh PostgreSQL 15 cluster
-# with the installed library preloaded; OUT: the markdown file whose soak section it rewrites
+# run_soak SECONDS [OUT]: the soak (pg_test/src/bin/soak.rs, built beforehand) on a fresh
+# PostgreSQL 15 cluster with the installed library preloaded; OUT: the markdown file whose soak
+# section it rewrites
 run_soak() {
     local seconds=$1 out=${2:-} port=$((TEST_PORT_BASE + 70)) name=soak-pg15 rc=0
     stop_cluster "$name" 15
     as_root rm -rf "$(state_dir)/$name"
-    cargo build -q -p dbconn_guard_integration --bin soak >&2
     start_cluster "$name" 15 "$port" "max_connections = 700"
     psql_on 15 "$port" -q -c "CREATE EXTENSION dbconn_guard" >/dev/null
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -588,6 +588,7 @@ cmd_soak() {
     setup_cargo_pgrx
     setup_pgrx_init_15
     install_ext 15 --release
+    cargo build -q -p dbconn_guard_integration --bin soak >&2
     run_soak $((minutes * 60)) "$ROOT/BENCHMARKS.md"
 }
 
@@ -677,7 +678,7 @@ case "${1:-}" in
     bench) cmd_bench ;;
     lint) cmd_lint ;;
     soak) shift; cmd_soak "$@" ;;
-    soak-seconds) shift; run_soak "$1" ;; # the installed build, no report (development)
+    soak-seconds) shift; cargo build -q -p dbconn_guard_integration --bin soak >&2; run_soak "$1" ;; # the installed build, no report (development)
     # development: one version's integration tests; DBCONN_GUARD_IT_TEST=<file> DBCONN_GUARD_IT_FILTER=<name>
     it) shift; setup; install_for_integration "${1:-15}"; build_integration; run_integration_tests "${1:-15}" ;;
     regress) shift; run_regress "$@" ;;

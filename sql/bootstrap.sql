@@ -53,7 +53,7 @@ CREATE TABLE terminations (
     state_age_seconds double precision NOT NULL,
     xact_age_seconds double precision,
     backend_start timestamptz,
-    rule text NOT NULL CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel', 'lock_queue_cancel', 'blocker_terminate')),
+    rule text NOT NULL CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel', 'lock_queue_cancel', 'blocker_terminate', 'budget')),
     dry_run boolean NOT NULL,
     actor text NOT NULL,
     worker_cycle bigint

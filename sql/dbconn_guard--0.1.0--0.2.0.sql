@@ -10,7 +10,7 @@
 -- readers, nor the worker for longer than a second)
 ALTER TABLE terminations DROP CONSTRAINT terminations_rule_check;
 ALTER TABLE terminations ADD CONSTRAINT terminations_rule_check
-    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel', 'lock_queue_cancel', 'blocker_terminate')) NOT VALID;
+    CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel', 'lock_queue_cancel', 'blocker_terminate', 'budget')) NOT VALID;
 ALTER TABLE terminations VALIDATE CONSTRAINT terminations_rule_check;
 
 -- The background worker is the only writer of the audit: admins read it.
@@ -158,6 +158,7 @@ CREATE FUNCTION _history(
     OUT cancelled_manual_statements bigint,
     OUT cancelled_lock_queue_statements bigint,
     OUT terminated_active_blockers bigint,
+    OUT terminated_budget bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

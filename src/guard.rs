@@ -892,7 +892,10 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
             ", the root of a lock pile-up holding up {}",
             sessions(t.held_up)
         ),
-        None => String::new(),
+        None => match &t.budget {
+            Some(over) => format!(", {}", over.describe()),
+            None => String::new(),
+        },
     };
     log!(
         "dbconn_guard: {verb} pid {} ({} for {}; rule {}{holding}): user={} database={} application={} client={} transaction_age={} actor={}",

@@ -8,6 +8,7 @@
 //!
 //! Every duration takes PostgreSQL's time units, and a bare number is **seconds**.
 
+use crate::core::budgets::Budgets;
 use crate::core::health::Thresholds;
 use crate::core::overrides::Overrides;
 use crate::core::patterns::PatternList;
@@ -62,6 +63,12 @@ pub static BLOCKER_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
 pub static LOCK_QUEUE_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
+pub static CONNECTION_BUDGETS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+/// Seconds (a `real`): the budget rule ends only sessions idle at least this long.
+pub static CONNECTION_BUDGET_MIN_IDLE: GucSetting<f64> =
+    GucSetting::<f64>::new(crate::core::policy::DEFAULT_BUDGET_MIN_IDLE as f64 / 1e6);
+pub static CONNECTION_BUDGET_IDLE_IN_TRANSACTION: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static EXCLUDE_CLIENT_TOOLS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -171,6 +178,22 @@ unsafe extern "C-unwind" fn check_overrides(
     }
 }
 
+/// Check hook of the connection budgets: a malformed list is refused whole, naming the bad item.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_budgets(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    match unsafe { new_text(newval) }.map(|v| Budgets::parse(&v)) {
+        None | Some(Ok(_)) => true,
+        Some(Err(why)) => refuse(
+            &format!("{why}."),
+            c"Give comma-separated items app:<name>=<sessions> or user:<name>=<sessions>, as in 'app:api=200, user:etl=10, app:*=100'; * is a wildcard (a budget per name), 0 means no budget.",
+        ),
+    }
+}
+
 /// Where a setting may be changed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Changed {
@@ -208,6 +231,8 @@ pub enum Value {
     Names(&'static GucSetting<Option<CString>>),
     /// `app:<pattern>=<duration>, user:<pattern>=<duration>, ...` (core::overrides).
     Overrides(&'static GucSetting<Option<CString>>),
+    /// `app:<pattern>=<sessions>, user:<pattern>=<sessions>, ...` (core::budgets).
+    Budgets(&'static GucSetting<Option<CString>>),
     Text(&'static GucSetting<Option<CString>>),
 }
 
@@ -345,7 +370,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 43] = [
+pub static SETTINGS: [Setting; 46] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -597,6 +622,34 @@ pub static SETTINGS: [Setting; 43] = [
         doc_default: "''",
         doc_range: "override list",
     },
+    Setting {
+        name: c"dbconn_guard.connection_budgets",
+        short: c"Per application or user: items app:<name>=<sessions> or user:<name>=<sessions>; a group holding more sessions than its budget loses its longest idle sessions, down to the budget (0: no budget).",
+        long: c"Comma-separated; the first item that matches a session charges it; * is a wildcard, and a budget per name (app:*=100: each application 100). Never an active session; idle in transaction only with connection_budget_idle_in_transaction.",
+        value: Value::Budgets(&CONNECTION_BUDGETS),
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "",
+        doc_default: "'' (off)",
+        doc_range: "budget list",
+    },
+    Setting {
+        name: c"dbconn_guard.connection_budget_min_idle",
+        short: c"The budget rule ends only sessions idle at least this long (a pool's connection between two uses is spared).",
+        long: c"A bare number is seconds; 1s to 1d.",
+        value: Value::RealSeconds { var: &CONNECTION_BUDGET_MIN_IDLE, min: 1.0, max: 86400.0 },
+        changed: Changed::Reload,
+        in_policy: true,
+        boot_val: "30",
+        doc_default: "30s",
+        doc_range: "1s–1d",
+    },
+    reload_bool(
+        c"dbconn_guard.connection_budget_idle_in_transaction",
+        c"Whether the budget rule may end sessions idle in a transaction too (their transaction is rolled back).",
+        &CONNECTION_BUDGET_IDLE_IN_TRANSACTION,
+        "off",
+    ),
     reload_bool(
         c"dbconn_guard.exclude_client_tools",
         c"Never end sessions of PostgreSQL's own client programs (pg_dump, pg_restore, pg_basebackup, vacuumdb, ...), by application_name.",
@@ -804,6 +857,19 @@ pub fn define() {
                     None,
                 )
             },
+            Value::Budgets(var) => unsafe {
+                GucRegistry::define_string_guc_with_hooks(
+                    s.name,
+                    s.short,
+                    s.long,
+                    var,
+                    context,
+                    GucFlags::default(),
+                    Some(check_budgets),
+                    None,
+                    None,
+                )
+            },
             Value::Text(var) => GucRegistry::define_string_guc(
                 s.name,
                 s.short,
@@ -918,6 +984,12 @@ pub fn policy() -> Policy {
         lock_queue_timeout: seconds_us(LOCK_QUEUE_TIMEOUT.get()),
         lock_queue_timeout_overrides: overrides(&LOCK_QUEUE_TIMEOUT_OVERRIDES),
         lock_queue_min_waiters: LOCK_QUEUE_MIN_WAITERS.get().max(1) as usize,
+        connection_budgets: CONNECTION_BUDGETS
+            .get()
+            .and_then(|c| Budgets::parse(&c.to_string_lossy()).ok())
+            .unwrap_or_default(),
+        connection_budget_min_idle: seconds_us(CONNECTION_BUDGET_MIN_IDLE.get()),
+        connection_budget_idle_in_transaction: CONNECTION_BUDGET_IDLE_IN_TRANSACTION.get(),
     }
 }
 

@@ -350,13 +350,13 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
 #[cfg(test)]
 mod layout {
     /// The sizes docs/reference.md gives for the ring (and the cluster test checks against
-    /// `pg_shmem_allocations`): 32 bytes, and 136 + 224 × (history_groups + 1) per sample.
+    /// `pg_shmem_allocations`): 32 bytes, and 144 + 224 × (history_groups + 1) per sample.
     #[test]
     fn ring_layout_is_as_documented() {
         assert_eq!(super::align8(size_of::<super::Header>()), 32);
-        assert_eq!(size_of::<super::SlotHead>(), 136);
+        assert_eq!(size_of::<super::SlotHead>(), 144);
         assert_eq!(size_of::<super::Entry>(), 224);
-        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (136 + 224 * 17));
+        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (144 + 224 * 17));
         assert_eq!(super::ring_bytes(0, 16), 0);
     }
 }

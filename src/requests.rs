@@ -152,6 +152,7 @@ fn carry_out(
                         held_up: 0,
                         queued: None,
                         left_to_lock_queue_rule: Vec::new(),
+                        budget: None,
                     },
                 ));
             } else {

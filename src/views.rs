@@ -735,6 +735,7 @@ CREATE FUNCTION _history(
     OUT cancelled_manual_statements bigint,
     OUT cancelled_lock_queue_statements bigint,
     OUT terminated_active_blockers bigint,
+    OUT terminated_budget bigint,
     OUT leak_suspect_groups bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE

@@ -349,6 +349,18 @@ fn announce_policy(pol: &policy::Policy) {
             pol.watches_lock_queues()
                 .then(|| format!("lock_queue_min_waiters = {}", pol.lock_queue_min_waiters)),
         )
+        .chain((!pol.connection_budgets.is_empty()).then(|| {
+            format!(
+                "connection_budgets = {}, connection_budget_min_idle = {}s, connection_budget_idle_in_transaction = {}",
+                quoted(&guc::show("dbconn_guard.connection_budgets")),
+                pol.connection_budget_min_idle as f64 / 1e6,
+                if pol.connection_budget_idle_in_transaction {
+                    "on"
+                } else {
+                    "off"
+                }
+            )
+        }))
         .chain(pol.watches_blockers().then(|| {
             format!(
                 "blocker_min_waiters = {}, cancel_active_blockers = {}",

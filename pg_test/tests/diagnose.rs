@@ -199,7 +199,10 @@ fn the_tree_finds_what_real_sessions_show_and_its_actions_work() {
         .into_iter()
         .find(|r| r.status != "ok")
         .unwrap_or_else(|| panic!("the pile-up: {dump}"));
-    assert!(lock_row.finding.contains(&format!("pid {root} holds up")), "{dump}");
+    assert!(
+        lock_row.finding.contains(&format!("pid {root} holds up")),
+        "{dump}"
+    );
     let enders: Vec<&Row> = rows
         .iter()
         .filter(|r| r.area != "incident" && r.action.as_deref() == Some(end_root.as_str()))

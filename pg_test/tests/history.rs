@@ -389,7 +389,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         .unwrap()
         .get(0);
     assert_eq!(most, 2);
-    // the memory it takes, as docs/reference.md gives it: 32 + samples × (136 + 224 × (groups + 1))
+    // the memory it takes, as docs/reference.md gives it: 32 + samples × (144 + 224 × (groups + 1))
     let size: i64 = c
         .query_one(
             "SELECT size FROM pg_shmem_allocations WHERE name = 'dbconn_guard history'",
@@ -397,7 +397,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(size, 32 + 4 * (136 + 224 * 2));
+    assert_eq!(size, 32 + 4 * (144 + 224 * 2));
     others.clear();
 }
 

@@ -260,3 +260,91 @@ fn a_dry_run_records_an_old_transaction_once() {
     assert_eq!(audit(&mut a, p).len(), 2);
     reset_system(&mut a);
 }
+
+/// Connection budgets (`dbconn_guard.connection_budgets`): an application over its budget loses
+/// its longest idle sessions, down to the budget; never an active one, nor one idle in a
+/// transaction (without the option); an application within its budget loses nothing.
+#[test]
+fn an_application_over_its_budget_loses_its_longest_idle_sessions_down_to_it() {
+    let mut a = guard_admin();
+    // "it_b_over": five idle sessions, opened 150 ms apart (the first is the longest idle),
+    // one running a statement and one idle in a transaction: 7 of a budget of 3
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(stale_idle("it_b_over"));
+        thread::sleep(Duration::from_millis(150));
+    }
+    let (active, running) = in_background_as(APP_ROLE, "it_b_over", "SELECT pg_sleep(20)");
+    let (_iit, iit) = stale_in_transaction("it_b_over");
+    // "it_b_within": four idle sessions of a budget of 5; and one of no budget at all
+    let within: Vec<(postgres::Client, i32)> = (0..4).map(|_| stale_idle("it_b_within")).collect();
+    let (_free, free) = stale_idle("it_b_free");
+    alter_system(
+        &mut a,
+        &[
+            (
+                "dbconn_guard.connection_budgets",
+                "app:it_b_over=3, app:it_b_within=5, app:it_b_free=0",
+            ),
+            ("dbconn_guard.connection_budget_min_idle", "1s"),
+        ],
+    );
+    // the four longest idle go: 3 are left, the youngest idle session among them
+    for (_, p) in &idle[..4] {
+        wait_gone(&mut a, *p, Duration::from_secs(10));
+    }
+    thread::sleep(Duration::from_millis(1500));
+    for (p, what) in [
+        (
+            idle[4].1,
+            "the youngest idle session, within the budget once the others went",
+        ),
+        (active, "a session running a statement"),
+        (
+            iit,
+            "a session idle in a transaction (connection_budget_idle_in_transaction is off)",
+        ),
+        (free, "an application whose budget is 0 (none)"),
+    ] {
+        assert!(alive(&mut a, p), "{what}: kept");
+    }
+    for (_, p) in &within {
+        assert!(alive(&mut a, *p), "an application within its budget: kept");
+    }
+    for (_, p) in &idle[..4] {
+        let rows = audit(&mut a, *p);
+        assert_eq!(rows.len(), 1, "{p}: {rows:?}");
+        assert_eq!(rows[0].0, "budget");
+        assert!(
+            rows[0].3 >= 1.0,
+            "idle at least connection_budget_min_idle: {rows:?}"
+        );
+    }
+    let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
+    assert!(
+        log.contains(&format!("terminated pid {} (idle for", idle[0].1))
+            && log.contains(
+                "rule budget, application \"it_b_over\" holds 7 sessions, over its budget of 3"
+            ),
+        "the LOG line says which group, how many, and its budget"
+    );
+    // the history counts them in its own column
+    wait_until(
+        &mut a,
+        "SELECT coalesce(sum(terminated_budget), 0) >= 4 FROM dbconn_guard.history",
+        Duration::from_secs(15),
+    );
+    // a malformed budget list is refused, naming the item; the old value stays
+    let e = a
+        .batch_execute("ALTER SYSTEM SET dbconn_guard.connection_budgets = 'app:x=200, app:y=lots'")
+        .unwrap_err();
+    let text = db_error(&e);
+    assert!(
+        text.contains("item 2 (\"app:y=lots\")") && text.contains("app:<name>=<sessions>"),
+        "{text}"
+    );
+    reset_system(&mut a);
+    terminate(&mut a, &[active]);
+    let _ = running.join();
+    drop(idle);
+}

@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod blocking;
+pub mod budgets;
 pub mod config_changes;
 pub mod diagnose;
 pub mod fasthash;

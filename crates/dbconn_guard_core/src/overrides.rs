@@ -70,46 +70,65 @@ impl Overrides {
     }
 
     pub fn parse(input: &str) -> Result<Overrides, String> {
-        let mut items = Vec::new();
-        for (i, raw) in split_items(input)?.into_iter().enumerate() {
-            let n = i + 1;
-            let item = raw.trim();
-            let fail = |why: String| format!("item {n} ({item:?}): {why}");
-            if item.is_empty() {
-                return Err(format!(
-                    "item {n} is empty (two commas in a row, or a comma at either end)"
-                ));
-            }
-            let (key, rest) = if let Some(r) = item.strip_prefix("app:") {
-                (Key::Application, r)
-            } else if let Some(r) = item.strip_prefix("user:") {
-                (Key::User, r)
-            } else {
-                return Err(fail(
-                    "start it with app: (an application_name) or user: (a role)".into(),
-                ));
-            };
-            let (pattern, duration) = split_at_equals(rest).map_err(&fail)?;
-            let pattern = pattern.trim();
-            if pattern.is_empty() {
-                return Err(fail("no name before '='".into()));
-            }
-            let unquoted = unquote(pattern).map_err(&fail)?;
-            if !unquoted.contains('*') && unquoted.len() > MAX_NAME_BYTES {
-                return Err(fail(format!(
-                    "the name is longer than {MAX_NAME_BYTES} bytes, so it can never match (PostgreSQL truncates names)"
-                )));
-            }
-            let list = PatternList::parse(pattern).map_err(&fail)?;
-            let timeout = parse_duration(duration.trim()).map_err(&fail)?;
-            items.push(Override {
-                key,
-                pattern: list,
-                timeout,
-            });
-        }
+        let items = parse_keyed(input, "a duration (for example app:api=2min)", |d| {
+            parse_duration(d)
+        })?
+        .into_iter()
+        .map(|(key, pattern, timeout)| Override {
+            key,
+            pattern,
+            timeout,
+        })
+        .collect();
         Ok(Overrides { items })
     }
+}
+
+/// Parses a list of items `app:<pattern>=<value>` or `user:<pattern>=<value>` (the overrides,
+/// the connection budgets): `value` reads what follows the `=`, and `example` says what it
+/// should be, for a missing `=`. A malformed list is refused whole, naming the item.
+pub fn parse_keyed<V>(
+    input: &str,
+    example: &str,
+    value: impl Fn(&str) -> Result<V, String>,
+) -> Result<Vec<(Key, PatternList, V)>, String> {
+    let mut items = Vec::new();
+    for (i, raw) in split_items(input)?.into_iter().enumerate() {
+        let n = i + 1;
+        let item = raw.trim();
+        let fail = |why: String| format!("item {n} ({item:?}): {why}");
+        if item.is_empty() {
+            return Err(format!(
+                "item {n} is empty (two commas in a row, or a comma at either end)"
+            ));
+        }
+        let (key, rest) = if let Some(r) = item.strip_prefix("app:") {
+            (Key::Application, r)
+        } else if let Some(r) = item.strip_prefix("user:") {
+            (Key::User, r)
+        } else {
+            return Err(fail(
+                "start it with app: (an application_name) or user: (a role)".into(),
+            ));
+        };
+        let (pattern, v) = split_at_equals(rest)
+            .ok_or_else(|| format!("no '=' and {example}"))
+            .map_err(&fail)?;
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            return Err(fail("no name before '='".into()));
+        }
+        let unquoted = unquote(pattern).map_err(&fail)?;
+        if !unquoted.contains('*') && unquoted.len() > MAX_NAME_BYTES {
+            return Err(fail(format!(
+                "the name is longer than {MAX_NAME_BYTES} bytes, so it can never match (PostgreSQL truncates names)"
+            )));
+        }
+        let list = PatternList::parse(pattern).map_err(&fail)?;
+        let v = value(v.trim()).map_err(&fail)?;
+        items.push((key, list, v));
+    }
+    Ok(items)
 }
 
 /// Splits at commas outside double quotes; `''` is no item at all.
@@ -138,7 +157,7 @@ fn split_items(input: &str) -> Result<Vec<String>, String> {
 /// `pattern=duration`, at the first `=` outside double quotes (a name holding `=` is quoted):
 /// whatever follows must then be a duration alone, so a forgotten comma
 /// (`app:a=0 app:b=2h`) is refused, not read as one odd name.
-fn split_at_equals(s: &str) -> Result<(&str, &str), String> {
+fn split_at_equals(s: &str) -> Option<(&str, &str)> {
     let mut quoted = false;
     let mut at = None;
     for (i, c) in s.char_indices() {
@@ -151,10 +170,7 @@ fn split_at_equals(s: &str) -> Result<(&str, &str), String> {
             _ => {}
         }
     }
-    match at {
-        Some(i) => Ok((&s[..i], &s[i + 1..])),
-        None => Err("no '=<duration>' (for example app:api=2min)".into()),
-    }
+    at.map(|i| (&s[..i], &s[i + 1..]))
 }
 
 fn unquote(p: &str) -> Result<String, String> {
@@ -256,7 +272,10 @@ mod tests {
                 "app:api=2min, db:shop=1h",
                 "item 2 (\"db:shop=1h\"): start it with app:",
             ),
-            ("app:api", "no '=<duration>'"),
+            (
+                "app:api",
+                "no '=' and a duration (for example app:api=2min)",
+            ),
             ("app:api=soon", "is not a duration"),
             ("app:api=5 weeks", "unit \"weeks\""),
             ("app:api=300ms", "under 1s"),

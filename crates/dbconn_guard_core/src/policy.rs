@@ -7,6 +7,7 @@
 //! entirely: they count neither toward the cap nor toward the next deadline.
 
 use super::blocking::{self, LockWait};
+use super::budgets::{self, Budgets, OverBudget};
 use super::overrides::Overrides;
 use super::patterns::PatternList;
 use super::rules;
@@ -157,6 +158,13 @@ pub struct Policy {
     /// How many waits (at least 1) held up behind the queued statement must have lasted
     /// `lock_queue_timeout`.
     pub lock_queue_min_waiters: usize,
+    /// Per application / user: how many sessions each may hold (empty: the budget rule is
+    /// off).
+    pub connection_budgets: Budgets,
+    /// Microseconds: the budget rule ends only sessions idle at least this long.
+    pub connection_budget_min_idle: Micros,
+    /// Whether the budget rule may end sessions idle in a transaction (rolled back).
+    pub connection_budget_idle_in_transaction: bool,
 }
 
 /// Every rule off, no scope, the settings' defaults otherwise (as the GUCs' boot values): a
@@ -181,9 +189,16 @@ impl Default for Policy {
             lock_queue_timeout: 0,
             lock_queue_timeout_overrides: Overrides::default(),
             lock_queue_min_waiters: 1,
+            connection_budgets: Budgets::default(),
+            connection_budget_min_idle: DEFAULT_BUDGET_MIN_IDLE,
+            connection_budget_idle_in_transaction: false,
         }
     }
 }
+
+/// `connection_budget_min_idle`'s default: a session idle for less may be a pool's
+/// connection between two uses.
+pub const DEFAULT_BUDGET_MIN_IDLE: Micros = 30 * 1_000_000;
 
 impl Policy {
     /// The timeout a worker rule's setting gives (0: off; 0 for a manual rule). The one place
@@ -196,7 +211,8 @@ impl Policy {
             Rule::BlockerTimeout | Rule::BlockerCancel => self.blocker_timeout,
             Rule::LockQueueCancel => self.lock_queue_timeout,
             Rule::BlockerTerminate => self.blocker_terminate_after,
-            Rule::Manual | Rule::ManualCancel => 0,
+            // a count, not a timeout: the worker wakes for it by the plan's next deadline
+            Rule::Manual | Rule::ManualCancel | Rule::Budget => 0,
         }
     }
 
@@ -211,7 +227,7 @@ impl Policy {
                 Some(&self.blocker_timeout_overrides)
             }
             Rule::LockQueueCancel => Some(&self.lock_queue_timeout_overrides),
-            Rule::Manual | Rule::ManualCancel => None,
+            Rule::Manual | Rule::ManualCancel | Rule::Budget => None,
         }
     }
 
@@ -268,6 +284,8 @@ pub struct Target {
     /// Root-blocker rules: the queued statements whose waits, and the waits behind them, the
     /// root was judged without (the lock-queue rule's business); the re-check does the same.
     pub left_to_lock_queue_rule: Vec<i32>,
+    /// The budget rule: the group over its budget.
+    pub budget: Option<OverBudget>,
 }
 
 /// A statement waiting in a lock queue, as the lock-queue rule judged it.
@@ -718,6 +736,10 @@ pub fn longest_sleep(naptime: Micros, policy: &Policy) -> Micros {
                     .unwrap_or(0),
             ]
         })
+        .chain(
+            // a session that goes idle right after a check is seen before the budget may end it
+            (!policy.connection_budgets.is_empty()).then_some(policy.connection_budget_min_idle),
+        )
         .filter(|&t| t > 0)
         .fold(naptime, Micros::min)
 }
@@ -813,13 +835,16 @@ pub fn plan_with(
         // an active root cancelled before, still the root of a pile-up past the rule: ended
         // once `blocker_terminate_after` has passed since that first cancel; until then each
         // statement it issues is cancelled, and the worker wakes for the escalation
-        let escalation = match (by_blocking, recall(b).first_blocker_cancel) {
-            (Some((Rule::BlockerCancel, d, n)), Some(c)) if policy.blocker_terminate_after > 0 => {
-                Some((
-                    Rule::BlockerTerminate,
-                    d.max(c.saturating_add(policy.blocker_terminate_after)),
-                    n,
-                ))
+        // (the worker's memory is looked up only for such a root: not for every session)
+        let escalation = match by_blocking {
+            Some((Rule::BlockerCancel, d, n)) if policy.blocker_terminate_after > 0 => {
+                recall(b).first_blocker_cancel.map(|c| {
+                    (
+                        Rule::BlockerTerminate,
+                        d.max(c.saturating_add(policy.blocker_terminate_after)),
+                        n,
+                    )
+                })
             }
             _ => None,
         };
@@ -874,6 +899,7 @@ pub fn plan_with(
                 } else {
                     Vec::new()
                 },
+                budget: None,
             });
         } else {
             out.next_deadline = Some(
@@ -881,6 +907,34 @@ pub fn plan_with(
                     .map_or(deadline, |d: Micros| d.min(deadline)),
             );
         }
+    }
+    // the budgets: a group over its budget loses its longest idle sessions, down to it (the
+    // sessions other rules end now count as gone)
+    if !policy.connection_budgets.is_empty() && idle_allowed {
+        let ending: std::collections::HashSet<i32> = expired
+            .iter()
+            .filter(|t| !t.rule.cancels())
+            .map(|t| t.backend.pid)
+            .collect();
+        let (found, next) = budgets::over_budget(
+            &policy.connection_budgets,
+            snapshot.clients(),
+            now,
+            |b| !ending.contains(&b.pid) && !handled(b, Rule::Budget),
+            |b| budget_eligible_from(b, policy, own_pid),
+        );
+        if let Some(n) = next {
+            out.next_deadline = Some(out.next_deadline.map_or(n, |d: Micros| d.min(n)));
+        }
+        expired.extend(found.into_iter().map(|(b, deadline, over)| Target {
+            backend: b.clone(),
+            rule: Rule::Budget,
+            deadline,
+            held_up: 0,
+            queued: None,
+            left_to_lock_queue_rule: Vec::new(),
+            budget: Some(over),
+        }));
     }
     expired.sort_by(|a, b| {
         a.rule
@@ -895,7 +949,7 @@ pub fn plan_with(
         // below the threshold (idle in transaction goes whatever the utilization)
         let mut clients = load.client_backends;
         expired.retain(|t| {
-            let keep = t.rule != Rule::IdleTimeout
+            let keep = !t.rule.row().utilization_gate
                 || percent(clients, load.max_connections) >= policy.min_utilization_pct;
             if keep {
                 clients -= 1;
@@ -910,6 +964,21 @@ pub fn plan_with(
     }
     out.targets = expired;
     out
+}
+
+/// When the budget rule may end `b`: idle (or idle in a transaction, where the policy says
+/// so) for `connection_budget_min_idle`, and unprotected (None: never).
+fn budget_eligible_from(b: &Backend, policy: &Policy, own_pid: i32) -> Option<Micros> {
+    let idle = b.has_state(IDLE)
+        || (policy.connection_budget_idle_in_transaction
+            && (b.has_state(IDLE_IN_TRANSACTION) || b.has_state(IDLE_IN_TRANSACTION_ABORTED)));
+    if !idle || policy.scope.protection(b, own_pid).is_some() {
+        return None;
+    }
+    Some(
+        b.state_change?
+            .saturating_add(policy.connection_budget_min_idle),
+    )
 }
 
 /// Below this, a timeout ends sessions in ordinary use: an application that runs a few
@@ -1019,11 +1088,12 @@ mod tests {
                         Rule::BlockerTimeout | Rule::BlockerCancel => pol.blocker_timeout = t,
                         Rule::LockQueueCancel => pol.lock_queue_timeout = t,
                         Rule::BlockerTerminate => pol.blocker_terminate_after = t,
-                        Rule::Manual | Rule::ManualCancel => unreachable!(),
+                        Rule::Manual | Rule::ManualCancel | Rule::Budget => unreachable!(),
                     }
                     assert_eq!(pol.timeout(r.rule), t, "{r:?}");
                 }
-                Trigger::Manual => {
+                // a count, not a timeout (its overrides are the budgets themselves)
+                Trigger::Manual | Trigger::Budget { .. } => {
                     assert_eq!(pol.timeout(r.rule), 0, "{r:?}");
                     assert!(pol.overrides(r.rule).is_none(), "{r:?}");
                 }
@@ -1202,6 +1272,139 @@ mod tests {
             Some(NOW + SECOND),
             "pid 2 crosses in one second"
         );
+    }
+
+    fn budgeted(list: &str) -> Policy {
+        Policy {
+            connection_budgets: Budgets::parse(list).unwrap(),
+            ..Policy::default()
+        }
+    }
+
+    fn of(app: &str, mut b: Backend) -> Backend {
+        b.application_name = Some(app.into());
+        b
+    }
+
+    #[test]
+    fn a_group_over_its_budget_loses_its_longest_idle_sessions_down_to_it() {
+        // "api" may hold 4 and holds 7: 3 of its idle sessions go, the longest idle first;
+        // never an active one, never one idle for less than 30s; "web" is within its budget
+        let snap = snapshot(vec![
+            of("api", client(1, "active", 5000)),
+            of("api", client(2, "active", 3000)),
+            of("api", client(3, "idle", 100)),
+            of("api", client(4, "idle", 900)),
+            of("api", client(5, "idle", 10)),
+            of("api", client(6, "idle", 500)),
+            of("api", client(7, "idle in transaction", 9000)),
+            of("web", client(8, "idle", 9000)),
+            of("web", client(9, "idle", 9000)),
+        ]);
+        let pol = budgeted("app:api=4, app:web=2");
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        assert_eq!(pids(&p), vec![4, 6, 3], "{p:#?}");
+        assert!(p.targets.iter().all(|t| t.rule == Rule::Budget));
+        let over = p.targets[0].budget.clone().unwrap();
+        assert_eq!((over.name.as_str(), over.holds, over.budget), ("api", 7, 4));
+        assert_eq!(
+            over.describe(),
+            "application \"api\" holds 7 sessions, over its budget of 4"
+        );
+        // the session idle 100s became eligible 70s ago
+        assert_eq!(p.targets[2].deadline, NOW - 70 * SECOND);
+        // down to 3: the young idle session (10s) is not yet eligible; the worker looks again
+        // when it is
+        let p = plan_at(&snap, 50.0, &budgeted("app:api=3"), 0);
+        assert_eq!(pids(&p), vec![4, 6, 3]);
+        assert_eq!(p.next_deadline, Some(NOW + 20 * SECOND));
+        // idle in transaction only when the policy says so
+        let p = plan_at(
+            &snap,
+            50.0,
+            &Policy {
+                connection_budget_idle_in_transaction: true,
+                ..budgeted("app:api=3")
+            },
+            0,
+        );
+        assert_eq!(pids(&p), vec![7, 4, 6, 3]);
+        // within its budget: nothing; no item or a budget of 0: nothing
+        for list in ["app:api=7", "app:web=1, app:api=0, app:*=1", "user:etl=1"] {
+            let p = plan_at(&snap, 50.0, &budgeted(list), 0);
+            assert!(
+                p.targets
+                    .iter()
+                    .all(|t| t.backend.application_name.as_deref() == Some("web")),
+                "{list}: {p:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_budget_obeys_every_protection_and_counts_what_other_rules_end() {
+        let snap = snapshot(vec![
+            of("api", client(1, "idle", 900)),
+            of("api", client(2, "idle", 800)),
+            of("api", client(3, "idle", 700)),
+            of("api", client(4, "idle", 600)),
+        ]);
+        // an excluded application's sessions count toward nothing it may end
+        let mut pol = budgeted("app:api=2");
+        pol.scope.exclude_applications = PatternList::parse("api").unwrap();
+        assert!(plan_at(&snap, 50.0, &pol, 0).targets.is_empty());
+        // a superuser's session counts, and is spared: the next longest idle goes instead
+        let mut su = snap.clone();
+        su.backends[0].is_superuser = Some(true);
+        let p = plan_at(&su, 50.0, &budgeted("app:api=2"), 0);
+        assert_eq!(pids(&p), vec![2, 3]);
+        // the guard's own session is never one
+        let p = plan_at(&snap, 50.0, &budgeted("app:api=2"), 1);
+        assert_eq!(pids(&p), vec![2, 3]);
+        // sessions the idle timeout ends now count as gone: one more, not two
+        let pol = Policy {
+            idle_timeout: 850 * SECOND,
+            ..budgeted("app:api=2")
+        };
+        let p = plan_at(&snap, 50.0, &pol, 0);
+        assert_eq!(pids(&p), vec![1, 2]);
+        assert_eq!(
+            (p.targets[0].rule, p.targets[1].rule),
+            (Rule::IdleTimeout, Rule::Budget)
+        );
+        // sessions already acted on (ending, or recorded by a dry run) count as gone
+        let p = plan(&snap, &[], load(50.0), &budgeted("app:api=2"), 0, |b| {
+            b.pid == 1
+        });
+        assert_eq!(pids(&p), vec![2]);
+        // below min_utilization_pct: nothing, as for the idle timeout
+        let pol = Policy {
+            min_utilization_pct: 80.0,
+            ..budgeted("app:api=2")
+        };
+        assert!(plan_at(&snap, 50.0, &pol, 0).targets.is_empty());
+        // and it stops where utilization would fall below the gate
+        assert_eq!(pids(&plan_at(&snap, 80.0, &pol, 0)), vec![1]);
+        // a budget per role, and per name under a wildcard
+        let mut mixed = snap.clone();
+        mixed.backends[2].usename = Some("etl".into());
+        mixed.backends[3].usename = Some("etl".into());
+        let p = plan_at(&mixed, 50.0, &budgeted("user:*=1"), 0);
+        assert_eq!(
+            pids(&p),
+            vec![1, 3],
+            "one of web's two and one of etl's two"
+        );
+    }
+
+    #[test]
+    fn the_budget_keeps_the_worker_awake_for_its_sessions() {
+        let pol = Policy {
+            connection_budget_min_idle: 20 * SECOND,
+            ..budgeted("app:api=1")
+        };
+        assert_eq!(longest_sleep(60 * SECOND, &pol), 20 * SECOND);
+        assert_eq!(longest_sleep(60 * SECOND, &Policy::default()), 60 * SECOND);
     }
 
     #[test]

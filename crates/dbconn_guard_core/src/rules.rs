@@ -40,6 +40,11 @@ pub enum Rule {
     /// client that re-issues its statement after every cancel, a statement that ignores it):
     /// the session is ended.
     BlockerTerminate = 8,
+    /// An application or a role holding more sessions than its budget
+    /// (`connection_budgets`): its idle sessions, longest idle first, down to the budget
+    /// (idle in transaction only with `connection_budget_idle_in_transaction`; never a
+    /// session idle for less than `connection_budget_min_idle`, never an active one).
+    Budget = 9,
 }
 
 /// How many rules there are (per-rule counters).
@@ -78,6 +83,12 @@ pub enum Trigger {
     },
     /// A DBA's call of a function (`terminate_idle()`, `cancel_statements()`).
     Manual,
+    /// The worker, by a count: a group holding more sessions than `budgets_setting` gives it,
+    /// whose sessions have been idle for `min_idle_setting`.
+    Budget {
+        budgets_setting: &'static str,
+        min_idle_setting: &'static str,
+    },
 }
 
 /// One rule.
@@ -109,7 +120,7 @@ pub struct RuleRow {
 }
 
 /// The rules, in the order of `Rule`'s discriminants.
-pub const RULE_TABLE: [RuleRow; 9] = [
+pub const RULE_TABLE: [RuleRow; 10] = [
     RuleRow {
         rule: Rule::IdleTimeout,
         urgency: 6,
@@ -239,6 +250,22 @@ pub const RULE_TABLE: [RuleRow; 9] = [
         effect: Effect::EndSession,
         last_look: LastLook::StillTheRoot,
         utilization_gate: false,
+        protections: true,
+        short_timeout_ends: None,
+    },
+    RuleRow {
+        rule: Rule::Budget,
+        // it frees slots, as the idle timeout does: after everything that holds up work
+        urgency: 9,
+        name: "budget",
+        history_column: "terminated_budget",
+        trigger: Trigger::Budget {
+            budgets_setting: "dbconn_guard.connection_budgets",
+            min_idle_setting: "dbconn_guard.connection_budget_min_idle",
+        },
+        effect: Effect::EndSession,
+        last_look: LastLook::Session,
+        utilization_gate: true,
         protections: true,
         short_timeout_ends: None,
     },

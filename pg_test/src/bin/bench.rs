@@ -1461,6 +1461,76 @@ fn escalation_reaction(ctx: &mut Ctx, n: usize, background: usize) {
     writeln!(ctx.out, "## 11. The escalation for an active root: reaction\n\n{n} active roots, each a client that re-issues its locking transaction right after every cancel, with a writer of the same row queued behind it, among {background} other sessions (70% idle, 20% idle in transaction, 10% active); `blocker_timeout` = 1s, `cancel_active_blockers` on, `blocker_terminate_after` = 3s, naptime 10s. Latency = the root's `blocker_terminate` audit row − (its first `blocker_cancel` row + 3s). Target: p99 ≤ 250 ms.\n\n{t}").unwrap();
 }
 
+/// The budget rule's reaction: one application opens `n + 1` idle sessions against a budget of
+/// 1, spread over a second, among `background` others; each session but the last is over the
+/// budget from the moment it has been idle `connection_budget_min_idle` (2s).
+fn budget_reaction(ctx: &mut Ctx, n: usize, background: usize) {
+    let min_idle_s = 2.0;
+    let others = Sessions::open(background);
+    let a = &mut ctx.admin;
+    set(
+        a,
+        &[
+            ("dbconn_guard.naptime", "10s"),
+            ("dbconn_guard.idle_in_transaction_timeout", "0"),
+            ("dbconn_guard.idle_timeout", "0"),
+            ("dbconn_guard.connection_budgets", "app:bench_budget=1"),
+            ("dbconn_guard.connection_budget_min_idle", "2s"),
+        ],
+    );
+    let spread = Duration::from_secs(1);
+    let start = Instant::now();
+    let mut sessions = Vec::new();
+    let mut changed = Vec::new();
+    for i in 0..=n {
+        let mut c = connect_as("bench_app", "bench_budget");
+        let p = pid(&mut c);
+        let sc: f64 = a
+            .query_one(
+                "SELECT extract(epoch FROM state_change)::float8 FROM pg_stat_activity WHERE pid = $1",
+                &[&p],
+            )
+            .unwrap()
+            .get(0);
+        changed.push((p, sc));
+        sessions.push((c, p));
+        let due = spread.mul_f64((i + 1) as f64 / (n + 1) as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    // the newest stays: the budget is 1
+    let last = sessions.pop().unwrap();
+    let lat = collect_worker_latency(a, &sessions, &changed, min_idle_s);
+    let kept_last: bool = a
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1",
+            &[&last.1],
+        )
+        .unwrap()
+        .get(0);
+    set(a, &[("dbconn_guard.connection_budgets", "")]);
+    drop(sessions);
+    drop(last);
+    others.close(a);
+    assert_eq!(
+        lat.len(),
+        n,
+        "the worker ended {} of the {n} sessions over the budget",
+        lat.len()
+    );
+    assert!(kept_last, "the session within the budget was kept");
+    let t = format!(
+        "| sessions ended over the budget | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---|---|\n| {} | {:.0} | {:.0} | {:.0} |\n",
+        lat.len(),
+        pct(lat.clone(), 0.5),
+        pct(lat.clone(), 0.99),
+        pct(lat.clone(), 1.0)
+    );
+    println!("{t}");
+    writeln!(ctx.out, "## 12. Connection budgets: reaction\n\nOne application opens {} idle sessions within a second against `connection_budgets` = `app:bench_budget=1`, among {background} other sessions (70% idle, 20% idle in transaction, 10% active); `connection_budget_min_idle` = 2s, naptime 10s. Each session but the newest is over the budget once it has been idle 2s. Latency = its `budget` audit row − (its `state_change` + 2s). Target: p99 ≤ 250 ms.\n\n{t}", n + 1).unwrap();
+}
+
 /// `--pests <addr>`: 64 clients that connect to the metrics endpoint and send nothing (each
 /// reconnecting once the endpoint cuts it off) and 16 that send a byte of a request every
 /// 0.3 s, until stdin closes.
@@ -1538,11 +1608,12 @@ fn main() {
         blocker_reaction(&mut ctx, 5, 20);
         lock_queue_reaction(&mut ctx, 5, 20);
         escalation_reaction(&mut ctx, 3, 20);
+        budget_reaction(&mut ctx, 5, 20);
         if std::env::var("DBCONN_GUARD_BENCH_METRICS").is_ok_and(|v| !v.is_empty()) {
             history_and_endpoint(&mut ctx, 50);
         }
         reset_system(&mut ctx.admin);
-        println!("bench: 7 passed, 0 failed");
+        println!("bench: 8 passed, 0 failed");
         return;
     }
     let started = Instant::now();
@@ -1550,7 +1621,7 @@ fn main() {
         .into_iter()
         .filter(|&n| n <= max_n)
         .collect();
-    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill|history|blocker|lockqueue|escalation|blocking
+    // one section alone, printed only (for profiling): DBCONN_GUARD_BENCH_ONLY=cycle|kill|history|blocker|lockqueue|escalation|budget|blocking
     match std::env::var("DBCONN_GUARD_BENCH_ONLY").as_deref() {
         Ok("cycle") => return worker_cycle(&mut ctx, &scales),
         Ok("kill") => return kill_path(&mut ctx, &scales, 100),
@@ -1558,6 +1629,7 @@ fn main() {
         Ok("blocker") => return blocker_reaction(&mut ctx, 100, 500),
         Ok("lockqueue") => return lock_queue_reaction(&mut ctx, 100, 500),
         Ok("escalation") => return escalation_reaction(&mut ctx, 50, 500),
+        Ok("budget") => return budget_reaction(&mut ctx, 50, 500),
         Ok("blocking") => return blocking(&mut ctx, &[1000]),
         _ => {}
     }
@@ -1568,6 +1640,7 @@ fn main() {
     blocker_reaction(&mut ctx, 100, 500);
     lock_queue_reaction(&mut ctx, 100, 500);
     escalation_reaction(&mut ctx, 50, 500);
+    budget_reaction(&mut ctx, 50, 500);
     blocking(&mut ctx, &[10, 100, 1000]);
     memory(&mut ctx, 500, 60);
     pgbench(&mut ctx);

@@ -611,10 +611,7 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
     let leaks_too = if leaking.is_empty() {
         String::new()
     } else {
-        format!(
-            "; {} more are the leak suspects (see leaks)",
-            leaking.len()
-        )
+        format!("; {} more are the leak suspects (see leaks)", leaking.len())
     };
     let list: Vec<String> = apps.iter().take(TOP).map(|a| sql_literal(a)).collect();
     vec![flag(

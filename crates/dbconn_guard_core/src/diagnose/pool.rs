@@ -138,12 +138,17 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
                 scope.describe()
             )
         };
+        let mut budget = String::new();
         if !scope.is_everyone() {
             culprit = Some(Culprit::Application(scope.app.unwrap_or("").to_string()));
+            budget = budget_advice(c, scope.user.flatten(), scope.app);
         }
         (
             end_idle(c, &scope, t.idle_age),
-            format!("{evidence}{whose}{}", end_idle_scope(c, &scope, t.idle_age)),
+            format!(
+                "{evidence}{whose}{}{budget}",
+                end_idle_scope(c, &scope, t.idle_age)
+            ),
         )
     } else {
         (
@@ -159,6 +164,50 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
         Some(who) => row.about(who),
         None => row,
     }]
+}
+
+/// What a budget for application `app` (of role `user`) would be, from the history: its
+/// busiest moment (sessions active or in a transaction at once), with headroom; and how to set
+/// it, where that cannot replace budgets already in force ("" without a busiest moment).
+pub(super) fn budget_advice(c: &Ctx, user: Option<&str>, app: Option<&str>) -> String {
+    let Some(peak) = peak_busy_in_history(c, user, app) else {
+        return String::new();
+    };
+    let budget = peak + (peak / 4).max(OVERSIZED_HEADROOM);
+    let name = app.unwrap_or("");
+    let in_force = &c.i.guard.policy.connection_budgets;
+    let why = format!(
+        "; so that it cannot happen again, a budget: application {} had at most {peak} sessions busy at once over the last {} of samples, so {budget} with headroom",
+        quoted(name),
+        dur(c.i.history.window as f64 / 1e6)
+    );
+    if !in_force.is_empty() {
+        return format!(
+            "{why}: add app:{}={budget} to dbconn_guard.connection_budgets (a list is in force: SHOW dbconn_guard.connection_budgets)",
+            budget_list_name(name)
+        );
+    }
+    if name.is_empty() || name.contains('*') {
+        // no name, or one the list would read as a wildcard: no paste
+        return format!("{why}: dbconn_guard.connection_budgets (see the guide)");
+    }
+    format!(
+        "{why}: ALTER SYSTEM SET dbconn_guard.connection_budgets = {}; SELECT pg_reload_conf();",
+        sql_literal(&format!("app:{}={budget}", budget_list_name(name)))
+    )
+}
+
+/// A name as an item of the budget list writes it: bare, or in double quotes when it holds a
+/// comma, `=`, a quote or a space.
+pub(super) fn budget_list_name(name: &str) -> String {
+    if name
+        .chars()
+        .all(|ch| ch.is_alphanumeric() || matches!(ch, '_' | '-' | '.' | ':' | '/'))
+    {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }
 
 /// How a consumer is named in the evidence.

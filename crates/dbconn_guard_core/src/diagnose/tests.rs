@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::blocking::LockWait;
+use crate::budgets::Budgets;
 use crate::history::GroupSample;
 use crate::patterns::PatternList;
 use crate::session::fixtures::*;
@@ -220,7 +221,9 @@ fn the_first_row_names_the_most_harmful_finding_and_its_culprit() {
     assert_eq!(first.area, "incident");
     assert_eq!(first.status, Status::Warning, "{first:#?}");
     assert!(
-        first.finding.contains("pid 7 idle in transaction for 10min holds up 2 sessions"),
+        first
+            .finding
+            .contains("pid 7 idle in transaction for 10min holds up 2 sessions"),
         "{}",
         first.finding
     );
@@ -228,7 +231,11 @@ fn the_first_row_names_the_most_harmful_finding_and_its_culprit() {
     // one story: the locks row points to the idle-in-transaction row, which ends the root
     let l = one(&fs, "locks");
     assert_eq!(l.status, Status::Info, "{l:#?}");
-    assert!(l.finding.contains("see idle in transaction"), "{}", l.finding);
+    assert!(
+        l.finding.contains("see idle in transaction"),
+        "{}",
+        l.finding
+    );
     assert!(!action(l).contains("pg_terminate_backend"), "{}", action(l));
     assert!(first.evidence.contains("leaks"), "{}", first.evidence);
     // the leak alone: it is the incident, named
@@ -340,6 +347,57 @@ fn pool_grades_by_the_health_thresholds_and_reserved_slots() {
     let p = one(&fs, "pool");
     assert_eq!(p.status, Status::Critical);
     assert!(p.finding.starts_with("Pool exhausted"), "{}", p.finding);
+}
+
+#[test]
+fn the_pool_row_proposes_a_budget_for_its_culprit_from_the_history() {
+    // 85 idle sessions of "api" (user "web") and 10 busy: critical; the history shows "api"
+    // with at most 8 busy at once: a budget of 8 + 2
+    let mut clients = n_clients(10, "active");
+    clients.extend((0..85).map(|i| c(200 + i, "idle", 400)));
+    let mut i = with(clients);
+    for (k, s) in i.history.samples.iter_mut().enumerate() {
+        s.groups[0].counts.active = if k == 3 { 8 } else { 2 };
+    }
+    let p = one(&diagnose(&i), "pool").clone();
+    assert_eq!(p.status, Status::Critical, "{p:#?}");
+    let paste =
+        "ALTER SYSTEM SET dbconn_guard.connection_budgets = 'app:api=10'; SELECT pg_reload_conf();";
+    assert!(
+        p.evidence.contains("had at most 8 sessions busy at once") && p.evidence.contains(paste),
+        "{}",
+        p.evidence
+    );
+    // the action stays the fix for now: end the culprit's idle sessions
+    assert!(
+        action(&p).contains("application_name => 'api'"),
+        "{}",
+        action(&p)
+    );
+    // a list in force is never replaced by a paste: what to add to it
+    i.guard.policy.connection_budgets = Budgets::parse("user:etl=5").unwrap();
+    let p = one(&diagnose(&i), "pool").clone();
+    assert!(
+        p.evidence
+            .contains("add app:api=10 to dbconn_guard.connection_budgets")
+            && !p
+                .evidence
+                .contains("ALTER SYSTEM SET dbconn_guard.connection_budgets"),
+        "{}",
+        p.evidence
+    );
+}
+
+#[test]
+fn a_proposed_budget_item_charges_the_application_it_names() {
+    for name in ["api", "my app", "a,b=c\"d", "x:y/z", "café"] {
+        let item = format!("app:{}=10", pool::budget_list_name(name));
+        let budgets = Budgets::parse(&item).unwrap_or_else(|e| panic!("{item}: {e}"));
+        let b = app(c(1, "idle", 10), name);
+        assert_eq!(budgets.charge(&b).map(|(_, n)| n), Some(10), "{item}");
+        let other = app(c(2, "idle", 10), "another");
+        assert_eq!(budgets.charge(&other), None, "{item}");
+    }
 }
 
 #[test]
@@ -1265,9 +1323,12 @@ fn a_group_action_the_caller_may_not_run_says_who_may() {
         action(l)
     );
     assert!(
-        l.evidence.contains("may not run it (it signals other roles' sessions")
-            && l.evidence.contains("a superuser or a member of pg_signal_backend")
-            && l.evidence.contains("dbconn_guard_admin gets terminate_idle()"),
+        l.evidence
+            .contains("may not run it (it signals other roles' sessions")
+            && l.evidence
+                .contains("a superuser or a member of pg_signal_backend")
+            && l.evidence
+                .contains("dbconn_guard_admin gets terminate_idle()"),
         "{}",
         l.evidence
     );
@@ -1766,7 +1827,11 @@ fn a_new_application_in_the_history_means_deployment() {
     let fs = diagnose(&with(clients));
     assert_ne!(one(&fs, "leaks").status, Status::Ok);
     let d = area(&fs, "deployment");
-    assert!(d[0].finding.contains("they are the leak suspects: see leaks"), "{d:#?}");
+    assert!(
+        d[0].finding
+            .contains("they are the leak suspects: see leaks"),
+        "{d:#?}"
+    );
     assert_eq!(action(d[0]), "SELECT * FROM dbconn_guard.leak_suspects;");
     // a remainder in the oldest sample: cannot tell
     i.history.samples[0].groups.push(GroupSample {
@@ -1799,7 +1864,12 @@ fn a_client_address_with_only_young_sessions_is_new() {
     let mut me = with(input().snapshot.backends);
     let mut dba = addr(c(50, "active", 0), "10.9.9.9");
     dba.backend_start = Some(NOW - 60 * SECOND);
-    me.snapshot = snapshot(vec![dba].into_iter().chain(input().snapshot.backends).collect());
+    me.snapshot = snapshot(
+        vec![dba]
+            .into_iter()
+            .chain(input().snapshot.backends)
+            .collect(),
+    );
     me.caller.pid = 50;
     assert!(not_ok(&diagnose(&me), "deployment").is_empty());
 }
