@@ -481,16 +481,17 @@ run_integration_tests() {
 
 # test_stream VERSIONS...: the integration tests of each version in turn, and after 15's the
 # expected-output tests, the 60-second soak and the package test ($PACKAGE_DEB, built
-# beforehand). Run in a subshell (cmd_test): the first failure ends it (set -e)
+# beforehand). The first failure ends it, with its status (each step is checked: in cmd_test's
+# `|| rc=$?`, set -e does not apply inside)
 test_stream() {
     local v
     for v in "$@"; do
-        run_integration_tests "$v"
+        run_integration_tests "$v" || return $?
         if [ "$v" = 15 ]; then
-            run_regress
+            run_regress || return $?
             # the soak's short version: every kind of session, every disturbance, 60 seconds
-            run_soak 60
-            [ -z "${PACKAGE_DEB:-}" ] || test_package "$PACKAGE_DEB"
+            run_soak 60 || return $?
+            [ -z "${PACKAGE_DEB:-}" ] || test_package "$PACKAGE_DEB" || return $?
         fi
     done
 }

@@ -271,7 +271,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                     ),
                     evidence,
                     "SELECT * FROM dbconn_guard.leak_suspects;",
-                )];
+                )
+                .points_to("leaks")];
             }
             if up && at_limit {
                 // a level that is the limit tells no scale-out from a fast leak
@@ -314,7 +315,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             "Client connections are increasing, as the leak suspects grow: see leaks",
             format!("{evidence}; the leak suspects hold {} idle sessions", leaked(c)),
             "SELECT * FROM dbconn_guard.leak_suspects;",
-        )],
+        )
+        .points_to("leaks")],
         Pattern::Increasing => {
             // since when, and at what rate: a rise that reaches the warning share soon (or is
             // there) is a warning; a slow one (a morning ramp-up, instances added one by one,
@@ -382,7 +384,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             "Client connections are constantly high, and the leak suspects hold half of them or more: see leaks",
             format!("{evidence}; the leak suspects hold {} idle sessions", leaked(c)),
             "SELECT * FROM dbconn_guard.leak_suspects;",
-        )],
+        )
+        .points_to("leaks")],
         Pattern::Constant if high => vec![flag(
             "error pattern",
             Status::Warning,
@@ -590,7 +593,8 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
             ),
             format!("not in the oldest sample: {}", leaking.iter().take(TOP).map(|n| describe_group(n)).collect::<Vec<_>>().join("; ")),
             "SELECT * FROM dbconn_guard.leak_suspects;",
-        )];
+        )
+        .points_to("leaks")];
     }
     if fresh.is_empty() {
         return vec![ok(
@@ -611,7 +615,15 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
     let leaks_too = if leaking.is_empty() {
         String::new()
     } else {
-        format!("; {} more are the leak suspects (see leaks)", leaking.len())
+        format!(
+            "; new too, and leak suspects (see leaks): {}",
+            leaking
+                .iter()
+                .take(TOP)
+                .map(|n| describe_group(n))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     };
     let list: Vec<String> = apps.iter().take(TOP).map(|a| sql_literal(a)).collect();
     vec![flag(
@@ -823,7 +835,8 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
                         quoted_or(app, "-")
                     ),
                     format!("{evidence}; a leak that opens sessions fast and a storm are one story here"),
-                )];
+                )
+                .points_to("leaks")];
             }
             let slow = c.slow_limit;
             let running_long = c
@@ -850,7 +863,8 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
                         "{evidence}; {running_long} of its {n} new sessions run statements past {}",
                         dur(slow)
                     ),
-                )];
+                )
+                .points_to("slow queries")];
             }
             return vec![flag(
                 "connection storm",

@@ -173,7 +173,7 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
             } else {
                 Status::Info
             };
-            flag(
+            let row = flag(
                 "locks",
                 status,
                 format!(
@@ -189,7 +189,15 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 ),
                 action,
             )
-            .about(Culprit::Session(root))
+            .about(Culprit::Session(root));
+            if told_elsewhere {
+                row.points_to("idle in transaction")
+            } else if queue_note.is_some() {
+                // the queued statement's row, in this area
+                row.points_to("locks")
+            } else {
+                row
+            }
         })
         .collect();
     // the queued statements first: cancelling one lets its queue go at once

@@ -235,6 +235,9 @@ pub struct Finding {
     pub culprit: Option<Culprit>,
     /// What pasting `action` does.
     pub action_kind: ActionKind,
+    /// One story per incident: the area of the row that tells it, when this row points there
+    /// rather than diagnose the same sessions again (its finding says "see ...").
+    pub see: Option<&'static str>,
 }
 
 /// Who a finding is about.
@@ -306,6 +309,12 @@ impl Finding {
     /// The finding, naming `who`.
     fn about(mut self, who: Culprit) -> Finding {
         self.culprit = Some(who);
+        self
+    }
+
+    /// This row points to the row of `area`, which tells the incident's story.
+    fn points_to(mut self, area: &'static str) -> Finding {
+        self.see = Some(area);
         self
     }
 }
@@ -388,6 +397,16 @@ pub fn diagnose(input: &Input) -> Vec<Finding> {
         visibility,
     ];
     let rows: Vec<Finding> = branches.iter().flat_map(|b| b(&c)).collect();
+    // a row that says "see <area>" points to that area's row, which is there
+    debug_assert!(
+        rows.iter().all(|f| match f.see {
+            Some(a) =>
+                (f.finding.ends_with(&format!("see {a}")) || a == f.area)
+                    && rows.iter().any(|g| g.area == a && !std::ptr::eq(g, f)),
+            None => !f.finding.contains(": see "),
+        }),
+        "a pointer row without its `see`, or a `see` without its row"
+    );
     // the incident in one line first, then the tree
     let mut out = vec![incident(&rows)];
     out.extend(rows);
@@ -461,6 +480,7 @@ fn incident(rows: &[Finding]) -> Finding {
         action: worst.action.clone(),
         culprit: worst.culprit.clone(),
         action_kind: worst.action_kind,
+        see: worst.see,
     }
 }
 
@@ -633,6 +653,7 @@ fn ok(area: &'static str, finding: impl Into<String>, evidence: impl Into<String
         action: None,
         culprit: None,
         action_kind: ActionKind::None,
+        see: None,
     }
 }
 
@@ -653,6 +674,7 @@ fn flag(
         action_kind: ActionKind::of(&action),
         action: Some(action),
         culprit: None,
+        see: None,
     }
 }
 

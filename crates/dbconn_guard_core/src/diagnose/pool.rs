@@ -451,7 +451,8 @@ pub(super) fn oversized_pool(c: &Ctx) -> Vec<Finding> {
             "oversized pool",
             format!("The idle sessions of {} are a leak suspect: see leaks", names.join(", ")),
             "a pool larger than its work and a leak are one story here; the leaks row has it and its action",
-        )];
+        )
+        .points_to("leaks")];
     }
     if big.is_empty() {
         return vec![ok(
