@@ -625,7 +625,7 @@ pub static SETTINGS: [Setting; 46] = [
     Setting {
         name: c"dbconn_guard.connection_budgets",
         short: c"Per application or user: items app:<name>=<sessions> or user:<name>=<sessions>; a group holding more sessions than its budget loses its longest idle sessions, down to the budget (0: no budget).",
-        long: c"Comma-separated; the first item that matches a session charges it; * is a wildcard, and a budget per name (app:*=100: each application 100). Never an active session; idle in transaction only with connection_budget_idle_in_transaction.",
+        long: c"Comma-separated; the first item that matches a session charges it; * is a wildcard, and a budget per name (app:*=100: each application 100), never charging a session without a name; an application's budget is per role. Never an active session; idle in transaction only with connection_budget_idle_in_transaction.",
         value: Value::Budgets(&CONNECTION_BUDGETS),
         changed: Changed::Reload,
         in_policy: true,

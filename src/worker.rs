@@ -108,6 +108,10 @@ struct State {
     /// when. A client that re-issues its DDL after the cancel queues again: for a while, its
     /// queue is counted toward its root again (`Recall::queue_cancelled_lately`).
     queue_cancels: HashMap<(i32, Micros), Micros>,
+    /// Sessions the guard ended (by a rule that ends sessions, or `terminate_idle()`), or a dry
+    /// run recorded under such a rule, by (pid, backend_start): their slots count as free for
+    /// the budgets while they exit (`Recall::ending`). Dry runs' records go as in `acted`.
+    ending: HashMap<(i32, Micros), Acted>,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
@@ -177,6 +181,7 @@ impl State {
         let before = self.acted.len() + self.acted_xacts.len();
         self.acted.retain(|_, a| *a == Acted::Signalled);
         self.acted_xacts.retain(|_, a| *a == Acted::Signalled);
+        self.ending.retain(|_, a| *a == Acted::Signalled);
         let forgotten = before - self.acted.len() - self.acted_xacts.len();
         if forgotten > 0 {
             log!(
@@ -495,6 +500,7 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
         for ended in requests::serve(&mut state.terminations_total) {
             // a backend lingers in the status array while it exits: not a target again
             state.acted.insert(key(&ended), Acted::Signalled);
+            state.ending.insert(session_key(&ended), Acted::Signalled);
         }
         sleep = cycle(&mut state);
         // awake for the next sample too: it only ever shortens a sleep, so no deadline moves
@@ -652,6 +658,9 @@ fn cycle(state: &mut State) -> Micros {
                     if let Some(a) = acted {
                         acted_on += 1;
                         state.acted.insert(key(&t.backend), a);
+                        if !t.rule.cancels() {
+                            state.ending.insert(session_key(&t.backend), a);
+                        }
                         if t.rule == policy::Rule::TransactionTimeout {
                             state.acted_xacts.insert(xact_key(&t.backend), a);
                         }
@@ -856,6 +865,11 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         state.first_cancels.retain(|k, _| busy.contains(k));
         state.queue_cancels.retain(|k, _| present.contains(k));
     }
+    if !state.ending.is_empty() && snap.torn == 0 {
+        let present: std::collections::HashSet<(i32, Micros)> =
+            snap.backends.iter().map(session_key).collect();
+        state.ending.retain(|k, _| present.contains(k));
+    }
     if !state.backoff.is_empty() && snap.torn == 0 {
         let present: std::collections::HashSet<(i32, Micros, Micros)> =
             snap.backends.iter().map(key).collect();
@@ -867,12 +881,13 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             client_backends: util.client_backends,
             max_connections: util.limits.max_connections,
         };
-        let (acted, acted_xacts, backoff, first_cancels, queue_cancels) = (
+        let (acted, acted_xacts, backoff, first_cancels, queue_cancels, ending) = (
             &state.acted,
             &state.acted_xacts,
             &state.backoff,
             &state.first_cancels,
             &state.queue_cancels,
+            &state.ending,
         );
         let judged_at = snap.now;
         // the lock graph only for the root-blocker and lock-queue rules (no catalog access,
@@ -908,6 +923,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
                 queue_cancelled_lately: queue_cancels
                     .get(&session_key(b))
                     .is_some_and(|at| judged_at - at <= queue_memory(&uncapped)),
+                ending: ending.contains_key(&session_key(b)),
             },
         );
         out.targets = plan.targets;

@@ -324,7 +324,7 @@ fn an_application_over_its_budget_loses_its_longest_idle_sessions_down_to_it() {
     assert!(
         log.contains(&format!("terminated pid {} (idle for", idle[0].1))
             && log.contains(
-                "rule budget, application \"it_b_over\" holds 7 sessions, over its budget of 3"
+                "rule budget, application \"it_b_over\" of user \"it_w_app\" holds 7 sessions, over its budget of 3"
             ),
         "the LOG line says which group, how many, and its budget"
     );

@@ -8,6 +8,12 @@
 //! matches are never ended by this rule (as `0` is "never" in the overrides), so
 //! `app:reporting=0, app:*=100` leaves reporting alone. A malformed list is refused whole, and
 //! the message names the item.
+//!
+//! An application's budget is per role: `application_name` is the client's to choose, so a
+//! session of another role that calls itself `api` is charged to a group of its own, and can
+//! never make the real `api`'s sessions end. A wildcard never charges a session without a name
+//! (no `application_name`, or a role without a name): unrelated clients that set no name are no
+//! one group.
 
 use super::overrides::{parse_keyed, Key};
 use super::patterns::PatternList;
@@ -30,11 +36,14 @@ pub struct Budgets {
     items: Vec<Budget>,
 }
 
-/// The group a session is charged to: the item of the list, and the name it matched.
+/// The group a session is charged to: the item of the list, the name it matched, and (for an
+/// application's item) the session's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Charge<'a> {
     pub item: usize,
     pub name: &'a str,
+    /// `app:` items: the role (an application's budget is per role); `user:` items: None.
+    pub role: Option<&'a str>,
 }
 
 impl Budgets {
@@ -58,9 +67,17 @@ impl Budgets {
                     Key::User => b.usename.as_deref(),
                 }
                 .unwrap_or("");
+                // a wildcard never charges a session without a name
+                if name.is_empty() && i.pattern.patterns().iter().any(|p| p.contains('*')) {
+                    return None;
+                }
+                let role = match i.key {
+                    Key::Application => Some(b.usename.as_deref().unwrap_or("")),
+                    Key::User => None,
+                };
                 i.pattern
                     .matches(name)
-                    .then_some((Charge { item, name }, i.limit))
+                    .then_some((Charge { item, name, role }, i.limit))
             })
             .filter(|(_, limit)| *limit > 0)
     }
@@ -84,6 +101,8 @@ pub struct OverBudget {
     pub key: Key,
     /// The application or role it matched.
     pub name: String,
+    /// An application's: the role whose sessions of it the group is.
+    pub role: Option<String>,
     /// Sessions it held when judged (those already being ended left out).
     pub holds: usize,
     pub budget: u32,
@@ -92,15 +111,20 @@ pub struct OverBudget {
 impl OverBudget {
     /// "application \"api\" holds 260 sessions, over its budget of 200", for the log.
     pub fn describe(&self) -> String {
+        let who = match (&self.key, &self.role) {
+            (Key::Application, Some(r)) => format!(
+                "application {} of user {}",
+                super::quote::quoted(&self.name),
+                super::quote::quoted(r)
+            ),
+            (Key::Application, None) => {
+                format!("application {}", super::quote::quoted(&self.name))
+            }
+            (Key::User, _) => format!("user {}", super::quote::quoted(&self.name)),
+        };
         format!(
-            "{} {} holds {} sessions, over its budget of {}",
-            match self.key {
-                Key::Application => "application",
-                Key::User => "user",
-            },
-            super::quote::quoted(&self.name),
-            self.holds,
-            self.budget
+            "{who} holds {} sessions, over its budget of {}",
+            self.holds, self.budget
         )
     }
 }
@@ -108,22 +132,23 @@ impl OverBudget {
 /// What the budgets end now: for each group that holds more sessions than its budget, the
 /// sessions the rule may end, longest idle first, down to the budget.
 ///
-/// `holds(b)`: whether `b` still holds its slot (a session being ended does not count).
-/// `eligible_from(b)`: the moment the rule may end `b` (None: never, as for a session
-/// running a statement or one the guard protects). Returns the sessions to end, each with
-/// that moment and its group, and the earliest moment a session of a group still over its
-/// budget becomes eligible (when to look again).
+/// `holds(b)`: whether `b` counts toward its group (a session being ended does not, nor one
+/// the guard protects). `eligible_from(b)`: the moment the rule may end `b`, and its rank
+/// (lower first: a plain idle session before one idle in a transaction, whose end rolls its
+/// transaction back); None: never, as for a session running a statement. Returns the sessions
+/// to end, each with that moment and its group, and the earliest moment a session of a group
+/// still over its budget becomes eligible (when to look again).
 pub fn over_budget<'a>(
     budgets: &Budgets,
     clients: impl Iterator<Item = &'a Backend>,
     now: Micros,
     holds: impl Fn(&Backend) -> bool,
-    eligible_from: impl Fn(&Backend) -> Option<Micros>,
+    eligible_from: impl Fn(&Backend) -> Option<(u8, Micros)>,
 ) -> (Vec<(&'a Backend, Micros, OverBudget)>, Option<Micros>) {
     struct Group<'a> {
         holds: usize,
         budget: u32,
-        ready: Vec<(Micros, &'a Backend)>,
+        ready: Vec<(u8, Micros, &'a Backend)>,
         later: Option<Micros>,
     }
     let mut groups: HashMap<Charge<'a>, Group<'a>> = HashMap::new();
@@ -142,8 +167,8 @@ pub fn over_budget<'a>(
         });
         g.holds += 1;
         match eligible_from(b) {
-            Some(t) if t <= now => g.ready.push((t, b)),
-            Some(t) => g.later = Some(g.later.map_or(t, |l: Micros| l.min(t))),
+            Some((rank, t)) if t <= now => g.ready.push((rank, t, b)),
+            Some((_, t)) => g.later = Some(g.later.map_or(t, |l: Micros| l.min(t))),
             None => {}
         }
     }
@@ -155,7 +180,7 @@ pub fn over_budget<'a>(
             continue;
         }
         let excess = g.holds - budget;
-        g.ready.sort_by_key(|(t, b)| (*t, b.pid));
+        g.ready.sort_by_key(|(rank, t, b)| (*rank, *t, b.pid));
         if g.ready.len() < excess {
             if let Some(l) = g.later {
                 next = Some(next.map_or(l, |n: Micros| n.min(l)));
@@ -164,6 +189,7 @@ pub fn over_budget<'a>(
         let over = OverBudget {
             key: budgets.items[charge.item].key,
             name: charge.name.to_string(),
+            role: charge.role.map(str::to_string),
             holds: g.holds,
             budget: g.budget,
         };
@@ -171,7 +197,7 @@ pub fn over_budget<'a>(
             g.ready
                 .into_iter()
                 .take(excess)
-                .map(|(t, b)| (b, t, over.clone())),
+                .map(|(_, t, b)| (b, t, over.clone())),
         );
     }
     (out, next)
@@ -212,7 +238,8 @@ mod tests {
             Some((
                 Charge {
                     item: 0,
-                    name: "api"
+                    name: "api",
+                    role: Some("etl")
                 },
                 200
             ))
@@ -223,7 +250,8 @@ mod tests {
             Some((
                 Charge {
                     item: 1,
-                    name: "etl"
+                    name: "etl",
+                    role: None
                 },
                 10
             ))
@@ -238,11 +266,8 @@ mod tests {
         // no item matches
         let only = Budgets::parse("app:api=5").unwrap();
         assert_eq!(only.charge(&session("web", "u")), None);
-        // an empty application_name is a name like any other for app:*
-        assert_eq!(
-            b.charge(&session("", "u")),
-            Some((Charge { item: 3, name: "" }, 100))
-        );
+        // a wildcard never charges a session without a name; a name given whole may be empty
+        assert_eq!(b.charge(&session("", "u")), None);
         assert!(Budgets::parse("").unwrap().is_empty());
     }
 

@@ -794,6 +794,9 @@ pub struct Recall {
     /// its DDL after every cancel. Its next queue is not left to that rule alone (the
     /// root-blocker rule counts it again).
     pub queue_cancelled_lately: bool,
+    /// The guard ended it already (it lingers while it exits), or a dry run recorded it under a
+    /// rule that ends sessions: its slot counts as free (the budgets).
+    pub ending: bool,
 }
 
 /// `plan`, with the worker's memory: `handled(b, rule)` says whether `b` was already acted on
@@ -920,8 +923,17 @@ pub fn plan_with(
             &policy.connection_budgets,
             snapshot.clients(),
             now,
-            |b| !ending.contains(&b.pid) && !handled(b, Rule::Budget),
-            |b| budget_eligible_from(b, policy, own_pid),
+            // a protected session is not the budget's: it neither counts nor goes
+            |b| {
+                !ending.contains(&b.pid)
+                    && policy.scope.protection(b, own_pid).is_none()
+                    && !recall(b).ending
+            },
+            |b| {
+                (!handled(b, Rule::Budget))
+                    .then(|| budget_eligible_from(b, policy))
+                    .flatten()
+            },
         );
         if let Some(n) = next {
             out.next_deadline = Some(out.next_deadline.map_or(n, |d: Micros| d.min(n)));
@@ -966,19 +978,25 @@ pub fn plan_with(
     out
 }
 
-/// When the budget rule may end `b`: idle (or idle in a transaction, where the policy says
-/// so) for `connection_budget_min_idle`, and unprotected (None: never).
-fn budget_eligible_from(b: &Backend, policy: &Policy, own_pid: i32) -> Option<Micros> {
-    let idle = b.has_state(IDLE)
-        || (policy.connection_budget_idle_in_transaction
-            && (b.has_state(IDLE_IN_TRANSACTION) || b.has_state(IDLE_IN_TRANSACTION_ABORTED)));
-    if !idle || policy.scope.protection(b, own_pid).is_some() {
+/// When the budget rule may end `b` (counted, so unprotected), and its rank: idle for
+/// `connection_budget_min_idle` (rank 0), or idle in a transaction that long where the policy
+/// says so (rank 1: its end rolls the transaction back, so plain idle sessions go first);
+/// None: never.
+fn budget_eligible_from(b: &Backend, policy: &Policy) -> Option<(u8, Micros)> {
+    let rank = if b.has_state(IDLE) {
+        0
+    } else if policy.connection_budget_idle_in_transaction
+        && (b.has_state(IDLE_IN_TRANSACTION) || b.has_state(IDLE_IN_TRANSACTION_ABORTED))
+    {
+        1
+    } else {
         return None;
-    }
-    Some(
+    };
+    Some((
+        rank,
         b.state_change?
             .saturating_add(policy.connection_budget_min_idle),
-    )
+    ))
 }
 
 /// Below this, a timeout ends sessions in ordinary use: an application that runs a few
@@ -999,6 +1017,14 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
                 SHORT_TIMEOUT / 1_000_000
             ));
         }
+    }
+    let min_idle = policy.connection_budget_min_idle;
+    if !policy.connection_budgets.is_empty() && min_idle < SHORT_TIMEOUT {
+        out.push(format!(
+            "dbconn_guard.connection_budget_min_idle is {}s: pooled connections between two uses are ended by the budgets; values under {}s are meant for tests",
+            min_idle as f64 / 1e6,
+            SHORT_TIMEOUT / 1_000_000
+        ));
     }
     for (name, _, r) in &settings {
         let t = policy.timeout(*r);
@@ -1309,7 +1335,7 @@ mod tests {
         assert_eq!((over.name.as_str(), over.holds, over.budget), ("api", 7, 4));
         assert_eq!(
             over.describe(),
-            "application \"api\" holds 7 sessions, over its budget of 4"
+            "application \"api\" of user \"web\" holds 7 sessions, over its budget of 4"
         );
         // the session idle 100s became eligible 70s ago
         assert_eq!(p.targets[2].deadline, NOW - 70 * SECOND);
@@ -1353,14 +1379,14 @@ mod tests {
         let mut pol = budgeted("app:api=2");
         pol.scope.exclude_applications = PatternList::parse("api").unwrap();
         assert!(plan_at(&snap, 50.0, &pol, 0).targets.is_empty());
-        // a superuser's session counts, and is spared: the next longest idle goes instead
+        // a superuser's session is not the budget's: it neither counts nor goes
         let mut su = snap.clone();
         su.backends[0].is_superuser = Some(true);
         let p = plan_at(&su, 50.0, &budgeted("app:api=2"), 0);
-        assert_eq!(pids(&p), vec![2, 3]);
-        // the guard's own session is never one
+        assert_eq!(pids(&p), vec![2]);
+        // nor the guard's own session
         let p = plan_at(&snap, 50.0, &budgeted("app:api=2"), 1);
-        assert_eq!(pids(&p), vec![2, 3]);
+        assert_eq!(pids(&p), vec![2]);
         // sessions the idle timeout ends now count as gone: one more, not two
         let pol = Policy {
             idle_timeout: 850 * SECOND,
@@ -1372,11 +1398,35 @@ mod tests {
             (p.targets[0].rule, p.targets[1].rule),
             (Rule::IdleTimeout, Rule::Budget)
         );
-        // sessions already acted on (ending, or recorded by a dry run) count as gone
-        let p = plan(&snap, &[], load(50.0), &budgeted("app:api=2"), 0, |b| {
-            b.pid == 1
-        });
+        // sessions the guard is ending (or a dry run recorded) count as gone
+        let ending = |pid: i32| {
+            move |b: &Backend| Recall {
+                ending: b.pid == pid,
+                ..Recall::default()
+            }
+        };
+        let pol = budgeted("app:api=2");
+        let p = plan_with(
+            &snap,
+            &[],
+            load(50.0),
+            &pol,
+            0,
+            |b, _| b.pid == 1,
+            ending(1),
+        );
         assert_eq!(pids(&p), vec![2]);
+        // a session merely not to be judged now (a back-off) still counts, and is not taken
+        let p = plan_with(
+            &snap,
+            &[],
+            load(50.0),
+            &pol,
+            0,
+            |b, _| b.pid == 1,
+            ending(0),
+        );
+        assert_eq!(pids(&p), vec![2, 3]);
         // below min_utilization_pct: nothing, as for the idle timeout
         let pol = Policy {
             min_utilization_pct: 80.0,
@@ -1395,6 +1445,35 @@ mod tests {
             vec![1, 3],
             "one of web's two and one of etl's two"
         );
+        // an application's budget is per role: etl's two sessions that call themselves "api"
+        // are a group of their own, and make none of web's go
+        let p = plan_at(&mixed, 50.0, &budgeted("app:api=2"), 0);
+        assert!(p.targets.is_empty(), "{p:#?}");
+        let p = plan_at(&mixed, 50.0, &budgeted("app:api=1"), 0);
+        assert_eq!(pids(&p), vec![1, 3], "one of each role's two");
+        let over = p.targets[0].budget.clone().unwrap();
+        assert_eq!(
+            over.describe(),
+            "application \"api\" of user \"web\" holds 2 sessions, over its budget of 1"
+        );
+        // a wildcard never charges sessions without a name: no one group of strangers
+        let mut unnamed = snap.clone();
+        for b in &mut unnamed.backends {
+            b.application_name = None;
+        }
+        assert!(plan_at(&unnamed, 50.0, &budgeted("app:*=1"), 0)
+            .targets
+            .is_empty());
+        // a plain idle session goes before one idle in a transaction (a rollback), whatever
+        // their ages
+        let mut iit = snap.clone();
+        iit.backends[0].state = Some(IDLE_IN_TRANSACTION);
+        iit.backends[0].xact_start = iit.backends[0].state_change;
+        let pol = Policy {
+            connection_budget_idle_in_transaction: true,
+            ..budgeted("app:api=2")
+        };
+        assert_eq!(pids(&plan_at(&iit, 50.0, &pol, 0)), vec![2, 3]);
     }
 
     #[test]
@@ -1405,6 +1484,18 @@ mod tests {
         };
         assert_eq!(longest_sleep(60 * SECOND, &pol), 20 * SECOND);
         assert_eq!(longest_sleep(60 * SECOND, &Policy::default()), 60 * SECOND);
+        // short enough to end a pool's connections between two uses: a warning
+        let w = warnings(&pol);
+        assert_eq!(w.len(), 0, "{w:#?}");
+        let short = Policy {
+            connection_budget_min_idle: 2 * SECOND,
+            ..pol
+        };
+        let w = warnings(&short);
+        assert!(
+            w.len() == 1 && w[0].starts_with("dbconn_guard.connection_budget_min_idle is 2s"),
+            "{w:#?}"
+        );
     }
 
     #[test]

@@ -134,7 +134,17 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 Some(IDLE) | Some(IDLE_IN_TRANSACTION) | Some(IDLE_IN_TRANSACTION_ABORTED)
             );
             let hidden = b.is_none_or(|b| b.is_hidden());
-            let told_elsewhere = idle && !hidden && sessions::told_by_idle_in_transaction(c, root);
+            // how grave the pile-up is, by its longest wait
+            let grave = if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
+                Status::Critical
+            } else if longest > t.lock_wait_warning {
+                Status::Warning
+            } else {
+                Status::Info
+            };
+            // one story, where the idle-in-transaction row ends this root, as gravely
+            let told_elsewhere =
+                idle && !hidden && sessions::idle_in_transaction_ends(c, root, grave);
             let (verb, action) = if hidden {
                 // a cancel does nothing to a session idle in its transaction, and its state
                 // is not known here: look first, as a role that may see it
@@ -166,12 +176,8 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 // the queued statement's row, or the idle-in-transaction row, tells this
                 // pile-up's story
                 Status::Info
-            } else if longest > t.lock_wait_critical && t.lock_wait_critical > 0.0 {
-                Status::Critical
-            } else if longest > t.lock_wait_warning {
-                Status::Warning
             } else {
-                Status::Info
+                grave
             };
             let row = flag(
                 "locks",

@@ -166,34 +166,64 @@ pub(super) fn pool(c: &Ctx) -> Vec<Finding> {
     }]
 }
 
-/// What a budget for application `app` (of role `user`) would be, from the history: its
-/// busiest moment (sessions active or in a transaction at once), with headroom; and how to set
-/// it, where that cannot replace budgets already in force ("" without a busiest moment).
+/// The history a budget is proposed from must cover at least this much (seconds): a budget
+/// from a few minutes would end a pool's connections at its first busy hour.
+pub const BUDGET_MIN_HISTORY: f64 = 1800.0;
+
+/// What a budget for application `app` (of role `user`: an application's budget is per role)
+/// would be, from the history: its busiest moment (sessions active or in a transaction at once)
+/// over the samples, with headroom; and how to set it, where that cannot replace budgets in
+/// force nor set a wildcard ("" without a busiest moment).
 pub(super) fn budget_advice(c: &Ctx, user: Option<&str>, app: Option<&str>) -> String {
     let Some(peak) = peak_busy_in_history(c, user, app) else {
         return String::new();
     };
-    let budget = peak + (peak / 4).max(OVERSIZED_HEADROOM);
+    let (Some(first), Some(last)) = (c.samples.first(), c.samples.last()) else {
+        return String::new();
+    };
+    let span = secs_between(last.time, first.time);
     let name = app.unwrap_or("");
-    let in_force = &c.i.guard.policy.connection_budgets;
-    let why = format!(
-        "; so that it cannot happen again, a budget: application {} had at most {peak} sessions busy at once over the last {} of samples, so {budget} with headroom",
-        quoted(name),
-        dur(c.i.history.window as f64 / 1e6)
-    );
-    if !in_force.is_empty() {
+    if span < BUDGET_MIN_HISTORY {
         return format!(
-            "{why}: add app:{}={budget} to dbconn_guard.connection_budgets (a list is in force: SHOW dbconn_guard.connection_budgets)",
-            budget_list_name(name)
+            "; a connection budget for application {} would keep this from happening again, but the history covers only {}: too little to size it by (dbconn_guard.diagnose_window, and the history since the server started)",
+            quoted(name),
+            dur(span)
         );
     }
+    let budget = peak + (peak / 4).max(OVERSIZED_HEADROOM);
+    let why = format!(
+        "; so that it cannot happen again, a budget: application {} of user {} had at most {peak} sessions busy at once over the {} of history, so {budget} with headroom",
+        quoted(name),
+        quoted_or(user, "-"),
+        dur(span)
+    );
     if name.is_empty() || name.contains('*') {
-        // no name, or one the list would read as a wildcard: no paste
-        return format!("{why}: dbconn_guard.connection_budgets (see the guide)");
+        // no name, or one the list would read as a wildcard: no item to write
+        return format!("{why}: dbconn_guard.connection_budgets cannot name it (see the guide)");
+    }
+    let item = format!("app:{}={budget}", budget_list_name(name));
+    let in_force = &c.i.guard.policy.connection_budgets;
+    if !in_force.is_empty() {
+        // the first item that matches a session charges it: say which item to change, or
+        // where to add one (a paste would replace the whole list)
+        let probe = Backend {
+            application_name: Some(name.into()),
+            usename: user.map(Into::into),
+            ..Backend::default()
+        };
+        return match in_force.charge(&probe) {
+            Some((charge, n)) => format!(
+                "{why}: item {} of dbconn_guard.connection_budgets charges it now, with {n} (SHOW dbconn_guard.connection_budgets)",
+                charge.item + 1
+            ),
+            None => format!(
+                "{why}: add {item} to dbconn_guard.connection_budgets, before any item that matches it (the first that matches charges a session; SHOW dbconn_guard.connection_budgets)"
+            ),
+        };
     }
     format!(
         "{why}: ALTER SYSTEM SET dbconn_guard.connection_budgets = {}; SELECT pg_reload_conf();",
-        sql_literal(&format!("app:{}={budget}", budget_list_name(name)))
+        sql_literal(&item)
     )
 }
 

@@ -101,14 +101,15 @@ pub(super) fn idle_in_transaction_listed<'a>(c: &Ctx<'a>) -> (Vec<&'a Backend>, 
     (old, age)
 }
 
-/// Whether the idle-in-transaction row tells `pid`'s story (its row names it, and says
-/// what to do about it).
-pub(super) fn told_by_idle_in_transaction(c: &Ctx, pid: i32) -> bool {
-    idle_in_transaction_listed(c)
-        .0
-        .iter()
-        .take(TOP)
-        .any(|b| b.pid == pid)
+/// Whether the idle-in-transaction row tells root `pid`'s story: a row of it names `pid`,
+/// ends it (`pg_terminate_backend`), and is at least `grave`.
+pub(super) fn idle_in_transaction_ends(c: &Ctx, pid: i32, grave: Status) -> bool {
+    let end = format!("SELECT pg_terminate_backend({pid});");
+    idle_in_transaction(c).iter().any(|f| {
+        f.culprit == Some(Culprit::Session(pid))
+            && f.action.as_deref() == Some(end.as_str())
+            && f.status >= grave
+    })
 }
 
 pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {

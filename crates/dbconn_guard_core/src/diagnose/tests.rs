@@ -382,6 +382,28 @@ fn the_pool_row_proposes_a_budget_for_its_culprit_from_the_history() {
         "{}",
         p.evidence
     );
+    // an item that charges it already: which one (appending would never apply)
+    i.guard.policy.connection_budgets = Budgets::parse("user:etl=5, app:*=50").unwrap();
+    let p = one(&diagnose(&i), "pool").clone();
+    assert!(
+        p.evidence
+            .contains("item 2 of dbconn_guard.connection_budgets charges it now, with 50"),
+        "{}",
+        p.evidence
+    );
+    // a history of minutes sizes no budget
+    i.guard.policy.connection_budgets = Budgets::default();
+    i.history.samples.retain(|s| s.time >= NOW - 900 * SECOND);
+    assert!(!i.history.samples.is_empty());
+    let p = one(&diagnose(&i), "pool").clone();
+    assert!(
+        p.evidence.contains("too little to size it by")
+            && !p
+                .evidence
+                .contains("ALTER SYSTEM SET dbconn_guard.connection_budgets"),
+        "{}",
+        p.evidence
+    );
 }
 
 #[test]
@@ -1155,6 +1177,31 @@ fn wait(pid: i32, by: &[i32], waited_s: i64) -> LockWait {
         wait_start: Some(NOW - waited_s * SECOND),
         leader_pid: 0,
     }
+}
+
+#[test]
+fn the_locks_row_points_away_only_to_a_row_that_ends_the_root_as_gravely() {
+    // a session idle in its transaction holds an advisory lock 40 workers have queued for
+    // 10 minutes: advisory waits are no pile-up for the idle-in-transaction row (it would
+    // not end the root now), so the locks row keeps the story: critical, and it ends the root
+    let mut clients = vec![c(7, "idle in transaction", 700)];
+    clients.extend((0..40).map(|p| c(100 + p, "active", 600)));
+    let mut i = with(clients);
+    i.lock_waits = (0..40)
+        .map(|p| {
+            let mut w = wait(100 + p, &[7], 600);
+            (w.locktype, w.mode, w.relation) =
+                (Some("advisory".into()), Some("ExclusiveLock".into()), None);
+            w
+        })
+        .collect();
+    let fs = diagnose(&i);
+    let l = one(&fs, "locks");
+    assert_eq!(
+        (l.status, l.see, action(l)),
+        (Status::Critical, None, "SELECT pg_terminate_backend(7);"),
+        "{l:#?}"
+    );
 }
 
 #[test]
