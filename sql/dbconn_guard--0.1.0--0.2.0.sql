@@ -159,7 +159,9 @@ CREATE FUNCTION _history(
     OUT cancelled_lock_queue_statements bigint,
     OUT terminated_active_blockers bigint,
     OUT terminated_budget bigint,
-    OUT leak_suspect_groups bigint)
+    OUT leak_suspect_groups bigint,
+    OUT new_connections bigint,
+    OUT ended_sessions bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'dbconn_guard_history';

@@ -41,6 +41,8 @@ struct Fixed {
     terminations: [u32; crate::core::policy::RULES],
     leak_suspect_groups: u32,
     groups: u32,
+    new_connections: u32,
+    ended_sessions: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -218,6 +220,8 @@ pub fn append(sample: &Sample) {
         terminations: sample.terminations.as_array(),
         leak_suspect_groups: sample.leak_suspect_groups,
         groups: sample.groups.len().min(room) as u32,
+        new_connections: sample.new_connections,
+        ended_sessions: sample.ended_sessions,
     };
     unsafe {
         let s = slot(h, n);
@@ -343,6 +347,8 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
         available_connections: f.available_connections,
         terminations: ByRule::from_array(f.terminations),
         leak_suspect_groups: f.leak_suspect_groups,
+        new_connections: f.new_connections,
+        ended_sessions: f.ended_sessions,
         groups,
     })
 }
@@ -350,13 +356,13 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
 #[cfg(test)]
 mod layout {
     /// The sizes docs/reference.md gives for the ring (and the cluster test checks against
-    /// `pg_shmem_allocations`): 32 bytes, and 144 + 224 × (history_groups + 1) per sample.
+    /// `pg_shmem_allocations`): 32 bytes, and 152 + 224 × (history_groups + 1) per sample.
     #[test]
     fn ring_layout_is_as_documented() {
         assert_eq!(super::align8(size_of::<super::Header>()), 32);
-        assert_eq!(size_of::<super::SlotHead>(), 144);
+        assert_eq!(size_of::<super::SlotHead>(), 152);
         assert_eq!(size_of::<super::Entry>(), 224);
-        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (144 + 224 * 17));
+        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (152 + 224 * 17));
         assert_eq!(super::ring_bytes(0, 16), 0);
     }
 }

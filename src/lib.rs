@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 pub use dbconn_guard_core as core;
 mod admin;
 mod backend_status;
+mod churn;
 mod diagnose;
 mod encoding;
 mod endpoint;
@@ -54,6 +55,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::define();
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         shared::init();
+        churn::init();
         history::init();
         worker::register();
         endpoint::register();

@@ -60,14 +60,16 @@ pub fn collect() -> Inputs {
             s.last_cycle_start,
             s.terminations_by_rule,
             (s.pending_count(), s.audit_lost),
+            (crate::churn::connections_total(), s.sessions_ended_total),
         )
     });
-    let ((up, ready, error_at), cycle_us, cycle_start, by_rule, (in_memory, lost)) = worker
+    let ((up, ready, error_at), cycle_us, cycle_start, by_rule, (in_memory, lost), churn) = worker
         .unwrap_or((
             (false, false, 0),
             0,
             0,
             [0; crate::core::policy::RULES],
+            (0, 0),
             (0, 0),
         ));
     Inputs {
@@ -78,6 +80,8 @@ pub fn collect() -> Inputs {
         largest_pileup: largest.max(0) as u32,
         leak_suspects: suspects.len() as u32,
         terminations_by_rule: by_rule,
+        connections_total: churn.0,
+        sessions_ended_total: churn.1,
         worker_up: up,
         worker_extension_ready: up && ready,
         worker_can_act: can_act().is_ok(),

@@ -181,6 +181,9 @@ pub struct Shared {
     pub last_cycle_cpu_us: i64,
     pub sessions_examined: i64,
     pub terminations_total: i64,
+    /// Client sessions that ended since the worker started (the history's `ended_sessions`,
+    /// summed).
+    pub sessions_ended_total: i64,
     /// Sessions ended (not dry-run records) since the server started, by rule
     /// (indexed by `Rule::index`): the history's counts per sample.
     pub terminations_by_rule: [i64; crate::core::policy::RULES],
@@ -243,6 +246,7 @@ impl Shared {
             last_cycle_cpu_us: 0,
             sessions_examined: 0,
             terminations_total: 0,
+            sessions_ended_total: 0,
             terminations_by_rule: [0; crate::core::policy::RULES],
             sampled_by_rule: [0; crate::core::policy::RULES],
             terminations_last_cycle: 0,

@@ -620,8 +620,8 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
     }
 }
 
-/// The `history` view's columns: 15 of the server, one per rule, the leak suspects.
-const HISTORY_COLUMNS: usize = 16 + crate::core::policy::RULES;
+/// The `history` view's columns: 15 of the server, one per rule, the leak suspects, the churn.
+const HISTORY_COLUMNS: usize = 18 + crate::core::policy::RULES;
 
 /// Rows of the `history` view: every sample of the ring, oldest first; of
 /// `history_between(since, until)`: those in the range.
@@ -656,6 +656,8 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
         // the rules' columns, in the order of the rule table (tests/history.rs checks the view)
         row.extend(s.terminations.as_array().map(int8));
         row.push(int8(s.leak_suspect_groups));
+        row.push(int8(s.new_connections));
+        row.push(int8(s.ended_sessions));
         let row: [Cell; HISTORY_COLUMNS] = match row.try_into() {
             Ok(r) => r,
             Err(_) => unreachable!("a history row has HISTORY_COLUMNS cells"),
@@ -736,7 +738,9 @@ CREATE FUNCTION _history(
     OUT cancelled_lock_queue_statements bigint,
     OUT terminated_active_blockers bigint,
     OUT terminated_budget bigint,
-    OUT leak_suspect_groups bigint)
+    OUT leak_suspect_groups bigint,
+    OUT new_connections bigint,
+    OUT ended_sessions bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'dbconn_guard_history';

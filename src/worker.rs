@@ -14,7 +14,7 @@
 //! logged and shown in `worker_status().last_error`, and the next check retries. If the process
 //! dies anyway, the postmaster restarts it after `RESTART_AFTER`.
 
-use crate::core::history::{self as samples, ByRule, Extra};
+use crate::core::history::{self as samples, ByRule, Churn, Extra};
 use crate::core::leaks::{self, LeakReports, Reason};
 use crate::core::policy::{self, Load, Target};
 use crate::core::quote::{quoted, quoted_or};
@@ -23,7 +23,7 @@ use crate::core::session::{Micros, SECOND};
 use crate::core::utilization;
 use crate::guard::{self, Actor, Outcome};
 use crate::shared::{POLICY_TEXT, SHARED};
-use crate::{guc, history, locks, requests, setting_changes, snapshot, xact};
+use crate::{churn, guc, history, locks, requests, setting_changes, snapshot, xact};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -112,6 +112,9 @@ struct State {
     /// run recorded under such a rule, by (pid, backend_start): their slots count as free for
     /// the budgets while they exit (`Recall::ending`). Dry runs' records go as in `acted`.
     ending: HashMap<(i32, Micros), Acted>,
+    /// The previous sample's count of connections that authenticated, and of client
+    /// backends: the churn of the next sample is worked out from them.
+    previous_churn: Option<(u64, u32)>,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
@@ -1061,10 +1064,16 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
         let s = SHARED.share();
         (s.terminations_by_rule, s.sampled_by_rule)
     };
+    let connections_total = churn::connections_total();
     let extra = Extra {
         lock_wait_starts: locks::wait_starts(),
         terminations: ByRule::since(by_rule, sampled),
         leak_suspect_groups: 0,
+        churn: state.previous_churn.map(|(total, clients)| Churn {
+            connections_total,
+            previous_connections_total: total,
+            previous_clients: clients,
+        }),
     };
     let top = history::shape().map_or(0, |(_, g)| g);
     let mut sample = samples::take(snap, snapshot::limits(), &extra, top);
@@ -1086,7 +1095,12 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     );
     sample.leak_suspect_groups = rows.len() as u32;
     history::append(&sample);
-    SHARED.exclusive().sampled_by_rule = by_rule;
+    state.previous_churn = Some((connections_total, sample.clients.total()));
+    {
+        let mut s = SHARED.exclusive();
+        s.sampled_by_rule = by_rule;
+        s.sessions_ended_total += i64::from(sample.ended_sessions);
+    }
     let notes = state.leaks.note(&rows, samples_of);
     for note in notes {
         let k = &note.key;

@@ -389,7 +389,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         .unwrap()
         .get(0);
     assert_eq!(most, 2);
-    // the memory it takes, as docs/reference.md gives it: 32 + samples × (144 + 224 × (groups + 1))
+    // the memory it takes, as docs/reference.md gives it: 32 + samples × (152 + 224 × (groups + 1))
     let size: i64 = c
         .query_one(
             "SELECT size FROM pg_shmem_allocations WHERE name = 'dbconn_guard history'",
@@ -397,7 +397,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(size, 32 + 4 * (144 + 224 * 2));
+    assert_eq!(size, 32 + 4 * (152 + 224 * 2));
     others.clear();
 }
 
@@ -481,4 +481,64 @@ fn the_audit_check_list_and_the_history_columns_are_the_rule_tables() {
             .collect();
         assert_eq!(rule_columns, columns, "{q}");
     }
+}
+
+/// The connection churn: connections that authenticated and sessions that ended, per sample in
+/// the history, and as counters in the metrics.
+#[test]
+fn the_churn_counts_the_connections_that_arrived_and_the_sessions_that_ended() {
+    let mut a = guard_admin();
+    alter_system(&mut a, &[("dbconn_guard.sample_interval", "1s")]);
+    let counter = |a: &mut Client, name: &str| -> f64 {
+        a.query_one(
+            "SELECT coalesce(sum(value), -1)::float8 FROM dbconn_guard.metrics() WHERE metric LIKE $1",
+            &[&format!("{name}%")],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // a sample before the churn, so that the samples after t0 count all of it
+    let t0 = next_samples(&mut a, 1);
+    let opened_before = counter(&mut a, "dbconn_guard_connections_opened");
+    let ended_before = counter(&mut a, "dbconn_guard_sessions_ended");
+    assert!(
+        opened_before >= 1.0,
+        "this test's own sessions: {opened_before}"
+    );
+    // twelve connections arrive, and five of them leave
+    let mut sessions: Vec<_> = (0..12).map(|_| stale_idle("it_h_churn")).collect();
+    let gone: Vec<i32> = sessions.drain(7..).map(|(_, p)| p).collect();
+    for p in gone {
+        wait_gone(&mut a, p, Duration::from_secs(10));
+    }
+    thread::sleep(Duration::from_millis(1100));
+    next_samples(&mut a, 1);
+    let (new, ended): (i64, i64) = {
+        let r = a
+            .query_one(
+                &format!(
+                    "SELECT sum(new_connections)::int8, sum(ended_sessions)::int8 FROM dbconn_guard.history WHERE time > '{t0}'"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // (other sessions come and go too: the worker's probes of alter_system, this test's own)
+    assert!(
+        new >= 12,
+        "12 connections arrived: the history counted {new}"
+    );
+    assert!(ended >= 5, "5 sessions ended: the history counted {ended}");
+    let opened = counter(&mut a, "dbconn_guard_connections_opened") - opened_before;
+    let ended_metric = counter(&mut a, "dbconn_guard_sessions_ended") - ended_before;
+    assert!(
+        opened >= 12.0,
+        "the counter of connections rose by {opened}"
+    );
+    assert!(
+        ended_metric >= 5.0,
+        "the counter of ended sessions rose by {ended_metric}"
+    );
+    drop(sessions);
 }

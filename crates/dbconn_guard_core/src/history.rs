@@ -145,6 +145,12 @@ pub struct Sample {
     pub terminations: ByRule,
     /// Rows of `leak_suspects` at the sample.
     pub leak_suspect_groups: u32,
+    /// Client connections that authenticated since the previous sample (0 for the first
+    /// sample the worker takes).
+    pub new_connections: u32,
+    /// Client sessions that ended since the previous sample (of themselves, or ended by
+    /// anyone): the previous sample's clients, plus the new connections, less this one's.
+    pub ended_sessions: u32,
     /// The top groups by connections, largest first, then the remainder (when there is one):
     /// their counts add up to `clients`.
     pub groups: Vec<GroupSample>,
@@ -157,6 +163,34 @@ pub struct Extra {
     pub lock_wait_starts: Vec<Micros>,
     pub terminations: ByRule,
     pub leak_suspect_groups: u32,
+    /// Client connections that authenticated since the server started, and the previous
+    /// sample's count of it and of client backends (None: no previous sample).
+    pub churn: Option<Churn>,
+}
+
+/// What the churn of a sample is worked out from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Churn {
+    pub connections_total: u64,
+    pub previous_connections_total: u64,
+    pub previous_clients: u32,
+}
+
+impl Churn {
+    /// (new connections, ended sessions) since the previous sample, with `clients` now.
+    /// A connection that authenticates between the read of the status array and the read of
+    /// the counter moves one session from one sample's figures to the next.
+    pub fn since_previous(&self, clients: u32) -> (u32, u32) {
+        let new = self
+            .connections_total
+            .saturating_sub(self.previous_connections_total)
+            .min(u64::from(u32::MAX)) as u32;
+        let ended = self
+            .previous_clients
+            .saturating_add(new)
+            .saturating_sub(clients);
+        (new, ended)
+    }
 }
 
 /// A sample of `snapshot`, with the `top` largest (datname, usename, application_name) groups
@@ -241,6 +275,9 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         .filter(|&&s| s != 0)
         .map(|&s| (now - s).max(0) as f64 / SECOND as f64)
         .fold(0.0, f64::max);
+    let churn = extra
+        .churn
+        .map_or((0, 0), |c| c.since_previous(clients.total()));
     Sample {
         time: now,
         clients,
@@ -254,6 +291,8 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         available_connections: u.available_connections,
         terminations: extra.terminations,
         leak_suspect_groups: extra.leak_suspect_groups,
+        new_connections: churn.0,
+        ended_sessions: churn.1,
         groups: out,
     }
 }
@@ -412,6 +451,7 @@ mod tests {
                 t
             },
             leak_suspect_groups: 4,
+            churn: None,
         };
         let s = take(&snap, limits(), &extra, 2);
         assert_eq!(
@@ -433,6 +473,11 @@ mod tests {
         assert!((s.utilization_pct - 12.0).abs() < 1e-9);
         assert_eq!(s.available_connections, 100 - 3 - 12);
         assert_eq!(s.leak_suspect_groups, 4);
+        assert_eq!(
+            (s.new_connections, s.ended_sessions),
+            (0, 0),
+            "no previous sample"
+        );
         assert_eq!(s.terminations.get(Rule::Manual), 3);
         // top two, largest first, then the remainder
         assert_eq!(s.groups.len(), 3);
@@ -558,5 +603,23 @@ mod tests {
     fn ring_size() {
         assert_eq!(ring_bytes(10, 2, 100, 10), 10 * (100 + 30));
         assert_eq!(ring_bytes(usize::MAX, 16, 100, 10), usize::MAX);
+    }
+
+    #[test]
+    fn churn_is_what_arrived_and_what_ended_since_the_previous_sample() {
+        // 100 clients at the previous sample; 30 connections since; 110 clients now: 20 ended
+        let c = Churn {
+            connections_total: 1030,
+            previous_connections_total: 1000,
+            previous_clients: 100,
+        };
+        assert_eq!(c.since_previous(110), (30, 20));
+        // a connection counted before its session was seen: never a negative count
+        let c = Churn {
+            connections_total: 1000,
+            previous_connections_total: 1000,
+            previous_clients: 100,
+        };
+        assert_eq!(c.since_previous(101), (0, 0));
     }
 }

@@ -36,6 +36,10 @@ pub struct Inputs {
     pub leak_suspects: u32,
     /// Sessions ended since the server started, by rule (`Rule::index` order).
     pub terminations_by_rule: [i64; RULES],
+    /// Client connections that authenticated since the server started.
+    pub connections_total: u64,
+    /// Client sessions that ended since the worker started (counted at each sample).
+    pub sessions_ended_total: i64,
     pub worker_up: bool,
     /// The extension exists in the worker's database, so it can guard.
     pub worker_extension_ready: bool,
@@ -260,6 +264,20 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
                 .zip(i.terminations_by_rule)
                 .map(|(r, n)| (vec![label("rule", r.as_str())], n.max(0) as f64))
                 .collect(),
+        },
+        FamilyDef {
+            name: "connections_opened",
+            unit: None,
+            kind: Kind::Counter,
+            help: "Client connections that authenticated since the server started (replication connections aside): their rate is the connection churn",
+            samples: one(i.connections_total as f64),
+        },
+        FamilyDef {
+            name: "sessions_ended",
+            unit: None,
+            kind: Kind::Counter,
+            help: "Client sessions that ended since the worker started, by themselves or ended by anyone (counted at each sample of the history)",
+            samples: one(i.sessions_ended_total.max(0) as f64),
         },
         gauge(
             "worker_up",

@@ -1,0 +1,43 @@
+//! Connection churn: every client connection that authenticates is counted in shared memory
+//! (`ClientAuthentication_hook`, installed with the preload), so the history and the metrics
+//! say how many connections arrived between two samples, and how many sessions ended.
+
+use pgrx::atomics::PgAtomic;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Client connections that authenticated since the server started.
+pub static CONNECTIONS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"dbconn_guard_connections") };
+
+static mut PREVIOUS_HOOK: pg_sys::libpq::ClientAuthentication_hook_type = None;
+
+/// Sets up the counter and the hook (while the library is preloaded).
+pub fn init() {
+    pgrx::pg_shmem_init!(CONNECTIONS);
+    unsafe {
+        PREVIOUS_HOOK = pg_sys::libpq::ClientAuthentication_hook;
+        pg_sys::libpq::ClientAuthentication_hook = Some(count_connection);
+    }
+}
+
+/// Counts a connection that authenticated: not one refused (a hook before this one may refuse
+/// it by raising an error, and then this one never runs), nor a replication connection, which
+/// is no client backend.
+#[pg_guard]
+unsafe extern "C-unwind" fn count_connection(port: *mut pg_sys::libpq::be::Port, status: i32) {
+    unsafe {
+        if let Some(previous) = PREVIOUS_HOOK {
+            previous(port, status);
+        }
+        if status == pg_sys::STATUS_OK as i32 && !pg_sys::am_walsender {
+            CONNECTIONS.get().fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Client connections that authenticated since the server started (in a process of a server
+/// that preloads the library).
+pub fn connections_total() -> u64 {
+    CONNECTIONS.get().load(Ordering::Relaxed)
+}
