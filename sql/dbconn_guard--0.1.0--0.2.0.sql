@@ -337,6 +337,13 @@ GRANT EXECUTE ON FUNCTION setting_changes() TO pg_read_all_settings;
 COMMENT ON FUNCTION setting_changes() IS
   'The settings the configuration reloads changed, as the background worker saw each reload (the last 64 changes, kept in shared memory, lost at a restart), newest first: when, the setting, and its value before and after as SHOW shows it ("(changed: takes effect at a restart)" for a setting that waits for one). For pg_read_all_settings members.';
 
+-- the same as a view (psql's \dv, Grafana's table panels): the function's privileges apply
+-- to whoever reads it
+CREATE VIEW setting_changes AS SELECT * FROM setting_changes();
+GRANT SELECT ON setting_changes TO pg_read_all_settings;
+COMMENT ON VIEW setting_changes IS
+  'What each configuration reload changed, newest first, as setting_changes() returns it (for pg_read_all_settings members).';
+
 -- Said at CREATE EXTENSION (and ALTER EXTENSION UPDATE) in the guard's own database: an owner
 -- that is not a superuser can hold up the guard's audit and drop the database while the worker
 -- is away (the worker says so at every start too, and diagnose() in its guard row).

@@ -472,6 +472,24 @@ fn a_reload_is_named_by_the_settings_it_changed_from_what_to_what() {
         "{}",
         db_error(&e)
     );
+    // the view shows the same, to the same roles
+    let e = v
+        .batch_execute("SELECT * FROM dbconn_guard.setting_changes")
+        .expect_err("a plain role, through the view");
+    assert!(
+        db_error(&e).contains("permission denied"),
+        "{}",
+        db_error(&e)
+    );
+    let same: bool = a
+        .query_one(
+            "SELECT (SELECT array_agg(s::text ORDER BY s::text) FROM dbconn_guard.setting_changes s) \
+                  = (SELECT array_agg(s::text ORDER BY s::text) FROM dbconn_guard.setting_changes() s)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(same, "the view and the function show the same changes");
     let rows = diagnose(&mut v, "5 minutes");
     let dump = format!("{rows:#?}");
     assert!(

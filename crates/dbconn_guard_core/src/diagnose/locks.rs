@@ -154,6 +154,21 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                         "SELECT pid, usename, application_name, state, now() - state_change AS in_state, query FROM pg_stat_activity WHERE pid = {root};  -- as a member of pg_read_all_stats: cancel it if active, end it if idle"
                     ),
                 )
+            } else if let Some(xact) = b
+                .filter(|b| idle && b.state_age(c.now) < TRANSIENT_SECS)
+                .and_then(|b| b.xact_age(c.now))
+            {
+                // idle for a moment between two statements of a long transaction: a batch at
+                // work, perhaps; never ended on diagnose()'s word (a look at it and its waiters)
+                (
+                    format!(
+                        "it is between two statements of a transaction open for {}: look before ending it",
+                        dur(xact)
+                    ),
+                    format!(
+                        "SELECT pid, state, now() - xact_start AS in_transaction, now() - state_change AS in_state, query FROM pg_stat_activity WHERE pid = {root} OR {root} = ANY (pg_blocking_pids(pid)) ORDER BY query_start;  -- SELECT pg_terminate_backend({root}); ends it"
+                    ),
+                )
             } else if told_elsewhere {
                 // one story: the idle-in-transaction row names this root and ends it; here,
                 // what it holds up

@@ -1441,7 +1441,27 @@ fn a_root_of_brief_waits_or_idle_for_a_moment_is_ordinary_contention() {
     i.lock_waits = vec![wait(2, &[1], 600)];
     let l = not_ok(&diagnose(&i), "locks")[0].clone();
     assert_eq!(l.status, Status::Critical);
-    assert_eq!(action(&l), "SELECT pg_terminate_backend(1);");
+    // but a session idle for a moment is never offered for ending (a batch at work,
+    // perhaps): a look at it and what waits
+    assert_eq!(l.action_kind, ActionKind::Look, "{l:#?}");
+    assert!(
+        !action(&l).starts_with("SELECT pg_terminate_backend"),
+        "{}",
+        action(&l)
+    );
+    // once it has sat idle past that moment, it is
+    let mut root = c(1, "idle in transaction", 30);
+    root.xact_start = Some(NOW - 1200 * SECOND);
+    let mut i = with(vec![root, c(2, "active", 600)]);
+    i.lock_waits = vec![wait(2, &[1], 600)];
+    let fs = diagnose(&i);
+    let ender = fs.iter().find(|f| {
+        f.area != "incident" && f.action.as_deref() == Some("SELECT pg_terminate_backend(1);")
+    });
+    assert!(
+        ender.is_some_and(|f| f.status == Status::Critical),
+        "{fs:#?}"
+    );
 }
 
 // --- error pattern -------------------------------------------------------------------------
