@@ -72,6 +72,19 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// A name for an item of the guard's name lists, override lists and budget lists: bare, or in double quotes when it holds what the
+/// list syntax reads (comma, quote, `=`, spaces at either end).
+pub fn list_item(name: &str) -> String {
+    let special = name.contains([',', '"', '='])
+        || name.starts_with([' ', '\t'])
+        || name.ends_with([' ', '\t']);
+    if special {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    } else {
+        name.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -292,16 +292,3 @@ pub(super) fn preload_action(s: &Server) -> String {
         None => "SHOW shared_preload_libraries;  -- then ALTER SYSTEM SET shared_preload_libraries to that list plus dbconn_guard, and restart PostgreSQL".into(),
     }
 }
-
-/// A name for a name list or override item: bare, or in double quotes when it holds what the
-/// list syntax reads (comma, quote, `=`, spaces at either end).
-pub(super) fn list_name(name: &str) -> String {
-    let special = name.contains([',', '"', '='])
-        || name.starts_with([' ', '\t'])
-        || name.ends_with([' ', '\t']);
-    if special {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    } else {
-        name.to_string()
-    }
-}

@@ -348,7 +348,7 @@ pub(super) fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
             };
             Some(format!(
                 "{key}:{}={}",
-                list_name(pat),
+                list_item(pat),
                 duration_text(o.timeout)
             ))
         })
@@ -369,7 +369,7 @@ pub(super) fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
         if !complete {
             break;
         }
-        let mut items = vec![format!("{key}:{}=0", list_name(name))];
+        let mut items = vec![format!("{key}:{}=0", list_item(name))];
         items.extend(existing.iter().cloned());
         let list = items.join(", ");
         let parsed = Overrides::parse(&list);
@@ -391,7 +391,7 @@ pub(super) fn exempt_from_idle_timeout(p: &Policy, b: &Backend) -> String {
         .usename
         .as_deref()
         .filter(|u| !u.contains('*'))
-        .map(|u| format!("user:{}=0", list_name(u)))
+        .map(|u| format!("user:{}=0", list_item(u)))
         .unwrap_or_else(|| "user:<the pooler's role>=0".into());
     format!(
         "SHOW dbconn_guard.idle_timeout_overrides;  -- then ALTER SYSTEM SET dbconn_guard.idle_timeout_overrides to that list with {} in front, and SELECT pg_reload_conf();",

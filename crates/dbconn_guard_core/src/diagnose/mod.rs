@@ -31,7 +31,7 @@ use crate::overrides::{Key, Overrides};
 use crate::policy::{
     self, Policy, Protection, CLIENT_TOOLS, IDLE, IDLE_IN_TRANSACTION, IDLE_IN_TRANSACTION_ABORTED,
 };
-use crate::quote::{quoted, quoted_or};
+use crate::quote::{list_item, quoted, quoted_or};
 use crate::session::{age_seconds, Backend, Micros, Snapshot, SECOND};
 use crate::utilization::{self, Limits, Utilization};
 use std::collections::BTreeMap;

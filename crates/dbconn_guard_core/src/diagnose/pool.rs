@@ -201,7 +201,7 @@ pub(super) fn budget_advice(c: &Ctx, user: Option<&str>, app: Option<&str>) -> S
         // no name, or one the list would read as a wildcard: no item to write
         return format!("{why}: dbconn_guard.connection_budgets cannot name it (see the guide)");
     }
-    let item = format!("app:{}={budget}", budget_list_name(name));
+    let item = format!("app:{}={budget}", list_item(name));
     let in_force = &c.i.guard.policy.connection_budgets;
     if !in_force.is_empty() {
         // the first item that matches a session charges it: say which item to change, or
@@ -225,19 +225,6 @@ pub(super) fn budget_advice(c: &Ctx, user: Option<&str>, app: Option<&str>) -> S
         "{why}: ALTER SYSTEM SET dbconn_guard.connection_budgets = {}; SELECT pg_reload_conf();",
         sql_literal(&item)
     )
-}
-
-/// A name as an item of the budget list writes it: bare, or in double quotes when it holds a
-/// comma, `=`, a quote or a space.
-pub(super) fn budget_list_name(name: &str) -> String {
-    if name
-        .chars()
-        .all(|ch| ch.is_alphanumeric() || matches!(ch, '_' | '-' | '.' | ':' | '/'))
-    {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
 }
 
 /// How a consumer is named in the evidence.

@@ -409,7 +409,7 @@ fn the_pool_row_proposes_a_budget_for_its_culprit_from_the_history() {
 #[test]
 fn a_proposed_budget_item_charges_the_application_it_names() {
     for name in ["api", "my app", "a,b=c\"d", "x:y/z", "café"] {
-        let item = format!("app:{}=10", pool::budget_list_name(name));
+        let item = format!("app:{}=10", crate::quote::list_item(name));
         let budgets = Budgets::parse(&item).unwrap_or_else(|e| panic!("{item}: {e}"));
         let b = app(c(1, "idle", 10), name);
         assert_eq!(budgets.charge(&b).map(|(_, n)| n), Some(10), "{item}");
