@@ -276,103 +276,44 @@ fn relation_oid(tag: &pg_sys::LOCKTAG) -> Option<String> {
     )
 }
 
-/// Runs `f` (a catalog look-up by oid) only when pg_class and its oid index can be locked at
-/// once: a lock on them held by another session (a database owner's VACUUM FULL pg_class, on
-/// PostgreSQL 16 and older) must not stall the worker's check (None then). In a transaction.
-fn with_pg_class<T>(f: impl FnOnce() -> T) -> Option<T> {
+/// A relation for the worker's log line, from `relation_oid`'s text: `"orders" (oid 16390)`
+/// for one of its own database, named in the check's transaction (called while planning, never
+/// with interrupts held); the oid as given otherwise.
+pub fn relation_label(oid_text: &str) -> String {
+    let Ok(oid) = oid_text.parse::<u32>() else {
+        return format!("oid {oid_text}");
+    };
     unsafe {
-        if !pg_sys::IsTransactionState() {
-            return None;
-        }
+        // named only when pg_class and its oid index can be read at once: a lock on them held
+        // by another session (a database owner's VACUUM FULL pg_class, on PostgreSQL 16 and
+        // older) must not stall the worker's check (the oid alone is logged then)
         let lockmode = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let catalogs = [
             pg_sys::RelationRelationId,
             pg_sys::Oid::from(pg_sys::ClassOidIndexId),
         ];
-        let mut locked = 0;
-        while locked < catalogs.len()
-            && pg_sys::ConditionalLockRelationOid(catalogs[locked], lockmode)
-        {
-            locked += 1;
+        if pg_sys::IsTransactionState() {
+            let mut locked = 0;
+            while locked < catalogs.len()
+                && pg_sys::ConditionalLockRelationOid(catalogs[locked], lockmode)
+            {
+                locked += 1;
+            }
+            let name = if locked == catalogs.len() {
+                let name = pg_sys::get_rel_name(pg_sys::Oid::from(oid));
+                (!name.is_null()).then(|| crate::encoding::cstr_to_rust(name).unwrap_or_default())
+            } else {
+                None
+            };
+            for c in &catalogs[..locked] {
+                pg_sys::UnlockRelationOid(*c, lockmode);
+            }
+            if let Some(n) = name {
+                return format!("{} (oid {oid})", crate::core::quote::quoted(&n));
+            }
         }
-        let out = (locked == catalogs.len()).then(f);
-        for c in &catalogs[..locked] {
-            pg_sys::UnlockRelationOid(*c, lockmode);
-        }
-        out
     }
-}
-
-/// A relation for the worker's log line, from `relation_oid`'s text: `"orders" (oid 16390)`
-/// for one of its own database, named in the check's transaction (called while planning, never
-/// with interrupts held); the oid as given otherwise (also when pg_class cannot be read at once).
-pub fn relation_label(oid_text: &str) -> String {
-    let Ok(oid) = oid_text.parse::<u32>() else {
-        return format!("oid {oid_text}");
-    };
-    let name = with_pg_class(|| unsafe {
-        let name = pg_sys::get_rel_name(pg_sys::Oid::from(oid));
-        (!name.is_null()).then(|| crate::encoding::cstr_to_rust(name).unwrap_or_default())
-    })
-    .flatten();
-    match name {
-        Some(n) => format!("{} (oid {oid})", crate::core::quote::quoted(&n)),
-        None => format!("oid {oid}"),
-    }
-}
-
-/// Marks the waits of `lock_graph()` for a relation of this database whose waiting role has no
-/// privilege at all on it (`LockWait::no_privilege`): PostgreSQL locks a relation before it
-/// checks privileges, so any role can queue on any table, and such waits must not make a rule
-/// act. A relation of another database (its catalog is not readable here), one that cannot be
-/// checked at once (pg_class locked by another session), or a role that is gone: counted, as
-/// any wait. Called while planning, in the check's transaction.
-pub fn mark_unprivileged(waits: &mut [LockWait]) {
-    if !waits
-        .iter()
-        .any(|w| w.locktype.as_deref() == Some("relation"))
-    {
-        return;
-    }
-    let role_of: HashMap<i32, pg_sys::Oid> = all_procs()
-        .filter_map(|p| unsafe {
-            let pid = std::ptr::read_volatile(&(*p).pid);
-            (pid != 0).then(|| (pid, std::ptr::read_volatile(&(*p).roleId)))
-        })
-        .collect();
-    let mut known: HashMap<(u32, pg_sys::Oid), bool> = HashMap::new();
-    for w in waits.iter_mut() {
-        if w.locktype.as_deref() != Some("relation") {
-            continue;
-        }
-        // relation_oid() writes a bare oid for a relation of this database only
-        let Some(rel) = w.relation.as_deref().and_then(|r| r.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Some(&role) = role_of
-            .get(&w.session_pid())
-            .or_else(|| role_of.get(&w.pid))
-        else {
-            continue;
-        };
-        if role == pg_sys::InvalidOid {
-            continue;
-        }
-        let allowed = *known.entry((rel, role)).or_insert_with(|| {
-            with_pg_class(|| unsafe {
-                let mut missing = false;
-                let r = pg_sys::pg_class_aclcheck_ext(
-                    pg_sys::Oid::from(rel),
-                    role,
-                    pg_sys::ACL_ALL_RIGHTS_RELATION as pg_sys::AclMode,
-                    &mut missing,
-                );
-                missing || r == pg_sys::AclResult::ACLCHECK_OK
-            })
-            .unwrap_or(true)
-        });
-        w.no_privilege = !allowed;
-    }
+    format!("oid {oid}")
 }
 
 /// Every backend waiting for a heavyweight lock, with exactly what `pg_blocking_pids()` would
@@ -443,7 +384,6 @@ fn read_waits(named: bool) -> Vec<LockWait> {
                     relation: relation.clone(),
                     wait_start: wait_start_of.get(&pid).copied(),
                     leader_pid: 0,
-                    no_privilege: false,
                 },
             );
         }

@@ -896,11 +896,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         // the lock graph only for the root-blocker and lock-queue rules (no catalog access,
         // no names)
         let waits = if pol.watches_locks() {
-            let mut w = locks::lock_graph();
-            // a role without a privilege on a table can queue on it (the lock comes before the
-            // privilege check): its waits make no rule act
-            locks::mark_unprivileged(&mut w);
-            w
+            locks::lock_graph()
         } else {
             Vec::new()
         };

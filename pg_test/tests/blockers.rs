@@ -540,62 +540,6 @@ fn a_queued_statement_the_guard_protects_is_never_cancelled() {
     reset_system(&mut a);
 }
 
-#[test]
-fn readers_without_a_privilege_on_the_table_hold_nothing_up() {
-    // PostgreSQL locks a table before it checks privileges: a role with none on it queues
-    // behind the ALTER all the same; such waits make no rule act
-    let mut a = guard_admin();
-    queue_table(&mut a);
-    ensure_role(&mut a, "it_b_stranger", "");
-    alter_system(&mut a, &[("dbconn_guard.lock_queue_timeout", "1s")]);
-    let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_q_root");
-    root_c.batch_execute("SELECT count(*) FROM it_b_q").unwrap();
-    let (alter, alter_h) = in_background_as(APP_ROLE, "it_b_q_migrate", QUEUED_ALTER);
-    wait_for_lock_waits(&mut a, &[alter]);
-    let strangers: Vec<(i32, Finished)> = (0..3)
-        .map(|_| {
-            in_background_as(
-                "it_b_stranger",
-                "it_b_q_stranger",
-                "SELECT count(*) FROM it_b_q",
-            )
-        })
-        .collect();
-    let pids: Vec<i32> = strangers.iter().map(|(p, _)| *p).collect();
-    wait_for_lock_waits(&mut a, &pids);
-    thread::sleep(Duration::from_millis(3000));
-    assert!(
-        a.query_one(
-            &format!("SELECT count(*) = 1 FROM pg_locks WHERE pid = {alter} AND NOT granted"),
-            &[],
-        )
-        .unwrap()
-        .get::<_, bool>(0),
-        "the ALTER still waits: only strangers queue behind it"
-    );
-    assert!(audit(&mut a, alter).is_empty());
-    // a reader that may read the table: the ALTER holds it up, and is cancelled
-    let readers = queued_readers(1);
-    wait_until(
-        &mut a,
-        &format!("SELECT count(*) = 1 FROM dbconn_guard.terminations WHERE pid = {alter} AND rule = 'lock_queue_cancel'"),
-        Duration::from_secs(10),
-    );
-    let (state, _c) = sqlstate(alter_h);
-    assert_eq!(state.as_deref(), Some("57014"), "the ALTER was cancelled");
-    for (p, h) in readers {
-        finished_ok(h, &format!("reader {p}"));
-    }
-    // the strangers go on, to the privilege check they were always going to fail
-    for (_, h) in strangers {
-        let (state, _c) = sqlstate(h);
-        assert_eq!(state.as_deref(), Some("42501"), "permission denied");
-    }
-    root_c.batch_execute("ROLLBACK").unwrap();
-    assert!(alive(&mut a, root));
-    reset_system(&mut a);
-}
-
 // --- the escalation (dbconn_guard.blocker_terminate_after) ---------------------------------
 
 #[test]

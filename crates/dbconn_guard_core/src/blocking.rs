@@ -23,10 +23,6 @@ pub struct LockWait {
     /// The leader of its lock group (a parallel query's leader) when it is a parallel worker
     /// or leader; 0 otherwise.
     pub leader_pid: i32,
-    /// A wait for a relation its role has no privilege on. PostgreSQL locks a relation before
-    /// it checks privileges, so any role can queue on any table: such a wait counts toward no
-    /// rule (the worker marks it, for the relations of its own database).
-    pub no_privilege: bool,
 }
 
 impl LockWait {

@@ -413,10 +413,9 @@ pub const PILE_UP_LOCKTYPES: [&str; 3] = ["relation", "tuple", "transactionid"];
 
 /// Whether a lock wait counts toward the root-blocker rule (`PILE_UP_LOCKTYPES`).
 pub fn counts_for_blocker_rule(w: &LockWait) -> bool {
-    !w.no_privilege
-        && w.locktype
-            .as_deref()
-            .is_some_and(|t| PILE_UP_LOCKTYPES.contains(&t))
+    w.locktype
+        .as_deref()
+        .is_some_and(|t| PILE_UP_LOCKTYPES.contains(&t))
 }
 
 /// Whether a session's wait makes it held up itself, hence no root: every wait but one on an
@@ -498,9 +497,7 @@ pub fn queues_in(waits: &[LockWait]) -> std::collections::HashMap<i32, LockQueue
                 continue; // blocked by a lock holder that does not wait: no queue
             };
             let head = s.session_pid();
-            // (a role without a privilege on the relation holds nothing up by queueing on it)
             let queued_behind = head != me
-                && !w.no_privilege
                 && s.locktype.as_deref() == Some("relation")
                 && s.relation.is_some()
                 && s.relation == w.relation
@@ -1876,42 +1873,6 @@ mod tests {
             lock_queue_timeout: 10 * SECOND,
             ..Policy::default()
         }
-    }
-
-    #[test]
-    fn waits_of_roles_without_a_privilege_on_the_relation_count_toward_no_rule() {
-        // the five readers queued behind the ALTER have no privilege on the table (PostgreSQL
-        // locks before it checks): they hold nothing up, so the ALTER is not cancelled for them
-        let (snap, waits) = queued_alter("active");
-        let strangers: Vec<LockWait> = waits
-            .iter()
-            .map(|w| LockWait {
-                no_privilege: w.pid >= 20,
-                ..w.clone()
-            })
-            .collect();
-        let p = blocker_plan(&snap, &strangers, &queue_policy());
-        assert!(p.targets.is_empty(), "{p:#?}");
-        // four of them, and one reader with the right to read: the rule counts one waiter
-        let mut one_reader = strangers.clone();
-        one_reader[1].no_privilege = false;
-        let p = blocker_plan(&snap, &one_reader, &queue_policy());
-        assert_eq!((pids(&p), p.targets[0].held_up), (vec![10], 1), "{p:#?}");
-        // nor do they count toward a root: an idle root held up only by strangers is no root
-        let (snap, waits) = queued_alter("idle in transaction");
-        let blocker = Policy {
-            blocker_timeout: 10 * SECOND,
-            ..Policy::default()
-        };
-        let everyone: Vec<LockWait> = waits
-            .iter()
-            .map(|w| LockWait {
-                no_privilege: true,
-                ..w.clone()
-            })
-            .collect();
-        assert!(blocker_plan(&snap, &everyone, &blocker).targets.is_empty());
-        assert_eq!(pids(&blocker_plan(&snap, &waits, &blocker)), vec![1]);
     }
 
     #[test]

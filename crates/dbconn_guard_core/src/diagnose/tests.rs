@@ -1175,7 +1175,7 @@ fn wait(pid: i32, by: &[i32], waited_s: i64) -> LockWait {
         mode: Some("RowExclusiveLock".into()),
         relation: Some("orders".into()),
         wait_start: Some(NOW - waited_s * SECOND),
-        ..LockWait::default()
+        leader_pid: 0,
     }
 }
 
