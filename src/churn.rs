@@ -21,9 +21,11 @@ pub fn init() {
     }
 }
 
-/// Counts a connection that authenticated: not one refused (a hook before this one may refuse
-/// it by raising an error, and then this one never runs), nor a replication connection, which
-/// is no client backend.
+/// Counts a connection that authenticated (not one whose authentication failed), unless it is
+/// a replication connection, which is no client backend. A library loaded after this one runs
+/// its hook first and may refuse the connection; PostgreSQL's own checks after authentication
+/// (the connection limits, the database's CONNECT privilege) may too: such a connection counts
+/// as new and, at the same sample, as ended, so the figures still add up.
 #[pg_guard]
 unsafe extern "C-unwind" fn count_connection(port: *mut pg_sys::libpq::be::Port, status: i32) {
     unsafe {

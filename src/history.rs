@@ -349,6 +349,7 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
         leak_suspect_groups: f.leak_suspect_groups,
         new_connections: f.new_connections,
         ended_sessions: f.ended_sessions,
+        churn_carry: 0,
         groups,
     })
 }

@@ -181,9 +181,12 @@ pub struct Shared {
     pub last_cycle_cpu_us: i64,
     pub sessions_examined: i64,
     pub terminations_total: i64,
-    /// Client sessions that ended since the worker started (the history's `ended_sessions`,
+    /// Client sessions that ended since the server started (the history's `ended_sessions`,
     /// summed).
     pub sessions_ended_total: i64,
+    /// The churn of the previous sample (connections counted, sessions, carry): in shared
+    /// memory, so that a restarted worker goes on counting where it left off.
+    pub previous_churn: Option<(u64, u32, u32)>,
     /// Sessions ended (not dry-run records) since the server started, by rule
     /// (indexed by `Rule::index`): the history's counts per sample.
     pub terminations_by_rule: [i64; crate::core::policy::RULES],
@@ -247,6 +250,7 @@ impl Shared {
             sessions_examined: 0,
             terminations_total: 0,
             sessions_ended_total: 0,
+            previous_churn: None,
             terminations_by_rule: [0; crate::core::policy::RULES],
             sampled_by_rule: [0; crate::core::policy::RULES],
             terminations_last_cycle: 0,

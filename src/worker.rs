@@ -112,9 +112,9 @@ struct State {
     /// run recorded under such a rule, by (pid, backend_start): their slots count as free for
     /// the budgets while they exit (`Recall::ending`). Dry runs' records go as in `acted`.
     ending: HashMap<(i32, Micros), Acted>,
-    /// The previous sample's count of connections that authenticated, and of client
-    /// backends: the churn of the next sample is worked out from them.
-    previous_churn: Option<(u64, u32)>,
+    /// The count of connections that authenticated, read right after this check's status read
+    /// (the churn of its sample is worked out from it).
+    connections_at_read: u64,
     said_missing_extension: bool,
     terminations_total: i64,
     /// When audit rows were last purged (0: at the next check, e.g. after a reload).
@@ -838,6 +838,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
     }
 
     let snap = snapshot::activity_all();
+    state.connections_at_read = churn::connections_total();
     out.judged_at = snap.now;
     let util = utilization::utilization(&snap, snapshot::limits());
     out.examined = util.client_backends;
@@ -1064,15 +1065,17 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
         let s = SHARED.share();
         (s.terminations_by_rule, s.sampled_by_rule)
     };
-    let connections_total = churn::connections_total();
+    let connections_total = state.connections_at_read;
+    let previous_churn = SHARED.share().previous_churn;
     let extra = Extra {
         lock_wait_starts: locks::wait_starts(),
         terminations: ByRule::since(by_rule, sampled),
         leak_suspect_groups: 0,
-        churn: state.previous_churn.map(|(total, clients)| Churn {
+        churn: previous_churn.map(|(total, clients, carry)| Churn {
             connections_total,
             previous_connections_total: total,
             previous_clients: clients,
+            carry,
         }),
     };
     let top = history::shape().map_or(0, |(_, g)| g);
@@ -1095,11 +1098,15 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     );
     sample.leak_suspect_groups = rows.len() as u32;
     history::append(&sample);
-    state.previous_churn = Some((connections_total, sample.clients.total()));
     {
         let mut s = SHARED.exclusive();
         s.sampled_by_rule = by_rule;
         s.sessions_ended_total += i64::from(sample.ended_sessions);
+        s.previous_churn = Some((
+            connections_total,
+            samples::churn_clients(&sample.clients),
+            sample.churn_carry,
+        ));
     }
     let notes = state.leaks.note(&rows, samples_of);
     for note in notes {

@@ -151,6 +151,8 @@ pub struct Sample {
     /// Client sessions that ended since the previous sample (of themselves, or ended by
     /// anyone): the previous sample's clients, plus the new connections, less this one's.
     pub ended_sessions: u32,
+    /// The churn's carry for the next sample (`Churn::carry`; not kept in the history).
+    pub churn_carry: u32,
     /// The top groups by connections, largest first, then the remainder (when there is one):
     /// their counts add up to `clients`.
     pub groups: Vec<GroupSample>,
@@ -171,26 +173,35 @@ pub struct Extra {
 /// What the churn of a sample is worked out from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Churn {
+    /// Connections that authenticated since the server started, read beside the status read.
     pub connections_total: u64,
     pub previous_connections_total: u64,
+    /// The previous sample's sessions (`churn_clients`).
     pub previous_clients: u32,
+    /// Sessions counted as ended too early (a connection that authenticated between the two
+    /// reads of a sample, seen as a session only at the next): taken off the next counts, so
+    /// that over the samples the figures add up.
+    pub carry: u32,
 }
 
 impl Churn {
-    /// (new connections, ended sessions) since the previous sample, with `clients` now.
-    /// A connection that authenticates between the read of the status array and the read of
-    /// the counter moves one session from one sample's figures to the next.
-    pub fn since_previous(&self, clients: u32) -> (u32, u32) {
+    /// (new connections, ended sessions, the carry for the next sample) since the previous
+    /// sample, with `clients` sessions now (`churn_clients`).
+    pub fn since_previous(&self, clients: u32) -> (u32, u32, u32) {
         let new = self
             .connections_total
             .saturating_sub(self.previous_connections_total)
-            .min(u64::from(u32::MAX)) as u32;
-        let ended = self
-            .previous_clients
-            .saturating_add(new)
-            .saturating_sub(clients);
-        (new, ended)
+            .min(u64::from(u32::MAX)) as i64;
+        let raw =
+            i64::from(self.previous_clients) + new - i64::from(clients) - i64::from(self.carry);
+        (new as u32, raw.max(0) as u32, (-raw).max(0) as u32)
     }
+}
+
+/// The sessions the churn counts: client backends in a state (not one still starting, which
+/// PostgreSQL 18 shows before it has authenticated: it is counted when it has).
+pub fn churn_clients(c: &StateCounts) -> u32 {
+    c.total() - c.other_states
 }
 
 /// A sample of `snapshot`, with the `top` largest (datname, usename, application_name) groups
@@ -277,7 +288,7 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         .fold(0.0, f64::max);
     let churn = extra
         .churn
-        .map_or((0, 0), |c| c.since_previous(clients.total()));
+        .map_or((0, 0, 0), |c| c.since_previous(churn_clients(&clients)));
     Sample {
         time: now,
         clients,
@@ -293,6 +304,7 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         leak_suspect_groups: extra.leak_suspect_groups,
         new_connections: churn.0,
         ended_sessions: churn.1,
+        churn_carry: churn.2,
         groups: out,
     }
 }
@@ -612,14 +624,35 @@ mod tests {
             connections_total: 1030,
             previous_connections_total: 1000,
             previous_clients: 100,
+            carry: 0,
         };
-        assert_eq!(c.since_previous(110), (30, 20));
-        // a connection counted before its session was seen: never a negative count
+        assert_eq!(c.since_previous(110), (30, 20, 0));
+        // a session seen before its connection was counted: no negative count, and the one
+        // too many is taken off the next sample's
         let c = Churn {
             connections_total: 1000,
             previous_connections_total: 1000,
             previous_clients: 100,
+            carry: 0,
         };
-        assert_eq!(c.since_previous(101), (0, 0));
+        assert_eq!(c.since_previous(101), (0, 0, 1));
+        let next = Churn {
+            connections_total: 1001,
+            previous_connections_total: 1000,
+            previous_clients: 101,
+            carry: 1,
+        };
+        assert_eq!(
+            next.since_previous(101),
+            (1, 0, 0),
+            "the late connection, no phantom end"
+        );
+        // a session still starting is not counted until it has authenticated
+        let starting = StateCounts {
+            idle: 3,
+            other_states: 2,
+            ..Default::default()
+        };
+        assert_eq!(churn_clients(&starting), 3);
     }
 }

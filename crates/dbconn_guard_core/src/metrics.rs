@@ -38,7 +38,7 @@ pub struct Inputs {
     pub terminations_by_rule: [i64; RULES],
     /// Client connections that authenticated since the server started.
     pub connections_total: u64,
-    /// Client sessions that ended since the worker started (counted at each sample).
+    /// Client sessions that ended since the server started (counted at each sample).
     pub sessions_ended_total: i64,
     pub worker_up: bool,
     /// The extension exists in the worker's database, so it can guard.
@@ -276,7 +276,7 @@ pub fn families(i: &Inputs) -> Vec<FamilyDef> {
             name: "sessions_ended",
             unit: None,
             kind: Kind::Counter,
-            help: "Client sessions that ended since the worker started, by themselves or ended by anyone (counted at each sample of the history)",
+            help: "Client sessions that ended since the server started, by themselves or ended by anyone (counted at each sample of the history)",
             samples: one(i.sessions_ended_total.max(0) as f64),
         },
         gauge(
