@@ -146,6 +146,22 @@ unsafe extern "C-unwind" fn check_timeout(
     )
 }
 
+/// The body of the list settings' check hooks: the new value parsed by `parse`, refused whole
+/// with its reason and `hint` when malformed (NULL: nothing to check).
+///
+/// # Safety
+/// `newval` must be the argument PostgreSQL passes to a string check hook.
+unsafe fn check_list(
+    newval: *mut *mut std::ffi::c_char,
+    parse: impl Fn(&str) -> Result<(), String>,
+    hint: &CStr,
+) -> bool {
+    match unsafe { new_text(newval) }.map(|v| parse(&v)) {
+        None | Some(Ok(())) => true,
+        Some(Err(why)) => refuse(&format!("{why}."), hint),
+    }
+}
+
 /// Check hook of the name-list settings: a malformed list is refused whole, with the reason.
 #[pg_guard]
 unsafe extern "C-unwind" fn check_pattern_list(
@@ -153,12 +169,12 @@ unsafe extern "C-unwind" fn check_pattern_list(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match unsafe { new_text(newval) }.map(|v| PatternList::parse(&v)) {
-        None | Some(Ok(_)) => true,
-        Some(Err(why)) => refuse(
-            &format!("{why}."),
+    unsafe {
+        check_list(
+            newval,
+            |v| PatternList::parse(v).map(drop),
             c"Give a comma-separated list of names, with * as a wildcard and double quotes around a name that holds a comma or a quote.",
-        ),
+        )
     }
 }
 
@@ -169,12 +185,12 @@ unsafe extern "C-unwind" fn check_overrides(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match unsafe { new_text(newval) }.map(|v| Overrides::parse(&v)) {
-        None | Some(Ok(_)) => true,
-        Some(Err(why)) => refuse(
-            &format!("{why}."),
+    unsafe {
+        check_list(
+            newval,
+            |v| Overrides::parse(v).map(drop),
             c"Give comma-separated items app:<name>=<duration> or user:<name>=<duration>, as in 'app:batch-*=1h, user:etl=30min'; * is a wildcard, 0 means never, a bare number is seconds.",
-        ),
+        )
     }
 }
 
@@ -185,12 +201,12 @@ unsafe extern "C-unwind" fn check_budgets(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match unsafe { new_text(newval) }.map(|v| Budgets::parse(&v)) {
-        None | Some(Ok(_)) => true,
-        Some(Err(why)) => refuse(
-            &format!("{why}."),
+    unsafe {
+        check_list(
+            newval,
+            |v| Budgets::parse(v).map(drop),
             c"Give comma-separated items app:<name>=<sessions> or user:<name>=<sessions>, as in 'app:api=200, user:etl=10, app:*=100'; * is a wildcard (a budget per name), 0 means no budget.",
-        ),
+        )
     }
 }
 
