@@ -203,7 +203,7 @@ fn bad_slow_and_wrong_requests_get_their_status_and_nothing_else_happens() {
         thread::spawn(move || waiter.batch_execute("SELECT count(*) FROM pg_db_role_setting"));
     wait_until(
         &mut su,
-        &format!("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = {waiter_pid}"),
+        &format!("SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = {waiter_pid}"),
         Duration::from_secs(10),
     );
     let (code, body) = http_get(&endpoint, "/metrics");
