@@ -272,6 +272,7 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                     evidence,
                     "SELECT * FROM dbconn_guard.leak_suspects;",
                 )
+                .reads(Reading::Step)
                 .points_to("leaks")];
             }
             if up && at_limit {
@@ -286,7 +287,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                     ),
                     evidence,
                     "SELECT * FROM dbconn_guard.leak_suspects;",
-                )];
+                )
+                .reads(Reading::StepToLimit)];
             }
             let finding = format!(
                 "Client connections stepped {} from {from:.0} to {to:.0} at {} ({} ago) and stayed there: a change of level (a scale-out, a deployment, a pool resized), not a leak",
@@ -300,13 +302,14 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                 (ago + 60.0).ceil() as i64,
                 (ago - 60.0).max(0.0).floor() as i64
             );
-            if up && high {
-                vec![flag("error pattern", Status::Warning, finding, evidence, action)]
+            let row = if up && high {
+                flag("error pattern", Status::Warning, finding, evidence, action)
             } else if up {
-                vec![flag("error pattern", Status::Info, finding, evidence, action)]
+                flag("error pattern", Status::Info, finding, evidence, action)
             } else {
-                vec![ok("error pattern", finding, evidence)]
-            }
+                ok("error pattern", finding, evidence)
+            };
+            vec![row.reads(Reading::Step)]
         }
         // one story: a rise the leak suspects account for is the leaks row's
         Pattern::Increasing if leaks_account_for(c, &series) => vec![flag(
@@ -316,6 +319,7 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             format!("{evidence}; the leak suspects hold {} idle sessions", leaked(c)),
             "SELECT * FROM dbconn_guard.leak_suspects;",
         )
+        .reads(Reading::SteadyRise)
         .points_to("leaks")],
         Pattern::Increasing => {
             // since when, and at what rate: a rise that reaches the warning share soon (or is
@@ -364,7 +368,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                 ),
                 ev,
                 "SELECT * FROM dbconn_guard.leak_suspects;",
-            )]
+            )
+            .reads(Reading::SteadyRise)]
         }
         Pattern::Intermittent => vec![flag(
             "error pattern",
@@ -376,7 +381,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                 c.i.history.window / SECOND,
                 ((median + max) / 2.0).ceil() as i64
             ),
-        )],
+        )
+        .reads(Reading::Spikes)],
         // one story: a high level the leak suspects hold half of is the leaks row's
         Pattern::Constant if high && 2 * leaked(c) >= median as i64 => vec![flag(
             "error pattern",
@@ -385,6 +391,7 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             format!("{evidence}; the leak suspects hold {} idle sessions", leaked(c)),
             "SELECT * FROM dbconn_guard.leak_suspects;",
         )
+        .reads(Reading::HighLevel)
         .points_to("leaks")],
         Pattern::Constant if high => vec![flag(
             "error pattern",
@@ -395,7 +402,8 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
                 "ALTER SYSTEM SET max_connections = {};  -- takes effect after a restart; or put pgbouncer in front (see the pgbouncer row)",
                 round_up_10((max / (warn_pct / 100.0).max(0.01)).ceil() as i64 + i64::from(reserved(&c.i.limits)))
             ),
-        )],
+        )
+        .reads(Reading::HighLevel)],
         Pattern::Constant => vec![ok(
             "error pattern",
             "Client connections are steady, below the warning level",
@@ -418,6 +426,7 @@ fn review_reload(c: &Ctx, t: Micros, why: String) -> Finding {
         why,
         REVIEW_SETTINGS,
     )
+    .reads(Reading::ReloadUnnamed)
 }
 
 /// A configuration reload or a server start within the window: "review settings".
@@ -443,7 +452,8 @@ pub(super) fn config_changes(c: &Ctx) -> Vec<Finding> {
             ),
             format!("pg_postmaster_start_time() is within the last {window}; history and counters from before the start are gone"),
             REVIEW_SETTINGS,
-        )];
+        )
+        .reads(Reading::ServerStarted)];
     }
     match s.conf_load_time {
         None => vec![flag(
@@ -476,7 +486,8 @@ pub(super) fn config_changes(c: &Ctx) -> Vec<Finding> {
                             dur(secs_between(c.now, t))
                         ),
                         format!("pg_conf_load_time() is within the last {window}; the worker saw no setting change in it"),
-                    )];
+                    )
+                    .reads(Reading::ReloadChangedNothing)];
                 };
                 // the latest reload's changes, then the window's others
                 let at = last.at;
@@ -508,7 +519,8 @@ pub(super) fn config_changes(c: &Ctx) -> Vec<Finding> {
                         "SELECT * FROM dbconn_guard.setting_changes() WHERE changed_at > now() - interval '{} seconds';",
                         c.i.history.window / SECOND
                     ),
-                )]
+                )
+                .reads(Reading::SettingsChanged)]
             }
             None => vec![review_reload(
                 c,
@@ -594,6 +606,7 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
             format!("not in the oldest sample: {}", leaking.iter().take(TOP).map(|n| describe_group(n)).collect::<Vec<_>>().join("; ")),
             "SELECT * FROM dbconn_guard.leak_suspects;",
         )
+        .reads(Reading::NewApplications)
         .points_to("leaks")];
     }
     if fresh.is_empty() {
@@ -638,7 +651,8 @@ pub(super) fn new_applications(c: &Ctx) -> Vec<Finding> {
             "SELECT application_name, usename, client_addr, count(*), min(backend_start) AS first_connected FROM pg_stat_activity WHERE application_name = ANY (ARRAY[{}]) GROUP BY 1, 2, 3;",
             list.join(", ")
         ),
-    )]
+    )
+    .reads(Reading::NewApplications)]
 }
 
 /// A group as the deployment rows name it.
@@ -742,7 +756,8 @@ pub(super) fn new_clients(c: &Ctx) -> Vec<Finding> {
             "SELECT client_addr, application_name, usename, count(*), min(backend_start) AS first_connected FROM pg_stat_activity WHERE backend_type = 'client backend' AND ({}) GROUP BY 1, 2, 3;",
             cond.join(" OR ")
         ),
-    )]
+    )
+    .reads(Reading::NewClients)]
 }
 
 /// A burst of new backends: many `backend_start`s within [`STORM_SPAN`], or a jump in client
@@ -878,6 +893,7 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
                 evidence,
                 LOOK,
             )
+            .reads(Reading::Storm)
             .about(Culprit::Application(app.unwrap_or("").to_string()))];
         }
     }
@@ -925,7 +941,12 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
         finding,
         format!("{evidence}; {now_total} client backends now"),
         LOOK,
-    );
+    )
+    .reads(if over {
+        Reading::StormOver
+    } else {
+        Reading::Storm
+    });
     vec![match rose {
         Some((_, n)) => row.about(Culprit::Application(
             n.application_name.clone().unwrap_or_default(),

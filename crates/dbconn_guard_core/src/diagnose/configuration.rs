@@ -83,7 +83,8 @@ pub(super) fn guard_state(c: &Ctx) -> Vec<Finding> {
             "The guard is not preloaded: no worker ends sessions, no history is sampled",
             "dbconn_guard is not in shared_preload_libraries: only the views work; the worker, its rules, history, leak trends and terminate_idle() need the preload",
             preload_action(&c.i.server),
-        )];
+        )
+        .reads(Reading::NotPreloaded)];
     }
     if !g.enabled {
         return vec![flag(

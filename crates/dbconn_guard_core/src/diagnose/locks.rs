@@ -210,7 +210,12 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 ),
                 action,
             )
-            .about(Culprit::Session(root));
+            .about(Culprit::Session(root))
+            .reads(if hidden {
+                Reading::HiddenState
+            } else {
+                Reading::RootBlocker
+            });
             if told_elsewhere {
                 row.points_to("idle in transaction")
             } else if queue_note.is_some() {
@@ -232,19 +237,22 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
         .collect();
     let cycle_wait = cycle.iter().map(|&p| wait_of(p)).fold(0.0, f64::max);
     if let (Some(&first), true) = (cycle.iter().min(), cycle_wait >= TRANSIENT_SECS) {
-        out.push(flag(
-            "locks",
-            Status::Info,
-            format!(
-                "{} sessions wait on each other in a lock cycle",
-                cycle.len()
-            ),
-            format!(
+        out.push(
+            flag(
+                "locks",
+                Status::Info,
+                format!(
+                    "{} sessions wait on each other in a lock cycle",
+                    cycle.len()
+                ),
+                format!(
                 "pids {}; PostgreSQL's deadlock detector ends one of them after deadlock_timeout",
                 pid_list(&cycle)
             ),
-            format!("SELECT pg_cancel_backend({first});"),
-        ));
+                format!("SELECT pg_cancel_backend({first});"),
+            )
+            .reads(Reading::LockCycle),
+        );
     }
     out
 }
@@ -368,7 +376,7 @@ fn queued_statement(c: &Ctx, root: i32, qpid: i32, q: &policy::LockQueue) -> Opt
         action,
     );
     f.culprit = Some(Culprit::Session(qpid));
-    Some(f)
+    Some(f.reads(Reading::QueuedStatement))
 }
 
 /// For an active root: what to do when a cancel does not help (its client re-issues the

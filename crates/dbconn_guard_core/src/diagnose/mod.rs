@@ -238,6 +238,65 @@ pub struct Finding {
     /// One story per incident: the area of the row that tells it, when this row points there
     /// rather than diagnose the same sessions again (its finding says "see ...").
     pub see: Option<&'static str>,
+    /// What the row reads the evidence as (a leak, a step, a lock cycle, ...): the reading a
+    /// tool or a test can rely on, whatever the finding's words. `None` for rows that only
+    /// report a state or give advice.
+    pub reading: Option<Reading>,
+}
+
+/// What a finding reads its evidence as: the kind of incident or state it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// A group holds idle sessions past `leak_idle_age`.
+    Leak,
+    /// A group's idle sessions keep growing, sample after sample.
+    LeakGrowing,
+    /// Client connections stepped to another level and stayed there (a scale-out, a
+    /// deployment, a pool resized): not a leak.
+    Step,
+    /// Client connections stepped up to the limit and sit there: a fast leak or too many
+    /// clients.
+    StepToLimit,
+    /// A steady rise: the runbook's "leak or attack".
+    SteadyRise,
+    /// Spikes well above the usual level: the runbook's "resource contention".
+    Spikes,
+    /// Constantly high: the runbook's "configuration issue".
+    HighLevel,
+    /// Many new sessions within a minute: a traffic spike.
+    Storm,
+    /// A storm in the last samples whose sessions are gone.
+    StormOver,
+    /// Applications that were not connected before the window.
+    NewApplications,
+    /// Client addresses that were not connected before the window.
+    NewClients,
+    /// A root blocker holds up a pile-up.
+    RootBlocker,
+    /// Sessions wait on each other (a deadlock not yet detected).
+    LockCycle,
+    /// A statement queued for a relation lock holds up those queued behind it.
+    QueuedStatement,
+    /// The culprit's state is hidden from the calling role.
+    HiddenState,
+    /// A session the guard should have ended by now is still there: the worker lags.
+    PastGuardDeadline,
+    /// A session that holds up work now, which the guard protects.
+    ProtectedHoldsUpWork,
+    /// A session that holds up work now, which a timeout would end only later.
+    HoldsUpWork,
+    /// Statements running past the slow-query threshold.
+    SlowQueries,
+    /// A reload changed these settings.
+    SettingsChanged,
+    /// A reload whose changes cannot be named.
+    ReloadUnnamed,
+    /// A reload that changed no setting.
+    ReloadChangedNothing,
+    /// The server started within the window.
+    ServerStarted,
+    /// dbconn_guard is not in `shared_preload_libraries`.
+    NotPreloaded,
 }
 
 /// Who a finding is about.
@@ -309,6 +368,12 @@ impl Finding {
     /// The finding, naming `who`.
     fn about(mut self, who: Culprit) -> Finding {
         self.culprit = Some(who);
+        self
+    }
+
+    /// The finding reads its evidence as `r`.
+    fn reads(mut self, r: Reading) -> Finding {
+        self.reading = Some(r);
         self
     }
 
@@ -481,6 +546,7 @@ fn incident(rows: &[Finding]) -> Finding {
         culprit: worst.culprit.clone(),
         action_kind: worst.action_kind,
         see: worst.see,
+        reading: worst.reading,
     }
 }
 
@@ -654,6 +720,7 @@ fn ok(area: &'static str, finding: impl Into<String>, evidence: impl Into<String
         culprit: None,
         action_kind: ActionKind::None,
         see: None,
+        reading: None,
     }
 }
 
@@ -675,6 +742,7 @@ fn flag(
         action: Some(action),
         culprit: None,
         see: None,
+        reading: None,
     }
 }
 

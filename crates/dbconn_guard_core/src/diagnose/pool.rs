@@ -620,6 +620,11 @@ pub(super) fn leak_suspects(c: &Ctx) -> Vec<Finding> {
                 ),
                 end_idle(c, &scope, older_than),
             )
+            .reads(if r.reason == "growing" {
+                Reading::LeakGrowing
+            } else {
+                Reading::Leak
+            })
             .about(Culprit::Application(
                 k.application_name.as_deref().unwrap_or("").to_string(),
             ))

@@ -217,8 +217,18 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                         terminate,
                     ),
                 };
-                return flag("idle in transaction", status, finding, ev, action)
+                let reading = match protection {
+                    Some(_) if harming => Some(Reading::ProtectedHoldsUpWork),
+                    _ if overdue && first.by_guard => Some(Reading::PastGuardDeadline),
+                    _ if harming => Some(Reading::HoldsUpWork),
+                    _ => None,
+                };
+                let row = flag("idle in transaction", status, finding, ev, action)
                     .about(Culprit::Session(b.pid));
+                return match reading {
+                    Some(r) => row.reads(r),
+                    None => row,
+                };
             }
             let never = p.idle_in_transaction_timeout_overrides.timeout_for(b) == Some(0);
             let action = if let Some(pr) = protection {
@@ -243,7 +253,12 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                 ev.push_str("; no timeout ends it, and the guard is not ending sessions (see the guard row)");
                 terminate
             };
-            flag(
+            let reading = match protection {
+                Some(_) if harming => Some(Reading::ProtectedHoldsUpWork),
+                None if harming => Some(Reading::HoldsUpWork),
+                _ => None,
+            };
+            let row = flag(
                 "idle in transaction",
                 Status::Warning,
                 match protection {
@@ -259,7 +274,11 @@ pub(super) fn idle_in_transaction(c: &Ctx) -> Vec<Finding> {
                 ev,
                 action,
             )
-            .about(Culprit::Session(b.pid))
+            .about(Culprit::Session(b.pid));
+            match reading {
+                Some(r) => row.reads(r),
+                None => row,
+            }
         })
         .collect();
     // a root this row ends tells its pile-up's story (the locks row points here): as grave
@@ -620,7 +639,7 @@ pub(super) fn slow_queries(c: &Ctx) -> Vec<Finding> {
             if let Some(note) = c.i.caller.signal_note(Some(b)) {
                 let _ = write!(f.evidence, "; {note}");
             }
-            f
+            f.reads(Reading::SlowQueries)
         })
         .collect()
 }

@@ -17,13 +17,18 @@ pub(super) fn worker(c: &Ctx) -> Vec<Finding> {
                 preload_action(&c.i.server),
             )
         };
-        return vec![flag(
+        let row = flag(
             "worker",
             Status::Info,
             finding,
             "no worker status; the rules, history and terminate_idle() need the worker",
             action,
-        )];
+        );
+        return vec![if c.i.server.preloaded {
+            row
+        } else {
+            row.reads(Reading::NotPreloaded)
+        }];
     };
     let mut out = Vec::new();
     let err = w.last_error.as_deref().filter(|e| !e.is_empty());
