@@ -254,12 +254,17 @@ CREATE FUNCTION "diagnose"(
 	"finding" text,
 	"status" TEXT,
 	"evidence" text,
-	"action" text
+	"action" text,
+	"reading" TEXT,
+	"culprit_pid" INT,
+	"culprit_application" text,
+	"action_kind" TEXT,
+	"see_area" TEXT
 )
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'diagnose_wrapper';
 COMMENT ON FUNCTION diagnose(interval) IS
-  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query (NULL, the default: 4 times the length three separate statements reached in the history, between 1 minute and 1 hour; 5 minutes without enough history), lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. The first row (area incident) states the most harmful finding that is warning or critical, or that nothing is wrong now; then one row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste.';
+  'The on-call runbook''s diagnosis decision tree, evaluated now, as the calling role sees the server: pool exhaustion (utilization, who holds the slots, oversized pools, leak suspects, idle in transaction, slow queries older than slow_query (NULL, the default: 4 times the length three separate statements reached in the history, between 1 minute and 1 hour; 5 minutes without enough history), lock pile-ups), the error pattern and recent changes over dbconn_guard.diagnose_window of the history, the configuration (timeouts, the guard, memory, pgbouncer), the worker, and what is hidden from the caller. The first row (area incident) states the most harmful finding that is warning or critical, or that nothing is wrong now; then one row per finding in the tree''s order (step), status ok, info, warning or critical, with evidence and, for every row that is not ok, one action to paste; then the row as data, for alerts and dashboards: reading (what the row reads its evidence as: leak, step, steady_rise, storm, steady_churn, root_blocker, lock_cycle, queued_statement, ...; NULL for rows that only report a state or advise), culprit_pid or culprit_application (who the row names), action_kind (what pasting the action does: look, end_session, cancel_statement, end_idle_through_guard, cancel_through_guard, signal_over_activity, setting, grant; none without an action) and see_area (the area of the row that tells the incident''s story, when this row points there).';
 
 -- blocking_pairs: the pairs joined to what is shown of each session and each wait (issue 17):
 -- a query that counts or groups pairs reads the lock manager only, and no text is copied once

@@ -194,6 +194,11 @@ fn diagnose(
         name!(status, &'static str),
         name!(evidence, DbText),
         name!(action, Option<DbText>),
+        name!(reading, Option<&'static str>),
+        name!(culprit_pid, Option<i32>),
+        name!(culprit_application, Option<DbText>),
+        name!(action_kind, &'static str),
+        name!(see_area, Option<&'static str>),
     ),
 > {
     // NULL: relative to how long this server's statements usually run (the history)
@@ -217,6 +222,17 @@ fn diagnose(
             f.status.as_str(),
             DbText::from(f.evidence.as_str()),
             f.action.as_deref().map(DbText::from),
+            f.reading.map(diagnose::Reading::as_str),
+            match f.culprit {
+                Some(diagnose::Culprit::Session(pid)) => Some(pid),
+                _ => None,
+            },
+            match &f.culprit {
+                Some(diagnose::Culprit::Application(a)) => Some(DbText::from(a.as_str())),
+                _ => None,
+            },
+            f.action_kind.as_str(),
+            f.see,
         )
     }))
 }

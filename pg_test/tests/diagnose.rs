@@ -519,3 +519,94 @@ fn a_reload_is_named_by_the_settings_it_changed_from_what_to_what() {
         .unwrap();
     reset_system(&mut a);
 }
+
+/// A client that opens a connection per request, for most of a minute: diagnose() reads the
+/// history as steady churn, names the application, and the storm row (its young sessions are
+/// many) points to the churn instead of calling it a traffic spike.
+#[test]
+fn a_client_that_connects_per_request_is_read_as_steady_churn() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut a = guard_admin();
+    alter_system(&mut a, &[("dbconn_guard.sample_interval", "1")]);
+    a.batch_execute("SET dbconn_guard.diagnose_window = '1min'")
+        .unwrap();
+    // before the churn: no row reads it
+    let churn = |a: &mut Client| -> Vec<Row> {
+        diagnose(a, "5 minutes")
+            .into_iter()
+            .filter(|r| r.area == "connection churn" || r.area == "connection storm")
+            .collect()
+    };
+    let quiet = churn(&mut a);
+    assert!(
+        quiet
+            .iter()
+            .all(|r| !r.finding.starts_with("Connection churn:") && r.status != "warning"),
+        "{quiet:#?}"
+    );
+    // four clients, each a connection per request: connect, a 0.2 s statement, disconnect
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut c = connect_as(APP_ROLE, "it_d_churn");
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    let _ = c.batch_execute("SELECT pg_sleep(0.2)");
+                }
+            })
+        })
+        .collect();
+    // most of the one-minute window churns: then the row names the client
+    let found = (|| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(90) {
+            let rows = churn(&mut a);
+            if rows
+                .iter()
+                .any(|r| r.area == "connection churn" && r.finding.contains("\"it_d_churn\""))
+            {
+                return Some(rows);
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        None
+    })();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let series: Vec<(i64, i64)> = a
+        .query(
+            "SELECT new_connections, ended_sessions FROM dbconn_guard.history WHERE time > now() - interval '1 minute' ORDER BY time",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let rows = found.unwrap_or_else(|| {
+        panic!(
+            "{} connections opened; no churn row named the client (opened, ended per sample: {series:?})",
+            opened.load(Ordering::Relaxed)
+        )
+    });
+    let row = rows.iter().find(|r| r.area == "connection churn").unwrap();
+    assert_ne!(row.status, "ok", "{row:#?}");
+    assert!(row.finding.contains("per request"), "{row:#?}");
+    // its action looks at the client's sessions, and runs
+    let action = row.action.clone().unwrap();
+    assert!(action.contains("'it_d_churn'"), "{action}");
+    a.batch_execute(&action).unwrap();
+    // the storm row tells no second story about the same sessions
+    assert!(
+        rows.iter()
+            .filter(|r| r.area == "connection storm")
+            .all(|r| r.status == "ok"),
+        "{rows:#?}"
+    );
+    reset_system(&mut a);
+}

@@ -829,6 +829,22 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
             .max_by_key(|(k, (n, _))| (*n, std::cmp::Reverse(**k)))
             .map(|(k, n)| (*k, *n));
         if let Some(((app, addr, user), (n, active))) = culprit {
+            // one story: new sessions of a client that churns steadily are no storm
+            if c.churn.as_ref().is_some_and(|ch| {
+                ch.culprit
+                    .as_ref()
+                    .is_some_and(|(a, u, _, _)| a.as_deref() == app && u.as_deref() == user)
+            }) {
+                return vec![ok(
+                    "connection storm",
+                    format!(
+                        "The new sessions are {}'s steady churn, not a one-off storm: see connection churn",
+                        quoted_or(app, "-")
+                    ),
+                    evidence,
+                )
+                .points_to("connection churn")];
+            }
             // one story: the new sessions are a leak's (most of them, and idle), or slow
             // queries'
             let idle_new = c
@@ -953,4 +969,155 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
         )),
         None => row,
     }]
+}
+
+/// Connections that come and go, steadily over the window: a client that connects per request
+/// without a pool. The rate is what opened and ended alike between two samples (a growing
+/// count opens without ending; a storm lifts a few samples, not the median).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SteadyChurn {
+    /// Median of the connections opened and ended a second, over the window's samples.
+    pub median: f64,
+    pub peak: f64,
+    /// Rates measured (pairs of samples) and the span they cover, seconds.
+    pub rates: usize,
+    pub span: f64,
+    /// The group most of whose visible sessions are younger than [`CHURN_YOUNG_SECS`]:
+    /// (application, user, its young sessions, all its sessions).
+    pub culprit: Option<(Option<String>, Option<String>, i64, i64)>,
+}
+
+/// Steady churn over the window's history, when there is some (`None`: below
+/// [`CHURN_MIN_RATE`], or not enough history).
+pub(super) fn steady_churn(c: &Ctx) -> Option<SteadyChurn> {
+    if c.history_missing().is_some() {
+        return None;
+    }
+    let rates: Vec<f64> = c
+        .samples
+        .windows(2)
+        .filter_map(|w| {
+            let dt = secs_between(w[1].time, w[0].time);
+            (dt > 0.0).then(|| f64::from(w[1].new_connections.min(w[1].ended_sessions)) / dt)
+        })
+        .collect();
+    if rates.len() < MIN_HISTORY_SAMPLES {
+        return None;
+    }
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    // steady: the median, and three samples in four at half of it or more
+    let steady = rates.iter().filter(|r| **r >= median / 2.0).count() * 4 >= rates.len() * 3;
+    if median < CHURN_MIN_RATE || !steady {
+        return None;
+    }
+    // who: the group whose sessions are mostly young now (a session per request lives for
+    // well under CHURN_YOUNG_SECS), the caller's own session aside
+    let young_since = c.now.saturating_sub((CHURN_YOUNG_SECS * 1e6) as Micros);
+    let mut by_group: BTreeMap<(Option<&str>, Option<&str>), (i64, i64)> = BTreeMap::new();
+    for b in c.clients.iter().filter(|b| b.pid != c.i.caller.pid) {
+        let e = by_group
+            .entry((b.application_name.as_deref(), b.usename.as_deref()))
+            .or_default();
+        e.1 += 1;
+        if b.backend_start.is_some_and(|t| t >= young_since) {
+            e.0 += 1;
+        }
+    }
+    let culprit = by_group
+        .into_iter()
+        .filter(|(_, (young, all))| *young >= 2 && 2 * young >= *all)
+        .max_by_key(|((app, user), (young, _))| (*young, std::cmp::Reverse((*app, *user))))
+        .map(|((app, user), (young, all))| {
+            (
+                app.map(str::to_string),
+                user.map(str::to_string),
+                young,
+                all,
+            )
+        });
+    Some(SteadyChurn {
+        median,
+        peak: sorted[sorted.len() - 1],
+        rates: rates.len(),
+        span: secs_between(c.samples[c.samples.len() - 1].time, c.samples[0].time),
+        culprit,
+    })
+}
+
+/// Steady connection churn: "application "web" opens connections per request".
+pub(super) fn connection_churn(c: &Ctx) -> Vec<Finding> {
+    if let Some(why) = c.history_missing() {
+        return vec![flag(
+            "connection churn",
+            Status::Info,
+            "Connection churn not checked: not enough history",
+            why,
+            c.history_action(),
+        )];
+    }
+    let Some(ch) = &c.churn else {
+        return vec![ok(
+            "connection churn",
+            "No steady connection churn",
+            format!(
+                "fewer than {CHURN_MIN_RATE:.0} connections a second open and end, in most samples of the last {}",
+                dur(c.i.history.window as f64 / 1e6)
+            ),
+        )];
+    };
+    let status = if ch.median >= CHURN_WARN_RATE {
+        Status::Warning
+    } else {
+        Status::Info
+    };
+    let over = dur(ch.span);
+    let mut evidence = format!(
+        "median {:.1} connections opened and ended a second over {} samples ({over}), peak {:.1}; a session per connection costs a process start and an authentication",
+        ch.median, ch.rates, ch.peak
+    );
+    let row = match &ch.culprit {
+        Some((app, user, young, all)) => {
+            let _ = write!(
+                evidence,
+                "; now {young} of the {all} sessions of application {} (user {}) are younger than {}",
+                quoted_or(app.as_deref(), "-"),
+                quoted_or(user.as_deref(), "-"),
+                dur(CHURN_YOUNG_SECS)
+            );
+            flag(
+                "connection churn",
+                status,
+                format!(
+                    "Connection churn: application {} connects per request, about {:.0} connections a second steadily over the last {over} (not a one-off storm): put a pool in front of it",
+                    quoted_or(app.as_deref(), "-"),
+                    ch.median
+                ),
+                evidence,
+                format!(
+                    "SELECT client_addr, usename, count(*), max(now() - backend_start) AS oldest FROM pg_stat_activity WHERE backend_type = 'client backend' AND coalesce(application_name, '') = {} GROUP BY 1, 2 ORDER BY 3 DESC;",
+                    sql_literal(app.as_deref().unwrap_or(""))
+                ),
+            )
+            .about(Culprit::Application(app.clone().unwrap_or_default()))
+        }
+        None => {
+            evidence.push_str(&format!(
+                "; no group's sessions are mostly younger than {} now: the connections are too short to be seen (log_connections names who connects)",
+                dur(CHURN_YOUNG_SECS)
+            ));
+            flag(
+                "connection churn",
+                status,
+                format!(
+                    "Connection churn: about {:.0} connections a second open and end, steadily over the last {over} (not a one-off storm): a client connects per request without a pool",
+                    ch.median
+                ),
+                evidence,
+                "SELECT application_name, usename, client_addr, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND backend_start > now() - interval '10 seconds' GROUP BY 1, 2, 3 ORDER BY 4 DESC;",
+            )
+        }
+    };
+    vec![row.reads(Reading::SteadyChurn)]
 }

@@ -267,6 +267,9 @@ pub enum Reading {
     Storm,
     /// A storm in the last samples whose sessions are gone.
     StormOver,
+    /// Connections that open and end steadily, sample after sample: a client that connects
+    /// per request without a pool.
+    SteadyChurn,
     /// Applications that were not connected before the window.
     NewApplications,
     /// Client addresses that were not connected before the window.
@@ -333,7 +336,84 @@ pub enum ActionKind {
     Grant,
 }
 
+impl Reading {
+    /// Every reading, in the order above.
+    pub const ALL: [Reading; 25] = [
+        Reading::Leak,
+        Reading::LeakGrowing,
+        Reading::Step,
+        Reading::StepToLimit,
+        Reading::SteadyRise,
+        Reading::Spikes,
+        Reading::HighLevel,
+        Reading::Storm,
+        Reading::StormOver,
+        Reading::SteadyChurn,
+        Reading::NewApplications,
+        Reading::NewClients,
+        Reading::RootBlocker,
+        Reading::LockCycle,
+        Reading::QueuedStatement,
+        Reading::HiddenState,
+        Reading::PastGuardDeadline,
+        Reading::ProtectedHoldsUpWork,
+        Reading::HoldsUpWork,
+        Reading::SlowQueries,
+        Reading::SettingsChanged,
+        Reading::ReloadUnnamed,
+        Reading::ReloadChangedNothing,
+        Reading::ServerStarted,
+        Reading::NotPreloaded,
+    ];
+
+    /// The reading's name in `diagnose()`'s `reading` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reading::Leak => "leak",
+            Reading::LeakGrowing => "leak_growing",
+            Reading::Step => "step",
+            Reading::StepToLimit => "step_to_limit",
+            Reading::SteadyRise => "steady_rise",
+            Reading::Spikes => "spikes",
+            Reading::HighLevel => "high_level",
+            Reading::Storm => "storm",
+            Reading::StormOver => "storm_over",
+            Reading::SteadyChurn => "steady_churn",
+            Reading::NewApplications => "new_applications",
+            Reading::NewClients => "new_clients",
+            Reading::RootBlocker => "root_blocker",
+            Reading::LockCycle => "lock_cycle",
+            Reading::QueuedStatement => "queued_statement",
+            Reading::HiddenState => "hidden_state",
+            Reading::PastGuardDeadline => "past_guard_deadline",
+            Reading::ProtectedHoldsUpWork => "protected_holds_up_work",
+            Reading::HoldsUpWork => "holds_up_work",
+            Reading::SlowQueries => "slow_queries",
+            Reading::SettingsChanged => "settings_changed",
+            Reading::ReloadUnnamed => "reload_unnamed",
+            Reading::ReloadChangedNothing => "reload_changed_nothing",
+            Reading::ServerStarted => "server_started",
+            Reading::NotPreloaded => "not_preloaded",
+        }
+    }
+}
+
 impl ActionKind {
+    /// The kind's name in `diagnose()`'s `action_kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::None => "none",
+            ActionKind::Look => "look",
+            ActionKind::EndSession => "end_session",
+            ActionKind::CancelStatement => "cancel_statement",
+            ActionKind::EndIdleThroughGuard => "end_idle_through_guard",
+            ActionKind::CancelThroughGuard => "cancel_through_guard",
+            ActionKind::SignalOverActivity => "signal_over_activity",
+            ActionKind::Setting => "setting",
+            ActionKind::Grant => "grant",
+        }
+    }
+
     /// The kind of the action text `a` (as the tree writes its actions).
     pub fn of(a: &str) -> ActionKind {
         let a = a.trim_start();
@@ -414,6 +494,14 @@ pub const MOSTLY_IDLE_SHARE: f64 = 0.7;
 /// samples), or a tenth of `max_connections` if that is more.
 pub const STORM_MIN_NEW: i64 = 20;
 pub const STORM_SPAN: Micros = 60 * SECOND;
+/// Steady churn: at least this many connections a second open and end, as the median over the
+/// window's samples (a pooled application opens next to none once warm) ...
+pub const CHURN_MIN_RATE: f64 = 5.0;
+/// ... a warning from this many: a process start and an authentication per request.
+pub const CHURN_WARN_RATE: f64 = 20.0;
+/// Sessions younger than this are a churning client's (a session per request lives for well
+/// under this).
+pub const CHURN_YOUNG_SECS: f64 = 10.0;
 /// The idle-in-transaction timeout recommended where none is set (the runbook's value).
 pub const RECOMMENDED_IIT_TIMEOUT: &str = "5min";
 /// pgbouncer's `server_idle_timeout` recommended for its server connections, seconds.
@@ -439,7 +527,7 @@ pub const TRANSIENT_SECS: f64 = 5.0;
 /// worker, and visibility.
 pub fn diagnose(input: &Input) -> Vec<Finding> {
     let c = Ctx::new(input);
-    let branches: [fn(&Ctx) -> Vec<Finding>; 20] = [
+    let branches: [fn(&Ctx) -> Vec<Finding>; 21] = [
         server,
         pool,
         consumers,
@@ -453,6 +541,7 @@ pub fn diagnose(input: &Input) -> Vec<Finding> {
         new_applications,
         new_clients,
         connection_storm,
+        connection_churn,
         timeouts,
         guard_state,
         memory,
@@ -483,7 +572,7 @@ pub fn diagnose(input: &Input) -> Vec<Finding> {
 
 /// The areas of findings that are an incident in progress, most harmful first: slots running
 /// out, work held up, slots held by what does no work, then what arrived or changed.
-const HARM: [&str; 10] = [
+const HARM: [&str; 11] = [
     "pool",
     "locks",
     // an open transaction holds locks (and the row ends the root of a pile-up)
@@ -491,6 +580,7 @@ const HARM: [&str; 10] = [
     "leaks",
     "slow queries",
     "connection storm",
+    "connection churn",
     "oversized pool",
     "error pattern",
     "recent changes",
@@ -572,6 +662,8 @@ struct Ctx<'a> {
     /// The leak suspects (what the `leaks` row reports): one story per incident, so the
     /// other rows point to them rather than diagnose the same sessions again.
     leaks: Vec<leaks::SuspectRow>,
+    /// Steady connection churn over the window, if any: the storm row points to it.
+    churn: Option<changes::SteadyChurn>,
 }
 
 impl<'a> Ctx<'a> {
@@ -609,8 +701,10 @@ impl<'a> Ctx<'a> {
             chains: blocking::chains(&i.lock_waits),
             slow_limit: 0.0,
             slow_basis: String::new(),
+            churn: None,
         };
         (c.slow_limit, c.slow_basis) = sessions::slow_threshold(&c);
+        c.churn = changes::steady_churn(&c);
         c
     }
 

@@ -165,7 +165,7 @@ fn action(f: &Finding) -> &str {
         .unwrap_or_else(|| panic!("no action: {f:#?}"))
 }
 
-const ORDER: [&str; 18] = [
+const ORDER: [&str; 19] = [
     "server",
     "pool",
     "consumers",
@@ -178,6 +178,7 @@ const ORDER: [&str; 18] = [
     "recent changes",
     "deployment",
     "connection storm",
+    "connection churn",
     "timeouts",
     "guard",
     "memory",
@@ -2910,4 +2911,148 @@ fn a_queued_alter_table_is_named_and_cancelled_not_its_root() {
             .all(|r| r.reading != Some(Reading::QueuedStatement)),
         "{fs:#?}"
     );
+}
+
+/// Samples a minute apart, the last one now, with `per_minute[k]` connections opened and as
+/// many ended before sample k.
+fn with_churn(per_minute: &[u32]) -> Input {
+    let mut i = with_series(&vec![20; per_minute.len()]);
+    for (s, &n) in i.history.samples.iter_mut().zip(per_minute) {
+        s.new_connections = n;
+        s.ended_sessions = n;
+    }
+    i
+}
+
+/// Young sessions of application `name`, started `age_s` seconds ago.
+fn young(from: i32, n: i32, name: &str, age_s: i64) -> Vec<Backend> {
+    (0..n)
+        .map(|p| {
+            let mut b = app(c(from + p, "active", 0), name);
+            b.backend_start = Some(NOW - age_s * SECOND);
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn steady_churn_names_the_client_that_connects_per_request() {
+    // 50 connections a second open and end, sample after sample, for an hour
+    let mut i = with_churn(&[3000; 60]);
+    i.snapshot.backends.extend(young(500, 6, "web", 1));
+    let fs = diagnose(&i);
+    let ch = one(&fs, "connection churn");
+    assert_eq!(ch.status, Status::Warning, "{ch:#?}");
+    assert_eq!(ch.reading, Some(Reading::SteadyChurn));
+    assert_eq!(ch.culprit, application("web"));
+    assert_eq!(ch.action_kind, ActionKind::Look);
+    assert!(
+        ch.finding.contains("about 50 connections a second"),
+        "{}",
+        ch.finding
+    );
+    assert!(
+        action(ch).contains("coalesce(application_name, '') = 'web'"),
+        "{}",
+        action(ch)
+    );
+    // at 10 a second, advice
+    let mut i = with_churn(&[600; 60]);
+    i.snapshot.backends.extend(young(500, 6, "web", 1));
+    assert_eq!(one(&diagnose(&i), "connection churn").status, Status::Info);
+    // the churn's young sessions are no storm: the storm row points to the churn
+    let mut i = with_churn(&[3000; 60]);
+    i.snapshot.backends.extend(young(500, 30, "web", 1));
+    let fs = diagnose(&i);
+    let s = one(&fs, "connection storm");
+    assert_eq!(s.status, Status::Ok, "{s:#?}");
+    assert_eq!(s.see, Some("connection churn"));
+    assert_eq!(one(&fs, "connection churn").culprit, application("web"));
+    // a storm of another application still is one
+    let mut i = with_churn(&[3000; 60]);
+    i.snapshot.backends.extend(young(500, 6, "web", 1));
+    i.snapshot.backends.extend(young(600, 30, "batch", 30));
+    let fs = diagnose(&i);
+    let s = one(&fs, "connection storm");
+    assert_eq!(s.reading, Some(Reading::Storm), "{s:#?}");
+    assert_eq!(s.culprit, application("batch"));
+    // connections too short to be seen: the row says so, and names nobody
+    let i = with_churn(&[3000; 60]);
+    let ch = one(&diagnose(&i), "connection churn").clone();
+    assert_eq!(ch.culprit, None);
+    assert!(ch.evidence.contains("log_connections"), "{}", ch.evidence);
+}
+
+#[test]
+fn a_one_off_storm_or_a_growing_count_is_no_steady_churn() {
+    // one minute of 3000 connections in an hour: a storm, not churn
+    let mut per_minute = vec![0; 60];
+    per_minute[40] = 3000;
+    let fs = diagnose(&with_churn(&per_minute));
+    assert_eq!(one(&fs, "connection churn").status, Status::Ok);
+    // a burst over a quarter of the window is not steady either
+    let mut per_minute = vec![30; 60];
+    for m in per_minute.iter_mut().skip(30).take(29) {
+        *m = 3000;
+    }
+    assert_eq!(
+        one(&diagnose(&with_churn(&per_minute)), "connection churn").status,
+        Status::Ok
+    );
+    // connections that open and stay (a growing count) are not churn
+    let mut i = with_churn(&[3000; 60]);
+    for s in &mut i.history.samples {
+        s.ended_sessions = 0;
+    }
+    assert_eq!(one(&diagnose(&i), "connection churn").status, Status::Ok);
+    // below 5 a second: ok; and the caller's own young session is nobody's churn
+    let mut i = with_churn(&[240; 60]);
+    i.snapshot.backends.extend(young(500, 6, "web", 1));
+    assert_eq!(one(&diagnose(&i), "connection churn").status, Status::Ok);
+    let mut i = with_churn(&[3000; 60]);
+    i.snapshot.backends.extend(young(500, 2, "psql", 1));
+    i.caller.pid = 500;
+    assert_eq!(one(&diagnose(&i), "connection churn").culprit, None);
+    // without history, not checked
+    let mut i = with_churn(&[3000; 60]);
+    i.history.samples.truncate(2);
+    let ch = one(&diagnose(&i), "connection churn").clone();
+    assert_eq!((ch.status, ch.reading), (Status::Info, None));
+    assert!(
+        ch.evidence.contains("not enough history"),
+        "{}",
+        ch.evidence
+    );
+}
+
+#[test]
+fn every_reading_and_action_kind_has_a_distinct_documented_name() {
+    let reference = include_str!("../../../../docs/reference.md");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in Reading::ALL {
+        assert!(seen.insert(r.as_str()), "{r:?}");
+        assert!(
+            reference.contains(&format!("`{}`", r.as_str())),
+            "docs/reference.md names the reading {}",
+            r.as_str()
+        );
+    }
+    for k in [
+        ActionKind::None,
+        ActionKind::Look,
+        ActionKind::EndSession,
+        ActionKind::CancelStatement,
+        ActionKind::EndIdleThroughGuard,
+        ActionKind::CancelThroughGuard,
+        ActionKind::SignalOverActivity,
+        ActionKind::Setting,
+        ActionKind::Grant,
+    ] {
+        assert!(seen.insert(k.as_str()), "{k:?}");
+        assert!(
+            reference.contains(&format!("`{}`", k.as_str())),
+            "docs/reference.md names the action kind {}",
+            k.as_str()
+        );
+    }
 }
