@@ -7,7 +7,7 @@
 // pgrx's TableIterator signatures spell out every column
 #![allow(clippy::type_complexity)]
 
-use crate::core::diagnose::{self, Caller, Guard, History, Input, Server, WorkerInfo};
+use crate::core::diagnose::{self, Caller, Guard, GuardAction, History, Input, Server, WorkerInfo};
 use crate::core::session::{Kind, Micros};
 use crate::encoding::DbText;
 use crate::shared::{self, SHARED};
@@ -69,6 +69,24 @@ fn read(slow_query_age: Option<f64>) -> Input {
         Vec::new()
     };
     let preloaded = shared::available();
+    // the guard's latest actions (the ring recent_terminations() shows): for whom the history
+    // is, since they name every role's sessions
+    let guard_actions = if preloaded && may_read_history {
+        SHARED
+            .share()
+            .recent()
+            .into_iter()
+            .map(|r| GuardAction {
+                at: r.at,
+                pid: r.pid,
+                backend_start: r.backend_start,
+                rule: r.rule.opt().unwrap_or_default(),
+                dry_run: r.dry_run,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let worker = preloaded.then(|| {
         // the fields used, read under the lock (the whole struct holds the rings)
         let s = SHARED.share();
@@ -176,6 +194,7 @@ fn read(slow_query_age: Option<f64>) -> Input {
             has_signal_backend: has_privs_of(pg_sys::Oid::from(pg_sys::ROLE_PG_SIGNAL_BACKEND)),
             member_of,
         },
+        guard_actions,
         snapshot: snap,
     }
 }

@@ -626,3 +626,96 @@ fn a_root_that_retries_after_every_cancel_is_ended_after_blocker_terminate_after
     assert!(started.elapsed() < Duration::from_secs(20));
     reset_system(&mut a);
 }
+
+/// diagnose() recognises the escalation's incident: an active root that holds up a pile-up
+/// again after the guard cancelled its statement is read as `root_returns`, and its action
+/// ends the session (a second cancel would not help); pasted, it does.
+#[test]
+fn diagnose_reads_a_root_back_after_the_guards_cancel_and_ends_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut a = guard_admin();
+    table(&mut a);
+    // no escalation: the guard cancels, the client retries, again and again
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "8s"),
+            ("dbconn_guard.cancel_active_blockers", "on"),
+        ],
+    );
+    let mut root_c = connect_as(APP_ROLE, "it_b_returns");
+    let root = pid(&mut root_c);
+    let retries = thread::spawn(move || {
+        let mut cancelled = 0;
+        loop {
+            let r = root_c.batch_execute(&format!(
+                "BEGIN; {}; SELECT pg_sleep(60); COMMIT",
+                update(4)
+            ));
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) => {
+                    cancelled += 1;
+                    let _ = root_c.batch_execute("ROLLBACK");
+                }
+                Err(_) => return cancelled, // its session was ended
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let victim = {
+        let stop = stop.clone();
+        let mut c = connect_as(APP_ROLE, "it_b_returns_victim");
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = c.batch_execute(&update(4));
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // before any cancel, the row is a root blocker's, and cancels
+    wait_until(
+        &mut a,
+        &format!(
+            "SELECT count(*) > 0 FROM dbconn_guard.diagnose() WHERE area = 'locks' AND reading = 'root_blocker' AND culprit_pid = {root} AND action = 'SELECT pg_cancel_backend({root});'"
+        ),
+        Duration::from_secs(20),
+    );
+    // after the guard's cancel, the pile-up comes back: the row says so, and ends it
+    wait_until(
+        &mut a,
+        &format!(
+            "SELECT count(*) > 0 FROM dbconn_guard.terminations WHERE pid = {root} AND rule = 'blocker_cancel' AND NOT dry_run"
+        ),
+        Duration::from_secs(30),
+    );
+    let found = format!(
+        "SELECT count(*) > 0 FROM dbconn_guard.diagnose() WHERE area = 'locks' AND reading = 'root_returns' AND culprit_pid = {root} AND status IN ('warning', 'critical') AND action_kind = 'end_session'"
+    );
+    wait_until(&mut a, &found, Duration::from_secs(30));
+    let (finding, action): (String, String) = {
+        let r = a
+            .query_one(
+                &format!(
+                    "SELECT finding, action FROM dbconn_guard.diagnose() WHERE area = 'locks' AND culprit_pid = {root}"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        finding.contains("it came back after the guard cancelled its statement"),
+        "{finding}"
+    );
+    assert_eq!(action, format!("SELECT pg_terminate_backend({root});"));
+    // pasted, it ends the client for good
+    a.batch_execute(&action).unwrap();
+    wait_gone(&mut a, root, Duration::from_secs(10));
+    let cancelled = retries.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    victim.join().unwrap();
+    assert!(cancelled >= 1, "{cancelled} cancels seen by the client");
+    reset_system(&mut a);
+}

@@ -145,6 +145,12 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
             // one story, where the idle-in-transaction row ends this root, as gravely
             let told_elsewhere =
                 idle && !hidden && sessions::idle_in_transaction_ends(c, root, grave);
+            // an active root the guard cancelled before, holding up a pile-up again: its client
+            // retries, or its statement ignores the cancel
+            let cancelled = match b {
+                Some(b) if !idle && !hidden => c.guard_cancels(b),
+                _ => Vec::new(),
+            };
             let (verb, action) = if hidden {
                 // a cancel does nothing to a session idle in its transaction, and its state
                 // is not known here: look first, as a role that may see it
@@ -180,6 +186,15 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 )
             } else if idle {
                 ("end it: it runs nothing".to_string(), format!("SELECT pg_terminate_backend({root});"))
+            } else if let Some(&last) = cancelled.last() {
+                (
+                    format!(
+                        "it came back after the guard cancelled its statement {}, the last {} ago (its client retries, or the statement ignores the cancel): end the session",
+                        if cancelled.len() == 1 { "once".to_string() } else { format!("{} times", cancelled.len()) },
+                        dur(secs_between(c.now, last))
+                    ),
+                    format!("SELECT pg_terminate_backend({root});"),
+                )
             } else {
                 ("cancel its statement".to_string(), format!("SELECT pg_cancel_backend({root});"))
             };
@@ -191,6 +206,9 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                 // the queued statement's row, or the idle-in-transaction row, tells this
                 // pile-up's story
                 Status::Info
+            } else if !cancelled.is_empty() {
+                // a cancel did not end it: work waits again, whatever the waits' age
+                grave.max(Status::Warning)
             } else {
                 grave
             };
@@ -206,13 +224,21 @@ pub(super) fn lock_pileups(c: &Ctx) -> Vec<Finding> {
                     "root pid {root} ({who}) blocks {} directly, {count} in all; longest wait {}{on}{}",
                     direct.len(),
                     dur(longest),
-                    if idle || hidden { String::new() } else { retry_note(c) }
+                    if idle || hidden {
+                        String::new()
+                    } else if cancelled.is_empty() {
+                        retry_note(c)
+                    } else {
+                        returns_note(c, &cancelled)
+                    }
                 ),
                 action,
             )
             .about(Culprit::Session(root))
             .reads(if hidden {
                 Reading::HiddenState
+            } else if !cancelled.is_empty() {
+                Reading::RootReturns
             } else {
                 Reading::RootBlocker
             });
@@ -394,5 +420,34 @@ fn retry_note(c: &Ctx) -> String {
     };
     format!(
         "; if the pile-up comes back after the cancel (its client retries, or the statement ignores the cancel), end the session (pg_terminate_backend): {by_guard}"
+    )
+}
+
+/// The evidence of a root that came back after the guard's cancels: when, and whether the
+/// guard ends it by itself.
+fn returns_note(c: &Ctx, cancelled: &[Micros]) -> String {
+    let p = &c.i.guard.policy;
+    let at: Vec<String> = cancelled
+        .iter()
+        .rev()
+        .take(TOP)
+        .map(|&t| clock(t))
+        .collect();
+    let by_guard = if p.cancel_active_blockers && p.blocker_terminate_after > 0 {
+        format!(
+            "dbconn_guard.blocker_terminate_after ({}) ends it by itself once that long has passed since the first cancel",
+            dur(p.blocker_terminate_after as f64 / 1e6)
+        )
+    } else {
+        "dbconn_guard.blocker_terminate_after is off: set it (with cancel_active_blockers) to end such a root by itself".to_string()
+    };
+    format!(
+        "; the guard cancelled its statement at {}{}; {by_guard}",
+        at.join(", "),
+        if cancelled.len() > TOP {
+            " and earlier"
+        } else {
+            ""
+        }
     )
 }

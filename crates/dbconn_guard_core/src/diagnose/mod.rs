@@ -58,6 +58,22 @@ pub struct Input {
     /// `worker_status()`; `None` when there is no worker to ask (library not preloaded).
     pub worker: Option<WorkerInfo>,
     pub caller: Caller,
+    /// The guard's latest actions (the worker's ring of its last terminations and cancels,
+    /// `recent_terminations()`), for a caller who may read the history; empty otherwise.
+    pub guard_actions: Vec<GuardAction>,
+}
+
+/// One session the guard ended, or one statement it cancelled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GuardAction {
+    pub at: Micros,
+    pub pid: i32,
+    /// The session's `backend_start`: a pid is reused by later sessions.
+    pub backend_start: Micros,
+    /// The audit's rule name (`blocker_cancel`, `idle_timeout`, ...).
+    pub rule: String,
+    /// A dry run's record: nothing was signalled.
+    pub dry_run: bool,
 }
 
 /// The sampled history (`dbconn_guard.history`) over the diagnose window.
@@ -276,6 +292,9 @@ pub enum Reading {
     NewClients,
     /// A root blocker holds up a pile-up.
     RootBlocker,
+    /// An active root holds up a pile-up again after the guard cancelled its statement: its
+    /// client retries, or the statement ignores the cancel.
+    RootReturns,
     /// Sessions wait on each other (a deadlock not yet detected).
     LockCycle,
     /// A statement queued for a relation lock holds up those queued behind it.
@@ -338,7 +357,7 @@ pub enum ActionKind {
 
 impl Reading {
     /// Every reading, in the order above.
-    pub const ALL: [Reading; 25] = [
+    pub const ALL: [Reading; 26] = [
         Reading::Leak,
         Reading::LeakGrowing,
         Reading::Step,
@@ -352,6 +371,7 @@ impl Reading {
         Reading::NewApplications,
         Reading::NewClients,
         Reading::RootBlocker,
+        Reading::RootReturns,
         Reading::LockCycle,
         Reading::QueuedStatement,
         Reading::HiddenState,
@@ -382,6 +402,7 @@ impl Reading {
             Reading::NewApplications => "new_applications",
             Reading::NewClients => "new_clients",
             Reading::RootBlocker => "root_blocker",
+            Reading::RootReturns => "root_returns",
             Reading::LockCycle => "lock_cycle",
             Reading::QueuedStatement => "queued_statement",
             Reading::HiddenState => "hidden_state",
@@ -786,6 +807,27 @@ impl<'a> Ctx<'a> {
             .iter()
             .find(|ch| ch.root_pid == Some(pid))
             .map_or(0, |ch| ch.root_blocked_count)
+    }
+
+    /// When the guard cancelled `b`'s statement as a root blocker (`blocker_cancel`, not in a
+    /// dry run) within the window, oldest first: this session, not an earlier one of its pid.
+    fn guard_cancels(&self, b: &Backend) -> Vec<Micros> {
+        let start = self.window_start();
+        let mut at: Vec<Micros> = self
+            .i
+            .guard_actions
+            .iter()
+            .filter(|a| {
+                a.rule == "blocker_cancel"
+                    && !a.dry_run
+                    && a.pid == b.pid
+                    && Some(a.backend_start) == b.backend_start
+                    && a.at >= start
+            })
+            .map(|a| a.at)
+            .collect();
+        at.sort_unstable();
+        at
     }
 
     /// Seconds the longest wait that `pid` holds up as a root blocker has lasted (0: none, or

@@ -139,6 +139,7 @@ fn with(backends: Vec<Backend>) -> Input {
             has_signal_backend: true,
             member_of: vec![],
         },
+        guard_actions: vec![],
     }
 }
 
@@ -3054,5 +3055,73 @@ fn every_reading_and_action_kind_has_a_distinct_documented_name() {
             "docs/reference.md names the action kind {}",
             k.as_str()
         );
+    }
+}
+
+#[test]
+fn an_active_root_back_after_the_guards_cancels_is_ended_not_cancelled_again() {
+    // a client that re-issues its locking statement after every cancel: pid 4711, active,
+    // holds up two sessions for 20 s; the guard cancelled it 3 and 1 minutes ago
+    let root = c(4711, "active", 20);
+    let started = root.backend_start.unwrap();
+    let mut i = with(vec![root, c(20, "active", 20), c(21, "active", 20)]);
+    i.lock_waits = vec![wait(20, &[4711], 20), wait(21, &[4711], 20)];
+    let cancel = |ago_s: i64| GuardAction {
+        at: NOW - ago_s * SECOND,
+        pid: 4711,
+        backend_start: started,
+        rule: "blocker_cancel".into(),
+        dry_run: false,
+    };
+    i.guard_actions = vec![cancel(180), cancel(60)];
+    let fs = diagnose(&i);
+    let l = one(&fs, "locks");
+    assert_eq!(l.reading, Some(Reading::RootReturns), "{l:#?}");
+    assert_eq!(l.culprit, Some(Culprit::Session(4711)));
+    assert_eq!(l.action_kind, ActionKind::EndSession);
+    assert_eq!(action(l), "SELECT pg_terminate_backend(4711);");
+    // a 20 s wait is info for a first pile-up; back after a cancel, it is a warning
+    assert_eq!(l.status, Status::Warning);
+    assert!(
+        l.finding.contains("2 times, the last 60s ago"),
+        "{}",
+        l.finding
+    );
+    assert!(
+        l.evidence.contains("blocker_terminate_after is off"),
+        "{}",
+        l.evidence
+    );
+    assert_eq!(
+        fs[0].reading,
+        Some(Reading::RootReturns),
+        "the incident row"
+    );
+    // with the escalation on, the row says the guard ends it by itself
+    i.guard.policy.cancel_active_blockers = true;
+    i.guard.policy.blocker_terminate_after = 5 * 60 * SECOND;
+    assert!(one(&diagnose(&i), "locks")
+        .evidence
+        .contains("blocker_terminate_after (5min) ends it by itself"));
+    // the cancels must be this session's, real, within the window, and a root blocker's
+    for other in [
+        GuardAction {
+            backend_start: started - SECOND,
+            ..cancel(60)
+        },
+        GuardAction {
+            dry_run: true,
+            ..cancel(60)
+        },
+        GuardAction {
+            rule: "manual_cancel".into(),
+            ..cancel(60)
+        },
+        cancel(2 * 3600),
+    ] {
+        i.guard_actions = vec![other.clone()];
+        let l = one(&diagnose(&i), "locks").clone();
+        assert_eq!(l.reading, Some(Reading::RootBlocker), "{other:?}: {l:#?}");
+        assert_eq!(action(&l), "SELECT pg_cancel_backend(4711);", "{other:?}");
     }
 }
