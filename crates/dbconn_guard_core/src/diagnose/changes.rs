@@ -1015,7 +1015,9 @@ pub(super) fn steady_churn(c: &Ctx) -> Option<SteadyChurn> {
     // who: the group whose sessions are mostly young now (a session per request lives for
     // well under CHURN_YOUNG_SECS), the caller's own session aside
     let young_since = c.now.saturating_sub((CHURN_YOUNG_SECS * 1e6) as Micros);
-    let mut by_group: BTreeMap<(Option<&str>, Option<&str>), (i64, i64)> = BTreeMap::new();
+    // (application, user) -> (young sessions, all sessions)
+    type AppUser<'a> = (Option<&'a str>, Option<&'a str>);
+    let mut by_group: BTreeMap<AppUser, (i64, i64)> = BTreeMap::new();
     for b in c.clients.iter().filter(|b| b.pid != c.i.caller.pid) {
         let e = by_group
             .entry((b.application_name.as_deref(), b.usename.as_deref()))
