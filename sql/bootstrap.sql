@@ -56,14 +56,19 @@ CREATE TABLE terminations (
     rule text NOT NULL CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel', 'lock_queue_cancel', 'blocker_terminate', 'budget')),
     dry_run boolean NOT NULL,
     actor text NOT NULL,
-    worker_cycle bigint
+    worker_cycle bigint,
+    query text,
+    query_id bigint,
+    held_up integer,
+    held_up_seconds double precision,
+    held_up_lock text
 );
 CREATE INDEX terminations_terminated_at_idx ON terminations (terminated_at);
 SELECT pg_catalog.pg_extension_config_dump('terminations', '');
 SELECT pg_catalog.pg_extension_config_dump('terminations_id_seq', '');
 
 COMMENT ON TABLE terminations IS
-  'Every session ended (or, with dry_run, that would have been ended) by the dbconn_guard worker or by terminate_idle(): who, what state for how long, which rule, and who acted (worker, with its cycle number, or manual:<role>).';
+  'Every session ended (or, with dry_run, that would have been ended) by the dbconn_guard worker or by terminate_idle(): who, what state for how long, which rule, and who acted (worker, with its cycle number, or manual:<role>); what the session was doing: its last statement (query, within track_activity_query_size) and query_id (when compute_query_id computes one); and what it held up when acted on: held_up sessions waiting on it, directly or behind one that does, the longest of their waits (held_up_seconds) and the lock its longest-waiting direct waiter asked for (held_up_lock). NULL in rows written before 0.2.0.';
 
 -- The admin role. It is handed pg_signal_backend and pg_read_all_stats, so CREATE EXTENSION
 -- never hands them to a role it did not make: a dbconn_guard_admin that already exists is

@@ -13,6 +13,17 @@ ALTER TABLE terminations ADD CONSTRAINT terminations_rule_check
     CHECK (rule IN ('idle_timeout', 'idle_in_transaction_timeout', 'manual', 'transaction_timeout', 'blocker_timeout', 'blocker_cancel', 'manual_cancel', 'lock_queue_cancel', 'blocker_terminate', 'budget')) NOT VALID;
 ALTER TABLE terminations VALIDATE CONSTRAINT terminations_rule_check;
 
+-- The audit says what the session was doing, and what it held up (issue 20 §4); NULL in the
+-- rows written before
+ALTER TABLE terminations
+    ADD COLUMN query text,
+    ADD COLUMN query_id bigint,
+    ADD COLUMN held_up integer,
+    ADD COLUMN held_up_seconds double precision,
+    ADD COLUMN held_up_lock text;
+COMMENT ON TABLE terminations IS
+  'Every session ended (or, with dry_run, that would have been ended) by the dbconn_guard worker or by terminate_idle(): who, what state for how long, which rule, and who acted (worker, with its cycle number, or manual:<role>); what the session was doing: its last statement (query, within track_activity_query_size) and query_id (when compute_query_id computes one); and what it held up when acted on: held_up sessions waiting on it, directly or behind one that does, the longest of their waits (held_up_seconds) and the lock its longest-waiting direct waiter asked for (held_up_lock). NULL in rows written before 0.2.0.';
+
 -- The background worker is the only writer of the audit: admins read it.
 REVOKE INSERT, DELETE ON terminations FROM dbconn_guard_admin;
 REVOKE USAGE ON SEQUENCE terminations_id_seq FROM dbconn_guard_admin;
@@ -368,3 +379,62 @@ BEGIN
     END IF;
 END
 $$;
+
+-- which statements keep causing pile-ups (issue 20 §4): the audit rows of sessions that held
+-- others up when acted on, by query_id (by the statement's text when none was computed); per
+-- hour as a view (Grafana: WHERE $__timeFilter(hour)), and for any window as a function. The
+-- audit's readers only: the texts are every role's
+CREATE VIEW top_blockers AS
+SELECT pg_catalog.date_trunc('hour', t.terminated_at) AS hour,
+       t.query_id,
+       (pg_catalog.array_agg(t.query ORDER BY t.terminated_at DESC))[1] AS query,
+       pg_catalog.count(*) AS acted_on,
+       pg_catalog.count(*) FILTER (WHERE t.dry_run) AS dry_run,
+       pg_catalog.sum(t.held_up) AS sessions_held_up,
+       pg_catalog.max(t.held_up_seconds) AS longest_held_up_seconds,
+       (pg_catalog.array_agg(t.held_up_lock ORDER BY t.held_up DESC, t.terminated_at DESC))[1] AS held_up_lock,
+       pg_catalog.array_agg(DISTINCT t.rule) AS rules,
+       pg_catalog.array_agg(DISTINCT t.application_name) AS applications,
+       pg_catalog.array_agg(DISTINCT t.usename) AS users,
+       pg_catalog.min(t.terminated_at) AS first_acted,
+       pg_catalog.max(t.terminated_at) AS last_acted
+  FROM @extschema@.terminations t
+ WHERE t.held_up OPERATOR(pg_catalog.>) 0
+ GROUP BY 1, t.query_id, CASE WHEN t.query_id IS NULL THEN t.query END;
+GRANT SELECT ON top_blockers TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON VIEW top_blockers IS
+  'Which statements keep causing pile-ups: per hour, the audit rows (dbconn_guard.terminations) of sessions that held others up when the guard acted on them, grouped by query_id (by the statement''s text where none was computed): how often it was acted on (dry_run of them in a dry run), the sessions it held up in all, the longest of their waits and the lock, which rules acted, the applications and users, and when. For the audit''s readers.';
+
+CREATE FUNCTION top_blockers_between(since timestamp with time zone,
+                                     until timestamp with time zone DEFAULT 'infinity')
+RETURNS TABLE (query_id bigint, query text, acted_on bigint, dry_run bigint,
+               sessions_held_up bigint, longest_held_up_seconds double precision,
+               held_up_lock text, rules text[], applications text[], users text[],
+               first_acted timestamp with time zone, last_acted timestamp with time zone)
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT t.query_id,
+       (pg_catalog.array_agg(t.query ORDER BY t.terminated_at DESC))[1],
+       pg_catalog.count(*),
+       pg_catalog.count(*) FILTER (WHERE t.dry_run),
+       pg_catalog.sum(t.held_up),
+       pg_catalog.max(t.held_up_seconds),
+       (pg_catalog.array_agg(t.held_up_lock ORDER BY t.held_up DESC, t.terminated_at DESC))[1],
+       pg_catalog.array_agg(DISTINCT t.rule),
+       pg_catalog.array_agg(DISTINCT t.application_name),
+       pg_catalog.array_agg(DISTINCT t.usename),
+       pg_catalog.min(t.terminated_at),
+       pg_catalog.max(t.terminated_at)
+  FROM dbconn_guard.terminations t
+ WHERE t.held_up OPERATOR(pg_catalog.>) 0
+   AND t.terminated_at OPERATOR(pg_catalog.>=) since
+   AND t.terminated_at OPERATOR(pg_catalog.<=) until
+ GROUP BY t.query_id, CASE WHEN t.query_id IS NULL THEN t.query END
+ ORDER BY 5 DESC, 3 DESC, 12 DESC
+$$;
+REVOKE EXECUTE ON FUNCTION top_blockers_between(timestamp with time zone, timestamp with time zone) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION top_blockers_between(timestamp with time zone, timestamp with time zone)
+   TO dbconn_guard_admin, pg_read_all_stats;
+COMMENT ON FUNCTION top_blockers_between(timestamp with time zone, timestamp with time zone) IS
+  'Which statements kept causing pile-ups from since to until, most sessions held up first: the rows of the top_blockers view over that window as one row per statement (query_id, or its text where none was computed). Grafana: top_blockers_between($__timeFrom(), $__timeTo()). For the audit''s readers.';

@@ -154,6 +154,8 @@ struct Raw {
     database: pg_sys::Oid,
     user: pg_sys::Oid,
     addr: RawAddr,
+    /// `st_query_id`: 0 when not computed.
+    query_id: u64,
     app_len: usize,
     query_len: usize,
 }
@@ -248,6 +250,7 @@ unsafe fn read_entry(entry: *const pg_sys::PgBackendStatus, buf: &mut Buffers) -
                 database: read_volatile(addr_of!((*entry).st_databaseid)),
                 user: read_volatile(addr_of!((*entry).st_userid)),
                 addr: raw_addr(addr_of!((*entry).st_clientaddr)),
+                query_id: read_volatile(addr_of!((*entry).st_query_id)),
                 app_len: copy_cstr(
                     read_volatile(addr_of!((*entry).st_appname)).cast_const(),
                     &mut buf.app,
@@ -481,14 +484,21 @@ pub fn read_slot(slot: u32) -> Slot {
 /// `track_activity_query_size` buffer. A backend that is no longer the same session keeps no
 /// text; one whose details the caller may not see keeps `<insufficient privilege>`.
 pub fn read_queries(snapshot: &mut Snapshot, wanted: impl Fn(i32) -> bool) {
+    read_queries_of(
+        snapshot
+            .backends
+            .iter_mut()
+            .filter(|b| !b.is_hidden() && wanted(b.pid)),
+    );
+}
+
+/// `read_queries`, for the backends given (the worker's targets, for the audit).
+pub fn read_queries_of<'a>(backends: impl Iterator<Item = &'a mut Backend>) {
     let Some((base, slots)) = shared_array() else {
         return;
     };
     let mut buf = Buffers::new(true);
-    for b in snapshot.backends.iter_mut() {
-        if b.is_hidden() || !wanted(b.pid) {
-            continue;
-        }
+    for b in backends {
         let Some(slot) = b.slot.filter(|&s| (s as usize) < slots) else {
             continue;
         };
@@ -567,6 +577,7 @@ impl Describer {
             query_start: ts(be.query_start),
             state_change: ts(be.state_change),
             query: None,
+            query_id: (be.query_id != 0).then_some(be.query_id as i64),
             is_superuser,
         }
     }

@@ -30,6 +30,7 @@
 //! the table once it can.
 
 use crate::backend_status::{self, Slot};
+use crate::core::blocking::{self, LockWait};
 use crate::core::policy::{self, Policy, Rule, Scope, Target};
 use crate::core::quote::{quoted, quoted_or};
 use crate::core::recheck::{self, Fresh, Verdict};
@@ -219,15 +220,19 @@ const LOCK_AUDIT: &str = "LOCK TABLE dbconn_guard.terminations IN ROW EXCLUSIVE 
 
 const RECORD: &str = "INSERT INTO dbconn_guard.terminations \
      (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
-      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle) \
-     VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8, $9, $10, $11, $12, $13) \
+      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle, \
+      query, query_id, held_up, held_up_seconds, held_up_lock) \
+     VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8, $9, $10, $11, $12, $13, \
+      $14, $15, $16, $17, $18) \
      RETURNING id";
 
 /// A record kept in memory while the table could not be locked, written at a later check.
 const RECORD_LATER: &str = "INSERT INTO dbconn_guard.terminations \
      (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
-      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle) \
-     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.inet, $7, $8, $9, $10, $11, $12, $13, $14)";
+      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle, \
+      query, query_id, held_up, held_up_seconds, held_up_lock) \
+     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.inet, $7, $8, $9, $10, $11, $12, $13, $14, \
+      $15, $16, $17, $18, $19)";
 
 /// Rows by id *and* the pid they record: an id alone could name another row.
 const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
@@ -345,6 +350,28 @@ fn may_signal(caller: pg_sys::Oid, target: Option<&str>) -> bool {
 /// Records, then ends (or in a dry run only records) each target still unchanged; see the
 /// module comment for the order and guarantees. `judged_at` is when the targets were read.
 /// Runs in the background worker, outside any transaction.
+/// What the audit rows of `targets` say besides the session: what each holds up now, by
+/// `graph` (the lock graph read in this transaction), on which relation (named here, where
+/// catalog access is allowed), and its last statement and query id, re-read from its own status
+/// entry (only the targets' texts are copied, never every session's).
+pub fn describe_for_audit<'a>(
+    targets: impl Iterator<Item = &'a mut Target>,
+    graph: &[LockWait],
+    now: Micros,
+) {
+    let mut backends = Vec::new();
+    for t in targets {
+        t.holds = blocking::held_up(graph, t.backend.pid, now);
+        if let Some(l) = t.holds.lock.as_mut() {
+            if let Some((mode, rel)) = l.split_once(" on relation ") {
+                *l = format!("{mode} on relation {}", locks::relation_label(rel));
+            }
+        }
+        backends.push(&mut t.backend);
+    }
+    backend_status::read_queries_of(backends.into_iter());
+}
+
 pub fn carry_out(
     targets: &[Target],
     judged_at: Micros,
@@ -446,7 +473,8 @@ pub fn carry_out(
                 let b = &t.backend;
                 let state_age = age_seconds(judged_at, b.state_change).unwrap_or(0.0);
                 let text = |v: Option<&str>| v.map(DbText::from);
-                let rec: [DatumWithOid; 13] = [
+                let h = &t.holds;
+                let rec: [DatumWithOid; 18] = [
                     b.pid.into(),
                     text(b.usename.as_deref()).into(),
                     text(b.datname.as_deref()).into(),
@@ -460,6 +488,11 @@ pub fn carry_out(
                     dry_run.into(),
                     text(Some(label.as_str())).into(),
                     actor.cycle().into(),
+                    text(b.query.as_deref()).into(),
+                    b.query_id.into(),
+                    (h.sessions.min(i32::MAX as usize) as i32).into(),
+                    (h.sessions > 0).then_some(h.longest_wait_s).into(),
+                    text(h.lock.as_deref()).into(),
                 ];
                 let row = xact::subtransaction(|| {
                     client
@@ -775,7 +808,7 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
             client.update(LOCK_AUDIT, None, &[])?;
             for r in &pending {
                 let text = |t: Option<String>| t.map(DbText);
-                let rec: [DatumWithOid; 14] = [
+                let rec: [DatumWithOid; 19] = [
                     ts(r.at).into(),
                     r.pid.into(),
                     text(r.usename.opt()).into(),
@@ -795,6 +828,11 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
                     r.dry_run.into(),
                     text(r.actor.opt()).into(),
                     (r.cycle >= 0).then_some(r.cycle).into(),
+                    text(r.query.opt()).into(),
+                    (r.query_id != 0).then_some(r.query_id).into(),
+                    r.held_up.into(),
+                    (r.held_up > 0).then(|| r.held_up_ms as f64 / 1000.0).into(),
+                    text(r.held_up_lock.opt()).into(),
                 ];
                 client.update(RECORD_LATER, None, &rec)?;
             }
@@ -1019,6 +1057,11 @@ fn remember(
         state: FixedText::empty(),
         rule: FixedText::empty(),
         actor: FixedText::empty(),
+        query: FixedText::from_opt(b.query.as_deref()),
+        query_id: b.query_id.unwrap_or(0),
+        held_up: t.holds.sessions.min(i32::MAX as usize) as i32,
+        held_up_ms: (t.holds.longest_wait_s * 1000.0) as i64,
+        held_up_lock: FixedText::from_opt(t.holds.lock.as_deref()),
     };
     rec.state.set(b.state.unwrap_or(""));
     rec.rule.set(t.rule.as_str());

@@ -153,11 +153,19 @@ fn carry_out(
                         queued: None,
                         left_to_lock_queue_rule: Vec::new(),
                         budget: None,
+                        holds: Default::default(),
                     },
                 ));
             } else {
                 outcomes[k] = Outcome::Spared(Verdict::Changed);
             }
+        }
+        if !targets.is_empty() {
+            crate::guard::describe_for_audit(
+                targets.iter_mut().map(|(_, t)| t),
+                &crate::locks::lock_graph(),
+                now,
+            );
         }
         (now, targets)
     });

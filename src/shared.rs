@@ -19,6 +19,10 @@ pub const PENDING: usize = 512;
 /// (`max_terminations_per_cycle` is capped at this) or of a `terminate_idle()` round trip.
 pub const WITHDRAW: usize = 1024;
 const TEXT: usize = 64;
+/// A recorded session's last statement, as the audit keeps it (in memory until written): up to
+/// PostgreSQL's default `track_activity_query_size`.
+pub const QUERY_TEXT: usize = 1024;
+const LOCK_TEXT: usize = 128;
 const ERROR_TEXT: usize = 512;
 pub const POLICY_TEXT: usize = 8192;
 
@@ -135,6 +139,14 @@ pub struct TerminationRecord {
     pub state: FixedText<32>,
     pub rule: FixedText<32>,
     pub actor: FixedText<TEXT_ACTOR>,
+    /// Its last statement (truncated to `QUERY_TEXT` bytes here; the audit row written at once
+    /// keeps it whole), and `query_id` (0: none).
+    pub query: FixedText<QUERY_TEXT>,
+    pub query_id: i64,
+    /// The sessions it held up when acted on, the longest of their waits, and on which lock.
+    pub held_up: i32,
+    pub held_up_ms: i64,
+    pub held_up_lock: FixedText<LOCK_TEXT>,
 }
 
 impl TerminationRecord {
@@ -156,6 +168,11 @@ impl TerminationRecord {
             state: FixedText::empty(),
             rule: FixedText::empty(),
             actor: FixedText::empty(),
+            query: FixedText::empty(),
+            query_id: 0,
+            held_up: 0,
+            held_up_ms: 0,
+            held_up_lock: FixedText::empty(),
         }
     }
 }

@@ -938,6 +938,19 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
                 *r = locks::relation_label(r);
             }
         }
+        // for the audit: what each target holds up (from the lock graph, read here when the
+        // rules did not read it: only when there is someone to act on), on which relation,
+        // and its last statement, re-read from its own status entry
+        if !out.targets.is_empty() {
+            let read_now;
+            let graph = if pol.watches_locks() {
+                &waits
+            } else {
+                read_now = locks::lock_graph();
+                &read_now
+            };
+            guard::describe_for_audit(out.targets.iter_mut(), graph, judged_at);
+        }
         out.deferred = plan.deferred as i64;
         // a back-off that ends wakes nobody: its session is judged again at the first check
         // after it (at most a naptime, or the shortest timeout, later), so sessions spared at

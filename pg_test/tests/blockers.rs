@@ -50,7 +50,13 @@ fn finished_ok(h: Finished, what: &str) {
 fn the_idle_root_of_a_pile_up_is_ended_once_its_waits_are_old_and_only_the_root() {
     let mut a = guard_admin();
     table(&mut a);
-    alter_system(&mut a, &[("dbconn_guard.blocker_timeout", "2s")]);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.blocker_timeout", "2s"),
+            ("compute_query_id", "on"),
+        ],
+    );
     // the root: idle in the transaction that holds row 1
     let (mut root_c, root) = idle_in_transaction_as(APP_ROLE, "it_b_root");
     root_c.batch_execute(&update(1)).unwrap();
@@ -78,6 +84,46 @@ fn the_idle_root_of_a_pile_up_is_ended_once_its_waits_are_old_and_only_the_root(
     assert_eq!(rows[0].0, "blocker_timeout");
     assert!(!rows[0].1, "not a dry run");
     assert_eq!(rows[0].2, "worker");
+    // the audit says what the root last ran and what it held up: two sessions (the second
+    // behind the first), for as long as the rule waited, on the first's row lock
+    let r = a
+        .query_one(
+            "SELECT query, query_id, held_up, held_up_seconds, held_up_lock FROM dbconn_guard.terminations WHERE pid = $1",
+            &[&root],
+        )
+        .unwrap();
+    let query: Option<String> = r.get(0);
+    let query_id: Option<i64> = r.get(1);
+    let held_up: Option<i32> = r.get(2);
+    let held_for: Option<f64> = r.get(3);
+    let lock: Option<String> = r.get(4);
+    assert_eq!(query.as_deref(), Some(update(1).as_str()));
+    assert!(query_id.is_some(), "compute_query_id is on");
+    assert_eq!(held_up, Some(2));
+    assert!(
+        held_for.is_some_and(|s| (1.5..10.0).contains(&s)),
+        "{held_for:?}"
+    );
+    assert_eq!(lock.as_deref(), Some("ShareLock on transactionid"));
+    // which statement keeps causing this: by its query_id, over the window and per hour
+    let (acted_on, held): (i64, i64) = {
+        let r = a
+            .query_one(
+                "SELECT acted_on, sessions_held_up FROM dbconn_guard.top_blockers_between(now() - interval '1 hour') WHERE query_id = $1",
+                &[&query_id],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(acted_on >= 1 && held >= 2, "{acted_on} {held}");
+    let by_hour: i64 = a
+        .query_one(
+            "SELECT coalesce(sum(sessions_held_up), 0)::int8 FROM dbconn_guard.top_blockers WHERE query_id = $1 AND hour >= date_trunc('hour', now() - interval '1 hour')",
+            &[&query_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(by_hour, held);
     // the LOG line says how many it held up
     let log = std::fs::read_to_string(std::env::var("DBCONN_GUARD_TEST_LOG").unwrap()).unwrap();
     assert!(

@@ -93,6 +93,17 @@ fn idle_session_is_ended_and_logged() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "idle_timeout");
     assert!((2.0..3.0).contains(&rows[0].3), "{rows:?}");
+    // the audit says what it last ran, and that it held up nobody
+    let r = a
+        .query_one(
+            "SELECT query, held_up, held_up_seconds IS NULL AND held_up_lock IS NULL FROM dbconn_guard.terminations WHERE pid = $1",
+            &[&p],
+        )
+        .unwrap();
+    let (query, held_up, no_hold): (Option<String>, Option<i32>, bool) =
+        (r.get(0), r.get(1), r.get(2));
+    assert_eq!(query.as_deref(), Some("SELECT pg_backend_pid()"));
+    assert_eq!((held_up, no_hold), (Some(0), true));
     assert!(
         alive(&mut a, in_xact),
         "idle_in_transaction_timeout = 0 turns that rule off"

@@ -25,6 +25,63 @@ pub struct LockWait {
     pub leader_pid: i32,
 }
 
+/// What a session held up when it was judged, for the audit: the sessions waiting on it,
+/// directly or behind one that does (each session once, a parallel query's workers with their
+/// leader), how long the longest of them had waited, and the lock its longest-waiting direct
+/// waiter asks for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeldUp {
+    pub sessions: usize,
+    pub longest_wait_s: f64,
+    /// `RowExclusiveLock on relation orders`, `ShareLock on transactionid`, ...
+    pub lock: Option<String>,
+}
+
+/// What `pid` holds up in `waits` at `now`.
+pub fn held_up(waits: &[LockWait], pid: i32, now: Micros) -> HeldUp {
+    let waited = |w: &LockWait| w.wait_start.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+    // the blockers reached so far: `pid` and every session behind it (by any of its pids)
+    let mut blockers: BTreeSet<i32> = BTreeSet::from([pid]);
+    let mut sessions: BTreeSet<i32> = BTreeSet::new();
+    let mut longest: f64 = 0.0;
+    loop {
+        let mut grew = false;
+        for w in waits {
+            let s = w.session_pid();
+            if s == pid || w.pid == pid || !w.blocked_by.iter().any(|b| blockers.contains(b)) {
+                continue;
+            }
+            longest = longest.max(waited(w));
+            grew |= blockers.insert(w.pid) | blockers.insert(s);
+            sessions.insert(s);
+        }
+        if !grew {
+            break;
+        }
+    }
+    let lock = waits
+        .iter()
+        .filter(|w| w.session_pid() != pid && w.blocked_by.contains(&pid))
+        .max_by(|a, b| waited(a).total_cmp(&waited(b)).then(b.pid.cmp(&a.pid)))
+        .map(|w| {
+            let mut s = format!(
+                "{} on {}",
+                w.mode.as_deref().unwrap_or("a lock"),
+                w.locktype.as_deref().unwrap_or("an object")
+            );
+            if let Some(r) = &w.relation {
+                s.push(' ');
+                s.push_str(r);
+            }
+            s
+        });
+    HeldUp {
+        sessions: sessions.len(),
+        longest_wait_s: longest,
+        lock,
+    }
+}
+
 impl LockWait {
     /// The session this wait belongs to: its lock group's leader, or itself.
     pub fn session_pid(&self) -> i32 {
@@ -318,6 +375,52 @@ mod tests {
 
     fn pair_ids(ps: &[Pair]) -> Vec<(i32, i32)> {
         ps.iter().map(|p| (p.blocked_pid, p.blocking_pid)).collect()
+    }
+
+    #[test]
+    fn held_up_counts_each_session_behind_a_pid_once_with_its_longest_wait_and_lock() {
+        let at = |pid: i32, by: &[i32], waited_s: i64| LockWait {
+            wait_start: Some(1_000_000_000 - waited_s * 1_000_000),
+            mode: Some("RowExclusiveLock".into()),
+            locktype: Some("relation".into()),
+            relation: Some("orders".into()),
+            ..w(pid, by)
+        };
+        let now = 1_000_000_000;
+        // 10 holds up 20 and 21 directly, 30 behind 20 (and 10), and a parallel worker 41 of
+        // 40 behind 30; 50 waits on 60, not on 10; 10 itself waits on 70
+        let mut worker = at(41, &[30], 50);
+        worker.leader_pid = 40;
+        let waits = [
+            at(20, &[10], 30),
+            at(21, &[10], 5),
+            at(30, &[20, 10], 40),
+            at(40, &[30], 2),
+            worker,
+            at(50, &[60], 90),
+            at(10, &[70], 99),
+        ];
+        let h = held_up(&waits, 10, now);
+        assert_eq!(h.sessions, 4, "20, 21, 30 and 40 (with its worker): {h:?}");
+        assert_eq!(h.longest_wait_s, 50.0);
+        assert_eq!(
+            h.lock.as_deref(),
+            Some("RowExclusiveLock on relation orders")
+        );
+        // nobody behind it: nothing, and no lock
+        assert_eq!(held_up(&waits, 21, now), HeldUp::default());
+        // a cycle ends
+        let cycle = [at(1, &[2], 3), at(2, &[1], 4)];
+        assert_eq!(held_up(&cycle, 1, now).sessions, 1);
+        // a transaction id wait names no relation
+        let mut x = at(5, &[6], 1);
+        x.locktype = Some("transactionid".into());
+        x.mode = Some("ShareLock".into());
+        x.relation = None;
+        assert_eq!(
+            held_up(&[x], 6, now).lock.as_deref(),
+            Some("ShareLock on transactionid")
+        );
     }
 
     #[test]

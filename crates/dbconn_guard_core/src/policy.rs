@@ -6,7 +6,7 @@
 //! Sessions the caller has already handled (a dry run records a session once) are left out
 //! entirely: they count neither toward the cap nor toward the next deadline.
 
-use super::blocking::{self, LockWait};
+use super::blocking::{self, HeldUp, LockWait};
 use super::budgets::{self, Budgets, OverBudget};
 use super::overrides::Overrides;
 use super::patterns::PatternList;
@@ -286,6 +286,9 @@ pub struct Target {
     pub left_to_lock_queue_rule: Vec<i32>,
     /// The budget rule: the group over its budget.
     pub budget: Option<OverBudget>,
+    /// What it held up when it was acted on, for the audit (filled in by the worker from the
+    /// lock graph it read; empty when it read none).
+    pub holds: HeldUp,
 }
 
 /// A statement waiting in a lock queue, as the lock-queue rule judged it.
@@ -903,6 +906,7 @@ pub fn plan_with(
                     Vec::new()
                 },
                 budget: None,
+                holds: HeldUp::default(),
             });
         } else {
             out.next_deadline = Some(
@@ -946,6 +950,7 @@ pub fn plan_with(
             queued: None,
             left_to_lock_queue_rule: Vec::new(),
             budget: Some(over),
+            holds: HeldUp::default(),
         }));
     }
     expired.sort_by(|a, b| {

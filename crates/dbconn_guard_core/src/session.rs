@@ -51,6 +51,9 @@ pub struct Backend {
     pub query_start: Option<Micros>,
     pub state_change: Option<Micros>,
     pub query: Option<String>,
+    /// `pg_stat_activity.query_id` (PostgreSQL computes it when `compute_query_id` is on, or
+    /// `auto` with a module that asks for it): `None` when 0 or not read.
+    pub query_id: Option<i64>,
     /// Whether the session's role is a superuser; `None` when unknown (treated as protected).
     pub is_superuser: Option<bool>,
 }
