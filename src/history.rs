@@ -43,6 +43,9 @@ struct Fixed {
     groups: u32,
     new_connections: u32,
     ended_sessions: u32,
+    top_root_pid: i32,
+    top_root_held_up: u32,
+    top_root_query_id: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -222,6 +225,9 @@ pub fn append(sample: &Sample) {
         groups: sample.groups.len().min(room) as u32,
         new_connections: sample.new_connections,
         ended_sessions: sample.ended_sessions,
+        top_root_pid: sample.top_root_pid,
+        top_root_held_up: sample.top_root_held_up,
+        top_root_query_id: sample.top_root_query_id,
     };
     unsafe {
         let s = slot(h, n);
@@ -350,6 +356,9 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
         new_connections: f.new_connections,
         ended_sessions: f.ended_sessions,
         churn_carry: 0,
+        top_root_pid: f.top_root_pid,
+        top_root_held_up: f.top_root_held_up,
+        top_root_query_id: f.top_root_query_id,
         groups,
     })
 }
@@ -357,13 +366,13 @@ unsafe fn read_one(h: &Header, n: u64, with_groups: bool) -> Option<Sample> {
 #[cfg(test)]
 mod layout {
     /// The sizes docs/reference.md gives for the ring (and the cluster test checks against
-    /// `pg_shmem_allocations`): 32 bytes, and 152 + 224 × (history_groups + 1) per sample.
+    /// `pg_shmem_allocations`): 32 bytes, and 168 + 224 × (history_groups + 1) per sample.
     #[test]
     fn ring_layout_is_as_documented() {
         assert_eq!(super::align8(size_of::<super::Header>()), 32);
-        assert_eq!(size_of::<super::SlotHead>(), 152);
+        assert_eq!(size_of::<super::SlotHead>(), 168);
         assert_eq!(size_of::<super::Entry>(), 224);
-        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (152 + 224 * 17));
+        assert_eq!(super::ring_bytes(8640, 16), 32 + 8640 * (168 + 224 * 17));
         assert_eq!(super::ring_bytes(0, 16), 0);
     }
 }

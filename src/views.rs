@@ -621,7 +621,7 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
 }
 
 /// The `history` view's columns: 15 of the server, one per rule, the leak suspects, the churn.
-const HISTORY_COLUMNS: usize = 18 + crate::core::policy::RULES;
+const HISTORY_COLUMNS: usize = 21 + crate::core::policy::RULES;
 
 /// Rows of the `history` view: every sample of the ring, oldest first; of
 /// `history_between(since, until)`: those in the range.
@@ -658,6 +658,14 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history(
         row.push(int8(s.leak_suspect_groups));
         row.push(int8(s.new_connections));
         row.push(int8(s.ended_sessions));
+        // the largest pile-up's root (NULL: none), and its statement's query id (NULL: none)
+        row.push((s.top_root_pid != 0).then_some(s.top_root_pid).into_datum());
+        row.push(int8(s.top_root_held_up));
+        row.push(
+            (s.top_root_query_id != 0)
+                .then_some(s.top_root_query_id)
+                .into_datum(),
+        );
         let row: [Cell; HISTORY_COLUMNS] = match row.try_into() {
             Ok(r) => r,
             Err(_) => unreachable!("a history row has HISTORY_COLUMNS cells"),
@@ -740,7 +748,10 @@ CREATE FUNCTION _history(
     OUT terminated_budget bigint,
     OUT leak_suspect_groups bigint,
     OUT new_connections bigint,
-    OUT ended_sessions bigint)
+    OUT ended_sessions bigint,
+    OUT top_root_pid integer,
+    OUT top_root_held_up bigint,
+    OUT top_root_query_id bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'dbconn_guard_history';

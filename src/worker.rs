@@ -1080,8 +1080,16 @@ fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
     };
     let connections_total = state.connections_at_read;
     let previous_churn = SHARED.share().previous_churn;
+    let lock_wait_starts = locks::wait_starts();
+    // the largest pile-up's root, from the lock graph, read only when something waits
+    let largest_root = if lock_wait_starts.is_empty() {
+        None
+    } else {
+        crate::core::blocking::largest_root(&locks::lock_graph())
+    };
     let extra = Extra {
-        lock_wait_starts: locks::wait_starts(),
+        lock_wait_starts,
+        largest_root,
         terminations: ByRule::since(by_rule, sampled),
         leak_suspect_groups: 0,
         churn: previous_churn.map(|(total, clients, carry)| Churn {

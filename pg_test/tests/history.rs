@@ -25,7 +25,13 @@ fn next_samples(a: &mut Client, n: i64) -> String {
 #[test]
 fn a_sample_counts_real_sessions_by_state_and_lock_waits() {
     let mut a = guard_admin();
-    alter_system(&mut a, &[("dbconn_guard.sample_interval", "1s")]);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.sample_interval", "1s"),
+            ("compute_query_id", "on"),
+        ],
+    );
     let idle: Vec<_> = (0..3).map(|_| stale_idle("it_h_idle")).collect();
     let (_iit, _) = idle_in_transaction_as(APP_ROLE, "it_h_iit");
     let mut ab = connect_as(APP_ROLE, "it_h_iit");
@@ -35,9 +41,18 @@ fn a_sample_counts_real_sessions_by_state_and_lock_waits() {
     a.batch_execute("DROP TABLE IF EXISTS it_h_lock; CREATE TABLE it_h_lock(i int)")
         .unwrap();
     let mut holder = connect_as("postgres", "it_h_holder");
+    holder.batch_execute("BEGIN").unwrap();
     holder
-        .batch_execute("BEGIN; LOCK TABLE it_h_lock IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("LOCK TABLE it_h_lock IN ACCESS EXCLUSIVE MODE")
         .unwrap();
+    let holder_pid = pid(&mut holder);
+    let holder_query_id: i64 = a
+        .query_one(
+            "SELECT query_id FROM pg_stat_activity WHERE pid = $1",
+            &[&holder_pid],
+        )
+        .unwrap()
+        .get(0);
     let (waiter, h) = in_background("it_h_waiter", "", "SELECT count(*) FROM it_h_lock");
     wait_for_lock_waits(&mut a, &[waiter]);
     thread::sleep(Duration::from_millis(1100));
@@ -93,6 +108,35 @@ fn a_sample_counts_real_sessions_by_state_and_lock_waits() {
         .unwrap()
         .get(0);
     assert_eq!(g, 3);
+    // the largest pile-up's root: the holder, one waiter, and the query id pg_stat_activity
+    // shows for it (its latest statement's)
+    let (top_pid, top_held, top_query_id): (Option<i32>, i64, Option<i64>) = {
+        let r = a
+            .query_one(
+                &format!(
+                    "SELECT top_root_pid, top_root_held_up, top_root_query_id FROM dbconn_guard.history \
+                      WHERE time > '{t0}' ORDER BY time LIMIT 1"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((top_pid, top_held), (Some(holder_pid), 1));
+    assert_eq!(
+        top_query_id,
+        Some(holder_query_id),
+        "compute_query_id is on"
+    );
+    // top_blockers counts the samples in which the statement was the top root
+    let samples: i64 = a
+        .query_one(
+            "SELECT samples_as_top_root FROM dbconn_guard.top_blockers_between(now() - interval '1 hour') WHERE query_id = $1",
+            &[&top_query_id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(samples >= 1, "{samples}");
     let mismatched: i64 = a
         .query_one(
             "SELECT count(*) FROM dbconn_guard.history h \
@@ -389,7 +433,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         .unwrap()
         .get(0);
     assert_eq!(most, 2);
-    // the memory it takes, as docs/reference.md gives it: 32 + samples × (152 + 224 × (groups + 1))
+    // the memory it takes, as docs/reference.md gives it: 32 + samples × (168 + 224 × (groups + 1))
     let size: i64 = c
         .query_one(
             "SELECT size FROM pg_shmem_allocations WHERE name = 'dbconn_guard history'",
@@ -397,7 +441,7 @@ fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(size, 32 + 4 * (152 + 224 * 2));
+    assert_eq!(size, 32 + 4 * (168 + 224 * 2));
     others.clear();
 }
 

@@ -203,6 +203,17 @@ pub struct Chain {
     pub root_blocked_count: i64,
 }
 
+/// The root of the largest pile-up in `waits` and how many sessions it holds up (a tie: the
+/// lower pid): what the history keeps of each sample's lock waits.
+pub fn largest_root(waits: &[LockWait]) -> Option<(i32, u32)> {
+    chains(waits).first().and_then(|c| {
+        Some((
+            c.root_pid?,
+            c.root_blocked_count.clamp(0, i64::from(u32::MAX)) as u32,
+        ))
+    })
+}
+
 /// For every waiting backend, each root blocker it ultimately waits for, with depth and path.
 ///
 /// Ordered so the first row answers "which one session do I end?": largest
@@ -421,6 +432,22 @@ mod tests {
             held_up(&[x], 6, now).lock.as_deref(),
             Some("ShareLock on transactionid")
         );
+    }
+
+    #[test]
+    fn the_largest_root_holds_up_the_most_sessions() {
+        // 10 holds up 20 and 30 (behind 20); 40 holds up 50; 60 and 61 wait on each other
+        let waits = [
+            w(20, &[10]),
+            w(30, &[20]),
+            w(50, &[40]),
+            w(60, &[61]),
+            w(61, &[60]),
+        ];
+        assert_eq!(largest_root(&waits), Some((10, 2)));
+        assert_eq!(largest_root(&waits[2..]), Some((40, 1)));
+        assert_eq!(largest_root(&waits[3..]), None, "a cycle has no root");
+        assert_eq!(largest_root(&[]), None);
     }
 
     #[test]

@@ -153,6 +153,11 @@ pub struct Sample {
     pub ended_sessions: u32,
     /// The churn's carry for the next sample (`Churn::carry`; not kept in the history).
     pub churn_carry: u32,
+    /// The root of the largest lock pile-up at the sample: its pid (0: none), how many
+    /// sessions it held up, and its statement's `query_id` (0: none computed).
+    pub top_root_pid: i32,
+    pub top_root_held_up: u32,
+    pub top_root_query_id: i64,
     /// The top groups by connections, largest first, then the remainder (when there is one):
     /// their counts add up to `clients`.
     pub groups: Vec<GroupSample>,
@@ -168,6 +173,9 @@ pub struct Extra {
     /// Client connections that authenticated since the server started, and the previous
     /// sample's count of it and of client backends (None: no previous sample).
     pub churn: Option<Churn>,
+    /// The root of the largest lock pile-up and how many it held up (`blocking::largest_root`;
+    /// None: no pile-up, or the lock graph was not read).
+    pub largest_root: Option<(i32, u32)>,
 }
 
 /// What the churn of a sample is worked out from.
@@ -289,6 +297,13 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
     let churn = extra
         .churn
         .map_or((0, 0, 0), |c| c.since_previous(churn_clients(&clients)));
+    let (top_root_pid, top_root_held_up) = extra.largest_root.unwrap_or((0, 0));
+    let top_root_query_id = snapshot
+        .backends
+        .iter()
+        .find(|b| top_root_pid != 0 && b.pid == top_root_pid)
+        .and_then(|b| b.query_id)
+        .unwrap_or(0);
     Sample {
         time: now,
         clients,
@@ -305,6 +320,9 @@ pub fn take(snapshot: &Snapshot, limits: Limits, extra: &Extra, top: usize) -> S
         new_connections: churn.0,
         ended_sessions: churn.1,
         churn_carry: churn.2,
+        top_root_pid,
+        top_root_held_up,
+        top_root_query_id,
         groups: out,
     }
 }
@@ -464,8 +482,16 @@ mod tests {
             },
             leak_suspect_groups: 4,
             churn: None,
+            largest_root: Some((1, 2)),
         };
+        // the root's statement has a query id
+        let mut snap = snap;
+        snap.backends[0].query_id = Some(-42);
         let s = take(&snap, limits(), &extra, 2);
+        assert_eq!(
+            (s.top_root_pid, s.top_root_held_up, s.top_root_query_id),
+            (1, 2, -42)
+        );
         assert_eq!(
             s.clients,
             StateCounts {
