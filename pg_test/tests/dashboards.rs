@@ -119,6 +119,8 @@ fn scenario(a: &mut Client) -> Scenario {
         &[
             ("dbconn_guard.sample_interval", "1s"),
             ("dbconn_guard.idle_in_transaction_timeout", "2s"),
+            // the history names the pile-up's root statement by its query id
+            ("compute_query_id", "on"),
         ],
     );
     // a leak: three idle sessions of one client
@@ -262,6 +264,10 @@ fn check_table(title: &str, rows: &[postgres::Row], ended_pid: i32) {
                 && r.get::<_, String>("rule") == "idle_in_transaction_timeout"
         }),
         "Worker" => has("running worker", &|r| r.get::<_, bool>("running")),
+        "Top blockers" => has("pile-up's root in the history", &|r| {
+            r.get::<_, i64>("samples_as_top_root") >= 1
+                && r.get::<_, Option<i64>>("most_held_up_in_a_sample") == Some(2)
+        }),
         other => panic!("table panel {other} has no expectation in this test"),
     }
 }
