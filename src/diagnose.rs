@@ -82,6 +82,8 @@ fn read(slow_query_age: Option<f64>) -> Input {
                 backend_start: r.backend_start,
                 rule: r.rule.opt().unwrap_or_default(),
                 dry_run: r.dry_run,
+                query_id: r.query_id,
+                query: r.query.opt(),
             })
             .collect()
     } else {

@@ -347,31 +347,43 @@ fn may_signal(caller: pg_sys::Oid, target: Option<&str>) -> bool {
     }
 }
 
-/// Records, then ends (or in a dry run only records) each target still unchanged; see the
-/// module comment for the order and guarantees. `judged_at` is when the targets were read.
-/// Runs in the background worker, outside any transaction.
 /// What the audit rows of `targets` say besides the session: what each holds up now, by
-/// `graph` (the lock graph read in this transaction), on which relation (named here, where
-/// catalog access is allowed), and its last statement and query id, re-read from its own status
-/// entry (only the targets' texts are copied, never every session's).
+/// `graph` (the lock graph read in this transaction, indexed once), on which relation (named
+/// here, where catalog access is allowed, in a subtransaction: a failure leaves the relation's
+/// oid and is logged, and never stops the check), and its last statement, re-read from its own
+/// status entry (only the targets' texts are copied, never every session's; none with
+/// `dbconn_guard.audit_query_text` off). Runs in the worker's check transaction.
 pub fn describe_for_audit<'a>(
     targets: impl Iterator<Item = &'a mut Target>,
     graph: &[LockWait],
     now: Micros,
 ) {
+    let index = blocking::HeldUpIndex::new(graph);
     let mut backends = Vec::new();
     for t in targets {
-        t.holds = blocking::held_up(graph, t.backend.pid, now);
+        t.holds = index.held_up(t.backend.pid, now);
         if let Some(l) = t.holds.lock.as_mut() {
             if let Some((mode, rel)) = l.split_once(" on relation ") {
-                *l = format!("{mode} on relation {}", locks::relation_label(rel));
+                match xact::subtransaction(|| locks::relation_label(rel)) {
+                    Ok(name) => *l = format!("{mode} on relation {name}"),
+                    Err(f) => log!("dbconn_guard: the relation of a lock stays unnamed: {f}"),
+                }
             }
         }
         backends.push(&mut t.backend);
     }
-    backend_status::read_queries_of(backends.into_iter());
+    if guc::AUDIT_QUERY_TEXT.get() {
+        backend_status::read_queries_of(backends.into_iter());
+    } else {
+        for b in backends {
+            b.query = None;
+        }
+    }
 }
 
+/// Records, then ends (or in a dry run only records) each target still unchanged; see the
+/// module comment for the order and guarantees. `judged_at` is when the targets were read.
+/// Runs in the background worker, outside any transaction.
 pub fn carry_out(
     targets: &[Target],
     judged_at: Micros,

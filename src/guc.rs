@@ -76,6 +76,7 @@ pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(
 pub static NAPTIME: GucSetting<f64> = GucSetting::<f64>::new(10.0);
 pub static LEAK_TREND_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
 pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+pub static AUDIT_QUERY_TEXT: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Seconds between two samples of the history.
 pub static SAMPLE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 // PGC_POSTMASTER: the history ring's size in shared memory (24 h at the default interval).
@@ -386,7 +387,7 @@ const fn timeout(
 }
 
 /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 46] = [
+pub static SETTINGS: [Setting; 47] = [
     percent(
         c"dbconn_guard.warning_pct",
         c"Connection utilization (percent of max_connections) at which health() reports warning.",
@@ -722,6 +723,12 @@ pub static SETTINGS: [Setting; 46] = [
         doc_default: "30d",
         doc_range: "0–68y (0: keep all)",
     },
+    reload_bool(
+        c"dbconn_guard.audit_query_text",
+        c"Whether the audit keeps the last statement of each session it records (query_id is kept either way).",
+        &AUDIT_QUERY_TEXT,
+        "on",
+    ),
     Setting {
         name: c"dbconn_guard.sample_interval",
         short: c"Time between two samples of dbconn_guard.history, aligned to the wall clock.",

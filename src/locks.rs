@@ -328,7 +328,43 @@ pub fn lock_graph() -> Vec<LockWait> {
     read_waits(false)
 }
 
+/// A memory context of its own for a read whose allocations PostgreSQL leaves to the caller
+/// (`GetBlockerStatusData`'s arrays): deleted when dropped, so a read outside a transaction
+/// (the history's sample, the kill path's last look) leaves nothing behind in a long-lived
+/// context, and one inside a transaction none until its end.
+struct Scratch {
+    cxt: pg_sys::MemoryContext,
+    previous: pg_sys::MemoryContext,
+}
+
+impl Scratch {
+    fn enter() -> Scratch {
+        unsafe {
+            let previous = pg_sys::CurrentMemoryContext;
+            let cxt = pg_sys::AllocSetContextCreateExtended(
+                previous,
+                c"dbconn_guard lock graph".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            pg_sys::CurrentMemoryContext = cxt;
+            Scratch { cxt, previous }
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unsafe {
+            pg_sys::CurrentMemoryContext = self.previous;
+            pg_sys::MemoryContextDelete(self.cxt);
+        }
+    }
+}
+
 fn read_waits(named: bool) -> Vec<LockWait> {
+    let _scratch = Scratch::enter();
     let procs = waiting_procs();
     let mut by_lock: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
     let mut wait_start_of: HashMap<i32, i64> = HashMap::new();

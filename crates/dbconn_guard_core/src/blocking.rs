@@ -37,48 +37,91 @@ pub struct HeldUp {
     pub lock: Option<String>,
 }
 
-/// What `pid` holds up in `waits` at `now`.
+/// What `pid` holds up in `waits` at `now` (for one session; [`HeldUpIndex`] for many).
 pub fn held_up(waits: &[LockWait], pid: i32, now: Micros) -> HeldUp {
-    let waited = |w: &LockWait| w.wait_start.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
-    // the blockers reached so far: `pid` and every session behind it (by any of its pids)
-    let mut blockers: BTreeSet<i32> = BTreeSet::from([pid]);
-    let mut sessions: BTreeSet<i32> = BTreeSet::new();
-    let mut longest: f64 = 0.0;
-    loop {
-        let mut grew = false;
-        for w in waits {
-            let s = w.session_pid();
-            if s == pid || w.pid == pid || !w.blocked_by.iter().any(|b| blockers.contains(b)) {
-                continue;
+    HeldUpIndex::new(waits).held_up(pid, now)
+}
+
+/// The waits by the pids they wait on, built once per read of the lock graph, so that what
+/// each of many sessions holds up costs only the edges behind it (a session nobody waits on:
+/// one look-up), not a pass over every wait.
+pub struct HeldUpIndex<'a> {
+    waits: &'a [LockWait],
+    by_blocker: FastMap<i32, Vec<usize>>,
+}
+
+impl<'a> HeldUpIndex<'a> {
+    pub fn new(waits: &'a [LockWait]) -> Self {
+        let mut by_blocker: FastMap<i32, Vec<usize>> = FastMap::default();
+        for (i, w) in waits.iter().enumerate() {
+            for b in &w.blocked_by {
+                let v = by_blocker.entry(*b).or_default();
+                if v.last() != Some(&i) {
+                    v.push(i);
+                }
             }
-            longest = longest.max(waited(w));
-            grew |= blockers.insert(w.pid) | blockers.insert(s);
-            sessions.insert(s);
         }
-        if !grew {
-            break;
-        }
+        HeldUpIndex { waits, by_blocker }
     }
-    let lock = waits
-        .iter()
-        .filter(|w| w.session_pid() != pid && w.blocked_by.contains(&pid))
-        .max_by(|a, b| waited(a).total_cmp(&waited(b)).then(b.pid.cmp(&a.pid)))
-        .map(|w| {
-            let mut s = format!(
-                "{} on {}",
-                w.mode.as_deref().unwrap_or("a lock"),
-                w.locktype.as_deref().unwrap_or("an object")
-            );
-            if let Some(r) = &w.relation {
-                s.push(' ');
-                s.push_str(r);
+
+    /// What `pid` holds up at `now`: breadth first over the waits behind it.
+    pub fn held_up(&self, pid: i32, now: Micros) -> HeldUp {
+        let Some(direct) = self.by_blocker.get(&pid) else {
+            return HeldUp::default();
+        };
+        let waited = |w: &LockWait| w.wait_start.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+        let mut reached: BTreeSet<i32> = BTreeSet::from([pid]);
+        let mut seen_waits: BTreeSet<usize> = BTreeSet::new();
+        let mut sessions: BTreeSet<i32> = BTreeSet::new();
+        let mut longest: f64 = 0.0;
+        let mut queue: VecDeque<i32> = VecDeque::from([pid]);
+        while let Some(blocker) = queue.pop_front() {
+            for &i in self.by_blocker.get(&blocker).map_or(&[][..], Vec::as_slice) {
+                let w = &self.waits[i];
+                let s = w.session_pid();
+                if s == pid || w.pid == pid || !seen_waits.insert(i) {
+                    continue;
+                }
+                longest = longest.max(waited(w));
+                sessions.insert(s);
+                // whoever waits on this session, by any of its pids, is held up too
+                for p in [w.pid, s] {
+                    if reached.insert(p) {
+                        queue.push_back(p);
+                    }
+                }
+                if s != w.pid {
+                    // a parallel worker's session: its other workers' pids too
+                    for o in self.waits.iter().filter(|o| o.session_pid() == s) {
+                        if reached.insert(o.pid) {
+                            queue.push_back(o.pid);
+                        }
+                    }
+                }
             }
-            s
-        });
-    HeldUp {
-        sessions: sessions.len(),
-        longest_wait_s: longest,
-        lock,
+        }
+        let lock = direct
+            .iter()
+            .map(|&i| &self.waits[i])
+            .filter(|w| w.session_pid() != pid)
+            .max_by(|a, b| waited(a).total_cmp(&waited(b)).then(b.pid.cmp(&a.pid)))
+            .map(|w| {
+                let mut s = format!(
+                    "{} on {}",
+                    w.mode.as_deref().unwrap_or("a lock"),
+                    w.locktype.as_deref().unwrap_or("an object")
+                );
+                if let Some(r) = &w.relation {
+                    s.push(' ');
+                    s.push_str(r);
+                }
+                s
+            });
+        HeldUp {
+            sessions: sessions.len(),
+            longest_wait_s: longest,
+            lock,
+        }
     }
 }
 

@@ -74,6 +74,9 @@ pub struct GuardAction {
     pub rule: String,
     /// A dry run's record: nothing was signalled.
     pub dry_run: bool,
+    /// The statement it ran (`query_id`, 0: none; its text, when the audit keeps texts).
+    pub query_id: i64,
+    pub query: Option<String>,
 }
 
 /// The sampled history (`dbconn_guard.history`) over the diagnose window.
@@ -536,6 +539,9 @@ pub const OVERDUE_SLACK: Micros = 60 * SECOND;
 /// transaction between two statements, a row lock held for a few milliseconds): no row
 /// offers to end or cancel a session on it.
 pub const TRANSIENT_SECS: f64 = 5.0;
+/// A root "came back" after the guard cancelled its statement when that cancel was this
+/// recent (a retry loop comes back within seconds; a cancel long ago is another episode).
+pub const ROOT_RETURNS_WITHIN: Micros = 10 * 60 * SECOND;
 
 // ---------------------------------------------------------------------------------------------
 // The tree
@@ -810,9 +816,19 @@ impl<'a> Ctx<'a> {
     }
 
     /// When the guard cancelled `b`'s statement as a root blocker (`blocker_cancel`, not in a
-    /// dry run) within the window, oldest first: this session, not an earlier one of its pid.
+    /// dry run) within the last [`ROOT_RETURNS_WITHIN`], oldest first: this session (not an
+    /// earlier one of its pid), and the statement it runs now (by `query_id`, else by text,
+    /// where both are known: a pooler's server connection runs other clients' statements).
     fn guard_cancels(&self, b: &Backend) -> Vec<Micros> {
-        let start = self.window_start();
+        let start = self.now.saturating_sub(ROOT_RETURNS_WITHIN);
+        let same_statement = |a: &GuardAction| match (a.query_id, b.query_id) {
+            (x, Some(y)) if x != 0 => x == y,
+            // (the ring keeps a text's first 1024 bytes)
+            _ => match (&a.query, &b.query) {
+                (Some(x), Some(y)) => y.starts_with(x.as_str()),
+                _ => true,
+            },
+        };
         let mut at: Vec<Micros> = self
             .i
             .guard_actions
@@ -823,6 +839,7 @@ impl<'a> Ctx<'a> {
                     && a.pid == b.pid
                     && Some(a.backend_start) == b.backend_start
                     && a.at >= start
+                    && same_statement(a)
             })
             .map(|a| a.at)
             .collect();

@@ -3062,7 +3062,8 @@ fn every_reading_and_action_kind_has_a_distinct_documented_name() {
 fn an_active_root_back_after_the_guards_cancels_is_ended_not_cancelled_again() {
     // a client that re-issues its locking statement after every cancel: pid 4711, active,
     // holds up two sessions for 20 s; the guard cancelled it 3 and 1 minutes ago
-    let root = c(4711, "active", 20);
+    let mut root = c(4711, "active", 20);
+    root.query_id = Some(5);
     let started = root.backend_start.unwrap();
     let mut i = with(vec![root, c(20, "active", 20), c(21, "active", 20)]);
     i.lock_waits = vec![wait(20, &[4711], 20), wait(21, &[4711], 20)];
@@ -3072,6 +3073,8 @@ fn an_active_root_back_after_the_guards_cancels_is_ended_not_cancelled_again() {
         backend_start: started,
         rule: "blocker_cancel".into(),
         dry_run: false,
+        query_id: 0,
+        query: Some("select 4711".into()),
     };
     i.guard_actions = vec![cancel(180), cancel(60)];
     let fs = diagnose(&i);
@@ -3117,7 +3120,17 @@ fn an_active_root_back_after_the_guards_cancels_is_ended_not_cancelled_again() {
             rule: "manual_cancel".into(),
             ..cancel(60)
         },
-        cancel(2 * 3600),
+        // another episode: longer ago than ROOT_RETURNS_WITHIN
+        cancel(11 * 60),
+        // another statement (a pooler's server connection runs other clients' statements)
+        GuardAction {
+            query: Some("select 1".into()),
+            ..cancel(60)
+        },
+        GuardAction {
+            query_id: 7,
+            ..cancel(60)
+        },
     ] {
         i.guard_actions = vec![other.clone()];
         let l = one(&diagnose(&i), "locks").clone();
