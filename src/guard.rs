@@ -226,6 +226,25 @@ const RECORD: &str = "INSERT INTO dbconn_guard.terminations \
       $14, $15, $16, $17, $18) \
      RETURNING id";
 
+/// The columns 0.1.0's table has (`RECORD`'s and `RECORD_LATER`'s first parameters): the
+/// library of 0.2.0 runs against it from the restart that loads it until `ALTER EXTENSION
+/// dbconn_guard UPDATE`, and keeps guarding meanwhile.
+const RECORD_0_1: &str = "INSERT INTO dbconn_guard.terminations \
+     (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
+      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle) \
+     VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5::pg_catalog.inet, $6, $7, $8, $9, $10, $11, $12, $13) \
+     RETURNING id";
+const RECORD_LATER_0_1: &str = "INSERT INTO dbconn_guard.terminations \
+     (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
+      xact_age_seconds, backend_start, rule, dry_run, actor, worker_cycle) \
+     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.inet, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// Whether the audit table has 0.2.0's columns (the statement and what it held up), or is
+/// still 0.1.0's (the extension not updated yet).
+fn audit_has_statement_columns(table: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::get_attnum(table, c"held_up_lock".as_ptr()) != 0 }
+}
+
 /// A record kept in memory while the table could not be locked, written at a later check.
 const RECORD_LATER: &str = "INSERT INTO dbconn_guard.terminations \
      (terminated_at, pid, usename, datname, application_name, client_addr, state, state_age_seconds, \
@@ -440,6 +459,7 @@ pub fn carry_out(
     }
 
     // 1. record, and commit
+    let mut wide = true;
     let recorded = xact::writing_transaction(c"dbconn_guard: recording terminations", || {
         if standby || locked_out.is_some() {
             if standby {
@@ -452,6 +472,7 @@ pub fn carry_out(
         table = match verified_audit_table() {
             Ok((Some(t), waited)) => {
                 catalog_waited = waited;
+                wide = audit_has_statement_columns(t);
                 t
             }
             Ok((None, _)) => error!(
@@ -507,8 +528,13 @@ pub fn carry_out(
                     text(h.lock.as_deref()).into(),
                 ];
                 let row = xact::subtransaction(|| {
+                    let (sql, params) = if wide {
+                        (RECORD, &rec[..])
+                    } else {
+                        (RECORD_0_1, &rec[..13])
+                    };
                     client
-                        .update(RECORD, Some(1), &rec)
+                        .update(sql, Some(1), params)
                         .and_then(|r| r.first().get::<i64>(1))
                 });
                 match row {
@@ -808,9 +834,10 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
     if pending.is_empty() {
         return Ok(0);
     }
+    let mut wide = true;
     xact::writing_transaction(c"dbconn_guard: writing records kept in memory", || {
         match verified_audit_table() {
-            Ok((Some(_), _)) => {}
+            Ok((Some(t), _)) => wide = audit_has_statement_columns(t),
             Ok((None, _)) => {
                 error!("dbconn_guard.terminations is not the table of the extension dbconn_guard")
             }
@@ -846,7 +873,11 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
                     (r.held_up > 0).then(|| r.held_up_ms as f64 / 1000.0).into(),
                     text(r.held_up_lock.opt()).into(),
                 ];
-                client.update(RECORD_LATER, None, &rec)?;
+                if wide {
+                    client.update(RECORD_LATER, None, &rec)?;
+                } else {
+                    client.update(RECORD_LATER_0_1, None, &rec[..14])?;
+                }
             }
             Ok::<(), spi::Error>(())
         })

@@ -208,7 +208,7 @@ fn every_sql_panel_runs_and_has_the_shape_its_panel_needs() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11, "every panel's query was run");
+    assert_eq!(checked, 12, "every panel's query was run");
 
     sc.holder.batch_execute("ROLLBACK").unwrap();
     for h in sc._waiters.drain(..) {
