@@ -155,7 +155,7 @@ struct Raw {
     user: pg_sys::Oid,
     addr: RawAddr,
     /// `st_query_id`: 0 when not computed.
-    query_id: u64,
+    query_id: i64,
     app_len: usize,
     query_len: usize,
 }
@@ -250,7 +250,11 @@ unsafe fn read_entry(entry: *const pg_sys::PgBackendStatus, buf: &mut Buffers) -
                 database: read_volatile(addr_of!((*entry).st_databaseid)),
                 user: read_volatile(addr_of!((*entry).st_userid)),
                 addr: raw_addr(addr_of!((*entry).st_clientaddr)),
-                query_id: read_volatile(addr_of!((*entry).st_query_id)),
+                // (uint64 before PostgreSQL 18, int64 since: the same bits, as
+                // pg_stat_activity shows them)
+                query_id: i64::from_ne_bytes(
+                    read_volatile(addr_of!((*entry).st_query_id)).to_ne_bytes(),
+                ),
                 app_len: copy_cstr(
                     read_volatile(addr_of!((*entry).st_appname)).cast_const(),
                     &mut buf.app,
@@ -577,7 +581,7 @@ impl Describer {
             query_start: ts(be.query_start),
             state_change: ts(be.state_change),
             query: None,
-            query_id: (be.query_id != 0).then_some(be.query_id as i64),
+            query_id: (be.query_id != 0).then_some(be.query_id),
             is_superuser,
         }
     }
