@@ -7,6 +7,9 @@
 #                    (15's beside 16's and 18's, on ports of their own: it_port),
 #                    the expected-output tests (test/), a 60-second soak and the Debian
 #                    package test on 15
+#   ./dev.sh check   the quick tier, for the edit-and-test loop: the core's unit tests, then
+#                    PostgreSQL 15's integration tests in three shards side by side and the
+#                    expected-output tests (CI keeps running `test`)
 #   ./dev.sh regress [accept]  the expected-output tests (test/) against the installed PG 15
 #                    build; accept: take the results as the new expected output (review: git diff)
 #   ./dev.sh lint    cargo fmt --check, and cargo clippy -D warnings for each tested version
@@ -435,12 +438,14 @@ for _, _, exe in sorted(found):
     [ -s "$IT_LIST" ] || die "building the integration tests gave no executable"
 }
 
-# run_integration_tests VERSION: a fresh cluster of that version, the integration tests built
-# by build_integration against it, then the small benchmark check; no cargo runs here, so that
-# two versions can run at the same time
+# run_integration_tests VERSION [PORTS LIST]: a fresh cluster of that version, the integration
+# tests built by build_integration against it, then the small benchmark check; no cargo runs
+# here, so that two versions can run at the same time. With PORTS and LIST (the quick tier's
+# shards): the executables of LIST only, on the port block of version PORTS, and no benchmark
 run_integration_tests() {
-    local v=$1 port name="it-pg$1"
-    port=$(it_port "$v")
+    local v=$1 port name="it-pg$1" list=${3:-$IT_LIST}
+    port=$(it_port "${2:-$v}")
+    [ -z "${3:-}" ] || name="it-pg$v-on-$2"
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"
@@ -461,8 +466,8 @@ run_integration_tests() {
         (cd "$ROOT/pg_test" && DBCONN_GUARD_TEST_PORT=$port DBCONN_GUARD_PG_BIN=$(bin_dir "$v") \
             DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" DBCONN_GUARD_TEST_STATE="$(state_dir)" \
             "$exe" --test-threads=1 ${include_ignored} ${DBCONN_GUARD_IT_FILTER:-}) || rc=$?
-    done <"$IT_LIST"
-    if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ]; then
+    done <"$list"
+    if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ] && [ -z "${3:-}" ]; then
         log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"
         # the history and endpoint section (section 8) on 15 only: it exercises no code that
         # differs between versions beyond what the integration tests above cover
@@ -547,6 +552,62 @@ cmd_test() {
     awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
          END { printf "all: %d passed, %d failed\n", p, f }' "$out"
     rm -f "$out"
+}
+
+# The quick tier's shards: PostgreSQL 15's integration test files in three groups of about the
+# same length (measured on 7 Dec 2026: about 3.5 minutes each), each on a cluster and the port
+# block of a version the quick tier does not otherwise use; a file in neither list runs in the
+# third shard
+CHECK_SHARD_1="pgbouncer clusters history endpoint docs"
+CHECK_SHARD_2="diagnose incidents blockers dashboards views"
+
+cmd_check() {
+    setup
+    local out k rc=0 pids=() exe base
+    out=$(mktemp)
+    log "unit tests of the core (crates/dbconn_guard_core)"
+    cargo test -q -p dbconn_guard_core 2>&1 | tee -a "$out"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "unit tests of the core failed"; }
+    install_for_integration 15
+    build_integration
+    for k in 1 2 3; do : >"$IT_LIST.$k"; done
+    while read -r exe; do
+        base=$(basename "$exe")
+        base=${base%-*}
+        k=3
+        case " $CHECK_SHARD_1 " in *" $base "*) k=1 ;; esac
+        case " $CHECK_SHARD_2 " in *" $base "*) k=2 ;; esac
+        echo "$exe" >>"$IT_LIST.$k"
+    done <"$IT_LIST"
+    log "PostgreSQL 15's integration tests in three shards side by side (the ports of 15, 16 and 18)"
+    local ports=(x 15 16 18)
+    for k in 1 2 3; do
+        run_integration_tests 15 "${ports[$k]}" "$IT_LIST.$k" >"$out.$k" 2>&1 &
+        pids[k]=$!
+    done
+    for k in 1 2 3; do
+        local r=0
+        wait "${pids[k]}" || r=$?
+        cat "$out.$k" >>"$out"
+        # a shard that passed: its tallies; one that failed: all it printed
+        if [ $r -eq 0 ]; then
+            grep -E '^test result:' "$out.$k" || true
+        else
+            log "shard $k failed (exit $r); its output:"
+            cat "$out.$k" >&2
+            rc=$r
+        fi
+        rm -f "$out.$k"
+    done
+    if [ $rc -eq 0 ]; then
+        run_regress 2>&1 | tee -a "$out"
+        rc=${PIPESTATUS[0]}
+    fi
+    awk '/^test result:/ { p += $4; f += $6 } /^regress: [0-9]+ passed/ { p += $2; f += $4 }
+         END { printf "check: %d passed, %d failed\n", p, f }' "$out"
+    rm -f "$out"
+    [ $rc -eq 0 ] || die "the quick tier failed: rerun a file alone with DBCONN_GUARD_IT_TEST=<file> ./dev.sh it 15"
+    log "the quick tier passed; CI runs the whole suite (./dev.sh test)"
 }
 
 cmd_lint() {
@@ -676,6 +737,7 @@ cmd_clean() {
 case "${1:-}" in
     run) cmd_run ;;
     test) cmd_test ;;
+    check) cmd_check ;;
     bench) cmd_bench ;;
     lint) cmd_lint ;;
     soak) shift; cmd_soak "$@" ;;
