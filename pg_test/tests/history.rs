@@ -41,11 +41,13 @@ fn a_sample_counts_real_sessions_by_state_and_lock_waits() {
     a.batch_execute("DROP TABLE IF EXISTS it_h_lock; CREATE TABLE it_h_lock(i int)")
         .unwrap();
     let mut holder = connect_as("postgres", "it_h_holder");
+    let holder_pid = pid(&mut holder);
+    // (its last statement through the simple protocol: before PostgreSQL 18, a statement run
+    // through the extended one leaves no query id in pg_stat_activity once it is done)
     holder.batch_execute("BEGIN").unwrap();
     holder
         .batch_execute("LOCK TABLE it_h_lock IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    let holder_pid = pid(&mut holder);
     let holder_query_id: i64 = a
         .query_one(
             "SELECT query_id FROM pg_stat_activity WHERE pid = $1",
