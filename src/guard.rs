@@ -472,7 +472,6 @@ pub fn carry_out(
         table = match verified_audit_table() {
             Ok((Some(t), waited)) => {
                 catalog_waited = waited;
-                wide = audit_has_statement_columns(t);
                 t
             }
             Ok((None, _)) => error!(
@@ -489,8 +488,15 @@ pub fn carry_out(
             // the table's lock first, bounded by the worker's lock_timeout; when it cannot be
             // had (a lock queue on the table, which its database's owner can hold), every
             // target is recorded in memory instead: nobody can stop the guard by holding it
-            match xact::subtransaction(|| client.update(LOCK_AUDIT, None, &[]).map(|_| ())) {
-                Ok(r) => r?,
+            // and, under it (an ALTER EXTENSION UPDATE that adds columns waits for it), which
+            // columns the table has: a catalog read that can wait too, bounded the same way
+            let locked = xact::subtransaction(|| {
+                client
+                    .update(LOCK_AUDIT, None, &[])
+                    .map(|_| audit_has_statement_columns(table))
+            });
+            match locked {
+                Ok(r) => wide = r?,
                 Err(f) if f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
                     in_memory.fill(true);
                     locked_out = Some(f.message);
@@ -834,10 +840,10 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
     if pending.is_empty() {
         return Ok(0);
     }
-    let mut wide = true;
+    let (mut wide, mut table) = (true, pg_sys::InvalidOid);
     xact::writing_transaction(c"dbconn_guard: writing records kept in memory", || {
         match verified_audit_table() {
-            Ok((Some(t), _)) => wide = audit_has_statement_columns(t),
+            Ok((Some(t), _)) => table = t,
             Ok((None, _)) => {
                 error!("dbconn_guard.terminations is not the table of the extension dbconn_guard")
             }
@@ -845,6 +851,8 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
         }
         Spi::connect_mut(|client| {
             client.update(LOCK_AUDIT, None, &[])?;
+            // which columns the table has, under its lock (an update that adds them waits)
+            wide = audit_has_statement_columns(table);
             for r in &pending {
                 let text = |t: Option<String>| t.map(DbText);
                 let rec: [DatumWithOid; 19] = [

@@ -354,6 +354,13 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// Frees what was allocated in it so far (each lock queue's arrays, once copied).
+    fn reset(&self) {
+        unsafe { pg_sys::MemoryContextReset(self.cxt) }
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         unsafe {
@@ -364,7 +371,7 @@ impl Drop for Scratch {
 }
 
 fn read_waits(named: bool) -> Vec<LockWait> {
-    let _scratch = Scratch::enter();
+    let scratch = Scratch::enter();
     let procs = waiting_procs();
     let mut by_lock: BTreeMap<usize, Vec<i32>> = BTreeMap::new();
     let mut wait_start_of: HashMap<i32, i64> = HashMap::new();
@@ -376,6 +383,8 @@ fn read_waits(named: bool) -> Vec<LockWait> {
     }
     let mut direct: BTreeMap<i32, LockWait> = BTreeMap::new();
     for pids in by_lock.values() {
+        // the previous queue's arrays are copied by now
+        scratch.reset();
         let Some((read, last)) = read_whole_queue(pids, &wait_start_of) else {
             continue;
         };

@@ -48,12 +48,18 @@ pub fn held_up(waits: &[LockWait], pid: i32, now: Micros) -> HeldUp {
 pub struct HeldUpIndex<'a> {
     waits: &'a [LockWait],
     by_blocker: FastMap<i32, Vec<usize>>,
+    /// The waiting pids of each parallel query's session (its leader and workers).
+    by_session: FastMap<i32, Vec<i32>>,
 }
 
 impl<'a> HeldUpIndex<'a> {
     pub fn new(waits: &'a [LockWait]) -> Self {
         let mut by_blocker: FastMap<i32, Vec<usize>> = FastMap::default();
+        let mut by_session: FastMap<i32, Vec<i32>> = FastMap::default();
         for (i, w) in waits.iter().enumerate() {
+            if w.leader_pid != 0 {
+                by_session.entry(w.leader_pid).or_default().push(w.pid);
+            }
             for b in &w.blocked_by {
                 let v = by_blocker.entry(*b).or_default();
                 if v.last() != Some(&i) {
@@ -61,7 +67,11 @@ impl<'a> HeldUpIndex<'a> {
                 }
             }
         }
-        HeldUpIndex { waits, by_blocker }
+        HeldUpIndex {
+            waits,
+            by_blocker,
+            by_session,
+        }
     }
 
     /// What `pid` holds up at `now`: breadth first over the waits behind it.
@@ -92,9 +102,9 @@ impl<'a> HeldUpIndex<'a> {
                 }
                 if s != w.pid {
                     // a parallel worker's session: its other workers' pids too
-                    for o in self.waits.iter().filter(|o| o.session_pid() == s) {
-                        if reached.insert(o.pid) {
-                            queue.push_back(o.pid);
+                    for &o in self.by_session.get(&s).map_or(&[][..], Vec::as_slice) {
+                        if reached.insert(o) {
+                            queue.push_back(o);
                         }
                     }
                 }

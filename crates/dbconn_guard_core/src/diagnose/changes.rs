@@ -829,11 +829,14 @@ pub(super) fn connection_storm(c: &Ctx) -> Vec<Finding> {
             .max_by_key(|(k, (n, _))| (*n, std::cmp::Reverse(**k)))
             .map(|(k, n)| (*k, *n));
         if let Some(((app, addr, user), (n, active))) = culprit {
-            // one story: new sessions of a client that churns steadily are no storm
+            // one story: new sessions of a client that churns steadily are no storm, as long as
+            // there are no more of them than its rate opens in the span (a storm on top of the
+            // churn is still one)
             if c.churn.as_ref().is_some_and(|ch| {
                 ch.culprit
                     .as_ref()
                     .is_some_and(|(a, u, _, _)| a.as_deref() == app && u.as_deref() == user)
+                    && (n as f64) <= ch.median * (STORM_SPAN / SECOND) as f64
             }) {
                 return vec![ok(
                     "connection storm",

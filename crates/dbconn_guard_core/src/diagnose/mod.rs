@@ -823,10 +823,11 @@ impl<'a> Ctx<'a> {
         let start = self.now.saturating_sub(ROOT_RETURNS_WITHIN);
         let same_statement = |a: &GuardAction| match (a.query_id, b.query_id) {
             (x, Some(y)) if x != 0 => x == y,
-            // (the ring keeps a text's first 1024 bytes)
+            // (the ring keeps a text's first 1024 bytes); neither known: not shown to be the
+            // same statement, so no end is advised on it
             _ => match (&a.query, &b.query) {
                 (Some(x), Some(y)) => y.starts_with(x.as_str()),
-                _ => true,
+                _ => false,
             },
         };
         let mut at: Vec<Micros> = self

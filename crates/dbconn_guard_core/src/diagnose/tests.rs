@@ -2977,6 +2977,12 @@ fn steady_churn_names_the_client_that_connects_per_request() {
     let s = one(&fs, "connection storm");
     assert_eq!(s.reading, Some(Reading::Storm), "{s:#?}");
     assert_eq!(s.culprit, application("batch"));
+    // a storm of the churning application itself, past what its rate opens in a minute, is
+    // still one (10 a second: 600 a minute; 700 new sessions)
+    let mut i = with_churn(&[600; 60]);
+    i.snapshot.backends.extend(young(500, 700, "web", 1));
+    let s = one(&diagnose(&i), "connection storm").clone();
+    assert_eq!(s.reading, Some(Reading::Storm), "{s:#?}");
     // connections too short to be seen: the row says so, and names nobody
     let i = with_churn(&[3000; 60]);
     let ch = one(&diagnose(&i), "connection churn").clone();
