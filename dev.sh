@@ -600,8 +600,8 @@ cmd_check() {
         rm -f "$out.$k"
     done
     if [ $rc -eq 0 ]; then
-        run_regress 2>&1 | tee -a "$out"
-        rc=${PIPESTATUS[0]}
+        # (pipefail: the pipeline fails as run_regress does, and set -e does not stop here)
+        run_regress 2>&1 | tee -a "$out" || rc=$?
     fi
     awk '/^test result:/ { p += $4; f += $6 } /^regress: [0-9]+ passed/ { p += $2; f += $4 }
          END { printf "check: %d passed, %d failed\n", p, f }' "$out"
