@@ -524,6 +524,7 @@ fn a_reload_is_named_by_the_settings_it_changed_from_what_to_what() {
 /// history as steady churn, names the application, and the storm row (its young sessions are
 /// many) points to the churn instead of calling it a traffic spike.
 #[test]
+#[ignore = "PostgreSQL 15 only: ./dev.sh runs it there with --include-ignored (it waits most of a minute for the window to fill; the churn's figures are tested on every version in history.rs, its reading in the core)"]
 fn the_tree_reads_a_client_that_connects_per_request_as_steady_churn() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
