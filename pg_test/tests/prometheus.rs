@@ -35,7 +35,7 @@ fn promtool(args: &[&str], dir: &std::path::Path) -> String {
 #[test]
 fn promtool_checks_the_rules_and_their_unit_tests_pass() {
     let dir = deploy("prometheus");
-    assert!(promtool(&["check", "rules", "alerts.yml"], &dir).contains("SUCCESS: 13 rules found"));
+    assert!(promtool(&["check", "rules", "alerts.yml"], &dir).contains("SUCCESS: 14 rules found"));
     promtool(&["check", "config", "prometheus.yml"], &dir);
     assert!(promtool(&["test", "rules", "alerts_test.yml"], &dir).contains("SUCCESS"));
 }
