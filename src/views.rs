@@ -620,7 +620,8 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
     }
 }
 
-/// The `history` view's columns: 15 of the server, one per rule, the leak suspects, the churn.
+/// The `history` view's columns: 15 of the server, one per rule, the leak suspects, the churn,
+/// the largest pile-up's root.
 const HISTORY_COLUMNS: usize = 21 + crate::core::policy::RULES;
 
 /// Rows of the `history` view: every sample of the ring, oldest first; of
