@@ -588,6 +588,48 @@ fn a_queued_statement_the_guard_protects_is_never_cancelled() {
 
 // --- the escalation (dbconn_guard.blocker_terminate_after) ---------------------------------
 
+/// A client of the application role that takes row `id` in a transaction and sleeps in it,
+/// and re-issues that right after every cancel, until its session is ended: its pid, and the
+/// thread, which returns how many cancels the client saw.
+fn retrying_root(app: &str, id: i32) -> (i32, thread::JoinHandle<i32>) {
+    let mut c = connect_as(APP_ROLE, app);
+    let root = pid(&mut c);
+    let retries = thread::spawn(move || {
+        let mut cancelled = 0;
+        loop {
+            let r = c.batch_execute(&format!(
+                "BEGIN; {}; SELECT pg_sleep(60); COMMIT",
+                update(id)
+            ));
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) => {
+                    cancelled += 1;
+                    let _ = c.batch_execute("ROLLBACK");
+                }
+                Err(_) => return cancelled, // its session was ended
+            }
+        }
+    });
+    (root, retries)
+}
+
+/// A writer of row `id`, again and again, until `stop`.
+fn writer_until(
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    app: &str,
+    id: i32,
+) -> thread::JoinHandle<()> {
+    let stop = stop.clone();
+    let mut c = connect_as(APP_ROLE, app);
+    thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = c.batch_execute(&update(id));
+            thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
 #[test]
 fn a_root_that_retries_after_every_cancel_is_ended_after_blocker_terminate_after() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -602,38 +644,11 @@ fn a_root_that_retries_after_every_cancel_is_ended_after_blocker_terminate_after
             ("dbconn_guard.blocker_terminate_after", "4s"),
         ],
     );
-    // the root: a client that re-issues its locking transaction right after every cancel
-    let mut root_c = connect_as(APP_ROLE, "it_b_retry");
-    let root = pid(&mut root_c);
-    let retries = thread::spawn(move || {
-        let mut cancelled = 0;
-        loop {
-            let r = root_c.batch_execute(&format!(
-                "BEGIN; {}; SELECT pg_sleep(30); COMMIT",
-                update(3)
-            ));
-            match r {
-                Ok(()) => {}
-                Err(e) if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) => {
-                    cancelled += 1;
-                    let _ = root_c.batch_execute("ROLLBACK");
-                }
-                Err(_) => return cancelled, // its session was ended
-            }
-        }
-    });
+    // the root: a client that re-issues its locking transaction right after every cancel;
     // its victim: a writer of the same row, again and again
+    let (root, retries) = retrying_root("it_b_retry", 3);
     let stop = Arc::new(AtomicBool::new(false));
-    let victim = {
-        let stop = stop.clone();
-        let mut c = connect_as(APP_ROLE, "it_b_retry_victim");
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = c.batch_execute(&update(3));
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let victim = writer_until(&stop, "it_b_retry_victim", 3);
     let started = Instant::now();
     wait_gone(&mut a, root, Duration::from_secs(30));
     let cancelled = retries.join().unwrap();
@@ -690,36 +705,9 @@ fn diagnose_reads_a_root_back_after_the_guards_cancel_and_ends_it() {
             ("dbconn_guard.cancel_active_blockers", "on"),
         ],
     );
-    let mut root_c = connect_as(APP_ROLE, "it_b_returns");
-    let root = pid(&mut root_c);
-    let retries = thread::spawn(move || {
-        let mut cancelled = 0;
-        loop {
-            let r = root_c.batch_execute(&format!(
-                "BEGIN; {}; SELECT pg_sleep(60); COMMIT",
-                update(4)
-            ));
-            match r {
-                Ok(()) => {}
-                Err(e) if e.code() == Some(&postgres::error::SqlState::QUERY_CANCELED) => {
-                    cancelled += 1;
-                    let _ = root_c.batch_execute("ROLLBACK");
-                }
-                Err(_) => return cancelled, // its session was ended
-            }
-        }
-    });
+    let (root, retries) = retrying_root("it_b_returns", 4);
     let stop = Arc::new(AtomicBool::new(false));
-    let victim = {
-        let stop = stop.clone();
-        let mut c = connect_as(APP_ROLE, "it_b_returns_victim");
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = c.batch_execute(&update(4));
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let victim = writer_until(&stop, "it_b_returns_victim", 4);
     // before any cancel, the row is a root blocker's, and cancels
     wait_until(
         &mut a,
