@@ -21,7 +21,10 @@
 
 use crate::core::http::{parse_listen, route, Route, MAX_REQUEST};
 use crate::core::metrics as core_metrics;
-use crate::{guc, metrics, worker, xact};
+use crate::guc;
+use crate::sql::metrics;
+use crate::worker;
+use crate::worker::xact;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -103,6 +103,13 @@ pub static TEST_FILL_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Shortest policy timeout but 0 (off), in seconds: shorter ones end sessions in ordinary use.
 pub const MIN_TIMEOUT_S: f64 = 1.0;
+/// Largest `dbconn_guard.history_size` (the history ring is allocated for it at server start).
+pub const MAX_HISTORY_SIZE: i32 = 100_000;
+/// Largest `dbconn_guard.history_groups`.
+pub const MAX_HISTORY_GROUPS: i32 = 64;
+/// Largest `dbconn_guard.max_terminations_per_cycle`: shared memory keeps the audit rows of one
+/// batch for withdrawal (`shmem::status::WITHDRAW`).
+pub const MAX_PER_CYCLE: i32 = 1024;
 
 /// Refuses a value in a check hook: PostgreSQL reports `detail` and `hint` with its own
 /// "invalid value for parameter" error, and keeps the old value.
@@ -683,7 +690,7 @@ pub static SETTINGS: [Setting; 47] = [
         name: c"dbconn_guard.max_terminations_per_cycle",
         short: c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
         long: c"",
-        value: Value::Int { var: &MAX_TERMINATIONS_PER_CYCLE, min: 1, max: crate::shared::WITHDRAW as i32 },
+        value: Value::Int { var: &MAX_TERMINATIONS_PER_CYCLE, min: 1, max: MAX_PER_CYCLE },
         changed: Changed::Reload,
         in_policy: true,
         boot_val: "100",
@@ -744,7 +751,7 @@ pub static SETTINGS: [Setting; 47] = [
         name: c"dbconn_guard.history_size",
         short: c"Samples dbconn_guard.history keeps in shared memory (0: no history).",
         long: c"The oldest sample is overwritten by the newest; the history is lost at a restart.",
-        value: Value::Int { var: &HISTORY_SIZE, min: 0, max: crate::history::MAX_SAMPLES },
+        value: Value::Int { var: &HISTORY_SIZE, min: 0, max: MAX_HISTORY_SIZE },
         changed: Changed::ServerStart,
         in_policy: true,
         boot_val: "8640",
@@ -755,7 +762,7 @@ pub static SETTINGS: [Setting; 47] = [
         name: c"dbconn_guard.history_groups",
         short: c"(datname, usename, application_name) groups kept per sample in dbconn_guard.history_by_group, largest first; the rest are summed in one row.",
         long: c"",
-        value: Value::Int { var: &HISTORY_GROUPS, min: 0, max: crate::history::MAX_GROUPS },
+        value: Value::Int { var: &HISTORY_GROUPS, min: 0, max: MAX_HISTORY_GROUPS },
         changed: Changed::ServerStart,
         in_policy: true,
         boot_val: "16",
@@ -921,7 +928,7 @@ pub fn define() {
         c"",
         &TEST_FILL_HISTORY,
         0,
-        crate::history::MAX_SAMPLES,
+        MAX_HISTORY_SIZE,
         GucContext::Sighup,
         GucFlags::NO_SHOW_ALL,
     );
@@ -1054,7 +1061,7 @@ pub fn show(name: &str) -> String {
         if v.is_null() {
             String::new()
         } else {
-            crate::encoding::cstr_to_rust(v).unwrap_or_default()
+            crate::read::encoding::cstr_to_rust(v).unwrap_or_default()
         }
     }
 }

@@ -1,43 +1,30 @@
 //! dbconn_guard: an in-database guard against PostgreSQL connection trouble.
 //!
-//! * `core`     — the functional core: plain Rust over plain data, unit-tested without a server.
-//! * `snapshot` — reads PostgreSQL state (backend status, pg_locks, settings) into the core's
-//!   structs; `backend_status` reads the backend status array directly.
-//! * `views`    — the SQL functions behind the views in `sql/finalize.sql`.
-//! * `guc`      — the `dbconn_guard.*` settings.
-//! * `worker`   — the background worker; `guard` is the one kill path (record, last look,
-//!   signal), which the worker's rules and `terminate_idle()`'s requests (`requests`) take;
-//!   `shared` is what it publishes in shared memory; `admin` the guard's SQL functions;
-//!   `xact` its transactions; `history` the ring of samples it takes.
-//! * `diagnose` — reads the server for `diagnose()`, the runbook's tree (`core::diagnose`).
-//! * `metrics` — what `/metrics` and `metrics()` show; `endpoint` the HTTP worker serving it.
-//! * `encoding` — text between the database encoding and Rust's UTF-8.
-//! * `setting_changes` — what each configuration reload changed, as the worker saw it.
+//! The modules are floors: each uses only those listed before it.
+//! * `core`     — the functional core (crates/dbconn_guard_core): plain Rust over plain data,
+//!   unit-tested without a server. It knows no setting names and no pgrx.
+//! * `errors`   — what a caller's mistake raises: SQLSTATE, detail and hint.
+//! * `read`     — reads PostgreSQL's state into the core's structs: the backend status array,
+//!   the lock manager, a whole snapshot, text in the database encoding.
+//! * `guc`      — the `dbconn_guard.*` settings, one table.
+//! * `shmem`    — what lives in shared memory: the worker's status, the history ring, the
+//!   connection counter.
+//! * `worker`   — the background worker: its loop and checks; `guard`, the one kill path;
+//!   `terminate_idle()`'s mailbox; the settings it saw change; its transactions.
+//! * `sql`      — the SQL surface: views, the guard's admin functions, `diagnose()`, metrics.
+//! * `endpoint` — the metrics endpoint's own background worker.
 
 use pgrx::prelude::*;
 
 /// The functional core, a crate of its own (crates/dbconn_guard_core): plain Rust over plain data.
 pub use dbconn_guard_core as core;
-mod admin;
-mod backend_status;
-mod churn;
-mod diagnose;
-mod encoding;
 mod endpoint;
 mod errors;
-mod guard;
 mod guc;
-mod history;
-mod locks;
-mod metrics;
-mod requests;
-mod rows;
-mod setting_changes;
-mod shared;
-mod snapshot;
-mod views;
+mod read;
+mod shmem;
+mod sql;
 mod worker;
-mod xact;
 
 #[cfg(any(feature = "pg13", feature = "pg14"))]
 compile_error!(
@@ -54,9 +41,9 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        shared::init();
-        churn::init();
-        history::init();
+        shmem::status::init();
+        shmem::churn::init();
+        shmem::history::init();
         worker::register();
         endpoint::register();
     }
@@ -66,6 +53,55 @@ pub extern "C-unwind" fn _PG_init() {
 #[pg_schema]
 mod tests {
     include!("pg_tests.rs");
+}
+
+/// The floors of the module comment above, checked: no module uses one listed after its own.
+#[cfg(test)]
+mod layout {
+    /// The floors, lowest first (`lib.rs` and `pg_tests.rs` sit outside them).
+    const FLOORS: [&str; 8] = [
+        "core", "errors", "read", "guc", "shmem", "worker", "sql", "endpoint",
+    ];
+
+    fn floor(name: &str) -> Option<usize> {
+        FLOORS.iter().position(|f| *f == name)
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_imports_a_floor_above_it() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut upward = Vec::new();
+        for f in &files {
+            let rel = f.strip_prefix(&src).unwrap().to_string_lossy().to_string();
+            let top = rel.split('/').next().unwrap().trim_end_matches(".rs");
+            let Some(own) = floor(top) else { continue };
+            let text = std::fs::read_to_string(f).unwrap();
+            for (i, _) in text.match_indices("crate::") {
+                let name: String = text[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if floor(&name).is_some_and(|used| used > own) {
+                    upward.push(format!("{rel} uses crate::{name}"));
+                }
+            }
+        }
+        assert!(files.len() > 20, "found only {files:?}");
+        assert!(upward.is_empty(), "imports that run back up: {upward:?}");
+    }
 }
 
 /// Required by `cargo pgrx test`.

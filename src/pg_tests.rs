@@ -93,11 +93,11 @@ fn no_waits_no_pairs() {
 /// PostgreSQL 16 build used here has no contrib modules).
 #[pg_test]
 fn the_last_look_reads_the_status_entry_again_in_place() {
-    use crate::backend_status::{read_slot, Slot};
+    use crate::read::backend_status::{read_slot, Slot};
     use crate::core::recheck::{last_word, Fresh, Verdict};
     let me = unsafe { pg_sys::MyProcPid };
     let judge = || {
-        let snap = crate::snapshot::activity_all();
+        let snap = crate::read::snapshot::activity_all();
         snap.backends.iter().find(|b| b.pid == me).expect("this session").clone()
     };
     let look = |judged: &crate::core::session::Backend| {
@@ -130,7 +130,7 @@ fn dblink_available() -> bool {
 
 #[pg_test]
 fn the_last_look_sees_a_session_that_ran_a_query_since_it_was_judged() {
-    use crate::backend_status::{read_slot, Slot};
+    use crate::read::backend_status::{read_slot, Slot};
     use crate::core::recheck::{last_word, Fresh, Verdict};
     if !dblink_available() {
         // the integration test trust::a_session_that_runs_a_query_after_it_was_recorded_...
@@ -149,7 +149,7 @@ fn the_last_look_sees_a_session_that_ran_a_query_since_it_was_judged() {
         .unwrap()
         .unwrap();
     let judge = || {
-        let snap = crate::snapshot::activity_all();
+        let snap = crate::read::snapshot::activity_all();
         snap.backends.iter().find(|b| b.pid == pid).expect("the dblink session").clone()
     };
     let look = |judged: &crate::core::session::Backend| {
@@ -183,7 +183,7 @@ fn the_last_look_sees_a_session_that_ran_a_query_since_it_was_judged() {
 #[pg_test]
 fn query_text_is_read_only_for_the_sessions_asked_for() {
     let me = unsafe { pg_sys::MyProcPid };
-    let snap = crate::snapshot::activity_with_queries(|pid| pid == me);
+    let snap = crate::read::snapshot::activity_with_queries(|pid| pid == me);
     let mine = snap.backends.iter().find(|b| b.pid == me).unwrap();
     assert!(mine.query.as_deref().is_some_and(|q| !q.is_empty()), "{mine:?}");
     assert!(snap.backends.iter().filter(|b| b.pid != me && !b.is_hidden()).all(|b| b.query.is_none()));
@@ -200,7 +200,7 @@ fn client_backends_are_told_by_backend_type_not_by_name() {
     .unwrap()
     .unwrap()
     .0;
-    let snap = crate::snapshot::activity_all();
+    let snap = crate::read::snapshot::activity_all();
     assert_eq!(snap.backends.iter().find(|b| b.pid == me).unwrap().kind, Kind::Client);
     let mut compared = 0;
     // backends may come and go between the two reads: compare those in both

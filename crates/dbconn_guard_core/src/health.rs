@@ -1,6 +1,7 @@
 //! Health rules: a handful of checks a DBA looks at first, each `ok`, `warning` or `critical`.
 
 use super::blocking::LockWait;
+use super::durations::dur;
 use super::session::{age_seconds, Snapshot};
 use super::utilization::Utilization;
 
@@ -61,10 +62,6 @@ fn grade(value: f64, warning: f64, critical: f64, at_or_above: bool) -> (Status,
     }
 }
 
-fn fmt_s(seconds: f64) -> String {
-    format!("{seconds:.0}s")
-}
-
 /// Evaluates every check over one snapshot. `util` must come from the same snapshot;
 /// `lock_waits` are the backends waiting for heavyweight locks.
 pub fn evaluate(
@@ -106,7 +103,7 @@ pub fn evaluate(
         detail: format!(
             "{} sessions idle for more than {}; warning above {}",
             old_idle.len(),
-            fmt_s(t.idle_age),
+            dur(t.idle_age),
             t.idle_count
         ),
     });
@@ -132,13 +129,13 @@ pub fn evaluate(
         detail: format!(
             "{} sessions idle in transaction for more than {}{}",
             in_xact.len(),
-            fmt_s(t.idle_in_transaction_age),
+            dur(t.idle_in_transaction_age),
             if in_xact.is_empty() {
                 String::new()
             } else {
                 format!(
                     " (longest {}, pids {})",
-                    fmt_s(oldest),
+                    dur(oldest),
                     pid_list(&in_xact.iter().map(|b| b.pid).collect::<Vec<_>>())
                 )
             }
@@ -180,9 +177,9 @@ pub fn evaluate(
         detail: format!(
             "{} sessions waiting on locks, longest for {}; warning after {}, critical after {}{}",
             waits.len(),
-            fmt_s(longest_wait),
-            fmt_s(t.lock_wait_warning),
-            fmt_s(t.lock_wait_critical),
+            dur(longest_wait),
+            dur(t.lock_wait_warning),
+            dur(t.lock_wait_critical),
             if waits.is_empty() {
                 String::new()
             } else {
@@ -217,9 +214,9 @@ pub fn evaluate(
         detail: match oldest_xact {
             Some((a, pid)) => format!(
                 "oldest open transaction: pid {pid}, {}; warning after {}, critical after {}",
-                fmt_s(a),
-                fmt_s(t.xact_age_warning),
-                fmt_s(t.xact_age_critical)
+                dur(a),
+                dur(t.xact_age_warning),
+                dur(t.xact_age_critical)
             ),
             None => "no open transactions".to_string(),
         },

@@ -12,6 +12,7 @@ pub mod blocking;
 pub mod budgets;
 pub mod config_changes;
 pub mod diagnose;
+pub mod durations;
 pub mod fasthash;
 pub mod filter;
 pub mod health;

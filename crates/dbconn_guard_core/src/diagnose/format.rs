@@ -1,15 +1,7 @@
 //! Numbers, durations and times as the findings show them.
 
 use super::*;
-
-/// A timeout as the override syntax writes it.
-pub(super) fn duration_text(us: Micros) -> String {
-    if us % SECOND == 0 {
-        format!("{}s", us / SECOND)
-    } else {
-        format!("{}ms", us / 1000)
-    }
-}
+pub use crate::durations::{dur, setting_text as duration_text};
 
 pub(super) fn reserved(l: &Limits) -> i32 {
     l.superuser_reserved_connections + l.reserved_connections.unwrap_or(0)
@@ -29,28 +21,6 @@ pub(super) fn share(part: usize, whole: usize) -> f64 {
 
 pub(super) fn round_up_10(n: i64) -> i64 {
     (n.max(1) + 9) / 10 * 10
-}
-
-/// A duration for people: `45s`, `12min`, `3h 5min`, `2d 3h`.
-pub fn dur(seconds: f64) -> String {
-    let s = if seconds.is_finite() {
-        seconds.max(0.0).round() as i64
-    } else {
-        0
-    };
-    match s {
-        s if s < 120 => format!("{s}s"),
-        s if s < 600 && s % 60 != 0 => format!("{}min {}s", s / 60, s % 60),
-        s if s < 7200 => format!("{}min", s / 60),
-        s if s < 172_800 => match (s % 3600) / 60 {
-            0 => format!("{}h", s / 3600),
-            m => format!("{}h {m}min", s / 3600),
-        },
-        s => match (s % 86400) / 3600 {
-            0 => format!("{}d", s / 86400),
-            h => format!("{}d {h}h", s / 86400),
-        },
-    }
 }
 
 /// The time of day of `t` (PostgreSQL's microseconds since 2000-01-01 00:00 UTC), as

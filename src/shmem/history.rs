@@ -13,15 +13,11 @@
 use crate::core::history::{ByRule, GroupName, GroupSample, Sample, StateCounts};
 use crate::core::session::Micros;
 use crate::guc;
-use crate::shared::FixedText;
+use crate::shmem::status::FixedText;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
 
-/// Largest `dbconn_guard.history_size`.
-pub const MAX_SAMPLES: i32 = 100_000;
-/// Largest `dbconn_guard.history_groups`.
-pub const MAX_GROUPS: i32 = 64;
 /// NAMEDATALEN: names are kept as PostgreSQL keeps them (at most 63 bytes).
 const NAME: usize = 64;
 
@@ -99,8 +95,8 @@ static mut PREV_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
 
 fn configured() -> (usize, usize) {
     (
-        guc::HISTORY_SIZE.get().clamp(0, MAX_SAMPLES) as usize,
-        guc::HISTORY_GROUPS.get().clamp(0, MAX_GROUPS) as usize,
+        guc::HISTORY_SIZE.get().clamp(0, guc::MAX_HISTORY_SIZE) as usize,
+        guc::HISTORY_GROUPS.get().clamp(0, guc::MAX_HISTORY_GROUPS) as usize,
     )
 }
 

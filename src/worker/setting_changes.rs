@@ -1,14 +1,12 @@
 //! What each configuration reload changed: the worker reads every setting at its start and
 //! after each reload it processes (`read`), keeps the difference from the previous reading in
-//! shared memory and logs it (`record`); `setting_changes()` shows it, and `diagnose()` names it.
-
-// pgrx spells a set-returning function's columns in its return type (`name!(...)`).
-#![allow(clippy::type_complexity)]
+//! shared memory and logs it (`record`); `setting_changes()` (`sql::admin`) shows it, and
+//! `diagnose()` names it.
 
 use crate::core::config_changes::{self, Setting, TimedChange};
 use crate::core::quote::quoted;
-use crate::shared::{self, SettingChangeRecord, SHARED};
-use crate::xact;
+use crate::shmem::status::{self, SettingChangeRecord, SHARED};
+use crate::worker::xact;
 use pgrx::prelude::*;
 
 /// The most changes of one reload named in the server log (all are kept in shared memory, up
@@ -62,7 +60,7 @@ pub fn read() -> Option<Vec<Setting>> {
 /// after one reload).
 pub fn record(before: &[Setting], after: &[Setting]) {
     let changes = config_changes::diff(before, after);
-    if shared::available() {
+    if status::available() {
         SHARED.exclusive().settings_compared_reload = unsafe { pg_sys::PgReloadTime };
     }
     if changes.is_empty() {
@@ -70,7 +68,7 @@ pub fn record(before: &[Setting], after: &[Setting]) {
         return;
     }
     let at = unsafe { pg_sys::GetCurrentTimestamp() };
-    if shared::available() {
+    if status::available() {
         let mut s = SHARED.exclusive();
         for c in &changes {
             s.push_setting_change(SettingChangeRecord::new(at, c));
@@ -96,7 +94,7 @@ pub fn record(before: &[Setting], after: &[Setting]) {
 
 /// `pg_conf_load_time()` of the last reload whose changes the worker compared (0: none).
 pub fn compared_reload() -> crate::core::session::Micros {
-    if !shared::available() {
+    if !status::available() {
         return 0;
     }
     SHARED.share().settings_compared_reload
@@ -104,7 +102,7 @@ pub fn compared_reload() -> crate::core::session::Micros {
 
 /// The kept changes, oldest first.
 pub fn kept() -> Vec<TimedChange> {
-    if !shared::available() {
+    if !status::available() {
         return Vec::new();
     }
     SHARED
@@ -120,31 +118,4 @@ pub fn kept() -> Vec<TimedChange> {
             },
         })
         .collect()
-}
-
-/// The settings the configuration reloads changed (the last 64), newest first: when the worker
-/// saw the reload, the setting, and its value before and after, as `SHOW` shows them.
-#[pg_extern]
-fn setting_changes() -> TableIterator<
-    'static,
-    (
-        name!(changed_at, Option<TimestampWithTimeZone>),
-        name!(name, String),
-        name!(old_value, String),
-        name!(new_value, String),
-    ),
-> {
-    let rows: Vec<_> = kept()
-        .into_iter()
-        .rev()
-        .map(|c| {
-            (
-                TimestampWithTimeZone::try_from(c.at).ok(),
-                c.change.name,
-                c.change.old,
-                c.change.new,
-            )
-        })
-        .collect();
-    TableIterator::new(rows)
 }

@@ -255,7 +255,7 @@ fn relation_name(tag: &pg_sys::LOCKTAG) -> Option<String> {
     }
     unsafe {
         pgrx::direct_function_call_as_datum(pg_sys::regclassout, &[Some(pg_sys::Datum::from(rel))])
-            .and_then(|d| crate::encoding::cstr_to_rust(d.cast_mut_ptr::<std::ffi::c_char>()))
+            .and_then(|d| crate::read::encoding::cstr_to_rust(d.cast_mut_ptr::<std::ffi::c_char>()))
     }
 }
 
@@ -301,7 +301,8 @@ pub fn relation_label(oid_text: &str) -> String {
             }
             let name = if locked == catalogs.len() {
                 let name = pg_sys::get_rel_name(pg_sys::Oid::from(oid));
-                (!name.is_null()).then(|| crate::encoding::cstr_to_rust(name).unwrap_or_default())
+                (!name.is_null())
+                    .then(|| crate::read::encoding::cstr_to_rust(name).unwrap_or_default())
             } else {
                 None
             };

@@ -15,7 +15,7 @@ pub type Cell = Option<pg_sys::Datum>;
 
 /// A `text` datum in the database encoding, allocated in the current memory context.
 pub fn text(s: Option<&str>) -> Cell {
-    crate::encoding::text_datum(s?)
+    crate::read::encoding::text_datum(s?)
 }
 
 pub fn float8(v: Option<f64>) -> Cell {

@@ -6,10 +6,10 @@
 //! limits from the server's settings. Nothing here ever writes
 //! (the views work on a hot standby).
 
-use crate::backend_status::{self, Visibility};
 use crate::core::blocking::LockWait;
 use crate::core::session::Snapshot;
 use crate::core::utilization::Limits;
+use crate::read::backend_status::{self, Visibility};
 use pgrx::pg_sys;
 
 /// A fresh picture of every backend, as the caller may see it in `pg_stat_activity`.
@@ -36,7 +36,7 @@ pub fn activity_all() -> Snapshot {
 
 /// Every backend waiting for a heavyweight lock, with what `pg_blocking_pids()` says of it.
 pub fn lock_waits() -> Vec<LockWait> {
-    crate::locks::lock_waits()
+    crate::read::locks::lock_waits()
 }
 
 /// The server's connection limits, from its settings.

@@ -14,6 +14,14 @@
 //! logged and shown in `worker_status().last_error`, and the next check retries. If the process
 //! dies anyway, the postmaster restarts it after `RESTART_AFTER`.
 
+mod check;
+pub mod guard;
+mod purge;
+pub mod requests;
+mod sample;
+pub mod setting_changes;
+pub mod xact;
+
 use crate::core::history::{self as samples, ByRule, Churn, Extra};
 use crate::core::leaks::{self, LeakReports, Reason};
 use crate::core::policy::{self, Load, Target};
@@ -21,9 +29,13 @@ use crate::core::quote::{quoted, quoted_or};
 use crate::core::recheck::Verdict;
 use crate::core::session::{Micros, SECOND};
 use crate::core::utilization;
-use crate::guard::{self, Actor, Outcome};
-use crate::shared::{POLICY_TEXT, SHARED};
-use crate::{churn, guc, history, locks, requests, setting_changes, snapshot, xact};
+use crate::guc;
+use crate::read::locks;
+use crate::read::snapshot;
+use crate::shmem::churn;
+use crate::shmem::history;
+use crate::shmem::status::{POLICY_TEXT, SHARED};
+use guard::{Actor, Outcome};
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -192,6 +204,26 @@ impl State {
             );
         }
     }
+}
+
+fn key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
+    (
+        b.pid,
+        b.backend_start.unwrap_or(0),
+        b.state_change.unwrap_or(0),
+    )
+}
+
+fn session_key(b: &crate::core::session::Backend) -> (i32, Micros) {
+    (b.pid, b.backend_start.unwrap_or(0))
+}
+
+fn xact_key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
+    (
+        b.pid,
+        b.backend_start.unwrap_or(0),
+        b.xact_start.unwrap_or(0),
+    )
 }
 
 fn now() -> Micros {
@@ -498,14 +530,14 @@ pub extern "C-unwind" fn dbconn_guard_worker_main(_arg: pg_sys::Datum) {
             check_refused_settings(&mut state);
             state.last_purge = 0;
             #[cfg(feature = "test_hooks")]
-            fill_history_for_tests(&mut state);
+            sample::fill_history_for_tests(&mut state);
         }
         for ended in requests::serve(&mut state.terminations_total) {
             // a backend lingers in the status array while it exits: not a target again
             state.acted.insert(key(&ended), Acted::Signalled);
             state.ending.insert(session_key(&ended), Acted::Signalled);
         }
-        sleep = cycle(&mut state);
+        sleep = check::cycle(&mut state);
         // awake for the next sample too: it only ever shortens a sleep, so no deadline moves
         // (a sample missed by a failed check is taken by the next one: a due time already past
         // never shortens the sleep, so an error that recurs cannot make the worker spin)
@@ -564,592 +596,6 @@ fn wait(us: Micros) {
     })
     .catch_others(|_| log!("dbconn_guard worker: cancel request ignored (no check was running)"))
     .execute();
-}
-
-struct Planned {
-    extension_ready: bool,
-    examined: i64,
-    targets: Vec<Target>,
-    deferred: i64,
-    next_deadline: Option<Micros>,
-    judged_at: Micros,
-    /// The check's status read, when a sample of the history is due: taken after the kill
-    /// path has acted, so a sample never delays a termination.
-    sample_from: Option<crate::core::session::Snapshot>,
-}
-
-/// One check: read and plan in one transaction, act through the kill path, purge; returns how
-/// long to sleep.
-fn cycle(state: &mut State) -> Micros {
-    // the policy in force, read once per check
-    let pol = guc::policy();
-    let longest = policy::longest_sleep(guc::naptime_us(), &pol);
-    let started = now();
-    let cpu_before = cpu_time_us();
-    let cycle_no = SHARED.share().cycles + 1;
-
-    let planned = xact::transaction(c"dbconn_guard: checking sessions", || plan(state, &pol));
-    let mut error: Option<String>;
-    let mut could_not_record = false;
-    // the audit could not be locked in time in this check: no further step waits for it
-    let mut locked_out = false;
-    let mut terminated = 0;
-    let mut next_deadline = None;
-    let mut extension_ready = false;
-    let (mut examined, mut deferred) = (0, 0);
-    let mut sample_from = None;
-    match planned {
-        Ok(mut p) => {
-            sample_from = p.sample_from.take();
-            extension_ready = p.extension_ready;
-            examined = p.examined;
-            deferred = p.deferred;
-            next_deadline = p.next_deadline;
-            // the cap counts sessions acted on, not sessions spared: the targets go to the
-            // kill path in batches until that many are ended (or recorded, in a dry run), so
-            // that sessions spared at the last look hold up no other target or rule
-            let cap = pol.max_terminations_per_cycle.max(1);
-            let mut acted_on = 0;
-            let mut reached = 0;
-            let mut errors: Vec<String> = Vec::new();
-            while reached < p.targets.len() && acted_on < cap {
-                let batch = &p.targets[reached..(reached + cap - acted_on).min(p.targets.len())];
-                reached += batch.len();
-                let report = guard::carry_out(
-                    batch,
-                    p.judged_at,
-                    &Actor::Worker { cycle: cycle_no },
-                    guc::DRY_RUN.get(),
-                    locked_out,
-                );
-                locked_out |= report.locked_out;
-                for (t, o) in batch.iter().zip(&report.outcomes) {
-                    let acted = match o {
-                        Outcome::Terminated { .. } => Some(Acted::Signalled),
-                        Outcome::WouldTerminate => Some(Acted::DryRun),
-                        _ => None,
-                    };
-                    // the escalation counts from an active root's first cancel
-                    // only cancels that were sent: a dry run's records never make a real
-                    // escalation
-                    let sent = matches!(o, Outcome::Terminated { .. });
-                    match (t.rule, sent) {
-                        (policy::Rule::LockQueueCancel, true) => {
-                            state
-                                .queue_cancels
-                                .insert(session_key(&t.backend), p.judged_at);
-                        }
-                        (policy::Rule::BlockerCancel, true) => {
-                            let at = p.judged_at;
-                            let gap = episode_gap(&pol);
-                            state
-                                .first_cancels
-                                .entry(session_key(&t.backend))
-                                .and_modify(|(first, last)| {
-                                    if at - *last > gap {
-                                        *first = at;
-                                    }
-                                    *last = at;
-                                })
-                                .or_insert((at, at));
-                        }
-                        (policy::Rule::BlockerTerminate, true) => {
-                            state.first_cancels.remove(&session_key(&t.backend));
-                        }
-                        _ => {}
-                    }
-                    if let Some(a) = acted {
-                        acted_on += 1;
-                        state.acted.insert(key(&t.backend), a);
-                        if !t.rule.cancels() {
-                            state.ending.insert(session_key(&t.backend), a);
-                        }
-                        if t.rule == policy::Rule::TransactionTimeout {
-                            state.acted_xacts.insert(xact_key(&t.backend), a);
-                        }
-                    }
-                    if let Outcome::Spared(
-                        v @ (Verdict::CommitWaitsForStandby | Verdict::ConcurrentIndexBuild),
-                    ) = o
-                    {
-                        state.back_off(t, *v, p.judged_at);
-                    }
-                    // a cancelled statement is no ended session
-                    if o.ended() && !t.rule.cancels() {
-                        terminated += 1;
-                    }
-                }
-                could_not_record |= report.outcomes.contains(&Outcome::NotRecorded);
-                errors.extend(report.error);
-                if could_not_record {
-                    // the next batch would fail the same way
-                    break;
-                }
-            }
-            error = (!errors.is_empty()).then(|| errors.join("; "));
-            // targets not reached wait for the next check, at once
-            let left = (p.targets.len() - reached) as i64;
-            if left > 0 {
-                deferred += left;
-                next_deadline = Some(p.judged_at);
-            }
-        }
-        Err(f) => error = Some(f.message),
-    }
-    // the history's sample, from this check's read, once the kill path has acted; a failure
-    // here is logged and never stops the guard
-    if let Some(snap) = sample_from {
-        let read_at = snap.now;
-        let mut st = std::panic::AssertUnwindSafe(&mut *state);
-        let ok = PgTryBuilder::new(move || {
-            take_sample(&mut st, &snap);
-            true
-        })
-        .catch_others(|_| false)
-        .execute();
-        if !ok {
-            state.next_sample = samples::next_sample_at(read_at, state.sample_interval);
-            warning!("dbconn_guard worker: could not take a sample of the history; the next one is due at its time");
-        }
-    }
-    // records kept in memory while the audit table could not be locked: written once it can
-    if extension_ready && !locked_out && guard::records_pending() {
-        if let Err(f) = guard::write_pending() {
-            warning!("dbconn_guard worker: the records kept in memory are not written to dbconn_guard.terminations yet (retrying at the next check): {f}");
-            // the audit cannot be locked in time: no further step of this check waits for it
-            locked_out |= f.sqlstate == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE;
-        }
-    }
-    if extension_ready && !locked_out && guard::withdrawals_queued() {
-        if let Err(e) = guard::withdraw_queued() {
-            error.get_or_insert(format!("withdrawing audit rows: {e}"));
-        }
-    }
-    if extension_ready && !locked_out && purge_due(state, now()) {
-        if let Err(f) = xact::writing_transaction(c"dbconn_guard: purging old audit rows", || {
-            purge_audit(state, now())
-        }) {
-            error.get_or_insert(format!("purging old audit rows: {f}"));
-        }
-    }
-
-    let finished = now();
-    let mut s = SHARED.exclusive();
-    s.cycles = cycle_no;
-    s.last_cycle_start = started;
-    s.last_cycle_us = finished - started;
-    s.last_cycle_cpu_us = cpu_time_us() - cpu_before;
-    s.extension_ready = extension_ready;
-    s.could_not_record = could_not_record;
-    s.sessions_examined = examined;
-    s.terminations_last_cycle = terminated;
-    s.deferred_last_cycle = deferred;
-    state.terminations_total += terminated;
-    s.terminations_total = state.terminations_total;
-    if let Some(msg) = &error {
-        s.last_error.set(msg);
-        s.last_error_at = finished;
-    }
-    drop(s);
-    match error {
-        Some(msg) => {
-            warning!("dbconn_guard worker: check {cycle_no}: {msg}; retrying within a naptime");
-            policy::sleep_after(None, finished, guc::naptime_us())
-        }
-        None => policy::sleep_after(next_deadline, finished, longest),
-    }
-}
-
-fn key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
-    (
-        b.pid,
-        b.backend_start.unwrap_or(0),
-        b.state_change.unwrap_or(0),
-    )
-}
-
-/// How long a session whose queued statement was cancelled counts as one that re-issues it:
-/// two lock-queue timeouts, at least a minute.
-fn queue_memory(pol: &policy::Policy) -> Micros {
-    (2 * pol.lock_queue_timeout).max(60 * SECOND)
-}
-
-/// How long an active root may go without a cancel before its escalation starts afresh:
-/// `blocker_terminate_after` + `blocker_timeout` (at least a second of slack).
-fn episode_gap(pol: &policy::Policy) -> Micros {
-    pol.blocker_terminate_after + pol.blocker_timeout.max(SECOND)
-}
-
-fn session_key(b: &crate::core::session::Backend) -> (i32, Micros) {
-    (b.pid, b.backend_start.unwrap_or(0))
-}
-
-fn xact_key(b: &crate::core::session::Backend) -> (i32, Micros, Micros) {
-    (
-        b.pid,
-        b.backend_start.unwrap_or(0),
-        b.xact_start.unwrap_or(0),
-    )
-}
-
-/// Reads every backend and plans (inside the check's first transaction).
-fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
-    let mut out = Planned {
-        extension_ready: false,
-        examined: 0,
-        targets: Vec::new(),
-        deferred: 0,
-        next_deadline: None,
-        judged_at: 0,
-        sample_from: None,
-    };
-    // the history is sampled whether the extension exists here or not (it lives in shared
-    // memory, for the views of any database); a new interval, or a clock set back, aligns
-    // the next sample anew
-    let interval = guc::sample_interval_us();
-    let t = now();
-    if interval != state.sample_interval || state.next_sample - t > interval {
-        state.sample_interval = interval;
-        state.next_sample = samples::next_sample_at(t, interval);
-    }
-    if !snapshot::extension_present() {
-        guard::forget_audit_table_proof();
-        if t >= state.next_sample {
-            out.sample_from = Some(snapshot::activity_all());
-        }
-        if !state.said_missing_extension {
-            log!(
-                "dbconn_guard worker: extension \"dbconn_guard\" does not exist in database {}; waiting for CREATE EXTENSION dbconn_guard there",
-                quoted(&guc::database())
-            );
-            state.said_missing_extension = true;
-        }
-        return out;
-    }
-    if state.said_missing_extension {
-        log!("dbconn_guard worker: extension found, guarding sessions");
-        state.said_missing_extension = false;
-    }
-    out.extension_ready = true;
-    if !unsafe { pg_sys::superuser() } {
-        error!(
-            "the worker does not run as a superuser (a setting of its database or role?): it ends no session"
-        );
-    }
-
-    let snap = snapshot::activity_all();
-    state.connections_at_read = churn::connections_total();
-    out.judged_at = snap.now;
-    let util = utilization::utilization(&snap, snapshot::limits());
-    out.examined = util.client_backends;
-
-    // forget sessions that are gone — only on a complete read: a status entry that could not
-    // be read is no proof that its session ended
-    if !state.acted.is_empty() && snap.torn == 0 {
-        let present: std::collections::HashSet<(i32, Micros, Micros)> =
-            snap.backends.iter().map(key).collect();
-        state.acted.retain(|k, _| present.contains(k));
-    }
-    if !state.acted_xacts.is_empty() && snap.torn == 0 {
-        let present: std::collections::HashSet<(i32, Micros, Micros)> =
-            snap.backends.iter().map(xact_key).collect();
-        state.acted_xacts.retain(|k, _| present.contains(k));
-    }
-    if (!state.first_cancels.is_empty() || !state.queue_cancels.is_empty()) && snap.torn == 0 {
-        // a session that ended, or (for the escalation) that is idle outside a transaction,
-        // starts afresh: a pooler's server connection serves another client's transaction next
-        let busy: std::collections::HashSet<(i32, Micros)> = snap
-            .backends
-            .iter()
-            .filter(|b| !b.has_state("idle"))
-            .map(session_key)
-            .collect();
-        let present: std::collections::HashSet<(i32, Micros)> =
-            snap.backends.iter().map(session_key).collect();
-        state.first_cancels.retain(|k, _| busy.contains(k));
-        state.queue_cancels.retain(|k, _| present.contains(k));
-    }
-    if !state.ending.is_empty() && snap.torn == 0 {
-        let present: std::collections::HashSet<(i32, Micros)> =
-            snap.backends.iter().map(session_key).collect();
-        state.ending.retain(|k, _| present.contains(k));
-    }
-    if !state.backoff.is_empty() && snap.torn == 0 {
-        let present: std::collections::HashSet<(i32, Micros, Micros)> =
-            snap.backends.iter().map(key).collect();
-        state.backoff.retain(|k, _| present.contains(k));
-    }
-
-    if guc::ENABLED.get() && state.refused.is_none() {
-        let load = Load {
-            client_backends: util.client_backends,
-            max_connections: util.limits.max_connections,
-        };
-        let (acted, acted_xacts, backoff, first_cancels, queue_cancels, ending) = (
-            &state.acted,
-            &state.acted_xacts,
-            &state.backoff,
-            &state.first_cancels,
-            &state.queue_cancels,
-            &state.ending,
-        );
-        let judged_at = snap.now;
-        // the lock graph only for the root-blocker and lock-queue rules (no catalog access,
-        // no names)
-        let waits = if pol.watches_locks() {
-            locks::lock_graph()
-        } else {
-            Vec::new()
-        };
-        // every expired target, in order: the cap is applied as they are acted on (`cycle`)
-        let uncapped = policy::Policy {
-            max_terminations_per_cycle: usize::MAX,
-            ..pol.clone()
-        };
-        let plan = policy::plan_with(
-            &snap,
-            &waits,
-            load,
-            &uncapped,
-            unsafe { pg_sys::MyProcPid },
-            |b, rule| {
-                // a statement that ignored its cancel is the same statement: acted on once,
-                // but its escalation is judged all the same
-                (rule != policy::Rule::BlockerTerminate && acted.contains_key(&key(b)))
-                    || (b.xact_start.is_some() && acted_xacts.contains_key(&xact_key(b)))
-                    || backoff.get(&key(b)).is_some_and(|o| o.until > judged_at)
-            },
-            |b| policy::Recall {
-                first_blocker_cancel: first_cancels
-                    .get(&session_key(b))
-                    .filter(|(_, last)| judged_at - last <= episode_gap(&uncapped))
-                    .map(|(first, _)| *first),
-                queue_cancelled_lately: queue_cancels
-                    .get(&session_key(b))
-                    .is_some_and(|at| judged_at - at <= queue_memory(&uncapped)),
-                ending: ending.contains_key(&session_key(b)),
-            },
-        );
-        out.targets = plan.targets;
-        // a queued statement's relation, named here, in the check's transaction (the kill path
-        // logs it later, with interrupts held: no catalog access there)
-        for t in out.targets.iter_mut() {
-            if let Some(r) = t.queued.as_mut().and_then(|q| q.relation.as_mut()) {
-                *r = locks::relation_label(r);
-            }
-        }
-        // for the audit: what each target holds up (from the lock graph, read here when the
-        // rules did not read it: only when there is someone to act on), on which relation,
-        // and its last statement, re-read from its own status entry
-        if !out.targets.is_empty() {
-            let read_now;
-            let graph = if pol.watches_locks() {
-                &waits
-            } else {
-                read_now = locks::lock_graph();
-                &read_now
-            };
-            guard::describe_for_audit(out.targets.iter_mut(), graph, judged_at);
-        }
-        out.deferred = plan.deferred as i64;
-        // a back-off that ends wakes nobody: its session is judged again at the first check
-        // after it (at most a naptime, or the shortest timeout, later), so sessions spared at
-        // different moments add no wake-ups of their own
-        out.next_deadline = plan.next_deadline;
-    }
-
-    if snap.now >= state.next_sample {
-        out.sample_from = Some(snap);
-    }
-    out
-}
-
-const PURGE_EVERY: Micros = 3600 * SECOND;
-
-/// Whether the hourly purge is due (checked without a transaction: most checks have nothing
-/// to purge).
-fn purge_due(state: &State, now: Micros) -> bool {
-    guc::AUDIT_RETENTION.get() > 0
-        && now - state.last_purge >= PURGE_EVERY
-        && !unsafe { pg_sys::RecoveryInProgress() }
-}
-/// Rows deleted per statement when purging: a long backlog goes in steps, each well within the
-/// worker's statement_timeout.
-const PURGE_BATCH: i64 = 10_000;
-
-/// Deletes audit rows older than `dbconn_guard.audit_retention`, hourly and after each reload
-/// (not on a standby, where the table is read-only).
-fn purge_audit(state: &mut State, now: Micros) {
-    let retention_s = guc::AUDIT_RETENTION.get();
-    if retention_s <= 0
-        || now - state.last_purge < PURGE_EVERY
-        || unsafe { pg_sys::RecoveryInProgress() }
-    {
-        return;
-    }
-    state.last_purge = now;
-    if snapshot::audit_table().is_none() {
-        return;
-    }
-    let mut deleted = 0;
-    loop {
-        let n = Spi::connect_mut(|client| {
-            client
-                .update(
-                    "DELETE FROM dbconn_guard.terminations WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY( \
-                       SELECT id FROM dbconn_guard.terminations \
-                        WHERE terminated_at OPERATOR(pg_catalog.<) \
-                              (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
-                        LIMIT $2))",
-                    None,
-                    &[f64::from(retention_s).into(), PURGE_BATCH.into()],
-                )
-                .map(|t| t.len())
-        })
-        .unwrap_or_else(|e| error!("could not purge old audit rows: {e}"));
-        deleted += n;
-        if (n as i64) < PURGE_BATCH {
-            break;
-        }
-    }
-    if deleted > 0 {
-        log!("dbconn_guard worker: deleted {deleted} rows of dbconn_guard.terminations older than dbconn_guard.audit_retention ({retention_s}s)");
-    }
-}
-
-/// Test builds only: appends `dbconn_guard.test_fill_history` synthetic samples, 10 seconds
-/// apart (the default interval) and ending now, each with the ring's full number of groups under
-/// 63-byte names (the worst case for a reader). The worker is the ring's only writer, so the
-/// samples are written here, not by the backend that asks.
-#[cfg(feature = "test_hooks")]
-fn fill_history_for_tests(state: &mut State) {
-    use crate::core::history::{GroupName, GroupSample, Sample, StateCounts};
-    let n = guc::TEST_FILL_HISTORY.get();
-    if n <= 0 || n == state.filled {
-        return;
-    }
-    state.filled = n;
-    let groups = history::shape().map_or(0, |(_, g)| g);
-    let interval = 10 * SECOND;
-    let end = now();
-    let name = |i: usize, what: &str| Some(format!("{what}{i:0>59}"));
-    for k in 0..n as i64 {
-        let mut s = Sample {
-            time: end - (n as i64 - 1 - k) * interval,
-            max_connections: 2300,
-            utilization_pct: 50.0,
-            available_connections: 1147,
-            lock_waiters: (k % 7) as u32,
-            longest_lock_wait_s: (k % 90) as f64,
-            ..Default::default()
-        };
-        for g in 0..=groups {
-            let counts = StateCounts {
-                active: 7,
-                idle: 50 + (k % 10) as u32,
-                idle_in_transaction: 3,
-                ..Default::default()
-            };
-            s.clients.add(&counts);
-            s.groups.push(GroupSample {
-                name: if g < groups {
-                    GroupName {
-                        datname: name(g, "db"),
-                        usename: name(g, "us"),
-                        application_name: name(g, "ap"),
-                    }
-                } else {
-                    GroupName::default()
-                },
-                counts,
-                other: g == groups,
-            });
-        }
-        history::append(&s);
-    }
-    log!("dbconn_guard worker: test build: appended {n} synthetic samples to the history");
-}
-
-/// Takes a sample of the history from the check's own status read, and logs the leak
-/// suspects it shows for the first time.
-fn take_sample(state: &mut State, snap: &crate::core::session::Snapshot) {
-    state.next_sample = samples::next_sample_at(snap.now, state.sample_interval);
-    let (by_rule, sampled) = {
-        let s = SHARED.share();
-        (s.terminations_by_rule, s.sampled_by_rule)
-    };
-    let connections_total = state.connections_at_read;
-    let previous_churn = SHARED.share().previous_churn;
-    let lock_wait_starts = locks::wait_starts();
-    // the largest pile-up's root, from the lock graph, read only when something waits
-    let largest_root = if lock_wait_starts.is_empty() {
-        None
-    } else {
-        crate::core::blocking::largest_root(&locks::lock_graph())
-    };
-    let extra = Extra {
-        lock_wait_starts,
-        largest_root,
-        terminations: ByRule::since(by_rule, sampled),
-        leak_suspect_groups: 0,
-        churn: previous_churn.map(|(total, clients, carry)| Churn {
-            connections_total,
-            previous_connections_total: total,
-            previous_clients: clients,
-            carry,
-        }),
-    };
-    let top = history::shape().map_or(0, |(_, g)| g);
-    let mut sample = samples::take(snap, snapshot::limits(), &extra, top);
-
-    // the leak trend: this group's idle counts over the newest samples, this one included
-    let window = guc::LEAK_TREND_SAMPLES.get().max(2) as usize;
-    let mut recent = history::read(Some(window.saturating_sub(1)), true);
-    if history::enabled() {
-        recent.push(sample.clone());
-    }
-    let samples_of = |n: &samples::GroupName| samples::idle_series(&recent, n, window);
-    let idle_age = f64::from(guc::LEAK_IDLE_AGE.get());
-    let rows = leaks::suspects_with_trend(
-        snap,
-        idle_age,
-        window,
-        samples::previous_sample_time(&recent),
-        samples_of,
-    );
-    sample.leak_suspect_groups = rows.len() as u32;
-    history::append(&sample);
-    {
-        let mut s = SHARED.exclusive();
-        s.sampled_by_rule = by_rule;
-        s.sessions_ended_total += i64::from(sample.ended_sessions);
-        s.previous_churn = Some((
-            connections_total,
-            samples::churn_clients(&sample.clients),
-            sample.churn_carry,
-        ));
-    }
-    let notes = state.leaks.note(&rows, samples_of);
-    for note in notes {
-        let k = &note.key;
-        let why = match &note.reason {
-            Reason::OldIdle(age) => {
-                format!("idle sessions older than {idle_age:.0}s (oldest {age:.0}s)")
-            }
-            Reason::Growing(s) => format!(
-                "idle count growing over the last {} samples: {s:?}",
-                s.len()
-            ),
-        };
-        warning!(
-            "dbconn_guard: connection leak suspect: database={} user={} application={} client={} holds {} idle sessions; {why}",
-            quoted_or(k.datname.as_deref(), "-"),
-            quoted_or(k.usename.as_deref(), "-"),
-            quoted_or(k.application_name.as_deref(), "-"),
-            k.client_addr.as_deref().map_or_else(|| "local".to_string(), quoted),
-            note.idle_count,
-        );
-    }
 }
 
 /// CPU time (user + system) this process has used, in microseconds.

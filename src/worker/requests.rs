@@ -13,14 +13,14 @@
 //! Like `pg_terminate_backend()`, what is done is done: it does not depend on the caller's
 //! transaction committing.
 
-use crate::backend_status::{self, Slot};
 use crate::core::policy::{Rule, Target, IDLE_STATES};
 use crate::core::session::Micros;
-use crate::guard::{self, Actor, Outcome};
-use crate::shared::{
+use crate::read::backend_status::{self, Slot};
+use crate::shmem::status::{
     self, FixedText, Request, RequestState, RequestTarget, REQUESTS, REQUEST_TARGETS, SHARED,
 };
-use crate::xact;
+use crate::worker::guard::{self, Actor, Outcome};
+use crate::worker::xact;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -161,9 +161,9 @@ fn carry_out(
             }
         }
         if !targets.is_empty() {
-            crate::guard::describe_for_audit(
+            crate::worker::guard::describe_for_audit(
                 targets.iter_mut().map(|(_, t)| t),
-                &crate::locks::lock_graph(),
+                &crate::read::locks::lock_graph(),
                 now,
             );
         }
@@ -259,7 +259,7 @@ pub fn dry_run_budget(role: pg_sys::Oid, rows: i64) -> Result<(), i64> {
                     }
                 })
                 .map_or(0, |(i, _)| i);
-            r.dry_run_budgets[i] = crate::shared::DryRunBudget {
+            r.dry_run_budgets[i] = crate::shmem::status::DryRunBudget {
                 role,
                 window_start: now,
                 rows: 0,
@@ -272,7 +272,7 @@ pub fn dry_run_budget(role: pg_sys::Oid, rows: i64) -> Result<(), i64> {
         b.window_start = now;
         b.rows = 0;
     }
-    if rows == 0 && b.rows >= crate::shared::DRY_RUN_ROWS_PER_MINUTE {
+    if rows == 0 && b.rows >= crate::shmem::status::DRY_RUN_ROWS_PER_MINUTE {
         return Err(b.rows);
     }
     b.rows += rows;
@@ -281,7 +281,7 @@ pub fn dry_run_budget(role: pg_sys::Oid, rows: i64) -> Result<(), i64> {
 
 /// Whether the worker can take requests now; the reason why not otherwise.
 pub fn worker_ready() -> Result<(), String> {
-    if !shared::available() {
+    if !status::available() {
         return Err("dbconn_guard is not in shared_preload_libraries, so its worker — which records and carries out every termination — is not running".into());
     }
     let s = SHARED.share();

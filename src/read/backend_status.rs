@@ -30,7 +30,7 @@ pub enum Visibility {
 
 /// A catalog name (database, role), in the database encoding, as UTF-8.
 unsafe fn cstr(p: *const std::ffi::c_char) -> Option<String> {
-    unsafe { crate::encoding::cstr_to_rust(p) }
+    unsafe { crate::read::encoding::cstr_to_rust(p) }
 }
 
 /// A string PostgreSQL keeps for the life of the process (a literal in its binary).
@@ -352,7 +352,7 @@ impl Names {
         let n = match self.apps.get(bytes) {
             Some(n) => n.clone(),
             None => {
-                let n = Name::from(crate::encoding::to_rust(bytes).as_ref());
+                let n = Name::from(crate::read::encoding::to_rust(bytes).as_ref());
                 self.apps.insert(bytes.into(), n.clone());
                 n
             }
@@ -508,7 +508,8 @@ pub fn read_queries_of<'a>(backends: impl Iterator<Item = &'a mut Backend>) {
         };
         if let Entry::Read(raw) = unsafe { read_entry(base.add(slot as usize), &mut buf) } {
             if raw.pid == b.pid && ts(raw.backend_start) == b.backend_start {
-                b.query = Some(crate::encoding::to_rust(&buf.query[..raw.query_len]).into_owned());
+                b.query =
+                    Some(crate::read::encoding::to_rust(&buf.query[..raw.query_len]).into_owned());
             }
         }
     }

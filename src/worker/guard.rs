@@ -29,17 +29,20 @@
 //! and — off a standby — a list of records waiting in shared memory, which the worker writes to
 //! the table once it can.
 
-use crate::backend_status::{self, Slot};
 use crate::core::blocking::{self, LockWait};
+use crate::core::durations::dur;
 use crate::core::policy::{self, Policy, Rule, Scope, Target};
 use crate::core::quote::{quoted, quoted_or};
 use crate::core::recheck::{self, Fresh, Verdict};
 use crate::core::rules::LastLook;
 use crate::core::session::{age_seconds, Micros, Name};
-use crate::encoding::DbText;
-use crate::shared::{self, FixedText, TerminationRecord, Withdrawal};
-use crate::xact;
-use crate::{guc, locks, snapshot};
+use crate::guc;
+use crate::read::backend_status::{self, Slot};
+use crate::read::encoding::DbText;
+use crate::read::locks;
+use crate::read::snapshot;
+use crate::shmem::status::{self, FixedText, TerminationRecord, Withdrawal};
+use crate::worker::xact;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
@@ -260,16 +263,6 @@ const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(v).ok()
-}
-
-fn human(seconds: f64) -> String {
-    if seconds >= 3600.0 {
-        format!("{:.1}h", seconds / 3600.0)
-    } else if seconds >= 60.0 {
-        format!("{:.1}min", seconds / 60.0)
-    } else {
-        format!("{seconds:.1}s")
-    }
 }
 
 /// The last look at a target: its status entry read once more, in place, and judged.
@@ -605,8 +598,8 @@ pub fn carry_out(
         }
         // shown (worker_status().last_error, diagnose()), but no failure of the check: the
         // worker keeps its deadlines
-        if shared::available() && !locked_out_before {
-            let mut s = shared::SHARED.exclusive();
+        if status::available() && !locked_out_before {
+            let mut s = status::SHARED.exclusive();
             s.last_error.set(&msg);
             s.last_error_at = unsafe { pg_sys::GetCurrentTimestamp() };
         }
@@ -775,10 +768,10 @@ fn signal(pid: i32, role: Option<pg_sys::Oid>, cancel: bool) -> bool {
 /// one already queued for mean the extension was dropped and created again: the old entries
 /// are dropped, their table is gone.
 fn queue_withdrawals(table: pg_sys::Oid, rows: &[Withdrawal]) {
-    if !shared::available() || rows.is_empty() {
+    if !status::available() || rows.is_empty() {
         return;
     }
-    let mut s = shared::SHARED.exclusive();
+    let mut s = status::SHARED.exclusive();
     if s.withdraw_table != u32::from(table) {
         s.withdraw_len = 0;
         s.withdraw_table = u32::from(table);
@@ -802,10 +795,10 @@ fn queue_withdrawals(table: pg_sys::Oid, rows: &[Withdrawal]) {
 }
 
 fn dequeue_withdrawals(rows: &[Withdrawal]) {
-    if !shared::available() || rows.is_empty() {
+    if !status::available() || rows.is_empty() {
         return;
     }
-    let mut s = shared::SHARED.exclusive();
+    let mut s = status::SHARED.exclusive();
     let n = s.withdraw_len as usize;
     let kept: Vec<Withdrawal> = s.withdraw[..n]
         .iter()
@@ -818,23 +811,23 @@ fn dequeue_withdrawals(rows: &[Withdrawal]) {
 
 /// Whether audit rows wait to be withdrawn.
 pub fn withdrawals_queued() -> bool {
-    shared::available() && shared::SHARED.share().withdraw_len > 0
+    status::available() && status::SHARED.share().withdraw_len > 0
 }
 
 /// Whether records kept in memory wait to be written to the table.
 pub fn records_pending() -> bool {
-    shared::available() && shared::SHARED.share().pending_count() > 0
+    status::available() && status::SHARED.share().pending_count() > 0
 }
 
 /// Writes the records kept in memory while the table could not be locked (see `carry_out`)
 /// to the table, in a transaction of its own, bounded by the worker's lock_timeout like every
 /// write; marks them written once committed. Returns how many were written.
 pub fn write_pending() -> Result<usize, xact::Failure> {
-    if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
+    if !status::available() || unsafe { pg_sys::RecoveryInProgress() } {
         return Ok(0);
     }
     let pending: Vec<TerminationRecord> = {
-        let s = shared::SHARED.share();
+        let s = status::SHARED.share();
         s.pending[..usize::from(s.pending_len)].to_vec()
     };
     if pending.is_empty() {
@@ -892,7 +885,7 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
         .unwrap_or_else(|e| error!("{e}"));
     })?;
     // the worker alone adds to the list and writes it out: the first `len` are these
-    shared::SHARED.exclusive().written(pending.len());
+    status::SHARED.exclusive().written(pending.len());
     log!(
         "dbconn_guard: wrote {} records kept in memory while dbconn_guard.terminations could not be locked to the table",
         pending.len()
@@ -904,11 +897,11 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
 /// the deletion is committed. Rows queued for a table that is no longer the extension's (it
 /// was dropped) are dropped from the queue.
 pub fn withdraw_queued() -> Result<(), String> {
-    if !shared::available() || unsafe { pg_sys::RecoveryInProgress() } {
+    if !status::available() || unsafe { pg_sys::RecoveryInProgress() } {
         return Ok(());
     }
     let (table, rows): (u32, Vec<Withdrawal>) = {
-        let s = shared::SHARED.share();
+        let s = status::SHARED.share();
         (
             s.withdraw_table,
             s.withdraw[..s.withdraw_len as usize].to_vec(),
@@ -990,13 +983,13 @@ fn log_outcome(t: &Target, o: Outcome, judged_at: Micros, actor: &str, dry_run: 
         "dbconn_guard: {verb} pid {} ({} for {}; rule {}{holding}): user={} database={} application={} client={} transaction_age={} actor={}",
         b.pid,
         b.state.unwrap_or("?"),
-        human(state_age),
+        dur(state_age),
         t.rule.as_str(),
         quoted_or(b.usename.as_deref(), "-"),
         quoted_or(b.datname.as_deref(), "-"),
         quoted_or(b.application_name.as_deref(), "-"),
         b.client_addr.as_deref().map_or_else(|| "local".to_string(), quoted),
-        xact_age.map(human).unwrap_or_else(|| "-".into()),
+        xact_age.map(dur).unwrap_or_else(|| "-".into()),
         quoted(actor),
     );
 }
@@ -1082,7 +1075,7 @@ fn remember(
     pending: bool,
     cycle: Option<i64>,
 ) {
-    if !shared::available() {
+    if !status::available() {
         return;
     }
     let b = &t.backend;
@@ -1117,7 +1110,7 @@ fn remember(
     rec.state.set(b.state.unwrap_or(""));
     rec.rule.set(t.rule.as_str());
     rec.actor.set(actor);
-    let mut s = shared::SHARED.exclusive();
+    let mut s = status::SHARED.exclusive();
     s.push_recent(rec);
     if matches!(o, Outcome::Terminated { .. }) && !dry_run {
         s.terminations_by_rule[t.rule.index()] += 1;
@@ -1129,7 +1122,7 @@ fn remember(
         drop(s);
         warning!(
             "dbconn_guard: {} records wait to be written to dbconn_guard.terminations already: the termination of pid {} is recorded in the server log and recent_terminations() only ({lost} such records since the server started)",
-            shared::PENDING,
+            status::PENDING,
             b.pid
         );
     }

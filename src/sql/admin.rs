@@ -1,5 +1,5 @@
-//! The guard's SQL surface: `worker_status()`, `recent_terminations()`, and the manual
-//! `terminate_idle()` and `cancel_statements()`.
+//! The guard's SQL surface: `worker_status()`, `recent_terminations()`, `setting_changes()`,
+//! and the manual `terminate_idle()` and `cancel_statements()`.
 
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
@@ -7,12 +7,16 @@
 use crate::core::filter::{self, SessionFilter};
 use crate::core::policy::{self, IDLE_STATES};
 use crate::core::session::{owned, Micros};
-use crate::encoding::DbText;
-use crate::guard::Outcome;
-use crate::requests::Ask;
-use crate::shared::{self, RequestTarget, POLICY_TEXT, SHARED};
+use crate::errors;
+use crate::guc;
+use crate::read::encoding::DbText;
+use crate::read::snapshot;
+use crate::shmem::status::{self, RequestTarget, POLICY_TEXT, SHARED};
+use crate::worker::guard::Outcome;
+use crate::worker::requests;
+use crate::worker::requests::Ask;
+use crate::worker::setting_changes;
 use crate::worker::BACKEND_TYPE;
-use crate::{errors, guc, requests, snapshot};
 use pgrx::prelude::*;
 
 fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
@@ -22,7 +26,7 @@ fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
 }
 
 fn require_preloaded(what: &str) {
-    if !shared::available() {
+    if !status::available() {
         errors::not_ready(
             format!("dbconn_guard: {what} needs the library preloaded"),
             None,
@@ -62,7 +66,7 @@ fn worker_status() -> TableIterator<
         name!(policy, pgrx::JsonB),
     ),
 > {
-    if !shared::available() {
+    if !status::available() {
         // no worker to report on: say how to get one, and show the policy it would apply
         let policy = policy::summary_json(&guc::policy_values(), POLICY_TEXT);
         return TableIterator::once((
@@ -433,7 +437,7 @@ fn ask_worker(
                 format!("{f}: too many dry runs: nothing was recorded"),
                 Some(format!(
                     "This role recorded {rows} dry-run rows in the last minute; the limit is {} a minute per role.",
-                    crate::shared::DRY_RUN_ROWS_PER_MINUTE
+                    crate::shmem::status::DRY_RUN_ROWS_PER_MINUTE
                 )),
                 Some("Wait a minute and call it again; dbconn_guard.terminations already holds what the earlier dry runs would do."),
             );
@@ -446,7 +450,7 @@ fn ask_worker(
     let caller_can_signal = caller_is_superuser || caller_has_privs_of("pg_signal_backend");
     let actor = format!(
         "manual:{}",
-        unsafe { crate::encoding::cstr_to_rust(pg_sys::GetUserNameFromId(role, true)) }
+        unsafe { crate::read::encoding::cstr_to_rust(pg_sys::GetUserNameFromId(role, true)) }
             .unwrap_or_default()
     );
 
@@ -544,4 +548,31 @@ fn ask_worker(
         }
     }
     rows
+}
+
+/// The settings the configuration reloads changed (the last 64), newest first: when the worker
+/// saw the reload, the setting, and its value before and after, as `SHOW` shows them.
+#[pg_extern]
+fn setting_changes() -> TableIterator<
+    'static,
+    (
+        name!(changed_at, Option<TimestampWithTimeZone>),
+        name!(name, String),
+        name!(old_value, String),
+        name!(new_value, String),
+    ),
+> {
+    let rows: Vec<_> = setting_changes::kept()
+        .into_iter()
+        .rev()
+        .map(|c| {
+            (
+                TimestampWithTimeZone::try_from(c.at).ok(),
+                c.change.name,
+                c.change.old,
+                c.change.new,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
 }

@@ -2,11 +2,14 @@
 //! status array and the lock manager — no SQL, no table — for `/metrics` (the endpoint worker)
 //! and `dbconn_guard.metrics()`.
 
-use crate::backend_status::{self, Visibility};
 use crate::core::history::{self as samples, Extra};
 use crate::core::metrics::{self, Inputs};
 use crate::core::{blocking, health, leaks, utilization};
-use crate::{guc, history, shared, snapshot};
+use crate::guc;
+use crate::read::backend_status::{self, Visibility};
+use crate::read::snapshot;
+use crate::shmem::history;
+use crate::shmem::status;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::collections::HashSet;
@@ -52,15 +55,18 @@ pub fn collect() -> Inputs {
     );
     let util = utilization::utilization(&snap, limits);
     let checks = health::evaluate(&snap, &util, &waits, &guc::thresholds());
-    let worker = shared::available().then(|| {
-        let s = shared::SHARED.share();
+    let worker = status::available().then(|| {
+        let s = status::SHARED.share();
         (
             (s.pid != 0, s.extension_ready, s.last_error_at),
             s.last_cycle_us,
             s.last_cycle_start,
             s.terminations_by_rule,
             (s.pending_count(), s.audit_lost),
-            (crate::churn::connections_total(), s.sessions_ended_total),
+            (
+                crate::shmem::churn::connections_total(),
+                s.sessions_ended_total,
+            ),
         )
     });
     let ((up, ready, error_at), cycle_us, cycle_start, by_rule, (in_memory, lost), churn) = worker
@@ -100,10 +106,10 @@ pub fn collect() -> Inputs {
 /// configuration files hold no refused `dbconn_guard.*` line, and its last check recorded
 /// every session it had to end. `Err` says why not. (`/healthz`, `worker_can_act`.)
 pub fn can_act() -> Result<(), String> {
-    if !shared::available() {
+    if !status::available() {
         return Err("dbconn_guard is not in shared_preload_libraries: there is no worker".into());
     }
-    let s = shared::SHARED.share();
+    let s = status::SHARED.share();
     if s.pid == 0 || unsafe { pg_sys::BackendPidGetProc(s.pid) }.is_null() {
         return Err("the dbconn_guard worker is not running".into());
     }

@@ -9,9 +9,11 @@
 
 use crate::core::diagnose::{self, Caller, Guard, GuardAction, History, Input, Server, WorkerInfo};
 use crate::core::session::{Kind, Micros};
-use crate::encoding::DbText;
-use crate::shared::{self, SHARED};
-use crate::{guc, history, snapshot};
+use crate::guc;
+use crate::read::encoding::DbText;
+use crate::read::snapshot;
+use crate::shmem::history;
+use crate::shmem::status::{self, SHARED};
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
@@ -68,7 +70,7 @@ fn read(slow_query_age: Option<f64>) -> Input {
     } else {
         Vec::new()
     };
-    let preloaded = shared::available();
+    let preloaded = status::available();
     // the guard's latest actions (the ring recent_terminations() shows): for whom the history
     // is, since they name every role's sessions
     let guard_actions = if preloaded && may_read_history {
@@ -98,7 +100,7 @@ fn read(slow_query_age: Option<f64>) -> Input {
             running,
             pid: running.then_some(s.pid),
             database: guc::database(),
-            last_error: crate::admin::last_error_for_caller(last_error),
+            last_error: crate::sql::admin::last_error_for_caller(last_error),
             last_error_at: (s.last_error_at != 0).then_some(s.last_error_at),
             extension_ready: s.extension_ready,
             database_owner_not_superuser: s.database_owner_not_superuser.opt(),
@@ -128,11 +130,11 @@ fn read(slow_query_age: Option<f64>) -> Input {
     }
     let database = unsafe {
         let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        crate::encoding::cstr_to_rust(p).unwrap_or_default()
+        crate::read::encoding::cstr_to_rust(p).unwrap_or_default()
     };
     let role = unsafe {
         let p = pg_sys::GetUserNameFromId(user, true);
-        crate::encoding::cstr_to_rust(p).unwrap_or_default()
+        crate::read::encoding::cstr_to_rust(p).unwrap_or_default()
     };
     let bytes = |name: &str, unit: i64| {
         setting(name)
@@ -171,8 +173,8 @@ fn read(slow_query_age: Option<f64>) -> Input {
             // setting values can hold what only pg_read_all_settings may read
             setting_changes: (preloaded
                 && has_privs_of(pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_SETTINGS)))
-            .then(crate::setting_changes::kept),
-            settings_compared_reload: crate::setting_changes::compared_reload(),
+            .then(crate::worker::setting_changes::kept),
+            settings_compared_reload: crate::worker::setting_changes::compared_reload(),
         },
         guard: Guard {
             policy: guc::policy(),

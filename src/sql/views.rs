@@ -1,6 +1,6 @@
 //! The read-only SQL surface: set-returning functions behind the views in `sql/finalize.sql`,
 //! and the scalar/table functions DBAs call directly. Each reads PostgreSQL state once
-//! (`crate::snapshot`), hands it to the core, and returns rows.
+//! (`crate::read::snapshot`), hands it to the core, and returns rows.
 
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]
@@ -9,9 +9,11 @@ use crate::core::fasthash::FastMap;
 use crate::core::history::Sample;
 use crate::core::session::{Backend, Name, Snapshot};
 use crate::core::{analysis, blocking, health, leaks, utilization};
-use crate::encoding::DbText;
-use crate::rows::{self, Cell};
-use crate::{guc, history, snapshot};
+use crate::guc;
+use crate::read::encoding::DbText;
+use crate::read::snapshot;
+use crate::shmem::history;
+use crate::sql::rows::{self, Cell};
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use std::collections::HashMap;

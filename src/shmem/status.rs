@@ -17,7 +17,7 @@ pub const RECENT: usize = 128;
 pub const PENDING: usize = 512;
 /// Audit rows awaiting withdrawal (see `Shared::withdraw`): at least one batch of the worker
 /// (`max_terminations_per_cycle` is capped at this) or of a `terminate_idle()` round trip.
-pub const WITHDRAW: usize = 1024;
+pub const WITHDRAW: usize = crate::guc::MAX_PER_CYCLE as usize;
 const TEXT: usize = 64;
 /// A recorded session's last statement, as the audit keeps it (in memory until written): up to
 /// PostgreSQL's default `track_activity_query_size`.
