@@ -376,6 +376,81 @@ unsafe fn with_graph<R>(fcinfo: pg_sys::FunctionCallInfo, f: impl FnOnce(&mut Gr
     })
 }
 
+rows::row! {
+    /// A row of `_blocking_edges()`.
+    struct EdgeRow {
+        blocked_pid: int4,
+        blocking_pid: int4,
+        wait: int4,
+    }
+}
+
+rows::row! {
+    /// A row of `_blocking_sessions()`.
+    struct SessionRow {
+        pid: int4,
+        usename: text,
+        application_name: text,
+        datname: text,
+        state: text,
+        state_age_seconds: float8,
+        xact_age_seconds: float8,
+        query: text,
+    }
+}
+
+rows::row! {
+    /// A row of `_blocking_locks()`.
+    struct LockRow {
+        wait: int4,
+        locktype: text,
+        mode: text,
+        relation: text,
+        wait_seconds: float8,
+    }
+}
+
+rows::row! {
+    /// A row of 0.1.0's `_blocking_pairs()`.
+    struct PairRow010 {
+        blocked_pid: int4,
+        blocked_user: text,
+        blocked_application: text,
+        blocked_datname: text,
+        blocked_state: text,
+        blocked_wait_seconds: float8,
+        blocked_xact_age_seconds: float8,
+        blocked_query: text,
+        blocking_pid: int4,
+        blocking_user: text,
+        blocking_application: text,
+        blocking_state: text,
+        blocking_state_age_seconds: float8,
+        blocking_xact_age_seconds: float8,
+        blocking_query: text,
+        locktype: text,
+        mode: text,
+        relation: text,
+    }
+}
+
+rows::row! {
+    /// A row of the `history_by_group` view.
+    struct GroupSampleRow {
+        time: timestamptz,
+        datname: text,
+        usename: text,
+        application_name: text,
+        other: bool,
+        connections: int8,
+        active: int8,
+        idle: int8,
+        idle_in_transaction: int8,
+        idle_in_transaction_aborted: int8,
+        other_states: int8,
+    }
+}
+
 /// `_blocking_edges()`: every (blocked, blocking) pair, and the position of the blocked
 /// side's wait (see `_blocking_locks()`).
 #[pg_guard]
@@ -383,15 +458,15 @@ unsafe fn with_graph<R>(fcinfo: pg_sys::FunctionCallInfo, f: impl FnOnce(&mut Gr
 pub unsafe extern "C-unwind" fn dbconn_guard_blocking_edges(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 3) };
+    let mut out = unsafe { rows::ResultSet::<EdgeRow>::begin(fcinfo) };
     unsafe {
         with_graph(fcinfo, |g| {
             for p in &g.pairs {
-                out.push(&[
-                    rows::int4(p.blocked_pid),
-                    rows::int4(p.blocking_pid),
-                    rows::int4(p.wait as i32),
-                ]);
+                out.push(EdgeRow {
+                    blocked_pid: rows::int4(p.blocked_pid),
+                    blocking_pid: rows::int4(p.blocking_pid),
+                    wait: rows::int4(p.wait as i32),
+                });
             }
         })
     };
@@ -405,7 +480,7 @@ rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_edges);
 pub unsafe extern "C-unwind" fn dbconn_guard_blocking_sessions(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 8) };
+    let mut out = unsafe { rows::ResultSet::<SessionRow>::begin(fcinfo) };
     unsafe {
         with_graph(fcinfo, |g| {
             let g = g.read_sides();
@@ -413,16 +488,16 @@ pub unsafe extern "C-unwind" fn dbconn_guard_blocking_sessions(
             let by_pid = snap.index();
             for pid in g.pids() {
                 let c = side_cells(snap, &by_pid, pid);
-                out.push(&[
-                    rows::int4(pid),
-                    c.user,
-                    c.application,
-                    c.datname,
-                    c.state,
-                    c.state_age,
-                    c.xact_age,
-                    c.query,
-                ]);
+                out.push(SessionRow {
+                    pid: rows::int4(pid),
+                    usename: c.user,
+                    application_name: c.application,
+                    datname: c.datname,
+                    state: c.state,
+                    state_age_seconds: c.state_age,
+                    xact_age_seconds: c.xact_age,
+                    query: c.query,
+                });
             }
         })
     };
@@ -437,7 +512,7 @@ rows::function_info_v1!(pg_finfo_dbconn_guard_blocking_sessions);
 pub unsafe extern "C-unwind" fn dbconn_guard_blocking_locks(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 5) };
+    let mut out = unsafe { rows::ResultSet::<LockRow>::begin(fcinfo) };
     unsafe {
         with_graph(fcinfo, |g| {
             let g = g.read_sides();
@@ -445,7 +520,13 @@ pub unsafe extern "C-unwind" fn dbconn_guard_blocking_locks(
             let by_pid = snap.index();
             for (i, w) in g.waits.iter().enumerate() {
                 let [locktype, mode, relation, wait] = lock_cells(snap, &by_pid, w);
-                out.push(&[rows::int4(i as i32), locktype, mode, relation, wait]);
+                out.push(LockRow {
+                    wait: rows::int4(i as i32),
+                    locktype,
+                    mode,
+                    relation,
+                    wait_seconds: wait,
+                });
             }
         })
     };
@@ -478,7 +559,7 @@ fn lock_cells(snap: &Snapshot, by_pid: &ByPid, w: &blocking::LockWait) -> [Cell;
 pub unsafe extern "C-unwind" fn dbconn_guard_blocking_pairs(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 18) };
+    let mut out = unsafe { rows::ResultSet::<PairRow010>::begin(fcinfo) };
     let mut g = Graph::read();
     let g = g.read_sides();
     let snap = g.sides();
@@ -494,26 +575,26 @@ pub unsafe extern "C-unwind" fn dbconn_guard_blocking_pairs(
         let k = &sides[&p.blocking_pid];
         let [locktype, mode, relation, wait] =
             *locks[p.wait].get_or_insert_with(|| lock_cells(snap, &by_pid, &g.waits[p.wait]));
-        out.push(&[
-            rows::int4(p.blocked_pid),
-            b.user,
-            b.application,
-            b.datname,
-            b.state,
-            wait,
-            b.xact_age,
-            b.query,
-            rows::int4(p.blocking_pid),
-            k.user,
-            k.application,
-            k.state,
-            k.state_age,
-            k.xact_age,
-            k.query,
+        out.push(PairRow010 {
+            blocked_pid: rows::int4(p.blocked_pid),
+            blocked_user: b.user,
+            blocked_application: b.application,
+            blocked_datname: b.datname,
+            blocked_state: b.state,
+            blocked_wait_seconds: wait,
+            blocked_xact_age_seconds: b.xact_age,
+            blocked_query: b.query,
+            blocking_pid: rows::int4(p.blocking_pid),
+            blocking_user: k.user,
+            blocking_application: k.application,
+            blocking_state: k.state,
+            blocking_state_age_seconds: k.state_age,
+            blocking_xact_age_seconds: k.xact_age,
+            blocking_query: k.query,
             locktype,
             mode,
             relation,
-        ]);
+        });
     }
     pg_sys::Datum::from(0)
 }
@@ -622,9 +703,64 @@ unsafe fn history_rows(fcinfo: pg_sys::FunctionCallInfo, with_groups: bool) -> V
     }
 }
 
-/// The `history` view's columns: 15 of the server, one per rule, the leak suspects, the churn,
-/// the largest pile-up's root.
-const HISTORY_COLUMNS: usize = 21 + crate::core::policy::RULES;
+rows::row! {
+    /// The `history` view's columns of the server, before the rules'.
+    struct HistoryServer {
+        time: timestamptz,
+        client_backends: int8,
+        active: int8,
+        idle: int8,
+        idle_in_transaction: int8,
+        idle_in_transaction_aborted: int8,
+        other_states: int8,
+        lock_waiters: int8,
+        longest_lock_wait_seconds: float8,
+        oldest_xact_age_seconds: float8,
+        longest_idle_in_transaction_seconds: float8,
+        longest_statement_seconds: float8,
+        max_connections: int4,
+        available_connections: int8,
+        utilization_pct: float8,
+    }
+}
+
+rows::row! {
+    /// The `history` view's columns after the rules': the leak suspects, the churn, the
+    /// largest pile-up's root.
+    struct HistoryAfterRules {
+        leak_suspect_groups: int8,
+        new_connections: int8,
+        ended_sessions: int8,
+        top_root_pid: int4,
+        top_root_held_up: int8,
+        top_root_query_id: int8,
+    }
+}
+
+/// A row of the `history` view: the server, one column per rule (named by the rule table:
+/// what it did since the previous sample), then the rest.
+struct HistoryRow {
+    server: HistoryServer,
+    rules: [Cell; crate::core::rules::RULES],
+    after: HistoryAfterRules,
+}
+
+impl rows::Row for HistoryRow {
+    fn columns() -> Vec<rows::Column> {
+        let mut c = HistoryServer::columns();
+        c.extend(crate::core::rules::RULE_TABLE.iter().map(|r| rows::Column {
+            name: r.history_column,
+            type_oid: pg_sys::INT8OID,
+        }));
+        c.extend(HistoryAfterRules::columns());
+        c
+    }
+    fn cells(self, out: &mut Vec<Cell>) {
+        self.server.cells(out);
+        out.extend(self.rules);
+        self.after.cells(out);
+    }
+}
 
 /// Rows of the `history` view: every sample of the ring, oldest first; of
 /// `history_between(since, until)`: those in the range.
@@ -635,45 +771,41 @@ const HISTORY_COLUMNS: usize = 21 + crate::core::policy::RULES;
 pub unsafe extern "C-unwind" fn dbconn_guard_history(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, HISTORY_COLUMNS) };
+    let mut out = unsafe { rows::ResultSet::<HistoryRow>::begin(fcinfo) };
     let int8 = |v: u32| i64::from(v).into_datum();
     for s in unsafe { history_rows(fcinfo, false) } {
         let c = s.clients;
-        let mut row: Vec<Cell> = vec![
-            s.time.into_datum(),
-            int8(c.total()),
-            int8(c.active),
-            int8(c.idle),
-            int8(c.idle_in_transaction),
-            int8(c.idle_in_transaction_aborted),
-            int8(c.other_states),
-            int8(s.lock_waiters),
-            round2(s.longest_lock_wait_s).into_datum(),
-            round2(s.oldest_xact_age_s).into_datum(),
-            round2(s.longest_idle_in_xact_s).into_datum(),
-            round2(s.longest_statement_s).into_datum(),
-            s.max_connections.into_datum(),
-            s.available_connections.into_datum(),
-            round2(s.utilization_pct).into_datum(),
-        ];
-        // the rules' columns, in the order of the rule table (tests/history.rs checks the view)
-        row.extend(s.terminations.as_array().map(int8));
-        row.push(int8(s.leak_suspect_groups));
-        row.push(int8(s.new_connections));
-        row.push(int8(s.ended_sessions));
-        // the largest pile-up's root (NULL: none), and its statement's query id (NULL: none)
-        row.push((s.top_root_pid != 0).then_some(s.top_root_pid).into_datum());
-        row.push(int8(s.top_root_held_up));
-        row.push(
-            (s.top_root_query_id != 0)
-                .then_some(s.top_root_query_id)
-                .into_datum(),
-        );
-        let row: [Cell; HISTORY_COLUMNS] = match row.try_into() {
-            Ok(r) => r,
-            Err(_) => unreachable!("a history row has HISTORY_COLUMNS cells"),
-        };
-        out.push(&row);
+        out.push(HistoryRow {
+            server: HistoryServer {
+                time: s.time.into_datum(),
+                client_backends: int8(c.total()),
+                active: int8(c.active),
+                idle: int8(c.idle),
+                idle_in_transaction: int8(c.idle_in_transaction),
+                idle_in_transaction_aborted: int8(c.idle_in_transaction_aborted),
+                other_states: int8(c.other_states),
+                lock_waiters: int8(s.lock_waiters),
+                longest_lock_wait_seconds: round2(s.longest_lock_wait_s).into_datum(),
+                oldest_xact_age_seconds: round2(s.oldest_xact_age_s).into_datum(),
+                longest_idle_in_transaction_seconds: round2(s.longest_idle_in_xact_s).into_datum(),
+                longest_statement_seconds: round2(s.longest_statement_s).into_datum(),
+                max_connections: s.max_connections.into_datum(),
+                available_connections: s.available_connections.into_datum(),
+                utilization_pct: round2(s.utilization_pct).into_datum(),
+            },
+            rules: s.terminations.as_array().map(int8),
+            after: HistoryAfterRules {
+                leak_suspect_groups: int8(s.leak_suspect_groups),
+                new_connections: int8(s.new_connections),
+                ended_sessions: int8(s.ended_sessions),
+                // the largest pile-up's root (NULL: none), and its statement's query id
+                top_root_pid: (s.top_root_pid != 0).then_some(s.top_root_pid).into_datum(),
+                top_root_held_up: int8(s.top_root_held_up),
+                top_root_query_id: (s.top_root_query_id != 0)
+                    .then_some(s.top_root_query_id)
+                    .into_datum(),
+            },
+        });
     }
     pg_sys::Datum::from(0)
 }
@@ -686,7 +818,7 @@ rows::function_info_v1!(pg_finfo_dbconn_guard_history);
 pub unsafe extern "C-unwind" fn dbconn_guard_history_by_group(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let mut out = unsafe { rows::ResultSet::begin(fcinfo, 11) };
+    let mut out = unsafe { rows::ResultSet::<GroupSampleRow>::begin(fcinfo) };
     let int8 = |v: u32| i64::from(v).into_datum();
     let mut texts: FastMap<String, Cell> = FastMap::default();
     let mut text = |v: Option<String>| -> Cell {
@@ -702,19 +834,19 @@ pub unsafe extern "C-unwind" fn dbconn_guard_history_by_group(
         let time = s.time.into_datum();
         for g in s.groups {
             let c = g.counts;
-            out.push(&[
+            out.push(GroupSampleRow {
                 time,
-                text(g.name.datname),
-                text(g.name.usename),
-                text(g.name.application_name),
-                g.other.into_datum(),
-                int8(c.total()),
-                int8(c.active),
-                int8(c.idle),
-                int8(c.idle_in_transaction),
-                int8(c.idle_in_transaction_aborted),
-                int8(c.other_states),
-            ]);
+                datname: text(g.name.datname),
+                usename: text(g.name.usename),
+                application_name: text(g.name.application_name),
+                other: g.other.into_datum(),
+                connections: int8(c.total()),
+                active: int8(c.active),
+                idle: int8(c.idle),
+                idle_in_transaction: int8(c.idle_in_transaction),
+                idle_in_transaction_aborted: int8(c.idle_in_transaction_aborted),
+                other_states: int8(c.other_states),
+            });
         }
     }
     pg_sys::Datum::from(0)
