@@ -738,6 +738,16 @@ fn sessions_spared_for_a_lasting_reason_neither_spin_the_worker_nor_starve_other
     leak.batch_execute("BEGIN; SELECT 1").unwrap();
     let before = cycles(&mut su);
     wait_gone(&mut su, leak_pid, Duration::from_secs(6));
+    // reached only after the kill path spared the roots before it (one at a time, at the cap of
+    // 1), its audit row still says what it ran (described when reached, not at planning)
+    let ran: Option<String> = su
+        .query_one(
+            "SELECT query FROM dbconn_guard.terminations WHERE pid = $1 AND rule = 'idle_in_transaction_timeout'",
+            &[&leak_pid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ran.as_deref(), Some("BEGIN; SELECT 1"));
     // no spin: at most a check per naptime or deadline, not one per 10 ms
     thread::sleep(Duration::from_secs(3));
     let checks = cycles(&mut su) - before;

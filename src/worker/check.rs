@@ -7,6 +7,9 @@ struct Planned {
     extension_ready: bool,
     examined: i64,
     targets: Vec<Target>,
+    /// How many of `targets`, from the first, are described for the audit (`describe_for_audit`):
+    /// one cap's worth at planning; the rest only if the kill path reaches them.
+    described: usize,
     deferred: i64,
     next_deadline: Option<Micros>,
     judged_at: Micros,
@@ -50,7 +53,31 @@ pub(super) fn cycle(state: &mut State) -> Micros {
             let mut reached = 0;
             let mut errors: Vec<String> = Vec::new();
             while reached < p.targets.len() && acted_on < cap {
-                let batch = &p.targets[reached..(reached + cap - acted_on).min(p.targets.len())];
+                let end = (reached + cap - acted_on).min(p.targets.len());
+                if end > p.described {
+                    // reached because targets before them were spared: described now, from
+                    // the lock graph as it is now
+                    let from = p.described;
+                    let described = xact::transaction(
+                        c"dbconn_guard: describing sessions for the audit",
+                        || {
+                            let graph = locks::lock_graph();
+                            guard::describe_for_audit(
+                                p.targets[from..end].iter_mut(),
+                                &graph,
+                                now(),
+                            );
+                        },
+                    );
+                    if let Err(f) = described {
+                        log!(
+                            "dbconn_guard worker: the audit rows of this batch say nothing of what the sessions held up or ran: {}",
+                            f.message
+                        );
+                    }
+                    p.described = end;
+                }
+                let batch = &p.targets[reached..end];
                 reached += batch.len();
                 let report = guard::carry_out(
                     batch,
@@ -215,6 +242,7 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         extension_ready: false,
         examined: 0,
         targets: Vec::new(),
+        described: 0,
         deferred: 0,
         next_deadline: None,
         judged_at: 0,
@@ -358,7 +386,10 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
         // for the audit: what each target holds up (from the lock graph, read here when the
         // rules did not read it: only when there is someone to act on), on which relation,
         // and its last statement, re-read from its own status entry
-        if !out.targets.is_empty() {
+        // (only one cap's worth: the kill path acts on no more unless some are spared, and the
+        // targets it does not reach are planned again at the next check)
+        let first = out.targets.len().min(pol.max_terminations_per_cycle.max(1));
+        if first > 0 {
             let read_now;
             let graph = if pol.watches_locks() {
                 &waits
@@ -366,8 +397,9 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
                 read_now = locks::lock_graph();
                 &read_now
             };
-            guard::describe_for_audit(out.targets.iter_mut(), graph, judged_at);
+            guard::describe_for_audit(out.targets[..first].iter_mut(), graph, judged_at);
         }
+        out.described = first;
         out.deferred = plan.deferred as i64;
         // a back-off that ends wakes nobody: its session is judged again at the first check
         // after it (at most a naptime, or the shortest timeout, later), so sessions spared at
