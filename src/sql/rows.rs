@@ -113,14 +113,10 @@ impl<R: Row> ResultSet<R> {
             pg_sys::InitMaterializedSRF(fcinfo, 0);
             let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
             let desc = (*rsinfo).setDesc;
-            let declared: Vec<(String, pg_sys::Oid)> = (0..(*desc).natts as usize)
-                .map(|i| {
-                    let a = (*desc).attrs.as_slice((*desc).natts as usize)[i];
-                    let name = std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
-                        .to_string_lossy()
-                        .into_owned();
-                    (name, a.atttypid)
-                })
+            // (the executor's descriptor, borrowed: not freed here)
+            let declared: Vec<(String, pg_sys::Oid)> = pgrx::PgTupleDesc::from_pg_unchecked(desc)
+                .iter()
+                .map(|a| (a.name().to_string(), a.atttypid))
                 .collect();
             if let Some(m) = mismatch(&declared, &expected) {
                 crate::errors::not_ready(
