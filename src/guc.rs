@@ -18,77 +18,6 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
-pub static WARNING_PCT: GucSetting<i32> = GucSetting::<i32>::new(80);
-pub static CRITICAL_PCT: GucSetting<i32> = GucSetting::<i32>::new(90);
-pub static IDLE_WARNING_AGE: GucSetting<i32> = GucSetting::<i32>::new(300);
-pub static IDLE_WARNING_COUNT: GucSetting<i32> = GucSetting::<i32>::new(10);
-pub static IDLE_IN_TRANSACTION_WARNING_AGE: GucSetting<i32> = GucSetting::<i32>::new(60);
-pub static LOCK_WAIT_WARNING_AGE: GucSetting<i32> = GucSetting::<i32>::new(10);
-pub static LOCK_WAIT_CRITICAL_AGE: GucSetting<i32> = GucSetting::<i32>::new(60);
-pub static TRANSACTION_AGE_WARNING: GucSetting<i32> = GucSetting::<i32>::new(300);
-pub static TRANSACTION_AGE_CRITICAL: GucSetting<i32> = GucSetting::<i32>::new(3600);
-pub static LEAK_IDLE_AGE: GucSetting<i32> = GucSetting::<i32>::new(600);
-pub static DIAGNOSE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(3600);
-
-// The guard's policy (PGC_SIGHUP: postgresql.conf or ALTER SYSTEM + pg_reload_conf()).
-pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
-pub static DRY_RUN: GucSetting<bool> = GucSetting::<bool>::new(false);
-// Off until a DBA sets them: preloading the library and creating the extension end nothing.
-// Seconds (a `real`, so `'1500ms'` is exact and `'300ms'` is refused, not rounded to 0 = off).
-pub static IDLE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
-pub static IDLE_IN_TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
-pub static TRANSACTION_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
-pub static BLOCKER_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
-pub static BLOCKER_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static CANCEL_ACTIVE_BLOCKERS: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static BLOCKER_TERMINATE_AFTER: GucSetting<f64> = GucSetting::<f64>::new(0.0);
-pub static LOCK_QUEUE_TIMEOUT: GucSetting<f64> = GucSetting::<f64>::new(0.0);
-pub static LOCK_QUEUE_MIN_WAITERS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static MIN_UTILIZATION_PCT: GucSetting<i32> = GucSetting::<i32>::new(0);
-pub static INCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static EXCLUDE_APPLICATIONS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static EXCLUDE_USERS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static EXCLUDE_DATABASES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static IDLE_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static TRANSACTION_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static BLOCKER_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static LOCK_QUEUE_TIMEOUT_OVERRIDES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-pub static CONNECTION_BUDGETS: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-/// Seconds (a `real`): the budget rule ends only sessions idle at least this long.
-pub static CONNECTION_BUDGET_MIN_IDLE: GucSetting<f64> =
-    GucSetting::<f64>::new(crate::core::policy::DEFAULT_BUDGET_MIN_IDLE as f64 / 1e6);
-pub static CONNECTION_BUDGET_IDLE_IN_TRANSACTION: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static TERMINATE_SUPERUSERS: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static EXCLUDE_CLIENT_TOOLS: GucSetting<bool> = GucSetting::<bool>::new(true);
-pub static MAX_TERMINATIONS_PER_CYCLE: GucSetting<i32> = GucSetting::<i32>::new(100);
-/// Seconds (a `real`, so `'100ms'` is 0.1).
-pub static NAPTIME: GucSetting<f64> = GucSetting::<f64>::new(10.0);
-pub static LEAK_TREND_SAMPLES: GucSetting<i32> = GucSetting::<i32>::new(6);
-pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
-pub static AUDIT_QUERY_TEXT: GucSetting<bool> = GucSetting::<bool>::new(true);
-/// Seconds between two samples of the history.
-pub static SAMPLE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
-// PGC_POSTMASTER: the history ring's size in shared memory (24 h at the default interval).
-pub static HISTORY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8640);
-pub static HISTORY_GROUPS: GucSetting<i32> = GucSetting::<i32>::new(16);
-// PGC_POSTMASTER: where the metrics endpoint listens ('' = no endpoint).
-pub static METRICS_LISTEN: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c""));
-// PGC_POSTMASTER
-pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
-
 /// Longest age setting accepted: 30 days, in seconds.
 const MAX_AGE_S: i32 = 30 * 24 * 3600;
 
@@ -260,6 +189,33 @@ pub enum Value {
     Text(&'static GucSetting<Option<CString>>),
 }
 
+/// A setting's boot value: the variable's initial value and `pg_settings.boot_val`, written once
+/// in `settings!` (which gives it to both).
+#[derive(Clone, Copy, Debug)]
+pub enum Boot {
+    /// Only until `settings!` fills it in.
+    Unset,
+    Int(i32),
+    Real(f64),
+    Bool(bool),
+    Text(&'static CStr),
+}
+
+impl Boot {
+    /// As `pg_settings.boot_val` shows it.
+    #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
+    pub fn as_shown(&self) -> String {
+        match self {
+            Boot::Unset => "?".into(),
+            Boot::Int(v) => v.to_string(),
+            // PostgreSQL shows a real setting with %g: 10, 0.5
+            Boot::Real(v) => v.to_string(),
+            Boot::Bool(v) => if *v { "on" } else { "off" }.into(),
+            Boot::Text(v) => v.to_string_lossy().into_owned(),
+        }
+    }
+}
+
 /// One `dbconn_guard.*` setting: the single source for its registration, the policy summary
 /// (`worker_status().policy`), and the settings tables of docs/reference.md (checked by a test).
 pub struct Setting {
@@ -270,12 +226,14 @@ pub struct Setting {
     pub changed: Changed,
     /// shown in `worker_status().policy`
     pub in_policy: bool,
-    /// `pg_settings.boot_val`, checked against the variable's initial value by a test
+    /// The boot value (from `settings!`: the variable's initial value).
     #[cfg_attr(not(any(test, feature = "pg_test")), allow(dead_code))]
-    pub boot_val: &'static str,
-    /// the "default" and "range" columns of docs/reference.md (checked by a test)
+    pub boot: Boot,
+    /// the "default" column of docs/reference.md where it is not the boot value as shown
+    /// ("5min" for 300 seconds; checked to mean the same by a test)
     #[cfg_attr(not(test), allow(dead_code))]
-    pub doc_default: &'static str,
+    pub doc_default: Option<&'static str>,
+    /// the "range" column of docs/reference.md (checked by a test)
     #[cfg_attr(not(test), allow(dead_code))]
     pub doc_range: &'static str,
 }
@@ -288,11 +246,70 @@ impl Setting {
     }
 }
 
+/// A row with its boot value (`settings!`).
+const fn with_boot(mut row: Setting, boot: Boot) -> Setting {
+    row.boot = boot;
+    row
+}
+
+/// The variable type of a setting kind of `settings!`.
+macro_rules! var_type {
+    (i32) => { i32 };
+    (f64) => { f64 };
+    (bool) => { bool };
+    (text) => { Option<CString> };
+}
+
+/// A setting kind's initial value of its variable.
+macro_rules! var_init {
+    (text, $d:expr) => {
+        Some($d)
+    };
+    ($t:ident, $d:expr) => {
+        $d
+    };
+}
+
+/// A setting kind's `Boot`.
+macro_rules! boot {
+    (i32, $d:expr) => {
+        Boot::Int($d)
+    };
+    (f64, $d:expr) => {
+        Boot::Real($d)
+    };
+    (bool, $d:expr) => {
+        Boot::Bool($d)
+    };
+    (text, $d:expr) => {
+        Boot::Text($d)
+    };
+}
+
+/// The settings, one row each: `NAME: kind = default => |var| row;` declares the variable
+/// `NAME` (a `GucSetting` of the kind, initialised to the default) and the row of `SETTINGS`
+/// that registers it (`var` is the variable), with the same default as its boot value.
+macro_rules! settings {
+    ($( $(#[$m:meta])* $var:ident : $ty:ident = $default:expr => |$v:ident| $row:expr ; )*) => {
+        $(
+            $(#[$m])*
+            pub static $var: GucSetting<var_type!($ty)> =
+                GucSetting::<var_type!($ty)>::new(var_init!($ty, $default));
+        )*
+        /// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
+        pub static SETTINGS: [Setting; [$(stringify!($var)),*].len()] = [
+            $({
+                let $v = &$var;
+                with_boot($row, boot!($ty, $default))
+            }),*
+        ];
+    };
+}
+
 const fn reload_bool(
     name: &'static CStr,
     short: &'static CStr,
     var: &'static GucSetting<bool>,
-    default: &'static str,
 ) -> Setting {
     Setting {
         name,
@@ -301,8 +318,8 @@ const fn reload_bool(
         value: Value::Bool(var),
         changed: Changed::Reload,
         in_policy: true,
-        boot_val: default,
-        doc_default: default,
+        boot: Boot::Unset,
+        doc_default: None,
         doc_range: "bool",
     }
 }
@@ -319,8 +336,8 @@ const fn names(
         value: Value::Names(var),
         changed: Changed::Reload,
         in_policy: true,
-        boot_val: "",
-        doc_default: "''",
+        boot: Boot::Unset,
+        doc_default: Some("''"),
         doc_range: "name list",
     }
 }
@@ -329,7 +346,6 @@ const fn percent(
     name: &'static CStr,
     short: &'static CStr,
     var: &'static GucSetting<i32>,
-    default: &'static str,
 ) -> Setting {
     Setting {
         name,
@@ -342,19 +358,17 @@ const fn percent(
         },
         changed: Changed::Superuser,
         in_policy: false,
-        boot_val: default,
-        doc_default: default,
+        boot: Boot::Unset,
+        doc_default: None,
         doc_range: "1–100",
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 const fn age(
     name: &'static CStr,
     short: &'static CStr,
     var: &'static GucSetting<i32>,
     min: i32,
-    boot_val: &'static str,
     doc_default: &'static str,
     doc_range: &'static str,
 ) -> Setting {
@@ -369,8 +383,8 @@ const fn age(
         },
         changed: Changed::Superuser,
         in_policy: false,
-        boot_val,
-        doc_default,
+        boot: Boot::Unset,
+        doc_default: Some(doc_default),
         doc_range,
     }
 }
@@ -387,411 +401,487 @@ const fn timeout(
         value: Value::Timeout(var),
         changed: Changed::Reload,
         in_policy: true,
-        boot_val: "0",
-        doc_default: "0 (off)",
+        boot: Boot::Unset,
+        doc_default: Some("0 (off)"),
         doc_range: "0, or 1s–30d",
     }
 }
 
-/// Every `dbconn_guard.*` setting, in the order of the tables of docs/reference.md.
-pub static SETTINGS: [Setting; 47] = [
-    percent(
-        c"dbconn_guard.warning_pct",
-        c"Connection utilization (percent of max_connections) at which health() reports warning.",
-        &WARNING_PCT,
-        "80",
-    ),
-    percent(
-        c"dbconn_guard.critical_pct",
-        c"Connection utilization (percent of max_connections) at which health() reports critical.",
-        &CRITICAL_PCT,
-        "90",
-    ),
-    age(
-        c"dbconn_guard.idle_warning_age",
-        c"Idle sessions older than this count towards health()'s idle_sessions check.",
-        &IDLE_WARNING_AGE,
-        1,
-        "300",
-        "5min",
-        "1s–30d",
-    ),
-    Setting {
-        name: c"dbconn_guard.idle_warning_count",
-        short: c"health() warns when more sessions than this are idle for longer than dbconn_guard.idle_warning_age.",
-        long: c"",
-        value: Value::Int { var: &IDLE_WARNING_COUNT, min: 0, max: i32::MAX },
-        changed: Changed::Superuser,
-        in_policy: false,
-        boot_val: "10",
-        doc_default: "10",
-        doc_range: "0–",
-    },
-    age(
-        c"dbconn_guard.idle_in_transaction_warning_age",
-        c"health() warns about sessions idle in transaction for longer than this.",
-        &IDLE_IN_TRANSACTION_WARNING_AGE,
-        0,
-        "60",
-        "1min",
-        "0–30d",
-    ),
-    age(
-        c"dbconn_guard.lock_wait_warning_age",
-        c"health() warns when a session has waited on a lock for longer than this.",
-        &LOCK_WAIT_WARNING_AGE,
-        0,
-        "10",
-        "10s",
-        "0–30d",
-    ),
-    age(
-        c"dbconn_guard.lock_wait_critical_age",
-        c"health() is critical when a session has waited on a lock for longer than this (0: never).",
-        &LOCK_WAIT_CRITICAL_AGE,
-        0,
-        "60",
-        "1min",
-        "0–30d (0: never critical)",
-    ),
-    age(
-        c"dbconn_guard.transaction_age_warning",
-        c"health() warns when a transaction has been open for longer than this (0: never).",
-        &TRANSACTION_AGE_WARNING,
-        0,
-        "300",
-        "5min",
-        "0–30d (0: off)",
-    ),
-    age(
-        c"dbconn_guard.transaction_age_critical",
-        c"health() is critical when a transaction has been open for longer than this (0: never).",
-        &TRANSACTION_AGE_CRITICAL,
-        0,
-        "3600",
-        "1h",
-        "0–30d (0: off)",
-    ),
-    age(
-        c"dbconn_guard.leak_idle_age",
-        c"Idle sessions older than this make their client a leak suspect.",
-        &LEAK_IDLE_AGE,
-        1,
-        "600",
-        "10min",
-        "1s–30d",
-    ),
-    age(
-        c"dbconn_guard.diagnose_window",
-        c"How far back diagnose() reads the history for the error pattern and recent changes.",
-        &DIAGNOSE_WINDOW,
-        60,
-        "3600",
-        "1h",
-        "1min–30d",
-    ),
-    reload_bool(
-        c"dbconn_guard.enabled",
-        c"Whether the background worker ends stale sessions.",
-        &ENABLED,
-        "on",
-    ),
-    reload_bool(
-        c"dbconn_guard.dry_run",
-        c"When on, the worker records and logs the sessions it would end, and ends none.",
-        &DRY_RUN,
-        "off",
-    ),
-    timeout(
-        c"dbconn_guard.idle_timeout",
-        c"Ends sessions idle for longer than this (0: never).",
-        &IDLE_TIMEOUT,
-    ),
-    timeout(
-        c"dbconn_guard.idle_in_transaction_timeout",
-        c"Ends sessions idle in transaction (or aborted transaction) for longer than this (0: never).",
-        &IDLE_IN_TRANSACTION_TIMEOUT,
-    ),
-    timeout(
-        c"dbconn_guard.transaction_timeout",
-        c"Ends sessions whose transaction is older than this, at a moment they are idle in it, never while a statement runs (0: never).",
-        &TRANSACTION_TIMEOUT,
-    ),
-    timeout(
-        c"dbconn_guard.blocker_timeout",
-        c"Ends the root of a lock pile-up while it is idle in transaction (or aborted), once dbconn_guard.blocker_min_waiters of the sessions it holds up have waited longer than this (0: never).",
-        &BLOCKER_TIMEOUT,
-    ),
-    Setting {
-        name: c"dbconn_guard.blocker_min_waiters",
-        short: c"How many sessions must have waited longer than dbconn_guard.blocker_timeout on one root blocker before the rule acts on it.",
-        long: c"Counts every waiting session the root holds up, directly or behind another waiter.",
-        value: Value::Int { var: &BLOCKER_MIN_WAITERS, min: 1, max: 10000 },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "1",
-        doc_default: "1",
-        doc_range: "1–10000",
-    },
-    reload_bool(
-        c"dbconn_guard.cancel_active_blockers",
-        c"When on, a root blocker running a statement has that statement cancelled (pg_cancel_backend, never terminated) under dbconn_guard.blocker_timeout, once per statement.",
-        &CANCEL_ACTIVE_BLOCKERS,
-        "off",
-    ),
-    timeout(
-        c"dbconn_guard.blocker_terminate_after",
-        c"Ends an active root blocker whose statement was cancelled under dbconn_guard.cancel_active_blockers and that still holds up a pile-up past dbconn_guard.blocker_timeout this long after that first cancel (0: never).",
-        &BLOCKER_TERMINATE_AFTER,
-    ),
-    timeout(
-        c"dbconn_guard.lock_queue_timeout",
-        c"Cancels a statement waiting in a lock queue (an ALTER TABLE behind a long transaction) once dbconn_guard.lock_queue_min_waiters of the sessions queued behind it have waited longer than this; never ends the session (0: never).",
-        &LOCK_QUEUE_TIMEOUT,
-    ),
-    Setting {
-        name: c"dbconn_guard.lock_queue_min_waiters",
-        short: c"How many sessions queued behind a waiting statement must have waited longer than dbconn_guard.lock_queue_timeout before the rule cancels it.",
-        long: c"Counts every waiting session it holds up, directly or behind another waiter.",
-        value: Value::Int { var: &LOCK_QUEUE_MIN_WAITERS, min: 1, max: 10000 },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "1",
-        doc_default: "1",
-        doc_range: "1–10000",
-    },
-    Setting {
-        name: c"dbconn_guard.min_utilization_pct",
-        short: c"Idle sessions are ended only while connection utilization is at or above this percentage.",
-        long: c"Idle-in-transaction sessions are always subject to their timeout.",
-        value: Value::Int { var: &MIN_UTILIZATION_PCT, min: 0, max: 100 },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "0",
-        doc_default: "0",
-        doc_range: "0–100",
-    },
-    names(
-        c"dbconn_guard.include_applications",
-        c"When set, only sessions of these application_names are ever ended.",
-        &INCLUDE_APPLICATIONS,
-    ),
-    names(
-        c"dbconn_guard.exclude_applications",
-        c"Sessions of these application_names are never ended.",
-        &EXCLUDE_APPLICATIONS,
-    ),
-    names(
-        c"dbconn_guard.exclude_users",
-        c"Sessions of these users are never ended.",
-        &EXCLUDE_USERS,
-    ),
-    names(
-        c"dbconn_guard.exclude_databases",
-        c"Sessions connected to these databases are never ended.",
-        &EXCLUDE_DATABASES,
-    ),
-    Setting {
-        name: c"dbconn_guard.idle_timeout_overrides",
-        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces idle_timeout for it (0: never).",
-        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
-        value: Value::Overrides(&IDLE_TIMEOUT_OVERRIDES),
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "''",
-        doc_range: "override list",
-    },
-    Setting {
-        name: c"dbconn_guard.idle_in_transaction_timeout_overrides",
-        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces idle_in_transaction_timeout for it (0: never).",
-        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
-        value: Value::Overrides(&IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES),
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "''",
-        doc_range: "override list",
-    },
-    Setting {
-        name: c"dbconn_guard.transaction_timeout_overrides",
-        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces transaction_timeout for it (0: never).",
-        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
-        value: Value::Overrides(&TRANSACTION_TIMEOUT_OVERRIDES),
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "''",
-        doc_range: "override list",
-    },
-    Setting {
-        name: c"dbconn_guard.blocker_timeout_overrides",
-        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a root blocker replaces blocker_timeout for it (0: never).",
-        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. Covers cancel_active_blockers too; the other rules' overrides do not reach the root-blocker rule.",
-        value: Value::Overrides(&BLOCKER_TIMEOUT_OVERRIDES),
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "''",
-        doc_range: "override list",
-    },
-    Setting {
-        name: c"dbconn_guard.lock_queue_timeout_overrides",
-        short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a waiting statement's session replaces lock_queue_timeout for it (0: never).",
-        long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. The other rules' overrides do not reach the lock-queue rule.",
-        value: Value::Overrides(&LOCK_QUEUE_TIMEOUT_OVERRIDES),
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "''",
-        doc_range: "override list",
-    },
-    Setting {
-        name: c"dbconn_guard.connection_budgets",
-        short: c"Per application or user: items app:<name>=<sessions> or user:<name>=<sessions>; a group holding more sessions than its budget loses its longest idle sessions, down to the budget (0: no budget).",
-        long: c"Comma-separated; the first item that matches a session charges it; * is a wildcard, and a budget per name (app:*=100: each application 100), never charging a session without a name; an application's budget is per role. Never an active session; idle in transaction only with connection_budget_idle_in_transaction.",
-        value: Value::Budgets(&CONNECTION_BUDGETS),
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "'' (off)",
-        doc_range: "budget list",
-    },
-    Setting {
-        name: c"dbconn_guard.connection_budget_min_idle",
-        short: c"The budget rule ends only sessions idle at least this long (a pool's connection between two uses is spared).",
-        long: c"A bare number is seconds; 1s to 1d.",
-        value: Value::RealSeconds { var: &CONNECTION_BUDGET_MIN_IDLE, min: 1.0, max: 86400.0 },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "30",
-        doc_default: "30s",
-        doc_range: "1s–1d",
-    },
-    reload_bool(
-        c"dbconn_guard.connection_budget_idle_in_transaction",
-        c"Whether the budget rule may end sessions idle in a transaction too (their transaction is rolled back).",
-        &CONNECTION_BUDGET_IDLE_IN_TRANSACTION,
-        "off",
-    ),
-    reload_bool(
-        c"dbconn_guard.exclude_client_tools",
-        c"Never end sessions of PostgreSQL's own client programs (pg_dump, pg_restore, pg_basebackup, vacuumdb, ...), by application_name.",
-        &EXCLUDE_CLIENT_TOOLS,
-        "on",
-    ),
-    reload_bool(
-        c"dbconn_guard.terminate_superusers",
-        c"Whether sessions of superusers may be ended too.",
-        &TERMINATE_SUPERUSERS,
-        "off",
-    ),
-    Setting {
-        name: c"dbconn_guard.max_terminations_per_cycle",
-        short: c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
-        long: c"",
-        value: Value::Int { var: &MAX_TERMINATIONS_PER_CYCLE, min: 1, max: MAX_PER_CYCLE },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "100",
-        doc_default: "100",
-        doc_range: "1–1024",
-    },
-    Setting {
-        name: c"dbconn_guard.naptime",
-        short: c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
-        long: c"A bare number is seconds; at least 50ms.",
-        value: Value::RealSeconds { var: &NAPTIME, min: 0.05, max: 3600.0 },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "10",
-        doc_default: "10s",
-        doc_range: "50ms–1h",
-    },
-    Setting {
-        name: c"dbconn_guard.leak_trend_samples",
-        short: c"Samples of the history (one per sample_interval) over which a growing idle count makes a leak suspect.",
-        long: c"",
-        value: Value::Int { var: &LEAK_TREND_SAMPLES, min: 2, max: 16 },
-        changed: Changed::Reload,
-        in_policy: false,
-        boot_val: "6",
-        doc_default: "6",
-        doc_range: "2–16",
-    },
-    Setting {
-        name: c"dbconn_guard.audit_retention",
-        short: c"The worker deletes rows of dbconn_guard.terminations older than this, hourly (0: keep all).",
-        long: c"",
-        value: Value::Seconds { var: &AUDIT_RETENTION, min: 0, max: i32::MAX },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "2592000",
-        doc_default: "30d",
-        doc_range: "0–68y (0: keep all)",
-    },
-    reload_bool(
-        c"dbconn_guard.audit_query_text",
-        c"Whether the audit keeps the last statement of each session it records (query_id is kept either way).",
-        &AUDIT_QUERY_TEXT,
-        "on",
-    ),
-    Setting {
-        name: c"dbconn_guard.sample_interval",
-        short: c"Time between two samples of dbconn_guard.history, aligned to the wall clock.",
-        long: c"A bare number is seconds.",
-        value: Value::Seconds { var: &SAMPLE_INTERVAL, min: 1, max: 3600 },
-        changed: Changed::Reload,
-        in_policy: true,
-        boot_val: "10",
-        doc_default: "10s",
-        doc_range: "1s–1h",
-    },
-    Setting {
-        name: c"dbconn_guard.history_size",
-        short: c"Samples dbconn_guard.history keeps in shared memory (0: no history).",
-        long: c"The oldest sample is overwritten by the newest; the history is lost at a restart.",
-        value: Value::Int { var: &HISTORY_SIZE, min: 0, max: MAX_HISTORY_SIZE },
-        changed: Changed::ServerStart,
-        in_policy: true,
-        boot_val: "8640",
-        doc_default: "8640",
-        doc_range: "0–100000",
-    },
-    Setting {
-        name: c"dbconn_guard.history_groups",
-        short: c"(datname, usename, application_name) groups kept per sample in dbconn_guard.history_by_group, largest first; the rest are summed in one row.",
-        long: c"",
-        value: Value::Int { var: &HISTORY_GROUPS, min: 0, max: MAX_HISTORY_GROUPS },
-        changed: Changed::ServerStart,
-        in_policy: true,
-        boot_val: "16",
-        doc_default: "16",
-        doc_range: "0–64",
-    },
-    Setting {
-        name: c"dbconn_guard.metrics_listen",
-        short: c"Address and port of the metrics endpoint (GET /metrics, /healthz), e.g. 127.0.0.1:9187; empty: no endpoint.",
-        long: c"There is no authentication: bind it to loopback or to an address only Prometheus reaches.",
-        value: Value::Text(&METRICS_LISTEN),
-        changed: Changed::ServerStart,
-        in_policy: true,
-        boot_val: "",
-        doc_default: "''",
-        doc_range: "IP:port",
-    },
-    Setting {
-        name: c"dbconn_guard.database",
-        short: c"Database the background worker connects to; the extension must be created there.",
-        long: c"",
-        value: Value::Text(&DATABASE),
-        changed: Changed::ServerStart,
-        in_policy: true,
-        boot_val: "postgres",
-        doc_default: "postgres",
-        doc_range: "name",
-    },
-];
+settings! {
+    WARNING_PCT: i32 = 80 => |var|
+        percent(
+            c"dbconn_guard.warning_pct",
+            c"Connection utilization (percent of max_connections) at which health() reports warning.",
+            var,
+        );
+
+    CRITICAL_PCT: i32 = 90 => |var|
+        percent(
+            c"dbconn_guard.critical_pct",
+            c"Connection utilization (percent of max_connections) at which health() reports critical.",
+            var,
+        );
+
+    IDLE_WARNING_AGE: i32 = 300 => |var|
+        age(
+            c"dbconn_guard.idle_warning_age",
+            c"Idle sessions older than this count towards health()'s idle_sessions check.",
+            var,
+            1,
+            "5min",
+            "1s–30d",
+        );
+
+    IDLE_WARNING_COUNT: i32 = 10 => |var|
+        Setting {
+            name: c"dbconn_guard.idle_warning_count",
+            short: c"health() warns when more sessions than this are idle for longer than dbconn_guard.idle_warning_age.",
+            long: c"",
+            value: Value::Int { var, min: 0, max: i32::MAX },
+            changed: Changed::Superuser,
+            in_policy: false,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "0–",
+        };
+
+    IDLE_IN_TRANSACTION_WARNING_AGE: i32 = 60 => |var|
+        age(
+            c"dbconn_guard.idle_in_transaction_warning_age",
+            c"health() warns about sessions idle in transaction for longer than this.",
+            var,
+            0,
+            "1min",
+            "0–30d",
+        );
+
+    LOCK_WAIT_WARNING_AGE: i32 = 10 => |var|
+        age(
+            c"dbconn_guard.lock_wait_warning_age",
+            c"health() warns when a session has waited on a lock for longer than this.",
+            var,
+            0,
+            "10s",
+            "0–30d",
+        );
+
+    LOCK_WAIT_CRITICAL_AGE: i32 = 60 => |var|
+        age(
+            c"dbconn_guard.lock_wait_critical_age",
+            c"health() is critical when a session has waited on a lock for longer than this (0: never).",
+            var,
+            0,
+            "1min",
+            "0–30d (0: never critical)",
+        );
+
+    TRANSACTION_AGE_WARNING: i32 = 300 => |var|
+        age(
+            c"dbconn_guard.transaction_age_warning",
+            c"health() warns when a transaction has been open for longer than this (0: never).",
+            var,
+            0,
+            "5min",
+            "0–30d (0: off)",
+        );
+
+    TRANSACTION_AGE_CRITICAL: i32 = 3600 => |var|
+        age(
+            c"dbconn_guard.transaction_age_critical",
+            c"health() is critical when a transaction has been open for longer than this (0: never).",
+            var,
+            0,
+            "1h",
+            "0–30d (0: off)",
+        );
+
+    LEAK_IDLE_AGE: i32 = 600 => |var|
+        age(
+            c"dbconn_guard.leak_idle_age",
+            c"Idle sessions older than this make their client a leak suspect.",
+            var,
+            1,
+            "10min",
+            "1s–30d",
+        );
+
+    DIAGNOSE_WINDOW: i32 = 3600 => |var|
+        age(
+            c"dbconn_guard.diagnose_window",
+            c"How far back diagnose() reads the history for the error pattern and recent changes.",
+            var,
+            60,
+            "1h",
+            "1min–30d",
+        );
+    /// The guard's policy (PGC_SIGHUP: postgresql.conf or ALTER SYSTEM + pg_reload_conf()).
+    ENABLED: bool = true => |var|
+        reload_bool(
+            c"dbconn_guard.enabled",
+            c"Whether the background worker ends stale sessions.",
+            var,
+        );
+
+    DRY_RUN: bool = false => |var|
+        reload_bool(
+            c"dbconn_guard.dry_run",
+            c"When on, the worker records and logs the sessions it would end, and ends none.",
+            var,
+        );
+    /// Off until a DBA sets them: preloading the library and creating the extension end nothing.
+    /// Seconds (a `real`, so `'1500ms'` is exact and `'300ms'` is refused, not rounded to 0 = off).
+    IDLE_TIMEOUT: f64 = 0.0 => |var|
+        timeout(
+            c"dbconn_guard.idle_timeout",
+            c"Ends sessions idle for longer than this (0: never).",
+            var,
+        );
+
+    IDLE_IN_TRANSACTION_TIMEOUT: f64 = 0.0 => |var|
+        timeout(
+            c"dbconn_guard.idle_in_transaction_timeout",
+            c"Ends sessions idle in transaction (or aborted transaction) for longer than this (0: never).",
+            var,
+        );
+
+    TRANSACTION_TIMEOUT: f64 = 0.0 => |var|
+        timeout(
+            c"dbconn_guard.transaction_timeout",
+            c"Ends sessions whose transaction is older than this, at a moment they are idle in it, never while a statement runs (0: never).",
+            var,
+        );
+
+    BLOCKER_TIMEOUT: f64 = 0.0 => |var|
+        timeout(
+            c"dbconn_guard.blocker_timeout",
+            c"Ends the root of a lock pile-up while it is idle in transaction (or aborted), once dbconn_guard.blocker_min_waiters of the sessions it holds up have waited longer than this (0: never).",
+            var,
+        );
+
+    BLOCKER_MIN_WAITERS: i32 = 1 => |var|
+        Setting {
+            name: c"dbconn_guard.blocker_min_waiters",
+            short: c"How many sessions must have waited longer than dbconn_guard.blocker_timeout on one root blocker before the rule acts on it.",
+            long: c"Counts every waiting session the root holds up, directly or behind another waiter.",
+            value: Value::Int { var, min: 1, max: 10000 },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "1–10000",
+        };
+
+    CANCEL_ACTIVE_BLOCKERS: bool = false => |var|
+        reload_bool(
+            c"dbconn_guard.cancel_active_blockers",
+            c"When on, a root blocker running a statement has that statement cancelled (pg_cancel_backend, never terminated) under dbconn_guard.blocker_timeout, once per statement.",
+            var,
+        );
+
+    BLOCKER_TERMINATE_AFTER: f64 = 0.0 => |var|
+        timeout(
+            c"dbconn_guard.blocker_terminate_after",
+            c"Ends an active root blocker whose statement was cancelled under dbconn_guard.cancel_active_blockers and that still holds up a pile-up past dbconn_guard.blocker_timeout this long after that first cancel (0: never).",
+            var,
+        );
+
+    LOCK_QUEUE_TIMEOUT: f64 = 0.0 => |var|
+        timeout(
+            c"dbconn_guard.lock_queue_timeout",
+            c"Cancels a statement waiting in a lock queue (an ALTER TABLE behind a long transaction) once dbconn_guard.lock_queue_min_waiters of the sessions queued behind it have waited longer than this; never ends the session (0: never).",
+            var,
+        );
+
+    LOCK_QUEUE_MIN_WAITERS: i32 = 1 => |var|
+        Setting {
+            name: c"dbconn_guard.lock_queue_min_waiters",
+            short: c"How many sessions queued behind a waiting statement must have waited longer than dbconn_guard.lock_queue_timeout before the rule cancels it.",
+            long: c"Counts every waiting session it holds up, directly or behind another waiter.",
+            value: Value::Int { var, min: 1, max: 10000 },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "1–10000",
+        };
+
+    MIN_UTILIZATION_PCT: i32 = 0 => |var|
+        Setting {
+            name: c"dbconn_guard.min_utilization_pct",
+            short: c"Idle sessions are ended only while connection utilization is at or above this percentage.",
+            long: c"Idle-in-transaction sessions are always subject to their timeout.",
+            value: Value::Int { var, min: 0, max: 100 },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "0–100",
+        };
+
+    INCLUDE_APPLICATIONS: text = c"" => |var|
+        names(
+            c"dbconn_guard.include_applications",
+            c"When set, only sessions of these application_names are ever ended.",
+            var,
+        );
+
+    EXCLUDE_APPLICATIONS: text = c"" => |var|
+        names(
+            c"dbconn_guard.exclude_applications",
+            c"Sessions of these application_names are never ended.",
+            var,
+        );
+
+    EXCLUDE_USERS: text = c"" => |var|
+        names(
+            c"dbconn_guard.exclude_users",
+            c"Sessions of these users are never ended.",
+            var,
+        );
+
+    EXCLUDE_DATABASES: text = c"" => |var|
+        names(
+            c"dbconn_guard.exclude_databases",
+            c"Sessions connected to these databases are never ended.",
+            var,
+        );
+
+    IDLE_TIMEOUT_OVERRIDES: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.idle_timeout_overrides",
+            short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces idle_timeout for it (0: never).",
+            long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
+            value: Value::Overrides(var),
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("''"),
+            doc_range: "override list",
+        };
+
+    IDLE_IN_TRANSACTION_TIMEOUT_OVERRIDES: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.idle_in_transaction_timeout_overrides",
+            short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces idle_in_transaction_timeout for it (0: never).",
+            long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
+            value: Value::Overrides(var),
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("''"),
+            doc_range: "override list",
+        };
+
+    TRANSACTION_TIMEOUT_OVERRIDES: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.transaction_timeout_overrides",
+            short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a session replaces transaction_timeout for it (0: never).",
+            long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s.",
+            value: Value::Overrides(var),
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("''"),
+            doc_range: "override list",
+        };
+
+    BLOCKER_TIMEOUT_OVERRIDES: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.blocker_timeout_overrides",
+            short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a root blocker replaces blocker_timeout for it (0: never).",
+            long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. Covers cancel_active_blockers too; the other rules' overrides do not reach the root-blocker rule.",
+            value: Value::Overrides(var),
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("''"),
+            doc_range: "override list",
+        };
+
+    LOCK_QUEUE_TIMEOUT_OVERRIDES: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.lock_queue_timeout_overrides",
+            short: c"Per application or user: items app:<name>=<duration> or user:<name>=<duration>; the first that matches a waiting statement's session replaces lock_queue_timeout for it (0: never).",
+            long: c"Comma-separated; * is a wildcard; a bare number is seconds; a timeout is 0 or at least 1s. The other rules' overrides do not reach the lock-queue rule.",
+            value: Value::Overrides(var),
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("''"),
+            doc_range: "override list",
+        };
+
+    CONNECTION_BUDGETS: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.connection_budgets",
+            short: c"Per application or user: items app:<name>=<sessions> or user:<name>=<sessions>; a group holding more sessions than its budget loses its longest idle sessions, down to the budget (0: no budget).",
+            long: c"Comma-separated; the first item that matches a session charges it; * is a wildcard, and a budget per name (app:*=100: each application 100), never charging a session without a name; an application's budget is per role. Never an active session; idle in transaction only with connection_budget_idle_in_transaction.",
+            value: Value::Budgets(var),
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("'' (off)"),
+            doc_range: "budget list",
+        };
+    /// Seconds (a `real`): the budget rule ends only sessions idle at least this long.
+    CONNECTION_BUDGET_MIN_IDLE: f64 = crate::core::policy::DEFAULT_BUDGET_MIN_IDLE as f64 / 1e6 => |var|
+        Setting {
+            name: c"dbconn_guard.connection_budget_min_idle",
+            short: c"The budget rule ends only sessions idle at least this long (a pool's connection between two uses is spared).",
+            long: c"A bare number is seconds; 1s to 1d.",
+            value: Value::RealSeconds { var, min: 1.0, max: 86400.0 },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("30s"),
+            doc_range: "1s–1d",
+        };
+
+    CONNECTION_BUDGET_IDLE_IN_TRANSACTION: bool = false => |var|
+        reload_bool(
+            c"dbconn_guard.connection_budget_idle_in_transaction",
+            c"Whether the budget rule may end sessions idle in a transaction too (their transaction is rolled back).",
+            var,
+        );
+
+    EXCLUDE_CLIENT_TOOLS: bool = true => |var|
+        reload_bool(
+            c"dbconn_guard.exclude_client_tools",
+            c"Never end sessions of PostgreSQL's own client programs (pg_dump, pg_restore, pg_basebackup, vacuumdb, ...), by application_name.",
+            var,
+        );
+
+    TERMINATE_SUPERUSERS: bool = false => |var|
+        reload_bool(
+            c"dbconn_guard.terminate_superusers",
+            c"Whether sessions of superusers may be ended too.",
+            var,
+        );
+
+    MAX_TERMINATIONS_PER_CYCLE: i32 = 100 => |var|
+        Setting {
+            name: c"dbconn_guard.max_terminations_per_cycle",
+            short: c"Most sessions the worker ends in one cycle; the rest wait for the next one.",
+            long: c"",
+            value: Value::Int { var, min: 1, max: MAX_PER_CYCLE },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "1–1024",
+        };
+    /// Seconds (a `real`, so `'100ms'` is 0.1).
+    NAPTIME: f64 = 10.0 => |var|
+        Setting {
+            name: c"dbconn_guard.naptime",
+            short: c"Longest sleep of the worker between checks; it wakes earlier when a session's deadline comes first.",
+            long: c"A bare number is seconds; at least 50ms.",
+            value: Value::RealSeconds { var, min: 0.05, max: 3600.0 },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("10s"),
+            doc_range: "50ms–1h",
+        };
+
+    LEAK_TREND_SAMPLES: i32 = 6 => |var|
+        Setting {
+            name: c"dbconn_guard.leak_trend_samples",
+            short: c"Samples of the history (one per sample_interval) over which a growing idle count makes a leak suspect.",
+            long: c"",
+            value: Value::Int { var, min: 2, max: 16 },
+            changed: Changed::Reload,
+            in_policy: false,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "2–16",
+        };
+
+    AUDIT_RETENTION: i32 = 30 * 24 * 3600 => |var|
+        Setting {
+            name: c"dbconn_guard.audit_retention",
+            short: c"The worker deletes rows of dbconn_guard.terminations older than this, hourly (0: keep all).",
+            long: c"",
+            value: Value::Seconds { var, min: 0, max: i32::MAX },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("30d"),
+            doc_range: "0–68y (0: keep all)",
+        };
+
+    AUDIT_QUERY_TEXT: bool = true => |var|
+        reload_bool(
+            c"dbconn_guard.audit_query_text",
+            c"Whether the audit keeps the last statement of each session it records (query_id is kept either way).",
+            var,
+        );
+    /// Seconds between two samples of the history.
+    SAMPLE_INTERVAL: i32 = 10 => |var|
+        Setting {
+            name: c"dbconn_guard.sample_interval",
+            short: c"Time between two samples of dbconn_guard.history, aligned to the wall clock.",
+            long: c"A bare number is seconds.",
+            value: Value::Seconds { var, min: 1, max: 3600 },
+            changed: Changed::Reload,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("10s"),
+            doc_range: "1s–1h",
+        };
+    /// PGC_POSTMASTER: the history ring's size in shared memory (24 h at the default interval).
+    HISTORY_SIZE: i32 = 8640 => |var|
+        Setting {
+            name: c"dbconn_guard.history_size",
+            short: c"Samples dbconn_guard.history keeps in shared memory (0: no history).",
+            long: c"The oldest sample is overwritten by the newest; the history is lost at a restart.",
+            value: Value::Int { var, min: 0, max: MAX_HISTORY_SIZE },
+            changed: Changed::ServerStart,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "0–100000",
+        };
+
+    HISTORY_GROUPS: i32 = 16 => |var|
+        Setting {
+            name: c"dbconn_guard.history_groups",
+            short: c"(datname, usename, application_name) groups kept per sample in dbconn_guard.history_by_group, largest first; the rest are summed in one row.",
+            long: c"",
+            value: Value::Int { var, min: 0, max: MAX_HISTORY_GROUPS },
+            changed: Changed::ServerStart,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "0–64",
+        };
+    /// PGC_POSTMASTER: where the metrics endpoint listens ('' = no endpoint).
+    METRICS_LISTEN: text = c"" => |var|
+        Setting {
+            name: c"dbconn_guard.metrics_listen",
+            short: c"Address and port of the metrics endpoint (GET /metrics, /healthz), e.g. 127.0.0.1:9187; empty: no endpoint.",
+            long: c"There is no authentication: bind it to loopback or to an address only Prometheus reaches.",
+            value: Value::Text(var),
+            changed: Changed::ServerStart,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: Some("''"),
+            doc_range: "IP:port",
+        };
+    /// PGC_POSTMASTER
+    DATABASE: text = c"postgres" => |var|
+        Setting {
+            name: c"dbconn_guard.database",
+            short: c"Database the background worker connects to; the extension must be created there.",
+            long: c"",
+            value: Value::Text(var),
+            changed: Changed::ServerStart,
+            in_policy: true,
+            boot: Boot::Unset,
+            doc_default: None,
+            doc_range: "name",
+        };
+}
 
 /// Registers every setting of `SETTINGS`. Called once from `_PG_init`.
 pub fn define() {
@@ -1093,9 +1183,12 @@ mod readme {
             let Some((default, range)) = rows.remove(name) else {
                 panic!("{name} is missing from the settings tables of docs/reference.md");
             };
+            let shown = s
+                .doc_default
+                .map_or_else(|| s.boot.as_shown(), String::from);
             assert_eq!(
                 (default.as_str(), range.as_str()),
-                (s.doc_default, s.doc_range),
+                (shown.as_str(), s.doc_range),
                 "the documented default and range of {name}"
             );
         }
@@ -1104,5 +1197,25 @@ mod readme {
             "docs/reference.md lists settings that do not exist: {:?}",
             rows.keys()
         );
+    }
+
+    /// Where the documented default is written apart ("5min"), it means the boot value.
+    #[test]
+    fn documented_defaults_mean_the_boot_values() {
+        use super::Boot;
+        for s in SETTINGS.iter() {
+            assert!(!matches!(s.boot, Boot::Unset), "{:?}", s.name);
+            let Some(doc) = s.doc_default else { continue };
+            let doc = doc.split(" (").next().unwrap();
+            let doc = if doc == "''" { "" } else { doc };
+            let seconds = || crate::core::overrides::parse_duration(doc).unwrap() as f64 / 1e6;
+            match s.boot {
+                Boot::Int(v) => assert_eq!(seconds(), f64::from(v), "{:?}", s.name),
+                Boot::Real(v) => assert_eq!(seconds(), v, "{:?}", s.name),
+                Boot::Bool(v) => assert_eq!(doc, if v { "on" } else { "off" }),
+                Boot::Text(v) => assert_eq!(doc, v.to_str().unwrap(), "{:?}", s.name),
+                Boot::Unset => unreachable!(),
+            }
+        }
     }
 }

@@ -236,7 +236,7 @@ fn every_setting_is_registered_as_the_settings_table_says() {
         };
         assert_eq!(
             (boot.as_deref(), context.as_deref()),
-            (Some(s.boot_val), Some(want)),
+            (Some(s.boot.as_shown().as_str()), Some(want)),
             "{name}"
         );
     }
