@@ -5,6 +5,7 @@
 //! default 127.0.0.1); the tests connect as the superuser `postgres` unless they say otherwise.
 
 pub mod pgbouncer;
+pub mod ports;
 use postgres::{Client, Config, NoTls};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};

@@ -38,7 +38,11 @@ fn is_superuser(c: &mut Client, role: &str) -> bool {
 #[test]
 fn installing_without_the_preload_keeps_the_session_and_the_views_work() {
     // another library preloaded (plpgsql: in every build), not this one
-    let cluster = Cluster::start("nopreload", 301, &["shared_preload_libraries = 'plpgsql'"]);
+    let cluster = Cluster::start(
+        "nopreload",
+        ports::NO_PRELOAD,
+        &["shared_preload_libraries = 'plpgsql'"],
+    );
     let mut c = cluster.connect("postgres", "postgres", "it_nopreload");
     // a PGC_POSTMASTER setting defined after startup used to be a FATAL error here
     c.batch_execute("CREATE EXTENSION dbconn_guard")
@@ -136,7 +140,7 @@ fn installing_without_the_preload_keeps_the_session_and_the_views_work() {
 fn a_fast_stop_completes_while_a_prepared_transaction_holds_the_audit_table() {
     let cluster = Cluster::start(
         "faststop",
-        302,
+        ports::FAST_STOP,
         &[
             PRELOAD,
             "max_prepared_transactions = 2",
@@ -209,7 +213,7 @@ fn a_fast_stop_completes_while_a_prepared_transaction_holds_the_audit_table() {
 
 #[test]
 fn roles_and_schemas_squatted_before_create_extension_are_refused() {
-    let cluster = Cluster::start("squat", 303, &[]);
+    let cluster = Cluster::start("squat", ports::SQUAT, &[]);
     let mut su = cluster.connect("postgres", "postgres", "it_squat_su");
     su.batch_execute(
         "CREATE ROLE it_creator LOGIN CREATEROLE; GRANT CREATE ON DATABASE postgres TO it_creator",
@@ -267,7 +271,7 @@ fn roles_and_schemas_squatted_before_create_extension_are_refused() {
 fn the_worker_runs_no_code_of_its_database_owner() {
     let cluster = Cluster::start(
         "hostile",
-        304,
+        ports::HOSTILE,
         &[
             PRELOAD,
             "dbconn_guard.database = 'appdb'",
@@ -410,7 +414,7 @@ fn the_worker_runs_no_code_of_its_database_owner() {
 fn a_missing_worker_database_is_logged_and_retried_without_harm() {
     let cluster = Cluster::start(
         "nodb",
-        305,
+        ports::NO_DATABASE,
         &[PRELOAD, "dbconn_guard.database = 'no_such_db'"],
     );
     // two connection attempts at least (the restart interval is 5 s)

@@ -446,7 +446,7 @@ fn terminate_idle_obeys_the_gates_of_the_rules_and_bounds_dry_runs() {
 fn the_owner_of_the_guards_database_cannot_switch_the_guard_off() {
     let cluster = Cluster::start(
         "owned",
-        351,
+        ports::OWNED,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             "dbconn_guard.database = 'appdb'",
@@ -671,7 +671,7 @@ fn sessions_spared_for_a_lasting_reason_neither_spin_the_worker_nor_starve_other
     const N: i32 = 150;
     let cluster = Cluster::start(
         "syncrep",
-        352,
+        ports::SYNC_REP,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             "max_connections = 400",

@@ -11,18 +11,13 @@ use std::time::{Duration, Instant};
 
 const PRELOAD: &str = "shared_preload_libraries = 'dbconn_guard'";
 
-/// A loopback port for an endpoint of a test (apart from the servers' ports).
-fn endpoint_port(offset: u16) -> u16 {
-    test_port() + 700 + offset
-}
-
 #[test]
 fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
-    let port = endpoint_port(1);
+    let port = ports::port(ports::ENDPOINT_METRICS);
     let listen = format!("dbconn_guard.metrics_listen = '127.0.0.1:{port}'");
     let cluster = Cluster::start(
         "endpoint",
-        321,
+        ports::ENDPOINT,
         &[
             PRELOAD,
             &listen,
@@ -39,7 +34,7 @@ fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
     wait_for_http(&endpoint, "/healthz", 200, Duration::from_secs(10));
 
     // a real postgres_exporter, logging in as a pg_monitor role, with our queries file
-    let exporter_port = endpoint_port(2);
+    let exporter_port = ports::port(ports::EXPORTER);
     let exporter = Exporter::start(cluster.port, exporter_port, "it_exporter");
     let scrape = exporter.scrape();
     assert_eq!(metric_value(&scrape, "pg_up"), Some(1.0), "{scrape}");
@@ -108,11 +103,11 @@ fn the_endpoint_answers_with_every_slot_taken_and_postgres_exporter_cannot() {
 
 #[test]
 fn bad_slow_and_wrong_requests_get_their_status_and_nothing_else_happens() {
-    let port = endpoint_port(3);
+    let port = ports::port(ports::ENDPOINT_REQUESTS_METRICS);
     let listen = format!("dbconn_guard.metrics_listen = '127.0.0.1:{port}'");
     let cluster = Cluster::start(
         "endpoint-bad",
-        322,
+        ports::ENDPOINT_REQUESTS,
         &[PRELOAD, &listen, "dbconn_guard.naptime = '200ms'"],
     );
     let mut su = cluster.connect("postgres", "postgres", "it_e_admin");
@@ -234,10 +229,10 @@ fn bad_slow_and_wrong_requests_get_their_status_and_nothing_else_happens() {
 #[test]
 fn a_port_in_use_or_a_bad_address_leaves_the_server_up_and_is_retried() {
     // the port is taken before the server starts
-    let port = endpoint_port(4);
+    let port = ports::port(ports::ENDPOINT_BUSY_METRICS);
     let squatter = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let listen = format!("dbconn_guard.metrics_listen = '127.0.0.1:{port}'");
-    let cluster = Cluster::start("endpoint-busy", 323, &[PRELOAD, &listen]);
+    let cluster = Cluster::start("endpoint-busy", ports::ENDPOINT_BUSY, &[PRELOAD, &listen]);
     let mut su = cluster.connect("postgres", "postgres", "it_e_admin");
     su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
     wait_until(
@@ -264,7 +259,7 @@ fn a_port_in_use_or_a_bad_address_leaves_the_server_up_and_is_retried() {
     // an address that is no address: the server starts, the endpoint says why
     let cluster = Cluster::start(
         "endpoint-garbage",
-        324,
+        ports::ENDPOINT_GARBAGE,
         &[PRELOAD, "dbconn_guard.metrics_listen = 'localhost:port'"],
     );
     let mut su = cluster.connect("postgres", "postgres", "it_e_admin");

@@ -393,7 +393,7 @@ fn sample_interval_is_validated_and_the_old_value_stays() {
 fn the_ring_keeps_history_size_samples_in_the_memory_it_says() {
     let cluster = Cluster::start(
         "history",
-        311,
+        ports::HISTORY_RING,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             "dbconn_guard.history_size = 4",

@@ -643,7 +643,7 @@ fn the_incident_suite() {
 fn leak_to_92_percent() -> Score {
     let cluster = Cluster::start(
         "incident92",
-        361,
+        ports::INCIDENT_FULL,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             "max_connections = 50",

@@ -30,9 +30,9 @@ const DB: &str = "it_pgbouncer";
 /// Seconds of load per phase (the issue asks for a minute per mode: two phases of 30 s).
 const LOAD_SECONDS: u64 = 30;
 
-/// pgbouncer's port: the test cluster's + 700 + `n`.
-fn bouncer_port(n: u16) -> u16 {
-    test_port() + 700 + n
+/// The port of the `n`th pgbouncer (`ports::PGBOUNCER`).
+fn bouncer_port(n: usize) -> u16 {
+    ports::port(ports::PGBOUNCER[n])
 }
 
 /// The role, the database and pgbench's tables (scale 1), made straight on the server.

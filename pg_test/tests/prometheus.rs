@@ -91,11 +91,11 @@ fn instances(result: &[serde_json::Value]) -> Vec<String> {
 
 #[test]
 fn every_dashboard_and_alert_expression_has_data_for_a_primary_and_a_standby() {
-    let p_port = test_port() + 700 + 11;
-    let s_port = test_port() + 700 + 12;
+    let p_port = ports::port(ports::PROMETHEUS_PRIMARY_METRICS);
+    let s_port = ports::port(ports::PROMETHEUS_STANDBY_METRICS);
     let primary = Cluster::start(
         "prom-primary",
-        331,
+        ports::PROMETHEUS_PRIMARY,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             &format!("dbconn_guard.metrics_listen = '127.0.0.1:{p_port}'"),
@@ -108,7 +108,7 @@ fn every_dashboard_and_alert_expression_has_data_for_a_primary_and_a_standby() {
     su.batch_execute("CREATE EXTENSION dbconn_guard").unwrap();
     let standby = Replica::start(
         primary.port,
-        primary.port + 1,
+        ports::port(ports::PROMETHEUS_STANDBY),
         &[&format!("dbconn_guard.metrics_listen='127.0.0.1:{s_port}'")],
     );
     let (p_addr, s_addr) = (format!("127.0.0.1:{p_port}"), format!("127.0.0.1:{s_port}"));
@@ -144,7 +144,7 @@ fn every_dashboard_and_alert_expression_has_data_for_a_primary_and_a_standby() {
     std::fs::write(&rules, immediate).unwrap();
 
     let prom = Prometheus::start(
-        test_port() + 700 + 13,
+        ports::port(ports::PROMETHEUS),
         &[p_addr.clone(), s_addr.clone()],
         &rules,
     );

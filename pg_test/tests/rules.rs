@@ -154,7 +154,7 @@ fn a_refused_setting_in_the_configuration_file_stops_the_guard_until_it_is_fixed
     // PostgreSQL keeps the default (no exclusions at all) and only warns
     let cluster = Cluster::start(
         "refused",
-        341,
+        ports::REFUSED,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             "dbconn_guard.idle_in_transaction_timeout = 1",

@@ -5,9 +5,9 @@ use dbconn_guard_integration::*;
 use postgres::Client;
 use std::time::Duration;
 
-/// A hot standby of the test cluster, on the test port + 100.
+/// A hot standby of the test cluster (`ports::STANDBY`).
 fn start_standby(primary_port: u16) -> Replica {
-    Replica::start(primary_port, primary_port + 100, &[])
+    Replica::start(primary_port, ports::port(ports::STANDBY), &[])
 }
 
 fn connect_standby(r: &Replica, user: &str, app: &str) -> Client {

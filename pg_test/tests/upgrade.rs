@@ -53,7 +53,7 @@ fn shape(c: &mut Client) -> Vec<String> {
 fn an_update_from_0_1_0_matches_a_fresh_install_and_keeps_guarding() {
     let cluster = Cluster::start(
         "upgrade",
-        306,
+        ports::UPGRADE,
         &[
             "shared_preload_libraries = 'dbconn_guard'",
             "dbconn_guard.idle_in_transaction_timeout = '1s'",

@@ -803,7 +803,7 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
         .unwrap()
         .parse()
         .unwrap();
-    let exporter = Exporter::start(port, port + 7000, "bench_exporter");
+    let exporter = Exporter::start(port, ports::port(ports::BENCH_EXPORTER), "bench_exporter");
     let mut ex = Vec::new();
     for _ in 0..runs.min(20) {
         let t = Instant::now();
@@ -955,7 +955,7 @@ fn history_and_endpoint(ctx: &mut Ctx, n: usize) {
         held.push(c);
         assert!(held.len() < 5000);
     }
-    let exporter = Exporter::start(port, port + 7000, "bench_exporter");
+    let exporter = Exporter::start(port, ports::port(ports::BENCH_EXPORTER), "bench_exporter");
     let t = Instant::now();
     let refused = exporter.scrape();
     let refused_ms = t.elapsed().as_secs_f64() * 1000.0;
