@@ -34,7 +34,34 @@ compile_error!(
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+// the SQL surface by area: each file holds its views, grants and comments (and, for the
+// history, its SQL functions), after the Rust functions it names
+extension_sql_file!(
+    "../sql/sessions.sql",
+    name = "sessions",
+    requires = [
+        "blocking_pairs_functions",
+        sql::views::connection_analysis_rows,
+        sql::views::utilization_rows,
+        sql::views::leak_suspect_rows,
+        sql::views::blocking_chains,
+        sql::views::utilization_pct,
+        sql::views::health,
+        sql::views::health_status,
+    ]
+);
+extension_sql_file!(
+    "../sql/history.sql",
+    name = "history",
+    requires = ["history_functions", "sessions"]
+);
+extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics",
+    requires = [sql::metrics::metrics, "sessions"]
+);
+// last: its warning about the database's owner is the script's last word
+extension_sql_file!("../sql/guard.sql", name = "guard", finalize);
 
 #[allow(non_snake_case)]
 #[pg_guard]

@@ -1,6 +1,6 @@
-//! The read-only SQL surface: set-returning functions behind the views in `sql/finalize.sql`,
-//! and the scalar/table functions DBAs call directly. Each reads PostgreSQL state once
-//! (`crate::read::snapshot`), hands it to the core, and returns rows.
+//! The read-only SQL surface: set-returning functions behind the views in `sql/sessions.sql`
+//! and `sql/history.sql`, and the scalar/table functions DBAs call directly. Each reads
+//! PostgreSQL state once (`crate::read::snapshot`), hands it to the core, and returns rows.
 
 // pgrx spells a set-returning function's columns in its return type (`name!(...)`).
 #![allow(clippy::type_complexity)]

@@ -835,7 +835,7 @@ impl<'a> Ctx<'a> {
             .guard_actions
             .iter()
             .filter(|a| {
-                a.rule == "blocker_cancel"
+                a.rule == crate::rules::Rule::BlockerCancel.as_str()
                     && !a.dry_run
                     && a.pid == b.pid
                     && Some(a.backend_start) == b.backend_start
