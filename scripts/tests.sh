@@ -239,7 +239,7 @@ cmd_lint() {
     done
 }
 
-# run_soak SECONDS [OUT]: the soak (pg_test/src/bin/soak.rs, built beforehand) on a fresh
+# run_soak SECONDS [OUT]: the soak (pg_test/src/bin/soak/, built beforehand) on a fresh
 # PostgreSQL 15 cluster with the installed library preloaded; OUT: the markdown file whose soak
 # section it rewrites
 run_soak() {

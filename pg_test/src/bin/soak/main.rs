@@ -10,6 +10,9 @@
 //! DBCONN_GUARD_SOAK_SECONDS (default 600), DBCONN_GUARD_SOAK_OUT (a markdown file whose soak
 //! section is replaced with the results; unset: print only).
 
+mod sessions;
+mod standby;
+
 use dbconn_guard_integration::*;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
@@ -185,258 +188,6 @@ impl Shared {
     }
 }
 
-fn session_config(port: u16, kind: Kind, app: &str) -> Config {
-    let (user, db) = match kind {
-        Kind::ExcludedUser => (EXCLUDED_USER, "postgres"),
-        Kind::ExcludedDatabase => (APP_USER, EXCLUDED_DB),
-        Kind::Superuser => ("postgres", "postgres"),
-        _ => (APP_USER, "postgres"),
-    };
-    config_at(port, user, db, app)
-}
-
-/// A session of `kind`: connects (retrying while the server restarts), learns its identity.
-struct Session {
-    client: Client,
-    rec: Record,
-}
-
-fn open(sh: &Shared, kind: Kind, app: &str) -> Option<Session> {
-    let cfg = session_config(sh.port, kind, app);
-    loop {
-        if sh.stopping() {
-            return None;
-        }
-        match cfg.connect(NoTls) {
-            Ok(mut client) => {
-                let row = match client.query_one(
-                    "SELECT pg_backend_pid(), backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                    &[],
-                ) {
-                    Ok(r) => r,
-                    Err(_) => continue,
-                };
-                sh.started.fetch_add(1, Ordering::Relaxed);
-                return Some(Session {
-                    client,
-                    rec: Record {
-                        kind,
-                        pid: row.get(0),
-                        backend_start: row.get(1),
-                        application_name: app.to_string(),
-                        last_answer: now(),
-                        noticed: 0.0,
-                        ending: Ending::Alive,
-                    },
-                });
-            }
-            Err(_) => {
-                // the server is restarting, or out of slots for a moment
-                thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-}
-
-impl Session {
-    /// Runs `sql`; on an error, records how the session ended and returns false.
-    fn run(&mut self, sql: &str) -> bool {
-        match self.client.batch_execute(sql) {
-            Ok(()) => {
-                self.rec.last_answer = now();
-                true
-            }
-            Err(e) => {
-                self.rec.noticed = now();
-                if e.code() == Some(&SqlState::ADMIN_SHUTDOWN) {
-                    self.rec.ending = Ending::Terminated;
-                } else if let Some(db) = e.as_db_error() {
-                    if db.code() == &SqlState::DIVISION_BY_ZERO {
-                        // the aborted-transaction leaker's own error
-                        self.rec.last_answer = now();
-                        return true;
-                    }
-                    self.rec.ending =
-                        Ending::Lost(format!("{}: {}", db.code().code(), db.message()));
-                } else {
-                    self.rec.ending = Ending::Lost(e.to_string());
-                }
-                false
-            }
-        }
-    }
-    fn close(self, sh: &Shared) {
-        sh.push(self.rec);
-    }
-}
-
-/// A session that must never be ended, driven by `step` until the run stops; reconnects after
-/// a loss (the crash-restart) so its kind stays represented.
-fn never_ended(sh: Arc<Shared>, kind: Kind, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let t = sh.timeouts;
-    let hostile = kind == Kind::Busy && seed.is_multiple_of(5);
-    while !sh.stopping() {
-        let app = match kind {
-            Kind::ExcludedApplication => format!("soak-excluded-{}", seed % 7),
-            Kind::ClientTool => "pg_dump".to_string(),
-            _ if hostile => rng.pick(&HOSTILE_NAMES).to_string(),
-            _ => format!("soak-{kind:?}").to_lowercase(),
-        };
-        let Some(mut s) = open(&sh, kind, &app) else {
-            return;
-        };
-        let ok = loop {
-            let alive = match kind {
-                Kind::Busy => {
-                    let sql = if rng.next().is_multiple_of(3) {
-                        "SELECT pg_sleep(0.02)"
-                    } else {
-                        "SELECT count(*) FROM pg_class"
-                    };
-                    s.run(sql) && sh.nap(rng.range(0.0, 0.5 * t.idle_min()))
-                }
-                Kind::Flapper => s.run("SELECT 1") && sh.nap(t.idle_min() * rng.range(0.82, 0.88)),
-                Kind::ShortTransactions | Kind::TransactionFlapper => {
-                    let gap = |r: &mut Rng| {
-                        if kind == Kind::TransactionFlapper {
-                            t.iit_min() * r.range(0.77, 0.83)
-                        } else {
-                            r.range(0.0, 0.5 * t.iit_min())
-                        }
-                    };
-                    let mut ok = s.run("BEGIN; SELECT 1");
-                    for _ in 0..(2 + rng.next() % 4) {
-                        ok = ok && sh.nap(gap(&mut rng)) && s.run("SELECT count(*) FROM pg_class");
-                    }
-                    // a commit always, even when stopping: the session stays clean
-                    ok = ok && s.run("COMMIT");
-                    ok && sh.nap(rng.range(0.0, 0.5 * t.idle_min()))
-                }
-                Kind::LongQuery => {
-                    // active well past both timeouts
-                    s.run(&format!("SELECT pg_sleep({:.1})", t.idle_min() * 1.5)) && !sh.stopping()
-                }
-                _ => {
-                    // the protected kinds idle far past the timeouts, half of them in a
-                    // transaction, then prove they are still there
-                    let in_txn = seed.is_multiple_of(2);
-                    let first = if in_txn {
-                        "BEGIN; SELECT 1"
-                    } else {
-                        "SELECT 1"
-                    };
-                    let mut ok = s.run(first);
-                    ok = ok && {
-                        let rest = sh.nap(t.idle_min() * rng.range(1.5, 2.5));
-                        // whether or not the run is stopping: the session must still answer
-                        let alive = s.run(if in_txn {
-                            "SELECT 1; COMMIT"
-                        } else {
-                            "SELECT 1"
-                        });
-                        alive && rest
-                    };
-                    ok
-                }
-            };
-            if !alive {
-                break s.rec.ending == Ending::Alive;
-            }
-        };
-        // a last word: still there?
-        if ok {
-            s.run("SELECT 1");
-        }
-        let lost = s.rec.ending != Ending::Alive;
-        s.close(&sh);
-        if lost {
-            thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-/// Short-lived connections, one after the other.
-fn churn(sh: Arc<Shared>, seed: u64) {
-    let mut rng = Rng::new(seed);
-    while !sh.stopping() {
-        let Some(mut s) = open(&sh, Kind::Churn, "soak-churn") else {
-            return;
-        };
-        s.run("SELECT 1");
-        s.close(&sh);
-        sh.nap(rng.range(0.1, 0.3));
-    }
-}
-
-/// Leakers, one after the other, from the start of the run to the last moment at which their
-/// deadline (plus grace) still falls inside it. Each one checks, once past its deadline and the
-/// grace, whether it was ended.
-fn leakers(sh: Arc<Shared>, kind: Kind, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let t = sh.timeouts;
-    let longest = match kind {
-        Kind::IdleLeaker => t.idle[0].max(t.idle[1]),
-        _ => t.in_transaction[0].max(t.in_transaction[1]),
-    };
-    // spread the starts over the run
-    if !sh.nap(rng.range(0.0, longest)) {
-        return;
-    }
-    while !sh.stopping() && now() + longest + sh.grace < sh.end_at {
-        let app = if seed.is_multiple_of(4) {
-            rng.pick(&HOSTILE_NAMES).to_string()
-        } else {
-            format!("soak-{kind:?}").to_lowercase()
-        };
-        let Some(mut s) = open(&sh, kind, &app) else {
-            return;
-        };
-        let leak = match kind {
-            Kind::IdleLeaker => "SELECT 1",
-            _ if seed.is_multiple_of(3) => "BEGIN; SELECT 1/0", // idle in transaction (aborted)
-            _ => "BEGIN; SELECT 1",
-        };
-        if s.run(leak) {
-            let deadline = s.rec.last_answer + longest + sh.grace;
-            // not `nap`: a leaker checks even when the run is stopping
-            thread::sleep(Duration::from_secs_f64((deadline - now()).max(0.0)));
-            if s.client.batch_execute("SELECT 1").is_ok() {
-                s.rec.ending = Ending::Alive; // missed
-            } else {
-                let last = s.rec.last_answer;
-                s.run("SELECT 1");
-                s.rec.last_answer = last;
-            }
-        }
-        s.close(&sh);
-        if !sh.nap(rng.range(0.0, longest / 2.0)) {
-            return;
-        }
-    }
-}
-
-/// Idle walsenders (`psql "replication=database"` kept open): never ended.
-fn replication_sessions(port: u16, n: usize) -> Vec<Child> {
-    let bin = std::path::PathBuf::from(
-        std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"),
-    );
-    (0..n)
-        .map(|_| {
-            Command::new(bin.join("psql"))
-                .arg(format!(
-                    "host=127.0.0.1 port={port} user=postgres dbname=postgres replication=database application_name=soak-replication"
-                ))
-                .args(["-X", "-q"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("psql")
-        })
-        .collect()
-}
-
 fn admin(port: u16) -> Client {
     let start = Instant::now();
     loop {
@@ -610,20 +361,20 @@ fn main() {
                 thread::Builder::new()
                     .stack_size(256 * 1024)
                     .spawn(move || match k {
-                        Kind::Churn => churn(sh, s),
-                        k if k.is_leaker() => leakers(sh, k, s),
-                        k => never_ended(sh, k, s),
+                        Kind::Churn => sessions::churn(sh, s),
+                        k if k.is_leaker() => sessions::leakers(sh, k, s),
+                        k => sessions::never_ended(sh, k, s),
                     })
                     .unwrap(),
             );
         }
     }
-    let mut walsenders = replication_sessions(port, 3);
+    let mut walsenders = sessions::replication_sessions(port, 3);
     // the standby, promoted at 55% of the run (its leakers use the first policy's timeout)
     let standby = {
         let (t, grace) = (timeouts.in_transaction[0], sh.grace);
         let promote_at = started + Duration::from_secs_f64(seconds * 0.55);
-        thread::spawn(move || standby_phase(port, t, grace, promote_at, started))
+        thread::spawn(move || standby::standby_phase(port, t, grace, promote_at, started))
     };
 
     // the disturbances, at fixed points of the run
@@ -726,7 +477,7 @@ fn main() {
                 let _ = p.kill();
                 let _ = p.wait();
             }
-            walsenders = replication_sessions(port, 3);
+            walsenders = sessions::replication_sessions(port, 3);
             events.push(format!(
                 "{:.0}s: crash-restart: backend {vpid} killed with SIGKILL; the server reinitialized and worker {new} ran {took:.1}s later",
                 started.elapsed().as_secs_f64()
@@ -1038,7 +789,7 @@ fn main() {
         || matched == 0;
     if let Ok(path) = std::env::var("DBCONN_GUARD_SOAK_OUT") {
         if !failed {
-            let section = format!("## 8. Soak\n\nGenerated by `./dev.sh soak {:.0}` (pg_test/src/bin/soak.rs) on {}. Machine: {}.\n\n{out}", seconds / 60.0, date(), machine_line());
+            let section = format!("## 8. Soak\n\nGenerated by `./dev.sh soak {:.0}` (pg_test/src/bin/soak/) on {}. Machine: {}.\n\n{out}", seconds / 60.0, date(), machine_line());
             replace_soak_section(&path, &section);
             println!("wrote the soak section of {path}");
         }
@@ -1075,236 +826,4 @@ fn machine_line() -> String {
         .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
         .unwrap_or_default();
     format!("{cpus} CPUs, {mem} memory")
-}
-
-/// A hot standby of the soak's server, promoted halfway: leakers ended on it before the
-/// promotion must stay visible in `recent_terminations()` (kept in shared memory, unpersisted),
-/// and leakers ended after it must be in the audit table.
-struct StandbyRun {
-    /// what happened, for the report
-    events: Vec<String>,
-    /// (before, after) leakers ended and recorded as required
-    ended: (usize, usize),
-    wrong: Vec<String>,
-    missed: Vec<String>,
-    unaudited: Vec<String>,
-}
-
-struct StandbyServer {
-    bin: std::path::PathBuf,
-    data: String,
-    port: u16,
-}
-
-impl StandbyServer {
-    fn start(primary: u16) -> StandbyServer {
-        let bin = std::path::PathBuf::from(
-            std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"),
-        );
-        let state = std::env::var("DBCONN_GUARD_TEST_STATE").expect("DBCONN_GUARD_TEST_STATE");
-        let s = StandbyServer {
-            bin,
-            data: format!("{state}/soak-standby-{primary}"),
-            port: primary + 1,
-        };
-        let _ = Command::new("rm").args(["-rf", &s.data]).status();
-        run_as_postgres(
-            &s.bin,
-            "pg_basebackup",
-            &[
-                "-D",
-                &s.data,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary.to_string(),
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
-        );
-        let opts = format!("-p {} -c hot_standby=on", s.port);
-        let log = format!("{}/server.log", s.data);
-        run_as_postgres(
-            &s.bin,
-            "pg_ctl",
-            &["-D", &s.data, "-l", &log, "-o", &opts, "-w", "start"],
-        );
-        s
-    }
-}
-
-impl Drop for StandbyServer {
-    fn drop(&mut self) {
-        let _ = Command::new("sudo")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", &self.data, "-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = Command::new("rm").args(["-rf", &self.data]).status();
-    }
-}
-
-/// `n` idle-in-transaction leakers on the server at `port`, at once; each waits past its
-/// deadline and checks that it was ended. Returns (pid, backend_start, ended) of each.
-fn standby_leakers(port: u16, n: usize, timeout: f64, grace: f64) -> Vec<(i32, String, bool)> {
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            thread::spawn(move || {
-                let mut c = config_at(port, APP_USER, "postgres", &format!("soak-standby-leaker-{i}"))
-                    .connect(NoTls)
-                    .expect("a session on the standby");
-                let r = c
-                    .query_one(
-                        "SELECT pg_backend_pid(), backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                        &[],
-                    )
-                    .unwrap();
-                c.batch_execute("BEGIN; SELECT 1").unwrap();
-                thread::sleep(Duration::from_secs_f64(timeout + grace));
-                let ended = matches!(
-                    c.batch_execute("SELECT 1"),
-                    Err(e) if e.code() == Some(&SqlState::ADMIN_SHUTDOWN)
-                );
-                (r.get(0), r.get(1), ended)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn standby_phase(
-    primary: u16,
-    timeout: f64,
-    grace: f64,
-    promote_at: Instant,
-    t0: Instant,
-) -> StandbyRun {
-    let mut run = StandbyRun {
-        events: Vec::new(),
-        ended: (0, 0),
-        wrong: Vec::new(),
-        missed: Vec::new(),
-        unaudited: Vec::new(),
-    };
-    let standby = StandbyServer::start(primary);
-    let mut s = admin(standby.port);
-    let in_recovery: bool = s
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .unwrap()
-        .get(0);
-    assert!(in_recovery, "the soak's standby is not in recovery");
-    // its worker runs (the extension came with the base backup)
-    let start = Instant::now();
-    while worker(&mut s) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no worker on the standby"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    run.events.push(format!(
-        "{:.0}s: a hot standby started from a base backup (its worker guarding, policy from the primary's postgresql.auto.conf)",
-        t0.elapsed().as_secs_f64()
-    ));
-    let recent = |s: &mut Client| -> HashMap<(i32, String), (bool, String)> {
-        s.query(
-            "SELECT pid, backend_start::text, persisted, rule FROM dbconn_guard.recent_terminations()",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()),
-                (r.get(2), r.get(3)),
-            )
-        })
-        .collect()
-    };
-    let before = standby_leakers(standby.port, 10, timeout, grace);
-    let kept = recent(&mut s);
-    for (pid, start, ended) in &before {
-        match kept.get(&(*pid, start.clone())) {
-            Some((false, rule)) if rule == "idle_in_transaction_timeout" && *ended => {
-                run.ended.0 += 1
-            }
-            Some(r) if !*ended => run.wrong.push(format!(
-                "standby leaker {pid}: recorded {r:?}, but its client saw no termination"
-            )),
-            Some(r) => run
-                .wrong
-                .push(format!("standby leaker {pid}: recorded as {r:?}")),
-            None if *ended => run.unaudited.push(format!(
-                "standby leaker {pid}: ended, not in recent_terminations()"
-            )),
-            None => run.missed.push(format!("standby leaker {pid}: not ended")),
-        }
-    }
-    thread::sleep(promote_at.saturating_duration_since(Instant::now()));
-    run_as_postgres(
-        &standby.bin,
-        "pg_ctl",
-        &["-D", &standby.data, "-w", "promote"],
-    );
-    let start = Instant::now();
-    while s
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .unwrap()
-        .get::<_, bool>(0)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the standby was not promoted"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    run.events.push(format!(
-        "{:.0}s: the standby promoted (pg_ctl promote), with the records of {} terminations in its shared memory",
-        t0.elapsed().as_secs_f64(),
-        run.ended.0
-    ));
-    let after = standby_leakers(standby.port, 10, timeout, grace);
-    let audited: std::collections::HashSet<(i32, String)> = s
-        .query(
-            "SELECT pid, backend_start::text FROM dbconn_guard.terminations WHERE rule = 'idle_in_transaction_timeout' AND NOT dry_run",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
-        .collect();
-    for (pid, start, ended) in &after {
-        let in_table = audited.contains(&(*pid, start.clone()));
-        match (ended, in_table) {
-            (true, true) => run.ended.1 += 1,
-            (true, false) => run.unaudited.push(format!(
-                "promoted standby leaker {pid}: ended, not in the audit table"
-            )),
-            (false, true) => run.wrong.push(format!(
-                "promoted standby leaker {pid}: audited, but its client saw no termination"
-            )),
-            (false, false) => run
-                .missed
-                .push(format!("promoted standby leaker {pid}: not ended")),
-        }
-    }
-    // the standby-era records: still visible, never written after the fact
-    let kept = recent(&mut s);
-    for (pid, start, _) in &before {
-        let key = (*pid, start.clone());
-        if kept.get(&key).is_none_or(|(persisted, _)| *persisted) {
-            run.wrong.push(format!("standby leaker {pid}: its record is gone from recent_terminations() after the promotion"));
-        }
-        if audited.contains(&key) {
-            run.wrong.push(format!(
-                "standby leaker {pid}: written to the audit table after the promotion"
-            ));
-        }
-    }
-    run
 }
