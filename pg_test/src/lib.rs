@@ -473,6 +473,15 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     ticks / 100.0
 }
 
+/// A kB field of /proc/<pid>/status (`VmRSS`, `RssAnon`, ...); None: no such process or field.
+pub fn proc_status_kb(pid: i32, field: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// The role whose sessions the guard tests expect to be ended (superusers are protected).
 pub const APP_ROLE: &str = "it_w_app";
 
@@ -862,4 +871,20 @@ pub fn url_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod procfs_tests {
+    use super::*;
+
+    #[test]
+    fn a_status_field_is_read_by_its_exact_name() {
+        let me = std::process::id() as i32;
+        assert!(proc_status_kb(me, "VmRSS").is_some_and(|kb| kb > 0));
+        // a prefix of another field's name is no field
+        assert_eq!(proc_status_kb(me, "VmRS"), None);
+        assert_eq!(proc_status_kb(me, "NoSuchField"), None);
+        assert_eq!(proc_status_kb(i32::MAX, "VmRSS"), None);
+        assert!(cpu_seconds(me) >= 0.0);
+    }
 }

@@ -3,13 +3,7 @@
 use super::*;
 
 pub(super) fn rss_anon_kb(pid: i32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1)
+    proc_status_kb(pid, "RssAnon").unwrap_or(-1)
 }
 
 pub(super) fn memory(ctx: &mut Ctx, n: usize, seconds: u64) {

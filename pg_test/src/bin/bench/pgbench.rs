@@ -2,18 +2,6 @@
 
 use super::*;
 
-/// CPU time (user + system) a process has used, in seconds, from /proc/<pid>/stat.
-pub(super) fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the command name (which may hold spaces) in parentheses
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line (proc(5)); `rest` starts at field 3,
-    // so they are at indexes 11 and 12; in clock ticks of 1/100 s (Linux's USER_HZ)
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 pub(super) fn pgbench(ctx: &mut Ctx) {
     let bin = std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN");
     let data = std::env::var("DBCONN_GUARD_BENCH_DATA").expect("DBCONN_GUARD_BENCH_DATA");

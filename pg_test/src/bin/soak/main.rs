@@ -252,12 +252,7 @@ struct WorkerUsage {
 }
 
 fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    proc_status_kb(pid, "VmRSS").unwrap_or(0).max(0) as u64
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
