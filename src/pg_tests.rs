@@ -108,7 +108,7 @@ fn the_last_look_reads_the_status_entry_again_in_place() {
             Slot::Read(b) => Fresh::Read(b),
         };
         // own_pid 0: this session is not "own" for the judgement here
-        last_word(judged, fresh, &crate::core::policy::Scope { terminate_superusers: true, ..Default::default() }, 0)
+        last_word(judged, fresh, crate::core::recheck::Task::Unknown, &crate::core::policy::Scope { terminate_superusers: true, ..Default::default() }, 0)
     };
     let judged = judge();
     assert_eq!(judged.state, Some("active"));
@@ -159,7 +159,7 @@ fn the_last_look_sees_a_session_that_ran_a_query_since_it_was_judged() {
             Slot::Torn => Fresh::Unreadable,
             Slot::Read(b) => Fresh::Read(b),
         };
-        last_word(judged, fresh, &crate::core::policy::Scope { terminate_superusers: true, ..Default::default() }, 0)
+        last_word(judged, fresh, crate::core::recheck::Task::Unknown, &crate::core::policy::Scope { terminate_superusers: true, ..Default::default() }, 0)
     };
     let judged = judge();
     assert_eq!(judged.state, Some("idle"));

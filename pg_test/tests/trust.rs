@@ -348,6 +348,87 @@ fn a_session_that_runs_a_query_after_it_was_recorded_is_spared_at_the_last_look(
     reset_system(&mut a);
 }
 
+/// A process stopped with SIGSTOP for as long as this lives (continued when dropped, also when
+/// the test fails).
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        send_signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        send_signal(self.0, "CONT");
+    }
+}
+
+fn send_signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn a_statement_that_reached_a_backend_not_yet_running_is_not_ended_with_it() {
+    // The race of a pooler handing a connection to its next client: the statement is in the
+    // backend's socket, but the backend has not run yet, so its status entry still says idle.
+    // Made deterministic by stopping the backend: its status entry stays "idle in
+    // transaction", unchanged, past the timeout, with the client's statement waiting.
+    let mut a = guard_admin();
+    alter_system(
+        &mut a,
+        &[("dbconn_guard.idle_in_transaction_timeout", "2s")],
+    );
+    let (mut s, victim) = stale_in_transaction("it_t_stopped");
+    let stopped = Stopped::stop(victim);
+    let client = thread::spawn(move || {
+        let r = s.batch_execute("SELECT 42");
+        (s, r)
+    });
+    let since = Instant::now();
+    let spared = format!(
+        "did not end pid {victim} (rule idle_in_transaction_timeout): its process is stopped or traced"
+    );
+    if std::env::var("DBCONN_GUARD_TEST_LOG").is_ok() {
+        // the worker looked past the timeout, and left it (logged once)
+        while !server_log().contains(&spared) {
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "the worker never said it left the stopped backend alone"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // well past the timeout and a back-off or two
+    thread::sleep(Duration::from_secs(5).saturating_sub(since.elapsed()));
+    assert!(
+        audit(&mut a, victim).is_empty(),
+        "a session whose client's statement was on its way was recorded for ending"
+    );
+    assert_eq!(
+        a.query_one(
+            "SELECT state FROM pg_stat_activity WHERE pid = $1",
+            &[&victim]
+        )
+        .unwrap()
+        .get::<_, String>(0),
+        "idle in transaction"
+    );
+    drop(stopped);
+    let (s, r) = client.join().unwrap();
+    r.expect("the statement sent while its backend was stopped ran, and its session lives");
+    // idle in its transaction again, it is ended after the timeout like any other
+    wait_gone(&mut a, victim, Duration::from_secs(20));
+    assert_eq!(audit(&mut a, victim).len(), 1);
+    drop(s);
+    reset_system(&mut a);
+}
+
 #[test]
 fn a_dry_run_past_the_cap_records_everyone_once_and_does_not_spin() {
     let mut a = guard_admin();

@@ -15,7 +15,8 @@
 //! reads `<insufficient privilege>`. The worker reads with full visibility.
 
 use crate::core::fasthash::FastMap;
-use crate::core::session::{Backend, Kind, Micros, Name, Snapshot};
+use crate::core::session::{Backend, Kind, Name, Snapshot};
+use crate::read::time::micros;
 use pgrx::pg_sys;
 use std::borrow::Cow;
 use std::ffi::CStr;
@@ -43,10 +44,6 @@ unsafe fn static_cstr(p: *const std::ffi::c_char) -> Option<&'static str> {
     } else {
         unsafe { CStr::from_ptr(p) }.to_str().ok()
     }
-}
-
-fn ts(v: pg_sys::TimestampTz) -> Option<Micros> {
-    (v != 0).then_some(v)
 }
 
 fn state_name(s: pg_sys::BackendState::Type) -> Option<&'static str> {
@@ -507,7 +504,7 @@ pub fn read_queries_of<'a>(backends: impl Iterator<Item = &'a mut Backend>) {
             continue;
         };
         if let Entry::Read(raw) = unsafe { read_entry(base.add(slot as usize), &mut buf) } {
-            if raw.pid == b.pid && ts(raw.backend_start) == b.backend_start {
+            if raw.pid == b.pid && micros(raw.backend_start) == b.backend_start {
                 b.query =
                     Some(crate::read::encoding::to_rust(&buf.query[..raw.query_len]).into_owned());
             }
@@ -577,10 +574,10 @@ impl Describer {
             client_addr: self.names.addr(be.addr),
             backend_type: self.names.backend_type(be.backend_type, be.pid),
             state: state_name(be.state),
-            backend_start: ts(be.backend_start),
-            xact_start: ts(be.xact_start),
-            query_start: ts(be.query_start),
-            state_change: ts(be.state_change),
+            backend_start: micros(be.backend_start),
+            xact_start: micros(be.xact_start),
+            query_start: micros(be.query_start),
+            state_change: micros(be.state_change),
             query: None,
             query_id: (be.query_id != 0).then_some(be.query_id),
             is_superuser,

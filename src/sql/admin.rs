@@ -6,11 +6,12 @@
 
 use crate::core::filter::{self, SessionFilter};
 use crate::core::policy::{self, IDLE_STATES};
-use crate::core::session::{owned, Micros};
+use crate::core::session::owned;
 use crate::errors;
 use crate::guc;
 use crate::read::encoding::DbText;
 use crate::read::snapshot;
+use crate::read::time::timestamptz;
 use crate::shmem::status::{self, RequestTarget, POLICY_TEXT, SHARED};
 use crate::worker::guard::Outcome;
 use crate::worker::requests;
@@ -18,12 +19,6 @@ use crate::worker::requests::Ask;
 use crate::worker::setting_changes;
 use crate::worker::BACKEND_TYPE;
 use pgrx::prelude::*;
-
-fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
-    (v != 0)
-        .then(|| TimestampWithTimeZone::try_from(v).ok())
-        .flatten()
-}
 
 fn require_preloaded(what: &str) {
     if !status::available() {
@@ -97,19 +92,23 @@ fn worker_status() -> TableIterator<
         running,
         running.then_some(s.pid),
         BACKEND_TYPE,
-        ts(s.started_at),
+        timestamptz(s.started_at),
         s.extension_ready,
         s.cycles,
-        ts(s.last_cycle_start),
+        timestamptz(s.last_cycle_start),
         s.last_cycle_us as f64 / 1000.0,
         s.last_cycle_cpu_us as f64 / 1000.0,
         s.sessions_examined,
         s.terminations_last_cycle,
         s.deferred_last_cycle,
         s.terminations_total,
-        if running { ts(s.next_wakeup) } else { None },
+        if running {
+            timestamptz(s.next_wakeup)
+        } else {
+            None
+        },
         last_error_for_caller(s.last_error.get()),
-        ts(s.last_error_at),
+        timestamptz(s.last_error_at),
         pgrx::JsonB(policy),
     ))
 }
@@ -141,7 +140,7 @@ fn recent_terminations() -> TableIterator<
     let recent = SHARED.share().recent();
     TableIterator::new(recent.into_iter().rev().map(|r| {
         (
-            ts(r.at),
+            timestamptz(r.at),
             r.pid,
             r.usename.opt(),
             r.datname.opt(),
@@ -150,7 +149,7 @@ fn recent_terminations() -> TableIterator<
             r.state.opt(),
             r.state_age_ms as f64 / 1000.0,
             (r.xact_age_ms >= 0).then(|| r.xact_age_ms as f64 / 1000.0),
-            ts(r.backend_start),
+            timestamptz(r.backend_start),
             r.rule.opt(),
             r.dry_run,
             r.actor.opt(),
@@ -565,14 +564,7 @@ fn setting_changes() -> TableIterator<
     let rows: Vec<_> = setting_changes::kept()
         .into_iter()
         .rev()
-        .map(|c| {
-            (
-                TimestampWithTimeZone::try_from(c.at).ok(),
-                c.change.name,
-                c.change.old,
-                c.change.new,
-            )
-        })
+        .map(|c| (timestamptz(c.at), c.change.name, c.change.old, c.change.new))
         .collect();
     TableIterator::new(rows)
 }

@@ -133,7 +133,10 @@ pub(super) fn cycle(state: &mut State) -> Micros {
                         }
                     }
                     if let Outcome::Spared(
-                        v @ (Verdict::CommitWaitsForStandby | Verdict::ConcurrentIndexBuild),
+                        v @ (Verdict::CommitWaitsForStandby
+                        | Verdict::ConcurrentIndexBuild
+                        | Verdict::Stopped
+                        | Verdict::Woken),
                     ) = o
                     {
                         state.back_off(t, *v, p.judged_at);

@@ -33,14 +33,16 @@ use crate::core::blocking::{self, LockWait};
 use crate::core::durations::dur;
 use crate::core::policy::{self, Policy, Rule, Scope, Target};
 use crate::core::quote::{quoted, quoted_or};
-use crate::core::recheck::{self, Fresh, Verdict};
+use crate::core::recheck::{self, Fresh, Task, Verdict};
 use crate::core::rules::LastLook;
 use crate::core::session::{age_seconds, Micros, Name};
 use crate::guc;
 use crate::read::backend_status::{self, Slot};
 use crate::read::encoding::DbText;
 use crate::read::locks;
+use crate::read::process;
 use crate::read::snapshot;
+use crate::read::time::timestamptz;
 use crate::shmem::status::{self, FixedText, TerminationRecord, Withdrawal};
 use crate::worker::xact;
 use pgrx::datum::DatumWithOid;
@@ -76,7 +78,8 @@ impl Actor {
 /// What happened to one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Recorded, then signalled `window_us` microseconds after its last status read began.
+    /// Recorded, then signalled `window_us` microseconds after its last look began (the read
+    /// of its process, or of its status entry for an active statement).
     Terminated { window_us: u32 },
     /// Dry run: recorded, not signalled.
     WouldTerminate,
@@ -100,8 +103,12 @@ impl Outcome {
         match self {
             Outcome::Terminated { .. } if cancel => "cancelled".into(),
             Outcome::WouldTerminate if cancel => "dry run: would cancel".into(),
-            Outcome::Spared(v @ Verdict::CommitWaitsForStandby)
-            | Outcome::Withdrawn(v @ Verdict::CommitWaitsForStandby) => {
+            Outcome::Spared(
+                v @ (Verdict::CommitWaitsForStandby | Verdict::Woken | Verdict::Stopped),
+            )
+            | Outcome::Withdrawn(
+                v @ (Verdict::CommitWaitsForStandby | Verdict::Woken | Verdict::Stopped),
+            ) => {
                 format!("skipped: {}", v.as_str())
             }
             Outcome::Spared(v) | Outcome::Withdrawn(v)
@@ -161,6 +168,8 @@ impl Outcome {
                 Verdict::CommitWaitsForStandby => 14,
                 Verdict::NoLongerQueued => 15,
                 Verdict::ConcurrentIndexBuild => 16,
+                Verdict::Woken => 17,
+                Verdict::Stopped => 18,
                 Verdict::Protected(p) => {
                     20 + match p {
                         P::NotAClientBackend => 0,
@@ -192,6 +201,8 @@ impl Outcome {
             14 => Outcome::Spared(Verdict::CommitWaitsForStandby),
             15 => Outcome::Spared(Verdict::NoLongerQueued),
             16 => Outcome::Spared(Verdict::ConcurrentIndexBuild),
+            17 => Outcome::Spared(Verdict::Woken),
+            18 => Outcome::Spared(Verdict::Stopped),
             20..=27 => Outcome::Spared(Verdict::Protected(
                 [
                     P::NotAClientBackend,
@@ -261,12 +272,15 @@ const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
      USING ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int4[])) AS w(id, pid) \
      WHERE t.id OPERATOR(pg_catalog.=) w.id AND t.pid OPERATOR(pg_catalog.=) w.pid";
 
-fn ts(v: Micros) -> Option<TimestampWithTimeZone> {
-    TimestampWithTimeZone::try_from(v).ok()
-}
-
-/// The last look at a target: its status entry read once more, in place, and judged.
+/// The last look at a target: for a session judged idle, what the kernel says of its process,
+/// then its status entry read once more, in place, and both judged (in this order: a statement
+/// that reached the backend before the process was read shows in one or the other).
 fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
+    let task = if recheck::reads_task(&t.backend) {
+        process::task_of(t.backend.pid)
+    } else {
+        Task::Unknown
+    };
     let read = match t.backend.slot {
         Some(slot) => backend_status::read_slot(slot),
         None => Slot::Torn,
@@ -276,7 +290,7 @@ fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
         Slot::Torn => Fresh::Unreadable,
         Slot::Read(b) => Fresh::Read(b),
     };
-    recheck::last_word(&t.backend, fresh, scope, me)
+    recheck::last_word(&t.backend, fresh, task, scope, me)
 }
 
 /// `pg_stat_activity.wait_event` of a commit waiting for a synchronous standby.
@@ -515,7 +529,7 @@ pub fn carry_out(
                     b.state.into(),
                     state_age.into(),
                     age_seconds(judged_at, b.xact_start).into(),
-                    b.backend_start.and_then(ts).into(),
+                    b.backend_start.and_then(timestamptz).into(),
                     t.rule.as_str().into(),
                     dry_run.into(),
                     text(Some(label.as_str())).into(),
@@ -849,7 +863,7 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
             for r in &pending {
                 let text = |t: Option<String>| t.map(DbText);
                 let rec: [DatumWithOid; 19] = [
-                    ts(r.at).into(),
+                    timestamptz(r.at).into(),
                     r.pid.into(),
                     text(r.usename.opt()).into(),
                     text(r.datname.opt()).into(),
@@ -860,10 +874,7 @@ pub fn write_pending() -> Result<usize, xact::Failure> {
                     (r.xact_age_ms >= 0)
                         .then(|| r.xact_age_ms as f64 / 1000.0)
                         .into(),
-                    (r.backend_start != 0)
-                        .then(|| ts(r.backend_start))
-                        .flatten()
-                        .into(),
+                    timestamptz(r.backend_start).into(),
                     r.rule.opt().into(),
                     r.dry_run.into(),
                     text(r.actor.opt()).into(),

@@ -108,7 +108,10 @@ struct State {
     /// state_change each time, and a dry run must record its transaction once.
     acted_xacts: HashMap<(i32, Micros, Micros), Acted>,
     /// Sessions spared at the last look for a reason that will not change soon (a COMMIT
-    /// waiting for a synchronous standby, which is never cancelled), by the same key as
+    /// waiting for a synchronous standby, which is never cancelled; an index built
+    /// CONCURRENTLY; a stopped or traced process; an idle one whose process was not asleep:
+    /// mostly it runs its client's statement and has a new key at once, and one that stays
+    /// busy would only be found so again by a tight retry), by the same key as
     /// `acted`: not judged again before `until`, then with a doubled delay; logged once.
     backoff: HashMap<(i32, Micros, Micros), Backoff>,
     /// Active roots whose statement was cancelled under `blocker_cancel`, by (pid,
@@ -170,9 +173,10 @@ impl State {
             Some(b) => (b.delay * 2).min(BACKOFF_LONGEST),
             None => {
                 log!(
-                    "dbconn_guard: did not {} pid {}, the root of a lock pile-up (rule {}): {}; it is looked at again after a back-off ({}s, doubling up to {}s), and not logged again",
+                    "dbconn_guard: did not {} pid {}{} (rule {}): {}; it is looked at again after a back-off ({}s, doubling up to {}s), and not logged again",
                     if t.rule.cancels() { "cancel" } else { "end" },
                     t.backend.pid,
+                    if t.held_up > 0 { ", the root of a lock pile-up" } else { "" },
                     t.rule.as_str(),
                     why.as_str(),
                     BACKOFF_FIRST / SECOND,

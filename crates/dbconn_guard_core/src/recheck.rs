@@ -5,6 +5,16 @@
 //! whether the signal may go: it must be the same session (same pid and backend start), in the
 //! same state since the same moment (a session that ran anything in between has a new
 //! `state_change`), and still unprotected under the policy in force.
+//!
+//! The status entry says what the backend last reported, not what is on its way to it. A
+//! client's next statement can sit in the backend's socket while the entry still says idle:
+//! the backend was woken but has not run yet (a loaded host, a pooler that hands the server
+//! connection to the next client at once). So for a session the guard would end while idle,
+//! what the kernel says of its process is read first, just before the status entry: a process
+//! that is not asleep (it runs, or waits for a CPU) has something to do, and a stopped or
+//! traced one would only act on the signal after whatever its client sent meanwhile. Either
+//! is left for the next check. The read that remains unprotected is the few microseconds
+//! between that read and the signal.
 
 use super::policy::{Protection, Scope};
 use super::session::Backend;
@@ -17,6 +27,43 @@ pub enum Fresh<'a> {
     /// The entry was still being rewritten after the reader's retries.
     Unreadable,
     Read(&'a Backend),
+}
+
+/// What the kernel said of the target's process just before its status entry was read (on
+/// Linux, the state letter of `/proc/<pid>/stat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Asleep (`S`): an idle backend waits for its client so.
+    Sleeping,
+    /// Running or waiting for a CPU (`R`), or in an uninterruptible wait (`D`): it was woken,
+    /// or is busy with something.
+    Busy,
+    /// Stopped or traced (`T`, `t`): a signal waits until it is continued.
+    Stopped,
+    /// Not read (not Linux, `/proc` hidden, a state this reader does not know, or a session
+    /// not judged idle): the status entry alone decides, as on any platform.
+    Unknown,
+}
+
+impl Task {
+    /// The state of a process from the text of its `/proc/<pid>/stat`: `pid (comm) S ...`,
+    /// where `comm` may hold spaces and parentheses itself, so the state is the first field
+    /// after the last `)`. The bytes may be the file's beginning only, as long as they reach
+    /// the state (the kernel caps `comm` at 15 bytes, and no later field holds a `)`).
+    pub fn from_proc_stat(stat: &[u8]) -> Task {
+        let Some(close) = stat.iter().rposition(|&c| c == b')') else {
+            return Task::Unknown;
+        };
+        match stat[close + 1..]
+            .split(|c| c.is_ascii_whitespace())
+            .find(|f| !f.is_empty())
+        {
+            Some(b"S") => Task::Sleeping,
+            Some(b"R" | b"D") => Task::Busy,
+            Some(b"T" | b"t") => Task::Stopped,
+            _ => Task::Unknown,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +92,12 @@ pub enum Verdict {
     /// synchronous standby. A cancel would make it commit locally without the standby's
     /// confirmation: never.
     CommitWaitsForStandby,
+    /// Judged idle, and its status entry still says so, but its process was not asleep: it
+    /// was woken (by its client's next statement, most likely) and has not said so yet.
+    Woken,
+    /// Judged idle, and its process is stopped or traced: the signal would wait, and whatever
+    /// its client sent meanwhile would run first when it is continued.
+    Stopped,
 }
 
 impl Verdict {
@@ -67,13 +120,26 @@ impl Verdict {
             Verdict::CommitWaitsForStandby => {
                 "its COMMIT waits for a synchronous standby: a cancel would commit it without the standby"
             }
+            Verdict::Woken => {
+                "its process was not asleep (its client's next statement may be on its way): left for the next check"
+            }
+            Verdict::Stopped => {
+                "its process is stopped or traced: a signal would wait until it is continued; left for the next check"
+            }
         }
     }
 }
 
+/// Whether the kernel's word on the process counts for this session: it was judged in a state
+/// other than `active` (idle, idle in transaction, ...), where a backend waits for its client.
+/// An active statement runs or waits as it pleases.
+pub fn reads_task(judged: &Backend) -> bool {
+    judged.state.is_some_and(|s| s != "active")
+}
+
 /// May the session `judged` (as read when it was planned) be signalled, given what its status
-/// entry says now?
-pub fn last_word(judged: &Backend, now: Fresh, scope: &Scope, own_pid: i32) -> Verdict {
+/// entry says now, and what the kernel said of its process just before (`task`)?
+pub fn last_word(judged: &Backend, now: Fresh, task: Task, scope: &Scope, own_pid: i32) -> Verdict {
     let b = match now {
         Fresh::Gone => return Verdict::Gone,
         Fresh::Unreadable => return Verdict::Unreadable,
@@ -89,9 +155,16 @@ pub fn last_word(judged: &Backend, now: Fresh, scope: &Scope, own_pid: i32) -> V
     {
         return Verdict::Changed;
     }
-    match scope.protection(b, own_pid) {
-        Some(p) => Verdict::Protected(p),
-        None => Verdict::Proceed,
+    if let Some(p) = scope.protection(b, own_pid) {
+        return Verdict::Protected(p);
+    }
+    if !reads_task(judged) {
+        return Verdict::Proceed;
+    }
+    match task {
+        Task::Busy => Verdict::Woken,
+        Task::Stopped => Verdict::Stopped,
+        Task::Sleeping | Task::Unknown => Verdict::Proceed,
     }
 }
 
@@ -109,7 +182,13 @@ mod tests {
     fn an_unchanged_session_may_be_signalled() {
         let b = judged();
         assert_eq!(
-            last_word(&b, Fresh::Read(&b.clone()), &Scope::default(), 0),
+            last_word(
+                &b,
+                Fresh::Read(&b.clone()),
+                Task::Sleeping,
+                &Scope::default(),
+                0
+            ),
             Verdict::Proceed
         );
     }
@@ -121,21 +200,33 @@ mod tests {
         busy.state = Some("active");
         busy.state_change = b.state_change.map(|t| t + 5);
         assert_eq!(
-            last_word(&b, Fresh::Read(&busy), &Scope::default(), 0),
+            last_word(&b, Fresh::Read(&busy), Task::Sleeping, &Scope::default(), 0),
             Verdict::Changed
         );
         // back to idle in transaction already: same state, later state_change
         let mut again = b.clone();
         again.state_change = b.state_change.map(|t| t + 1);
         assert_eq!(
-            last_word(&b, Fresh::Read(&again), &Scope::default(), 0),
+            last_word(
+                &b,
+                Fresh::Read(&again),
+                Task::Sleeping,
+                &Scope::default(),
+                0
+            ),
             Verdict::Changed
         );
         // a state this reader cannot see is no proof of anything
         let mut blank = b.clone();
         blank.state = None;
         assert_eq!(
-            last_word(&b, Fresh::Read(&blank), &Scope::default(), 0),
+            last_word(
+                &b,
+                Fresh::Read(&blank),
+                Task::Sleeping,
+                &Scope::default(),
+                0
+            ),
             Verdict::Changed
         );
     }
@@ -146,21 +237,33 @@ mod tests {
         let mut reborn = b.clone();
         reborn.backend_start = b.backend_start.map(|t| t + 1);
         assert_eq!(
-            last_word(&b, Fresh::Read(&reborn), &Scope::default(), 0),
+            last_word(
+                &b,
+                Fresh::Read(&reborn),
+                Task::Sleeping,
+                &Scope::default(),
+                0
+            ),
             Verdict::Gone
         );
         let mut other = b.clone();
         other.pid = 8;
         assert_eq!(
-            last_word(&b, Fresh::Read(&other), &Scope::default(), 0),
+            last_word(
+                &b,
+                Fresh::Read(&other),
+                Task::Sleeping,
+                &Scope::default(),
+                0
+            ),
             Verdict::Gone
         );
         assert_eq!(
-            last_word(&b, Fresh::Gone, &Scope::default(), 0),
+            last_word(&b, Fresh::Gone, Task::Sleeping, &Scope::default(), 0),
             Verdict::Gone
         );
         assert_eq!(
-            last_word(&b, Fresh::Unreadable, &Scope::default(), 0),
+            last_word(&b, Fresh::Unreadable, Task::Sleeping, &Scope::default(), 0),
             Verdict::Unreadable
         );
     }
@@ -175,18 +278,94 @@ mod tests {
         let mut renamed = b.clone();
         renamed.application_name = Some("keep-me".into());
         assert_eq!(
-            last_word(&b, Fresh::Read(&renamed), &scope, 0),
+            last_word(&b, Fresh::Read(&renamed), Task::Sleeping, &scope, 0),
             Verdict::Protected(Protection::ExcludedApplication)
         );
         let mut promoted = b.clone();
         promoted.is_superuser = Some(true);
         assert_eq!(
-            last_word(&b, Fresh::Read(&promoted), &Scope::default(), 0),
+            last_word(
+                &b,
+                Fresh::Read(&promoted),
+                Task::Sleeping,
+                &Scope::default(),
+                0
+            ),
             Verdict::Protected(Protection::Superuser)
         );
         assert_eq!(
-            last_word(&b, Fresh::Read(&b.clone()), &Scope::default(), 7),
+            last_word(
+                &b,
+                Fresh::Read(&b.clone()),
+                Task::Sleeping,
+                &Scope::default(),
+                7
+            ),
             Verdict::Protected(Protection::OwnSession)
         );
+    }
+    #[test]
+    fn an_idle_session_whose_process_is_not_asleep_is_left_for_the_next_check() {
+        for state in [
+            "idle",
+            "idle in transaction",
+            "idle in transaction (aborted)",
+        ] {
+            let b = client(7, state, 400);
+            let look = |task| last_word(&b, Fresh::Read(&b.clone()), task, &Scope::default(), 0);
+            assert_eq!(look(Task::Sleeping), Verdict::Proceed, "{state}");
+            assert_eq!(look(Task::Busy), Verdict::Woken, "{state}");
+            assert_eq!(look(Task::Stopped), Verdict::Stopped, "{state}");
+            // no word from the kernel: the status entry alone decides, as before
+            assert_eq!(look(Task::Unknown), Verdict::Proceed, "{state}");
+        }
+    }
+
+    #[test]
+    fn an_active_statement_is_judged_on_its_status_alone() {
+        let b = client(7, "active", 400);
+        assert!(!reads_task(&b));
+        for task in [Task::Sleeping, Task::Busy, Task::Stopped, Task::Unknown] {
+            assert_eq!(
+                last_word(&b, Fresh::Read(&b.clone()), task, &Scope::default(), 0),
+                Verdict::Proceed
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_status_entry_says_comes_before_the_process() {
+        // a session that ended, changed or is protected is reported so, whatever its process
+        let b = judged();
+        let mut busy = b.clone();
+        busy.state = Some("active");
+        assert_eq!(
+            last_word(&b, Fresh::Read(&busy), Task::Busy, &Scope::default(), 0),
+            Verdict::Changed
+        );
+        assert_eq!(
+            last_word(&b, Fresh::Gone, Task::Stopped, &Scope::default(), 0),
+            Verdict::Gone
+        );
+    }
+
+    #[test]
+    fn the_state_letter_is_read_after_the_last_parenthesis() {
+        let stat = |comm: &str, state: &str| {
+            format!("4242 ({comm}) {state} 1 4242 4242 0 -1 4194560").into_bytes()
+        };
+        assert_eq!(Task::from_proc_stat(&stat("postgres", "S")), Task::Sleeping);
+        assert_eq!(Task::from_proc_stat(&stat("postgres", "R")), Task::Busy);
+        assert_eq!(Task::from_proc_stat(&stat("postgres", "D")), Task::Busy);
+        assert_eq!(Task::from_proc_stat(&stat("postgres", "T")), Task::Stopped);
+        assert_eq!(Task::from_proc_stat(&stat("postgres", "t")), Task::Stopped);
+        // a process may name itself anything, parentheses and state letters included
+        assert_eq!(Task::from_proc_stat(&stat("a) R (b", "S")), Task::Sleeping);
+        assert_eq!(Task::from_proc_stat(&stat(") T", "R")), Task::Busy);
+        // a zombie, an unknown letter, a truncated or empty read: no word
+        assert_eq!(Task::from_proc_stat(&stat("postgres", "Z")), Task::Unknown);
+        assert_eq!(Task::from_proc_stat(b"4242 (postgres"), Task::Unknown);
+        assert_eq!(Task::from_proc_stat(b"4242 (postgres)"), Task::Unknown);
+        assert_eq!(Task::from_proc_stat(b""), Task::Unknown);
     }
 }
