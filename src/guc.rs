@@ -25,6 +25,10 @@ const MAX_AGE_S: i32 = 30 * 24 * 3600;
 /// look before signalling, to let a test start a query inside that window.
 #[cfg(feature = "test_hooks")]
 pub static TEST_DELAY_BEFORE_SIGNAL: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Test builds only: the kill path reads the process of this pid as busy when the kernel says
+/// asleep (a backend woken by something that leaves its status alone, on demand).
+#[cfg(feature = "test_hooks")]
+pub static TEST_BUSY_PID: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Test builds only: at a reload, the worker appends this many synthetic samples to the history
 /// (the bench's "24 hours of samples"), once per value set.
 #[cfg(feature = "test_hooks")]
@@ -1010,6 +1014,17 @@ pub fn define() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS | GucFlags::NO_SHOW_ALL,
+    );
+    #[cfg(feature = "test_hooks")]
+    GucRegistry::define_int_guc(
+        c"dbconn_guard.test_busy_pid",
+        c"Test builds only: the kill path reads this backend's process as busy when it is asleep.",
+        c"",
+        &TEST_BUSY_PID,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::NO_SHOW_ALL,
     );
     #[cfg(feature = "test_hooks")]
     GucRegistry::define_int_guc(

@@ -348,29 +348,46 @@ fn a_session_that_runs_a_query_after_it_was_recorded_is_spared_at_the_last_look(
     reset_system(&mut a);
 }
 
-/// A process stopped with SIGSTOP for as long as this lives (continued when dropped, also when
-/// the test fails).
+/// A process stopped with SIGSTOP for as long as this lives: continued when dropped, also when
+/// the test fails, and in any case by a watchdog after a minute (should this test's process be
+/// killed, a stopped backend would hold up the shared cluster's shutdown).
 struct Stopped(i32);
 
 impl Stopped {
     fn stop(pid: i32) -> Stopped {
-        send_signal(pid, "STOP");
+        // (in the background of a shell that exits at once: it outlives this process)
+        let watchdog = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("(sleep 60; kill -CONT {pid}) >/dev/null 2>&1 &"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        assert!(watchdog.is_ok_and(|s| s.success()), "the watchdog");
+        assert!(send_signal(pid, "STOP"), "kill -STOP {pid}");
         Stopped(pid)
     }
 }
 
 impl Drop for Stopped {
     fn drop(&mut self) {
+        // never a panic here: this may run while a failed assertion unwinds
         send_signal(self.0, "CONT");
     }
 }
 
-fn send_signal(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
+fn send_signal(pid: i32, sig: &str) -> bool {
+    std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -{sig} {pid}");
+        .is_ok_and(|s| s.success())
+}
+
+/// The server log written after `from` bytes.
+fn server_log_since(from: usize) -> String {
+    server_log().get(from..).unwrap_or_default().to_string()
 }
 
 #[test]
@@ -384,6 +401,7 @@ fn a_statement_that_reached_a_backend_not_yet_running_is_not_ended_with_it() {
         &mut a,
         &[("dbconn_guard.idle_in_transaction_timeout", "2s")],
     );
+    let log_from = server_log().len();
     let (mut s, victim) = stale_in_transaction("it_t_stopped");
     let stopped = Stopped::stop(victim);
     let client = thread::spawn(move || {
@@ -396,7 +414,7 @@ fn a_statement_that_reached_a_backend_not_yet_running_is_not_ended_with_it() {
     );
     if std::env::var("DBCONN_GUARD_TEST_LOG").is_ok() {
         // the worker looked past the timeout, and left it (logged once)
-        while !server_log().contains(&spared) {
+        while !server_log_since(log_from).contains(&spared) {
             assert!(
                 since.elapsed() < Duration::from_secs(20),
                 "the worker never said it left the stopped backend alone"
@@ -409,6 +427,21 @@ fn a_statement_that_reached_a_backend_not_yet_running_is_not_ended_with_it() {
     assert!(
         audit(&mut a, victim).is_empty(),
         "a session whose client's statement was on its way was recorded for ending"
+    );
+    // a DBA's call says why, and leaves it too
+    let actions: Vec<String> = a
+        .query(
+            "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_stopped')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(
+        actions[0].starts_with("skipped: its process is stopped or traced"),
+        "{actions:?}"
     );
     assert_eq!(
         a.query_one(
@@ -425,6 +458,59 @@ fn a_statement_that_reached_a_backend_not_yet_running_is_not_ended_with_it() {
     // idle in its transaction again, it is ended after the timeout like any other
     wait_gone(&mut a, victim, Duration::from_secs(20));
     assert_eq!(audit(&mut a, victim).len(), 1);
+    drop(s);
+    reset_system(&mut a);
+}
+
+#[test]
+fn a_backend_kept_busy_holds_its_rule_up_for_a_few_checks_only() {
+    // An idle backend wakes for work that leaves its status alone (a NOTIFY to a listener, a
+    // cache invalidation); one kept busy so must not escape its rule. The test build's hook
+    // reads the victim's process as busy whenever the kernel says asleep.
+    let mut a = guard_admin();
+    let log_from = server_log().len();
+    let (s, victim) = stale_in_transaction("it_t_busy");
+    let before = cycles(&mut a);
+    alter_system(
+        &mut a,
+        &[
+            ("dbconn_guard.idle_in_transaction_timeout", "2s"),
+            ("dbconn_guard.test_busy_pid", &victim.to_string()),
+        ],
+    );
+    // a DBA's call is told, and leaves it
+    let actions: Vec<String> = a
+        .query(
+            "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_busy')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        actions,
+        ["skipped: its process was not asleep (its client's next statement may be on its way)"]
+    );
+    // the worker: past the timeout, three checks find it busy, the next one ends it
+    wait_gone(&mut a, victim, Duration::from_secs(30));
+    let checks = cycles(&mut a) - before;
+    assert!(
+        checks > i64::from(dbconn_guard_core::recheck::WOKEN_LOOKS),
+        "ended after {checks} checks: the first ones must leave a busy process alone"
+    );
+    assert_eq!(audit(&mut a, victim).len(), 1);
+    if std::env::var("DBCONN_GUARD_TEST_LOG").is_ok() {
+        let log = server_log_since(log_from);
+        let at = |what: &str| {
+            log.find(what)
+                .unwrap_or_else(|| panic!("not in the log: {what}"))
+        };
+        let first = at(&format!("did not end pid {victim} yet (rule idle_in_transaction_timeout): its process was not asleep"));
+        let gave_up = at(&format!("pid {victim} was found busy at 3 checks in a row"));
+        let ended = at(&format!("terminated pid {victim} "));
+        assert!(first < gave_up && gave_up < ended, "{log}");
+    }
     drop(s);
     reset_system(&mut a);
 }

@@ -2,6 +2,7 @@
 //! (`guard`), then take the history's sample and purge; returns how long to sleep.
 
 use super::*;
+use crate::core::recheck::WOKEN_LOOKS;
 
 struct Planned {
     extension_ready: bool,
@@ -79,12 +80,14 @@ pub(super) fn cycle(state: &mut State) -> Micros {
                 }
                 let batch = &p.targets[reached..end];
                 reached += batch.len();
+                let woken = &state.woken;
                 let report = guard::carry_out(
                     batch,
                     p.judged_at,
                     &Actor::Worker { cycle: cycle_no },
                     guc::DRY_RUN.get(),
                     locked_out,
+                    &|t| woken.get(&key(&t.backend)).copied().unwrap_or(0),
                 );
                 locked_out |= report.locked_out;
                 for (t, o) in batch.iter().zip(&report.outcomes) {
@@ -135,11 +138,32 @@ pub(super) fn cycle(state: &mut State) -> Micros {
                     if let Outcome::Spared(
                         v @ (Verdict::CommitWaitsForStandby
                         | Verdict::ConcurrentIndexBuild
-                        | Verdict::Stopped
-                        | Verdict::Woken),
+                        | Verdict::Stopped),
                     ) = o
                     {
                         state.back_off(t, *v, p.judged_at);
+                    }
+                    // found busy, at either look: counted, not backed off (a statement on its
+                    // way gives the session a new key at once; see core::recheck)
+                    if let Outcome::Spared(Verdict::Woken) | Outcome::Withdrawn(Verdict::Woken) = o
+                    {
+                        let n = state.woken.entry(key(&t.backend)).or_insert(0);
+                        *n += 1;
+                        if *n == 1 {
+                            log!(
+                                "dbconn_guard: did not end pid {} yet (rule {}): {}; it is looked at again at the next check",
+                                t.backend.pid,
+                                t.rule.as_str(),
+                                Verdict::Woken.as_str()
+                            );
+                        } else if *n == WOKEN_LOOKS {
+                            log!(
+                                "dbconn_guard: pid {} was found busy at {} checks in a row, its status unchanged: its process no longer holds up rule {}",
+                                t.backend.pid,
+                                WOKEN_LOOKS,
+                                t.rule.as_str()
+                            );
+                        }
                     }
                     // a cancelled statement is no ended session
                     if o.ended() && !t.rule.cancels() {
@@ -322,10 +346,11 @@ fn plan(state: &mut State, pol: &policy::Policy) -> Planned {
             snap.backends.iter().map(session_key).collect();
         state.ending.retain(|k, _| present.contains(k));
     }
-    if !state.backoff.is_empty() && snap.torn == 0 {
+    if (!state.backoff.is_empty() || !state.woken.is_empty()) && snap.torn == 0 {
         let present: std::collections::HashSet<(i32, Micros, Micros)> =
             snap.backends.iter().map(key).collect();
         state.backoff.retain(|k, _| present.contains(k));
+        state.woken.retain(|k, _| present.contains(k));
     }
 
     if guc::ENABLED.get() && state.refused.is_none() {

@@ -275,9 +275,16 @@ const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
 /// The last look at a target: for a session judged idle, what the kernel says of its process,
 /// then its status entry read once more, in place, and both judged (in this order: a statement
 /// that reached the backend before the process was read shows in one or the other).
-fn last_look(t: &Target, scope: &Scope, me: i32) -> Verdict {
+/// `woken_before`: the checks in a row before this one that found its process busy.
+fn last_look(t: &Target, scope: &Scope, me: i32, woken_before: u32) -> Verdict {
     let task = if recheck::reads_task(&t.backend) {
-        process::task_of(t.backend.pid)
+        #[allow(unused_mut)]
+        let mut task = process::task_of(t.backend.pid);
+        #[cfg(feature = "test_hooks")]
+        if guc::TEST_BUSY_PID.get() == t.backend.pid && task == Task::Sleeping {
+            task = Task::Busy;
+        }
+        task.counted(woken_before)
     } else {
         Task::Unknown
     };
@@ -408,14 +415,16 @@ pub fn describe_for_audit<'a>(
 }
 
 /// Records, then ends (or in a dry run only records) each target still unchanged; see the
-/// module comment for the order and guarantees. `judged_at` is when the targets were read.
-/// Runs in the background worker, outside any transaction.
+/// module comment for the order and guarantees. `judged_at` is when the targets were read;
+/// `woken_before` says, for a target, how many checks in a row before this one found its
+/// process busy (`core::recheck`). Runs in the background worker, outside any transaction.
 pub fn carry_out(
     targets: &[Target],
     judged_at: Micros,
     actor: &Actor,
     dry_run: bool,
     locked_out_before: bool,
+    woken_before: &dyn Fn(&Target) -> u32,
 ) -> Report {
     let pol = guc::policy();
     let scope = pol.scope.clone();
@@ -443,7 +452,7 @@ pub fn carry_out(
     let check = |t: &Target| {
         let mut v = still_the_root(t, &pol);
         if v == Verdict::Proceed {
-            v = last_look(t, &scope, me);
+            v = last_look(t, &scope, me, woken_before(t));
         }
         if v != Verdict::Proceed {
             Some(Outcome::Spared(v))
@@ -681,7 +690,7 @@ pub fn carry_out(
                         return (v, false, 0);
                     }
                     let start = Instant::now();
-                    let v = last_look(t, &scope, me);
+                    let v = last_look(t, &scope, me, woken_before(t));
                     if v != Verdict::Proceed {
                         return (v, false, 0);
                     }

@@ -109,11 +109,13 @@ struct State {
     acted_xacts: HashMap<(i32, Micros, Micros), Acted>,
     /// Sessions spared at the last look for a reason that will not change soon (a COMMIT
     /// waiting for a synchronous standby, which is never cancelled; an index built
-    /// CONCURRENTLY; a stopped or traced process; an idle one whose process was not asleep:
-    /// mostly it runs its client's statement and has a new key at once, and one that stays
-    /// busy would only be found so again by a tight retry), by the same key as
+    /// CONCURRENTLY; a stopped or traced process), by the same key as
     /// `acted`: not judged again before `until`, then with a doubled delay; logged once.
     backoff: HashMap<(i32, Micros, Micros), Backoff>,
+    /// Sessions judged idle whose process a look found busy (`Verdict::Woken`), by the same
+    /// key as `acted`: how many checks did. A statement on its way gives the session a new
+    /// key; a process kept busy by anything else holds the rule up for `WOKEN_LOOKS` checks.
+    woken: HashMap<(i32, Micros, Micros), u32>,
     /// Active roots whose statement was cancelled under `blocker_cancel`, by (pid,
     /// backend_start): when first and when last in this episode (`blocker_terminate_after`
     /// counts from the first). An episode ends when no cancel came for longer than

@@ -10,13 +10,23 @@
 //! client's next statement can sit in the backend's socket while the entry still says idle:
 //! the backend was woken but has not run yet (a loaded host, a pooler that hands the server
 //! connection to the next client at once). So for a session the guard would end while idle,
-//! what the kernel says of its process is read first, just before the status entry: a process
-//! that is not asleep (it runs, or waits for a CPU) has something to do, and a stopped or
-//! traced one would only act on the signal after whatever its client sent meanwhile. Either
-//! is left for the next check. The read that remains unprotected is the few microseconds
-//! between that read and the signal.
+//! what the kernel says of its process is read first, just before the status entry:
+//! - a process that is not asleep (it runs, or waits for a CPU) has something to do: it is
+//!   left for the next check, where it has usually run its statement (a new `state_change`).
+//!   An idle backend also wakes for other work that leaves its status alone (a NOTIFY to a
+//!   listener, a cache invalidation): found busy at `WOKEN_LOOKS` checks in a row, unchanged,
+//!   its process no longer holds the rule up, so nobody can keep a session alive by keeping
+//!   its backend busy;
+//! - a stopped or traced process would take the signal only when continued, and end the
+//!   session then, before the statement its client sent meanwhile: it is left alone (the
+//!   worker backs off, and logs it once).
+//!
+//! Left unprotected: a statement that arrives between that read and the signal (microseconds,
+//! more when the worker itself waits for a CPU in between: `signal_window_us` measures it),
+//! and a statement split over several packets of which the backend has read a part and gone
+//! back to sleep waiting for the rest.
 
-use super::policy::{Protection, Scope};
+use super::policy::{Protection, Scope, IDLE_STATES};
 use super::session::Backend;
 
 /// What the fresh read of the target's status entry found.
@@ -40,12 +50,28 @@ pub enum Task {
     Busy,
     /// Stopped or traced (`T`, `t`): a signal waits until it is continued.
     Stopped,
-    /// Not read (not Linux, `/proc` hidden, a state this reader does not know, or a session
-    /// not judged idle): the status entry alone decides, as on any platform.
+    /// Not read (not Linux, `/proc` unreadable or not this server's, a state this reader
+    /// does not know, a session not judged idle, or one found busy too often): the status
+    /// entry alone decides, as on any platform.
     Unknown,
 }
 
+/// Checks in a row at which a session judged idle may be found with its process busy and its
+/// status unchanged before the guard stops waiting for it (see the module comment).
+pub const WOKEN_LOOKS: u32 = 3;
+
 impl Task {
+    /// What a read counts for, given how many checks in a row before this one found the
+    /// session's process busy with its status unchanged (`woken_before`): past `WOKEN_LOOKS`,
+    /// busy is no reason to wait any more.
+    pub fn counted(self, woken_before: u32) -> Task {
+        if self == Task::Busy && woken_before >= WOKEN_LOOKS {
+            Task::Unknown
+        } else {
+            self
+        }
+    }
+
     /// The state of a process from the text of its `/proc/<pid>/stat`: `pid (comm) S ...`,
     /// where `comm` may hold spaces and parentheses itself, so the state is the first field
     /// after the last `)`. The bytes may be the file's beginning only, as long as they reach
@@ -95,8 +121,8 @@ pub enum Verdict {
     /// Judged idle, and its status entry still says so, but its process was not asleep: it
     /// was woken (by its client's next statement, most likely) and has not said so yet.
     Woken,
-    /// Judged idle, and its process is stopped or traced: the signal would wait, and whatever
-    /// its client sent meanwhile would run first when it is continued.
+    /// Judged idle, and its process is stopped or traced: the signal would wait, and end the
+    /// session when it is continued, before whatever its client sent meanwhile.
     Stopped,
 }
 
@@ -121,20 +147,20 @@ impl Verdict {
                 "its COMMIT waits for a synchronous standby: a cancel would commit it without the standby"
             }
             Verdict::Woken => {
-                "its process was not asleep (its client's next statement may be on its way): left for the next check"
+                "its process was not asleep (its client's next statement may be on its way)"
             }
             Verdict::Stopped => {
-                "its process is stopped or traced: a signal would wait until it is continued; left for the next check"
+                "its process is stopped or traced: the signal would end it when continued, before what its client sent meanwhile"
             }
         }
     }
 }
 
-/// Whether the kernel's word on the process counts for this session: it was judged in a state
-/// other than `active` (idle, idle in transaction, ...), where a backend waits for its client.
-/// An active statement runs or waits as it pleases.
+/// Whether the kernel's word on the process counts for this session: it was judged idle (or
+/// idle in a transaction), where a backend waits for its client. An active statement runs or
+/// waits as it pleases.
 pub fn reads_task(judged: &Backend) -> bool {
-    judged.state.is_some_and(|s| s != "active")
+    judged.state.is_some_and(|s| IDLE_STATES.contains(&s))
 }
 
 /// May the session `judged` (as read when it was planned) be signalled, given what its status
@@ -322,7 +348,32 @@ mod tests {
     }
 
     #[test]
+    fn a_process_found_busy_too_often_no_longer_holds_the_rule_up() {
+        let b = judged();
+        let look = |task: Task, before| {
+            last_word(
+                &b,
+                Fresh::Read(&b.clone()),
+                task.counted(before),
+                &Scope::default(),
+                0,
+            )
+        };
+        for before in 0..WOKEN_LOOKS {
+            assert_eq!(look(Task::Busy, before), Verdict::Woken, "{before}");
+        }
+        assert_eq!(look(Task::Busy, WOKEN_LOOKS), Verdict::Proceed);
+        assert_eq!(look(Task::Busy, WOKEN_LOOKS + 7), Verdict::Proceed);
+        // a stopped process is never signalled for nothing, however often it is seen
+        assert_eq!(look(Task::Stopped, WOKEN_LOOKS + 7), Verdict::Stopped);
+        assert_eq!(look(Task::Sleeping, WOKEN_LOOKS + 7), Verdict::Proceed);
+    }
+
+    #[test]
     fn an_active_statement_is_judged_on_its_status_alone() {
+        for state in ["active", "fastpath function call", "disabled"] {
+            assert!(!reads_task(&client(7, state, 400)), "{state}");
+        }
         let b = client(7, "active", 400);
         assert!(!reads_task(&b));
         for task in [Task::Sleeping, Task::Busy, Task::Stopped, Task::Unknown] {
