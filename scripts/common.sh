@@ -18,7 +18,8 @@ RUN_PORT=${DBCONN_GUARD_PORT:-55432}
 TEST_PORT_BASE=${DBCONN_GUARD_TEST_PORT_BASE:-55400}
 PGUSER_OS=postgres
 
-log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+# (with the minutes and seconds since the command began)
+log() { printf '\033[1;34m==>\033[0m [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -90,8 +90,11 @@ test_package() {
         tail -n 30 "$data/server.log" >&2
         die "package test: the server did not start with the packaged library preloaded"
     }
+    # (the answer printed to stderr as a copy, not through tee /dev/stderr: when stderr is a
+    # file, as a runner's log is, opening /dev/stderr again truncates it)
+    local answer=""
     {
-        psql_on 15 "$port" -v ON_ERROR_STOP=1 -qAt -f - <<'SQL' | tee /dev/stderr | grep -qx 'worker running: true'
+        answer=$(psql_on 15 "$port" -v ON_ERROR_STOP=1 -qAt -f - <<'SQL'
 CREATE EXTENSION dbconn_guard;
 SELECT 'version ' || extversion FROM pg_extension WHERE extname = 'dbconn_guard';
 SELECT format('SELECT %L || count(*) FROM %I.%I', viewname || ': ', schemaname, viewname)
@@ -102,6 +105,7 @@ SELECT 'utilization_pct: ' || (dbconn_guard.utilization_pct() > 0);
 SELECT 'terminations: ' || count(*) FROM dbconn_guard.terminations;
 SELECT 'worker running: ' || running FROM dbconn_guard.worker_status();
 SQL
+        ) && printf '%s\n' "$answer" >&2 && grep -qx 'worker running: true' <<<"$answer"
     } || rc=$?
     as_pg "$PG15_BIN/pg_ctl" -D "$data" -w -m fast stop >/dev/null
     as_root rm -rf "$data"

@@ -56,14 +56,18 @@ for _, _, exe in sorted(found):
     [ -s "$IT_LIST" ] || die "building the integration tests gave no executable"
 }
 
-# run_integration_tests VERSION [PORTS LIST]: a fresh cluster of that version, the integration
-# tests built by build_integration against it, then the small benchmark check; no cargo runs
-# here, so that two versions can run at the same time. With PORTS and LIST (the quick tier's
-# shards): the executables of LIST only, on the port block of version PORTS, and no benchmark
+# run_integration_tests VERSION [PORTS LIST [bench]]: a fresh cluster of that version, the
+# integration tests built by build_integration against it, then the small benchmark check; no
+# cargo runs here, so that several can run at the same time. With PORTS and LIST (a group of
+# files, as the suite's jobs and the quick tier's shards run them): the executables of LIST
+# only, on the port block of version PORTS, and the benchmark check only when told `bench`
 run_integration_tests() {
-    local v=$1 port name="it-pg$1" list=${3:-$IT_LIST}
+    local v=$1 port name="it-pg$1" list=${3:-$IT_LIST} bench=yes
     port=$(it_port "${2:-$v}")
-    [ -z "${3:-}" ] || name="it-pg$v-on-$2"
+    if [ -n "${3:-}" ]; then
+        name="it-pg$v-on-$2"
+        [ "${4:-}" = bench ] || bench=""
+    fi
     # a fresh cluster every time: the tests assert exact rows
     stop_cluster "$name" "$v"
     as_root rm -rf "$(state_dir)/$name"
@@ -85,7 +89,7 @@ run_integration_tests() {
             DBCONN_GUARD_TEST_LOG="$(state_dir)/$name/server.log" DBCONN_GUARD_TEST_STATE="$(state_dir)" \
             "$exe" --test-threads=1 ${include_ignored} ${DBCONN_GUARD_IT_FILTER:-}) || rc=$?
     done <"$list"
-    if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ] && [ -z "${3:-}" ]; then
+    if [ $rc -eq 0 ] && [ -z "${DBCONN_GUARD_IT_TEST:-}" ] && [ -n "$bench" ]; then
         log "benchmark harness, small (--check: wrong results fail, timings do not) on PostgreSQL $v"
         # the history and endpoint section (section 8) on 15 only: it exercises no code that
         # differs between versions beyond what the integration tests above cover
@@ -102,101 +106,199 @@ run_integration_tests() {
     return $rc
 }
 
-# test_stream VERSIONS...: the integration tests of each version in turn, and after 15's the
-# expected-output tests, the 60-second soak and the package test ($PACKAGE_DEB, built
-# beforehand). The first failure ends it, with its status (each step is checked: in cmd_test's
-# `|| rc=$?`, set -e does not apply inside)
-test_stream() {
-    local v
+# The integration test files in three groups of about the same length (measured on PostgreSQL
+# 15, 7 Dec 2026: 3.5 to 4 minutes each); a file in neither list is in the third, with the
+# tests of the harness and its programs
+IT_GROUP_1="pgbouncer clusters history endpoint docs"
+IT_GROUP_2="diagnose incidents blockers dashboards views"
+
+# split_groups: $IT_LIST into $IT_LIST.1, .2 and .3 (in the same order)
+split_groups() {
+    local k exe base
+    for k in 1 2 3; do : >"$IT_LIST.$k"; done
+    while read -r exe; do
+        base=$(basename "$exe")
+        base=${base%-*}
+        k=3
+        case " $IT_GROUP_1 " in *" $base "*) k=1 ;; esac
+        case " $IT_GROUP_2 " in *" $base "*) k=2 ;; esac
+        echo "$exe" >>"$IT_LIST.$k"
+    done <"$IT_LIST"
+}
+
+# The whole suite's jobs, on three runners side by side; each runner has the port block of a
+# version (it_port) for its clusters, and runs its jobs one after the other. A line: runner,
+# then the job: `it VERSION GROUP [bench]`, `regress`, `soak` or `package`. Balanced by the
+# measured lengths (about 9.5 minutes of jobs each); in each runner PostgreSQL 15's jobs come
+# first (nothing to wait for), then 16's, then 18's, in the order their builds finish.
+SUITE_JOBS="
+1 it 15 1 bench
+1 it 16 2
+1 it 18 1 bench
+1 package
+2 soak
+2 it 15 3
+2 it 16 3
+2 it 16 1 bench
+3 it 15 2
+3 regress
+3 it 18 2
+3 it 18 3
+"
+
+# wait_for MARK: until $MARKS/MARK.ok (0) or $MARKS/MARK.failed (1) exists
+wait_for() {
+    while :; do
+        [ -e "$MARKS/$1.ok" ] && return 0
+        [ -e "$MARKS/$1.failed" ] && return 1
+        sleep 1
+    done
+}
+
+# run_job PORTS JOB...: one job of the suite, on the port block of version PORTS; a job of
+# PostgreSQL 15 leaves $MARKS/pg15-job-N.done behind, whatever its outcome (the package test,
+# which installs and removes PostgreSQL 15's files, waits for all of them)
+run_job() {
+    local ports=$1 kind=$2 rc=0
+    shift 2
+    case "$kind" in
+        it)
+            if ! wait_for "pg$1"; then
+                log "PostgreSQL $1 was not built (see the builds' output): its tests did not run"
+                return 1
+            fi
+            run_integration_tests "$1" "$ports" "$IT_LIST.$2" "${3:-}" || rc=$?
+            ;;
+        regress) run_regress || rc=$? ;;
+        soak) run_soak 60 || rc=$? ;;
+        package)
+            local n=0 want
+            want=$(printf '%s\n' "$SUITE_JOBS" | grep -cE '^[0-9] (it 15|regress|soak)' || true)
+            while [ "$(find "$MARKS" -name 'pg15-job-*.done' | wc -l)" -lt "$want" ]; do sleep 1; done
+            if ! wait_for package; then
+                log "the package was not built (see the builds' output)"
+                return 1
+            fi
+            test_package "$(cat "$MARKS/package.ok")" || rc=$?
+            ;;
+        *) die "unknown job $kind" ;;
+    esac
+    case "$kind $*" in "it 15"* | regress* | soak*) : >"$MARKS/pg15-job-$RANDOM$RANDOM.done" ;; esac
+    return $rc
+}
+
+# run_runner K VERSIONS: runner K's jobs of VERSIONS, one after the other; every job runs (a
+# failed one does not keep the others from running); the status: the first failure's
+run_runner() {
+    local k=$1 versions=" $2 " ports=(x 15 16 18) rc=0 e r job v
+    while read -r r job; do
+        [ "$r" = "$k" ] || continue
+        v=15
+        case "$job" in it\ *) v=$(echo "$job" | cut -d' ' -f2) ;; esac
+        case "$versions" in *" $v "*) ;; *) continue ;; esac
+        log "runner $k: $job"
+        # (stdin: not the job list, which a program of the job could read)
+        # shellcheck disable=SC2086
+        run_job "${ports[$k]}" $job </dev/null || {
+            e=$?
+            [ $rc -ne 0 ] || rc=$e
+            log "runner $k: $job failed (exit $e)"
+        }
+    done <<<"$SUITE_JOBS"
+    return $rc
+}
+
+# build_later VERSIONS...: in the background, at the lowest CPU priority (the runners' tests
+# come first): each version's #[pg_test]s (which install their own build) and then its build
+# with the test hooks, then the package; each leaves a mark when done (ok or failed)
+build_later() {
+    renice -n 19 -p "$BASHPID" >/dev/null 2>&1 || true
+    local v deb
     for v in "$@"; do
-        run_integration_tests "$v" || return $?
-        if [ "$v" = 15 ]; then
-            run_regress || return $?
-            # the soak's short version: every kind of session, every disturbance, 60 seconds
-            run_soak 60 || return $?
-            [ -z "${PACKAGE_DEB:-}" ] || test_package "$PACKAGE_DEB" || return $?
+        if { [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v"; } && install_for_integration "$v"; then
+            : >"$MARKS/pg$v.ok"
+        else
+            : >"$MARKS/pg$v.failed"
         fi
     done
+    if [ -n "$WITH_PACKAGE" ]; then
+        if deb=$(build_package 15) && [ -n "$deb" ]; then
+            echo "$deb" >"$MARKS/package.ok"
+        else
+            : >"$MARKS/package.failed"
+        fi
+    fi
+}
+
+tally() {
+    awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
+         END { printf "'"$1"': %d passed, %d failed\n", p, f }' "$2"
 }
 
 cmd_test() {
     setup
-    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 16 18"} v
-    local out
+    local versions=${DBCONN_GUARD_TEST_VERSIONS:-"15 16 18"} v out first rest=()
     out=$(mktemp)
     log "unit tests of the core (crates/dbconn_guard_core: no PostgreSQL, no pgrx)"
     cargo test -p dbconn_guard_core 2>&1 | tee -a "$out"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "unit tests of the core failed"; }
-    # first what keeps both cores busy, one after the other: the #[pg_test]s, the builds
-    for v in $versions; do
-        [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$v" 2>&1 | tee -a "$out"
-        [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "tests failed on PostgreSQL $v"; }
-    done
-    PACKAGE_DEB=""
-    case " $versions " in *" 15 "*) PACKAGE_DEB=$(build_package 15) ;; esac
-    export PACKAGE_DEB
-    for v in $versions; do install_for_integration "$v"; done
+    MARKS=$(mktemp -d)
+    export MARKS
+    WITH_PACKAGE=""
+    case " $versions " in *" 15 "*) WITH_PACKAGE=yes ;; esac
+    # first, with both cores: the builds the first jobs need (PostgreSQL 15's, or the first
+    # version's when 15 is not tested), and the integration tests' executables
+    case " $versions " in *" 15 "*) first=15 ;; *) first=${versions%% *} ;; esac
+    for v in $versions; do [ "$v" = "$first" ] || rest+=("$v"); done
+    [ -n "${DBCONN_GUARD_ONLY_INTEGRATION:-}" ] || run_pg_tests "$first" 2>&1 | tee -a "$out"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -rf "$out" "$MARKS"; die "tests failed on PostgreSQL $first"; }
+    install_for_integration "$first"
+    : >"$MARKS/pg$first.ok"
     build_integration
-    # then the suites, which mostly wait for sessions and the worker: PostgreSQL 15's (with the
-    # expected-output tests, the soak and the package) beside the other versions' in turn, each
-    # on clusters and ports of its own (it_port)
-    local first=() rest=()
-    for v in $versions; do
-        if [ "$v" = 15 ] || [ ${#first[@]} -eq 0 ]; then first+=("$v"); else rest+=("$v"); fi
+    split_groups
+    # then the jobs on three runners, while the other versions build in the background
+    log "the suite: three runners side by side; PostgreSQL ${rest[*]:-} and the package build meanwhile, at low priority"
+    build_later "${rest[@]}" >"$MARKS/builds.log" 2>&1 &
+    local builder=$! k pids=() rcs=(x 0 0 0) rc=0
+    for k in 1 2 3; do
+        run_runner "$k" "$versions" >"$MARKS/runner-$k.log" 2>&1 &
+        pids[k]=$!
     done
-    local side rc_first=0 rc_rest=0 pid=""
-    side=$(mktemp)
-    if [ ${#rest[@]} -gt 0 ]; then
-        log "PostgreSQL ${rest[*]}: at the same time as ${first[*]} (its output follows when both are done)"
-        test_stream "${rest[@]}" >"$side" 2>&1 &
-        pid=$!
-    fi
-    test_stream "${first[@]}" 2>&1 | tee -a "$out" || rc_first=$?
-    if [ -n "$pid" ]; then
-        wait "$pid" || rc_rest=$?
-        log "the output of PostgreSQL ${rest[*]}:"
-        cat "$side"
-        cat "$side" >>"$out"
-    fi
-    rm -f "$side"
-    if [ "$rc_first" -ne 0 ] || [ "$rc_rest" -ne 0 ]; then
-        awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
-             END { printf "all: %d passed, %d failed\n", p, f }' "$out"
+    wait "$builder" || true
+    log "the builds' output:"
+    cat "$MARKS/builds.log"
+    cat "$MARKS/builds.log" >>"$out"
+    for k in 1 2 3; do
+        wait "${pids[k]}" || rcs[k]=$?
+        log "runner $k's output (exit ${rcs[k]}):"
+        cat "$MARKS/runner-$k.log"
+        cat "$MARKS/runner-$k.log" >>"$out"
+        [ "${rcs[k]}" -eq 0 ] || rc=${rcs[k]}
+    done
+    for v in "${rest[@]}"; do [ -e "$MARKS/pg$v.ok" ] || rc=1; done
+    if [ -n "$WITH_PACKAGE" ] && [ ! -e "$MARKS/package.ok" ]; then rc=1; fi
+    rm -rf "$MARKS"
+    if [ $rc -ne 0 ]; then
+        tally all "$out"
         rm -f "$out"
-        die "tests failed (PostgreSQL ${first[*]}: exit $rc_first; ${rest[*]:-none}: exit $rc_rest)"
+        die "tests failed (runners: ${rcs[1]} ${rcs[2]} ${rcs[3]}; see the output above)"
     fi
     log "all tests passed on PostgreSQL $versions"
-    # one closing tally of every runner above (the tests' "test result" lines and the bench check)
-    awk '/^test result:/ { p += $4; f += $6 } /^(bench|package|soak|regress): [0-9]+ passed/ { p += $2; f += $4 }
-         END { printf "all: %d passed, %d failed\n", p, f }' "$out"
+    # one closing tally of every runner above (the tests' "test result" lines and the checks')
+    tally all "$out"
     rm -f "$out"
 }
 
-# The quick tier's shards: PostgreSQL 15's integration test files in three groups of about the
-# same length (measured on 7 Dec 2026: about 3.5 minutes each), each on a cluster and the port
-# block of a version the quick tier does not otherwise use; a file in neither list runs in the
-# third shard
-CHECK_SHARD_1="pgbouncer clusters history endpoint docs"
-CHECK_SHARD_2="diagnose incidents blockers dashboards views"
-
 cmd_check() {
     setup
-    local out k rc=0 pids=() exe base
+    local out k rc=0 pids=()
     out=$(mktemp)
     log "unit tests of the core (crates/dbconn_guard_core)"
     cargo test -q -p dbconn_guard_core 2>&1 | tee -a "$out"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { rm -f "$out"; die "unit tests of the core failed"; }
     install_for_integration 15
     build_integration
-    for k in 1 2 3; do : >"$IT_LIST.$k"; done
-    while read -r exe; do
-        base=$(basename "$exe")
-        base=${base%-*}
-        k=3
-        case " $CHECK_SHARD_1 " in *" $base "*) k=1 ;; esac
-        case " $CHECK_SHARD_2 " in *" $base "*) k=2 ;; esac
-        echo "$exe" >>"$IT_LIST.$k"
-    done <"$IT_LIST"
+    split_groups
     log "PostgreSQL 15's integration tests in three shards side by side (the ports of 15, 16 and 18)"
     local ports=(x 15 16 18)
     for k in 1 2 3; do
@@ -221,8 +323,7 @@ cmd_check() {
         # (pipefail: the pipeline fails as run_regress does, and set -e does not stop here)
         run_regress 2>&1 | tee -a "$out" || rc=$?
     fi
-    awk '/^test result:/ { p += $4; f += $6 } /^regress: [0-9]+ passed/ { p += $2; f += $4 }
-         END { printf "check: %d passed, %d failed\n", p, f }' "$out"
+    tally check "$out"
     rm -f "$out"
     [ $rc -eq 0 ] || die "the quick tier failed: rerun a file alone with DBCONN_GUARD_IT_TEST=<file> ./dev.sh it 15"
     log "the quick tier passed; CI runs the whole suite (./dev.sh test)"

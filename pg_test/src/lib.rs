@@ -115,6 +115,28 @@ pub fn wait_until(c: &mut Client, sql: &str, timeout: Duration) {
     }
 }
 
+/// How many checks the worker has run (`worker_status().cycles`).
+pub fn worker_checks(c: &mut Client) -> i64 {
+    c.query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the worker has run `n` more checks: a condition, not a time (on a loaded host
+/// the checks come later, and a test that needs "several checks" gets them); panics after
+/// `timeout`.
+pub fn wait_for_checks(c: &mut Client, n: i64, timeout: Duration) {
+    let start = Instant::now();
+    let from = worker_checks(c);
+    while worker_checks(c) < from + n {
+        assert!(
+            start.elapsed() < timeout,
+            "the worker ran fewer than {n} checks in {timeout:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The statement's result, and its session still open.
 pub type Finished = thread::JoinHandle<(Result<(), postgres::Error>, postgres::Client)>;
 

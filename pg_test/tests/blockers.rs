@@ -464,11 +464,12 @@ fn a_queued_alter_table_is_cancelled_and_the_fifty_readers_behind_it_go_on() {
     // the DBA's ALTER TABLE, without lock_timeout: it queues behind the report
     let (alter, alter_h) = in_background_as(APP_ROLE, "it_b_q_migrate", QUEUED_ALTER);
     wait_for_lock_waits(&mut a, &[alter]);
-    // and every reader after it queues behind it
+    // and every reader after it queues behind it (none waits before this moment: the rule's
+    // 2 s count from here at the earliest, however long a loaded host takes to queue them all)
+    let queued = Instant::now();
     let readers = queued_readers(50);
     let pids: Vec<i32> = readers.iter().map(|(p, _)| *p).collect();
     wait_for_lock_waits(&mut a, &pids);
-    let queued = Instant::now();
     // the ALTER's statement is cancelled, once the readers have waited 2 s
     let (state, _alter_c) = sqlstate(alter_h);
     assert_eq!(state.as_deref(), Some("57014"), "query_canceled");

@@ -725,18 +725,13 @@ fn sessions_spared_for_a_lasting_reason_neither_spin_the_worker_nor_starve_other
         &format!("SELECT count(*) = {N} FROM pg_stat_activity WHERE application_name = 'it_s_waiter' AND wait_event_type = 'Lock'"),
         Duration::from_secs(60),
     );
-    let cycles = |su: &mut Client| -> i64 {
-        su.query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
-            .unwrap()
-            .get(0)
-    };
     // the roots' waits are past the timeout: let the worker meet them
     thread::sleep(Duration::from_secs(2));
     // a leaked transaction beside them is ended within its timeout and a check
     let mut leak = cluster.connect("it_app", "postgres", "it_s_leak");
     let leak_pid = pid(&mut leak);
     leak.batch_execute("BEGIN; SELECT 1").unwrap();
-    let before = cycles(&mut su);
+    let before = worker_checks(&mut su);
     wait_gone(&mut su, leak_pid, Duration::from_secs(6));
     // reached only after the kill path spared the roots before it (one at a time, at the cap of
     // 1), its audit row still says what it ran (described when reached, not at planning)
@@ -750,7 +745,7 @@ fn sessions_spared_for_a_lasting_reason_neither_spin_the_worker_nor_starve_other
     assert_eq!(ran.as_deref(), Some("BEGIN; SELECT 1"));
     // no spin: at most a check per naptime or deadline, not one per 10 ms
     thread::sleep(Duration::from_secs(3));
-    let checks = cycles(&mut su) - before;
+    let checks = worker_checks(&mut su) - before;
     assert!(
         checks < 80,
         "{checks} checks in about 6 s: the worker spins"

@@ -42,12 +42,6 @@ fn wait_for_worker_error(a: &mut Client, since: f64, like: &str) {
     }
 }
 
-fn cycles(a: &mut Client) -> i64 {
-    a.query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])
-        .unwrap()
-        .get(0)
-}
-
 fn server_log() -> String {
     std::env::var("DBCONN_GUARD_TEST_LOG")
         .ok()
@@ -98,9 +92,9 @@ fn a_locked_audit_table_stalls_no_check_and_the_record_waits_in_memory() {
         .get(0);
     assert!(in_memory, "recorded in memory while the table is locked");
     // each check waits a second for the lock at most, and goes on
-    let before = cycles(&mut a);
+    let before = worker_checks(&mut a);
     thread::sleep(Duration::from_millis(5000));
-    let after = cycles(&mut a);
+    let after = worker_checks(&mut a);
     assert!(
         after >= before + 2,
         "the worker is stuck: {before} -> {after} checks"
@@ -470,7 +464,7 @@ fn a_backend_kept_busy_holds_its_rule_up_for_a_few_checks_only() {
     let mut a = guard_admin();
     let log_from = server_log().len();
     let (s, victim) = stale_in_transaction("it_t_busy");
-    let before = cycles(&mut a);
+    let before = worker_checks(&mut a);
     alter_system(
         &mut a,
         &[
@@ -494,7 +488,7 @@ fn a_backend_kept_busy_holds_its_rule_up_for_a_few_checks_only() {
     );
     // the worker: past the timeout, three checks find it busy, the next one ends it
     wait_gone(&mut a, victim, Duration::from_secs(30));
-    let checks = cycles(&mut a) - before;
+    let checks = worker_checks(&mut a) - before;
     assert!(
         checks > i64::from(dbconn_guard_core::recheck::WOKEN_LOOKS),
         "ended after {checks} checks: the first ones must leave a busy process alone"
@@ -967,7 +961,7 @@ fn a_locked_sequence_costs_a_check_one_second_not_one_per_session() {
     alter_system(&mut a, &[("dbconn_guard.enabled", "on")]);
     wait_for_worker_error(&mut a, since, "%lock timeout%");
     // the check that met the lock, finished
-    let met = cycles(&mut a);
+    let met = worker_checks(&mut a);
     wait_until(
         &mut a,
         &format!("SELECT cycles > {met} FROM dbconn_guard.worker_status()"),

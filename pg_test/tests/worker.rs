@@ -252,7 +252,8 @@ fn dry_run_records_once_and_ends_nothing() {
         &format!("SELECT count(*) = 1 FROM dbconn_guard.terminations WHERE pid = {p}"),
         Duration::from_secs(10),
     );
-    thread::sleep(Duration::from_millis(2500)); // several more cycles
+    // several more checks: still alive, and recorded once
+    wait_for_checks(&mut a, 3, Duration::from_secs(15));
     assert!(alive(&mut a, p));
     s.batch_execute("SELECT 1").unwrap();
     let rows = audit(&mut a, p);

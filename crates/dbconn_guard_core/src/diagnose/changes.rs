@@ -197,6 +197,10 @@ pub fn classify(series: &[f64]) -> Option<Pattern> {
 /// within this many seconds at its rate (or is there) is a warning; a slower one is info.
 pub const INCREASING_WARNS_WITHIN: f64 = 3600.0;
 
+/// A rise shorter than this many seconds (from its last lowest sample to now) is no trend to
+/// extrapolate: info, unless the count is past the warning share already.
+pub const INCREASING_MIN_SPAN: f64 = 120.0;
+
 /// The leak suspects' idle sessions.
 fn leaked(c: &Ctx) -> i64 {
     c.leaks.iter().map(|r| r.group.connection_count).sum()
@@ -336,7 +340,10 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             let now_count = series[series.len() - 1];
             let warn_count = warn_pct / 100.0 * f64::from(c.i.limits.max_connections);
             let eta = (per_hour > 0.0).then(|| (warn_count - now_count).max(0.0) / per_hour * 3600.0);
-            let soon = eta.is_some_and(|e| e <= INCREASING_WARNS_WITHIN);
+            // a rise of seconds (a pool filling, clients reconnecting after a restart or a
+            // deployment) says nothing of the next hour: no warning from its rate
+            let brief = span < INCREASING_MIN_SPAN;
+            let soon = !brief && eta.is_some_and(|e| e <= INCREASING_WARNS_WITHIN);
             let mut ev = evidence;
             if from > 0 {
                 let _ = write!(
@@ -350,6 +357,10 @@ pub(super) fn error_pattern(c: &Ctx) -> Vec<Finding> {
             let _ = write!(ev, "; about {per_hour:.0} connections an hour");
             let rate = match eta {
                 _ if high => format!("; past {warn_pct:.0}% of the slots already"),
+                Some(_) if brief => format!(
+                    " (for {} only: too short a rise to tell a trend; look again in a few minutes)",
+                    dur(span)
+                ),
                 Some(e) => format!(
                     "; at this rate {warn_pct:.0}% of the slots ({warn_count:.0} connections) in {}",
                     dur(e)

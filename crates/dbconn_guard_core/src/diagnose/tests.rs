@@ -1634,6 +1634,18 @@ fn error_pattern_gives_the_runbooks_readings() {
     assert_eq!(e.reading, Some(Reading::SteadyRise), "{}", e.finding);
     assert_eq!(action(e), "SELECT * FROM dbconn_guard.leak_suspects;");
 
+    // the same rise in seconds (a pool filling, clients back after a restart): no trend yet
+    let mut brief = with_series(&[40, 45, 43, 52, 58, 61, 70]);
+    let n = brief.history.samples.len() as i64;
+    for (k, s) in brief.history.samples.iter_mut().enumerate() {
+        s.time = NOW - (n - 1 - k as i64) * SECOND;
+    }
+    let fs = diagnose(&brief);
+    let e = one(&fs, "error pattern");
+    assert_eq!(e.status, Status::Info, "{e:#?}");
+    assert_eq!(e.reading, Some(Reading::SteadyRise), "{}", e.finding);
+    assert!(e.finding.contains("too short a rise"), "{}", e.finding);
+
     let fs = diagnose(&with_series(&[40, 41, 90, 40, 42, 95, 41]));
     let e = one(&fs, "error pattern");
     assert_eq!(e.status, Status::Warning, "peaks past 80%");
