@@ -4,9 +4,9 @@
 #   ./dev.sh run     install prerequisites, build + install the extension, start a throwaway
 #                    PostgreSQL 15 cluster with it preloaded, CREATE EXTENSION, show a first look
 #   ./dev.sh test    install prerequisites, run the whole suite on PostgreSQL 15, 16 and 18
-#                    (15's beside 16's and 18's, on ports of their own: it_port),
-#                    the expected-output tests (test/), a 60-second soak and the Debian
-#                    package test on 15
+#                    (three runners side by side, each on ports of its own: SUITE_JOBS in
+#                    scripts/tests.sh), the expected-output tests (test/), a 60-second soak
+#                    and the Debian package test on 15
 #   ./dev.sh check   the quick tier, for the edit-and-test loop: the core's unit tests, then
 #                    PostgreSQL 15's integration tests in three shards side by side and the
 #                    expected-output tests (CI keeps running `test`)
