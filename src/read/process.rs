@@ -6,25 +6,64 @@
 
 use crate::core::recheck::Task;
 
-/// The state of process `pid` now. One open and one read of at most 128 bytes: enough for
-/// `pid (comm) S`, since the kernel caps `comm` at 15 bytes.
-#[cfg(target_os = "linux")]
-pub fn task_of(pid: i32) -> Task {
-    if !own_proc() {
-        return Task::Unknown;
+/// A process's `stat` file, opened ahead of the moment its state is read: the open (a path
+/// lookup in `/proc`) stays out of the kill path's window, and each `task()` is one `pread`.
+/// The open file names the process it was opened for: should that process end and its pid be
+/// taken by another, a read says nothing (no word), never the other's state.
+pub struct ProcessStat(#[cfg(target_os = "linux")] Option<std::fs::File>);
+
+impl ProcessStat {
+    /// Opens process `pid`'s `stat` file (nothing, where `/proc` is not this server's own).
+    #[cfg(target_os = "linux")]
+    pub fn open(pid: i32) -> ProcessStat {
+        ProcessStat(
+            own_proc()
+                .then(|| std::fs::File::open(format!("/proc/{pid}/stat")).ok())
+                .flatten(),
+        )
     }
-    read_state(pid).unwrap_or(Task::Unknown)
-}
 
-#[cfg(not(target_os = "linux"))]
-pub fn task_of(_pid: i32) -> Task {
-    Task::Unknown
-}
+    #[cfg(not(target_os = "linux"))]
+    pub fn open(_pid: i32) -> ProcessStat {
+        ProcessStat()
+    }
 
-#[cfg(target_os = "linux")]
-fn read_state(pid: i32) -> Option<Task> {
-    let (buf, len) = read_stat(&format!("/proc/{pid}/stat"))?;
-    Some(Task::from_proc_stat(&buf[..len]))
+    /// Nothing opened: the status entry alone decides (an active target's look).
+    #[cfg(target_os = "linux")]
+    pub fn none() -> ProcessStat {
+        ProcessStat(None)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn none() -> ProcessStat {
+        ProcessStat()
+    }
+
+    /// The process's state now: one read of at most 128 bytes from the start of the file
+    /// (enough for `pid (comm) S`, since the kernel caps `comm` at 15 bytes).
+    #[cfg(target_os = "linux")]
+    pub fn task(&self) -> Task {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.0 else {
+            return Task::Unknown;
+        };
+        let mut buf = [0u8; 128];
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Task::Unknown,
+            }
+        }
+        Task::from_proc_stat(&buf[..len])
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn task(&self) -> Task {
+        Task::Unknown
+    }
 }
 
 /// The first 128 bytes of a `stat` file, and how many were read.
@@ -75,6 +114,11 @@ mod tests {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
+    fn read_state(pid: i32) -> Option<Task> {
+        let (buf, len) = read_stat(&format!("/proc/{pid}/stat"))?;
+        Some(Task::from_proc_stat(&buf[..len]))
+    }
+
     fn until(pid: i32, want: Task) {
         let start = Instant::now();
         while read_state(pid) != Some(want) {
@@ -96,15 +140,20 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
         until(pid, Task::Sleeping);
+        // opened once, read again and again: each read is the state at that moment
+        let stat = ProcessStat(std::fs::File::open(format!("/proc/{pid}/stat")).ok());
+        assert_eq!(stat.task(), Task::Sleeping);
         assert!(Command::new("kill")
             .args(["-STOP", &pid.to_string()])
             .status()
             .unwrap()
             .success());
         until(pid, Task::Stopped);
+        assert_eq!(stat.task(), Task::Stopped);
         child.kill().unwrap();
         child.wait().unwrap();
-        // gone: no word
+        // gone: no word, from the path or from the file opened before
         assert_eq!(read_state(pid), None);
+        assert_eq!(stat.task(), Task::Unknown);
     }
 }

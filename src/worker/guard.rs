@@ -40,7 +40,7 @@ use crate::guc;
 use crate::read::backend_status::{self, Slot};
 use crate::read::encoding::DbText;
 use crate::read::locks;
-use crate::read::process;
+use crate::read::process::ProcessStat;
 use crate::read::snapshot;
 use crate::read::time::timestamptz;
 use crate::shmem::status::{self, FixedText, TerminationRecord, Withdrawal};
@@ -272,14 +272,25 @@ const WITHDRAW: &str = "DELETE FROM dbconn_guard.terminations t \
      USING ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int4[])) AS w(id, pid) \
      WHERE t.id OPERATOR(pg_catalog.=) w.id AND t.pid OPERATOR(pg_catalog.=) w.pid";
 
-/// The last look at a target: for a session judged idle, what the kernel says of its process,
-/// then its status entry read once more, in place, and both judged (in this order: a statement
-/// that reached the backend before the process was read shows in one or the other).
-/// `woken_before`: the checks in a row before this one that found its process busy.
-fn last_look(t: &Target, scope: &Scope, me: i32, woken_before: u32) -> Verdict {
+/// The process file a last look at `t` reads: for a session judged idle only (opened before
+/// the look, so that the open is not inside the window).
+fn process_of(t: &Target) -> ProcessStat {
+    if recheck::reads_task(&t.backend) {
+        ProcessStat::open(t.backend.pid)
+    } else {
+        ProcessStat::none()
+    }
+}
+
+/// The last look at a target: for a session judged idle, what the kernel says of its process
+/// (`stat`, opened by `process_of`), then its status entry read once more, in place, and both
+/// judged (in this order: a statement that reached the backend before the process was read
+/// shows in one or the other). `woken_before`: the checks in a row before this one that found
+/// its process busy.
+fn last_look(t: &Target, stat: &ProcessStat, scope: &Scope, me: i32, woken_before: u32) -> Verdict {
     let task = if recheck::reads_task(&t.backend) {
         #[allow(unused_mut)]
-        let mut task = process::task_of(t.backend.pid);
+        let mut task = stat.task();
         #[cfg(feature = "test_hooks")]
         if guc::TEST_BUSY_PID.get() == t.backend.pid && task == Task::Sleeping {
             task = Task::Busy;
@@ -452,7 +463,7 @@ pub fn carry_out(
     let check = |t: &Target| {
         let mut v = still_the_root(t, &pol);
         if v == Verdict::Proceed {
-            v = last_look(t, &scope, me, woken_before(t));
+            v = last_look(t, &process_of(t), &scope, me, woken_before(t));
         }
         if v != Verdict::Proceed {
             Some(Outcome::Spared(v))
@@ -689,8 +700,9 @@ pub fn carry_out(
                     if v != Verdict::Proceed {
                         return (v, false, 0);
                     }
+                    let stat = process_of(t);
                     let start = Instant::now();
-                    let v = last_look(t, &scope, me, woken_before(t));
+                    let v = last_look(t, &stat, &scope, me, woken_before(t));
                     if v != Verdict::Proceed {
                         return (v, false, 0);
                     }
