@@ -779,6 +779,15 @@ impl Replica {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
     }
+
+    /// `pg_ctl promote`, waiting for it to finish.
+    pub fn promote(&self) {
+        run_as_postgres(
+            &self.bin,
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "-w", "promote"],
+        );
+    }
 }
 
 impl Drop for Replica {

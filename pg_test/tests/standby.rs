@@ -134,11 +134,7 @@ fn a_promoted_standby_keeps_its_records_and_audits_from_then_on() {
         .unwrap()
         .get(0);
 
-    run_as_postgres(
-        &standby.bin,
-        "pg_ctl",
-        &["-D", standby.data.to_str().unwrap(), "-w", "promote"],
-    );
+    standby.promote();
     wait_until(
         &mut s,
         "SELECT NOT pg_is_in_recovery()",

@@ -16,65 +16,6 @@ pub(super) struct StandbyRun {
     pub(super) unaudited: Vec<String>,
 }
 
-struct StandbyServer {
-    bin: std::path::PathBuf,
-    data: String,
-    port: u16,
-}
-
-impl StandbyServer {
-    fn start(primary: u16) -> StandbyServer {
-        let bin = std::path::PathBuf::from(
-            std::env::var("DBCONN_GUARD_PG_BIN").expect("DBCONN_GUARD_PG_BIN"),
-        );
-        let state = std::env::var("DBCONN_GUARD_TEST_STATE").expect("DBCONN_GUARD_TEST_STATE");
-        let s = StandbyServer {
-            bin,
-            data: format!("{state}/soak-standby-{primary}"),
-            port: primary + 1,
-        };
-        let _ = Command::new("rm").args(["-rf", &s.data]).status();
-        run_as_postgres(
-            &s.bin,
-            "pg_basebackup",
-            &[
-                "-D",
-                &s.data,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary.to_string(),
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
-        );
-        let opts = format!("-p {} -c hot_standby=on", s.port);
-        let log = format!("{}/server.log", s.data);
-        run_as_postgres(
-            &s.bin,
-            "pg_ctl",
-            &["-D", &s.data, "-l", &log, "-o", &opts, "-w", "start"],
-        );
-        s
-    }
-}
-
-impl Drop for StandbyServer {
-    fn drop(&mut self) {
-        let _ = Command::new("sudo")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .args(["-D", &self.data, "-m", "immediate", "-w", "stop"])
-            .output();
-        let _ = Command::new("rm").args(["-rf", &self.data]).status();
-    }
-}
-
 /// `n` idle-in-transaction leakers on the server at `port`, at once; each waits past its
 /// deadline and checks that it was ended. Returns (pid, backend_start, ended) of each.
 fn standby_leakers(port: u16, n: usize, timeout: f64, grace: f64) -> Vec<(i32, String, bool)> {
@@ -117,7 +58,8 @@ pub(super) fn standby_phase(
         missed: Vec::new(),
         unaudited: Vec::new(),
     };
-    let standby = StandbyServer::start(primary);
+    // the harness's replica (pg_basebackup -R, hot_standby), on the port after the primary's
+    let standby = Replica::start(primary, primary + 1, &[]);
     let mut s = admin(standby.port);
     let in_recovery: bool = s
         .query_one("SELECT pg_is_in_recovery()", &[])
@@ -172,11 +114,7 @@ pub(super) fn standby_phase(
         }
     }
     thread::sleep(promote_at.saturating_duration_since(Instant::now()));
-    run_as_postgres(
-        &standby.bin,
-        "pg_ctl",
-        &["-D", &standby.data, "-w", "promote"],
-    );
+    standby.promote();
     let start = Instant::now();
     while s
         .query_one("SELECT pg_is_in_recovery()", &[])
