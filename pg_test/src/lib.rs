@@ -115,6 +115,15 @@ pub fn wait_until(c: &mut Client, sql: &str, timeout: Duration) {
     }
 }
 
+/// The first column of every row `sql` returns.
+pub fn first_column<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> Vec<T> {
+    c.query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// How many checks the worker has run (`worker_status().cycles`).
 pub fn worker_checks(c: &mut Client) -> i64 {
     c.query_one("SELECT cycles FROM dbconn_guard.worker_status()", &[])

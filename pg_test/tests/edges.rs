@@ -252,15 +252,10 @@ fn a_deadlock_between_two_parallel_groups_is_a_cycle_under_the_leaders_with_no_r
         ),
         Duration::from_secs(20),
     );
-    let members: Vec<i32> = a
-        .query(
-            &format!("SELECT pid FROM pg_stat_activity WHERE leader_pid IN ({la}, {lb}) OR pid IN ({la}, {lb})"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let members: Vec<i32> = first_column(
+        &mut a,
+        &format!("SELECT pid FROM pg_stat_activity WHERE leader_pid IN ({la}, {lb}) OR pid IN ({la}, {lb})"),
+    );
     assert_eq!(
         members.len(),
         6,

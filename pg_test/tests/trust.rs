@@ -423,15 +423,10 @@ fn a_statement_that_reached_a_backend_not_yet_running_is_not_ended_with_it() {
         "a session whose client's statement was on its way was recorded for ending"
     );
     // a DBA's call says why, and leaves it too
-    let actions: Vec<String> = a
-        .query(
-            "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_stopped')",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let actions: Vec<String> = first_column(
+        &mut a,
+        "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_stopped')",
+    );
     assert_eq!(actions.len(), 1, "{actions:?}");
     assert!(
         actions[0].starts_with("skipped: its process is stopped or traced"),
@@ -473,15 +468,10 @@ fn a_backend_kept_busy_holds_its_rule_up_for_a_few_checks_only() {
         ],
     );
     // a DBA's call is told, and leaves it
-    let actions: Vec<String> = a
-        .query(
-            "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_busy')",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let actions: Vec<String> = first_column(
+        &mut a,
+        "SELECT action FROM dbconn_guard.terminate_idle('0', application_name => 'it_t_busy')",
+    );
     assert_eq!(
         actions,
         ["skipped: its process was not asleep (its client's next statement may be on its way)"]
